@@ -1,0 +1,40 @@
+//! The domain's errors. They know nothing of HTTP; keyplane-http maps them once.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No valid credential was presented (or it is revoked, expired, unknown or malformed).
+    #[error("authentication required: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but lacks the permission.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The thing does not exist, or the caller may not learn that it does.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Input that breaks a rule; `field` names the offending field when there is one.
+    #[error("{message}")]
+    Invalid {
+        field: Option<&'static str>,
+        message: String,
+    },
+    /// A uniqueness rule (a name already taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// A quota, such as the number of active API keys per organization.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Storage failed; the cause goes to the log, never to the client.
+    #[error("storage error: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

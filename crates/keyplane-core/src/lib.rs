@@ -1,0 +1,16 @@
+//! keyplane's domain: identifiers, secrets, permissions, the records it keeps, the storage
+//! interface, the credential cache and the use cases. It knows neither SQL nor HTTP.
+
+pub mod activity;
+pub mod app;
+pub mod cache;
+pub mod clock;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod perm;
+pub mod secret;
+pub mod store;
+
+pub use app::Keyplane;
+pub use error::{Error, Result};

@@ -1,0 +1,164 @@
+//! The records keyplane keeps. Secrets never appear here: only digests and display prefixes.
+
+use crate::perm::{MemberRole, PermSet, Permission};
+use crate::secret::Digest;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// An API of the platform, with the scopes it understands. Services are deployment-wide: every
+/// organization's credentials are scoped to the same platform APIs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub org_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: MemberRole,
+    pub created_at: OffsetDateTime,
+}
+
+/// A named set of management permissions and scopes an API key can carry.
+/// Built-in roles have no organization and exist in every one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub id: String,
+    pub org_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<Permission>,
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+}
+
+impl Role {
+    pub fn perm_set(&self) -> PermSet {
+        self.permissions.iter().copied().collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub org_id: String,
+    pub project_id: String,
+    /// The member who owns the key; `None` for a project's service token.
+    pub owner_member_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    /// The secret's prefix and first characters, enough to recognise it in a list.
+    pub start: String,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub expires_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub is_active: bool,
+    pub deactivated_at: Option<OffsetDateTime>,
+    /// The service this key is the default token of, if any (at most one per project and service).
+    pub default_for_service: Option<String>,
+    /// Ordering for cursor pagination.
+    pub seq: i64,
+}
+
+impl ApiKey {
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
+    }
+}
+
+/// One secret of an API key, by digest. A key has one current secret, and after a regeneration
+/// with a grace period the old one too, until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySecret {
+    pub digest: Digest,
+    pub key_id: String,
+    pub pepper_version: u32,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Outcome of a logged action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Denied,
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failure => "failure",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "success" => Some(Outcome::Success),
+            "denied" => Some(Outcome::Denied),
+            "failure" => Some(Outcome::Failure),
+            _ => None,
+        }
+    }
+}
+
+/// An event before it joins the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub at: OffsetDateTime,
+    pub org_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// A stored event: its place in the chain, the hash of the one before it, and its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub seq: i64,
+    pub id: String,
+    pub at: OffsetDateTime,
+    pub org_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    /// The details exactly as stored (JSON text), since the hash covers these bytes.
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+}

@@ -1,0 +1,139 @@
+//! The storage interface. keyplane-store implements it for SQLite and PostgreSQL; both pass the
+//! same contract suite. Methods that change a credential return the digests they affected so
+//! the caller can invalidate its cache (and, on PostgreSQL, the store notifies other nodes).
+
+use crate::error::Result;
+use crate::model::{ApiKey, Event, KeySecret, Member, NewEvent, Org, Project, Role, Service};
+use crate::perm::MemberRole;
+use crate::secret::Digest;
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+/// Which API keys a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub org_id: String,
+    /// Only keys owned by this member (a `member` sees only their own).
+    pub owner_member_id: Option<String>,
+    pub project_id: Option<String>,
+    /// Include revoked keys.
+    pub include_inactive: bool,
+}
+
+/// Which activity events a query returns (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// `None` means every organization and deployment-wide events (the admin key only).
+    pub org_id: Option<String>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+}
+
+/// What a cache miss learns about a presented secret in one read.
+#[derive(Debug, Clone)]
+pub struct KeyLookup {
+    pub key: ApiKey,
+    pub secret: KeySecret,
+    /// The owning member's current role, when the key has an owner who still exists.
+    pub owner_role: Option<MemberRole>,
+    /// The key's roles as currently defined.
+    pub roles: Vec<Role>,
+}
+
+/// A change that other nodes must learn about at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// These digests changed (revoked, regenerated, edited).
+    Digests(Vec<Digest>),
+    /// Something that affects many credentials changed (a member's role, a role's definition).
+    All,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+    /// Whether storage answers (readiness).
+    async fn ping(&self) -> Result<()>;
+    /// Creates the default organization and project and the built-in roles when missing.
+    async fn ensure_defaults(&self, now: OffsetDateTime) -> Result<()>;
+
+    // The admin key.
+    async fn admin_key_get(&self) -> Result<Option<(Digest, u32)>>;
+    /// Replaces the admin key's digest (first start, operator-supplied key, or rotation).
+    async fn admin_key_set(&self, digest: Digest, pepper_version: u32, now: OffsetDateTime) -> Result<()>;
+
+    // Organizations and projects.
+    /// Creates an organization with its default project. A taken name is a conflict.
+    async fn org_create(&self, org: &Org, default_project: &Project) -> Result<()>;
+    async fn org_list(&self) -> Result<Vec<Org>>;
+    async fn org_get(&self, id: &str) -> Result<Option<Org>>;
+    async fn project_create(&self, project: &Project) -> Result<()>;
+    async fn project_list(&self, org_id: &str) -> Result<Vec<Project>>;
+    async fn project_get(&self, id: &str) -> Result<Option<Project>>;
+
+    // Services (deployment-wide).
+    async fn service_create(&self, service: &Service) -> Result<()>;
+    async fn service_list(&self) -> Result<Vec<Service>>;
+
+    // Members.
+    async fn member_create(&self, member: &Member) -> Result<()>;
+    async fn member_list(&self, org_id: &str) -> Result<Vec<Member>>;
+    async fn member_get(&self, id: &str) -> Result<Option<Member>>;
+    async fn member_set_role(&self, id: &str, role: MemberRole) -> Result<()>;
+    /// Removes a member and revokes the keys they own; returns those keys' digests.
+    async fn member_delete(&self, id: &str, now: OffsetDateTime) -> Result<Vec<Digest>>;
+
+    // Roles.
+    async fn role_create(&self, role: &Role) -> Result<()>;
+    /// The built-in roles and the organization's own.
+    async fn role_list(&self, org_id: &str) -> Result<Vec<Role>>;
+
+    // API keys.
+    /// Inserts a key and its first secret. With `active_limit`, refuses (LimitExceeded) when the
+    /// organization already has that many active keys; concurrent creations never overshoot.
+    /// Marking it the default token of a service takes that mark from any other key.
+    async fn api_key_create(
+        &self,
+        key: &ApiKey,
+        secret: &KeySecret,
+        active_limit: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<()>;
+    /// Keys matching `filter`, oldest first, after the cursor `after_seq`.
+    async fn api_key_list(&self, filter: &KeyFilter, after_seq: Option<i64>, limit: i64) -> Result<Vec<ApiKey>>;
+    async fn api_key_get(&self, id: &str) -> Result<Option<ApiKey>>;
+    /// Writes the editable fields (name, description, scopes, roles, expiry, default mark).
+    async fn api_key_update(&self, key: &ApiKey) -> Result<Vec<Digest>>;
+    /// Deactivates a key (idempotent: `deactivated_at` keeps its first value).
+    async fn api_key_deactivate(&self, id: &str, at: OffsetDateTime) -> Result<Vec<Digest>>;
+    /// Adds `secret` as the key's current secret. Existing secrets are deleted, or with
+    /// `old_expire_at` kept until then (never later than they would have expired anyway).
+    async fn api_key_replace_secret(
+        &self,
+        key_id: &str,
+        secret: &KeySecret,
+        old_expire_at: Option<OffsetDateTime>,
+    ) -> Result<Vec<Digest>>;
+    /// The key behind a digest, with what its authority depends on.
+    async fn api_key_lookup(&self, digest: &Digest) -> Result<Option<KeyLookup>>;
+    /// Records last-used times in one batch.
+    async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()>;
+
+    // The activity log.
+    /// Appends events to the chain, in order, atomically.
+    async fn activity_append(&self, events: &[NewEvent]) -> Result<()>;
+    /// Events matching `filter`, newest first, before the cursor `before_seq`.
+    async fn activity_query(&self, filter: &EventFilter, before_seq: Option<i64>, limit: i64) -> Result<Vec<Event>>;
+    /// Events in chain order after `after_seq` (for verification).
+    async fn activity_page(&self, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
+    /// The recorded end of the chain: its last `seq` and hash.
+    async fn activity_head(&self) -> Result<Option<(i64, String)>>;
+
+    // Changes other nodes must learn of.
+    /// Publishes an invalidation to other nodes (a no-op where there are none to tell).
+    async fn publish(&self, change: &Invalidation) -> Result<()>;
+}
