@@ -1337,3 +1337,36 @@ fn cached_from_lookup(l: KeyLookup) -> CachedKey {
 pub fn digest_of(pepper: &Pepper, secret: &SecretString) -> Digest {
     pepper.digest(secret.expose())
 }
+
+/// The roles every organization has. `ORG-ADMIN` fully manages its organization (seed 002).
+pub fn builtin_roles(now: OffsetDateTime) -> Vec<Role> {
+    let role = |id: &str, name: &str, description: &str, permissions: Vec<Permission>| Role {
+        id: id.into(),
+        org_id: None,
+        name: name.into(),
+        description: description.into(),
+        permissions,
+        scopes: vec![],
+        created_at: now,
+    };
+    vec![
+        role(
+            "role_org_admin",
+            ORG_ADMIN,
+            "Full management of its organization: keys, clients, members, projects, roles, activity",
+            Permission::ALL.to_vec(),
+        ),
+        role(
+            "role_org_auditor",
+            "ORG-AUDITOR",
+            "Reads its organization's activity log",
+            vec![Permission::ActivityRead],
+        ),
+        role(
+            "role_token_introspector",
+            "TOKEN-INTROSPECTOR",
+            "May call the introspection endpoint",
+            vec![Permission::TokensIntrospect],
+        ),
+    ]
+}

@@ -136,4 +136,6 @@ pub trait Store: Send + Sync + 'static {
     // Changes other nodes must learn of.
     /// Publishes an invalidation to other nodes (a no-op where there are none to tell).
     async fn publish(&self, change: &Invalidation) -> Result<()>;
+    /// Calls `on_change` for every change another node publishes (from a background task).
+    fn subscribe(&self, on_change: std::sync::Arc<dyn Fn(Invalidation) + Send + Sync>);
 }

@@ -1,0 +1,990 @@
+//! The SQL behind the store, written once and stamped out per backend by `impl_store!`.
+
+use async_trait::async_trait;
+use keyplane_core::activity::{event_hash, GENESIS_HASH};
+use keyplane_core::app::builtin_roles;
+use keyplane_core::clock::{from_ms, to_ms};
+use keyplane_core::error::{Error, Result};
+use keyplane_core::ids::{DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
+use keyplane_core::model::*;
+use keyplane_core::perm::{MemberRole, Permission};
+use keyplane_core::secret::Digest;
+use keyplane_core::store::*;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::Row;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// The PostgreSQL channel on which nodes tell each other which credentials changed.
+pub const NOTIFY_CHANNEL: &str = "keyplane_invalidate";
+
+fn db_err(e: sqlx::Error) -> Error {
+    Error::Storage(Box::new(e))
+}
+
+fn unique_or(e: sqlx::Error, message: impl FnOnce() -> String) -> Error {
+    if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+        Error::Conflict(message())
+    } else {
+        db_err(e)
+    }
+}
+
+fn to_json(list: &[String]) -> String {
+    serde_json::to_string(list).expect("a list of strings serializes")
+}
+
+fn from_json(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| Error::Storage(Box::new(e)))
+}
+
+fn opt_time(ms: Option<i64>) -> Option<OffsetDateTime> {
+    ms.map(from_ms)
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Storage(format!("stored {what} is not valid").into())
+}
+
+macro_rules! key_cols {
+    () => {
+        "k.seq, k.id, k.org_id, k.project_id, k.owner_member_id, k.name, k.description, k.scopes, \
+         k.roles, k.start, k.created_at, k.created_by, k.expires_at, k.last_used_at, k.is_active, \
+         k.deactivated_at, k.default_for_service"
+    };
+}
+
+macro_rules! event_cols {
+    () => {
+        "seq, id, at, org_id, actor, action, target, outcome, client_addr, user_agent, details, prev_hash, hash"
+    };
+}
+
+/// Everything but the connection handling, for one backend. `$lock` is appended to the SELECT
+/// that must serialize a transaction (` FOR UPDATE` on PostgreSQL; SQLite has one writer).
+macro_rules! impl_store {
+    ($ty:ty, $row:ty, $conn:ty, $backend:literal, $lock:literal) => {
+        impl $ty {
+            fn org_row(r: &$row) -> Result<Org> {
+                Ok(Org {
+                    id: r.try_get("id").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                })
+            }
+
+            fn project_row(r: &$row) -> Result<Project> {
+                Ok(Project {
+                    id: r.try_get("id").map_err(db_err)?,
+                    org_id: r.try_get("org_id").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                })
+            }
+
+            fn member_row(r: &$row) -> Result<Member> {
+                let role: String = r.try_get("role").map_err(db_err)?;
+                Ok(Member {
+                    id: r.try_get("id").map_err(db_err)?,
+                    org_id: r.try_get("org_id").map_err(db_err)?,
+                    email: r.try_get("email").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    role: MemberRole::parse(&role).ok_or_else(|| corrupt("member role"))?,
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                })
+            }
+
+            fn role_row(r: &$row) -> Result<Role> {
+                let perms: String = r.try_get("permissions").map_err(db_err)?;
+                let scopes: String = r.try_get("scopes").map_err(db_err)?;
+                Ok(Role {
+                    id: r.try_get("id").map_err(db_err)?,
+                    org_id: r.try_get("org_id").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    description: r.try_get("description").map_err(db_err)?,
+                    permissions: from_json(&perms)?
+                        .iter()
+                        .map(|p| Permission::parse(p).ok_or_else(|| corrupt("permission")))
+                        .collect::<Result<_>>()?,
+                    scopes: from_json(&scopes)?,
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                })
+            }
+
+            fn service_row(r: &$row) -> Result<Service> {
+                let scopes: String = r.try_get("scopes").map_err(db_err)?;
+                Ok(Service {
+                    id: r.try_get("id").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    description: r.try_get("description").map_err(db_err)?,
+                    scopes: from_json(&scopes)?,
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                })
+            }
+
+            fn key_row(r: &$row) -> Result<ApiKey> {
+                let scopes: String = r.try_get("scopes").map_err(db_err)?;
+                let roles: String = r.try_get("roles").map_err(db_err)?;
+                Ok(ApiKey {
+                    seq: r.try_get("seq").map_err(db_err)?,
+                    id: r.try_get("id").map_err(db_err)?,
+                    org_id: r.try_get("org_id").map_err(db_err)?,
+                    project_id: r.try_get("project_id").map_err(db_err)?,
+                    owner_member_id: r.try_get("owner_member_id").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    description: r.try_get("description").map_err(db_err)?,
+                    scopes: from_json(&scopes)?,
+                    roles: from_json(&roles)?,
+                    start: r.try_get("start").map_err(db_err)?,
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    created_by: r.try_get("created_by").map_err(db_err)?,
+                    expires_at: opt_time(r.try_get("expires_at").map_err(db_err)?),
+                    last_used_at: opt_time(r.try_get("last_used_at").map_err(db_err)?),
+                    is_active: r.try_get("is_active").map_err(db_err)?,
+                    deactivated_at: opt_time(r.try_get("deactivated_at").map_err(db_err)?),
+                    default_for_service: r.try_get("default_for_service").map_err(db_err)?,
+                })
+            }
+
+            fn event_row(r: &$row) -> Result<Event> {
+                let outcome: String = r.try_get("outcome").map_err(db_err)?;
+                Ok(Event {
+                    seq: r.try_get("seq").map_err(db_err)?,
+                    id: r.try_get("id").map_err(db_err)?,
+                    at: from_ms(r.try_get("at").map_err(db_err)?),
+                    org_id: r.try_get("org_id").map_err(db_err)?,
+                    actor: r.try_get("actor").map_err(db_err)?,
+                    action: r.try_get("action").map_err(db_err)?,
+                    target: r.try_get("target").map_err(db_err)?,
+                    outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome"))?,
+                    client_addr: r.try_get("client_addr").map_err(db_err)?,
+                    user_agent: r.try_get("user_agent").map_err(db_err)?,
+                    details: r.try_get("details").map_err(db_err)?,
+                    prev_hash: r.try_get("prev_hash").map_err(db_err)?,
+                    hash: r.try_get("hash").map_err(db_err)?,
+                })
+            }
+
+            async fn key_digests(
+                conn: &mut $conn,
+                key_id: &str,
+            ) -> Result<Vec<Digest>> {
+                let rows = sqlx::query("SELECT digest FROM api_key_secrets WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let b: Vec<u8> = r.try_get("digest").map_err(db_err)?;
+                        Digest::from_slice(&b).ok_or_else(|| corrupt("digest"))
+                    })
+                    .collect()
+            }
+        }
+
+        #[async_trait]
+        impl Store for $ty {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(self.r()).await.map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn ensure_defaults(&self, now: OffsetDateTime) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, 'default', $2) ON CONFLICT DO NOTHING")
+                    .bind(DEFAULT_ORG_ID)
+                    .bind(to_ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, 'default', $3) ON CONFLICT DO NOTHING")
+                    .bind(DEFAULT_PROJECT_ID)
+                    .bind(DEFAULT_ORG_ID)
+                    .bind(to_ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                for role in builtin_roles(now) {
+                    let perms: Vec<String> = role.permissions.iter().map(|p| p.as_str().to_string()).collect();
+                    sqlx::query(
+                        "INSERT INTO roles (id, org_id, name, description, permissions, scopes, created_at) \
+                         VALUES ($1, NULL, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (id) DO UPDATE SET description = excluded.description, permissions = excluded.permissions",
+                    )
+                    .bind(&role.id)
+                    .bind(&role.name)
+                    .bind(&role.description)
+                    .bind(to_json(&perms))
+                    .bind(to_json(&role.scopes))
+                    .bind(to_ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                sqlx::query("INSERT INTO activity_head (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT DO NOTHING")
+                    .bind(GENESIS_HASH)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn admin_key_get(&self) -> Result<Option<(Digest, u32)>> {
+                let row = sqlx::query("SELECT digest, pepper_version FROM admin_keys WHERE id = 1")
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.map(|r| {
+                    let b: Vec<u8> = r.try_get("digest").map_err(db_err)?;
+                    let v: i64 = r.try_get("pepper_version").map_err(db_err)?;
+                    Ok((Digest::from_slice(&b).ok_or_else(|| corrupt("digest"))?, v as u32))
+                })
+                .transpose()
+            }
+
+            async fn admin_key_set(&self, digest: Digest, pepper_version: u32, now: OffsetDateTime) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO admin_keys (id, digest, pepper_version, created_at) VALUES (1, $1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, pepper_version = excluded.pepper_version, created_at = excluded.created_at",
+                )
+                .bind(digest.0.to_vec())
+                .bind(i64::from(pepper_version))
+                .bind(to_ms(now))
+                .execute(self.w())
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn org_create(&self, org: &Org, project: &Project) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
+                    .bind(&org.id)
+                    .bind(&org.name)
+                    .bind(to_ms(org.created_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| unique_or(e, || format!("an organization named `{}` already exists", org.name)))?;
+                sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&project.id)
+                    .bind(&project.org_id)
+                    .bind(&project.name)
+                    .bind(to_ms(project.created_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn org_list(&self) -> Result<Vec<Org>> {
+                let rows = sqlx::query("SELECT id, name, created_at FROM orgs ORDER BY created_at, id")
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(Self::org_row).collect()
+            }
+
+            async fn org_get(&self, id: &str) -> Result<Option<Org>> {
+                let row = sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(Self::org_row).transpose()
+            }
+
+            async fn project_create(&self, p: &Project) -> Result<()> {
+                sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&p.id)
+                    .bind(&p.org_id)
+                    .bind(&p.name)
+                    .bind(to_ms(p.created_at))
+                    .execute(self.w())
+                    .await
+                    .map_err(|e| unique_or(e, || format!("a project named `{}` already exists in this organization", p.name)))?;
+                Ok(())
+            }
+
+            async fn project_list(&self, org_id: &str) -> Result<Vec<Project>> {
+                let rows = sqlx::query("SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 ORDER BY created_at, id")
+                    .bind(org_id)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(Self::project_row).collect()
+            }
+
+            async fn project_get(&self, id: &str) -> Result<Option<Project>> {
+                let row = sqlx::query("SELECT id, org_id, name, created_at FROM projects WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(Self::project_row).transpose()
+            }
+
+            async fn service_create(&self, s: &Service) -> Result<()> {
+                sqlx::query("INSERT INTO services (id, name, description, scopes, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&s.id)
+                    .bind(&s.name)
+                    .bind(&s.description)
+                    .bind(to_json(&s.scopes))
+                    .bind(to_ms(s.created_at))
+                    .execute(self.w())
+                    .await
+                    .map_err(|e| unique_or(e, || format!("a service named `{}` already exists", s.name)))?;
+                Ok(())
+            }
+
+            async fn service_list(&self) -> Result<Vec<Service>> {
+                let rows = sqlx::query("SELECT id, name, description, scopes, created_at FROM services ORDER BY name")
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(Self::service_row).collect()
+            }
+
+            async fn member_create(&self, m: &Member) -> Result<()> {
+                sqlx::query("INSERT INTO members (id, org_id, email, name, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&m.id)
+                    .bind(&m.org_id)
+                    .bind(&m.email)
+                    .bind(&m.name)
+                    .bind(m.role.as_str())
+                    .bind(to_ms(m.created_at))
+                    .execute(self.w())
+                    .await
+                    .map_err(|e| unique_or(e, || format!("`{}` is already a member of this organization", m.email)))?;
+                Ok(())
+            }
+
+            async fn member_list(&self, org_id: &str) -> Result<Vec<Member>> {
+                let rows = sqlx::query("SELECT id, org_id, email, name, role, created_at FROM members WHERE org_id = $1 ORDER BY created_at, id")
+                    .bind(org_id)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(Self::member_row).collect()
+            }
+
+            async fn member_get(&self, id: &str) -> Result<Option<Member>> {
+                let row = sqlx::query("SELECT id, org_id, email, name, role, created_at FROM members WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(Self::member_row).transpose()
+            }
+
+            async fn member_set_role(&self, id: &str, role: MemberRole) -> Result<()> {
+                sqlx::query("UPDATE members SET role = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(role.as_str())
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn member_delete(&self, id: &str, now: OffsetDateTime) -> Result<Vec<Digest>> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let keys = sqlx::query("SELECT id FROM api_keys WHERE owner_member_id = $1")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let mut digests = Vec::new();
+                for k in &keys {
+                    let key_id: String = k.try_get("id").map_err(db_err)?;
+                    digests.extend(Self::key_digests(&mut *tx, &key_id).await?);
+                }
+                sqlx::query(
+                    "UPDATE api_keys SET is_active = $2, default_for_service = NULL, \
+                     deactivated_at = COALESCE(deactivated_at, $3) WHERE owner_member_id = $1",
+                )
+                .bind(id)
+                .bind(false)
+                .bind(to_ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                sqlx::query("DELETE FROM members WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(digests)
+            }
+
+            async fn role_create(&self, role: &Role) -> Result<()> {
+                let perms: Vec<String> = role.permissions.iter().map(|p| p.as_str().to_string()).collect();
+                sqlx::query(
+                    "INSERT INTO roles (id, org_id, name, description, permissions, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&role.id)
+                .bind(&role.org_id)
+                .bind(&role.name)
+                .bind(&role.description)
+                .bind(to_json(&perms))
+                .bind(to_json(&role.scopes))
+                .bind(to_ms(role.created_at))
+                .execute(self.w())
+                .await
+                .map_err(|e| unique_or(e, || format!("a role named `{}` already exists", role.name)))?;
+                Ok(())
+            }
+
+            async fn role_list(&self, org_id: &str) -> Result<Vec<Role>> {
+                let rows = sqlx::query(
+                    "SELECT id, org_id, name, description, permissions, scopes, created_at FROM roles \
+                     WHERE org_id IS NULL OR org_id = $1 ORDER BY name",
+                )
+                .bind(org_id)
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(Self::role_row).collect()
+            }
+
+            async fn api_key_create(
+                &self,
+                key: &ApiKey,
+                secret: &KeySecret,
+                active_limit: Option<i64>,
+                now: OffsetDateTime,
+            ) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                // Serializes key creation per organization, so the limit holds under concurrency.
+                sqlx::query(concat!("SELECT id FROM orgs WHERE id = $1", $lock))
+                    .bind(&key.org_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if let Some(limit) = active_limit {
+                    let active: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM api_keys WHERE org_id = $1 AND is_active \
+                         AND (expires_at IS NULL OR expires_at > $2)",
+                    )
+                    .bind(&key.org_id)
+                    .bind(to_ms(now))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    if active >= limit {
+                        return Err(Error::LimitExceeded(format!(
+                            "this organization already has {active} active API keys, the most it may have ({limit}); revoke one first"
+                        )));
+                    }
+                }
+                if let Some(service) = &key.default_for_service {
+                    sqlx::query("UPDATE api_keys SET default_for_service = NULL WHERE project_id = $1 AND default_for_service = $2")
+                        .bind(&key.project_id)
+                        .bind(service)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                sqlx::query(
+                    "INSERT INTO api_keys (id, org_id, project_id, owner_member_id, name, description, scopes, roles, \
+                     start, created_at, created_by, expires_at, last_used_at, is_active, deactivated_at, default_for_service) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, $13, NULL, $14)",
+                )
+                .bind(&key.id)
+                .bind(&key.org_id)
+                .bind(&key.project_id)
+                .bind(&key.owner_member_id)
+                .bind(&key.name)
+                .bind(&key.description)
+                .bind(to_json(&key.scopes))
+                .bind(to_json(&key.roles))
+                .bind(&key.start)
+                .bind(to_ms(key.created_at))
+                .bind(&key.created_by)
+                .bind(key.expires_at.map(to_ms))
+                .bind(key.is_active)
+                .bind(&key.default_for_service)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                sqlx::query(
+                    "INSERT INTO api_key_secrets (digest, key_id, pepper_version, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(secret.digest.0.to_vec())
+                .bind(&secret.key_id)
+                .bind(i64::from(secret.pepper_version))
+                .bind(to_ms(secret.created_at))
+                .bind(secret.expires_at.map(to_ms))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn api_key_list(&self, f: &KeyFilter, after_seq: Option<i64>, limit: i64) -> Result<Vec<ApiKey>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    key_cols!(),
+                    " FROM api_keys k WHERE k.org_id = $1 AND ($2 IS NULL OR k.owner_member_id = $2) \
+                     AND ($3 IS NULL OR k.project_id = $3) AND ($4 OR k.is_active) AND k.seq > $5 \
+                     ORDER BY k.seq LIMIT $6"
+                ))
+                .bind(&f.org_id)
+                .bind(&f.owner_member_id)
+                .bind(&f.project_id)
+                .bind(f.include_inactive)
+                .bind(after_seq.unwrap_or(0))
+                .bind(limit)
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(Self::key_row).collect()
+            }
+
+            async fn api_key_get(&self, id: &str) -> Result<Option<ApiKey>> {
+                let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys k WHERE k.id = $1"))
+                    .bind(id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(Self::key_row).transpose()
+            }
+
+            async fn api_key_update(&self, key: &ApiKey) -> Result<Vec<Digest>> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                if let Some(service) = &key.default_for_service {
+                    sqlx::query(
+                        "UPDATE api_keys SET default_for_service = NULL WHERE project_id = $1 AND default_for_service = $2 AND id <> $3",
+                    )
+                    .bind(&key.project_id)
+                    .bind(service)
+                    .bind(&key.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                sqlx::query(
+                    "UPDATE api_keys SET name = $2, description = $3, scopes = $4, roles = $5, expires_at = $6, \
+                     default_for_service = $7, start = $8 WHERE id = $1",
+                )
+                .bind(&key.id)
+                .bind(&key.name)
+                .bind(&key.description)
+                .bind(to_json(&key.scopes))
+                .bind(to_json(&key.roles))
+                .bind(key.expires_at.map(to_ms))
+                .bind(&key.default_for_service)
+                .bind(&key.start)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let digests = Self::key_digests(&mut *tx, &key.id).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(digests)
+            }
+
+            async fn api_key_deactivate(&self, id: &str, at: OffsetDateTime) -> Result<Vec<Digest>> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query(
+                    "UPDATE api_keys SET is_active = $2, default_for_service = NULL, \
+                     deactivated_at = COALESCE(deactivated_at, $3) WHERE id = $1",
+                )
+                .bind(id)
+                .bind(false)
+                .bind(to_ms(at))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let digests = Self::key_digests(&mut *tx, id).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(digests)
+            }
+
+            async fn api_key_replace_secret(
+                &self,
+                key_id: &str,
+                secret: &KeySecret,
+                old_expire_at: Option<OffsetDateTime>,
+            ) -> Result<Vec<Digest>> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let digests = Self::key_digests(&mut *tx, key_id).await?;
+                match old_expire_at {
+                    None => {
+                        sqlx::query("DELETE FROM api_key_secrets WHERE key_id = $1")
+                            .bind(key_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    Some(at) => {
+                        sqlx::query("DELETE FROM api_key_secrets WHERE key_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2")
+                            .bind(key_id)
+                            .bind(to_ms(secret.created_at))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                        sqlx::query(
+                            "UPDATE api_key_secrets SET expires_at = $2 WHERE key_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                        )
+                        .bind(key_id)
+                        .bind(to_ms(at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO api_key_secrets (digest, key_id, pepper_version, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(secret.digest.0.to_vec())
+                .bind(&secret.key_id)
+                .bind(i64::from(secret.pepper_version))
+                .bind(to_ms(secret.created_at))
+                .bind(secret.expires_at.map(to_ms))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(digests)
+            }
+
+            async fn api_key_lookup(&self, digest: &Digest) -> Result<Option<KeyLookup>> {
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    key_cols!(),
+                    ", s.digest AS s_digest, s.pepper_version AS s_pepper_version, s.created_at AS s_created_at, \
+                     s.expires_at AS s_expires_at, m.role AS owner_role \
+                     FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id \
+                     LEFT JOIN members m ON m.id = k.owner_member_id WHERE s.digest = $1"
+                ))
+                .bind(digest.0.to_vec())
+                .fetch_optional(self.r())
+                .await
+                .map_err(db_err)?;
+                let Some(row) = row else { return Ok(None) };
+                let key = Self::key_row(&row)?;
+                let v: i64 = row.try_get("s_pepper_version").map_err(db_err)?;
+                let secret = KeySecret {
+                    digest: *digest,
+                    key_id: key.id.clone(),
+                    pepper_version: v as u32,
+                    created_at: from_ms(row.try_get("s_created_at").map_err(db_err)?),
+                    expires_at: opt_time(row.try_get("s_expires_at").map_err(db_err)?),
+                };
+                let owner_role: Option<String> = row.try_get("owner_role").map_err(db_err)?;
+                let roles = if key.roles.is_empty() {
+                    vec![]
+                } else {
+                    self.role_list(&key.org_id)
+                        .await?
+                        .into_iter()
+                        .filter(|r| key.roles.contains(&r.name))
+                        .collect()
+                };
+                Ok(Some(KeyLookup {
+                    owner_role: owner_role.as_deref().and_then(MemberRole::parse),
+                    key,
+                    secret,
+                    roles,
+                }))
+            }
+
+            async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                for (id, at) in used {
+                    sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(to_ms(*at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn activity_append(&self, events: &[NewEvent]) -> Result<()> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let head = sqlx::query(concat!("SELECT seq, hash FROM activity_head WHERE id = 1", $lock))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let (mut seq, mut prev): (i64, String) = match head {
+                    Some(r) => (r.try_get("seq").map_err(db_err)?, r.try_get("hash").map_err(db_err)?),
+                    None => (0, GENESIS_HASH.to_string()),
+                };
+                for e in events {
+                    seq += 1;
+                    let details = if e.details.is_null() { "{}".to_string() } else { e.details.to_string() };
+                    let hash = event_hash(&prev, seq, e, &details);
+                    sqlx::query(
+                        "INSERT INTO activity_events (seq, id, at, org_id, actor, action, target, outcome, client_addr, \
+                         user_agent, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    )
+                    .bind(seq)
+                    .bind(&e.id)
+                    .bind(to_ms(e.at))
+                    .bind(&e.org_id)
+                    .bind(&e.actor)
+                    .bind(&e.action)
+                    .bind(&e.target)
+                    .bind(e.outcome.as_str())
+                    .bind(&e.client_addr)
+                    .bind(&e.user_agent)
+                    .bind(&details)
+                    .bind(&prev)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    prev = hash;
+                }
+                sqlx::query(
+                    "INSERT INTO activity_head (id, seq, hash) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                )
+                .bind(seq)
+                .bind(&prev)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn activity_query(&self, f: &EventFilter, before_seq: Option<i64>, limit: i64) -> Result<Vec<Event>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    event_cols!(),
+                    " FROM activity_events WHERE ($1 IS NULL OR org_id = $1) AND ($2 IS NULL OR action = $2) \
+                     AND ($3 IS NULL OR actor LIKE '%' || $3 || '%') AND ($4 IS NULL OR target = $4) \
+                     AND ($5 IS NULL OR at >= $5) AND ($6 IS NULL OR at < $6) AND seq < $7 \
+                     ORDER BY seq DESC LIMIT $8"
+                ))
+                .bind(&f.org_id)
+                .bind(&f.action)
+                .bind(&f.actor)
+                .bind(&f.target)
+                .bind(f.since.map(to_ms))
+                .bind(f.until.map(to_ms))
+                .bind(before_seq.unwrap_or(i64::MAX))
+                .bind(limit)
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(Self::event_row).collect()
+            }
+
+            async fn activity_page(&self, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    event_cols!(),
+                    " FROM activity_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ))
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(Self::event_row).collect()
+            }
+
+            async fn activity_head(&self) -> Result<Option<(i64, String)>> {
+                let row = sqlx::query("SELECT seq, hash FROM activity_head WHERE id = 1")
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.map(|r| Ok((r.try_get("seq").map_err(db_err)?, r.try_get("hash").map_err(db_err)?)))
+                    .transpose()
+            }
+
+            async fn publish(&self, change: &Invalidation) -> Result<()> {
+                self.publish_change(change).await
+            }
+
+            fn subscribe(&self, on_change: Arc<dyn Fn(Invalidation) + Send + Sync>) {
+                self.subscribe_changes(on_change)
+            }
+        }
+    };
+}
+
+/// SQLite: every write goes through one connection, so transactions never contend; reads use
+/// a pool of their own.
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::invalid("database", format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&write)
+            .await
+            .map_err(|e| Error::Storage(Box::new(e)))?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(db_err)?;
+        Ok(Self { read, write })
+    }
+
+    fn r(&self) -> &SqlitePool {
+        &self.read
+    }
+    fn w(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    async fn publish_change(&self, _change: &Invalidation) -> Result<()> {
+        // One SQLite file serves one node: there is nobody else to tell.
+        Ok(())
+    }
+
+    fn subscribe_changes(&self, _on_change: Arc<dyn Fn(Invalidation) + Send + Sync>) {}
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+impl_store!(SqliteStore, SqliteRow, sqlx::SqliteConnection, "sqlite", "");
+
+/// PostgreSQL: one pool; rows that serialize a transaction are locked `FOR UPDATE`; changes
+/// are announced with `NOTIFY` so every node drops what it cached at once.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::Storage(Box::new(e)))?;
+        Ok(Self { pool })
+    }
+
+    fn r(&self) -> &PgPool {
+        &self.pool
+    }
+    fn w(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn publish_change(&self, change: &Invalidation) -> Result<()> {
+        // A NOTIFY payload is limited to 8000 bytes: send digests in chunks.
+        let payloads: Vec<String> = match change {
+            Invalidation::All => vec!["all".into()],
+            Invalidation::Digests(d) => d
+                .chunks(100)
+                .map(|c| c.iter().map(|d| hex(&d.0)).collect::<Vec<_>>().join(","))
+                .collect(),
+        };
+        for p in payloads {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(p)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Listens for other nodes' changes. After a lost connection, when notifications may have
+    /// been missed, it reports `All` so the whole cache is dropped.
+    fn subscribe_changes(&self, on_change: Arc<dyn Fn(Invalidation) + Send + Sync>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for invalidations; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                // Anything may have changed while we were not listening.
+                on_change(Invalidation::All);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => on_change(parse_payload(n.payload())),
+                        Ok(None) => {
+                            tracing::warn!("invalidation listener reconnected; dropping the cache");
+                            on_change(Invalidation::All);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "invalidation listener failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl_store!(PgStore, PgRow, sqlx::PgConnection, "postgres", " FOR UPDATE");
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_payload(payload: &str) -> Invalidation {
+    if payload == "all" {
+        return Invalidation::All;
+    }
+    let mut out = Vec::new();
+    for part in payload.split(',') {
+        let bytes: Option<Vec<u8>> = (0..part.len())
+            .step_by(2)
+            .map(|i| part.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        match bytes.as_deref().and_then(Digest::from_slice) {
+            Some(d) => out.push(d),
+            // A payload we cannot read: be safe and drop everything.
+            None => return Invalidation::All,
+        }
+    }
+    Invalidation::Digests(out)
+}
