@@ -1,1 +1,141 @@
-fn main() {}
+//! `keyplane`: the server and its command line.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use keyplane::client::{ClientArgs, KeysCommand, ServicesCommand};
+use keyplane::config::{Config, ConfigFlags};
+use keyplane::server;
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keyplane", version, about = "The credential plane of an API platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        config: ConfigFlags,
+        /// Address to listen on (default 127.0.0.1:8780).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+    },
+    /// The admin key (works on the database directly).
+    AdminKey {
+        #[command(subcommand)]
+        command: AdminKeyCommand,
+    },
+    /// The activity log (works on the database directly).
+    Activity {
+        #[command(subcommand)]
+        command: ActivityCommand,
+    },
+    /// API keys, through a running server.
+    Keys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Services, through a running server.
+    Services {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ServicesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminKeyCommand {
+    /// Replace the admin key; prints the new one once. The old one is refused from now on.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActivityCommand {
+    /// Check that no event was edited, deleted or reordered. Exits 1 if the chain is broken.
+    Verify {
+        #[command(flatten)]
+        config: ConfigFlags,
+    },
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYPLANE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let env = env_map();
+            let log_format = env.get("KEYPLANE_LOG_FORMAT").cloned().unwrap_or_else(|| "text".into());
+            init_tracing(&log_format);
+            let config = Config::load(&config, listen.as_deref(), &env)?;
+            let running = server::start(&config, server::shutdown_signal()).await?;
+            if let Some(key) = &running.generated_admin_key {
+                eprintln!("{}", server::admin_key_banner(key));
+            }
+            running.wait().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AdminKey { command: AdminKeyCommand::Rotate { config } } => {
+            init_tracing("text");
+            let config = Config::load(&config, None, &env_map())?;
+            let app = server::build(&config).await?;
+            app.bootstrap(None).await?;
+            let key = app.rotate_admin_key().await.context("cannot rotate the admin key")?;
+            eprintln!("{}", server::admin_key_banner(&key));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Activity { command: ActivityCommand::Verify { config } } => {
+            init_tracing("text");
+            let config = Config::load(&config, None, &env_map())?;
+            let app = server::build(&config).await?;
+            let report = app.verify_chain().await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.intact { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Keys { client, command } => {
+            keyplane::client::keys(&client, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Services { client, command } => {
+            keyplane::client::services(&client, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

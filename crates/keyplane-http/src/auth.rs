@@ -1,0 +1,90 @@
+//! Who is calling: the bearer credential, resolved to a [`Principal`], and where from.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use keyplane_core::app::RequestMeta;
+use keyplane_core::perm::Principal;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// The bearer token of a request, if it has one (scheme matched case-insensitively).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Client address and user agent, for the activity log.
+pub fn request_meta(parts: &Parts) -> RequestMeta {
+    RequestMeta {
+        client_addr: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    }
+}
+
+/// Where the authenticated principal is left for the middleware that records denials.
+#[derive(Clone, Default)]
+pub struct PrincipalSlot(pub Arc<Mutex<Option<Principal>>>);
+
+/// An authenticated caller of the management API.
+pub struct Caller {
+    pub principal: Principal,
+    pub meta: RequestMeta,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let meta = request_meta(parts);
+        let principal = state
+            .app
+            .authenticate(bearer(&parts.headers), &meta)
+            .await?;
+        if let Some(slot) = parts.extensions.get::<PrincipalSlot>() {
+            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(principal.clone());
+        }
+        Ok(Caller { principal, meta })
+    }
+}
+
+/// Records every management request refused with 403 in the activity log.
+pub async fn record_denials(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let slot = PrincipalSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let action = format!("{} {}", req.method(), req.uri().path());
+    let meta = {
+        let (parts, body) = req.into_parts();
+        let meta = request_meta(&parts);
+        req = axum::extract::Request::from_parts(parts, body);
+        meta
+    };
+    let resp = next.run(req).await;
+    if resp.status() == axum::http::StatusCode::FORBIDDEN {
+        let principal = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = principal {
+            state
+                .app
+                .record_denied(&p, "management.denied", &meta, &action)
+                .await;
+        }
+    }
+    resp
+}

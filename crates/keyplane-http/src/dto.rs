@@ -1,0 +1,397 @@
+//! The management API's JSON shapes. Times are RFC 3339 strings in UTC.
+
+use keyplane_core::model::{ApiKey, Event, Member, Org, Project, Role, Service};
+use serde::{Deserialize, Deserializer, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+pub fn rfc3339_opt(t: Option<OffsetDateTime>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// Parses an RFC 3339 time from a request field.
+pub fn parse_time(field: &'static str, s: &str) -> Result<OffsetDateTime, keyplane_core::Error> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+        keyplane_core::Error::invalid(field, format!("`{field}` must be an RFC 3339 time such as 2030-01-31T12:00:00Z"))
+    })
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgView {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+impl From<Org> for OrgView {
+    fn from(o: Org) -> Self {
+        Self {
+            id: o.id,
+            name: o.name,
+            created_at: rfc3339(o.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectView {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+impl From<Project> for ProjectView {
+    fn from(p: Project) -> Self {
+        Self {
+            id: p.id,
+            org_id: p.org_id,
+            name: p.name,
+            created_at: rfc3339(p.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    pub org_id: Option<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+}
+
+impl From<Service> for ServiceView {
+    fn from(s: Service) -> Self {
+        Self {
+            id: s.id,
+            name: s.name,
+            description: s.description,
+            scopes: s.scopes,
+            created_at: rfc3339(s.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateService {
+    /// e.g. `ai-guard`
+    pub name: String,
+    pub description: Option<String>,
+    /// e.g. `["ai-guard:read", "ai-guard:write"]`
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub id: String,
+    pub org_id: String,
+    pub email: String,
+    pub name: String,
+    /// `owner`, `admin` or `member`
+    pub role: String,
+    pub created_at: String,
+}
+
+impl From<Member> for MemberView {
+    fn from(m: Member) -> Self {
+        Self {
+            id: m.id,
+            org_id: m.org_id,
+            email: m.email,
+            name: m.name,
+            role: m.role.as_str().into(),
+            created_at: rfc3339(m.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMember {
+    pub org_id: Option<String>,
+    pub email: String,
+    pub name: Option<String>,
+    /// `owner`, `admin` or `member`
+    pub role: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMember {
+    pub role: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleView {
+    pub id: String,
+    /// Absent for built-in roles, which exist in every organization.
+    pub org_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
+    pub scopes: Vec<String>,
+    pub built_in: bool,
+}
+
+impl From<Role> for RoleView {
+    fn from(r: Role) -> Self {
+        Self {
+            built_in: r.org_id.is_none(),
+            id: r.id,
+            org_id: r.org_id,
+            name: r.name,
+            description: r.description,
+            permissions: r.permissions.iter().map(|p| p.as_str().to_string()).collect(),
+            scopes: r.scopes,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRole {
+    pub org_id: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    /// e.g. `["keys:manage", "activity:read"]`
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// An API key as lists and gets show it: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub org_id: String,
+    pub project_id: String,
+    /// The owning member; absent for a project's service token.
+    pub owner_member_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    /// The secret's first characters, to recognise it.
+    pub prefix: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub is_active: bool,
+    /// `active`, `revoked` or `expired`.
+    pub status: String,
+    pub deactivated_at: Option<String>,
+    /// The service this key is the default token of.
+    pub default_for_service: Option<String>,
+}
+
+impl ApiKeyView {
+    pub fn new(k: ApiKey, now: OffsetDateTime) -> Self {
+        let status = if !k.is_active {
+            "revoked"
+        } else if k.is_expired(now) {
+            "expired"
+        } else {
+            "active"
+        };
+        Self {
+            status: status.into(),
+            id: k.id,
+            org_id: k.org_id,
+            project_id: k.project_id,
+            owner_member_id: k.owner_member_id,
+            name: k.name,
+            description: k.description,
+            scopes: k.scopes,
+            roles: k.roles,
+            prefix: format!("{}…", k.start),
+            created_at: rfc3339(k.created_at),
+            created_by: k.created_by,
+            expires_at: rfc3339_opt(k.expires_at),
+            last_used_at: rfc3339_opt(k.last_used_at),
+            is_active: k.is_active,
+            deactivated_at: rfc3339_opt(k.deactivated_at),
+            default_for_service: k.default_for_service,
+        }
+    }
+}
+
+/// A key with its secret: the only response that ever contains it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyWithSecret {
+    #[serde(flatten)]
+    pub api_key: ApiKeyView,
+    /// The secret. Store it now: it is not shown again.
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub org_id: Option<String>,
+    pub project_id: Option<String>,
+    /// Only org-wide managers may create a key for another member; a member's keys are their own.
+    pub owner_member_id: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// RFC 3339; absent means the key does not expire.
+    pub expires_at: Option<String>,
+    /// Mark the key the default token of this service (taking the mark from any other key).
+    pub default_for_service: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApiKey {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub roles: Option<Vec<String>>,
+    /// RFC 3339, or `null` to remove the expiry.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<Option<String>>,
+    /// A service name, or `null` to remove the default mark.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub default_for_service: Option<Option<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CopyApiKey {
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegenerateApiKey {
+    /// Keep the old secret working this many seconds (at most 30 days); absent or 0 refuses it at once.
+    pub grace_period_seconds: Option<i64>,
+}
+
+/// Seed 002's body for `POST /auth/api_keys`: create, or regenerate when an id is given.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedCreateApiKey {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The id of a key to regenerate (also accepted as `api_key_id`).
+    #[serde(alias = "api_key_id")]
+    pub id: Option<String>,
+    pub grace_period_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub seq: i64,
+    pub id: String,
+    pub at: String,
+    pub org_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    /// `success`, `denied` or `failure`
+    pub outcome: String,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        Self {
+            seq: e.seq,
+            id: e.id,
+            at: rfc3339(e.at),
+            org_id: e.org_id,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            outcome: e.outcome.as_str().into(),
+            client_addr: e.client_addr,
+            user_agent: e.user_agent,
+            details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::String(e.details)),
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyView {
+    /// Whether every event is present, in order and unedited.
+    pub intact: bool,
+    /// How many events were checked.
+    pub checked: u64,
+    pub first_broken: Option<BrokenView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BrokenView {
+    pub seq: i64,
+    pub id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// `admin-key` or `api-key`
+    pub kind: String,
+    pub actor: String,
+    pub org_id: Option<String>,
+    pub project_id: Option<String>,
+    pub member_id: Option<String>,
+    pub permissions: Vec<String>,
+    pub scopes: Vec<String>,
+}

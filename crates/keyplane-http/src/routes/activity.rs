@@ -1,0 +1,70 @@
+//! The activity log: query and verify.
+
+use crate::auth::Caller;
+use crate::dto::*;
+use crate::error::{ApiResult, AppQuery};
+use crate::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use keyplane_core::store::EventFilter;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/activity", get(query))
+        .route("/v1/activity/verify", get(verify))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityQuery {
+    /// Only this organization's events (the admin key sees all by default).
+    pub org_id: Option<String>,
+    /// e.g. `api_key.revoke`, `credential.refused`
+    pub action: Option<String>,
+    /// Matches any part of the actor, e.g. a key or member id.
+    pub actor: Option<String>,
+    /// The id the event is about.
+    pub target: Option<String>,
+    /// RFC 3339; events at or after.
+    pub since: Option<String>,
+    /// RFC 3339; events before.
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Activity events, newest first.
+#[utoipa::path(get, path = "/v1/activity", tag = "activity", params(ActivityQuery),
+    responses((status = 200, body = List<EventView>)), security(("bearer" = [])))]
+pub async fn query(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<ActivityQuery>) -> ApiResult<Json<List<EventView>>> {
+    let filter = EventFilter {
+        org_id: None,
+        action: q.action,
+        actor: q.actor,
+        target: q.target,
+        since: q.since.as_deref().map(|t| parse_time("since", t)).transpose()?,
+        until: q.until.as_deref().map(|t| parse_time("until", t)).transpose()?,
+    };
+    let page = s
+        .app
+        .activity_query(&c.principal, q.org_id.as_deref(), filter, q.cursor.as_deref(), q.limit)
+        .await?;
+    Ok(Json(List {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Whether the activity chain is intact: every event present, in order, unedited.
+#[utoipa::path(get, path = "/v1/activity/verify", tag = "activity", responses((status = 200, body = VerifyView)), security(("bearer" = [])))]
+pub async fn verify(State(s): State<AppState>, c: Caller) -> ApiResult<Json<VerifyView>> {
+    let r = s.app.activity_verify(&c.principal).await?;
+    Ok(Json(VerifyView {
+        intact: r.intact,
+        checked: r.checked,
+        first_broken: r.first_broken.map(|b| BrokenView { seq: b.seq, id: b.id, reason: b.reason }),
+    }))
+}

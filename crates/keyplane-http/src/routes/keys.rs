@@ -1,0 +1,185 @@
+//! API keys: `/v1/api-keys` and seed 002's `/auth/api_keys`.
+
+use crate::auth::Caller;
+use crate::dto::*;
+use crate::error::{ApiResult, AppJson, AppPath, AppQuery, OptionalJson};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use keyplane_core::app::{ApiKeyPatch, NewApiKey};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/api-keys", post(create).get(list))
+        .route("/v1/api-keys/{id}", get(get_one).patch(update).delete(revoke))
+        .route("/v1/api-keys/{id}/copy", post(copy))
+        .route("/v1/api-keys/{id}/revoke", post(revoke))
+        .route("/v1/api-keys/{id}/regenerate", post(regenerate))
+        .route("/auth/api_keys", get(seed_list).post(seed_create))
+        .route("/auth/api_keys/deactivate/{id}", delete(seed_deactivate))
+}
+
+const SHOWN_ONCE: &str = "Store this key now: it is shown only once. keyplane keeps only a keyed hash of it.";
+
+fn with_secret(state: &AppState, k: keyplane_core::model::ApiKey, secret: keyplane_core::secret::SecretString) -> ApiKeyWithSecret {
+    ApiKeyWithSecret {
+        api_key: ApiKeyView::new(k, state.app.now()),
+        key: secret.expose().to_string(),
+        message: SHOWN_ONCE.into(),
+    }
+}
+
+fn grace(seconds: Option<i64>) -> Option<time::Duration> {
+    seconds.map(time::Duration::seconds)
+}
+
+/// Create an API key. The secret is in this response only.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKey,
+    responses((status = 201, body = ApiKeyWithSecret), (status = 409, body = crate::error::Problem, description = "limit of active keys reached"), (status = 422, body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateApiKey>) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+    let expires_at = b.expires_at.as_deref().map(|t| parse_time("expires_at", t)).transpose()?;
+    let input = NewApiKey {
+        org_id: b.org_id,
+        project_id: b.project_id,
+        owner_member_id: b.owner_member_id,
+        name: b.name,
+        description: b.description,
+        scopes: b.scopes,
+        roles: b.roles,
+        expires_at,
+        default_for_service: b.default_for_service,
+    };
+    let (k, secret) = s.app.api_key_create(&c.principal, input, &c.meta).await?;
+    Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeyListQuery {
+    pub org_id: Option<String>,
+    pub project_id: Option<String>,
+    /// Include revoked keys.
+    #[serde(default)]
+    pub include_inactive: bool,
+    pub cursor: Option<String>,
+    /// 1 to 200; 50 by default.
+    pub limit: Option<i64>,
+}
+
+/// List API keys (never their secrets), oldest first, by cursor.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(KeyListQuery),
+    responses((status = 200, body = List<ApiKeyView>)), security(("bearer" = [])))]
+pub async fn list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<KeyListQuery>) -> ApiResult<Json<List<ApiKeyView>>> {
+    let page = s
+        .app
+        .api_key_list(&c.principal, q.org_id.as_deref(), q.project_id.as_deref(), q.include_inactive, q.cursor.as_deref(), q.limit)
+        .await?;
+    let now = s.app.now();
+    Ok(Json(List {
+        items: page.items.into_iter().map(|k| ApiKeyView::new(k, now)).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Get one API key.
+#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)),
+    responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
+pub async fn get_one(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<ApiKeyView>> {
+    let k = s.app.api_key_get(&c.principal, &id).await?;
+    Ok(Json(ApiKeyView::new(k, s.app.now())))
+}
+
+/// Edit name, description, scopes, roles, expiry or the default mark.
+#[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)), request_body = UpdateApiKey,
+    responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
+pub async fn update(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, AppJson(b): AppJson<UpdateApiKey>) -> ApiResult<Json<ApiKeyView>> {
+    let expires_at = match b.expires_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(t)) => Some(Some(parse_time("expires_at", &t)?)),
+    };
+    let patch = ApiKeyPatch {
+        name: b.name,
+        description: b.description,
+        scopes: b.scopes,
+        roles: b.roles,
+        expires_at,
+        default_for_service: b.default_for_service,
+    };
+    let k = s.app.api_key_update(&c.principal, &id, patch, &c.meta).await?;
+    Ok(Json(ApiKeyView::new(k, s.app.now())))
+}
+
+/// Revoke a key (idempotent). It is refused from the very next request.
+#[utoipa::path(post, path = "/v1/api-keys/{id}/revoke", tag = "api-keys", params(("id" = String, Path)),
+    responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
+pub async fn revoke(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<ApiKeyView>> {
+    let k = s.app.api_key_revoke(&c.principal, &id, &c.meta).await?;
+    Ok(Json(ApiKeyView::new(k, s.app.now())))
+}
+
+/// Create a new key with the same configuration (and a new secret).
+#[utoipa::path(post, path = "/v1/api-keys/{id}/copy", tag = "api-keys", params(("id" = String, Path)), request_body = CopyApiKey,
+    responses((status = 201, body = ApiKeyWithSecret)), security(("bearer" = [])))]
+pub async fn copy(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, OptionalJson(b): OptionalJson<CopyApiKey>) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+    let (k, secret) = s.app.api_key_copy(&c.principal, &id, b.name, &c.meta).await?;
+    Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
+}
+
+/// Give the key a new secret; the old one is refused at once or after the grace period.
+#[utoipa::path(post, path = "/v1/api-keys/{id}/regenerate", tag = "api-keys", params(("id" = String, Path)), request_body = RegenerateApiKey,
+    responses((status = 200, body = ApiKeyWithSecret)), security(("bearer" = [])))]
+pub async fn regenerate(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, OptionalJson(b): OptionalJson<RegenerateApiKey>) -> ApiResult<Json<ApiKeyWithSecret>> {
+    let (k, secret) = s.app.api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta).await?;
+    Ok(Json(with_secret(&s, k, secret)))
+}
+
+/// Seed 002: the organization's keys (never their secrets).
+#[utoipa::path(get, path = "/auth/api_keys", tag = "seed-002", responses((status = 200, body = Vec<ApiKeyView>)), security(("bearer" = [])))]
+pub async fn seed_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<Vec<ApiKeyView>>> {
+    let now = s.app.now();
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = s.app.api_key_list(&c.principal, None, None, true, cursor.as_deref(), Some(200)).await?;
+        out.extend(page.items.into_iter().map(|k| ApiKeyView::new(k, now)));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(Json(out))
+}
+
+/// Seed 002: create a key with `description` and `roles`, or regenerate the key named by `id`.
+#[utoipa::path(post, path = "/auth/api_keys", tag = "seed-002", request_body = SeedCreateApiKey,
+    responses((status = 201, body = ApiKeyWithSecret), (status = 200, body = ApiKeyWithSecret, description = "regenerated")), security(("bearer" = [])))]
+pub async fn seed_create(State(s): State<AppState>, c: Caller, OptionalJson(b): OptionalJson<SeedCreateApiKey>) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+    if let Some(id) = b.id {
+        let (k, secret) = s.app.api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta).await?;
+        let mut out = with_secret(&s, k, secret);
+        out.message = format!("API key regenerated: the previous secret no longer works. {SHOWN_ONCE}");
+        return Ok((StatusCode::OK, Json(out)));
+    }
+    let input = NewApiKey {
+        name: b.name,
+        description: b.description,
+        roles: b.roles,
+        scopes: b.scopes,
+        ..Default::default()
+    };
+    let (k, secret) = s.app.api_key_create(&c.principal, input, &c.meta).await?;
+    Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
+}
+
+/// Seed 002: deactivate a key.
+#[utoipa::path(delete, path = "/auth/api_keys/deactivate/{id}", tag = "seed-002", params(("id" = String, Path)),
+    responses((status = 200, body = ApiKeyView)), security(("bearer" = [])))]
+pub async fn seed_deactivate(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<ApiKeyView>> {
+    revoke(State(s), c, AppPath(id)).await
+}

@@ -1,0 +1,7 @@
+//! The routers, one module per area; each exposes `fn router() -> Router<AppState>`.
+
+pub mod activity;
+pub mod authz;
+pub mod keys;
+pub mod mgmt;
+pub mod ops;

@@ -1,0 +1,272 @@
+//! The CLI client: `keyplane keys ...` and `keyplane services ...` against a running server.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "KEYPLANE_URL", default_value = "http://127.0.0.1:8780", global = true)]
+    pub url: String,
+    /// The admin key or an API key.
+    #[arg(long, env = "KEYPLANE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// A scope the key grants (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A role the key carries (repeat for more).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// RFC 3339 expiry time.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[arg(long)]
+        org_id: Option<String>,
+        #[arg(long)]
+        project_id: Option<String>,
+        /// Mark it the default token of this service.
+        #[arg(long)]
+        default_for_service: Option<String>,
+    },
+    /// List API keys.
+    List {
+        #[arg(long)]
+        org_id: Option<String>,
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one API key.
+    Get { id: String },
+    /// Revoke an API key.
+    Revoke { id: String },
+    /// Give an API key a new secret.
+    Regenerate {
+        id: String,
+        /// Keep the old secret working this many seconds.
+        #[arg(long)]
+        grace_seconds: Option<i64>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServicesCommand {
+    /// Register a service and its scopes.
+    Create {
+        name: String,
+        /// A scope of the service (repeat for more).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List services.
+    List,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Self> {
+        let Some(token) = args.token.clone() else {
+            bail!("no credential: pass --token or set KEYPLANE_TOKEN to the admin key or an API key");
+        };
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: args.url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach keyplane at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let detail = value
+                .get("detail")
+                .and_then(Value::as_str)
+                .unwrap_or("no detail");
+            bail!("{} {}: {detail}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+        }
+        Ok(value)
+    }
+}
+
+fn strs(v: &Value, field: &str) -> String {
+    match v.get(field) {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A plain table: a header and rows, columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+fn key_rows(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|k| {
+            ["id", "name", "prefix", "scopes", "roles", "status", "created_at", "last_used_at", "expires_at"]
+                .iter()
+                .map(|f| strs(k, f))
+                .collect()
+        })
+        .collect();
+    table(&["ID", "NAME", "PREFIX", "SCOPES", "ROLES", "STATUS", "CREATED", "LAST USED", "EXPIRES"], &rows)
+}
+
+fn print(args: &ClientArgs, value: &Value, human: impl FnOnce(&Value) -> String) {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        println!("{}", human(value));
+    }
+}
+
+fn show_secret(v: &Value) -> String {
+    format!(
+        "{}\n\nkey: {}\n{}",
+        key_rows(std::slice::from_ref(v)),
+        strs(v, "key"),
+        strs(v, "message")
+    )
+}
+
+pub async fn keys(args: &ClientArgs, cmd: KeysCommand) -> Result<()> {
+    let c = Client::new(args)?;
+    use reqwest::Method;
+    match cmd {
+        KeysCommand::Create { name, description, scopes, roles, expires_at, org_id, project_id, default_for_service } => {
+            let mut body = json!({ "scopes": scopes, "roles": roles });
+            for (k, v) in [("name", name), ("description", description), ("expires_at", expires_at), ("org_id", org_id), ("project_id", project_id), ("default_for_service", default_for_service)] {
+                if let Some(v) = v {
+                    body[k] = Value::String(v);
+                }
+            }
+            let v = c.call(Method::POST, "/v1/api-keys", Some(body)).await?;
+            print(args, &v, show_secret);
+        }
+        KeysCommand::List { org_id, all } => {
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = vec![format!("include_inactive={all}"), "limit=200".to_string()];
+                if let Some(o) = &org_id {
+                    q.push(format!("org_id={o}"));
+                }
+                if let Some(cur) = &cursor {
+                    q.push(format!("cursor={cur}"));
+                }
+                let v = c.call(Method::GET, &format!("/v1/api-keys?{}", q.join("&")), None).await?;
+                items.extend(v["items"].as_array().cloned().unwrap_or_default());
+                match v.get("next_cursor").and_then(Value::as_str) {
+                    Some(n) => cursor = Some(n.to_string()),
+                    None => break,
+                }
+            }
+            print(args, &Value::Array(items), |v| key_rows(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+        }
+        KeysCommand::Get { id } => {
+            let v = c.call(Method::GET, &format!("/v1/api-keys/{id}"), None).await?;
+            print(args, &v, |v| key_rows(std::slice::from_ref(v)));
+        }
+        KeysCommand::Revoke { id } => {
+            let v = c.call(Method::POST, &format!("/v1/api-keys/{id}/revoke"), None).await?;
+            print(args, &v, |v| key_rows(std::slice::from_ref(v)));
+        }
+        KeysCommand::Regenerate { id, grace_seconds } => {
+            let v = c
+                .call(Method::POST, &format!("/v1/api-keys/{id}/regenerate"), Some(json!({ "grace_period_seconds": grace_seconds })))
+                .await?;
+            print(args, &v, show_secret);
+        }
+    }
+    Ok(())
+}
+
+pub async fn services(args: &ClientArgs, cmd: ServicesCommand) -> Result<()> {
+    let c = Client::new(args)?;
+    use reqwest::Method;
+    let rows = |items: &[Value]| {
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|s| ["id", "name", "scopes", "description"].iter().map(|f| strs(s, f)).collect())
+            .collect();
+        table(&["ID", "NAME", "SCOPES", "DESCRIPTION"], &rows)
+    };
+    match cmd {
+        ServicesCommand::Create { name, scopes, description } => {
+            let v = c
+                .call(Method::POST, "/v1/services", Some(json!({ "name": name, "scopes": scopes, "description": description })))
+                .await?;
+            print(args, &v, |v| rows(std::slice::from_ref(v)));
+        }
+        ServicesCommand::List => {
+            let v = c.call(Method::GET, "/v1/services", None).await?;
+            let items = v["items"].clone();
+            print(args, &items, |v| rows(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tables_pad_columns() {
+        let t = super::table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y");
+    }
+}

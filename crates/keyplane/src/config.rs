@@ -1,0 +1,296 @@
+//! Configuration: one typed struct, layered defaults → TOML file → `KEYPLANE_*` environment →
+//! flags, validated once at start. Any secret can also come from a `*_FILE`.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The TOML file's shape. Every field is optional; unknown fields are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_key_file: Option<PathBuf>,
+    pub pepper_file: Option<PathBuf>,
+    pub max_active_keys_per_org: Option<i64>,
+    pub flush_interval_ms: Option<u64>,
+    pub log_format: Option<String>,
+    #[serde(default)]
+    pub prefixes: Prefixes,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prefixes {
+    pub api_key: Option<String>,
+    pub admin_key: Option<String>,
+}
+
+/// Flags that override everything else.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigFlags {
+    /// A TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH (default sqlite://keyplane.db) or postgres://...
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// Where a generated pepper is kept (default: the SQLite file's folder, else the working directory).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: String,
+    pub data_dir: PathBuf,
+    /// The operator-supplied admin key, if any (never printed).
+    pub admin_key: Option<String>,
+    /// The operator-supplied pepper, if any (never printed).
+    pub pepper: Option<Vec<u8>>,
+    pub max_active_keys_per_org: Option<i64>,
+    pub flush_interval_ms: u64,
+    pub log_format: String,
+    pub api_key_prefix: String,
+    pub admin_key_prefix: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database", &redact_url(&self.database))
+            .field("data_dir", &self.data_dir)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
+            .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
+            .field("max_active_keys_per_org", &self.max_active_keys_per_org)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A database URL with any password removed, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+const KNOWN_ENV: &[&str] = &[
+    "KEYPLANE_CONFIG",
+    "KEYPLANE_LISTEN",
+    "KEYPLANE_DATABASE",
+    "KEYPLANE_DATA_DIR",
+    "KEYPLANE_ADMIN_KEY",
+    "KEYPLANE_ADMIN_KEY_FILE",
+    "KEYPLANE_PEPPER",
+    "KEYPLANE_PEPPER_FILE",
+    "KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG",
+    "KEYPLANE_FLUSH_INTERVAL_MS",
+    "KEYPLANE_LOG",
+    "KEYPLANE_LOG_FORMAT",
+    "KEYPLANE_API_KEY_PREFIX",
+    "KEYPLANE_ADMIN_KEY_PREFIX",
+    // The CLI client's.
+    "KEYPLANE_URL",
+    "KEYPLANE_TOKEN",
+    // Tests'.
+    "KEYPLANE_TEST_DATABASE_URL",
+];
+
+fn read_secret_file(path: &Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+impl Config {
+    /// Loads the configuration from `env` (normally `std::env::vars()`) and the flags.
+    pub fn load(flags: &ConfigFlags, listen_flag: Option<&str>, env: &HashMap<String, String>) -> Result<Config> {
+        for k in env.keys() {
+            if k.starts_with("KEYPLANE_") && !KNOWN_ENV.contains(&k.as_str()) {
+                tracing::warn!(variable = %k, "unknown KEYPLANE_* environment variable ignored");
+            }
+        }
+        let file_path = flags
+            .config
+            .clone()
+            .or_else(|| env.get("KEYPLANE_CONFIG").map(PathBuf::from));
+        let file: FileConfig = match &file_path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the configuration file {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("the configuration file {} is not valid", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+
+        let listen = listen_flag
+            .map(str::to_string)
+            .or_else(|| env.get("KEYPLANE_LISTEN").cloned())
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8780".into());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("listen address {listen:?} is not HOST:PORT (e.g. 127.0.0.1:8780)"))?;
+
+        let database = flags
+            .database
+            .clone()
+            .or_else(|| env.get("KEYPLANE_DATABASE").cloned())
+            .or(file.database)
+            .unwrap_or_else(|| "sqlite://keyplane.db".into());
+        if !(database.starts_with("sqlite:") || database.starts_with("postgres:") || database.starts_with("postgresql:")) {
+            bail!("database URL {:?} is not sqlite://PATH or postgres://...", redact_url(&database));
+        }
+
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or_else(|| env.get("KEYPLANE_DATA_DIR").map(PathBuf::from))
+            .or(file.data_dir)
+            .unwrap_or_else(|| default_data_dir(&database));
+
+        let admin_key = match (env.get("KEYPLANE_ADMIN_KEY"), env.get("KEYPLANE_ADMIN_KEY_FILE").map(PathBuf::from).or(file.admin_key_file)) {
+            (Some(k), _) => Some(k.trim().to_string()),
+            (None, Some(path)) => Some(read_secret_file(&path, "admin key")?),
+            (None, None) => None,
+        };
+        if let Some(k) = &admin_key {
+            if k.len() < 32 {
+                bail!("the admin key must be at least 32 characters long (it has {})", k.len());
+            }
+        }
+
+        let pepper = match (env.get("KEYPLANE_PEPPER"), env.get("KEYPLANE_PEPPER_FILE").map(PathBuf::from).or(file.pepper_file)) {
+            (Some(p), _) => Some(p.trim().as_bytes().to_vec()),
+            (None, Some(path)) => Some(read_secret_file(&path, "pepper")?.into_bytes()),
+            (None, None) => None,
+        };
+        if let Some(p) = &pepper {
+            if p.len() < 32 {
+                bail!("the pepper must be at least 32 bytes long");
+            }
+        }
+
+        let max_active_keys_per_org = match env.get("KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG") {
+            Some(v) => Some(v.parse::<i64>().context("KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG must be a number")?),
+            None => file.max_active_keys_per_org,
+        }
+        .or(Some(50));
+        // 0 (or less) means no limit.
+        let max_active_keys_per_org = max_active_keys_per_org.filter(|n| *n > 0);
+
+        let flush_interval_ms = match env.get("KEYPLANE_FLUSH_INTERVAL_MS") {
+            Some(v) => v.parse().context("KEYPLANE_FLUSH_INTERVAL_MS must be a number")?,
+            None => file.flush_interval_ms.unwrap_or(1000),
+        };
+        let log_format = env
+            .get("KEYPLANE_LOG_FORMAT")
+            .cloned()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            bail!("log_format must be `text` or `json`");
+        }
+        let api_key_prefix = env
+            .get("KEYPLANE_API_KEY_PREFIX")
+            .cloned()
+            .or(file.prefixes.api_key)
+            .unwrap_or_else(|| "kp_".into());
+        let admin_key_prefix = env
+            .get("KEYPLANE_ADMIN_KEY_PREFIX")
+            .cloned()
+            .or(file.prefixes.admin_key)
+            .unwrap_or_else(|| "kpa_".into());
+        for p in [&api_key_prefix, &admin_key_prefix] {
+            keyplane_core::secret::SecretFormat::new(p).map_err(anyhow::Error::msg)?;
+        }
+        if api_key_prefix == admin_key_prefix {
+            bail!("the API key and admin key prefixes must differ");
+        }
+        Ok(Config {
+            listen,
+            database,
+            data_dir,
+            admin_key,
+            pepper,
+            max_active_keys_per_org,
+            flush_interval_ms: flush_interval_ms.max(10),
+            log_format,
+            api_key_prefix,
+            admin_key_prefix,
+        })
+    }
+}
+
+fn default_data_dir(database: &str) -> PathBuf {
+    if let Some(rest) = database.strip_prefix("sqlite://").or_else(|| database.strip_prefix("sqlite:")) {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if let Some(parent) = Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                return parent.to_path_buf();
+            }
+        }
+    }
+    PathBuf::from(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_env_then_flags() {
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8780");
+        assert_eq!(c.database, "sqlite://keyplane.db");
+        assert_eq!(c.max_active_keys_per_org, Some(50));
+
+        let dir = std::env::temp_dir().join(format!("kp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyplane.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndatabase = \"sqlite:///tmp/x.db\"\nmax_active_keys_per_org = 7\n").unwrap();
+        let flags = ConfigFlags { config: Some(file.clone()), ..Default::default() };
+        let c = Config::load(&flags, None, &env(&[])).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_active_keys_per_org, Some(7));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp"));
+
+        let c = Config::load(&flags, None, &env(&[("KEYPLANE_LISTEN", "127.0.0.1:9001")])).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        let c = Config::load(&flags, Some("127.0.0.1:9002"), &env(&[("KEYPLANE_LISTEN", "127.0.0.1:9001")])).unwrap();
+        assert_eq!(c.listen.port(), 9002);
+
+        std::fs::write(&file, "lisen = \"typo\"\n").unwrap();
+        assert!(Config::load(&flags, None, &env(&[])).is_err());
+    }
+
+    #[test]
+    fn short_secrets_and_bad_urls_are_refused() {
+        assert!(Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_ADMIN_KEY", "short")])).is_err());
+        assert!(Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_PEPPER", "short")])).is_err());
+        assert!(Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_DATABASE", "mysql://x")])).is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert!(!format!("{:?}", Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_ADMIN_KEY", "a-very-long-admin-key-of-at-least-32-chars")])).unwrap()).contains("very-long"));
+    }
+}

@@ -1,0 +1,6 @@
+//! The keyplane binary's library half: configuration, the server assembly and the CLI client.
+//! `main.rs` is thin glue over these, and the test kit starts servers through `server::start`.
+
+pub mod client;
+pub mod config;
+pub mod server;

@@ -1,0 +1,194 @@
+//! `keyplane serve`: assembles storage, the use cases and the HTTP interface, and runs them
+//! until a shutdown signal; then lets requests in flight finish and flushes batched writes.
+
+use crate::config::{redact_url, Config};
+use anyhow::{Context, Result};
+use keyplane_core::app::Settings;
+use keyplane_core::clock::SystemClock;
+use keyplane_core::secret::{random_base62, Pepper, SecretFormat, SecretString};
+use keyplane_core::Keyplane;
+use keyplane_http::AppState;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The pepper: supplied, or read from (or generated into) `data_dir/keyplane.pepper`.
+pub fn load_pepper(config: &Config) -> Result<Pepper> {
+    if let Some(p) = &config.pepper {
+        return Pepper::new(1, p).map_err(anyhow::Error::msg);
+    }
+    let path = config.data_dir.join("keyplane.pepper");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+            let generated = random_base62(64);
+            write_private(&path, &generated)?;
+            tracing::info!(path = %path.display(), "generated a new pepper; keep this file with the database");
+            generated
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the pepper file {}", path.display())),
+    };
+    if config.database.starts_with("postgres") {
+        tracing::warn!("using a pepper generated on this machine with PostgreSQL: set KEYPLANE_PEPPER (or _FILE) to the same value on every node");
+    }
+    Pepper::new(1, text.as_bytes()).map_err(anyhow::Error::msg)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Builds the use cases on the configured storage.
+pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
+    let pepper = load_pepper(config)?;
+    let store = keyplane_store::open(&config.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&config.database)))?;
+    let settings = Settings {
+        api_key_format: SecretFormat::new(&config.api_key_prefix).map_err(anyhow::Error::msg)?,
+        admin_key_format: SecretFormat::new(&config.admin_key_prefix).map_err(anyhow::Error::msg)?,
+        max_active_keys_per_org: config.max_active_keys_per_org,
+    };
+    Ok(Arc::new(Keyplane::new(store, Arc::new(SystemClock), pepper, settings)))
+}
+
+/// A server that is running.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<Keyplane>,
+    /// The admin key generated on this first start, if one was.
+    pub generated_admin_key: Option<SecretString>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, waits for requests in flight, flushes, and returns.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.context("the server task failed")?
+    }
+
+    /// Waits until the server stops by itself (after `shutdown_signal`).
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.context("the server task failed")?
+    }
+}
+
+/// Starts serving on `config.listen`; stops on the returned handle or on `external` resolving.
+pub async fn start(
+    config: &Config,
+    external: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running> {
+    let app = build(config).await?;
+    let supplied = config.admin_key.clone().map(SecretString::new);
+    let generated_admin_key = app.bootstrap(supplied.as_ref()).await?;
+
+    {
+        let app = Arc::clone(&app);
+        app.store()
+            .clone()
+            .subscribe(Arc::new(move |change| app.apply_invalidation(&change)));
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            _ = stop_rx => {},
+            _ = external => {},
+        }
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+    };
+
+    let flusher = {
+        let app = Arc::clone(&app);
+        let every = Duration::from_millis(config.flush_interval_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.flush().await {
+                    tracing::warn!(error = %e, "could not write batched last-used times and refusals");
+                }
+            }
+        })
+    };
+
+    let state = AppState { app: Arc::clone(&app) };
+    let app_for_task = Arc::clone(&app);
+    let task = tokio::spawn(async move {
+        let served = keyplane_http::serve(listener, state, shutdown).await;
+        flusher.abort();
+        app_for_task
+            .flush()
+            .await
+            .context("could not flush batched writes at shutdown")?;
+        served.context("the HTTP server failed")?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    });
+    tracing::info!(%addr, storage = app.store().backend(), "keyplane is listening");
+    Ok(Running {
+        addr,
+        app,
+        generated_admin_key,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// The banner that shows a generated admin key, once.
+pub fn admin_key_banner(key: &SecretString) -> String {
+    let line = "=".repeat(78);
+    format!(
+        "\n{line}\n  keyplane generated an admin key for this deployment. It is shown ONCE:\n\n    {}\n\n  Store it in your secrets manager now. Only a keyed hash of it is kept.\n  Use it as `Authorization: Bearer <admin key>`. Rotate with `keyplane admin-key rotate`.\n{line}\n",
+        key.expose()
+    )
+}
