@@ -1,0 +1,1 @@
+//! The real binary: start, banner, signals, restart, files and logs, the CLI.

@@ -1,0 +1,1 @@
+//! Member visibility and cross-organization isolation, route by route.
