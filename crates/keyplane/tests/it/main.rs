@@ -28,6 +28,10 @@ macro_rules! on_both {
     };
 }
 
+mod activity;
 mod binary;
+mod errors;
 mod keys;
+mod limits;
+mod seed002;
 mod visibility;
