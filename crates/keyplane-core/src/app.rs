@@ -130,9 +130,12 @@ const MAX_PAGE: i64 = 200;
 const REFUSED_QUEUE_LIMIT: usize = 10_000;
 
 /// Refused credentials, aggregated until the next flush so a flood writes a bounded log.
+/// Refusals are aggregated by reason, key, client address and user agent.
+type RefusalKey = (Refusal, Option<String>, Option<String>, Option<String>);
+
 #[derive(Default)]
 struct RefusedQueue {
-    pending: HashMap<(Refusal, Option<String>, Option<String>, Option<String>), (NewEvent, u64)>,
+    pending: HashMap<RefusalKey, (NewEvent, u64)>,
     dropped: u64,
 }
 

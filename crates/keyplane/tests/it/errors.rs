@@ -13,7 +13,8 @@ async fn bad_input(app: TestApp) {
         r.send()
     };
 
-    let cases: Vec<(&str, Method, &str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+    type Case<'a> = (&'a str, Method, &'a str, Option<&'a str>, Vec<u8>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", Method::POST, "/v1/api-keys", Some("application/json"), b"{\"name\":".to_vec(), StatusCode::BAD_REQUEST, "not valid JSON"),
         ("wrong content type", Method::POST, "/v1/api-keys", Some("text/plain"), b"{}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
         ("wrong field type", Method::POST, "/v1/api-keys", Some("application/json"), br#"{"scopes":"ai-guard:read"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "scopes"),
