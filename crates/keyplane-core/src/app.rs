@@ -26,6 +26,7 @@ pub struct Settings {
     pub admin_key_format: SecretFormat,
     /// Active API keys allowed per organization; `None` means no limit.
     pub max_active_keys_per_org: Option<i64>,
+    pub oauth: crate::oauth::OAuthSettings,
 }
 
 impl Default for Settings {
@@ -34,6 +35,7 @@ impl Default for Settings {
             api_key_format: SecretFormat::new("kp_").expect("valid"),
             admin_key_format: SecretFormat::new("kpa_").expect("valid"),
             max_active_keys_per_org: Some(50),
+            oauth: Default::default(),
         }
     }
 }
@@ -76,12 +78,60 @@ impl Refusal {
     }
 }
 
+/// Who a checked credential is: an API key or an access token.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    Key(Arc<CachedKey>),
+    Token(Arc<crate::oauth::TokenIdentity>),
+}
+
+impl Identity {
+    /// The member who owns it, or else the key id or the client id.
+    pub fn subject(&self) -> &str {
+        match self {
+            Identity::Key(k) => k.owner_member_id.as_deref().unwrap_or(&k.key_id),
+            Identity::Token(t) => &t.client_id,
+        }
+    }
+    pub fn scopes(&self) -> &[String] {
+        match self {
+            Identity::Key(k) => &k.scopes,
+            Identity::Token(t) => &t.scopes,
+        }
+    }
+    pub fn scopes_joined(&self) -> &str {
+        match self {
+            Identity::Key(k) => &k.scopes_joined,
+            Identity::Token(t) => &t.scopes_joined,
+        }
+    }
+    pub fn org_id(&self) -> &str {
+        match self {
+            Identity::Key(k) => &k.org_id,
+            Identity::Token(t) => &t.org_id,
+        }
+    }
+    pub fn project_id(&self) -> &str {
+        match self {
+            Identity::Key(k) => &k.project_id,
+            Identity::Token(t) => &t.project_id,
+        }
+    }
+    /// The key id, or the access token's `jti`.
+    pub fn credential_id(&self) -> &str {
+        match self {
+            Identity::Key(k) => &k.key_id,
+            Identity::Token(t) => &t.jti,
+        }
+    }
+}
+
 /// The answer of a credential check for a platform API (`/v1/authz`).
 #[derive(Debug, Clone)]
 pub enum Verdict {
-    Allow(Arc<CachedKey>),
+    Allow(Identity),
     Refuse(Refusal),
-    InsufficientScope(Arc<CachedKey>),
+    InsufficientScope(Identity),
 }
 
 /// Input for creating an API key.
@@ -130,8 +180,8 @@ const MAX_PAGE: i64 = 200;
 const REFUSED_QUEUE_LIMIT: usize = 10_000;
 
 /// Refused credentials, aggregated until the next flush so a flood writes a bounded log.
-/// Refusals are aggregated by reason, key, client address and user agent.
-type RefusalKey = (Refusal, Option<String>, Option<String>, Option<String>);
+/// Refusals are aggregated by reason, credential id, client address and user agent.
+type RefusalKey = (&'static str, Option<String>, Option<String>, Option<String>);
 
 #[derive(Default)]
 struct RefusedQueue {
@@ -140,6 +190,7 @@ struct RefusedQueue {
 }
 
 pub struct Keyplane {
+    pub(crate) oauth: crate::oauth::OAuthState,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     pepper: Pepper,
@@ -149,7 +200,7 @@ pub struct Keyplane {
     checks: AtomicU64,
 }
 
-fn clean_name(field: &'static str, value: &str) -> Result<String> {
+pub(crate) fn clean_name(field: &'static str, value: &str) -> Result<String> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > 128 || v.chars().any(char::is_control) {
         return Err(Error::invalid(
@@ -160,7 +211,7 @@ fn clean_name(field: &'static str, value: &str) -> Result<String> {
     Ok(v.to_string())
 }
 
-fn clean_description(value: Option<&str>) -> Result<String> {
+pub(crate) fn clean_description(value: Option<&str>) -> Result<String> {
     let v = value.unwrap_or("").trim();
     if v.chars().count() > 1024 {
         return Err(Error::invalid(
@@ -178,11 +229,11 @@ fn valid_scope_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b":._-/*".contains(&b))
 }
 
-fn cursor_of(seq: i64) -> String {
+pub(crate) fn cursor_of(seq: i64) -> String {
     seq.to_string()
 }
 
-fn parse_cursor(cursor: Option<&str>) -> Result<Option<i64>> {
+pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<i64>> {
     match cursor {
         None | Some("") => Ok(None),
         Some(c) => c
@@ -194,7 +245,7 @@ fn parse_cursor(cursor: Option<&str>) -> Result<Option<i64>> {
     }
 }
 
-fn page_limit(limit: Option<i64>) -> Result<i64> {
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64> {
     match limit {
         None => Ok(50),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
@@ -208,6 +259,7 @@ fn page_limit(limit: Option<i64>) -> Result<i64> {
 impl Keyplane {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, pepper: Pepper, settings: Settings) -> Self {
         Self {
+            oauth: crate::oauth::OAuthState::new(&pepper, &settings.oauth),
             store,
             clock,
             pepper,
@@ -216,6 +268,10 @@ impl Keyplane {
             refused: Mutex::new(RefusedQueue::default()),
             checks: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn pepper(&self) -> &Pepper {
+        &self.pepper
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -289,6 +345,10 @@ impl Keyplane {
     }
 
     async fn record_system(&self, action: &str, note: &str) -> Result<()> {
+        self.record_system_event(action, serde_json::json!({ "note": note })).await
+    }
+
+    pub(crate) async fn record_system_event(&self, action: &str, details: serde_json::Value) -> Result<()> {
         self.store
             .activity_append(&[NewEvent {
                 id: new_id("evt"),
@@ -300,7 +360,7 @@ impl Keyplane {
                 outcome: Outcome::Success,
                 client_addr: None,
                 user_agent: None,
-                details: serde_json::json!({ "note": note }),
+                details,
             }])
             .await
     }
@@ -308,7 +368,7 @@ impl Keyplane {
     // ----- checking credentials -----
 
     /// Resolves an API key to its cached form, reading storage at most once per digest.
-    async fn resolve_key(&self, token: &str) -> Result<Option<Arc<CachedKey>>, Refusal> {
+    pub(crate) async fn resolve_key_raw(&self, token: &str) -> Result<Option<Arc<CachedKey>>, Refusal> {
         if let Err(e) = self.settings.api_key_format.check(token) {
             let _: FormatError = e;
             return Err(Refusal::Malformed);
@@ -334,7 +394,7 @@ impl Keyplane {
         Ok(entry)
     }
 
-    fn evaluate(&self, k: &CachedKey) -> Result<(), Refusal> {
+    pub(crate) fn evaluate(&self, k: &CachedKey) -> Result<(), Refusal> {
         if !k.is_active {
             return Err(Refusal::Revoked);
         }
@@ -350,23 +410,43 @@ impl Keyplane {
         let Some(token) = token else {
             return Verdict::Refuse(Refusal::Missing);
         };
-        let key = match self.resolve_key(token).await {
-            Ok(Some(k)) => k,
-            Ok(None) => return self.refuse(Refusal::Unknown, None, meta),
-            Err(r) => return self.refuse(r, None, meta),
+        let identity = if self.settings.api_key_format.claims(token) {
+            let key = match self.resolve_key_raw(token).await {
+                Ok(Some(k)) => k,
+                Ok(None) => return self.refuse(Refusal::Unknown, None, meta),
+                Err(r) => return self.refuse(r, None, meta),
+            };
+            if let Err(r) = self.evaluate(&key) {
+                return self.refuse(r, Some(&key), meta);
+            }
+            self.cache.mark_used(&key);
+            Identity::Key(key)
+        } else if self.is_access_token_shaped(token) {
+            match self.token_identity(token).await {
+                Some(t) => Identity::Token(Arc::new(t)),
+                None => return self.refuse(Refusal::Unknown, None, meta),
+            }
+        } else {
+            return self.refuse(Refusal::Malformed, None, meta);
         };
-        if let Err(r) = self.evaluate(&key) {
-            return self.refuse(r, Some(&key), meta);
-        }
-        self.cache.mark_used(&key);
+        let scopes = identity.scopes();
         if required
             .iter()
-            .all(|s| key.scopes.binary_search_by(|x| x.as_str().cmp(s)).is_ok())
+            .all(|s| scopes.binary_search_by(|x| x.as_str().cmp(s)).is_ok())
         {
-            Verdict::Allow(key)
+            Verdict::Allow(identity)
         } else {
-            Verdict::InsufficientScope(key)
+            Verdict::InsufficientScope(identity)
         }
+    }
+
+    /// The cached form of an API key, if it is one of ours (for introspection).
+    pub(crate) async fn resolve_key_pub(&self, token: &str) -> Option<Arc<CachedKey>> {
+        self.resolve_key_raw(token).await.ok().flatten()
+    }
+
+    pub(crate) fn evaluate_pub(&self, k: &CachedKey) -> Result<(), Refusal> {
+        self.evaluate(k)
     }
 
     fn refuse(&self, reason: Refusal, key: Option<&CachedKey>, meta: &RequestMeta) -> Verdict {
@@ -376,10 +456,18 @@ impl Keyplane {
 
     /// Queues an aggregated `credential.refused` event; never the secret, only its kind or id.
     fn note_refusal(&self, reason: Refusal, key: Option<&CachedKey>, meta: &RequestMeta) {
+        self.queue_refusal_in(reason.as_str(), key.map(|k| k.key_id.clone()), key.map(|k| k.org_id.clone()), meta);
+    }
+
+    pub(crate) fn queue_refusal(&self, reason: &'static str, target: Option<String>, meta: &RequestMeta) {
+        self.queue_refusal_in(reason, target, None, meta);
+    }
+
+    fn queue_refusal_in(&self, reason: &'static str, target: Option<String>, org_id: Option<String>, meta: &RequestMeta) {
         let mut q = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         let agg = (
             reason,
-            key.map(|k| k.key_id.clone()),
+            target.clone(),
             meta.client_addr.clone(),
             meta.user_agent.clone(),
         );
@@ -394,10 +482,10 @@ impl Keyplane {
         let event = NewEvent {
             id: new_id("evt"),
             at: self.now(),
-            org_id: key.map(|k| k.org_id.clone()),
+            org_id,
             actor: "anonymous".into(),
             action: "credential.refused".into(),
-            target: key.map(|k| k.key_id.clone()),
+            target,
             outcome: Outcome::Denied,
             client_addr: meta.client_addr.clone(),
             user_agent: meta.user_agent.clone(),
@@ -412,7 +500,7 @@ impl Keyplane {
             return Err(Error::Unauthenticated(Refusal::Missing.describe().into()));
         };
         if self.settings.api_key_format.claims(token) {
-            let key = match self.resolve_key(token).await {
+            let key = match self.resolve_key_raw(token).await {
                 Ok(Some(k)) => k,
                 Ok(None) => {
                     self.note_refusal(Refusal::Unknown, None, meta);
@@ -439,6 +527,21 @@ impl Keyplane {
                 permissions: key.permissions,
                 scopes: key.scopes.clone(),
             });
+        }
+        if self.is_access_token_shaped(token) {
+            return match self.token_identity(token).await {
+                Some(t) => Ok(Principal {
+                    actor: Actor::Client { client_id: t.client_id.clone() },
+                    org_id: Some(t.org_id.clone()),
+                    project_id: Some(t.project_id.clone()),
+                    permissions: PermSet::EMPTY,
+                    scopes: t.scopes.clone(),
+                }),
+                None => {
+                    self.queue_refusal("invalid_access_token", None, meta);
+                    Err(Error::Unauthenticated("the access token is invalid, expired or revoked".into()))
+                }
+            };
         }
         // Anything else may be the admin key. It is checked against storage on every call so a
         // rotation by `keyplane admin-key rotate` in another process takes effect at once.
@@ -470,7 +573,7 @@ impl Keyplane {
         let mut batch: Vec<NewEvent> = events
             .into_iter()
             .map(|((reason, ..), (mut e, count))| {
-                e.details = serde_json::json!({ "reason": reason.as_str(), "count": count });
+                e.details = serde_json::json!({ "reason": reason, "count": count });
                 e
             })
             .collect::<Vec<_>>();
@@ -492,14 +595,26 @@ impl Keyplane {
         if !batch.is_empty() {
             self.store.activity_append(&batch).await?;
         }
-        Ok(())
+        self.flush_oauth(false).await
+    }
+
+    /// Flushes everything, including the current minute's token-issuance counts (at shutdown).
+    pub async fn flush_final(&self) -> Result<()> {
+        self.flush().await?;
+        self.flush_oauth(true).await
     }
 
     /// Applies a change learned from another node.
     pub fn apply_invalidation(&self, change: &Invalidation) {
         match change {
             Invalidation::Digests(d) => self.cache.invalidate(d),
-            Invalidation::All => self.cache.clear(),
+            Invalidation::All => {
+                self.cache.clear();
+                self.oauth.clear();
+            }
+            Invalidation::Client(id) => self.oauth.invalidate_client(id),
+            Invalidation::Token(jti, exp) => self.oauth.note_revoked(jti.clone(), *exp),
+            Invalidation::SigningKeys => {}
         }
     }
 
@@ -514,7 +629,7 @@ impl Keyplane {
     // ----- the activity log -----
 
     #[allow(clippy::too_many_arguments)]
-    async fn record(
+    pub(crate) async fn record_event(
         &self,
         p: &Principal,
         org_id: Option<&str>,
@@ -635,7 +750,7 @@ impl Keyplane {
             created_at: now,
         };
         self.store.org_create(&org, &project).await?;
-        self.record(p, Some(&org.id), "org.create", Some(&org.id), meta, serde_json::json!({ "name": org.name }))
+        self.record_event(p, Some(&org.id), "org.create", Some(&org.id), meta, serde_json::json!({ "name": org.name }))
             .await?;
         Ok(org)
     }
@@ -648,7 +763,7 @@ impl Keyplane {
         Ok(self.store.org_get(&own).await?.into_iter().collect())
     }
 
-    async fn existing_org(&self, org_id: &str) -> Result<Org> {
+    pub(crate) async fn existing_org(&self, org_id: &str) -> Result<Org> {
         if !is_id("org", org_id) {
             return Err(Error::NotFound("organization"));
         }
@@ -674,7 +789,7 @@ impl Keyplane {
             created_at: self.now(),
         };
         self.store.project_create(&project).await?;
-        self.record(p, Some(&project.org_id), "project.create", Some(&project.id), meta, serde_json::json!({ "name": project.name }))
+        self.record_event(p, Some(&project.org_id), "project.create", Some(&project.id), meta, serde_json::json!({ "name": project.name }))
             .await?;
         Ok(project)
     }
@@ -687,7 +802,7 @@ impl Keyplane {
 
     /// The project a credential goes in: the one named (it must belong to the organization),
     /// or the organization's default project.
-    async fn project_in(&self, org_id: &str, project_id: Option<&str>) -> Result<Project> {
+    pub(crate) async fn project_in(&self, org_id: &str, project_id: Option<&str>) -> Result<Project> {
         match project_id {
             Some(id) => {
                 if !is_id("prj", id) {
@@ -759,7 +874,7 @@ impl Keyplane {
             created_at: self.now(),
         };
         self.store.service_create(&service).await?;
-        self.record(p, None, "service.create", Some(&service.id), meta, serde_json::json!({ "name": service.name, "scopes": service.scopes }))
+        self.record_event(p, None, "service.create", Some(&service.id), meta, serde_json::json!({ "name": service.name, "scopes": service.scopes }))
             .await?;
         Ok(service)
     }
@@ -779,7 +894,7 @@ impl Keyplane {
             .collect())
     }
 
-    async fn check_scopes(&self, scopes: Vec<String>) -> Result<Vec<String>> {
+    pub(crate) async fn check_scopes(&self, scopes: Vec<String>) -> Result<Vec<String>> {
         let known = self.scopes_supported().await?;
         let mut out = BTreeSet::new();
         for s in scopes {
@@ -823,7 +938,7 @@ impl Keyplane {
             created_at: self.now(),
         };
         self.store.member_create(&member).await?;
-        self.record(p, Some(&member.org_id), "member.create", Some(&member.id), meta, serde_json::json!({ "role": role.as_str() }))
+        self.record_event(p, Some(&member.org_id), "member.create", Some(&member.id), meta, serde_json::json!({ "role": role.as_str() }))
             .await?;
         Ok(member)
     }
@@ -864,6 +979,8 @@ impl Keyplane {
             .access_in(m.org_id.clone(), Permission::MembersManage)
             .map_err(|e| match e {
                 Error::Forbidden(_) if p.member_id() != Some(id) => Error::NotFound("member"),
+                // Another organization's member: the same answer as an unknown id.
+                Error::NotFound(_) => Error::NotFound("member"),
                 other => other,
             })?;
         Ok((m, access))
@@ -890,7 +1007,7 @@ impl Keyplane {
         self.may_grant_member_role(p, m.role)?;
         self.store.member_set_role(id, role).await?;
         self.invalidate(Invalidation::All).await?;
-        self.record(p, Some(&m.org_id), "member.role_change", Some(id), meta, serde_json::json!({ "from": m.role.as_str(), "to": role.as_str() }))
+        self.record_event(p, Some(&m.org_id), "member.role_change", Some(id), meta, serde_json::json!({ "from": m.role.as_str(), "to": role.as_str() }))
             .await?;
         m.role = role;
         Ok(m)
@@ -902,7 +1019,7 @@ impl Keyplane {
         let digests = self.store.member_delete(id, self.now()).await?;
         self.invalidate(Invalidation::Digests(digests)).await?;
         self.invalidate(Invalidation::All).await?;
-        self.record(p, Some(&m.org_id), "member.delete", Some(id), meta, serde_json::json!({ "keys_revoked": "all owned" }))
+        self.record_event(p, Some(&m.org_id), "member.delete", Some(id), meta, serde_json::json!({ "keys_revoked": "all owned" }))
             .await
     }
 
@@ -957,7 +1074,7 @@ impl Keyplane {
             return Err(Error::Conflict(format!("a role named `{}` already exists", role.name)));
         }
         self.store.role_create(&role).await?;
-        self.record(p, Some(&access.org_id), "role.create", Some(&role.id), meta, serde_json::json!({ "name": role.name, "permissions": role.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>() }))
+        self.record_event(p, Some(&access.org_id), "role.create", Some(&role.id), meta, serde_json::json!({ "name": role.name, "permissions": role.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>() }))
             .await?;
         Ok(role)
     }
@@ -1102,7 +1219,7 @@ impl Keyplane {
             .await?;
         // A digest that was once looked up and found unknown must not stay negative.
         self.cache.invalidate(&[ks.digest]);
-        self.record(p, Some(&key.org_id), "api_key.create", Some(&key.id), meta, key_details(&key))
+        self.record_event(p, Some(&key.org_id), "api_key.create", Some(&key.id), meta, key_details(&key))
             .await?;
         let key = self.store.api_key_get(&key.id).await?.ok_or(Error::NotFound("API key"))?;
         Ok((key, secret))
@@ -1117,7 +1234,8 @@ impl Keyplane {
         let access = p
             .access_in(key.org_id.clone(), Permission::KeysManage)
             .map_err(|e| match e {
-                Error::Forbidden(_) => Error::NotFound("API key"),
+                // Out of reach, or another organization's: the same answer as an unknown id.
+                Error::Forbidden(_) | Error::NotFound(_) => Error::NotFound("API key"),
                 other => other,
             })?;
         if !access.reaches(&key.org_id, key.owner_member_id.as_deref()) {
@@ -1186,7 +1304,7 @@ impl Keyplane {
         key.default_for_service = self.check_default_mark(mark, &key.scopes, &roles_scopes).await?;
         let digests = self.store.api_key_update(&key).await?;
         self.invalidate(Invalidation::Digests(digests)).await?;
-        self.record(p, Some(&key.org_id), "api_key.update", Some(&key.id), meta, key_details(&key))
+        self.record_event(p, Some(&key.org_id), "api_key.update", Some(&key.id), meta, key_details(&key))
             .await?;
         self.store.api_key_get(id).await?.ok_or(Error::NotFound("API key"))
     }
@@ -1214,7 +1332,7 @@ impl Keyplane {
         if key.is_active {
             let digests = self.store.api_key_deactivate(id, self.now()).await?;
             self.invalidate(Invalidation::Digests(digests)).await?;
-            self.record(p, Some(&key.org_id), "api_key.revoke", Some(id), meta, serde_json::json!({ "name": key.name }))
+            self.record_event(p, Some(&key.org_id), "api_key.revoke", Some(id), meta, serde_json::json!({ "name": key.name }))
                 .await?;
         }
         self.store.api_key_get(id).await?.ok_or(Error::NotFound("API key"))
@@ -1256,7 +1374,7 @@ impl Keyplane {
         self.store.api_key_update(&updated).await?;
         self.invalidate(Invalidation::Digests(digests)).await?;
         self.cache.invalidate(&[ks.digest]);
-        self.record(p, Some(&key.org_id), "api_key.regenerate", Some(id), meta, serde_json::json!({ "grace_period_seconds": grace.map(|g| g.whole_seconds()) }))
+        self.record_event(p, Some(&key.org_id), "api_key.regenerate", Some(id), meta, serde_json::json!({ "grace_period_seconds": grace.map(|g| g.whole_seconds()) }))
             .await?;
         let key = self.store.api_key_get(id).await?.ok_or(Error::NotFound("API key"))?;
         Ok((key, secret))
@@ -1285,7 +1403,7 @@ fn key_details(k: &ApiKey) -> serde_json::Value {
     })
 }
 
-fn paginate<T>(mut items: Vec<T>, limit: i64, seq: impl Fn(&T) -> i64) -> Page<T> {
+pub(crate) fn paginate<T>(mut items: Vec<T>, limit: i64, seq: impl Fn(&T) -> i64) -> Page<T> {
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(|i| cursor_of(seq(i)))
@@ -1332,6 +1450,7 @@ fn cached_from_lookup(l: KeyLookup) -> CachedKey {
         permissions,
         is_active: active,
         expires_at_ms,
+        created_at_ms: to_ms(key.created_at),
         used: Default::default(),
     }
 }

@@ -32,6 +32,7 @@ pub struct CachedKey {
     pub is_active: bool,
     /// The earlier of the key's and this secret's expiry, in ms since the epoch.
     pub expires_at_ms: Option<i64>,
+    pub created_at_ms: i64,
     /// Set on first use since the last flush of last-used times.
     pub used: AtomicBool,
 }
@@ -176,6 +177,7 @@ mod tests {
             permissions: PermSet::EMPTY,
             is_active: true,
             expires_at_ms: None,
+            created_at_ms: 0,
             used: AtomicBool::new(false),
         })
     }

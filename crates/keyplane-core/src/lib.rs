@@ -8,9 +8,11 @@ pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod model;
+pub mod oauth;
 pub mod perm;
 pub mod secret;
 pub mod store;
+pub mod token;
 
 pub use app::Keyplane;
 pub use error::{Error, Result};

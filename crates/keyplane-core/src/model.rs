@@ -162,3 +162,80 @@ pub struct Event {
     pub prev_hash: String,
     pub hash: String,
 }
+
+/// How a client's access tokens are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFormat {
+    /// Sealed handles only keyplane can read (`kpt_…`).
+    Opaque,
+    /// RFC 9068 JWTs, verifiable offline against the JWKS.
+    Jwt,
+}
+
+impl TokenFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenFormat::Opaque => "opaque",
+            TokenFormat::Jwt => "jwt",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "opaque" => Some(TokenFormat::Opaque),
+            "jwt" => Some(TokenFormat::Jwt),
+            _ => None,
+        }
+    }
+}
+
+/// An OAuth 2.0 client-credentials client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthClient {
+    pub seq: i64,
+    pub client_id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub owner_member_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub access_token_ttl_seconds: i64,
+    pub token_format: TokenFormat,
+    /// `None`: the deployment's default algorithm.
+    pub signing_alg: Option<crate::token::Alg>,
+    /// `None`: tokens' `aud` is the issuer.
+    pub audience: Option<String>,
+    /// Each secret's maximum age, when set.
+    pub secret_rotation_days: Option<i64>,
+    /// Tokens issued before this are refused (set when a secret is retired).
+    pub not_before: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+}
+
+/// One secret of a client, by digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSecret {
+    pub id: String,
+    pub client_id: String,
+    pub digest: Digest,
+    pub pepper_version: u32,
+    pub start: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Uses since this secret was created (it is the count since the rotation that made it).
+    pub use_count: i64,
+    pub expiry_warned_at: Option<OffsetDateTime>,
+}
+
+/// A signing key as stored: the private half sealed under a key derived from the pepper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSigningKey {
+    pub kid: String,
+    pub alg: String,
+    pub private_sealed: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub activates_at: OffsetDateTime,
+    pub unpublish_at: Option<OffsetDateTime>,
+}

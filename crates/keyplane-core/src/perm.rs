@@ -141,6 +141,8 @@ impl MemberRole {
 pub enum Actor {
     /// The deployment's admin key: every permission in every organization.
     AdminKey,
+    /// An OAuth client (through one of its access tokens, or at an OAuth endpoint).
+    Client { client_id: String },
     /// An API key, owned by a member or (a service token) by its project.
     ApiKey {
         key_id: String,
@@ -206,13 +208,14 @@ impl Principal {
                 ..
             } => format!("member:{m} via api-key:{key_id}"),
             Actor::ApiKey { key_id, .. } => format!("api-key:{key_id}"),
+            Actor::Client { client_id } => format!("client:{client_id}"),
         }
     }
 
     pub fn member_id(&self) -> Option<&str> {
         match &self.actor {
             Actor::ApiKey { member_id, .. } => member_id.as_deref(),
-            Actor::AdminKey => None,
+            Actor::AdminKey | Actor::Client { .. } => None,
         }
     }
 
@@ -249,7 +252,8 @@ impl Principal {
                 is_admin_key: self.is_admin_key(),
             });
         }
-        if perm == Permission::KeysManage && self.permissions.has(Permission::KeysOwn) {
+        let own_kind = matches!(perm, Permission::KeysManage | Permission::ClientsManage);
+        if own_kind && self.permissions.has(Permission::KeysOwn) {
             if let Some(member) = self.member_id() {
                 return Ok(OrgAccess {
                     org_id,

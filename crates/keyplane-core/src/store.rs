@@ -3,7 +3,10 @@
 //! the caller can invalidate its cache (and, on PostgreSQL, the store notifies other nodes).
 
 use crate::error::Result;
-use crate::model::{ApiKey, Event, KeySecret, Member, NewEvent, Org, Project, Role, Service};
+use crate::model::{
+    ApiKey, ClientSecret, Event, KeySecret, Member, NewEvent, OAuthClient, Org, Project, Role, Service,
+    StoredSigningKey,
+};
 use crate::perm::MemberRole;
 use crate::secret::Digest;
 use async_trait::async_trait;
@@ -50,6 +53,12 @@ pub enum Invalidation {
     Digests(Vec<Digest>),
     /// Something that affects many credentials changed (a member's role, a role's definition).
     All,
+    /// An OAuth client (its configuration or secrets) changed or was deleted.
+    Client(String),
+    /// An access token was revoked (`jti`, and when it would have expired, in ms).
+    Token(String, i64),
+    /// The signing keys changed.
+    SigningKeys,
 }
 
 #[async_trait]
@@ -122,6 +131,39 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key_lookup(&self, digest: &Digest) -> Result<Option<KeyLookup>>;
     /// Records last-used times in one batch.
     async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()>;
+
+    // OAuth clients.
+    /// Inserts a client with its first secret. A name taken in the project is a conflict.
+    async fn client_create(&self, client: &OAuthClient, secret: &ClientSecret) -> Result<()>;
+    /// A client and its secrets.
+    async fn client_get(&self, client_id: &str) -> Result<Option<(OAuthClient, Vec<ClientSecret>)>>;
+    /// Clients matching `filter` (same fields as for keys), oldest first, after `after_seq`.
+    async fn client_list(&self, filter: &KeyFilter, after_seq: Option<i64>, limit: i64) -> Result<Vec<OAuthClient>>;
+    /// Writes the editable fields (name, description, scopes, TTL, format, algorithm, audience,
+    /// rotation policy, not-before).
+    async fn client_update(&self, client: &OAuthClient) -> Result<()>;
+    /// Deletes a client and its secrets.
+    async fn client_delete(&self, client_id: &str) -> Result<()>;
+    /// Adds a secret; with `old_expire_at`, the client's other secrets expire then (or earlier).
+    async fn client_secret_add(&self, secret: &ClientSecret, old_expire_at: Option<OffsetDateTime>) -> Result<()>;
+    /// Deletes one secret; false if the client has no such secret.
+    async fn client_secret_delete(&self, client_id: &str, secret_id: &str) -> Result<bool>;
+    /// Adds batched use counts and last-used times: `(secret id, last used, uses)`.
+    async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()>;
+    /// Secrets under a rotation policy that have not been warned about yet, with their client.
+    async fn client_secrets_unwarned(&self) -> Result<Vec<(OAuthClient, ClientSecret)>>;
+    async fn client_secret_mark_warned(&self, secret_id: &str, at: OffsetDateTime) -> Result<()>;
+
+    // Signing keys and revoked tokens.
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>>;
+    /// Adds a key; every older key of the same algorithm leaves the JWKS at `retire_others_at`.
+    async fn signing_key_add(&self, key: &StoredSigningKey, retire_others_at: OffsetDateTime) -> Result<()>;
+    /// Remembers a revoked token until it would have expired. Revoking twice is a no-op.
+    async fn token_revoke(&self, jti: &str, client_id: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<()>;
+    /// Revoked tokens that have not expired yet.
+    async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>>;
+    /// Forgets revocations of tokens that have expired anyway.
+    async fn revoked_tokens_purge(&self, now: OffsetDateTime) -> Result<u64>;
 
     // The activity log.
     /// Appends events to the chain, in order, atomically.

@@ -395,3 +395,169 @@ pub struct WhoAmI {
     pub permissions: Vec<String>,
     pub scopes: Vec<String>,
 }
+
+/// One secret of a client, never its value.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientSecretView {
+    pub id: String,
+    /// The secret's first characters, to recognise it.
+    pub prefix: String,
+    pub created_at: String,
+    pub age_days: i64,
+    /// When it stops working: its grace-period end or its maximum age under the rotation policy.
+    pub expires_at: Option<String>,
+    /// `active` or `expired`.
+    pub status: String,
+    pub last_used_at: Option<String>,
+    /// Uses since this secret was created, so an old one can be seen to be unused before its grace ends.
+    pub use_count: i64,
+}
+
+/// An OAuth client; never its secrets' values.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientView {
+    pub client_id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub owner_member_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub access_token_ttl_seconds: i64,
+    /// `opaque` or `jwt`
+    pub token_format: String,
+    /// `ES256` or `EdDSA` for JWTs; absent means the deployment's default.
+    pub signing_alg: Option<String>,
+    pub audience: Option<String>,
+    pub secret_rotation_days: Option<i64>,
+    pub created_at: String,
+    pub created_by: String,
+    pub secrets: Vec<ClientSecretView>,
+}
+
+impl ClientView {
+    pub fn new(c: keyplane_core::model::OAuthClient, secrets: Vec<keyplane_core::model::ClientSecret>, now: OffsetDateTime) -> Self {
+        let max_age = c.secret_rotation_days.map(time::Duration::days);
+        Self {
+            secrets: secrets
+                .into_iter()
+                .map(|s| {
+                    let by_policy = max_age.map(|a| s.created_at + a);
+                    let expires = match (s.expires_at, by_policy) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    ClientSecretView {
+                        status: if expires.is_some_and(|e| e <= now) { "expired" } else { "active" }.into(),
+                        id: s.id,
+                        prefix: format!("{}…", s.start),
+                        created_at: rfc3339(s.created_at),
+                        age_days: (now - s.created_at).whole_days(),
+                        expires_at: rfc3339_opt(expires),
+                        last_used_at: rfc3339_opt(s.last_used_at),
+                        use_count: s.use_count,
+                    }
+                })
+                .collect(),
+            client_id: c.client_id,
+            org_id: c.org_id,
+            project_id: c.project_id,
+            owner_member_id: c.owner_member_id,
+            name: c.name,
+            description: c.description,
+            scopes: c.scopes,
+            access_token_ttl_seconds: c.access_token_ttl_seconds,
+            token_format: c.token_format.as_str().into(),
+            signing_alg: c.signing_alg.map(|a| a.as_str().to_string()),
+            audience: c.audience,
+            secret_rotation_days: c.secret_rotation_days,
+            created_at: rfc3339(c.created_at),
+            created_by: c.created_by,
+        }
+    }
+}
+
+/// A new client with its first secret: the only response that shows the secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientWithSecret {
+    #[serde(flatten)]
+    pub client: ClientView,
+    /// The secret. Store it now: it is not shown again.
+    pub client_secret: String,
+    pub secret_id: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClient {
+    pub name: String,
+    pub org_id: Option<String>,
+    pub project_id: Option<String>,
+    pub owner_member_id: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// 60 to 86400; 3600 by default.
+    pub access_token_ttl_seconds: Option<i64>,
+    /// `opaque` (default) or `jwt`.
+    pub token_format: Option<String>,
+    /// `ES256` (default) or `EdDSA`.
+    pub signing_alg: Option<String>,
+    /// The `aud` of its JWTs; the issuer by default.
+    pub audience: Option<String>,
+    /// Each secret's maximum age in days.
+    pub secret_rotation_days: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateClient {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub access_token_ttl_seconds: Option<i64>,
+    pub token_format: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub signing_alg: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub audience: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub secret_rotation_days: Option<Option<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddClientSecret {
+    /// The client's other secrets stop working after this many seconds (at most 90 days).
+    /// Absent: they keep working until retired or expired.
+    pub old_secrets_expire_in_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewClientSecret {
+    pub secret_id: String,
+    pub client_id: String,
+    /// The secret. Store it now: it is not shown again.
+    pub client_secret: String,
+    pub created_at: String,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueClientToken {
+    /// Space-delimited subset of the client's scopes; all of them when absent.
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedTokenView {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub scope: String,
+}

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     let management = Router::new()
         .merge(routes::keys::router())
         .merge(routes::mgmt::router())
+        .merge(routes::clients::router())
         .merge(routes::activity::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(management)
         .merge(routes::authz::router())
+        .merge(routes::oauth::router())
         .merge(routes::ops::router())
         .fallback(error::fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -2,7 +2,7 @@
 
 use crate::dto::*;
 use crate::error::Problem;
-use crate::routes::{activity, authz, keys, mgmt, ops};
+use crate::routes::{activity, authz, clients, keys, mgmt, oauth, ops};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -25,7 +25,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "keyplane", description = "The credential plane of an API platform: admin key, API keys, activity log, forward auth."),
+    info(title = "keyplane", description = "The credential plane of an API platform: admin key, API keys, OAuth 2.0 client credentials, activity log, forward auth."),
     modifiers(&BearerAuth),
     paths(
         keys::create, keys::list, keys::get_one, keys::update, keys::revoke, keys::copy, keys::regenerate,
@@ -36,11 +36,16 @@ impl Modify for BearerAuth {
         mgmt::role_create, mgmt::role_list, mgmt::whoami,
         activity::query, activity::verify,
         authz::authz,
+        clients::create, clients::list, clients::get_one, clients::update, clients::remove,
+        clients::add_secret, clients::retire_secret, clients::issue_token,
+        oauth::token, oauth::introspect, oauth::revoke, oauth::metadata, oauth::jwks,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
         SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, MemberView,
-        CreateMember, UpdateMember, RoleView, CreateRole, EventView, VerifyView, BrokenView, WhoAmI))
+        CreateMember, UpdateMember, RoleView, CreateRole, EventView, VerifyView, BrokenView, WhoAmI,
+        ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,
+        IssueClientToken, IssuedTokenView, oauth::TokenResponse, oauth::IntrospectionResponse, oauth::OAuthErrorBody))
 )]
 pub struct ApiDoc;
 

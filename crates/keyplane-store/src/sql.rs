@@ -10,6 +10,7 @@ use keyplane_core::model::*;
 use keyplane_core::perm::{MemberRole, Permission};
 use keyplane_core::secret::Digest;
 use keyplane_core::store::*;
+use keyplane_core::token::Alg;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::Row;
@@ -54,6 +55,19 @@ macro_rules! key_cols {
         "k.seq, k.id, k.org_id, k.project_id, k.owner_member_id, k.name, k.description, k.scopes, \
          k.roles, k.start, k.created_at, k.created_by, k.expires_at, k.last_used_at, k.is_active, \
          k.deactivated_at, k.default_for_service"
+    };
+}
+
+macro_rules! client_cols {
+    () => {
+        "seq, client_id, org_id, project_id, owner_member_id, name, description, scopes, access_token_ttl_seconds, \
+         token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by"
+    };
+}
+
+macro_rules! secret_cols {
+    () => {
+        "id, client_id, digest, pepper_version, start, created_at, expires_at, last_used_at, use_count, expiry_warned_at"
     };
 }
 
@@ -147,6 +161,68 @@ macro_rules! impl_store {
                     deactivated_at: opt_time(r.try_get("deactivated_at").map_err(db_err)?),
                     default_for_service: r.try_get("default_for_service").map_err(db_err)?,
                 })
+            }
+
+            fn client_row(r: &$row) -> Result<OAuthClient> {
+                let scopes: String = r.try_get("scopes").map_err(db_err)?;
+                let format: String = r.try_get("token_format").map_err(db_err)?;
+                let alg: Option<String> = r.try_get("signing_alg").map_err(db_err)?;
+                Ok(OAuthClient {
+                    seq: r.try_get("seq").map_err(db_err)?,
+                    client_id: r.try_get("client_id").map_err(db_err)?,
+                    org_id: r.try_get("org_id").map_err(db_err)?,
+                    project_id: r.try_get("project_id").map_err(db_err)?,
+                    owner_member_id: r.try_get("owner_member_id").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    description: r.try_get("description").map_err(db_err)?,
+                    scopes: from_json(&scopes)?,
+                    access_token_ttl_seconds: r.try_get("access_token_ttl_seconds").map_err(db_err)?,
+                    token_format: TokenFormat::parse(&format).ok_or_else(|| corrupt("token format"))?,
+                    signing_alg: match alg {
+                        Some(a) => Some(Alg::parse(&a).ok_or_else(|| corrupt("signing algorithm"))?),
+                        None => None,
+                    },
+                    audience: r.try_get("audience").map_err(db_err)?,
+                    secret_rotation_days: r.try_get("secret_rotation_days").map_err(db_err)?,
+                    not_before: opt_time(r.try_get("not_before").map_err(db_err)?),
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    created_by: r.try_get("created_by").map_err(db_err)?,
+                })
+            }
+
+            fn secret_row(r: &$row) -> Result<ClientSecret> {
+                let digest: Vec<u8> = r.try_get("digest").map_err(db_err)?;
+                let v: i64 = r.try_get("pepper_version").map_err(db_err)?;
+                Ok(ClientSecret {
+                    id: r.try_get("id").map_err(db_err)?,
+                    client_id: r.try_get("client_id").map_err(db_err)?,
+                    digest: Digest::from_slice(&digest).ok_or_else(|| corrupt("digest"))?,
+                    pepper_version: v as u32,
+                    start: r.try_get("start").map_err(db_err)?,
+                    created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    expires_at: opt_time(r.try_get("expires_at").map_err(db_err)?),
+                    last_used_at: opt_time(r.try_get("last_used_at").map_err(db_err)?),
+                    use_count: r.try_get("use_count").map_err(db_err)?,
+                    expiry_warned_at: opt_time(r.try_get("expiry_warned_at").map_err(db_err)?),
+                })
+            }
+
+            async fn insert_secret(conn: &mut $conn, s: &ClientSecret) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO oauth_client_secrets (id, client_id, digest, pepper_version, start, created_at, expires_at, \
+                     last_used_at, use_count, expiry_warned_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, 0, NULL)",
+                )
+                .bind(&s.id)
+                .bind(&s.client_id)
+                .bind(s.digest.0.to_vec())
+                .bind(i64::from(s.pepper_version))
+                .bind(&s.start)
+                .bind(to_ms(s.created_at))
+                .bind(s.expires_at.map(to_ms))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+                Ok(())
             }
 
             fn event_row(r: &$row) -> Result<Event> {
@@ -710,6 +786,256 @@ macro_rules! impl_store {
                 tx.commit().await.map_err(db_err)
             }
 
+            async fn client_create(&self, c: &OAuthClient, secret: &ClientSecret) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query(
+                    "INSERT INTO oauth_clients (client_id, org_id, project_id, owner_member_id, name, description, scopes, \
+                     access_token_ttl_seconds, token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .bind(&c.client_id)
+                .bind(&c.org_id)
+                .bind(&c.project_id)
+                .bind(&c.owner_member_id)
+                .bind(&c.name)
+                .bind(&c.description)
+                .bind(to_json(&c.scopes))
+                .bind(c.access_token_ttl_seconds)
+                .bind(c.token_format.as_str())
+                .bind(c.signing_alg.map(|a| a.as_str()))
+                .bind(&c.audience)
+                .bind(c.secret_rotation_days)
+                .bind(c.not_before.map(to_ms))
+                .bind(to_ms(c.created_at))
+                .bind(&c.created_by)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
+                Self::insert_secret(&mut tx, secret).await?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn client_get(&self, client_id: &str) -> Result<Option<(OAuthClient, Vec<ClientSecret>)>> {
+                let row = sqlx::query(concat!("SELECT ", client_cols!(), " FROM oauth_clients WHERE client_id = $1"))
+                    .bind(client_id)
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                let Some(row) = row else { return Ok(None) };
+                let client = Self::client_row(&row)?;
+                let rows = sqlx::query(concat!("SELECT ", secret_cols!(), " FROM oauth_client_secrets WHERE client_id = $1 ORDER BY created_at, id"))
+                    .bind(client_id)
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                let secrets = rows.iter().map(Self::secret_row).collect::<Result<_>>()?;
+                Ok(Some((client, secrets)))
+            }
+
+            async fn client_list(&self, f: &KeyFilter, after_seq: Option<i64>, limit: i64) -> Result<Vec<OAuthClient>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    client_cols!(),
+                    " FROM oauth_clients WHERE org_id = $1 AND ($2 IS NULL OR owner_member_id = $2) \
+                     AND ($3 IS NULL OR project_id = $3) AND seq > $4 ORDER BY seq LIMIT $5"
+                ))
+                .bind(&f.org_id)
+                .bind(&f.owner_member_id)
+                .bind(&f.project_id)
+                .bind(after_seq.unwrap_or(0))
+                .bind(limit)
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(Self::client_row).collect()
+            }
+
+            async fn client_update(&self, c: &OAuthClient) -> Result<()> {
+                sqlx::query(
+                    "UPDATE oauth_clients SET name = $2, description = $3, scopes = $4, access_token_ttl_seconds = $5, \
+                     token_format = $6, signing_alg = $7, audience = $8, secret_rotation_days = $9, not_before = $10 \
+                     WHERE client_id = $1",
+                )
+                .bind(&c.client_id)
+                .bind(&c.name)
+                .bind(&c.description)
+                .bind(to_json(&c.scopes))
+                .bind(c.access_token_ttl_seconds)
+                .bind(c.token_format.as_str())
+                .bind(c.signing_alg.map(|a| a.as_str()))
+                .bind(&c.audience)
+                .bind(c.secret_rotation_days)
+                .bind(c.not_before.map(to_ms))
+                .execute(self.w())
+                .await
+                .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
+                Ok(())
+            }
+
+            async fn client_delete(&self, client_id: &str) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query("DELETE FROM oauth_client_secrets WHERE client_id = $1")
+                    .bind(client_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("DELETE FROM oauth_clients WHERE client_id = $1")
+                    .bind(client_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn client_secret_add(&self, secret: &ClientSecret, old_expire_at: Option<OffsetDateTime>) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                if let Some(at) = old_expire_at {
+                    sqlx::query(
+                        "UPDATE oauth_client_secrets SET expires_at = $2 WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                    )
+                    .bind(&secret.client_id)
+                    .bind(to_ms(at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                Self::insert_secret(&mut tx, secret).await?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn client_secret_delete(&self, client_id: &str, secret_id: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM oauth_client_secrets WHERE client_id = $1 AND id = $2")
+                    .bind(client_id)
+                    .bind(secret_id)
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                for (id, at, n) in used {
+                    sqlx::query("UPDATE oauth_client_secrets SET last_used_at = $2, use_count = use_count + $3 WHERE id = $1")
+                        .bind(id)
+                        .bind(to_ms(*at))
+                        .bind(*n)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn client_secrets_unwarned(&self) -> Result<Vec<(OAuthClient, ClientSecret)>> {
+                let rows = sqlx::query(
+                    "SELECT c.client_id AS cid, s.id AS sid FROM oauth_client_secrets s JOIN oauth_clients c ON c.client_id = s.client_id \
+                     WHERE c.secret_rotation_days IS NOT NULL AND s.expiry_warned_at IS NULL",
+                )
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                let mut out = Vec::new();
+                for r in rows {
+                    let cid: String = r.try_get("cid").map_err(db_err)?;
+                    let sid: String = r.try_get("sid").map_err(db_err)?;
+                    if let Some((c, secrets)) = self.client_get(&cid).await? {
+                        if let Some(s) = secrets.into_iter().find(|s| s.id == sid) {
+                            out.push((c, s));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn client_secret_mark_warned(&self, secret_id: &str, at: OffsetDateTime) -> Result<()> {
+                sqlx::query("UPDATE oauth_client_secrets SET expiry_warned_at = $2 WHERE id = $1")
+                    .bind(secret_id)
+                    .bind(to_ms(at))
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>> {
+                let rows = sqlx::query("SELECT kid, alg, private_sealed, created_at, activates_at, unpublish_at FROM signing_keys ORDER BY activates_at")
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(StoredSigningKey {
+                            kid: r.try_get("kid").map_err(db_err)?,
+                            alg: r.try_get("alg").map_err(db_err)?,
+                            private_sealed: r.try_get("private_sealed").map_err(db_err)?,
+                            created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                            activates_at: from_ms(r.try_get("activates_at").map_err(db_err)?),
+                            unpublish_at: opt_time(r.try_get("unpublish_at").map_err(db_err)?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn signing_key_add(&self, key: &StoredSigningKey, retire_others_at: OffsetDateTime) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query(
+                    "UPDATE signing_keys SET unpublish_at = $2 WHERE alg = $1 AND (unpublish_at IS NULL OR unpublish_at > $2)",
+                )
+                .bind(&key.alg)
+                .bind(to_ms(retire_others_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, alg, private_sealed, created_at, activates_at, unpublish_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&key.kid)
+                .bind(&key.alg)
+                .bind(&key.private_sealed)
+                .bind(to_ms(key.created_at))
+                .bind(to_ms(key.activates_at))
+                .bind(key.unpublish_at.map(to_ms))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn token_revoke(&self, jti: &str, client_id: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO revoked_tokens (jti, client_id, expires_at, revoked_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(jti)
+                .bind(client_id)
+                .bind(to_ms(expires_at))
+                .bind(to_ms(now))
+                .execute(self.w())
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>> {
+                let rows = sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1")
+                    .bind(to_ms(now))
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("jti").map_err(db_err)?, r.try_get("expires_at").map_err(db_err)?)))
+                    .collect()
+            }
+
+            async fn revoked_tokens_purge(&self, now: OffsetDateTime) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= $1")
+                    .bind(to_ms(now))
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
+            }
+
             async fn activity_append(&self, events: &[NewEvent]) -> Result<()> {
                 if events.is_empty() {
                     return Ok(());
@@ -905,6 +1231,9 @@ impl PgStore {
         // A NOTIFY payload is limited to 8000 bytes: send digests in chunks.
         let payloads: Vec<String> = match change {
             Invalidation::All => vec!["all".into()],
+            Invalidation::SigningKeys => vec!["keys".into()],
+            Invalidation::Client(id) => vec![format!("c:{id}")],
+            Invalidation::Token(jti, exp) => vec![format!("t:{exp}:{jti}")],
             Invalidation::Digests(d) => d
                 .chunks(100)
                 .map(|c| c.iter().map(|d| hex(&d.0)).collect::<Vec<_>>().join(","))
@@ -973,6 +1302,18 @@ fn hex(bytes: &[u8]) -> String {
 fn parse_payload(payload: &str) -> Invalidation {
     if payload == "all" {
         return Invalidation::All;
+    }
+    if payload == "keys" {
+        return Invalidation::SigningKeys;
+    }
+    if let Some(id) = payload.strip_prefix("c:") {
+        return Invalidation::Client(id.to_string());
+    }
+    if let Some(rest) = payload.strip_prefix("t:") {
+        return match rest.split_once(':').and_then(|(e, j)| Some((e.parse().ok()?, j))) {
+            Some((exp, jti)) => Invalidation::Token(jti.to_string(), exp),
+            None => Invalidation::All,
+        };
     }
     let mut out = Vec::new();
     for part in payload.split(',') {

@@ -19,8 +19,25 @@ pub struct FileConfig {
     pub max_active_keys_per_org: Option<i64>,
     pub flush_interval_ms: Option<u64>,
     pub log_format: Option<String>,
+    /// The public URL of this deployment (`iss` of tokens, base of the metadata's endpoints).
+    pub issuer: Option<String>,
     #[serde(default)]
     pub prefixes: Prefixes,
+    #[serde(default)]
+    pub oauth: OAuthFile,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthFile {
+    /// `ES256` (default) or `EdDSA`.
+    pub signing_alg: Option<String>,
+    /// `aggregate` (one event per client per minute, default) or `each`.
+    pub token_events: Option<String>,
+    pub signing_key_lead_seconds: Option<i64>,
+    /// 0 turns automatic rotation off.
+    pub signing_key_rotation_days: Option<i64>,
+    pub default_access_token_ttl_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -28,6 +45,9 @@ pub struct FileConfig {
 pub struct Prefixes {
     pub api_key: Option<String>,
     pub admin_key: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub access_token: Option<String>,
 }
 
 /// Flags that override everything else.
@@ -59,6 +79,15 @@ pub struct Config {
     pub log_format: String,
     pub api_key_prefix: String,
     pub admin_key_prefix: String,
+    pub client_id_prefix: String,
+    pub client_secret_prefix: String,
+    pub access_token_prefix: String,
+    pub issuer: String,
+    pub signing_alg: String,
+    pub aggregate_token_events: bool,
+    pub signing_key_lead_seconds: i64,
+    pub signing_key_rotation_days: Option<i64>,
+    pub default_access_token_ttl_seconds: i64,
 }
 
 impl std::fmt::Debug for Config {
@@ -101,6 +130,14 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_LOG_FORMAT",
     "KEYPLANE_API_KEY_PREFIX",
     "KEYPLANE_ADMIN_KEY_PREFIX",
+    "KEYPLANE_CLIENT_ID_PREFIX",
+    "KEYPLANE_CLIENT_SECRET_PREFIX",
+    "KEYPLANE_ACCESS_TOKEN_PREFIX",
+    "KEYPLANE_ISSUER",
+    "KEYPLANE_SIGNING_ALG",
+    "KEYPLANE_TOKEN_EVENTS",
+    "KEYPLANE_SIGNING_KEY_LEAD_SECONDS",
+    "KEYPLANE_SIGNING_KEY_ROTATION_DAYS",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -214,12 +251,47 @@ impl Config {
             .cloned()
             .or(file.prefixes.admin_key)
             .unwrap_or_else(|| "kpa_".into());
-        for p in [&api_key_prefix, &admin_key_prefix] {
+        let pick = |var: &str, file: Option<String>, default: &str| {
+            env.get(var).cloned().or(file).unwrap_or_else(|| default.to_string())
+        };
+        let client_id_prefix = pick("KEYPLANE_CLIENT_ID_PREFIX", file.prefixes.client_id.clone(), "kpc_");
+        let client_secret_prefix = pick("KEYPLANE_CLIENT_SECRET_PREFIX", file.prefixes.client_secret.clone(), "kps_");
+        let access_token_prefix = pick("KEYPLANE_ACCESS_TOKEN_PREFIX", file.prefixes.access_token.clone(), "kpt_");
+        let all = [&api_key_prefix, &admin_key_prefix, &client_id_prefix, &client_secret_prefix, &access_token_prefix];
+        for p in all {
             keyplane_core::secret::SecretFormat::new(p).map_err(anyhow::Error::msg)?;
         }
-        if api_key_prefix == admin_key_prefix {
-            bail!("the API key and admin key prefixes must differ");
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                if a.starts_with(b.as_str()) || b.starts_with(a.as_str()) {
+                    bail!("secret prefixes must differ and none may begin another: {a:?} and {b:?}");
+                }
+            }
         }
+        let issuer = pick("KEYPLANE_ISSUER", file.issuer.clone(), &format!("http://{listen}"));
+        let issuer = issuer.trim_end_matches('/').to_string();
+        if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
+            bail!("the issuer must be an http:// or https:// URL, e.g. https://auth.example.com");
+        }
+        let signing_alg = pick("KEYPLANE_SIGNING_ALG", file.oauth.signing_alg.clone(), "ES256");
+        if keyplane_core::token::Alg::parse(&signing_alg).is_none() {
+            bail!("signing_alg must be ES256 or EdDSA");
+        }
+        let token_events = pick("KEYPLANE_TOKEN_EVENTS", file.oauth.token_events.clone(), "aggregate");
+        let aggregate_token_events = match token_events.as_str() {
+            "aggregate" => true,
+            "each" => false,
+            _ => bail!("token_events must be `aggregate` or `each`"),
+        };
+        let num = |var: &str, file: Option<i64>, default: i64| -> Result<i64> {
+            match env.get(var) {
+                Some(v) => v.parse().with_context(|| format!("{var} must be a number")),
+                None => Ok(file.unwrap_or(default)),
+            }
+        };
+        let signing_key_lead_seconds = num("KEYPLANE_SIGNING_KEY_LEAD_SECONDS", file.oauth.signing_key_lead_seconds, 300)?.max(0);
+        let rotation = num("KEYPLANE_SIGNING_KEY_ROTATION_DAYS", file.oauth.signing_key_rotation_days, 30)?;
+        let default_access_token_ttl_seconds = file.oauth.default_access_token_ttl_seconds.unwrap_or(3600);
         Ok(Config {
             listen,
             database,
@@ -231,6 +303,15 @@ impl Config {
             log_format,
             api_key_prefix,
             admin_key_prefix,
+            client_id_prefix,
+            client_secret_prefix,
+            access_token_prefix,
+            issuer,
+            signing_alg,
+            aggregate_token_events,
+            signing_key_lead_seconds,
+            signing_key_rotation_days: (rotation > 0).then_some(rotation),
+            default_access_token_ttl_seconds,
         })
     }
 }

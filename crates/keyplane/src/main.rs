@@ -30,6 +30,11 @@ enum Command {
         #[command(subcommand)]
         command: AdminKeyCommand,
     },
+    /// Signing keys of JWT access tokens (works on the database directly).
+    SigningKey {
+        #[command(subcommand)]
+        command: SigningKeyCommand,
+    },
     /// The activity log (works on the database directly).
     Activity {
         #[command(subcommand)]
@@ -57,6 +62,21 @@ enum AdminKeyCommand {
     Rotate {
         #[command(flatten)]
         config: ConfigFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Add a new signing key: published at once in the JWKS, signing after the lead time.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigFlags,
+        /// `ES256` or `EdDSA` (default: the deployment's algorithm).
+        #[arg(long)]
+        alg: Option<String>,
+        /// Seconds the new key is published before it signs (default: the configured lead).
+        #[arg(long)]
+        lead_seconds: Option<i64>,
     },
 }
 
@@ -119,6 +139,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             app.bootstrap(None).await?;
             let key = app.rotate_admin_key().await.context("cannot rotate the admin key")?;
             eprintln!("{}", server::admin_key_banner(&key));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SigningKey { command: SigningKeyCommand::Rotate { config, alg, lead_seconds } } => {
+            init_tracing("text");
+            let config = Config::load(&config, None, &env_map())?;
+            let alg = keyplane_core::token::Alg::parse(alg.as_deref().unwrap_or(&config.signing_alg))
+                .context("--alg must be ES256 or EdDSA")?;
+            let app = server::build(&config).await?;
+            app.store().ensure_defaults(app.now()).await?;
+            app.ensure_signing_keys().await?;
+            let kid = app.rotate_signing_key(alg, lead_seconds).await?;
+            println!("{kid}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Activity { command: ActivityCommand::Verify { config } } => {

@@ -4,6 +4,9 @@
 use crate::config::{redact_url, Config};
 use anyhow::{Context, Result};
 use keyplane_core::app::Settings;
+use keyplane_core::oauth::OAuthSettings;
+use keyplane_core::store::Invalidation;
+use keyplane_core::token::Alg;
 use keyplane_core::clock::SystemClock;
 use keyplane_core::secret::{random_base62, Pepper, SecretFormat, SecretString};
 use keyplane_core::Keyplane;
@@ -61,10 +64,23 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
     let store = keyplane_store::open(&config.database)
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&config.database)))?;
+    let format = |p: &str| SecretFormat::new(p).map_err(anyhow::Error::msg);
     let settings = Settings {
-        api_key_format: SecretFormat::new(&config.api_key_prefix).map_err(anyhow::Error::msg)?,
-        admin_key_format: SecretFormat::new(&config.admin_key_prefix).map_err(anyhow::Error::msg)?,
+        api_key_format: format(&config.api_key_prefix)?,
+        admin_key_format: format(&config.admin_key_prefix)?,
         max_active_keys_per_org: config.max_active_keys_per_org,
+        oauth: OAuthSettings {
+            issuer: config.issuer.clone(),
+            client_id_format: format(&config.client_id_prefix)?,
+            client_secret_format: format(&config.client_secret_prefix)?,
+            access_token_prefix: config.access_token_prefix.clone(),
+            default_alg: Alg::parse(&config.signing_alg).unwrap_or(Alg::ES256),
+            default_ttl_seconds: config.default_access_token_ttl_seconds,
+            aggregate_token_events: config.aggregate_token_events,
+            signing_key_lead_seconds: config.signing_key_lead_seconds,
+            signing_key_rotation_days: config.signing_key_rotation_days,
+            ..OAuthSettings::default()
+        },
     };
     Ok(Arc::new(Keyplane::new(store, Arc::new(SystemClock), pepper, settings)))
 }
@@ -102,12 +118,22 @@ pub async fn start(
     let app = build(config).await?;
     let supplied = config.admin_key.clone().map(SecretString::new);
     let generated_admin_key = app.bootstrap(supplied.as_ref()).await?;
+    app.ensure_signing_keys().await?;
+    app.reload_revocations().await?;
 
     {
         let app = Arc::clone(&app);
-        app.store()
-            .clone()
-            .subscribe(Arc::new(move |change| app.apply_invalidation(&change)));
+        app.store().clone().subscribe(Arc::new(move |change| {
+            app.apply_invalidation(&change);
+            if matches!(change, Invalidation::SigningKeys | Invalidation::All) {
+                let app = Arc::clone(&app);
+                tokio::spawn(async move {
+                    if let Err(e) = app.reload_signing_keys().await {
+                        tracing::warn!(error = %e, "could not reload signing keys");
+                    }
+                });
+            }
+        }));
     }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -139,13 +165,26 @@ pub async fn start(
         })
     };
 
+    let maintenance = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                maintain(&app).await;
+            }
+        })
+    };
+
     let state = AppState { app: Arc::clone(&app) };
     let app_for_task = Arc::clone(&app);
     let task = tokio::spawn(async move {
         let served = keyplane_http::serve(listener, state, shutdown).await;
         flusher.abort();
+        maintenance.abort();
         app_for_task
-            .flush()
+            .flush_final()
             .await
             .context("could not flush batched writes at shutdown")?;
         served.context("the HTTP server failed")?;
@@ -191,4 +230,22 @@ pub fn admin_key_banner(key: &SecretString) -> String {
         "\n{line}\n  keyplane generated an admin key for this deployment. It is shown ONCE:\n\n    {}\n\n  Store it in your secrets manager now. Only a keyed hash of it is kept.\n  Use it as `Authorization: Bearer <admin key>`. Rotate with `keyplane admin-key rotate`.\n{line}\n",
         key.expose()
     )
+}
+
+/// Once a minute: rotate due signing keys, warn about expiring client secrets, forget
+/// revocations of tokens that have expired anyway, and reload what other nodes changed
+/// (a safety net behind NOTIFY).
+async fn maintain(app: &Keyplane) {
+    let results = [
+        ("rotate signing keys", app.rotate_due_signing_keys().await),
+        ("warn about expiring client secrets", app.warn_expiring_secrets().await.map(|_| ())),
+        ("purge expired revocations", app.store().revoked_tokens_purge(app.now()).await.map(|_| ())),
+        ("reload signing keys", app.reload_signing_keys().await),
+        ("reload revocations", app.reload_revocations().await),
+    ];
+    for (what, r) in results {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not {what}");
+        }
+    }
 }

@@ -8,8 +8,7 @@ use axum::http::{request::Parts, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
-use keyplane_core::app::Verdict;
-use keyplane_core::cache::CachedKey;
+use keyplane_core::app::{Identity, Verdict};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/authz", any(authz))
@@ -28,33 +27,14 @@ fn required_scopes(parts: &Parts) -> Vec<String> {
     for pair in q.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == "scope" {
-            let v = v.replace('+', " ");
-            let decoded = percent_decode(&v);
+            let decoded = crate::auth::form_unescape(v);
             out.extend(decoded.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
         }
     }
     out
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            if let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Check a bearer credential (API key) and the scopes the request needs.
+/// Check a bearer credential (API key or access token) and the scopes the request needs.
 #[utoipa::path(get, path = "/v1/authz", tag = "forward-auth",
     params(("scope" = Option<String>, Query, description = "space-delimited scopes the request needs")),
     responses(
@@ -88,16 +68,15 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
     }
 }
 
-fn allowed(k: &CachedKey) -> Response {
+fn allowed(k: &Identity) -> Response {
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
-    let subject = k.owner_member_id.as_deref().unwrap_or(&k.key_id);
     for (name, value) in [
-        (SUBJECT, subject),
-        (SCOPES, k.scopes_joined.as_str()),
-        (ORG, k.org_id.as_str()),
-        (PROJECT, k.project_id.as_str()),
-        (CREDENTIAL_ID, k.key_id.as_str()),
+        (SUBJECT, k.subject()),
+        (SCOPES, k.scopes_joined()),
+        (ORG, k.org_id()),
+        (PROJECT, k.project_id()),
+        (CREDENTIAL_ID, k.credential_id()),
     ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);

@@ -141,6 +141,7 @@ pub async fn whoami(c: Caller) -> Json<WhoAmI> {
         kind: match p.actor {
             Actor::AdminKey => "admin-key".into(),
             Actor::ApiKey { .. } => "api-key".into(),
+            Actor::Client { .. } => "access-token".into(),
         },
         actor: p.actor_label(),
         member_id: p.member_id().map(str::to_string),

@@ -2,6 +2,8 @@
 
 pub mod activity;
 pub mod authz;
+pub mod clients;
 pub mod keys;
 pub mod mgmt;
+pub mod oauth;
 pub mod ops;

@@ -52,8 +52,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
          keyplane_cache_keys {keys}\n\
          # HELP keyplane_cache_unknown Digests remembered as unknown (negative cache).\n\
          # TYPE keyplane_cache_unknown gauge\n\
-         keyplane_cache_unknown {unknown}\n",
-        s.app.checks()
+         keyplane_cache_unknown {unknown}\n\
+         # HELP keyplane_client_secrets_expiring Client secrets that their rotation policy refuses within 7 days.\n\
+         # TYPE keyplane_client_secrets_expiring gauge\n\
+         keyplane_client_secrets_expiring {}\n",
+        s.app.checks(),
+        s.app.secrets_expiring_soon()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -1,0 +1,368 @@
+//! Access tokens, issued without a storage write: opaque tokens are sealed (XChaCha20-Poly1305
+//! under a key derived from the pepper) so only keyplane can read them; JWT access tokens
+//! follow RFC 9068 and are signed with a key from the [`Keyring`], published in the JWKS.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A JWS signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Alg {
+    ES256,
+    EdDSA,
+}
+
+impl Alg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::ES256 => "ES256",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ES256" => Some(Alg::ES256),
+            "EdDSA" => Some(Alg::EdDSA),
+            _ => None,
+        }
+    }
+}
+
+/// Encrypts `plaintext` under `key`: a random 24-byte nonce followed by the ciphertext and tag.
+pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .expect("encryption of a bounded message cannot fail");
+    let mut out = nonce.to_vec();
+    out.extend(ct);
+    out
+}
+
+/// Opens what [`seal`] made; `None` if it was tampered with or made under another key.
+pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 24 + 16 {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new(key.into());
+    cipher
+        .decrypt(XNonce::from_slice(&sealed[..24]), Payload { msg: &sealed[24..], aad })
+        .ok()
+}
+
+/// What an opaque access token carries, sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpaqueClaims {
+    /// client id
+    pub c: String,
+    /// scopes, space-delimited
+    pub s: String,
+    /// issued at, ms
+    pub i: i64,
+    /// expires at, ms
+    pub e: i64,
+    /// token id
+    pub j: String,
+}
+
+/// Seals and opens opaque access tokens: `prefix` + base64url(nonce ‖ ciphertext) + CRC32.
+pub struct Sealer {
+    key: [u8; 32],
+    prefix: String,
+}
+
+impl Sealer {
+    pub fn new(key: [u8; 32], prefix: &str) -> Self {
+        Self {
+            key,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn seal(&self, claims: &OpaqueClaims) -> String {
+        let json = serde_json::to_vec(claims).expect("claims serialize");
+        let sealed = seal(&self.key, self.prefix.as_bytes(), &json);
+        let mut out = format!("{}{}", self.prefix, B64.encode(sealed));
+        let sum = crate::secret::base62_fixed(&crc32fast::hash(out.as_bytes()).to_be_bytes(), 6);
+        out.push_str(&sum);
+        out
+    }
+
+    /// The claims of a token this deployment sealed, or `None` for anything else.
+    pub fn open(&self, token: &str) -> Option<OpaqueClaims> {
+        let rest = token.strip_prefix(&self.prefix)?;
+        if rest.len() < 7 || rest.len() > 2048 || !token.is_char_boundary(token.len() - 6) {
+            return None;
+        }
+        let split = token.len() - 6;
+        let sum = crate::secret::base62_fixed(&crc32fast::hash(token[..split].as_bytes()).to_be_bytes(), 6);
+        if !crate::secret::ct_eq(sum.as_bytes(), token[split..].as_bytes()) {
+            return None;
+        }
+        let sealed = B64.decode(&token[self.prefix.len()..split]).ok()?;
+        let json = open(&self.key, self.prefix.as_bytes(), &sealed)?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
+/// RFC 9068 access-token claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+}
+
+enum Signer {
+    Es256(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+/// One signing key: its private half (to sign) and its public half (to verify and publish).
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: Alg,
+    /// When it starts signing (ms); it is published from creation.
+    pub activates_at_ms: i64,
+    /// When it leaves the JWKS (ms): after every token it signed has expired.
+    pub unpublish_at_ms: Option<i64>,
+    signer: Signer,
+    public: Vec<u8>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new private key in PKCS#8.
+pub fn generate_pkcs8(alg: Alg) -> Vec<u8> {
+    let rng = SystemRandom::new();
+    match alg {
+        Alg::ES256 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("key generation")
+            .as_ref()
+            .to_vec(),
+        Alg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
+            .expect("key generation")
+            .as_ref()
+            .to_vec(),
+    }
+}
+
+impl SigningKey {
+    pub fn from_pkcs8(kid: String, alg: Alg, pkcs8: &[u8], activates_at_ms: i64, unpublish_at_ms: Option<i64>) -> Option<Self> {
+        let signer = match alg {
+            Alg::ES256 => Signer::Es256(
+                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new()).ok()?,
+            ),
+            Alg::EdDSA => Signer::Ed25519(Ed25519KeyPair::from_pkcs8(pkcs8).ok()?),
+        };
+        let public = match &signer {
+            Signer::Es256(k) => k.public_key().as_ref().to_vec(),
+            Signer::Ed25519(k) => k.public_key().as_ref().to_vec(),
+        };
+        Some(Self {
+            kid,
+            alg,
+            activates_at_ms,
+            unpublish_at_ms,
+            signer,
+            public,
+        })
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        match &self.signer {
+            Signer::Es256(k) => k
+                .sign(&SystemRandom::new(), msg)
+                .expect("signing cannot fail")
+                .as_ref()
+                .to_vec(),
+            Signer::Ed25519(k) => k.sign(msg).as_ref().to_vec(),
+        }
+    }
+
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let alg: &dyn signature::VerificationAlgorithm = match self.alg {
+            Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            Alg::EdDSA => &signature::ED25519,
+        };
+        UnparsedPublicKey::new(alg, &self.public).verify(msg, sig).is_ok()
+    }
+
+    /// The public key as a JWK (RFC 7517).
+    pub fn jwk(&self) -> serde_json::Value {
+        match self.alg {
+            Alg::ES256 => serde_json::json!({
+                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
+                "x": B64.encode(&self.public[1..33]), "y": B64.encode(&self.public[33..65]),
+            }),
+            Alg::EdDSA => serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": self.kid,
+                "x": B64.encode(&self.public),
+            }),
+        }
+    }
+
+    pub fn is_published(&self, now_ms: i64) -> bool {
+        self.unpublish_at_ms.is_none_or(|u| u > now_ms)
+    }
+}
+
+/// The signing keys this node knows, newest first.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    keys: Vec<Arc<SigningKey>>,
+}
+
+impl Keyring {
+    pub fn new(mut keys: Vec<SigningKey>) -> Self {
+        keys.sort_by(|a, b| b.activates_at_ms.cmp(&a.activates_at_ms));
+        Self {
+            keys: keys.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The key that signs now for `alg`: the newest that has activated.
+    pub fn signer(&self, alg: Alg, now_ms: i64) -> Option<&Arc<SigningKey>> {
+        self.keys
+            .iter()
+            .find(|k| k.alg == alg && k.activates_at_ms <= now_ms)
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&Arc<SigningKey>> {
+        self.keys.iter().find(|k| k.kid == kid)
+    }
+
+    /// The JWKS: every key still published (the next one, the current one, retired ones whose
+    /// tokens may still be live).
+    pub fn jwks(&self, now_ms: i64) -> serde_json::Value {
+        let keys: Vec<_> = self
+            .keys
+            .iter()
+            .filter(|k| k.is_published(now_ms))
+            .map(|k| k.jwk())
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// Signs RFC 9068 claims: header `typ: at+jwt`, the key's `alg` and `kid`.
+    pub fn sign_jwt(key: &SigningKey, claims: &JwtClaims) -> String {
+        let header = serde_json::json!({ "alg": key.alg.as_str(), "typ": "at+jwt", "kid": key.kid });
+        let mut out = B64.encode(serde_json::to_vec(&header).expect("header"));
+        out.push('.');
+        out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims")));
+        let sig = key.sign(out.as_bytes());
+        out.push('.');
+        out.push_str(&B64.encode(sig));
+        out
+    }
+
+    /// Verifies a JWT's signature with a key of ours and returns its claims (expiry is the
+    /// caller's to check). Anything malformed, unsigned or signed by another key is `None`.
+    pub fn verify_jwt(&self, token: &str) -> Option<JwtClaims> {
+        if token.len() > 8192 {
+            return None;
+        }
+        let mut parts = token.split('.');
+        let (h, c, s) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        #[derive(Deserialize)]
+        struct Header {
+            alg: String,
+            kid: String,
+            typ: Option<String>,
+        }
+        let header: Header = serde_json::from_slice(&B64.decode(h).ok()?).ok()?;
+        let key = self.get(&header.kid)?;
+        if header.alg != key.alg.as_str() || header.typ.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("at+jwt")) {
+            return None;
+        }
+        let sig = B64.decode(s).ok()?;
+        if !key.verify(&token.as_bytes()[..h.len() + 1 + c.len()], &sig) {
+            return None;
+        }
+        serde_json::from_slice(&B64.decode(c).ok()?).ok()
+    }
+}
+
+/// Whether a bearer credential looks like a JWT (three base64url parts).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("ey") && token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opaque_tokens_round_trip_and_resist_tampering() {
+        let s = Sealer::new([7; 32], "kpt_");
+        let claims = OpaqueClaims { c: "kpc_x".into(), s: "a b".into(), i: 1, e: 2, j: "j".into() };
+        let t = s.seal(&claims);
+        assert!(t.starts_with("kpt_"));
+        assert_eq!(s.open(&t), Some(claims.clone()));
+        let mut bad = t.clone().into_bytes();
+        bad[10] ^= 1;
+        assert_eq!(s.open(&String::from_utf8_lossy(&bad)), None);
+        assert_eq!(Sealer::new([8; 32], "kpt_").open(&t), None);
+        assert_eq!(s.open("kpt_"), None);
+        assert_eq!(s.open("kpt_é€€€€€€€"), None);
+    }
+
+    #[test]
+    fn jwts_sign_and_verify_with_both_algorithms() {
+        for alg in [Alg::ES256, Alg::EdDSA] {
+            let key = SigningKey::from_pkcs8("k1".into(), alg, &generate_pkcs8(alg), 0, None).unwrap();
+            let claims = JwtClaims {
+                iss: "i".into(), sub: "s".into(), aud: "a".into(), exp: 2, iat: 1, nbf: 1,
+                jti: "j".into(), client_id: "s".into(), scope: "x".into(),
+            };
+            let t = Keyring::sign_jwt(&key, &claims);
+            let ring = Keyring::new(vec![key]);
+            assert_eq!(ring.verify_jwt(&t), Some(claims));
+            assert!(looks_like_jwt(&t));
+            let mut bad = t.clone();
+            bad.pop();
+            bad.push(if t.ends_with('A') { 'B' } else { 'A' });
+            assert_eq!(ring.verify_jwt(&bad), None);
+            assert_eq!(ring.jwks(0)["keys"][0]["kid"], "k1");
+        }
+    }
+
+    #[test]
+    fn the_newest_active_key_signs() {
+        let k = |kid: &str, at| SigningKey::from_pkcs8(kid.into(), Alg::ES256, &generate_pkcs8(Alg::ES256), at, None).unwrap();
+        let ring = Keyring::new(vec![k("old", 0), k("next", 100)]);
+        assert_eq!(ring.signer(Alg::ES256, 50).unwrap().kid, "old");
+        assert_eq!(ring.signer(Alg::ES256, 100).unwrap().kid, "next");
+        assert_eq!(ring.jwks(50)["keys"].as_array().unwrap().len(), 2);
+        assert!(ring.signer(Alg::EdDSA, 100).is_none());
+    }
+}

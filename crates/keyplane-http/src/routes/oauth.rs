@@ -1,0 +1,382 @@
+//! OAuth 2.0: the token endpoint (RFC 6749 §4.4), introspection (RFC 7662), revocation
+//! (RFC 7009), metadata (RFC 8414) and the JWKS. Errors here are RFC 6749 §5.2 bodies.
+
+use crate::auth::{bearer, request_meta};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use keyplane_core::app::RequestMeta;
+use keyplane_core::oauth::{ClientAuth, Introspection, OAuthError, RevokeOutcome};
+use keyplane_core::secret::SecretString;
+use serde::Serialize;
+use std::collections::HashMap;
+use utoipa::ToSchema;
+
+pub fn router() -> Router<AppState> {
+    let mut r = Router::new()
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/.well-known/jwks.json", get(jwks));
+    // The same handlers at the paths the seed documents use.
+    for base in ["/v1/oauth/token", "/v1beta/oauth/token", "/api/oauth/token"] {
+        r = r.route(base, post(token));
+    }
+    for base in ["/v1/oauth/token", "/v1beta/oauth/token"] {
+        r = r
+            .route(&format!("{base}/introspect"), post(introspect))
+            .route(&format!("{base}/revoke"), post(revoke));
+    }
+    r
+}
+
+/// An RFC 6749 §5.2 error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    pub error: String,
+    pub error_description: String,
+}
+
+fn no_store(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
+    no_store(
+        (
+            status,
+            Json(OAuthErrorBody {
+                error: error.into(),
+                error_description: description.into(),
+            }),
+        )
+            .into_response(),
+    )
+}
+
+fn oauth_error(e: OAuthError) -> Response {
+    match e {
+        OAuthError::InvalidRequest(d) => error(StatusCode::BAD_REQUEST, "invalid_request", d),
+        OAuthError::InvalidClient { basic } => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
+            if basic {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"keyplane\""));
+            }
+            r
+        }
+        OAuthError::InvalidScope(d) => error(StatusCode::BAD_REQUEST, "invalid_scope", d),
+        OAuthError::UnauthorizedClient(d) => error(StatusCode::BAD_REQUEST, "unauthorized_client", d),
+        OAuthError::UnsupportedGrantType => error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+        ),
+        OAuthError::TooManyRequests(retry) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                format!("too many failed client authentications; retry in {retry} seconds"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        OAuthError::Server => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "an internal error occurred; it has been logged"),
+    }
+}
+
+/// The form of an OAuth request, read whole. Repeated parameters and a wrong content type are
+/// `invalid_request` (RFC 6749 §3.2: "parameters MUST NOT be included more than once").
+struct OAuthForm {
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    meta: RequestMeta,
+}
+
+async fn read_form(state: &AppState, req: Request) -> Result<OAuthForm, Response> {
+    let (mut parts, body) = req.into_parts();
+    let _ = axum::extract::ConnectInfo::<std::net::SocketAddr>::from_request_parts(&mut parts, state).await;
+    let meta = request_meta(&parts);
+    let ctype = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    {
+        return Err(oauth_error(OAuthError::InvalidRequest(
+            "send the parameters as application/x-www-form-urlencoded".into(),
+        )));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map_err(|_| oauth_error(OAuthError::InvalidRequest("the request body is too large".into())))?;
+    let mut params = HashMap::new();
+    for (k, v) in form_urlencoded::parse(&bytes) {
+        if params.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(oauth_error(OAuthError::InvalidRequest(format!(
+                "the parameter `{k}` is repeated"
+            ))));
+        }
+    }
+    Ok(OAuthForm {
+        params,
+        headers: parts.headers,
+        meta,
+    })
+}
+
+/// RFC 6749 §2.3.1: the id and secret in Basic are each form-urlencoded before joining.
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decode = || -> Option<(String, String)> {
+        let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (id, secret) = text.split_once(':')?;
+        Some((crate::auth::form_unescape(id), crate::auth::form_unescape(secret)))
+    };
+    Some(decode().ok_or(()))
+}
+
+/// The client's credentials from Basic or the form; both at once is `invalid_request`.
+fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
+    let post = match (form.params.get("client_id"), form.params.get("client_secret")) {
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        (Some(_), None) | (None, Some(_)) => None,
+        (None, None) => None,
+    };
+    let basic = basic_credentials(&form.headers);
+    match (basic, post) {
+        (Some(_), Some(_)) => Err(OAuthError::InvalidRequest(
+            "use one client authentication method: HTTP Basic or client_id/client_secret in the body, not both".into(),
+        )),
+        (Some(Ok((id, secret))), None) => Ok(Some(ClientAuth { client_id: id, secret: SecretString::new(secret), basic: true })),
+        (Some(Err(())), None) => Err(OAuthError::InvalidClient { basic: true }),
+        (None, Some((id, secret))) => Ok(Some(ClientAuth { client_id: id, secret: SecretString::new(secret), basic: false })),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+/// The client-credentials grant. Client authentication by HTTP Basic or in the form.
+#[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=client_credentials, optional scope, optional client_id/client_secret"),
+    responses((status = 200, body = TokenResponse), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody), (status = 429, body = OAuthErrorBody)))]
+pub async fn token(State(s): State<AppState>, req: Request) -> Response {
+    let form = match read_form(&s, req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let auth = match client_auth(&form) {
+        Ok(Some(a)) => a,
+        Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
+        Err(e) => return oauth_error(e),
+    };
+    match form.params.get("grant_type").map(String::as_str) {
+        None => return oauth_error(OAuthError::InvalidRequest("the parameter `grant_type` is missing".into())),
+        Some("client_credentials") => {}
+        Some(_) => return oauth_error(OAuthError::UnsupportedGrantType),
+    }
+    match s.app.issue_token(&auth, form.params.get("scope").map(String::as_str), &form.meta).await {
+        Ok(t) => no_store(
+            Json(TokenResponse {
+                access_token: t.access_token,
+                token_type: "Bearer".into(),
+                expires_in: t.expires_in,
+                scope: t.scope,
+            })
+            .into_response(),
+        ),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// An introspection answer (RFC 7662 §2.2); inactive is exactly `{"active": false}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntrospectionResponse {
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `access_token` or `api_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_type: Option<String>,
+}
+
+impl IntrospectionResponse {
+    fn inactive() -> Self {
+        Self {
+            active: false,
+            iss: None,
+            sub: None,
+            aud: None,
+            exp: None,
+            nbf: None,
+            iat: None,
+            jti: None,
+            client_id: None,
+            token_type: None,
+            username: None,
+            scope: None,
+            credential_type: None,
+        }
+    }
+
+    fn active(issuer: &str, i: Introspection) -> Self {
+        Self {
+            active: true,
+            iss: Some(issuer.to_string()),
+            sub: Some(i.sub),
+            aud: i.aud,
+            exp: i.exp,
+            nbf: Some(i.nbf),
+            iat: Some(i.iat),
+            jti: Some(i.jti),
+            client_id: i.client_id,
+            token_type: Some("Bearer".into()),
+            username: Some(i.username),
+            scope: Some(i.scope),
+            credential_type: Some(i.credential_type.into()),
+        }
+    }
+}
+
+/// RFC 7662 introspection of an access token or API key. The caller authenticates as a client
+/// (Basic or form) or with a bearer credential allowed to introspect (`tokens:introspect`).
+#[utoipa::path(post, path = "/v1/oauth/token/introspect", tag = "oauth",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "token=..."),
+    responses((status = 200, body = IntrospectionResponse), (status = 401, body = OAuthErrorBody)))]
+pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
+    let form = match read_form(&s, req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let scope_org = match client_auth(&form) {
+        Err(e) => return oauth_error(e),
+        Ok(Some(auth)) => match s.app.authenticate_client(&auth, &form.meta).await {
+            Ok(c) => Some(c.client.org_id.clone()),
+            Err(e) => return oauth_error(e),
+        },
+        Ok(None) => {
+            let principal = match s.app.authenticate(bearer(&form.headers), &form.meta).await {
+                Ok(p) => p,
+                Err(_) => return oauth_error(OAuthError::InvalidClient { basic: false }),
+            };
+            match s.app.introspection_scope(&principal) {
+                Ok(org) => org,
+                Err(_) => {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "insufficient_scope",
+                        "this credential may not introspect tokens: it needs the `tokens:introspect` permission",
+                    )
+                }
+            }
+        }
+    };
+    let Some(token) = form.params.get("token") else {
+        return oauth_error(OAuthError::InvalidRequest("the parameter `token` is missing".into()));
+    };
+    let body = match s.app.introspect(scope_org.as_deref(), token).await {
+        Some(i) => IntrospectionResponse::active(&s.app.settings().oauth.issuer, i),
+        None => IntrospectionResponse::inactive(),
+    };
+    no_store(Json(body).into_response())
+}
+
+/// RFC 7009 revocation: a client revokes one of its own access tokens. 200 with no body; for a
+/// token that does not exist, 200 with `{"error": "invalid_request", ...}` as seed 000 shows.
+#[utoipa::path(post, path = "/v1/oauth/token/revoke", tag = "oauth",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "token=..., optional token_type_hint"),
+    responses((status = 200, description = "revoked (no body), or the token does not exist (error body)"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
+pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
+    let form = match read_form(&s, req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let auth = match client_auth(&form) {
+        Ok(Some(a)) => a,
+        Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
+        Err(e) => return oauth_error(e),
+    };
+    let Some(token) = form.params.get("token") else {
+        return oauth_error(OAuthError::InvalidRequest("the parameter `token` is missing".into()));
+    };
+    match s.app.revoke_token(&auth, token, &form.meta).await {
+        Ok(RevokeOutcome::Revoked) => no_store(StatusCode::OK.into_response()),
+        Ok(RevokeOutcome::Unknown) => error(StatusCode::OK, "invalid_request", "The token does not exist"),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// RFC 8414 authorization server metadata.
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth", responses((status = 200)))]
+pub async fn metadata(State(s): State<AppState>) -> Response {
+    let issuer = s.app.settings().oauth.issuer.clone();
+    let scopes: Vec<String> = s.app.scopes_supported().await.map(|x| x.into_iter().collect()).unwrap_or_default();
+    let methods = ["client_secret_basic", "client_secret_post"];
+    Json(serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/v1/oauth/token"),
+        "introspection_endpoint": format!("{issuer}/v1/oauth/token/introspect"),
+        "revocation_endpoint": format!("{issuer}/v1/oauth/token/revoke"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": ["token"],
+        "scopes_supported": scopes,
+        "token_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_methods_supported": methods,
+    }))
+    .into_response()
+}
+
+/// The public signing keys: the next one, the current one, and retired ones still in use.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth", responses((status = 200)))]
+pub async fn jwks(State(s): State<AppState>) -> Response {
+    let mut r = Json(s.app.jwks()).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    r
+}
