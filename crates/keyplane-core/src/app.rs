@@ -146,6 +146,9 @@ pub struct NewApiKey {
     pub roles: Vec<String>,
     pub expires_at: Option<OffsetDateTime>,
     pub default_for_service: Option<String>,
+    /// With no `owner_member_id`, make a project service token even when a member creates it
+    /// (a copy of a service token stays one). Only org-wide managers may.
+    pub service_token: bool,
 }
 
 /// Changes to an API key; `None` leaves a field as it is.
@@ -257,7 +260,12 @@ pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64> {
 }
 
 impl Keyplane {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, pepper: Pepper, settings: Settings) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        pepper: Pepper,
+        settings: Settings,
+    ) -> Self {
         Self {
             oauth: crate::oauth::OAuthState::new(&pepper, &settings.oauth),
             store,
@@ -295,7 +303,10 @@ impl Keyplane {
 
     /// Creates the defaults and settles the admin key. Returns a newly generated admin key,
     /// which the caller prints once; `None` when one was supplied or already exists.
-    pub async fn bootstrap(&self, supplied_admin_key: Option<&SecretString>) -> Result<Option<SecretString>> {
+    pub async fn bootstrap(
+        &self,
+        supplied_admin_key: Option<&SecretString>,
+    ) -> Result<Option<SecretString>> {
         let now = self.now();
         self.store.ensure_defaults(now).await?;
         match supplied_admin_key {
@@ -315,8 +326,11 @@ impl Keyplane {
                 let digest = self.pepper.digest(key.expose());
                 let current = self.store.admin_key_get().await?;
                 if current.map(|c| c.0) != Some(digest) {
-                    self.store.admin_key_set(digest, self.pepper.version(), now).await?;
-                    self.record_system("admin_key.set", "operator-supplied admin key installed").await?;
+                    self.store
+                        .admin_key_set(digest, self.pepper.version(), now)
+                        .await?;
+                    self.record_system("admin_key.set", "operator-supplied admin key installed")
+                        .await?;
                 }
                 Ok(None)
             }
@@ -328,7 +342,8 @@ impl Keyplane {
                 self.store
                     .admin_key_set(self.pepper.digest(key.expose()), self.pepper.version(), now)
                     .await?;
-                self.record_system("admin_key.generate", "admin key generated on first start").await?;
+                self.record_system("admin_key.generate", "admin key generated on first start")
+                    .await?;
                 Ok(Some(key))
             }
         }
@@ -338,17 +353,27 @@ impl Keyplane {
     pub async fn rotate_admin_key(&self) -> Result<SecretString> {
         let key = self.settings.admin_key_format.generate();
         self.store
-            .admin_key_set(self.pepper.digest(key.expose()), self.pepper.version(), self.now())
+            .admin_key_set(
+                self.pepper.digest(key.expose()),
+                self.pepper.version(),
+                self.now(),
+            )
             .await?;
-        self.record_system("admin_key.rotate", "admin key rotated").await?;
+        self.record_system("admin_key.rotate", "admin key rotated")
+            .await?;
         Ok(key)
     }
 
     async fn record_system(&self, action: &str, note: &str) -> Result<()> {
-        self.record_system_event(action, serde_json::json!({ "note": note })).await
+        self.record_system_event(action, serde_json::json!({ "note": note }))
+            .await
     }
 
-    pub(crate) async fn record_system_event(&self, action: &str, details: serde_json::Value) -> Result<()> {
+    pub(crate) async fn record_system_event(
+        &self,
+        action: &str,
+        details: serde_json::Value,
+    ) -> Result<()> {
         self.store
             .activity_append(&[NewEvent {
                 id: new_id("evt"),
@@ -368,7 +393,10 @@ impl Keyplane {
     // ----- checking credentials -----
 
     /// Resolves an API key to its cached form, reading storage at most once per digest.
-    pub(crate) async fn resolve_key_raw(&self, token: &str) -> Result<Option<Arc<CachedKey>>, Refusal> {
+    pub(crate) async fn resolve_key_raw(
+        &self,
+        token: &str,
+    ) -> Result<Option<Arc<CachedKey>>, Refusal> {
         if let Err(e) = self.settings.api_key_format.check(token) {
             let _: FormatError = e;
             return Err(Refusal::Malformed);
@@ -405,7 +433,12 @@ impl Keyplane {
     }
 
     /// Checks a bearer credential for a platform API, requiring every scope in `required`.
-    pub async fn check(&self, token: Option<&str>, required: &[&str], meta: &RequestMeta) -> Verdict {
+    pub async fn check(
+        &self,
+        token: Option<&str>,
+        required: &[&str],
+        meta: &RequestMeta,
+    ) -> Verdict {
         self.checks.fetch_add(1, Ordering::Relaxed);
         let Some(token) = token else {
             return Verdict::Refuse(Refusal::Missing);
@@ -456,14 +489,30 @@ impl Keyplane {
 
     /// Queues an aggregated `credential.refused` event; never the secret, only its kind or id.
     fn note_refusal(&self, reason: Refusal, key: Option<&CachedKey>, meta: &RequestMeta) {
-        self.queue_refusal_in(reason.as_str(), key.map(|k| k.key_id.clone()), key.map(|k| k.org_id.clone()), meta);
+        self.queue_refusal_in(
+            reason.as_str(),
+            key.map(|k| k.key_id.clone()),
+            key.map(|k| k.org_id.clone()),
+            meta,
+        );
     }
 
-    pub(crate) fn queue_refusal(&self, reason: &'static str, target: Option<String>, meta: &RequestMeta) {
+    pub(crate) fn queue_refusal(
+        &self,
+        reason: &'static str,
+        target: Option<String>,
+        meta: &RequestMeta,
+    ) {
         self.queue_refusal_in(reason, target, None, meta);
     }
 
-    fn queue_refusal_in(&self, reason: &'static str, target: Option<String>, org_id: Option<String>, meta: &RequestMeta) {
+    fn queue_refusal_in(
+        &self,
+        reason: &'static str,
+        target: Option<String>,
+        org_id: Option<String>,
+        meta: &RequestMeta,
+    ) {
         let mut q = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         let agg = (
             reason,
@@ -531,7 +580,9 @@ impl Keyplane {
         if self.is_access_token_shaped(token) {
             return match self.token_identity(token).await {
                 Some(t) => Ok(Principal {
-                    actor: Actor::Client { client_id: t.client_id.clone() },
+                    actor: Actor::Client {
+                        client_id: t.client_id.clone(),
+                    },
                     org_id: Some(t.org_id.clone()),
                     project_id: Some(t.project_id.clone()),
                     permissions: PermSet::EMPTY,
@@ -539,7 +590,9 @@ impl Keyplane {
                 }),
                 None => {
                     self.queue_refusal("invalid_access_token", None, meta);
-                    Err(Error::Unauthenticated("the access token is invalid, expired or revoked".into()))
+                    Err(Error::Unauthenticated(
+                        "the access token is invalid, expired or revoked".into(),
+                    ))
                 }
             };
         }
@@ -562,7 +615,8 @@ impl Keyplane {
         let used = self.cache.take_used();
         if !used.is_empty() {
             let now = self.now();
-            let batch: Vec<(String, OffsetDateTime)> = used.into_iter().map(|id| (id, now)).collect();
+            let batch: Vec<(String, OffsetDateTime)> =
+                used.into_iter().map(|id| (id, now)).collect();
             self.store.api_keys_touch(&batch).await?;
         }
         let (events, dropped) = {
@@ -698,7 +752,7 @@ impl Keyplane {
         Ok(paginate(items, limit, |e| e.seq))
     }
 
-    /// Walks the whole chain. Only the admin key may: the chain spans every organization.
+    /// Walks the whole chain (it spans every organization): the admin key, or `activity:read`.
     pub async fn activity_verify(&self, p: &Principal) -> Result<VerifyReport> {
         if !p.is_admin_key() && !p.permissions.has(Permission::ActivityRead) {
             return Err(Error::Forbidden(
@@ -750,8 +804,15 @@ impl Keyplane {
             created_at: now,
         };
         self.store.org_create(&org, &project).await?;
-        self.record_event(p, Some(&org.id), "org.create", Some(&org.id), meta, serde_json::json!({ "name": org.name }))
-            .await?;
+        self.record_event(
+            p,
+            Some(&org.id),
+            "org.create",
+            Some(&org.id),
+            meta,
+            serde_json::json!({ "name": org.name }),
+        )
+        .await?;
         Ok(org)
     }
 
@@ -789,8 +850,15 @@ impl Keyplane {
             created_at: self.now(),
         };
         self.store.project_create(&project).await?;
-        self.record_event(p, Some(&project.org_id), "project.create", Some(&project.id), meta, serde_json::json!({ "name": project.name }))
-            .await?;
+        self.record_event(
+            p,
+            Some(&project.org_id),
+            "project.create",
+            Some(&project.id),
+            meta,
+            serde_json::json!({ "name": project.name }),
+        )
+        .await?;
         Ok(project)
     }
 
@@ -802,7 +870,11 @@ impl Keyplane {
 
     /// The project a credential goes in: the one named (it must belong to the organization),
     /// or the organization's default project.
-    pub(crate) async fn project_in(&self, org_id: &str, project_id: Option<&str>) -> Result<Project> {
+    pub(crate) async fn project_in(
+        &self,
+        org_id: &str,
+        project_id: Option<&str>,
+    ) -> Result<Project> {
         match project_id {
             Some(id) => {
                 if !is_id("prj", id) {
@@ -842,7 +914,10 @@ impl Keyplane {
             ));
         }
         if scopes.is_empty() {
-            return Err(Error::invalid("scopes", "a service needs at least one scope"));
+            return Err(Error::invalid(
+                "scopes",
+                "a service needs at least one scope",
+            ));
         }
         let mut set = BTreeSet::new();
         for s in scopes {
@@ -874,8 +949,15 @@ impl Keyplane {
             created_at: self.now(),
         };
         self.store.service_create(&service).await?;
-        self.record_event(p, None, "service.create", Some(&service.id), meta, serde_json::json!({ "name": service.name, "scopes": service.scopes }))
-            .await?;
+        self.record_event(
+            p,
+            None,
+            "service.create",
+            Some(&service.id),
+            meta,
+            serde_json::json!({ "name": service.name, "scopes": service.scopes }),
+        )
+        .await?;
         Ok(service)
     }
 
@@ -901,7 +983,9 @@ impl Keyplane {
             if !known.contains(&s) {
                 return Err(Error::invalid(
                     "scopes",
-                    format!("unknown scope `{s}`: register it with a service first (POST /v1/services)"),
+                    format!(
+                        "unknown scope `{s}`: register it with a service first (POST /v1/services)"
+                    ),
                 ));
             }
             out.insert(s);
@@ -923,7 +1007,12 @@ impl Keyplane {
         let access = p.access(org_id, Permission::MembersManage)?;
         self.existing_org(&access.org_id).await?;
         let email = email.trim().to_lowercase();
-        if email.len() > 254 || !email.contains('@') || email.starts_with('@') || email.ends_with('@') || email.chars().any(char::is_whitespace) {
+        if email.len() > 254
+            || !email.contains('@')
+            || email.starts_with('@')
+            || email.ends_with('@')
+            || email.chars().any(char::is_whitespace)
+        {
             return Err(Error::invalid("email", "`email` must be an email address"));
         }
         let role = MemberRole::parse(role)
@@ -938,8 +1027,15 @@ impl Keyplane {
             created_at: self.now(),
         };
         self.store.member_create(&member).await?;
-        self.record_event(p, Some(&member.org_id), "member.create", Some(&member.id), meta, serde_json::json!({ "role": role.as_str() }))
-            .await?;
+        self.record_event(
+            p,
+            Some(&member.org_id),
+            "member.create",
+            Some(&member.id),
+            meta,
+            serde_json::json!({ "role": role.as_str() }),
+        )
+        .await?;
         Ok(member)
     }
 
@@ -974,7 +1070,11 @@ impl Keyplane {
         if !is_id("mem", id) {
             return Err(Error::NotFound("member"));
         }
-        let m = self.store.member_get(id).await?.ok_or(Error::NotFound("member"))?;
+        let m = self
+            .store
+            .member_get(id)
+            .await?
+            .ok_or(Error::NotFound("member"))?;
         let access = p
             .access_in(m.org_id.clone(), Permission::MembersManage)
             .map_err(|e| match e {
@@ -990,16 +1090,29 @@ impl Keyplane {
         if !is_id("mem", id) {
             return Err(Error::NotFound("member"));
         }
-        let m = self.store.member_get(id).await?.ok_or(Error::NotFound("member"))?;
+        let m = self
+            .store
+            .member_get(id)
+            .await?
+            .ok_or(Error::NotFound("member"))?;
         let own = p.member_id() == Some(id) && p.org_id.as_deref() == Some(m.org_id.as_str());
-        if own || p.access_in(m.org_id.clone(), Permission::MembersManage).is_ok() {
+        if own
+            || p.access_in(m.org_id.clone(), Permission::MembersManage)
+                .is_ok()
+        {
             Ok(m)
         } else {
             Err(Error::NotFound("member"))
         }
     }
 
-    pub async fn member_set_role(&self, p: &Principal, id: &str, role: &str, meta: &RequestMeta) -> Result<Member> {
+    pub async fn member_set_role(
+        &self,
+        p: &Principal,
+        id: &str,
+        role: &str,
+        meta: &RequestMeta,
+    ) -> Result<Member> {
         let (mut m, _) = self.member_in_reach(p, id).await?;
         let role = MemberRole::parse(role)
             .ok_or_else(|| Error::invalid("role", "`role` must be `owner`, `admin` or `member`"))?;
@@ -1007,8 +1120,15 @@ impl Keyplane {
         self.may_grant_member_role(p, m.role)?;
         self.store.member_set_role(id, role).await?;
         self.invalidate(Invalidation::All).await?;
-        self.record_event(p, Some(&m.org_id), "member.role_change", Some(id), meta, serde_json::json!({ "from": m.role.as_str(), "to": role.as_str() }))
-            .await?;
+        self.record_event(
+            p,
+            Some(&m.org_id),
+            "member.role_change",
+            Some(id),
+            meta,
+            serde_json::json!({ "from": m.role.as_str(), "to": role.as_str() }),
+        )
+        .await?;
         m.role = role;
         Ok(m)
     }
@@ -1019,11 +1139,23 @@ impl Keyplane {
         let digests = self.store.member_delete(id, self.now()).await?;
         self.invalidate(Invalidation::Digests(digests)).await?;
         self.invalidate(Invalidation::All).await?;
-        self.record_event(p, Some(&m.org_id), "member.delete", Some(id), meta, serde_json::json!({ "keys_revoked": "all owned" }))
-            .await
+        self.record_event(
+            p,
+            Some(&m.org_id),
+            "member.delete",
+            Some(id),
+            meta,
+            serde_json::json!({ "keys_revoked": "all owned" }),
+        )
+        .await
     }
 
-    pub async fn role_create(&self, p: &Principal, input: NewRole, meta: &RequestMeta) -> Result<Role> {
+    pub async fn role_create(
+        &self,
+        p: &Principal,
+        input: NewRole,
+        meta: &RequestMeta,
+    ) -> Result<Role> {
         let access = p.access(input.org_id.as_deref(), Permission::RolesManage)?;
         self.existing_org(&access.org_id).await?;
         let name = clean_name("name", &input.name)?;
@@ -1071,7 +1203,10 @@ impl Keyplane {
             .iter()
             .any(|r| r.name.eq_ignore_ascii_case(&role.name))
         {
-            return Err(Error::Conflict(format!("a role named `{}` already exists", role.name)));
+            return Err(Error::Conflict(format!(
+                "a role named `{}` already exists",
+                role.name
+            )));
         }
         self.store.role_create(&role).await?;
         self.record_event(p, Some(&access.org_id), "role.create", Some(&role.id), meta, serde_json::json!({ "name": role.name, "permissions": role.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>() }))
@@ -1110,15 +1245,27 @@ impl Keyplane {
 
     // ----- API keys -----
 
-    async fn check_default_mark(&self, service: Option<String>, scopes: &[String], roles_scopes: &[String]) -> Result<Option<String>> {
-        let Some(service) = service else { return Ok(None) };
+    async fn check_default_mark(
+        &self,
+        service: Option<String>,
+        scopes: &[String],
+        roles_scopes: &[String],
+    ) -> Result<Option<String>> {
+        let Some(service) = service else {
+            return Ok(None);
+        };
         let s = self
             .store
             .service_list()
             .await?
             .into_iter()
             .find(|s| s.name == service)
-            .ok_or_else(|| Error::invalid("default_for_service", format!("unknown service `{service}`")))?;
+            .ok_or_else(|| {
+                Error::invalid(
+                    "default_for_service",
+                    format!("unknown service `{service}`"),
+                )
+            })?;
         if !s
             .scopes
             .iter()
@@ -1154,26 +1301,43 @@ impl Keyplane {
     ) -> Result<(ApiKey, SecretString)> {
         let access = p.access(input.org_id.as_deref(), Permission::KeysManage)?;
         self.existing_org(&access.org_id).await?;
-        let project = self.project_in(&access.org_id, input.project_id.as_deref()).await?;
+        let project = self
+            .project_in(&access.org_id, input.project_id.as_deref())
+            .await?;
         let owner = match (&access.only_member, input.owner_member_id) {
             // A member's keys are always their own.
             (Some(me), Some(asked)) if *me != asked => {
-                return Err(Error::Forbidden("a member can only create keys they own".into()))
+                return Err(Error::Forbidden(
+                    "a member can only create keys they own".into(),
+                ))
             }
             (Some(me), _) => Some(me.clone()),
             (None, Some(asked)) => {
-                let m = if is_id("mem", &asked) { self.store.member_get(&asked).await? } else { None };
+                let m = if is_id("mem", &asked) {
+                    self.store.member_get(&asked).await?
+                } else {
+                    None
+                };
                 match m {
                     Some(m) if m.org_id == access.org_id => Some(m.id),
-                    _ => return Err(Error::invalid("owner_member_id", "no such member in this organization")),
+                    _ => {
+                        return Err(Error::invalid(
+                            "owner_member_id",
+                            "no such member in this organization",
+                        ))
+                    }
                 }
             }
+            (None, None) if input.service_token => None,
             (None, None) => p.member_id().map(str::to_string),
         };
         let now = self.now();
         if let Some(exp) = input.expires_at {
             if exp <= now {
-                return Err(Error::invalid("expires_at", "`expires_at` must be in the future"));
+                return Err(Error::invalid(
+                    "expires_at",
+                    "`expires_at` must be in the future",
+                ));
             }
         }
         let scopes = self.check_scopes(input.scopes).await?;
@@ -1219,9 +1383,20 @@ impl Keyplane {
             .await?;
         // A digest that was once looked up and found unknown must not stay negative.
         self.cache.invalidate(&[ks.digest]);
-        self.record_event(p, Some(&key.org_id), "api_key.create", Some(&key.id), meta, key_details(&key))
-            .await?;
-        let key = self.store.api_key_get(&key.id).await?.ok_or(Error::NotFound("API key"))?;
+        self.record_event(
+            p,
+            Some(&key.org_id),
+            "api_key.create",
+            Some(&key.id),
+            meta,
+            key_details(&key),
+        )
+        .await?;
+        let key = self
+            .store
+            .api_key_get(&key.id)
+            .await?
+            .ok_or(Error::NotFound("API key"))?;
         Ok((key, secret))
     }
 
@@ -1230,7 +1405,11 @@ impl Keyplane {
         if !is_id("key", id) {
             return Err(Error::NotFound("API key"));
         }
-        let key = self.store.api_key_get(id).await?.ok_or(Error::NotFound("API key"))?;
+        let key = self
+            .store
+            .api_key_get(id)
+            .await?
+            .ok_or(Error::NotFound("API key"))?;
         let access = p
             .access_in(key.org_id.clone(), Permission::KeysManage)
             .map_err(|e| match e {
@@ -1276,7 +1455,13 @@ impl Keyplane {
         Ok(paginate(items, limit, |k| k.seq))
     }
 
-    pub async fn api_key_update(&self, p: &Principal, id: &str, patch: ApiKeyPatch, meta: &RequestMeta) -> Result<ApiKey> {
+    pub async fn api_key_update(
+        &self,
+        p: &Principal,
+        id: &str,
+        patch: ApiKeyPatch,
+        meta: &RequestMeta,
+    ) -> Result<ApiKey> {
         let (mut key, access) = self.key_in_reach(p, id).await?;
         if !key.is_active {
             return Err(Error::Conflict("a revoked key cannot be edited".into()));
@@ -1295,22 +1480,45 @@ impl Keyplane {
         }
         if let Some(e) = patch.expires_at {
             if e.is_some_and(|e| e <= self.now()) {
-                return Err(Error::invalid("expires_at", "`expires_at` must be in the future"));
+                return Err(Error::invalid(
+                    "expires_at",
+                    "`expires_at` must be in the future",
+                ));
             }
             key.expires_at = e;
         }
         let roles_scopes = self.role_scopes(&key.org_id, &key.roles).await?;
-        let mark = patch.default_for_service.unwrap_or(key.default_for_service.take());
-        key.default_for_service = self.check_default_mark(mark, &key.scopes, &roles_scopes).await?;
+        let mark = patch
+            .default_for_service
+            .unwrap_or(key.default_for_service.take());
+        key.default_for_service = self
+            .check_default_mark(mark, &key.scopes, &roles_scopes)
+            .await?;
         let digests = self.store.api_key_update(&key).await?;
         self.invalidate(Invalidation::Digests(digests)).await?;
-        self.record_event(p, Some(&key.org_id), "api_key.update", Some(&key.id), meta, key_details(&key))
-            .await?;
-        self.store.api_key_get(id).await?.ok_or(Error::NotFound("API key"))
+        self.record_event(
+            p,
+            Some(&key.org_id),
+            "api_key.update",
+            Some(&key.id),
+            meta,
+            key_details(&key),
+        )
+        .await?;
+        self.store
+            .api_key_get(id)
+            .await?
+            .ok_or(Error::NotFound("API key"))
     }
 
     /// A new key with the same configuration as `id` (and a new secret).
-    pub async fn api_key_copy(&self, p: &Principal, id: &str, name: Option<String>, meta: &RequestMeta) -> Result<(ApiKey, SecretString)> {
+    pub async fn api_key_copy(
+        &self,
+        p: &Principal,
+        id: &str,
+        name: Option<String>,
+        meta: &RequestMeta,
+    ) -> Result<(ApiKey, SecretString)> {
         let (key, _) = self.key_in_reach(p, id).await?;
         let input = NewApiKey {
             org_id: Some(key.org_id.clone()),
@@ -1322,20 +1530,36 @@ impl Keyplane {
             roles: key.roles.clone(),
             expires_at: key.expires_at.filter(|e| *e > self.now()),
             default_for_service: None,
+            service_token: key.owner_member_id.is_none(),
         };
         self.api_key_create(p, input, meta).await
     }
 
     /// Revokes a key; revoking a revoked key is a no-op that answers the key.
-    pub async fn api_key_revoke(&self, p: &Principal, id: &str, meta: &RequestMeta) -> Result<ApiKey> {
+    pub async fn api_key_revoke(
+        &self,
+        p: &Principal,
+        id: &str,
+        meta: &RequestMeta,
+    ) -> Result<ApiKey> {
         let (key, _) = self.key_in_reach(p, id).await?;
         if key.is_active {
             let digests = self.store.api_key_deactivate(id, self.now()).await?;
             self.invalidate(Invalidation::Digests(digests)).await?;
-            self.record_event(p, Some(&key.org_id), "api_key.revoke", Some(id), meta, serde_json::json!({ "name": key.name }))
-                .await?;
+            self.record_event(
+                p,
+                Some(&key.org_id),
+                "api_key.revoke",
+                Some(id),
+                meta,
+                serde_json::json!({ "name": key.name }),
+            )
+            .await?;
         }
-        self.store.api_key_get(id).await?.ok_or(Error::NotFound("API key"))
+        self.store
+            .api_key_get(id)
+            .await?
+            .ok_or(Error::NotFound("API key"))
     }
 
     /// Gives a key a new secret. The old one is refused at once, or after `grace` if given.
@@ -1354,7 +1578,10 @@ impl Keyplane {
         }
         if let Some(g) = grace {
             if g.is_negative() || g > time::Duration::days(30) {
-                return Err(Error::invalid("grace_period_seconds", "the grace period must be between 0 and 30 days"));
+                return Err(Error::invalid(
+                    "grace_period_seconds",
+                    "the grace period must be between 0 and 30 days",
+                ));
             }
         }
         let now = self.now();
@@ -1367,16 +1594,30 @@ impl Keyplane {
             expires_at: None,
         };
         let old_expire = grace.filter(|g| g.is_positive()).map(|g| now + g);
-        let digests = self.store.api_key_replace_secret(id, &ks, old_expire).await?;
+        let digests = self
+            .store
+            .api_key_replace_secret(id, &ks, old_expire)
+            .await?;
         let prefix_len = self.settings.api_key_format.prefix().len();
         let mut updated = key.clone();
         updated.start = secret.expose()[..prefix_len + 4].to_string();
         self.store.api_key_update(&updated).await?;
         self.invalidate(Invalidation::Digests(digests)).await?;
         self.cache.invalidate(&[ks.digest]);
-        self.record_event(p, Some(&key.org_id), "api_key.regenerate", Some(id), meta, serde_json::json!({ "grace_period_seconds": grace.map(|g| g.whole_seconds()) }))
-            .await?;
-        let key = self.store.api_key_get(id).await?.ok_or(Error::NotFound("API key"))?;
+        self.record_event(
+            p,
+            Some(&key.org_id),
+            "api_key.regenerate",
+            Some(id),
+            meta,
+            serde_json::json!({ "grace_period_seconds": grace.map(|g| g.whole_seconds()) }),
+        )
+        .await?;
+        let key = self
+            .store
+            .api_key_get(id)
+            .await?
+            .ok_or(Error::NotFound("API key"))?;
         Ok((key, secret))
     }
 

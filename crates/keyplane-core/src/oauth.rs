@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ids::{is_id, new_id};
 use crate::model::*;
 use crate::perm::{Actor, OrgAccess, Permission, Principal};
-use crate::secret::{random_base62, ct_eq, SecretFormat, SecretString};
+use crate::secret::{ct_eq, random_base62, SecretFormat, SecretString};
 use crate::store::{Invalidation, KeyFilter};
 use crate::token::{generate_pkcs8, Alg, JwtClaims, Keyring, OpaqueClaims, Sealer, SigningKey};
 use std::collections::{BTreeSet, HashMap};
@@ -63,7 +63,9 @@ impl Default for OAuthSettings {
 pub enum OAuthError {
     InvalidRequest(String),
     /// Client authentication failed; `basic` when HTTP Basic was tried.
-    InvalidClient { basic: bool },
+    InvalidClient {
+        basic: bool,
+    },
     InvalidScope(String),
     UnauthorizedClient(String),
     UnsupportedGrantType,
@@ -171,6 +173,8 @@ impl CachedClient {
 }
 
 type Window = (u32, i64);
+/// Tokens issued per (client, minute): count, scopes, organization.
+type IssuedCounts = HashMap<(String, i64), (u64, BTreeSet<String>, String)>;
 
 /// Per-node OAuth state: caches, revocations, the keyring, counters.
 pub struct OAuthState {
@@ -182,7 +186,9 @@ pub struct OAuthState {
     sealer: Sealer,
     key_seal: [u8; 32],
     failures: Mutex<HashMap<String, Window>>,
-    issued: Mutex<HashMap<(String, i64), (u64, BTreeSet<String>, String)>>,
+    /// Use counts of secrets whose cached client was dropped before a flush.
+    pending_uses: Mutex<Vec<(String, OffsetDateTime, i64)>>,
+    issued: Mutex<IssuedCounts>,
 }
 
 impl OAuthState {
@@ -193,36 +199,95 @@ impl OAuthState {
             epoch: AtomicU64::new(0),
             revoked: RwLock::default(),
             keyring: RwLock::new(Arc::new(Keyring::default())),
-            sealer: Sealer::new(pepper.derive("opaque-access-token-v1"), &settings.access_token_prefix),
+            sealer: Sealer::new(
+                pepper.derive("opaque-access-token-v1"),
+                &settings.access_token_prefix,
+            ),
             key_seal: pepper.derive("signing-key-v1"),
             failures: Mutex::default(),
+            pending_uses: Mutex::default(),
             issued: Mutex::default(),
         }
     }
 
     pub fn invalidate_client(&self, client_id: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.clients.write().unwrap_or_else(|e| e.into_inner()).remove(client_id);
-        self.unknown_clients.write().unwrap_or_else(|e| e.into_inner()).remove(client_id);
+        let removed = self
+            .clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+        self.unknown_clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+        if let Some(c) = removed {
+            self.keep_uses(&c);
+        }
     }
 
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.clients.write().unwrap_or_else(|e| e.into_inner()).clear();
-        self.unknown_clients.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let removed: Vec<_> = self
+            .clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        self.unknown_clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for c in removed {
+            self.keep_uses(&c);
+        }
+    }
+
+    /// Moves a dropped client's unflushed use counts aside so the next flush still writes them.
+    fn keep_uses(&self, c: &CachedClient) {
+        let used = take_uses(c);
+        if !used.is_empty() {
+            self.pending_uses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(used);
+        }
     }
 
     pub fn note_revoked(&self, jti: String, exp_ms: i64) {
-        self.revoked.write().unwrap_or_else(|e| e.into_inner()).insert(jti, exp_ms);
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(jti, exp_ms);
     }
 
     fn is_revoked(&self, jti: &str) -> bool {
-        self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains_key(jti)
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(jti)
     }
 
     pub fn keyring(&self) -> Arc<Keyring> {
         Arc::clone(&self.keyring.read().unwrap_or_else(|e| e.into_inner()))
     }
+}
+
+fn take_uses(c: &CachedClient) -> Vec<(String, OffsetDateTime, i64)> {
+    c.secrets
+        .iter()
+        .filter_map(|s| {
+            let n = s.uses.swap(0, Ordering::Relaxed);
+            (n > 0).then(|| {
+                (
+                    s.id.clone(),
+                    from_ms(s.last_used_ms.load(Ordering::Relaxed)),
+                    n as i64,
+                )
+            })
+        })
+        .collect()
 }
 
 fn ceil_to_second(t: OffsetDateTime) -> OffsetDateTime {
@@ -268,10 +333,19 @@ impl Keyplane {
 
     async fn cached_client(&self, client_id: &str) -> Result<Option<Arc<CachedClient>>> {
         let o = &self.oauth;
-        if let Some(c) = o.clients.read().unwrap_or_else(|e| e.into_inner()).get(client_id) {
+        if let Some(c) = o
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client_id)
+        {
             return Ok(Some(Arc::clone(c)));
         }
-        if o.unknown_clients.read().unwrap_or_else(|e| e.into_inner()).contains(client_id) {
+        if o.unknown_clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(client_id)
+        {
             return Ok(None);
         }
         if !self.oauth_settings().client_id_format.claims(client_id) || client_id.len() > 128 {
@@ -283,7 +357,10 @@ impl Keyplane {
         if o.epoch.load(Ordering::Acquire) == epoch {
             match &entry {
                 Some(c) => {
-                    o.clients.write().unwrap_or_else(|e| e.into_inner()).insert(client_id.to_string(), Arc::clone(c));
+                    o.clients
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(client_id.to_string(), Arc::clone(c));
                 }
                 None => {
                     let mut u = o.unknown_clients.write().unwrap_or_else(|e| e.into_inner());
@@ -303,8 +380,18 @@ impl Keyplane {
         let now = to_ms(self.now());
         let ip = meta.client_addr.clone().unwrap_or_default();
         let s = self.oauth_settings();
-        let f = self.oauth.failures.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, limit) in [(format!("{client_id}|{ip}"), s.failures_per_client_and_address), (ip, s.failures_per_address)] {
+        let f = self
+            .oauth
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (key, limit) in [
+            (
+                format!("{client_id}|{ip}"),
+                s.failures_per_client_and_address,
+            ),
+            (ip, s.failures_per_address),
+        ] {
             if let Some((count, start)) = f.get(&key) {
                 if now - start < 60_000 && *count >= limit {
                     return Some(((start + 60_000 - now) / 1000 + 1) as u64);
@@ -317,7 +404,11 @@ impl Keyplane {
     fn note_failure(&self, client_id: &str, meta: &RequestMeta) {
         let now = to_ms(self.now());
         let ip = meta.client_addr.clone().unwrap_or_default();
-        let mut f = self.oauth.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = self
+            .oauth
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if f.len() > 100_000 {
             f.retain(|_, (_, start)| now - *start < 60_000);
         }
@@ -332,7 +423,11 @@ impl Keyplane {
 
     /// Authenticates a client by id and secret: throttled per client id and address, never
     /// by client id alone, so a caller with the right secret elsewhere is never locked out.
-    pub async fn authenticate_client(&self, auth: &ClientAuth, meta: &RequestMeta) -> Result<Arc<CachedClient>, OAuthError> {
+    pub async fn authenticate_client(
+        &self,
+        auth: &ClientAuth,
+        meta: &RequestMeta,
+    ) -> Result<Arc<CachedClient>, OAuthError> {
         if let Some(retry) = self.throttled(&auth.client_id, meta) {
             return Err(OAuthError::TooManyRequests(retry));
         }
@@ -345,14 +440,20 @@ impl Keyplane {
             return fail(self);
         };
         let secret = auth.secret.expose();
-        if self.oauth_settings().client_secret_format.check(secret).is_err() {
+        if self
+            .oauth_settings()
+            .client_secret_format
+            .check(secret)
+            .is_err()
+        {
             return fail(self);
         }
         let digest = self.pepper().digest(secret);
         let now = to_ms(self.now());
-        let matched = client.secrets.iter().find(|s| {
-            ct_eq(&s.digest.0, &digest.0) && s.refused_from_ms.is_none_or(|r| r > now)
-        });
+        let matched = client
+            .secrets
+            .iter()
+            .find(|s| ct_eq(&s.digest.0, &digest.0) && s.refused_from_ms.is_none_or(|r| r > now));
         match matched {
             Some(s) => {
                 s.uses.fetch_add(1, Ordering::Relaxed);
@@ -365,15 +466,25 @@ impl Keyplane {
 
     fn note_client_refusal(&self, client_id: &str, meta: &RequestMeta) {
         // Only ids of our format are named; anything else could be a secret pasted in the wrong field.
-        let named = self.oauth_settings().client_id_format.claims(client_id) && client_id.len() <= 64;
-        self.queue_refusal("client_authentication", named.then(|| client_id.to_string()), meta);
+        let named =
+            self.oauth_settings().client_id_format.claims(client_id) && client_id.len() <= 64;
+        self.queue_refusal(
+            "client_authentication",
+            named.then(|| client_id.to_string()),
+            meta,
+        );
     }
 
     // ----- tokens -----
 
     /// The client-credentials grant: a token for exactly the requested scopes (all of the
     /// client's when none are requested). Nothing is written to storage.
-    pub async fn issue_token(&self, auth: &ClientAuth, scope: Option<&str>, meta: &RequestMeta) -> Result<IssuedToken, OAuthError> {
+    pub async fn issue_token(
+        &self,
+        auth: &ClientAuth,
+        scope: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<IssuedToken, OAuthError> {
         let client = self.authenticate_client(auth, meta).await?;
         self.mint(&client, scope)
     }
@@ -386,7 +497,9 @@ impl Keyplane {
                 let mut out = BTreeSet::new();
                 for x in s.split(' ').filter(|x| !x.is_empty()) {
                     if !c.scopes.iter().any(|y| y == x) {
-                        return Err(OAuthError::InvalidScope(format!("the client may not request the scope `{x}`")));
+                        return Err(OAuthError::InvalidScope(format!(
+                            "the client may not request the scope `{x}`"
+                        )));
                     }
                     out.insert(x.to_string());
                 }
@@ -451,18 +564,30 @@ impl Keyplane {
 
     /// Reads an access token of ours (opaque or JWT) and checks it is live: signature or seal,
     /// expiry, revocation, the client still existing and not having cut it off.
-    pub async fn verify_access_token(&self, token: &str) -> Option<(Arc<CachedClient>, Introspection)> {
+    pub async fn verify_access_token(
+        &self,
+        token: &str,
+    ) -> Option<(Arc<CachedClient>, Introspection)> {
         let now_ms = to_ms(self.now());
-        let (client_id, jti, iat_ms, exp_ms, nbf_ms, scope, aud) = if crate::token::looks_like_jwt(token) {
-            let c = self.oauth.keyring().verify_jwt(token)?;
-            if c.iss != self.oauth_settings().issuer {
-                return None;
-            }
-            (c.client_id, c.jti, c.iat * 1000, c.exp * 1000, c.nbf * 1000, c.scope, Some(c.aud))
-        } else {
-            let c = self.oauth.sealer.open(token)?;
-            (c.c, c.j, c.i, c.e, c.i, c.s, None)
-        };
+        let (client_id, jti, iat_ms, exp_ms, nbf_ms, scope, aud) =
+            if crate::token::looks_like_jwt(token) {
+                let c = self.oauth.keyring().verify_jwt(token)?;
+                if c.iss != self.oauth_settings().issuer {
+                    return None;
+                }
+                (
+                    c.client_id,
+                    c.jti,
+                    c.iat * 1000,
+                    c.exp * 1000,
+                    c.nbf * 1000,
+                    c.scope,
+                    Some(c.aud),
+                )
+            } else {
+                let c = self.oauth.sealer.open(token)?;
+                (c.c, c.j, c.i, c.e, c.i, c.s, None)
+            };
         if exp_ms <= now_ms || nbf_ms > now_ms + 60_000 || self.oauth.is_revoked(&jti) {
             return None;
         }
@@ -491,7 +616,12 @@ impl Keyplane {
     /// The identity of a live access token, for `/v1/authz` and the management API.
     pub async fn token_identity(&self, token: &str) -> Option<TokenIdentity> {
         let (client, info) = self.verify_access_token(token).await?;
-        let scopes: Vec<String> = info.scope.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let scopes: Vec<String> = info
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
         Some(TokenIdentity {
             client_id: info.sub,
             jti: info.jti,
@@ -531,10 +661,18 @@ impl Keyplane {
     }
 
     /// RFC 7009: a client revokes one of its own tokens.
-    pub async fn revoke_token(&self, auth: &ClientAuth, token: &str, meta: &RequestMeta) -> Result<RevokeOutcome, OAuthError> {
+    pub async fn revoke_token(
+        &self,
+        auth: &ClientAuth,
+        token: &str,
+        meta: &RequestMeta,
+    ) -> Result<RevokeOutcome, OAuthError> {
         let client = self.authenticate_client(auth, meta).await?;
         let parsed = if crate::token::looks_like_jwt(token) {
-            self.oauth.keyring().verify_jwt(token).map(|c| (c.client_id, c.jti, c.exp * 1000))
+            self.oauth
+                .keyring()
+                .verify_jwt(token)
+                .map(|c| (c.client_id, c.jti, c.exp * 1000))
         } else {
             self.oauth.sealer.open(token).map(|c| (c.c, c.j, c.e))
         };
@@ -542,17 +680,30 @@ impl Keyplane {
             return Ok(RevokeOutcome::Unknown);
         };
         if owner != client.client.client_id {
-            return Err(OAuthError::UnauthorizedClient("the token was not issued to this client".into()));
+            return Err(OAuthError::UnauthorizedClient(
+                "the token was not issued to this client".into(),
+            ));
         }
         if exp_ms <= to_ms(self.now()) || self.oauth.is_revoked(&jti) {
             return Ok(RevokeOutcome::Revoked);
         }
-        self.store().token_revoke(&jti, &owner, from_ms(exp_ms), self.now()).await?;
-        self.oauth.note_revoked(jti.clone(), exp_ms);
-        self.store().publish(&Invalidation::Token(jti.clone(), exp_ms)).await?;
-        let p = client_principal(&client.client);
-        self.record_event(&p, Some(&client.client.org_id), "access_token.revoke", Some(&owner), meta, serde_json::json!({ "jti": jti }))
+        self.store()
+            .token_revoke(&jti, &owner, from_ms(exp_ms), self.now())
             .await?;
+        self.oauth.note_revoked(jti.clone(), exp_ms);
+        self.store()
+            .publish(&Invalidation::Token(jti.clone(), exp_ms))
+            .await?;
+        let p = client_principal(&client.client);
+        self.record_event(
+            &p,
+            Some(&client.client.org_id),
+            "access_token.revoke",
+            Some(&owner),
+            meta,
+            serde_json::json!({ "jti": jti }),
+        )
+        .await?;
         Ok(RevokeOutcome::Revoked)
     }
 
@@ -563,16 +714,30 @@ impl Keyplane {
         let stored = self.store().signing_keys().await?;
         let mut keys = Vec::new();
         for k in stored {
-            let Some(alg) = Alg::parse(&k.alg) else { continue };
-            let Some(pkcs8) = crate::token::open(&self.oauth.key_seal, k.kid.as_bytes(), &k.private_sealed) else {
+            let Some(alg) = Alg::parse(&k.alg) else {
+                continue;
+            };
+            let Some(pkcs8) =
+                crate::token::open(&self.oauth.key_seal, k.kid.as_bytes(), &k.private_sealed)
+            else {
                 tracing::error!(kid = %k.kid, "a signing key cannot be opened: was the pepper changed?");
                 continue;
             };
-            if let Some(key) = SigningKey::from_pkcs8(k.kid, alg, &pkcs8, to_ms(k.activates_at), k.unpublish_at.map(to_ms)) {
+            if let Some(key) = SigningKey::from_pkcs8(
+                k.kid,
+                alg,
+                &pkcs8,
+                to_ms(k.activates_at),
+                k.unpublish_at.map(to_ms),
+            ) {
                 keys.push(key);
             }
         }
-        *self.oauth.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Keyring::new(keys));
+        *self
+            .oauth
+            .keyring
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(Keyring::new(keys));
         Ok(())
     }
 
@@ -594,7 +759,8 @@ impl Keyplane {
         let sealed = crate::token::seal(&self.oauth.key_seal, kid.as_bytes(), &generate_pkcs8(alg));
         let activates_at = now + time::Duration::seconds(lead_seconds);
         // Older keys stay published until every token they may still sign has expired.
-        let retire_others_at = activates_at + time::Duration::seconds(self.oauth_settings().max_ttl_seconds);
+        let retire_others_at =
+            activates_at + time::Duration::seconds(self.oauth_settings().max_ttl_seconds);
         self.store()
             .signing_key_add(
                 &StoredSigningKey {
@@ -624,7 +790,9 @@ impl Keyplane {
 
     /// Rotates any algorithm whose newest key is older than the rotation interval.
     pub async fn rotate_due_signing_keys(&self) -> Result<()> {
-        let Some(days) = self.oauth_settings().signing_key_rotation_days else { return Ok(()) };
+        let Some(days) = self.oauth_settings().signing_key_rotation_days else {
+            return Ok(());
+        };
         let ring = self.oauth.keyring();
         let now = to_ms(self.now());
         for alg in [Alg::ES256, Alg::EdDSA] {
@@ -645,7 +813,11 @@ impl Keyplane {
     /// Loads revocations that are still live (at start, and as a safety net).
     pub async fn reload_revocations(&self) -> Result<()> {
         let live = self.store().revoked_tokens(self.now()).await?;
-        let mut r = self.oauth.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let mut r = self
+            .oauth
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         r.clear();
         r.extend(live);
         Ok(())
@@ -663,14 +835,15 @@ impl Keyplane {
             .values()
             .cloned()
             .collect();
-        let mut used = Vec::new();
+        let mut used = std::mem::take(
+            &mut *self
+                .oauth
+                .pending_uses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         for c in &clients {
-            for s in &c.secrets {
-                let n = s.uses.swap(0, Ordering::Relaxed);
-                if n > 0 {
-                    used.push((s.id.clone(), from_ms(s.last_used_ms.load(Ordering::Relaxed)), n as i64));
-                }
-            }
+            used.extend(take_uses(c));
         }
         if !used.is_empty() {
             self.store().client_secrets_used(&used).await?;
@@ -680,10 +853,14 @@ impl Keyplane {
             let mut issued = self.oauth.issued.lock().unwrap_or_else(|e| e.into_inner());
             let keys: Vec<_> = issued
                 .keys()
-                .filter(|(_, m)| everything || !self.oauth_settings().aggregate_token_events || *m < minute)
+                .filter(|(_, m)| {
+                    everything || !self.oauth_settings().aggregate_token_events || *m < minute
+                })
                 .cloned()
                 .collect();
-            keys.into_iter().filter_map(|k| issued.remove(&k).map(|v| (k, v))).collect()
+            keys.into_iter()
+                .filter_map(|k| issued.remove(&k).map(|v| (k, v)))
+                .collect()
         };
         let events: Vec<NewEvent> = due
             .into_iter()
@@ -712,7 +889,9 @@ impl Keyplane {
         let horizon = now + time::Duration::days(7);
         let mut warned = 0;
         for (c, s) in self.store().client_secrets_unwarned().await? {
-            let Some(days) = c.secret_rotation_days else { continue };
+            let Some(days) = c.secret_rotation_days else {
+                continue;
+            };
             let due = s.created_at + time::Duration::days(days);
             if due <= horizon {
                 self.record_system_event(
@@ -747,11 +926,19 @@ impl Keyplane {
         p.access(org, Permission::ClientsManage)
     }
 
-    async fn client_in_reach(&self, p: &Principal, client_id: &str) -> Result<(OAuthClient, Vec<ClientSecret>, OrgAccess)> {
+    async fn client_in_reach(
+        &self,
+        p: &Principal,
+        client_id: &str,
+    ) -> Result<(OAuthClient, Vec<ClientSecret>, OrgAccess)> {
         if !self.oauth_settings().client_id_format.claims(client_id) || client_id.len() > 128 {
             return Err(Error::NotFound("OAuth client"));
         }
-        let (c, s) = self.store().client_get(client_id).await?.ok_or(Error::NotFound("OAuth client"))?;
+        let (c, s) = self
+            .store()
+            .client_get(client_id)
+            .await?
+            .ok_or(Error::NotFound("OAuth client"))?;
         let access = p
             .access_in(c.org_id.clone(), Permission::ClientsManage)
             .map_err(|e| match e {
@@ -767,34 +954,51 @@ impl Keyplane {
     fn check_ttl(&self, ttl: i64) -> Result<i64> {
         let max = self.oauth_settings().max_ttl_seconds;
         if !(60..=max).contains(&ttl) {
-            return Err(Error::invalid("access_token_ttl_seconds", format!("the access-token lifetime must be between 60 and {max} seconds")));
+            return Err(Error::invalid(
+                "access_token_ttl_seconds",
+                format!("the access-token lifetime must be between 60 and {max} seconds"),
+            ));
         }
         Ok(ttl)
     }
 
     fn check_rotation(days: Option<i64>) -> Result<Option<i64>> {
         match days {
-            Some(d) if !(1..=3650).contains(&d) => Err(Error::invalid("secret_rotation_days", "the rotation period must be between 1 and 3650 days")),
+            Some(d) if !(1..=3650).contains(&d) => Err(Error::invalid(
+                "secret_rotation_days",
+                "the rotation period must be between 1 and 3650 days",
+            )),
             other => Ok(other),
         }
     }
 
     fn check_format(s: &str) -> Result<TokenFormat> {
-        TokenFormat::parse(s).ok_or_else(|| Error::invalid("token_format", "`token_format` must be `opaque` or `jwt`"))
+        TokenFormat::parse(s).ok_or_else(|| {
+            Error::invalid("token_format", "`token_format` must be `opaque` or `jwt`")
+        })
     }
 
     fn check_alg(s: &str) -> Result<Alg> {
-        Alg::parse(s).ok_or_else(|| Error::invalid("signing_alg", "`signing_alg` must be `ES256` or `EdDSA`"))
+        Alg::parse(s).ok_or_else(|| {
+            Error::invalid("signing_alg", "`signing_alg` must be `ES256` or `EdDSA`")
+        })
     }
 
     fn check_audience(a: Option<String>) -> Result<Option<String>> {
         match a.map(|s| s.trim().to_string()) {
-            Some(s) if s.is_empty() || s.len() > 512 => Err(Error::invalid("audience", "`audience` must be 1 to 512 characters")),
+            Some(s) if s.is_empty() || s.len() > 512 => Err(Error::invalid(
+                "audience",
+                "`audience` must be 1 to 512 characters",
+            )),
             other => Ok(other),
         }
     }
 
-    fn new_secret(&self, client_id: &str, expires_at: Option<OffsetDateTime>) -> (ClientSecret, SecretString) {
+    fn new_secret(
+        &self,
+        client_id: &str,
+        expires_at: Option<OffsetDateTime>,
+    ) -> (ClientSecret, SecretString) {
         let secret = self.oauth_settings().client_secret_format.generate();
         let prefix_len = self.oauth_settings().client_secret_format.prefix().len();
         let cs = ClientSecret {
@@ -812,23 +1016,43 @@ impl Keyplane {
         (cs, secret)
     }
 
-    pub async fn client_create(&self, p: &Principal, input: NewClient, meta: &RequestMeta) -> Result<(OAuthClient, ClientSecret, SecretString)> {
+    pub async fn client_create(
+        &self,
+        p: &Principal,
+        input: NewClient,
+        meta: &RequestMeta,
+    ) -> Result<(OAuthClient, ClientSecret, SecretString)> {
         let access = self.client_access(p, input.org_id.as_deref())?;
         self.existing_org(&access.org_id).await?;
-        let project = self.project_in(&access.org_id, input.project_id.as_deref()).await?;
+        let project = self
+            .project_in(&access.org_id, input.project_id.as_deref())
+            .await?;
         let owner = self.owner_for(&access, p, input.owner_member_id).await?;
         let client = OAuthClient {
             seq: 0,
-            client_id: self.oauth_settings().client_id_format.generate().expose().to_string(),
+            client_id: self
+                .oauth_settings()
+                .client_id_format
+                .generate()
+                .expose()
+                .to_string(),
             org_id: access.org_id.clone(),
             project_id: project.id,
             owner_member_id: owner,
             name: crate::app::clean_name("name", &input.name)?,
             description: crate::app::clean_description(input.description.as_deref())?,
             scopes: self.check_scopes(input.scopes).await?,
-            access_token_ttl_seconds: self.check_ttl(input.access_token_ttl_seconds.unwrap_or(self.oauth_settings().default_ttl_seconds))?,
+            access_token_ttl_seconds: self.check_ttl(
+                input
+                    .access_token_ttl_seconds
+                    .unwrap_or(self.oauth_settings().default_ttl_seconds),
+            )?,
             token_format: Self::check_format(input.token_format.as_deref().unwrap_or("opaque"))?,
-            signing_alg: input.signing_alg.as_deref().map(Self::check_alg).transpose()?,
+            signing_alg: input
+                .signing_alg
+                .as_deref()
+                .map(Self::check_alg)
+                .transpose()?,
             audience: Self::check_audience(input.audience)?,
             secret_rotation_days: Self::check_rotation(input.secret_rotation_days)?,
             not_before: None,
@@ -838,9 +1062,20 @@ impl Keyplane {
         let (cs, secret) = self.new_secret(&client.client_id, None);
         self.store().client_create(&client, &cs).await?;
         self.oauth.invalidate_client(&client.client_id);
-        self.record_event(p, Some(&client.org_id), "oauth_client.create", Some(&client.client_id), meta, client_details(&client))
-            .await?;
-        let (client, _) = self.store().client_get(&client.client_id).await?.ok_or(Error::NotFound("OAuth client"))?;
+        self.record_event(
+            p,
+            Some(&client.org_id),
+            "oauth_client.create",
+            Some(&client.client_id),
+            meta,
+            client_details(&client),
+        )
+        .await?;
+        let (client, _) = self
+            .store()
+            .client_get(&client.client_id)
+            .await?
+            .ok_or(Error::NotFound("OAuth client"))?;
         Ok((client, cs, secret))
     }
 
@@ -864,22 +1099,43 @@ impl Keyplane {
             project_id: project_id.map(str::to_string),
             include_inactive: true,
         };
-        let clients = self.store().client_list(&filter, crate::app::parse_cursor(cursor)?, limit + 1).await?;
+        let clients = self
+            .store()
+            .client_list(&filter, crate::app::parse_cursor(cursor)?, limit + 1)
+            .await?;
         let page = crate::app::paginate(clients, limit, |c| c.seq);
         let mut items = Vec::new();
         for c in page.items {
-            let secrets = self.store().client_get(&c.client_id).await?.map(|x| x.1).unwrap_or_default();
+            let secrets = self
+                .store()
+                .client_get(&c.client_id)
+                .await?
+                .map(|x| x.1)
+                .unwrap_or_default();
             items.push((c, secrets));
         }
-        Ok(Page { items, next_cursor: page.next_cursor })
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
     }
 
-    pub async fn client_get(&self, p: &Principal, client_id: &str) -> Result<(OAuthClient, Vec<ClientSecret>)> {
+    pub async fn client_get(
+        &self,
+        p: &Principal,
+        client_id: &str,
+    ) -> Result<(OAuthClient, Vec<ClientSecret>)> {
         let (c, s, _) = self.client_in_reach(p, client_id).await?;
         Ok((c, s))
     }
 
-    pub async fn client_update(&self, p: &Principal, client_id: &str, patch: ClientPatch, meta: &RequestMeta) -> Result<(OAuthClient, Vec<ClientSecret>)> {
+    pub async fn client_update(
+        &self,
+        p: &Principal,
+        client_id: &str,
+        patch: ClientPatch,
+        meta: &RequestMeta,
+    ) -> Result<(OAuthClient, Vec<ClientSecret>)> {
         let (mut c, _, _) = self.client_in_reach(p, client_id).await?;
         if let Some(n) = patch.name {
             c.name = crate::app::clean_name("name", &n)?;
@@ -907,18 +1163,37 @@ impl Keyplane {
         }
         self.store().client_update(&c).await?;
         self.invalidate_client_everywhere(client_id).await?;
-        self.record_event(p, Some(&c.org_id), "oauth_client.update", Some(client_id), meta, client_details(&c))
-            .await?;
+        self.record_event(
+            p,
+            Some(&c.org_id),
+            "oauth_client.update",
+            Some(client_id),
+            meta,
+            client_details(&c),
+        )
+        .await?;
         self.client_get(p, client_id).await
     }
 
     /// Deletes a client; its tokens stop working at once (they name a client that is gone).
-    pub async fn client_delete(&self, p: &Principal, client_id: &str, meta: &RequestMeta) -> Result<()> {
+    pub async fn client_delete(
+        &self,
+        p: &Principal,
+        client_id: &str,
+        meta: &RequestMeta,
+    ) -> Result<()> {
         let (c, _, _) = self.client_in_reach(p, client_id).await?;
         self.store().client_delete(client_id).await?;
         self.invalidate_client_everywhere(client_id).await?;
-        self.record_event(p, Some(&c.org_id), "oauth_client.delete", Some(client_id), meta, serde_json::json!({ "name": c.name }))
-            .await
+        self.record_event(
+            p,
+            Some(&c.org_id),
+            "oauth_client.delete",
+            Some(client_id),
+            meta,
+            serde_json::json!({ "name": c.name }),
+        )
+        .await
     }
 
     /// Adds a secret (shown once); with a grace period, the others expire when it ends.
@@ -932,7 +1207,10 @@ impl Keyplane {
         let (c, _, _) = self.client_in_reach(p, client_id).await?;
         if let Some(g) = old_expire_in {
             if g.is_negative() || g > time::Duration::days(90) {
-                return Err(Error::invalid("old_secrets_expire_in_seconds", "the grace period must be between 0 and 90 days"));
+                return Err(Error::invalid(
+                    "old_secrets_expire_in_seconds",
+                    "the grace period must be between 0 and 90 days",
+                ));
             }
         }
         let (cs, secret) = self.new_secret(client_id, None);
@@ -946,45 +1224,95 @@ impl Keyplane {
 
     /// Retires a secret at once. Tokens issued before now stop working (the client's
     /// not-before moves), so whatever the secret obtained is cut off too.
-    pub async fn client_secret_retire(&self, p: &Principal, client_id: &str, secret_id: &str, meta: &RequestMeta) -> Result<()> {
+    pub async fn client_secret_retire(
+        &self,
+        p: &Principal,
+        client_id: &str,
+        secret_id: &str,
+        meta: &RequestMeta,
+    ) -> Result<()> {
         let (mut c, _, _) = self.client_in_reach(p, client_id).await?;
-        if !is_id("sec", secret_id) || !self.store().client_secret_delete(client_id, secret_id).await? {
+        if !is_id("sec", secret_id)
+            || !self
+                .store()
+                .client_secret_delete(client_id, secret_id)
+                .await?
+        {
             return Err(Error::NotFound("client secret"));
         }
         c.not_before = Some(ceil_to_second(self.now()));
         self.store().client_update(&c).await?;
         self.invalidate_client_everywhere(client_id).await?;
-        self.record_event(p, Some(&c.org_id), "client_secret.retire", Some(client_id), meta, serde_json::json!({ "secret_id": secret_id }))
-            .await
+        self.record_event(
+            p,
+            Some(&c.org_id),
+            "client_secret.retire",
+            Some(client_id),
+            meta,
+            serde_json::json!({ "secret_id": secret_id }),
+        )
+        .await
     }
 
     /// Issues a token for a client from the management API (the console's "create access token").
-    pub async fn client_token(&self, p: &Principal, client_id: &str, scope: Option<&str>, meta: &RequestMeta) -> Result<IssuedToken> {
+    pub async fn client_token(
+        &self,
+        p: &Principal,
+        client_id: &str,
+        scope: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<IssuedToken> {
         let (c, _, _) = self.client_in_reach(p, client_id).await?;
-        let cached = self.cached_client(client_id).await?.ok_or(Error::NotFound("OAuth client"))?;
+        let cached = self
+            .cached_client(client_id)
+            .await?
+            .ok_or(Error::NotFound("OAuth client"))?;
         let issued = self.mint(&cached, scope).map_err(|e| match e {
             OAuthError::InvalidScope(m) => Error::invalid("scope", m),
             _ => Error::Storage("no signing key is active".into()),
         })?;
-        self.record_event(p, Some(&c.org_id), "access_token.issue", Some(client_id), meta, serde_json::json!({ "scope": issued.scope, "via": "management" }))
-            .await?;
+        self.record_event(
+            p,
+            Some(&c.org_id),
+            "access_token.issue",
+            Some(client_id),
+            meta,
+            serde_json::json!({ "scope": issued.scope, "via": "management" }),
+        )
+        .await?;
         Ok(issued)
     }
 
     async fn invalidate_client_everywhere(&self, client_id: &str) -> Result<()> {
         self.oauth.invalidate_client(client_id);
-        self.store().publish(&Invalidation::Client(client_id.to_string())).await
+        self.store()
+            .publish(&Invalidation::Client(client_id.to_string()))
+            .await
     }
 
-    async fn owner_for(&self, access: &OrgAccess, p: &Principal, asked: Option<String>) -> Result<Option<String>> {
+    async fn owner_for(
+        &self,
+        access: &OrgAccess,
+        p: &Principal,
+        asked: Option<String>,
+    ) -> Result<Option<String>> {
         match (&access.only_member, asked) {
-            (Some(me), Some(asked)) if *me != asked => Err(Error::Forbidden("a member can only create clients they own".into())),
+            (Some(me), Some(asked)) if *me != asked => Err(Error::Forbidden(
+                "a member can only create clients they own".into(),
+            )),
             (Some(me), _) => Ok(Some(me.clone())),
             (None, Some(asked)) => {
-                let m = if is_id("mem", &asked) { self.store().member_get(&asked).await? } else { None };
+                let m = if is_id("mem", &asked) {
+                    self.store().member_get(&asked).await?
+                } else {
+                    None
+                };
                 match m {
                     Some(m) if m.org_id == access.org_id => Ok(Some(m.id)),
-                    _ => Err(Error::invalid("owner_member_id", "no such member in this organization")),
+                    _ => Err(Error::invalid(
+                        "owner_member_id",
+                        "no such member in this organization",
+                    )),
                 }
             }
             (None, None) => Ok(p.member_id().map(str::to_string)),
@@ -1002,7 +1330,9 @@ pub enum RevokeOutcome {
 
 fn client_principal(c: &OAuthClient) -> Principal {
     Principal {
-        actor: Actor::Client { client_id: c.client_id.clone() },
+        actor: Actor::Client {
+            client_id: c.client_id.clone(),
+        },
         org_id: Some(c.org_id.clone()),
         project_id: Some(c.project_id.clone()),
         permissions: crate::perm::PermSet::EMPTY,
@@ -1036,7 +1366,10 @@ impl Keyplane {
             return None;
         }
         Some(Introspection {
-            sub: key.owner_member_id.clone().unwrap_or_else(|| key.key_id.clone()),
+            sub: key
+                .owner_member_id
+                .clone()
+                .unwrap_or_else(|| key.key_id.clone()),
             client_id: None,
             exp: key.expires_at_ms.map(|e| e / 1000),
             iat: key.created_at_ms / 1000,

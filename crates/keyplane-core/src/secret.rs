@@ -50,7 +50,10 @@ pub fn random_base62(len: usize) -> String {
 }
 
 fn checksum(text: &str) -> String {
-    base62_fixed(&crc32fast::hash(text.as_bytes()).to_be_bytes(), CHECKSUM_LEN)
+    base62_fixed(
+        &crc32fast::hash(text.as_bytes()).to_be_bytes(),
+        CHECKSUM_LEN,
+    )
 }
 
 /// A secret in clear text. It cannot be printed by accident: `Debug` and `Display` redact it.
@@ -225,7 +228,8 @@ impl Pepper {
     }
 
     fn hmac(key: &[u8], secret: &str) -> Digest {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(secret.as_bytes());
         Digest(mac.finalize().into_bytes().into())
     }
@@ -253,7 +257,10 @@ mod tests {
         let tampered = String::from_utf8(bytes).unwrap();
         assert_eq!(f.check(&tampered), Err(FormatError::Checksum));
         assert_eq!(f.check("kp_short"), Err(FormatError::Length));
-        assert_eq!(f.check(&s.expose().replace("kp_", "xx_")), Err(FormatError::Prefix));
+        assert_eq!(
+            f.check(&s.expose().replace("kp_", "xx_")),
+            Err(FormatError::Prefix)
+        );
         assert_ne!(f.generate(), f.generate());
     }
 

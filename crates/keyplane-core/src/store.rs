@@ -4,8 +4,8 @@
 
 use crate::error::Result;
 use crate::model::{
-    ApiKey, ClientSecret, Event, KeySecret, Member, NewEvent, OAuthClient, Org, Project, Role, Service,
-    StoredSigningKey,
+    ApiKey, ClientSecret, Event, KeySecret, Member, NewEvent, OAuthClient, Org, Project, Role,
+    Service, StoredSigningKey,
 };
 use crate::perm::MemberRole;
 use crate::secret::Digest;
@@ -73,7 +73,12 @@ pub trait Store: Send + Sync + 'static {
     // The admin key.
     async fn admin_key_get(&self) -> Result<Option<(Digest, u32)>>;
     /// Replaces the admin key's digest (first start, operator-supplied key, or rotation).
-    async fn admin_key_set(&self, digest: Digest, pepper_version: u32, now: OffsetDateTime) -> Result<()>;
+    async fn admin_key_set(
+        &self,
+        digest: Digest,
+        pepper_version: u32,
+        now: OffsetDateTime,
+    ) -> Result<()>;
 
     // Organizations and projects.
     /// Creates an organization with its default project. A taken name is a conflict.
@@ -113,7 +118,12 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<()>;
     /// Keys matching `filter`, oldest first, after the cursor `after_seq`.
-    async fn api_key_list(&self, filter: &KeyFilter, after_seq: Option<i64>, limit: i64) -> Result<Vec<ApiKey>>;
+    async fn api_key_list(
+        &self,
+        filter: &KeyFilter,
+        after_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ApiKey>>;
     async fn api_key_get(&self, id: &str) -> Result<Option<ApiKey>>;
     /// Writes the editable fields (name, description, scopes, roles, expiry, default mark).
     async fn api_key_update(&self, key: &ApiKey) -> Result<Vec<Digest>>;
@@ -136,16 +146,26 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a client with its first secret. A name taken in the project is a conflict.
     async fn client_create(&self, client: &OAuthClient, secret: &ClientSecret) -> Result<()>;
     /// A client and its secrets.
-    async fn client_get(&self, client_id: &str) -> Result<Option<(OAuthClient, Vec<ClientSecret>)>>;
+    async fn client_get(&self, client_id: &str)
+        -> Result<Option<(OAuthClient, Vec<ClientSecret>)>>;
     /// Clients matching `filter` (same fields as for keys), oldest first, after `after_seq`.
-    async fn client_list(&self, filter: &KeyFilter, after_seq: Option<i64>, limit: i64) -> Result<Vec<OAuthClient>>;
+    async fn client_list(
+        &self,
+        filter: &KeyFilter,
+        after_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<OAuthClient>>;
     /// Writes the editable fields (name, description, scopes, TTL, format, algorithm, audience,
     /// rotation policy, not-before).
     async fn client_update(&self, client: &OAuthClient) -> Result<()>;
     /// Deletes a client and its secrets.
     async fn client_delete(&self, client_id: &str) -> Result<()>;
     /// Adds a secret; with `old_expire_at`, the client's other secrets expire then (or earlier).
-    async fn client_secret_add(&self, secret: &ClientSecret, old_expire_at: Option<OffsetDateTime>) -> Result<()>;
+    async fn client_secret_add(
+        &self,
+        secret: &ClientSecret,
+        old_expire_at: Option<OffsetDateTime>,
+    ) -> Result<()>;
     /// Deletes one secret; false if the client has no such secret.
     async fn client_secret_delete(&self, client_id: &str, secret_id: &str) -> Result<bool>;
     /// Adds batched use counts and last-used times: `(secret id, last used, uses)`.
@@ -157,9 +177,19 @@ pub trait Store: Send + Sync + 'static {
     // Signing keys and revoked tokens.
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>>;
     /// Adds a key; every older key of the same algorithm leaves the JWKS at `retire_others_at`.
-    async fn signing_key_add(&self, key: &StoredSigningKey, retire_others_at: OffsetDateTime) -> Result<()>;
+    async fn signing_key_add(
+        &self,
+        key: &StoredSigningKey,
+        retire_others_at: OffsetDateTime,
+    ) -> Result<()>;
     /// Remembers a revoked token until it would have expired. Revoking twice is a no-op.
-    async fn token_revoke(&self, jti: &str, client_id: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<()>;
+    async fn token_revoke(
+        &self,
+        jti: &str,
+        client_id: &str,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<()>;
     /// Revoked tokens that have not expired yet.
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>>;
     /// Forgets revocations of tokens that have expired anyway.
@@ -169,7 +199,12 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events to the chain, in order, atomically.
     async fn activity_append(&self, events: &[NewEvent]) -> Result<()>;
     /// Events matching `filter`, newest first, before the cursor `before_seq`.
-    async fn activity_query(&self, filter: &EventFilter, before_seq: Option<i64>, limit: i64) -> Result<Vec<Event>>;
+    async fn activity_query(
+        &self,
+        filter: &EventFilter,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Event>>;
     /// Events in chain order after `after_seq` (for verification).
     async fn activity_page(&self, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
     /// The recorded end of the chain: its last `seq` and hash.

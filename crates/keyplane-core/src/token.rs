@@ -41,7 +41,13 @@ pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("encryption of a bounded message cannot fail");
     let mut out = nonce.to_vec();
     out.extend(ct);
@@ -55,7 +61,13 @@ pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     }
     let cipher = XChaCha20Poly1305::new(key.into());
     cipher
-        .decrypt(XNonce::from_slice(&sealed[..24]), Payload { msg: &sealed[24..], aad })
+        .decrypt(
+            XNonce::from_slice(&sealed[..24]),
+            Payload {
+                msg: &sealed[24..],
+                aad,
+            },
+        )
         .ok()
 }
 
@@ -108,8 +120,9 @@ impl Sealer {
             return None;
         }
         let split = token.len() - 6;
-        let sum = crate::secret::base62_fixed(&crc32fast::hash(token[..split].as_bytes()).to_be_bytes(), 6);
-        if !crate::secret::ct_eq(sum.as_bytes(), token[split..].as_bytes()) {
+        let bytes = token.as_bytes();
+        let sum = crate::secret::base62_fixed(&crc32fast::hash(&bytes[..split]).to_be_bytes(), 6);
+        if !crate::secret::ct_eq(sum.as_bytes(), &bytes[split..]) {
             return None;
         }
         let sealed = B64.decode(&token[self.prefix.len()..split]).ok()?;
@@ -162,10 +175,12 @@ impl std::fmt::Debug for SigningKey {
 pub fn generate_pkcs8(alg: Alg) -> Vec<u8> {
     let rng = SystemRandom::new();
     match alg {
-        Alg::ES256 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("key generation")
-            .as_ref()
-            .to_vec(),
+        Alg::ES256 => {
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .expect("key generation")
+                .as_ref()
+                .to_vec()
+        }
         Alg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
             .expect("key generation")
             .as_ref()
@@ -174,10 +189,21 @@ pub fn generate_pkcs8(alg: Alg) -> Vec<u8> {
 }
 
 impl SigningKey {
-    pub fn from_pkcs8(kid: String, alg: Alg, pkcs8: &[u8], activates_at_ms: i64, unpublish_at_ms: Option<i64>) -> Option<Self> {
+    pub fn from_pkcs8(
+        kid: String,
+        alg: Alg,
+        pkcs8: &[u8],
+        activates_at_ms: i64,
+        unpublish_at_ms: Option<i64>,
+    ) -> Option<Self> {
         let signer = match alg {
             Alg::ES256 => Signer::Es256(
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new()).ok()?,
+                EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    pkcs8,
+                    &SystemRandom::new(),
+                )
+                .ok()?,
             ),
             Alg::EdDSA => Signer::Ed25519(Ed25519KeyPair::from_pkcs8(pkcs8).ok()?),
         };
@@ -211,7 +237,9 @@ impl SigningKey {
             Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
             Alg::EdDSA => &signature::ED25519,
         };
-        UnparsedPublicKey::new(alg, &self.public).verify(msg, sig).is_ok()
+        UnparsedPublicKey::new(alg, &self.public)
+            .verify(msg, sig)
+            .is_ok()
     }
 
     /// The public key as a JWK (RFC 7517).
@@ -241,7 +269,7 @@ pub struct Keyring {
 
 impl Keyring {
     pub fn new(mut keys: Vec<SigningKey>) -> Self {
-        keys.sort_by(|a, b| b.activates_at_ms.cmp(&a.activates_at_ms));
+        keys.sort_by_key(|k| std::cmp::Reverse(k.activates_at_ms));
         Self {
             keys: keys.into_iter().map(Arc::new).collect(),
         }
@@ -272,7 +300,8 @@ impl Keyring {
 
     /// Signs RFC 9068 claims: header `typ: at+jwt`, the key's `alg` and `kid`.
     pub fn sign_jwt(key: &SigningKey, claims: &JwtClaims) -> String {
-        let header = serde_json::json!({ "alg": key.alg.as_str(), "typ": "at+jwt", "kid": key.kid });
+        let header =
+            serde_json::json!({ "alg": key.alg.as_str(), "typ": "at+jwt", "kid": key.kid });
         let mut out = B64.encode(serde_json::to_vec(&header).expect("header"));
         out.push('.');
         out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims")));
@@ -301,7 +330,12 @@ impl Keyring {
         }
         let header: Header = serde_json::from_slice(&B64.decode(h).ok()?).ok()?;
         let key = self.get(&header.kid)?;
-        if header.alg != key.alg.as_str() || header.typ.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("at+jwt")) {
+        if header.alg != key.alg.as_str()
+            || header
+                .typ
+                .as_deref()
+                .is_some_and(|t| !t.eq_ignore_ascii_case("at+jwt"))
+        {
             return None;
         }
         let sig = B64.decode(s).ok()?;
@@ -324,7 +358,13 @@ mod tests {
     #[test]
     fn opaque_tokens_round_trip_and_resist_tampering() {
         let s = Sealer::new([7; 32], "kpt_");
-        let claims = OpaqueClaims { c: "kpc_x".into(), s: "a b".into(), i: 1, e: 2, j: "j".into() };
+        let claims = OpaqueClaims {
+            c: "kpc_x".into(),
+            s: "a b".into(),
+            i: 1,
+            e: 2,
+            j: "j".into(),
+        };
         let t = s.seal(&claims);
         assert!(t.starts_with("kpt_"));
         assert_eq!(s.open(&t), Some(claims.clone()));
@@ -339,10 +379,18 @@ mod tests {
     #[test]
     fn jwts_sign_and_verify_with_both_algorithms() {
         for alg in [Alg::ES256, Alg::EdDSA] {
-            let key = SigningKey::from_pkcs8("k1".into(), alg, &generate_pkcs8(alg), 0, None).unwrap();
+            let key =
+                SigningKey::from_pkcs8("k1".into(), alg, &generate_pkcs8(alg), 0, None).unwrap();
             let claims = JwtClaims {
-                iss: "i".into(), sub: "s".into(), aud: "a".into(), exp: 2, iat: 1, nbf: 1,
-                jti: "j".into(), client_id: "s".into(), scope: "x".into(),
+                iss: "i".into(),
+                sub: "s".into(),
+                aud: "a".into(),
+                exp: 2,
+                iat: 1,
+                nbf: 1,
+                jti: "j".into(),
+                client_id: "s".into(),
+                scope: "x".into(),
             };
             let t = Keyring::sign_jwt(&key, &claims);
             let ring = Keyring::new(vec![key]);
@@ -358,7 +406,16 @@ mod tests {
 
     #[test]
     fn the_newest_active_key_signs() {
-        let k = |kid: &str, at| SigningKey::from_pkcs8(kid.into(), Alg::ES256, &generate_pkcs8(Alg::ES256), at, None).unwrap();
+        let k = |kid: &str, at| {
+            SigningKey::from_pkcs8(
+                kid.into(),
+                Alg::ES256,
+                &generate_pkcs8(Alg::ES256),
+                at,
+                None,
+            )
+            .unwrap()
+        };
         let ring = Keyring::new(vec![k("old", 0), k("next", 100)]);
         assert_eq!(ring.signer(Alg::ES256, 50).unwrap().kid, "old");
         assert_eq!(ring.signer(Alg::ES256, 100).unwrap().kid, "next");

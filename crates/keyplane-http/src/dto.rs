@@ -17,7 +17,10 @@ pub fn rfc3339_opt(t: Option<OffsetDateTime>) -> Option<String> {
 /// Parses an RFC 3339 time from a request field.
 pub fn parse_time(field: &'static str, s: &str) -> Result<OffsetDateTime, keyplane_core::Error> {
     OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-        keyplane_core::Error::invalid(field, format!("`{field}` must be an RFC 3339 time such as 2030-01-31T12:00:00Z"))
+        keyplane_core::Error::invalid(
+            field,
+            format!("`{field}` must be an RFC 3339 time such as 2030-01-31T12:00:00Z"),
+        )
     })
 }
 
@@ -178,7 +181,11 @@ impl From<Role> for RoleView {
             org_id: r.org_id,
             name: r.name,
             description: r.description,
-            permissions: r.permissions.iter().map(|p| p.as_str().to_string()).collect(),
+            permissions: r
+                .permissions
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
             scopes: r.scopes,
         }
     }
@@ -361,7 +368,8 @@ impl From<Event> for EventView {
             outcome: e.outcome.as_str().into(),
             client_addr: e.client_addr,
             user_agent: e.user_agent,
-            details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::String(e.details)),
+            details: serde_json::from_str(&e.details)
+                .unwrap_or(serde_json::Value::String(e.details)),
             prev_hash: e.prev_hash,
             hash: e.hash,
         }
@@ -436,7 +444,11 @@ pub struct ClientView {
 }
 
 impl ClientView {
-    pub fn new(c: keyplane_core::model::OAuthClient, secrets: Vec<keyplane_core::model::ClientSecret>, now: OffsetDateTime) -> Self {
+    pub fn new(
+        c: keyplane_core::model::OAuthClient,
+        secrets: Vec<keyplane_core::model::ClientSecret>,
+        now: OffsetDateTime,
+    ) -> Self {
         let max_age = c.secret_rotation_days.map(time::Duration::days);
         Self {
             secrets: secrets
@@ -448,7 +460,12 @@ impl ClientView {
                         (a, b) => a.or(b),
                     };
                     ClientSecretView {
-                        status: if expires.is_some_and(|e| e <= now) { "expired" } else { "active" }.into(),
+                        status: if expires.is_some_and(|e| e <= now) {
+                            "expired"
+                        } else {
+                            "active"
+                        }
+                        .into(),
                         id: s.id,
                         prefix: format!("{}…", s.start),
                         created_at: rfc3339(s.created_at),

@@ -39,7 +39,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             slug,
@@ -51,7 +56,12 @@ impl ApiError {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -74,17 +84,31 @@ impl From<Error> for ApiError {
                 ));
                 a
             }
-            Error::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", why),
+            Error::Forbidden(why) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", why)
+            }
             Error::NotFound(what) => ApiError::not_found(format!(
                 "no {what} with that id exists, or this credential may not see it"
             )),
             Error::Invalid { field, message } => {
-                let mut a = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "Invalid request", message);
+                let mut a = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    "Invalid request",
+                    message,
+                );
                 a.field = field.map(str::to_string);
                 a
             }
-            Error::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", why),
-            Error::LimitExceeded(why) => ApiError::new(StatusCode::CONFLICT, "limit-exceeded", "Limit exceeded", why),
+            Error::Conflict(why) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", why)
+            }
+            Error::LimitExceeded(why) => ApiError::new(
+                StatusCode::CONFLICT,
+                "limit-exceeded",
+                "Limit exceeded",
+                why,
+            ),
             Error::Storage(cause) => {
                 // The cause goes to the log; the client learns only that it was our fault.
                 tracing::error!(error = %cause, "storage error");
@@ -152,14 +176,19 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
             "Invalid request",
-            format!("the JSON does not have the expected shape: {}", e.body_text()),
+            format!(
+                "the JSON does not have the expected shape: {}",
+                e.body_text()
+            ),
         ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "Payload too large",
-            "the request body is larger than this server accepts (64 KiB)",
-        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Payload too large",
+                "the request body is larger than this server accepts (64 KiB)",
+            )
+        }
         other => ApiError::bad_request(other.body_text()),
     }
 }

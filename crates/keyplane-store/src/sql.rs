@@ -12,7 +12,10 @@ use keyplane_core::secret::Digest;
 use keyplane_core::store::*;
 use keyplane_core::token::Alg;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::Row;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,7 +30,9 @@ fn db_err(e: sqlx::Error) -> Error {
 }
 
 fn unique_or(e: sqlx::Error, message: impl FnOnce() -> String) -> Error {
-    if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+    if e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+    {
         Error::Conflict(message())
     } else {
         db_err(e)
@@ -1293,7 +1298,13 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, PgRow, sqlx::PgConnection, "postgres", " FOR UPDATE");
+impl_store!(
+    PgStore,
+    PgRow,
+    sqlx::PgConnection,
+    "postgres",
+    " FOR UPDATE"
+);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -1310,7 +1321,10 @@ fn parse_payload(payload: &str) -> Invalidation {
         return Invalidation::Client(id.to_string());
     }
     if let Some(rest) = payload.strip_prefix("t:") {
-        return match rest.split_once(':').and_then(|(e, j)| Some((e.parse().ok()?, j))) {
+        return match rest
+            .split_once(':')
+            .and_then(|(e, j)| Some((e.parse().ok()?, j)))
+        {
             Some((exp, jti)) => Invalidation::Token(jti.to_string(), exp),
             None => Invalidation::All,
         };
@@ -1319,7 +1333,10 @@ fn parse_payload(payload: &str) -> Invalidation {
     for part in payload.split(',') {
         let bytes: Option<Vec<u8>> = (0..part.len())
             .step_by(2)
-            .map(|i| part.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .map(|i| {
+                part.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
             .collect();
         match bytes.as_deref().and_then(Digest::from_slice) {
             Some(d) => out.push(d),

@@ -88,33 +88,98 @@ contract!(
 
 async fn defaults_exist(s: Arc<dyn Store>) {
     assert!(s.org_get(DEFAULT_ORG_ID).await.unwrap().is_some());
-    assert_eq!(s.project_get(DEFAULT_PROJECT_ID).await.unwrap().unwrap().org_id, DEFAULT_ORG_ID);
+    assert_eq!(
+        s.project_get(DEFAULT_PROJECT_ID)
+            .await
+            .unwrap()
+            .unwrap()
+            .org_id,
+        DEFAULT_ORG_ID
+    );
     let roles = s.role_list(DEFAULT_ORG_ID).await.unwrap();
-    assert!(roles.iter().any(|r| r.name == "ORG-ADMIN" && r.org_id.is_none()));
-    assert_eq!(s.activity_head().await.unwrap(), Some((0, GENESIS_HASH.to_string())));
+    assert!(roles
+        .iter()
+        .any(|r| r.name == "ORG-ADMIN" && r.org_id.is_none()));
+    assert_eq!(
+        s.activity_head().await.unwrap(),
+        Some((0, GENESIS_HASH.to_string()))
+    );
     s.ping().await.unwrap();
 }
 
 async fn names_are_unique(s: Arc<dyn Store>) {
-    let org = Org { id: new_id("org"), name: "acme".into(), created_at: now() };
-    let prj = Project { id: new_id("prj"), org_id: org.id.clone(), name: "default".into(), created_at: now() };
+    let org = Org {
+        id: new_id("org"),
+        name: "acme".into(),
+        created_at: now(),
+    };
+    let prj = Project {
+        id: new_id("prj"),
+        org_id: org.id.clone(),
+        name: "default".into(),
+        created_at: now(),
+    };
     s.org_create(&org, &prj).await.unwrap();
-    let dup = Org { id: new_id("org"), name: "acme".into(), created_at: now() };
-    let prj2 = Project { id: new_id("prj"), org_id: dup.id.clone(), name: "default".into(), created_at: now() };
-    assert!(matches!(s.org_create(&dup, &prj2).await, Err(Error::Conflict(_))));
+    let dup = Org {
+        id: new_id("org"),
+        name: "acme".into(),
+        created_at: now(),
+    };
+    let prj2 = Project {
+        id: new_id("prj"),
+        org_id: dup.id.clone(),
+        name: "default".into(),
+        created_at: now(),
+    };
+    assert!(matches!(
+        s.org_create(&dup, &prj2).await,
+        Err(Error::Conflict(_))
+    ));
     // The failed organization left nothing behind.
     assert!(s.project_get(&prj2.id).await.unwrap().is_none());
     assert!(matches!(
-        s.project_create(&Project { id: new_id("prj"), org_id: org.id.clone(), name: "default".into(), created_at: now() }).await,
+        s.project_create(&Project {
+            id: new_id("prj"),
+            org_id: org.id.clone(),
+            name: "default".into(),
+            created_at: now()
+        })
+        .await,
         Err(Error::Conflict(_))
     ));
-    let m = Member { id: new_id("mem"), org_id: org.id.clone(), email: "a@x.io".into(), name: "A".into(), role: MemberRole::Owner, created_at: now() };
+    let m = Member {
+        id: new_id("mem"),
+        org_id: org.id.clone(),
+        email: "a@x.io".into(),
+        name: "A".into(),
+        role: MemberRole::Owner,
+        created_at: now(),
+    };
     s.member_create(&m).await.unwrap();
-    let m2 = Member { id: new_id("mem"), ..m.clone() };
-    assert!(matches!(s.member_create(&m2).await, Err(Error::Conflict(_))));
-    let svc = Service { id: new_id("svc"), name: "ai-guard".into(), description: String::new(), scopes: vec!["ai-guard:read".into()], created_at: now() };
+    let m2 = Member {
+        id: new_id("mem"),
+        ..m.clone()
+    };
+    assert!(matches!(
+        s.member_create(&m2).await,
+        Err(Error::Conflict(_))
+    ));
+    let svc = Service {
+        id: new_id("svc"),
+        name: "ai-guard".into(),
+        description: String::new(),
+        scopes: vec!["ai-guard:read".into()],
+        created_at: now(),
+    };
     s.service_create(&svc).await.unwrap();
-    assert!(matches!(s.service_create(&Service { id: new_id("svc"), ..svc.clone() }).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        s.service_create(&Service {
+            id: new_id("svc"),
+            ..svc.clone()
+        })
+        .await,
+        Err(Error::Conflict(_))
+    ));
     assert_eq!(s.service_list().await.unwrap(), vec![svc]);
     assert_eq!(s.org_list().await.unwrap().len(), 2);
 }
@@ -122,27 +187,59 @@ async fn names_are_unique(s: Arc<dyn Store>) {
 async fn keys_round_trip_and_paginate(s: Arc<dyn Store>) {
     let mut ids = vec![];
     for i in 0..5 {
-        let mut k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, if i % 2 == 0 { Some("mem_a") } else { None });
+        let mut k = key(
+            DEFAULT_ORG_ID,
+            DEFAULT_PROJECT_ID,
+            if i % 2 == 0 { Some("mem_a") } else { None },
+        );
         k.expires_at = Some(now() + time::Duration::days(1));
-        s.api_key_create(&k, &secret(&k.id, i), None, now()).await.unwrap();
+        s.api_key_create(&k, &secret(&k.id, i), None, now())
+            .await
+            .unwrap();
         let got = s.api_key_get(&k.id).await.unwrap().unwrap();
-        assert_eq!(ApiKey { seq: got.seq, ..k.clone() }, got);
+        assert_eq!(
+            ApiKey {
+                seq: got.seq,
+                ..k.clone()
+            },
+            got
+        );
         ids.push(k.id);
     }
-    let f = KeyFilter { org_id: DEFAULT_ORG_ID.into(), ..Default::default() };
+    let f = KeyFilter {
+        org_id: DEFAULT_ORG_ID.into(),
+        ..Default::default()
+    };
     let p1 = s.api_key_list(&f, None, 2).await.unwrap();
     let p2 = s.api_key_list(&f, Some(p1[1].seq), 2).await.unwrap();
     let p3 = s.api_key_list(&f, Some(p2[1].seq), 2).await.unwrap();
-    let all: Vec<String> = p1.iter().chain(&p2).chain(&p3).map(|k| k.id.clone()).collect();
+    let all: Vec<String> = p1
+        .iter()
+        .chain(&p2)
+        .chain(&p3)
+        .map(|k| k.id.clone())
+        .collect();
     assert_eq!(all, ids);
-    let own = KeyFilter { owner_member_id: Some("mem_a".into()), ..f.clone() };
+    let own = KeyFilter {
+        owner_member_id: Some("mem_a".into()),
+        ..f.clone()
+    };
     assert_eq!(s.api_key_list(&own, None, 10).await.unwrap().len(), 3);
     s.api_key_deactivate(&ids[0], now()).await.unwrap();
     assert_eq!(s.api_key_list(&f, None, 10).await.unwrap().len(), 4);
-    let incl = KeyFilter { include_inactive: true, ..f };
+    let incl = KeyFilter {
+        include_inactive: true,
+        ..f
+    };
     assert_eq!(s.api_key_list(&incl, None, 10).await.unwrap().len(), 5);
     s.api_keys_touch(&[(ids[1].clone(), now())]).await.unwrap();
-    assert!(s.api_key_get(&ids[1]).await.unwrap().unwrap().last_used_at.is_some());
+    assert!(s
+        .api_key_get(&ids[1])
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_some());
 }
 
 async fn active_key_limit_holds_under_concurrency(s: Arc<dyn Store>) {
@@ -151,7 +248,8 @@ async fn active_key_limit_holds_under_concurrency(s: Arc<dyn Store>) {
         let s = Arc::clone(&s);
         tasks.push(tokio::spawn(async move {
             let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
-            s.api_key_create(&k, &secret(&k.id, i), Some(10), now()).await
+            s.api_key_create(&k, &secret(&k.id, i), Some(10), now())
+                .await
         }));
     }
     let mut ok = 0;
@@ -165,31 +263,69 @@ async fn active_key_limit_holds_under_concurrency(s: Arc<dyn Store>) {
     }
     assert_eq!((ok, refused), (10, 20));
     // Expired keys do not count.
-    let f = KeyFilter { org_id: DEFAULT_ORG_ID.into(), ..Default::default() };
+    let f = KeyFilter {
+        org_id: DEFAULT_ORG_ID.into(),
+        ..Default::default()
+    };
     let first = &s.api_key_list(&f, None, 1).await.unwrap()[0];
     let mut expired = first.clone();
     expired.expires_at = Some(now() - time::Duration::seconds(1));
     s.api_key_update(&expired).await.unwrap();
     let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
-    s.api_key_create(&k, &secret(&k.id, 99), Some(10), now()).await.unwrap();
+    s.api_key_create(&k, &secret(&k.id, 99), Some(10), now())
+        .await
+        .unwrap();
 }
 
 async fn default_mark_moves(s: Arc<dyn Store>) {
     let mut a = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
     a.default_for_service = Some("svc".into());
-    s.api_key_create(&a, &secret(&a.id, 1), None, now()).await.unwrap();
+    s.api_key_create(&a, &secret(&a.id, 1), None, now())
+        .await
+        .unwrap();
     let mut b = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
     b.default_for_service = Some("svc".into());
-    s.api_key_create(&b, &secret(&b.id, 2), None, now()).await.unwrap();
-    assert_eq!(s.api_key_get(&a.id).await.unwrap().unwrap().default_for_service, None);
-    assert_eq!(s.api_key_get(&b.id).await.unwrap().unwrap().default_for_service.as_deref(), Some("svc"));
+    s.api_key_create(&b, &secret(&b.id, 2), None, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.api_key_get(&a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .default_for_service,
+        None
+    );
+    assert_eq!(
+        s.api_key_get(&b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .default_for_service
+            .as_deref(),
+        Some("svc")
+    );
     let mut a2 = s.api_key_get(&a.id).await.unwrap().unwrap();
     a2.default_for_service = Some("svc".into());
     s.api_key_update(&a2).await.unwrap();
-    assert_eq!(s.api_key_get(&b.id).await.unwrap().unwrap().default_for_service, None);
+    assert_eq!(
+        s.api_key_get(&b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .default_for_service,
+        None
+    );
     // A revoked key loses the mark.
     s.api_key_deactivate(&a.id, now()).await.unwrap();
-    assert_eq!(s.api_key_get(&a.id).await.unwrap().unwrap().default_for_service, None);
+    assert_eq!(
+        s.api_key_get(&a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .default_for_service,
+        None
+    );
 }
 
 async fn deactivate_and_replace_secret(s: Arc<dyn Store>) {
@@ -201,10 +337,29 @@ async fn deactivate_and_replace_secret(s: Arc<dyn Store>) {
     // Replace with a grace period: both secrets resolve, the old one with an expiry.
     let s2 = secret(&k.id, 2);
     let until = now() + time::Duration::minutes(5);
-    let affected = s.api_key_replace_secret(&k.id, &s2, Some(until)).await.unwrap();
+    let affected = s
+        .api_key_replace_secret(&k.id, &s2, Some(until))
+        .await
+        .unwrap();
     assert_eq!(affected, vec![s1.digest]);
-    assert_eq!(s.api_key_lookup(&s1.digest).await.unwrap().unwrap().secret.expires_at, Some(until));
-    assert_eq!(s.api_key_lookup(&s2.digest).await.unwrap().unwrap().secret.expires_at, None);
+    assert_eq!(
+        s.api_key_lookup(&s1.digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .secret
+            .expires_at,
+        Some(until)
+    );
+    assert_eq!(
+        s.api_key_lookup(&s2.digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .secret
+            .expires_at,
+        None
+    );
 
     // Replace without grace: every earlier secret is gone.
     let s3 = secret(&k.id, 3);
@@ -215,18 +370,49 @@ async fn deactivate_and_replace_secret(s: Arc<dyn Store>) {
     assert!(s.api_key_lookup(&s2.digest).await.unwrap().is_none());
 
     let at = now();
-    assert_eq!(s.api_key_deactivate(&k.id, at).await.unwrap(), vec![s3.digest]);
-    s.api_key_deactivate(&k.id, at + time::Duration::hours(1)).await.unwrap();
+    assert_eq!(
+        s.api_key_deactivate(&k.id, at).await.unwrap(),
+        vec![s3.digest]
+    );
+    s.api_key_deactivate(&k.id, at + time::Duration::hours(1))
+        .await
+        .unwrap();
     let got = s.api_key_get(&k.id).await.unwrap().unwrap();
     assert!(!got.is_active);
-    assert_eq!(got.deactivated_at, Some(at), "the first deactivation time is kept");
-    assert!(!s.api_key_lookup(&s3.digest).await.unwrap().unwrap().key.is_active);
+    assert_eq!(
+        got.deactivated_at,
+        Some(at),
+        "the first deactivation time is kept"
+    );
+    assert!(
+        !s.api_key_lookup(&s3.digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .key
+            .is_active
+    );
 }
 
 async fn lookup_carries_owner_role_and_roles(s: Arc<dyn Store>) {
-    let m = Member { id: new_id("mem"), org_id: DEFAULT_ORG_ID.into(), email: "m@x.io".into(), name: "M".into(), role: MemberRole::Member, created_at: now() };
+    let m = Member {
+        id: new_id("mem"),
+        org_id: DEFAULT_ORG_ID.into(),
+        email: "m@x.io".into(),
+        name: "M".into(),
+        role: MemberRole::Member,
+        created_at: now(),
+    };
     s.member_create(&m).await.unwrap();
-    let role = Role { id: new_id("role"), org_id: Some(DEFAULT_ORG_ID.into()), name: "READER".into(), description: String::new(), permissions: vec![], scopes: vec!["svc:read".into()], created_at: now() };
+    let role = Role {
+        id: new_id("role"),
+        org_id: Some(DEFAULT_ORG_ID.into()),
+        name: "READER".into(),
+        description: String::new(),
+        permissions: vec![],
+        scopes: vec!["svc:read".into()],
+        created_at: now(),
+    };
     s.role_create(&role).await.unwrap();
     let mut k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&m.id));
     k.roles = vec!["READER".into(), "ORG-ADMIN".into()];
@@ -238,19 +424,38 @@ async fn lookup_carries_owner_role_and_roles(s: Arc<dyn Store>) {
     names.sort();
     assert_eq!(names, ["ORG-ADMIN", "READER"]);
     s.member_set_role(&m.id, MemberRole::Admin).await.unwrap();
-    assert_eq!(s.api_key_lookup(&sec.digest).await.unwrap().unwrap().owner_role, Some(MemberRole::Admin));
+    assert_eq!(
+        s.api_key_lookup(&sec.digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner_role,
+        Some(MemberRole::Admin)
+    );
     assert!(s.api_key_lookup(&Digest([9; 32])).await.unwrap().is_none());
 }
 
 async fn member_delete_revokes_their_keys(s: Arc<dyn Store>) {
-    let m = Member { id: new_id("mem"), org_id: DEFAULT_ORG_ID.into(), email: "gone@x.io".into(), name: "G".into(), role: MemberRole::Admin, created_at: now() };
+    let m = Member {
+        id: new_id("mem"),
+        org_id: DEFAULT_ORG_ID.into(),
+        email: "gone@x.io".into(),
+        name: "G".into(),
+        role: MemberRole::Admin,
+        created_at: now(),
+    };
     s.member_create(&m).await.unwrap();
     let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&m.id));
     let sec = secret(&k.id, 3);
     s.api_key_create(&k, &sec, None, now()).await.unwrap();
     let other = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
-    s.api_key_create(&other, &secret(&other.id, 4), None, now()).await.unwrap();
-    assert_eq!(s.member_delete(&m.id, now()).await.unwrap(), vec![sec.digest]);
+    s.api_key_create(&other, &secret(&other.id, 4), None, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.member_delete(&m.id, now()).await.unwrap(),
+        vec![sec.digest]
+    );
     assert!(s.member_get(&m.id).await.unwrap().is_none());
     assert!(!s.api_key_get(&k.id).await.unwrap().unwrap().is_active);
     assert!(s.api_key_get(&other.id).await.unwrap().unwrap().is_active);
@@ -272,12 +477,20 @@ fn event(action: &str, org: Option<&str>, actor: &str) -> NewEvent {
 }
 
 async fn activity_chain_and_queries(s: Arc<dyn Store>) {
-    s.activity_append(&[event("a.one", Some("org_a"), "admin-key"), event("a.two", Some("org_b"), "api-key:key_1")]).await.unwrap();
+    s.activity_append(&[
+        event("a.one", Some("org_a"), "admin-key"),
+        event("a.two", Some("org_b"), "api-key:key_1"),
+    ])
+    .await
+    .unwrap();
     // Concurrent appends keep one unbroken chain.
     let mut tasks = vec![];
     for i in 0..20 {
         let s = Arc::clone(&s);
-        tasks.push(tokio::spawn(async move { s.activity_append(&[event(&format!("c.{i}"), None, "system")]).await }));
+        tasks.push(tokio::spawn(async move {
+            s.activity_append(&[event(&format!("c.{i}"), None, "system")])
+                .await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -292,18 +505,67 @@ async fn activity_chain_and_queries(s: Arc<dyn Store>) {
     assert!(report.intact, "{report:?}");
     assert_eq!(report.checked, 22);
 
-    let newest = s.activity_query(&EventFilter::default(), None, 5).await.unwrap();
-    assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![22, 21, 20, 19, 18]);
-    let older = s.activity_query(&EventFilter::default(), Some(18), 5).await.unwrap();
+    let newest = s
+        .activity_query(&EventFilter::default(), None, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![22, 21, 20, 19, 18]
+    );
+    let older = s
+        .activity_query(&EventFilter::default(), Some(18), 5)
+        .await
+        .unwrap();
     assert_eq!(older[0].seq, 17);
-    let by_org = s.activity_query(&EventFilter { org_id: Some("org_b".into()), ..Default::default() }, None, 10).await.unwrap();
+    let by_org = s
+        .activity_query(
+            &EventFilter {
+                org_id: Some("org_b".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(by_org.len(), 1);
     assert_eq!(by_org[0].action, "a.two");
-    let by_actor = s.activity_query(&EventFilter { actor: Some("key_1".into()), ..Default::default() }, None, 10).await.unwrap();
+    let by_actor = s
+        .activity_query(
+            &EventFilter {
+                actor: Some("key_1".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(by_actor.len(), 1);
-    let by_action = s.activity_query(&EventFilter { action: Some("c.3".into()), ..Default::default() }, None, 10).await.unwrap();
+    let by_action = s
+        .activity_query(
+            &EventFilter {
+                action: Some("c.3".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(by_action.len(), 1);
-    let future = s.activity_query(&EventFilter { since: Some(now() + time::Duration::hours(1)), ..Default::default() }, None, 10).await.unwrap();
+    let future = s
+        .activity_query(
+            &EventFilter {
+                since: Some(now() + time::Duration::hours(1)),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
     assert!(future.is_empty());
 }
 
@@ -316,6 +578,9 @@ async fn admin_key_is_replaced(s: Arc<dyn Store>) {
 
 #[test]
 fn both_backends_have_the_same_migrations() {
-    assert_eq!(keyplane_store::migration_names("sqlite"), keyplane_store::migration_names("postgres"));
+    assert_eq!(
+        keyplane_store::migration_names("sqlite"),
+        keyplane_store::migration_names("postgres")
+    );
     assert!(!keyplane_store::migration_names("sqlite").is_empty());
 }

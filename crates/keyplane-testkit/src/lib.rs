@@ -82,7 +82,10 @@ fn with_database(url: &str, name: &str) -> String {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
     };
-    let cut = base.rfind('/').filter(|i| *i > base.find("://").map_or(0, |s| s + 2)).unwrap_or(base.len());
+    let cut = base
+        .rfind('/')
+        .filter(|i| *i > base.find("://").map_or(0, |s| s + 2))
+        .unwrap_or(base.len());
     let mut out = format!("{}/{}", &base[..cut], name);
     if let Some(q) = query {
         out.push('?');
@@ -106,9 +109,9 @@ impl TestDb {
                 let admin = postgres_admin_url()?;
                 let name = format!("keyplane_test_{}", random_base62(12).to_lowercase());
                 use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .expect("KEYPLANE_TEST_DATABASE_URL is set but PostgreSQL does not answer there");
+                let mut conn = sqlx::PgConnection::connect(&admin).await.expect(
+                    "KEYPLANE_TEST_DATABASE_URL is set but PostgreSQL does not answer there",
+                );
                 sqlx::query(&format!("CREATE DATABASE \"{name}\""))
                     .execute(&mut conn)
                     .await
@@ -130,7 +133,10 @@ impl Drop for TestDb {
         if let Some((admin, name)) = self.pg_name.take() {
             // Drop runs outside async code: use a short-lived runtime on its own thread.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 rt.block_on(async {
                     use sqlx::Connection;
                     let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
@@ -201,7 +207,10 @@ pub async fn spawn_app_with(backend: Backend, opts: Options) -> Option<TestApp> 
         ("KEYPLANE_ADMIN_KEY".into(), admin_key.clone()),
         ("KEYPLANE_PEPPER".into(), pepper.clone()),
         ("KEYPLANE_FLUSH_INTERVAL_MS".into(), "100".into()),
-        ("KEYPLANE_DATA_DIR".into(), db.dir.path().display().to_string()),
+        (
+            "KEYPLANE_DATA_DIR".into(),
+            db.dir.path().display().to_string(),
+        ),
     ]);
     env.extend(opts.env);
     let mut app = TestApp {
@@ -219,8 +228,11 @@ pub async fn spawn_app_with(backend: Backend, opts: Options) -> Option<TestApp> 
 
 impl TestApp {
     async fn start(&mut self) {
-        let config = Config::load(&ConfigFlags::default(), None, &self.env).expect("test configuration");
-        let running = server::start(&config, std::future::pending()).await.expect("start keyplane");
+        let config =
+            Config::load(&ConfigFlags::default(), None, &self.env).expect("test configuration");
+        let running = server::start(&config, std::future::pending())
+            .await
+            .expect("start keyplane");
         self.base = format!("http://{}", running.addr);
         self.running = Some(running);
     }
@@ -250,7 +262,13 @@ impl TestApp {
         self.app().flush().await.expect("flush");
     }
 
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -277,7 +295,11 @@ impl TestApp {
     /// Registers a service as the admin key; panics unless it is created.
     pub async fn service(&self, name: &str, scopes: &[&str]) {
         let a = self
-            .post("/v1/services", &self.admin_key.clone(), json!({ "name": name, "scopes": scopes }))
+            .post(
+                "/v1/services",
+                &self.admin_key.clone(),
+                json!({ "name": name, "scopes": scopes }),
+            )
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     }
@@ -287,7 +309,10 @@ impl TestApp {
         let a = self.post("/v1/api-keys", token, body).await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
         let v = a.json();
-        (v["id"].as_str().unwrap().into(), v["key"].as_str().unwrap().into())
+        (
+            v["id"].as_str().unwrap().into(),
+            v["key"].as_str().unwrap().into(),
+        )
     }
 
     /// The status `/v1/authz` answers for `token` needing `scope` (space-separated).

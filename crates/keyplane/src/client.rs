@@ -6,7 +6,12 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The server's URL.
-    #[arg(long, env = "KEYPLANE_URL", default_value = "http://127.0.0.1:8780", global = true)]
+    #[arg(
+        long,
+        env = "KEYPLANE_URL",
+        default_value = "http://127.0.0.1:8780",
+        global = true
+    )]
     pub url: String,
     /// The admin key or an API key.
     #[arg(long, env = "KEYPLANE_TOKEN", hide_env_values = true, global = true)]
@@ -86,7 +91,9 @@ struct Client {
 impl Client {
     fn new(args: &ClientArgs) -> Result<Self> {
         let Some(token) = args.token.clone() else {
-            bail!("no credential: pass --token or set KEYPLANE_TOKEN to the admin key or an API key");
+            bail!(
+                "no credential: pass --token or set KEYPLANE_TOKEN to the admin key or an API key"
+            );
         };
         Ok(Self {
             http: reqwest::Client::new(),
@@ -95,7 +102,12 @@ impl Client {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -115,7 +127,11 @@ impl Client {
                 .get("detail")
                 .and_then(Value::as_str)
                 .unwrap_or("no detail");
-            bail!("{} {}: {detail}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+            bail!(
+                "{} {}: {detail}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
         }
         Ok(value)
     }
@@ -123,7 +139,11 @@ impl Client {
 
 fn strs(v: &Value, field: &str) -> String {
     match v.get(field) {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Null) | None => "-".into(),
@@ -158,18 +178,44 @@ fn key_rows(items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|k| {
-            ["id", "name", "prefix", "scopes", "roles", "status", "created_at", "last_used_at", "expires_at"]
-                .iter()
-                .map(|f| strs(k, f))
-                .collect()
+            [
+                "id",
+                "name",
+                "prefix",
+                "scopes",
+                "roles",
+                "status",
+                "created_at",
+                "last_used_at",
+                "expires_at",
+            ]
+            .iter()
+            .map(|f| strs(k, f))
+            .collect()
         })
         .collect();
-    table(&["ID", "NAME", "PREFIX", "SCOPES", "ROLES", "STATUS", "CREATED", "LAST USED", "EXPIRES"], &rows)
+    table(
+        &[
+            "ID",
+            "NAME",
+            "PREFIX",
+            "SCOPES",
+            "ROLES",
+            "STATUS",
+            "CREATED",
+            "LAST USED",
+            "EXPIRES",
+        ],
+        &rows,
+    )
 }
 
 fn print(args: &ClientArgs, value: &Value, human: impl FnOnce(&Value) -> String) {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         println!("{}", human(value));
     }
@@ -188,9 +234,25 @@ pub async fn keys(args: &ClientArgs, cmd: KeysCommand) -> Result<()> {
     let c = Client::new(args)?;
     use reqwest::Method;
     match cmd {
-        KeysCommand::Create { name, description, scopes, roles, expires_at, org_id, project_id, default_for_service } => {
+        KeysCommand::Create {
+            name,
+            description,
+            scopes,
+            roles,
+            expires_at,
+            org_id,
+            project_id,
+            default_for_service,
+        } => {
             let mut body = json!({ "scopes": scopes, "roles": roles });
-            for (k, v) in [("name", name), ("description", description), ("expires_at", expires_at), ("org_id", org_id), ("project_id", project_id), ("default_for_service", default_for_service)] {
+            for (k, v) in [
+                ("name", name),
+                ("description", description),
+                ("expires_at", expires_at),
+                ("org_id", org_id),
+                ("project_id", project_id),
+                ("default_for_service", default_for_service),
+            ] {
                 if let Some(v) = v {
                     body[k] = Value::String(v);
                 }
@@ -209,26 +271,38 @@ pub async fn keys(args: &ClientArgs, cmd: KeysCommand) -> Result<()> {
                 if let Some(cur) = &cursor {
                     q.push(format!("cursor={cur}"));
                 }
-                let v = c.call(Method::GET, &format!("/v1/api-keys?{}", q.join("&")), None).await?;
+                let v = c
+                    .call(Method::GET, &format!("/v1/api-keys?{}", q.join("&")), None)
+                    .await?;
                 items.extend(v["items"].as_array().cloned().unwrap_or_default());
                 match v.get("next_cursor").and_then(Value::as_str) {
                     Some(n) => cursor = Some(n.to_string()),
                     None => break,
                 }
             }
-            print(args, &Value::Array(items), |v| key_rows(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+            print(args, &Value::Array(items), |v| {
+                key_rows(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+            });
         }
         KeysCommand::Get { id } => {
-            let v = c.call(Method::GET, &format!("/v1/api-keys/{id}"), None).await?;
+            let v = c
+                .call(Method::GET, &format!("/v1/api-keys/{id}"), None)
+                .await?;
             print(args, &v, |v| key_rows(std::slice::from_ref(v)));
         }
         KeysCommand::Revoke { id } => {
-            let v = c.call(Method::POST, &format!("/v1/api-keys/{id}/revoke"), None).await?;
+            let v = c
+                .call(Method::POST, &format!("/v1/api-keys/{id}/revoke"), None)
+                .await?;
             print(args, &v, |v| key_rows(std::slice::from_ref(v)));
         }
         KeysCommand::Regenerate { id, grace_seconds } => {
             let v = c
-                .call(Method::POST, &format!("/v1/api-keys/{id}/regenerate"), Some(json!({ "grace_period_seconds": grace_seconds })))
+                .call(
+                    Method::POST,
+                    &format!("/v1/api-keys/{id}/regenerate"),
+                    Some(json!({ "grace_period_seconds": grace_seconds })),
+                )
                 .await?;
             print(args, &v, show_secret);
         }
@@ -242,21 +316,36 @@ pub async fn services(args: &ClientArgs, cmd: ServicesCommand) -> Result<()> {
     let rows = |items: &[Value]| {
         let rows: Vec<Vec<String>> = items
             .iter()
-            .map(|s| ["id", "name", "scopes", "description"].iter().map(|f| strs(s, f)).collect())
+            .map(|s| {
+                ["id", "name", "scopes", "description"]
+                    .iter()
+                    .map(|f| strs(s, f))
+                    .collect()
+            })
             .collect();
         table(&["ID", "NAME", "SCOPES", "DESCRIPTION"], &rows)
     };
     match cmd {
-        ServicesCommand::Create { name, scopes, description } => {
+        ServicesCommand::Create {
+            name,
+            scopes,
+            description,
+        } => {
             let v = c
-                .call(Method::POST, "/v1/services", Some(json!({ "name": name, "scopes": scopes, "description": description })))
+                .call(
+                    Method::POST,
+                    "/v1/services",
+                    Some(json!({ "name": name, "scopes": scopes, "description": description })),
+                )
                 .await?;
             print(args, &v, |v| rows(std::slice::from_ref(v)));
         }
         ServicesCommand::List => {
             let v = c.call(Method::GET, "/v1/services", None).await?;
             let items = v["items"].clone();
-            print(args, &items, |v| rows(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+            print(args, &items, |v| {
+                rows(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+            });
         }
     }
     Ok(())

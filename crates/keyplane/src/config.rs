@@ -153,7 +153,11 @@ fn read_secret_file(path: &Path, what: &str) -> Result<String> {
 
 impl Config {
     /// Loads the configuration from `env` (normally `std::env::vars()`) and the flags.
-    pub fn load(flags: &ConfigFlags, listen_flag: Option<&str>, env: &HashMap<String, String>) -> Result<Config> {
+    pub fn load(
+        flags: &ConfigFlags,
+        listen_flag: Option<&str>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config> {
         for k in env.keys() {
             if k.starts_with("KEYPLANE_") && !KNOWN_ENV.contains(&k.as_str()) {
                 tracing::warn!(variable = %k, "unknown KEYPLANE_* environment variable ignored");
@@ -165,10 +169,12 @@ impl Config {
             .or_else(|| env.get("KEYPLANE_CONFIG").map(PathBuf::from));
         let file: FileConfig = match &file_path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the configuration file {}", p.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("the configuration file {} is not valid", p.display()))?
+                let text = std::fs::read_to_string(p).with_context(|| {
+                    format!("cannot read the configuration file {}", p.display())
+                })?;
+                toml::from_str(&text).with_context(|| {
+                    format!("the configuration file {} is not valid", p.display())
+                })?
             }
             None => FileConfig::default(),
         };
@@ -178,9 +184,9 @@ impl Config {
             .or_else(|| env.get("KEYPLANE_LISTEN").cloned())
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8780".into());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("listen address {listen:?} is not HOST:PORT (e.g. 127.0.0.1:8780)"))?;
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!("listen address {listen:?} is not HOST:PORT (e.g. 127.0.0.1:8780)")
+        })?;
 
         let database = flags
             .database
@@ -188,8 +194,14 @@ impl Config {
             .or_else(|| env.get("KEYPLANE_DATABASE").cloned())
             .or(file.database)
             .unwrap_or_else(|| "sqlite://keyplane.db".into());
-        if !(database.starts_with("sqlite:") || database.starts_with("postgres:") || database.starts_with("postgresql:")) {
-            bail!("database URL {:?} is not sqlite://PATH or postgres://...", redact_url(&database));
+        if !(database.starts_with("sqlite:")
+            || database.starts_with("postgres:")
+            || database.starts_with("postgresql:"))
+        {
+            bail!(
+                "database URL {:?} is not sqlite://PATH or postgres://...",
+                redact_url(&database)
+            );
         }
 
         let data_dir = flags
@@ -199,18 +211,31 @@ impl Config {
             .or(file.data_dir)
             .unwrap_or_else(|| default_data_dir(&database));
 
-        let admin_key = match (env.get("KEYPLANE_ADMIN_KEY"), env.get("KEYPLANE_ADMIN_KEY_FILE").map(PathBuf::from).or(file.admin_key_file)) {
+        let admin_key = match (
+            env.get("KEYPLANE_ADMIN_KEY"),
+            env.get("KEYPLANE_ADMIN_KEY_FILE")
+                .map(PathBuf::from)
+                .or(file.admin_key_file),
+        ) {
             (Some(k), _) => Some(k.trim().to_string()),
             (None, Some(path)) => Some(read_secret_file(&path, "admin key")?),
             (None, None) => None,
         };
         if let Some(k) = &admin_key {
             if k.len() < 32 {
-                bail!("the admin key must be at least 32 characters long (it has {})", k.len());
+                bail!(
+                    "the admin key must be at least 32 characters long (it has {})",
+                    k.len()
+                );
             }
         }
 
-        let pepper = match (env.get("KEYPLANE_PEPPER"), env.get("KEYPLANE_PEPPER_FILE").map(PathBuf::from).or(file.pepper_file)) {
+        let pepper = match (
+            env.get("KEYPLANE_PEPPER"),
+            env.get("KEYPLANE_PEPPER_FILE")
+                .map(PathBuf::from)
+                .or(file.pepper_file),
+        ) {
             (Some(p), _) => Some(p.trim().as_bytes().to_vec()),
             (None, Some(path)) => Some(read_secret_file(&path, "pepper")?.into_bytes()),
             (None, None) => None,
@@ -222,7 +247,10 @@ impl Config {
         }
 
         let max_active_keys_per_org = match env.get("KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG") {
-            Some(v) => Some(v.parse::<i64>().context("KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG must be a number")?),
+            Some(v) => Some(
+                v.parse::<i64>()
+                    .context("KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG must be a number")?,
+            ),
             None => file.max_active_keys_per_org,
         }
         .or(Some(50));
@@ -230,7 +258,9 @@ impl Config {
         let max_active_keys_per_org = max_active_keys_per_org.filter(|n| *n > 0);
 
         let flush_interval_ms = match env.get("KEYPLANE_FLUSH_INTERVAL_MS") {
-            Some(v) => v.parse().context("KEYPLANE_FLUSH_INTERVAL_MS must be a number")?,
+            Some(v) => v
+                .parse()
+                .context("KEYPLANE_FLUSH_INTERVAL_MS must be a number")?,
             None => file.flush_interval_ms.unwrap_or(1000),
         };
         let log_format = env
@@ -252,32 +282,67 @@ impl Config {
             .or(file.prefixes.admin_key)
             .unwrap_or_else(|| "kpa_".into());
         let pick = |var: &str, file: Option<String>, default: &str| {
-            env.get(var).cloned().or(file).unwrap_or_else(|| default.to_string())
+            env.get(var)
+                .cloned()
+                .or(file)
+                .unwrap_or_else(|| default.to_string())
         };
-        let client_id_prefix = pick("KEYPLANE_CLIENT_ID_PREFIX", file.prefixes.client_id.clone(), "kpc_");
-        let client_secret_prefix = pick("KEYPLANE_CLIENT_SECRET_PREFIX", file.prefixes.client_secret.clone(), "kps_");
-        let access_token_prefix = pick("KEYPLANE_ACCESS_TOKEN_PREFIX", file.prefixes.access_token.clone(), "kpt_");
-        let all = [&api_key_prefix, &admin_key_prefix, &client_id_prefix, &client_secret_prefix, &access_token_prefix];
+        let client_id_prefix = pick(
+            "KEYPLANE_CLIENT_ID_PREFIX",
+            file.prefixes.client_id.clone(),
+            "kpc_",
+        );
+        let client_secret_prefix = pick(
+            "KEYPLANE_CLIENT_SECRET_PREFIX",
+            file.prefixes.client_secret.clone(),
+            "kps_",
+        );
+        let access_token_prefix = pick(
+            "KEYPLANE_ACCESS_TOKEN_PREFIX",
+            file.prefixes.access_token.clone(),
+            "kpt_",
+        );
+        let all = [
+            &api_key_prefix,
+            &admin_key_prefix,
+            &client_id_prefix,
+            &client_secret_prefix,
+            &access_token_prefix,
+        ];
         for p in all {
             keyplane_core::secret::SecretFormat::new(p).map_err(anyhow::Error::msg)?;
         }
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 if a.starts_with(b.as_str()) || b.starts_with(a.as_str()) {
-                    bail!("secret prefixes must differ and none may begin another: {a:?} and {b:?}");
+                    bail!(
+                        "secret prefixes must differ and none may begin another: {a:?} and {b:?}"
+                    );
                 }
             }
         }
-        let issuer = pick("KEYPLANE_ISSUER", file.issuer.clone(), &format!("http://{listen}"));
+        let issuer = pick(
+            "KEYPLANE_ISSUER",
+            file.issuer.clone(),
+            &format!("http://{listen}"),
+        );
         let issuer = issuer.trim_end_matches('/').to_string();
         if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
             bail!("the issuer must be an http:// or https:// URL, e.g. https://auth.example.com");
         }
-        let signing_alg = pick("KEYPLANE_SIGNING_ALG", file.oauth.signing_alg.clone(), "ES256");
+        let signing_alg = pick(
+            "KEYPLANE_SIGNING_ALG",
+            file.oauth.signing_alg.clone(),
+            "ES256",
+        );
         if keyplane_core::token::Alg::parse(&signing_alg).is_none() {
             bail!("signing_alg must be ES256 or EdDSA");
         }
-        let token_events = pick("KEYPLANE_TOKEN_EVENTS", file.oauth.token_events.clone(), "aggregate");
+        let token_events = pick(
+            "KEYPLANE_TOKEN_EVENTS",
+            file.oauth.token_events.clone(),
+            "aggregate",
+        );
         let aggregate_token_events = match token_events.as_str() {
             "aggregate" => true,
             "each" => false,
@@ -289,9 +354,19 @@ impl Config {
                 None => Ok(file.unwrap_or(default)),
             }
         };
-        let signing_key_lead_seconds = num("KEYPLANE_SIGNING_KEY_LEAD_SECONDS", file.oauth.signing_key_lead_seconds, 300)?.max(0);
-        let rotation = num("KEYPLANE_SIGNING_KEY_ROTATION_DAYS", file.oauth.signing_key_rotation_days, 30)?;
-        let default_access_token_ttl_seconds = file.oauth.default_access_token_ttl_seconds.unwrap_or(3600);
+        let signing_key_lead_seconds = num(
+            "KEYPLANE_SIGNING_KEY_LEAD_SECONDS",
+            file.oauth.signing_key_lead_seconds,
+            300,
+        )?
+        .max(0);
+        let rotation = num(
+            "KEYPLANE_SIGNING_KEY_ROTATION_DAYS",
+            file.oauth.signing_key_rotation_days,
+            30,
+        )?;
+        let default_access_token_ttl_seconds =
+            file.oauth.default_access_token_ttl_seconds.unwrap_or(3600);
         Ok(Config {
             listen,
             database,
@@ -317,7 +392,10 @@ impl Config {
 }
 
 fn default_data_dir(database: &str) -> PathBuf {
-    if let Some(rest) = database.strip_prefix("sqlite://").or_else(|| database.strip_prefix("sqlite:")) {
+    if let Some(rest) = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+    {
         let path = rest.split('?').next().unwrap_or(rest);
         if let Some(parent) = Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
@@ -333,7 +411,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -347,7 +428,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("keyplane.toml");
         std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndatabase = \"sqlite:///tmp/x.db\"\nmax_active_keys_per_org = 7\n").unwrap();
-        let flags = ConfigFlags { config: Some(file.clone()), ..Default::default() };
+        let flags = ConfigFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
         let c = Config::load(&flags, None, &env(&[])).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_active_keys_per_org, Some(7));
@@ -355,7 +439,12 @@ mod tests {
 
         let c = Config::load(&flags, None, &env(&[("KEYPLANE_LISTEN", "127.0.0.1:9001")])).unwrap();
         assert_eq!(c.listen.port(), 9001);
-        let c = Config::load(&flags, Some("127.0.0.1:9002"), &env(&[("KEYPLANE_LISTEN", "127.0.0.1:9001")])).unwrap();
+        let c = Config::load(
+            &flags,
+            Some("127.0.0.1:9002"),
+            &env(&[("KEYPLANE_LISTEN", "127.0.0.1:9001")]),
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 9002);
 
         std::fs::write(&file, "lisen = \"typo\"\n").unwrap();
@@ -364,14 +453,44 @@ mod tests {
 
     #[test]
     fn short_secrets_and_bad_urls_are_refused() {
-        assert!(Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_ADMIN_KEY", "short")])).is_err());
-        assert!(Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_PEPPER", "short")])).is_err());
-        assert!(Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_DATABASE", "mysql://x")])).is_err());
+        assert!(Config::load(
+            &ConfigFlags::default(),
+            None,
+            &env(&[("KEYPLANE_ADMIN_KEY", "short")])
+        )
+        .is_err());
+        assert!(Config::load(
+            &ConfigFlags::default(),
+            None,
+            &env(&[("KEYPLANE_PEPPER", "short")])
+        )
+        .is_err());
+        assert!(Config::load(
+            &ConfigFlags::default(),
+            None,
+            &env(&[("KEYPLANE_DATABASE", "mysql://x")])
+        )
+        .is_err());
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert!(!format!("{:?}", Config::load(&ConfigFlags::default(), None, &env(&[("KEYPLANE_ADMIN_KEY", "a-very-long-admin-key-of-at-least-32-chars")])).unwrap()).contains("very-long"));
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert!(!format!(
+            "{:?}",
+            Config::load(
+                &ConfigFlags::default(),
+                None,
+                &env(&[(
+                    "KEYPLANE_ADMIN_KEY",
+                    "a-very-long-admin-key-of-at-least-32-chars"
+                )])
+            )
+            .unwrap()
+        )
+        .contains("very-long"));
     }
 }

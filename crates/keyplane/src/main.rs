@@ -9,7 +9,11 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "keyplane", version, about = "The credential plane of an API platform")]
+#[command(
+    name = "keyplane",
+    version,
+    about = "The credential plane of an API platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,7 +126,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config, listen } => {
             let env = env_map();
-            let log_format = env.get("KEYPLANE_LOG_FORMAT").cloned().unwrap_or_else(|| "text".into());
+            let log_format = env
+                .get("KEYPLANE_LOG_FORMAT")
+                .cloned()
+                .unwrap_or_else(|| "text".into());
             init_tracing(&log_format);
             let config = Config::load(&config, listen.as_deref(), &env)?;
             let running = server::start(&config, server::shutdown_signal()).await?;
@@ -132,20 +139,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             running.wait().await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::AdminKey { command: AdminKeyCommand::Rotate { config } } => {
+        Command::AdminKey {
+            command: AdminKeyCommand::Rotate { config },
+        } => {
             init_tracing("text");
             let config = Config::load(&config, None, &env_map())?;
             let app = server::build(&config).await?;
             app.bootstrap(None).await?;
-            let key = app.rotate_admin_key().await.context("cannot rotate the admin key")?;
+            let key = app
+                .rotate_admin_key()
+                .await
+                .context("cannot rotate the admin key")?;
             eprintln!("{}", server::admin_key_banner(&key));
             Ok(ExitCode::SUCCESS)
         }
-        Command::SigningKey { command: SigningKeyCommand::Rotate { config, alg, lead_seconds } } => {
+        Command::SigningKey {
+            command:
+                SigningKeyCommand::Rotate {
+                    config,
+                    alg,
+                    lead_seconds,
+                },
+        } => {
             init_tracing("text");
             let config = Config::load(&config, None, &env_map())?;
-            let alg = keyplane_core::token::Alg::parse(alg.as_deref().unwrap_or(&config.signing_alg))
-                .context("--alg must be ES256 or EdDSA")?;
+            let alg =
+                keyplane_core::token::Alg::parse(alg.as_deref().unwrap_or(&config.signing_alg))
+                    .context("--alg must be ES256 or EdDSA")?;
             let app = server::build(&config).await?;
             app.store().ensure_defaults(app.now()).await?;
             app.ensure_signing_keys().await?;
@@ -153,13 +173,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{kid}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Activity { command: ActivityCommand::Verify { config } } => {
+        Command::Activity {
+            command: ActivityCommand::Verify { config },
+        } => {
             init_tracing("text");
             let config = Config::load(&config, None, &env_map())?;
             let app = server::build(&config).await?;
             let report = app.verify_chain().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(if report.intact { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Keys { client, command } => {
             keyplane::client::keys(&client, command).await?;

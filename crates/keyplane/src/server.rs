@@ -4,11 +4,11 @@
 use crate::config::{redact_url, Config};
 use anyhow::{Context, Result};
 use keyplane_core::app::Settings;
+use keyplane_core::clock::SystemClock;
 use keyplane_core::oauth::OAuthSettings;
+use keyplane_core::secret::{random_base62, Pepper, SecretFormat, SecretString};
 use keyplane_core::store::Invalidation;
 use keyplane_core::token::Alg;
-use keyplane_core::clock::SystemClock;
-use keyplane_core::secret::{random_base62, Pepper, SecretFormat, SecretString};
 use keyplane_core::Keyplane;
 use keyplane_http::AppState;
 use std::net::SocketAddr;
@@ -27,14 +27,21 @@ pub fn load_pepper(config: &Config) -> Result<Pepper> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data directory {}",
+                    config.data_dir.display()
+                )
+            })?;
             let generated = random_base62(64);
             write_private(&path, &generated)?;
             tracing::info!(path = %path.display(), "generated a new pepper; keep this file with the database");
             generated
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot read the pepper file {}", path.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the pepper file {}", path.display()))
+        }
     };
     if config.database.starts_with("postgres") {
         tracing::warn!("using a pepper generated on this machine with PostgreSQL: set KEYPLANE_PEPPER (or _FILE) to the same value on every node");
@@ -82,7 +89,12 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
             ..OAuthSettings::default()
         },
     };
-    Ok(Arc::new(Keyplane::new(store, Arc::new(SystemClock), pepper, settings)))
+    Ok(Arc::new(Keyplane::new(
+        store,
+        Arc::new(SystemClock),
+        pepper,
+        settings,
+    )))
 }
 
 /// A server that is running.
@@ -177,7 +189,9 @@ pub async fn start(
         })
     };
 
-    let state = AppState { app: Arc::clone(&app) };
+    let state = AppState {
+        app: Arc::clone(&app),
+    };
     let app_for_task = Arc::clone(&app);
     let task = tokio::spawn(async move {
         let served = keyplane_http::serve(listener, state, shutdown).await;
@@ -238,8 +252,17 @@ pub fn admin_key_banner(key: &SecretString) -> String {
 async fn maintain(app: &Keyplane) {
     let results = [
         ("rotate signing keys", app.rotate_due_signing_keys().await),
-        ("warn about expiring client secrets", app.warn_expiring_secrets().await.map(|_| ())),
-        ("purge expired revocations", app.store().revoked_tokens_purge(app.now()).await.map(|_| ())),
+        (
+            "warn about expiring client secrets",
+            app.warn_expiring_secrets().await.map(|_| ()),
+        ),
+        (
+            "purge expired revocations",
+            app.store()
+                .revoked_tokens_purge(app.now())
+                .await
+                .map(|_| ()),
+        ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),
     ];

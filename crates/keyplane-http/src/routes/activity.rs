@@ -39,18 +39,36 @@ pub struct ActivityQuery {
 /// Activity events, newest first.
 #[utoipa::path(get, path = "/v1/activity", tag = "activity", params(ActivityQuery),
     responses((status = 200, body = List<EventView>)), security(("bearer" = [])))]
-pub async fn query(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<ActivityQuery>) -> ApiResult<Json<List<EventView>>> {
+pub async fn query(
+    State(s): State<AppState>,
+    c: Caller,
+    AppQuery(q): AppQuery<ActivityQuery>,
+) -> ApiResult<Json<List<EventView>>> {
     let filter = EventFilter {
         org_id: None,
         action: q.action,
         actor: q.actor,
         target: q.target,
-        since: q.since.as_deref().map(|t| parse_time("since", t)).transpose()?,
-        until: q.until.as_deref().map(|t| parse_time("until", t)).transpose()?,
+        since: q
+            .since
+            .as_deref()
+            .map(|t| parse_time("since", t))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|t| parse_time("until", t))
+            .transpose()?,
     };
     let page = s
         .app
-        .activity_query(&c.principal, q.org_id.as_deref(), filter, q.cursor.as_deref(), q.limit)
+        .activity_query(
+            &c.principal,
+            q.org_id.as_deref(),
+            filter,
+            q.cursor.as_deref(),
+            q.limit,
+        )
         .await?;
     Ok(Json(List {
         items: page.items.into_iter().map(Into::into).collect(),
@@ -65,6 +83,10 @@ pub async fn verify(State(s): State<AppState>, c: Caller) -> ApiResult<Json<Veri
     Ok(Json(VerifyView {
         intact: r.intact,
         checked: r.checked,
-        first_broken: r.first_broken.map(|b| BrokenView { seq: b.seq, id: b.id, reason: b.reason }),
+        first_broken: r.first_broken.map(|b| BrokenView {
+            seq: b.seq,
+            id: b.id,
+            reason: b.reason,
+        }),
     }))
 }

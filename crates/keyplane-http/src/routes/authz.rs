@@ -22,13 +22,20 @@ pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-keyplane-creden
 
 /// Required scopes from `?scope=a%20b` (space-delimited, may repeat).
 fn required_scopes(parts: &Parts) -> Vec<String> {
-    let Some(q) = parts.uri.query() else { return vec![] };
+    let Some(q) = parts.uri.query() else {
+        return vec![];
+    };
     let mut out = Vec::new();
     for pair in q.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == "scope" {
             let decoded = crate::auth::form_unescape(v);
-            out.extend(decoded.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
+            out.extend(
+                decoded
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            );
         }
     }
     out
@@ -44,7 +51,8 @@ fn required_scopes(parts: &Parts) -> Vec<String> {
     security(("bearer" = [])))]
 pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let _ = axum::extract::ConnectInfo::<std::net::SocketAddr>::from_request_parts(&mut parts, &s).await;
+    let _ = axum::extract::ConnectInfo::<std::net::SocketAddr>::from_request_parts(&mut parts, &s)
+        .await;
     let meta = request_meta(&parts);
     let required = required_scopes(&parts);
     let required_refs: Vec<&str> = required.iter().map(String::as_str).collect();
@@ -92,7 +100,8 @@ fn challenge(status: StatusCode, header: String, error: &str, description: &str)
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&header) {
-        resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
+        resp.headers_mut()
+            .insert(axum::http::header::WWW_AUTHENTICATE, v);
     }
     resp
 }

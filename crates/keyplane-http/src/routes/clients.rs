@@ -15,19 +15,30 @@ use utoipa::IntoParams;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/oauth-clients", post(create).get(list))
-        .route("/v1/oauth-clients/{client_id}", get(get_one).patch(update).delete(remove))
+        .route(
+            "/v1/oauth-clients/{client_id}",
+            get(get_one).patch(update).delete(remove),
+        )
         .route("/v1/oauth-clients/{client_id}/secrets", post(add_secret))
-        .route("/v1/oauth-clients/{client_id}/secrets/{secret_id}", delete(retire_secret))
+        .route(
+            "/v1/oauth-clients/{client_id}/secrets/{secret_id}",
+            delete(retire_secret),
+        )
         .route("/v1/oauth-clients/{client_id}/tokens", post(issue_token))
 }
 
-const SHOWN_ONCE: &str = "Store this client secret now: it is shown only once. keyplane keeps only a keyed hash of it.";
+const SHOWN_ONCE: &str =
+    "Store this client secret now: it is shown only once. keyplane keeps only a keyed hash of it.";
 
 /// Register a client-credentials client. The secret is in this response only.
 #[utoipa::path(post, path = "/v1/oauth-clients", tag = "oauth-clients", request_body = CreateClient,
     responses((status = 201, body = ClientWithSecret), (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem)),
     security(("bearer" = [])))]
-pub async fn create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateClient>) -> ApiResult<(StatusCode, Json<ClientWithSecret>)> {
+pub async fn create(
+    State(s): State<AppState>,
+    c: Caller,
+    AppJson(b): AppJson<CreateClient>,
+) -> ApiResult<(StatusCode, Json<ClientWithSecret>)> {
     let input = NewClient {
         org_id: b.org_id,
         project_id: b.project_id,
@@ -66,14 +77,28 @@ pub struct ClientListQuery {
 /// List clients (never their secrets' values), oldest first, by cursor.
 #[utoipa::path(get, path = "/v1/oauth-clients", tag = "oauth-clients", params(ClientListQuery),
     responses((status = 200, body = List<ClientView>)), security(("bearer" = [])))]
-pub async fn list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<ClientListQuery>) -> ApiResult<Json<List<ClientView>>> {
+pub async fn list(
+    State(s): State<AppState>,
+    c: Caller,
+    AppQuery(q): AppQuery<ClientListQuery>,
+) -> ApiResult<Json<List<ClientView>>> {
     let page = s
         .app
-        .client_list(&c.principal, q.org_id.as_deref(), q.project_id.as_deref(), q.cursor.as_deref(), q.limit)
+        .client_list(
+            &c.principal,
+            q.org_id.as_deref(),
+            q.project_id.as_deref(),
+            q.cursor.as_deref(),
+            q.limit,
+        )
         .await?;
     let now = s.app.now();
     Ok(Json(List {
-        items: page.items.into_iter().map(|(cl, sec)| ClientView::new(cl, sec, now)).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|(cl, sec)| ClientView::new(cl, sec, now))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -81,7 +106,11 @@ pub async fn list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<Cl
 /// Get one client, with its secrets' ages, expiry and use.
 #[utoipa::path(get, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path)),
     responses((status = 200, body = ClientView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
-pub async fn get_one(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<ClientView>> {
+pub async fn get_one(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<Json<ClientView>> {
     let (cl, sec) = s.app.client_get(&c.principal, &id).await?;
     Ok(Json(ClientView::new(cl, sec, s.app.now())))
 }
@@ -89,7 +118,12 @@ pub async fn get_one(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<
 /// Edit name, scopes, token lifetime, format, algorithm, audience or rotation policy.
 #[utoipa::path(patch, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = UpdateClient,
     responses((status = 200, body = ClientView)), security(("bearer" = [])))]
-pub async fn update(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, AppJson(b): AppJson<UpdateClient>) -> ApiResult<Json<ClientView>> {
+pub async fn update(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    AppJson(b): AppJson<UpdateClient>,
+) -> ApiResult<Json<ClientView>> {
     let patch = ClientPatch {
         name: b.name,
         description: b.description,
@@ -100,14 +134,21 @@ pub async fn update(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<S
         audience: b.audience,
         secret_rotation_days: b.secret_rotation_days,
     };
-    let (cl, sec) = s.app.client_update(&c.principal, &id, patch, &c.meta).await?;
+    let (cl, sec) = s
+        .app
+        .client_update(&c.principal, &id, patch, &c.meta)
+        .await?;
     Ok(Json(ClientView::new(cl, sec, s.app.now())))
 }
 
 /// Delete a client; its access tokens stop working at once.
 #[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path)),
     responses((status = 204)), security(("bearer" = [])))]
-pub async fn remove(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<StatusCode> {
     s.app.client_delete(&c.principal, &id, &c.meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -115,9 +156,17 @@ pub async fn remove(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<S
 /// Add a secret (shown once); optionally give the other secrets a grace period.
 #[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/secrets", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = AddClientSecret,
     responses((status = 201, body = NewClientSecret)), security(("bearer" = [])))]
-pub async fn add_secret(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, OptionalJson(b): OptionalJson<AddClientSecret>) -> ApiResult<(StatusCode, Json<NewClientSecret>)> {
+pub async fn add_secret(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    OptionalJson(b): OptionalJson<AddClientSecret>,
+) -> ApiResult<(StatusCode, Json<NewClientSecret>)> {
     let grace = b.old_secrets_expire_in_seconds.map(time::Duration::seconds);
-    let (cs, secret) = s.app.client_secret_add(&c.principal, &id, grace, &c.meta).await?;
+    let (cs, secret) = s
+        .app
+        .client_secret_add(&c.principal, &id, grace, &c.meta)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(NewClientSecret {
@@ -133,16 +182,30 @@ pub async fn add_secret(State(s): State<AppState>, c: Caller, AppPath(id): AppPa
 /// Retire a secret at once. Access tokens issued before now stop working.
 #[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}/secrets/{secret_id}", tag = "oauth-clients",
     params(("client_id" = String, Path), ("secret_id" = String, Path)), responses((status = 204)), security(("bearer" = [])))]
-pub async fn retire_secret(State(s): State<AppState>, c: Caller, AppPath((id, secret_id)): AppPath<(String, String)>) -> ApiResult<StatusCode> {
-    s.app.client_secret_retire(&c.principal, &id, &secret_id, &c.meta).await?;
+pub async fn retire_secret(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath((id, secret_id)): AppPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.app
+        .client_secret_retire(&c.principal, &id, &secret_id, &c.meta)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Issue an access token for the client (the console's "create access token").
 #[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/tokens", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = IssueClientToken,
     responses((status = 201, body = IssuedTokenView)), security(("bearer" = [])))]
-pub async fn issue_token(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, OptionalJson(b): OptionalJson<IssueClientToken>) -> ApiResult<(StatusCode, Json<IssuedTokenView>)> {
-    let t = s.app.client_token(&c.principal, &id, b.scope.as_deref(), &c.meta).await?;
+pub async fn issue_token(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    OptionalJson(b): OptionalJson<IssueClientToken>,
+) -> ApiResult<(StatusCode, Json<IssuedTokenView>)> {
+    let t = s
+        .app
+        .client_token(&c.principal, &id, b.scope.as_deref(), &c.meta)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(IssuedTokenView {

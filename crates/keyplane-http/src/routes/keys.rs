@@ -15,7 +15,10 @@ use utoipa::IntoParams;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/api-keys", post(create).get(list))
-        .route("/v1/api-keys/{id}", get(get_one).patch(update).delete(revoke))
+        .route(
+            "/v1/api-keys/{id}",
+            get(get_one).patch(update).delete(revoke),
+        )
         .route("/v1/api-keys/{id}/copy", post(copy))
         .route("/v1/api-keys/{id}/revoke", post(revoke))
         .route("/v1/api-keys/{id}/regenerate", post(regenerate))
@@ -23,9 +26,14 @@ pub fn router() -> Router<AppState> {
         .route("/auth/api_keys/deactivate/{id}", delete(seed_deactivate))
 }
 
-const SHOWN_ONCE: &str = "Store this key now: it is shown only once. keyplane keeps only a keyed hash of it.";
+const SHOWN_ONCE: &str =
+    "Store this key now: it is shown only once. keyplane keeps only a keyed hash of it.";
 
-fn with_secret(state: &AppState, k: keyplane_core::model::ApiKey, secret: keyplane_core::secret::SecretString) -> ApiKeyWithSecret {
+fn with_secret(
+    state: &AppState,
+    k: keyplane_core::model::ApiKey,
+    secret: keyplane_core::secret::SecretString,
+) -> ApiKeyWithSecret {
     ApiKeyWithSecret {
         api_key: ApiKeyView::new(k, state.app.now()),
         key: secret.expose().to_string(),
@@ -41,8 +49,16 @@ fn grace(seconds: Option<i64>) -> Option<time::Duration> {
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKey,
     responses((status = 201, body = ApiKeyWithSecret), (status = 409, body = crate::error::Problem, description = "limit of active keys reached"), (status = 422, body = crate::error::Problem)),
     security(("bearer" = [])))]
-pub async fn create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateApiKey>) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
-    let expires_at = b.expires_at.as_deref().map(|t| parse_time("expires_at", t)).transpose()?;
+pub async fn create(
+    State(s): State<AppState>,
+    c: Caller,
+    AppJson(b): AppJson<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+    let expires_at = b
+        .expires_at
+        .as_deref()
+        .map(|t| parse_time("expires_at", t))
+        .transpose()?;
     let input = NewApiKey {
         org_id: b.org_id,
         project_id: b.project_id,
@@ -53,6 +69,7 @@ pub async fn create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<Cr
         roles: b.roles,
         expires_at,
         default_for_service: b.default_for_service,
+        service_token: false,
     };
     let (k, secret) = s.app.api_key_create(&c.principal, input, &c.meta).await?;
     Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
@@ -74,14 +91,29 @@ pub struct KeyListQuery {
 /// List API keys (never their secrets), oldest first, by cursor.
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(KeyListQuery),
     responses((status = 200, body = List<ApiKeyView>)), security(("bearer" = [])))]
-pub async fn list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<KeyListQuery>) -> ApiResult<Json<List<ApiKeyView>>> {
+pub async fn list(
+    State(s): State<AppState>,
+    c: Caller,
+    AppQuery(q): AppQuery<KeyListQuery>,
+) -> ApiResult<Json<List<ApiKeyView>>> {
     let page = s
         .app
-        .api_key_list(&c.principal, q.org_id.as_deref(), q.project_id.as_deref(), q.include_inactive, q.cursor.as_deref(), q.limit)
+        .api_key_list(
+            &c.principal,
+            q.org_id.as_deref(),
+            q.project_id.as_deref(),
+            q.include_inactive,
+            q.cursor.as_deref(),
+            q.limit,
+        )
         .await?;
     let now = s.app.now();
     Ok(Json(List {
-        items: page.items.into_iter().map(|k| ApiKeyView::new(k, now)).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|k| ApiKeyView::new(k, now))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -89,7 +121,11 @@ pub async fn list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<Ke
 /// Get one API key.
 #[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)),
     responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
-pub async fn get_one(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<ApiKeyView>> {
+pub async fn get_one(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<Json<ApiKeyView>> {
     let k = s.app.api_key_get(&c.principal, &id).await?;
     Ok(Json(ApiKeyView::new(k, s.app.now())))
 }
@@ -97,7 +133,12 @@ pub async fn get_one(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<
 /// Edit name, description, scopes, roles, expiry or the default mark.
 #[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)), request_body = UpdateApiKey,
     responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
-pub async fn update(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, AppJson(b): AppJson<UpdateApiKey>) -> ApiResult<Json<ApiKeyView>> {
+pub async fn update(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    AppJson(b): AppJson<UpdateApiKey>,
+) -> ApiResult<Json<ApiKeyView>> {
     let expires_at = match b.expires_at {
         None => None,
         Some(None) => Some(None),
@@ -111,14 +152,21 @@ pub async fn update(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<S
         expires_at,
         default_for_service: b.default_for_service,
     };
-    let k = s.app.api_key_update(&c.principal, &id, patch, &c.meta).await?;
+    let k = s
+        .app
+        .api_key_update(&c.principal, &id, patch, &c.meta)
+        .await?;
     Ok(Json(ApiKeyView::new(k, s.app.now())))
 }
 
 /// Revoke a key (idempotent). It is refused from the very next request.
 #[utoipa::path(post, path = "/v1/api-keys/{id}/revoke", tag = "api-keys", params(("id" = String, Path)),
     responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
-pub async fn revoke(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<ApiKeyView>> {
+pub async fn revoke(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<Json<ApiKeyView>> {
     let k = s.app.api_key_revoke(&c.principal, &id, &c.meta).await?;
     Ok(Json(ApiKeyView::new(k, s.app.now())))
 }
@@ -126,16 +174,32 @@ pub async fn revoke(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<S
 /// Create a new key with the same configuration (and a new secret).
 #[utoipa::path(post, path = "/v1/api-keys/{id}/copy", tag = "api-keys", params(("id" = String, Path)), request_body = CopyApiKey,
     responses((status = 201, body = ApiKeyWithSecret)), security(("bearer" = [])))]
-pub async fn copy(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, OptionalJson(b): OptionalJson<CopyApiKey>) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
-    let (k, secret) = s.app.api_key_copy(&c.principal, &id, b.name, &c.meta).await?;
+pub async fn copy(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    OptionalJson(b): OptionalJson<CopyApiKey>,
+) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+    let (k, secret) = s
+        .app
+        .api_key_copy(&c.principal, &id, b.name, &c.meta)
+        .await?;
     Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
 }
 
 /// Give the key a new secret; the old one is refused at once or after the grace period.
 #[utoipa::path(post, path = "/v1/api-keys/{id}/regenerate", tag = "api-keys", params(("id" = String, Path)), request_body = RegenerateApiKey,
     responses((status = 200, body = ApiKeyWithSecret)), security(("bearer" = [])))]
-pub async fn regenerate(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, OptionalJson(b): OptionalJson<RegenerateApiKey>) -> ApiResult<Json<ApiKeyWithSecret>> {
-    let (k, secret) = s.app.api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta).await?;
+pub async fn regenerate(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    OptionalJson(b): OptionalJson<RegenerateApiKey>,
+) -> ApiResult<Json<ApiKeyWithSecret>> {
+    let (k, secret) = s
+        .app
+        .api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta)
+        .await?;
     Ok(Json(with_secret(&s, k, secret)))
 }
 
@@ -146,7 +210,10 @@ pub async fn seed_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<V
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = s.app.api_key_list(&c.principal, None, None, true, cursor.as_deref(), Some(200)).await?;
+        let page = s
+            .app
+            .api_key_list(&c.principal, None, None, true, cursor.as_deref(), Some(200))
+            .await?;
         out.extend(page.items.into_iter().map(|k| ApiKeyView::new(k, now)));
         match page.next_cursor {
             Some(next) => cursor = Some(next),
@@ -159,11 +226,19 @@ pub async fn seed_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<V
 /// Seed 002: create a key with `description` and `roles`, or regenerate the key named by `id`.
 #[utoipa::path(post, path = "/auth/api_keys", tag = "seed-002", request_body = SeedCreateApiKey,
     responses((status = 201, body = ApiKeyWithSecret), (status = 200, body = ApiKeyWithSecret, description = "regenerated")), security(("bearer" = [])))]
-pub async fn seed_create(State(s): State<AppState>, c: Caller, OptionalJson(b): OptionalJson<SeedCreateApiKey>) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+pub async fn seed_create(
+    State(s): State<AppState>,
+    c: Caller,
+    OptionalJson(b): OptionalJson<SeedCreateApiKey>,
+) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
     if let Some(id) = b.id {
-        let (k, secret) = s.app.api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta).await?;
+        let (k, secret) = s
+            .app
+            .api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta)
+            .await?;
         let mut out = with_secret(&s, k, secret);
-        out.message = format!("API key regenerated: the previous secret no longer works. {SHOWN_ONCE}");
+        out.message =
+            format!("API key regenerated: the previous secret no longer works. {SHOWN_ONCE}");
         return Ok((StatusCode::OK, Json(out)));
     }
     let input = NewApiKey {
@@ -180,6 +255,10 @@ pub async fn seed_create(State(s): State<AppState>, c: Caller, OptionalJson(b): 
 /// Seed 002: deactivate a key.
 #[utoipa::path(delete, path = "/auth/api_keys/deactivate/{id}", tag = "seed-002", params(("id" = String, Path)),
     responses((status = 200, body = ApiKeyView)), security(("bearer" = [])))]
-pub async fn seed_deactivate(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<ApiKeyView>> {
+pub async fn seed_deactivate(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<Json<ApiKeyView>> {
     revoke(State(s), c, AppPath(id)).await
 }

@@ -19,7 +19,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/projects", get(project_list).post(project_create))
         .route("/v1/services", get(service_list).post(service_create))
         .route("/v1/members", get(member_list).post(member_create))
-        .route("/v1/members/{id}", patch(member_update).get(member_get).delete(member_delete))
+        .route(
+            "/v1/members/{id}",
+            patch(member_update).get(member_get).delete(member_delete),
+        )
         .route("/v1/roles", get(role_list).post(role_create))
         .route("/v1/me", get(whoami))
 }
@@ -34,7 +37,11 @@ pub struct OrgQuery {
 /// Create an organization (admin key only). It gets a `default` project.
 #[utoipa::path(post, path = "/v1/orgs", tag = "organizations", request_body = CreateOrg,
     responses((status = 201, body = OrgView), (status = 409, body = crate::error::Problem)), security(("bearer" = [])))]
-pub async fn org_create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateOrg>) -> ApiResult<(StatusCode, Json<OrgView>)> {
+pub async fn org_create(
+    State(s): State<AppState>,
+    c: Caller,
+    AppJson(b): AppJson<CreateOrg>,
+) -> ApiResult<(StatusCode, Json<OrgView>)> {
     let o = s.app.org_create(&c.principal, &b.name, &c.meta).await?;
     Ok((StatusCode::CREATED, Json(o.into())))
 }
@@ -43,78 +50,160 @@ pub async fn org_create(State(s): State<AppState>, c: Caller, AppJson(b): AppJso
 #[utoipa::path(get, path = "/v1/orgs", tag = "organizations", responses((status = 200, body = List<OrgView>)), security(("bearer" = [])))]
 pub async fn org_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<List<OrgView>>> {
     let items = s.app.org_list(&c.principal).await?;
-    Ok(Json(List { items: items.into_iter().map(Into::into).collect(), next_cursor: None }))
+    Ok(Json(List {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor: None,
+    }))
 }
 
 /// Create a project.
 #[utoipa::path(post, path = "/v1/projects", tag = "organizations", request_body = CreateProject,
     responses((status = 201, body = ProjectView)), security(("bearer" = [])))]
-pub async fn project_create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateProject>) -> ApiResult<(StatusCode, Json<ProjectView>)> {
-    let p = s.app.project_create(&c.principal, b.org_id.as_deref(), &b.name, &c.meta).await?;
+pub async fn project_create(
+    State(s): State<AppState>,
+    c: Caller,
+    AppJson(b): AppJson<CreateProject>,
+) -> ApiResult<(StatusCode, Json<ProjectView>)> {
+    let p = s
+        .app
+        .project_create(&c.principal, b.org_id.as_deref(), &b.name, &c.meta)
+        .await?;
     Ok((StatusCode::CREATED, Json(p.into())))
 }
 
 /// An organization's projects.
 #[utoipa::path(get, path = "/v1/projects", tag = "organizations", params(OrgQuery),
     responses((status = 200, body = List<ProjectView>)), security(("bearer" = [])))]
-pub async fn project_list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<OrgQuery>) -> ApiResult<Json<List<ProjectView>>> {
-    let items = s.app.project_list(&c.principal, q.org_id.as_deref()).await?;
-    Ok(Json(List { items: items.into_iter().map(Into::into).collect(), next_cursor: None }))
+pub async fn project_list(
+    State(s): State<AppState>,
+    c: Caller,
+    AppQuery(q): AppQuery<OrgQuery>,
+) -> ApiResult<Json<List<ProjectView>>> {
+    let items = s
+        .app
+        .project_list(&c.principal, q.org_id.as_deref())
+        .await?;
+    Ok(Json(List {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor: None,
+    }))
 }
 
 /// Register a service of the platform and the scopes it understands (admin key only).
 #[utoipa::path(post, path = "/v1/services", tag = "services", request_body = CreateService,
     responses((status = 201, body = ServiceView), (status = 409, body = crate::error::Problem)), security(("bearer" = [])))]
-pub async fn service_create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateService>) -> ApiResult<(StatusCode, Json<ServiceView>)> {
-    let svc = s.app.service_create(&c.principal, &b.name, b.description.as_deref(), b.scopes, &c.meta).await?;
+pub async fn service_create(
+    State(s): State<AppState>,
+    c: Caller,
+    AppJson(b): AppJson<CreateService>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let svc = s
+        .app
+        .service_create(
+            &c.principal,
+            &b.name,
+            b.description.as_deref(),
+            b.scopes,
+            &c.meta,
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(svc.into())))
 }
 
 /// The platform's services and their scopes.
 #[utoipa::path(get, path = "/v1/services", tag = "services", responses((status = 200, body = List<ServiceView>)), security(("bearer" = [])))]
-pub async fn service_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<List<ServiceView>>> {
+pub async fn service_list(
+    State(s): State<AppState>,
+    c: Caller,
+) -> ApiResult<Json<List<ServiceView>>> {
     let items = s.app.service_list(&c.principal).await?;
-    Ok(Json(List { items: items.into_iter().map(Into::into).collect(), next_cursor: None }))
+    Ok(Json(List {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor: None,
+    }))
 }
 
 /// Add a member to an organization.
 #[utoipa::path(post, path = "/v1/members", tag = "members", request_body = CreateMember,
     responses((status = 201, body = MemberView)), security(("bearer" = [])))]
-pub async fn member_create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateMember>) -> ApiResult<(StatusCode, Json<MemberView>)> {
-    let m = s.app.member_create(&c.principal, b.org_id.as_deref(), &b.email, b.name.as_deref(), &b.role, &c.meta).await?;
+pub async fn member_create(
+    State(s): State<AppState>,
+    c: Caller,
+    AppJson(b): AppJson<CreateMember>,
+) -> ApiResult<(StatusCode, Json<MemberView>)> {
+    let m = s
+        .app
+        .member_create(
+            &c.principal,
+            b.org_id.as_deref(),
+            &b.email,
+            b.name.as_deref(),
+            &b.role,
+            &c.meta,
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(m.into())))
 }
 
 /// An organization's members (a `member` sees only themself).
 #[utoipa::path(get, path = "/v1/members", tag = "members", params(OrgQuery), responses((status = 200, body = List<MemberView>)), security(("bearer" = [])))]
-pub async fn member_list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<OrgQuery>) -> ApiResult<Json<List<MemberView>>> {
+pub async fn member_list(
+    State(s): State<AppState>,
+    c: Caller,
+    AppQuery(q): AppQuery<OrgQuery>,
+) -> ApiResult<Json<List<MemberView>>> {
     let items = s.app.member_list(&c.principal, q.org_id.as_deref()).await?;
-    Ok(Json(List { items: items.into_iter().map(Into::into).collect(), next_cursor: None }))
+    Ok(Json(List {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor: None,
+    }))
 }
 
 /// Get one member.
 #[utoipa::path(get, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), responses((status = 200, body = MemberView)), security(("bearer" = [])))]
-pub async fn member_get(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<Json<MemberView>> {
+pub async fn member_get(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<Json<MemberView>> {
     Ok(Json(s.app.member_get(&c.principal, &id).await?.into()))
 }
 
 /// Change a member's role.
 #[utoipa::path(patch, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), request_body = UpdateMember,
     responses((status = 200, body = MemberView)), security(("bearer" = [])))]
-pub async fn member_update(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>, AppJson(b): AppJson<UpdateMember>) -> ApiResult<Json<MemberView>> {
-    Ok(Json(s.app.member_set_role(&c.principal, &id, &b.role, &c.meta).await?.into()))
+pub async fn member_update(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    AppJson(b): AppJson<UpdateMember>,
+) -> ApiResult<Json<MemberView>> {
+    Ok(Json(
+        s.app
+            .member_set_role(&c.principal, &id, &b.role, &c.meta)
+            .await?
+            .into(),
+    ))
 }
 
 /// Remove a member; the keys they own are revoked.
 #[utoipa::path(delete, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), responses((status = 204)), security(("bearer" = [])))]
-pub async fn member_delete(State(s): State<AppState>, c: Caller, AppPath(id): AppPath<String>) -> ApiResult<StatusCode> {
+pub async fn member_delete(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+) -> ApiResult<StatusCode> {
     s.app.member_delete(&c.principal, &id, &c.meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Define a role: management permissions and scopes an API key can carry.
 #[utoipa::path(post, path = "/v1/roles", tag = "roles", request_body = CreateRole, responses((status = 201, body = RoleView)), security(("bearer" = [])))]
-pub async fn role_create(State(s): State<AppState>, c: Caller, AppJson(b): AppJson<CreateRole>) -> ApiResult<(StatusCode, Json<RoleView>)> {
+pub async fn role_create(
+    State(s): State<AppState>,
+    c: Caller,
+    AppJson(b): AppJson<CreateRole>,
+) -> ApiResult<(StatusCode, Json<RoleView>)> {
     let input = NewRole {
         org_id: b.org_id,
         name: b.name,
@@ -128,9 +217,16 @@ pub async fn role_create(State(s): State<AppState>, c: Caller, AppJson(b): AppJs
 
 /// The built-in roles and the organization's own.
 #[utoipa::path(get, path = "/v1/roles", tag = "roles", params(OrgQuery), responses((status = 200, body = List<RoleView>)), security(("bearer" = [])))]
-pub async fn role_list(State(s): State<AppState>, c: Caller, AppQuery(q): AppQuery<OrgQuery>) -> ApiResult<Json<List<RoleView>>> {
+pub async fn role_list(
+    State(s): State<AppState>,
+    c: Caller,
+    AppQuery(q): AppQuery<OrgQuery>,
+) -> ApiResult<Json<List<RoleView>>> {
     let items = s.app.role_list(&c.principal, q.org_id.as_deref()).await?;
-    Ok(Json(List { items: items.into_iter().map(Into::into).collect(), next_cursor: None }))
+    Ok(Json(List {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor: None,
+    }))
 }
 
 /// Who the presented credential is.
@@ -147,7 +243,11 @@ pub async fn whoami(c: Caller) -> Json<WhoAmI> {
         member_id: p.member_id().map(str::to_string),
         org_id: p.org_id,
         project_id: p.project_id,
-        permissions: p.permissions.iter().map(|x| x.as_str().to_string()).collect(),
+        permissions: p
+            .permissions
+            .iter()
+            .map(|x| x.as_str().to_string())
+            .collect(),
         scopes: p.scopes,
     })
 }

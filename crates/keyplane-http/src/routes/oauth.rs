@@ -64,14 +64,23 @@ fn oauth_error(e: OAuthError) -> Response {
     match e {
         OAuthError::InvalidRequest(d) => error(StatusCode::BAD_REQUEST, "invalid_request", d),
         OAuthError::InvalidClient { basic } => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
             if basic {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"keyplane\""));
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"keyplane\""),
+                );
             }
             r
         }
         OAuthError::InvalidScope(d) => error(StatusCode::BAD_REQUEST, "invalid_scope", d),
-        OAuthError::UnauthorizedClient(d) => error(StatusCode::BAD_REQUEST, "unauthorized_client", d),
+        OAuthError::UnauthorizedClient(d) => {
+            error(StatusCode::BAD_REQUEST, "unauthorized_client", d)
+        }
         OAuthError::UnsupportedGrantType => error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -88,7 +97,11 @@ fn oauth_error(e: OAuthError) -> Response {
             }
             r
         }
-        OAuthError::Server => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "an internal error occurred; it has been logged"),
+        OAuthError::Server => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "an internal error occurred; it has been logged",
+        ),
     }
 }
 
@@ -102,25 +115,28 @@ struct OAuthForm {
 
 async fn read_form(state: &AppState, req: Request) -> Result<OAuthForm, Response> {
     let (mut parts, body) = req.into_parts();
-    let _ = axum::extract::ConnectInfo::<std::net::SocketAddr>::from_request_parts(&mut parts, state).await;
+    let _ =
+        axum::extract::ConnectInfo::<std::net::SocketAddr>::from_request_parts(&mut parts, state)
+            .await;
     let meta = request_meta(&parts);
     let ctype = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ctype
-        .split(';')
-        .next()
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-    {
+    if !ctype.split(';').next().is_some_and(|m| {
+        m.trim()
+            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    }) {
         return Err(oauth_error(OAuthError::InvalidRequest(
             "send the parameters as application/x-www-form-urlencoded".into(),
         )));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, 16 * 1024)
-        .await
-        .map_err(|_| oauth_error(OAuthError::InvalidRequest("the request body is too large".into())))?;
+    let bytes: Bytes = axum::body::to_bytes(body, 16 * 1024).await.map_err(|_| {
+        oauth_error(OAuthError::InvalidRequest(
+            "the request body is too large".into(),
+        ))
+    })?;
     let mut params = HashMap::new();
     for (k, v) in form_urlencoded::parse(&bytes) {
         if params.insert(k.to_string(), v.to_string()).is_some() {
@@ -144,17 +160,25 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
         return None;
     }
     let decode = || -> Option<(String, String)> {
-        let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
         let text = String::from_utf8(raw).ok()?;
         let (id, secret) = text.split_once(':')?;
-        Some((crate::auth::form_unescape(id), crate::auth::form_unescape(secret)))
+        Some((
+            crate::auth::form_unescape(id),
+            crate::auth::form_unescape(secret),
+        ))
     };
     Some(decode().ok_or(()))
 }
 
 /// The client's credentials from Basic or the form; both at once is `invalid_request`.
 fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
-    let post = match (form.params.get("client_id"), form.params.get("client_secret")) {
+    let post = match (
+        form.params.get("client_id"),
+        form.params.get("client_secret"),
+    ) {
         (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
         (Some(_), None) | (None, Some(_)) => None,
         (None, None) => None,
@@ -196,11 +220,23 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Err(e) => return oauth_error(e),
     };
     match form.params.get("grant_type").map(String::as_str) {
-        None => return oauth_error(OAuthError::InvalidRequest("the parameter `grant_type` is missing".into())),
+        None => {
+            return oauth_error(OAuthError::InvalidRequest(
+                "the parameter `grant_type` is missing".into(),
+            ))
+        }
         Some("client_credentials") => {}
         Some(_) => return oauth_error(OAuthError::UnsupportedGrantType),
     }
-    match s.app.issue_token(&auth, form.params.get("scope").map(String::as_str), &form.meta).await {
+    match s
+        .app
+        .issue_token(
+            &auth,
+            form.params.get("scope").map(String::as_str),
+            &form.meta,
+        )
+        .await
+    {
         Ok(t) => no_store(
             Json(TokenResponse {
                 access_token: t.access_token,
@@ -317,7 +353,9 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
         }
     };
     let Some(token) = form.params.get("token") else {
-        return oauth_error(OAuthError::InvalidRequest("the parameter `token` is missing".into()));
+        return oauth_error(OAuthError::InvalidRequest(
+            "the parameter `token` is missing".into(),
+        ));
     };
     let body = match s.app.introspect(scope_org.as_deref(), token).await {
         Some(i) => IntrospectionResponse::active(&s.app.settings().oauth.issuer, i),
@@ -342,11 +380,17 @@ pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
         Err(e) => return oauth_error(e),
     };
     let Some(token) = form.params.get("token") else {
-        return oauth_error(OAuthError::InvalidRequest("the parameter `token` is missing".into()));
+        return oauth_error(OAuthError::InvalidRequest(
+            "the parameter `token` is missing".into(),
+        ));
     };
     match s.app.revoke_token(&auth, token, &form.meta).await {
         Ok(RevokeOutcome::Revoked) => no_store(StatusCode::OK.into_response()),
-        Ok(RevokeOutcome::Unknown) => error(StatusCode::OK, "invalid_request", "The token does not exist"),
+        Ok(RevokeOutcome::Unknown) => error(
+            StatusCode::OK,
+            "invalid_request",
+            "The token does not exist",
+        ),
         Err(e) => oauth_error(e),
     }
 }
@@ -355,7 +399,12 @@ pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth", responses((status = 200)))]
 pub async fn metadata(State(s): State<AppState>) -> Response {
     let issuer = s.app.settings().oauth.issuer.clone();
-    let scopes: Vec<String> = s.app.scopes_supported().await.map(|x| x.into_iter().collect()).unwrap_or_default();
+    let scopes: Vec<String> = s
+        .app
+        .scopes_supported()
+        .await
+        .map(|x| x.into_iter().collect())
+        .unwrap_or_default();
     let methods = ["client_secret_basic", "client_secret_post"];
     Json(serde_json::json!({
         "issuer": issuer,
@@ -377,6 +426,9 @@ pub async fn metadata(State(s): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth", responses((status = 200)))]
 pub async fn jwks(State(s): State<AppState>) -> Response {
     let mut r = Json(s.app.jwks()).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
     r
 }

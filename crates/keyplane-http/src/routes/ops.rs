@@ -33,7 +33,9 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
             tracing::warn!(error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "status": "unavailable", "storage": s.app.store().backend(), "detail": "storage does not answer" })),
+                Json(
+                    serde_json::json!({ "status": "unavailable", "storage": s.app.store().backend(), "detail": "storage does not answer" }),
+                ),
             )
         }
     }

@@ -4,14 +4,22 @@ use keyplane_testkit::{json, reqwest::StatusCode, TestApp};
 
 async fn lifecycle(app: TestApp) {
     let admin = app.admin_key.clone();
-    app.service("ai-guard", &["ai-guard:read", "ai-guard:write"]).await;
+    app.service("ai-guard", &["ai-guard:read", "ai-guard:write"])
+        .await;
 
     let created = app
-        .post("/v1/api-keys", &admin, json!({ "name": "guard", "scopes": ["ai-guard:read"], "description": "d" }))
+        .post(
+            "/v1/api-keys",
+            &admin,
+            json!({ "name": "guard", "scopes": ["ai-guard:read"], "description": "d" }),
+        )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let v = created.json();
-    let (id, secret) = (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string());
+    let (id, secret) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["key"].as_str().unwrap().to_string(),
+    );
     assert!(secret.starts_with("kp_"));
     assert_eq!(v["is_active"], true);
     assert_eq!(v["status"], "active");
@@ -36,21 +44,41 @@ async fn lifecycle(app: TestApp) {
     assert_eq!(ok.header("x-keyplane-subject"), Some(id.as_str()));
 
     // Too few scopes: 403 insufficient_scope.
-    let few = app.authz(Some(&secret), Some("ai-guard:read ai-guard:write")).await;
+    let few = app
+        .authz(Some(&secret), Some("ai-guard:read ai-guard:write"))
+        .await;
     assert_eq!(few.status, StatusCode::FORBIDDEN);
-    assert!(few.header("www-authenticate").unwrap().contains("error=\"insufficient_scope\""));
+    assert!(few
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"insufficient_scope\""));
 
     // Missing, malformed (one character changed), unknown: 401 invalid_token.
     let mut tampered = secret.clone().into_bytes();
     tampered[8] = if tampered[8] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for token in [None, Some(tampered.as_str()), Some("kp_nonsense"), Some("Basic abc")] {
+    for token in [
+        None,
+        Some(tampered.as_str()),
+        Some("kp_nonsense"),
+        Some("Basic abc"),
+    ] {
         let a = app.authz(token, None).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{token:?}");
-        assert!(a.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
+        assert!(a
+            .header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
     }
-    let well_formed_unknown = keyplane_core::secret::SecretFormat::new("kp_").unwrap().generate();
-    assert_eq!(app.authz(Some(well_formed_unknown.expose()), None).await.status, StatusCode::UNAUTHORIZED);
+    let well_formed_unknown = keyplane_core::secret::SecretFormat::new("kp_")
+        .unwrap()
+        .generate();
+    assert_eq!(
+        app.authz(Some(well_formed_unknown.expose()), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Last-used is written in batches: after a flush it is set.
     app.flush().await;
@@ -58,12 +86,19 @@ async fn lifecycle(app: TestApp) {
     assert!(got["last_used_at"].is_string(), "{got}");
 
     // Revoke: refused on the very next request; revoking again is a no-op.
-    let r = app.post(&format!("/v1/api-keys/{id}/revoke"), &admin, json!({})).await;
+    let r = app
+        .post(&format!("/v1/api-keys/{id}/revoke"), &admin, json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["status"], "revoked");
     let first_deactivated = r.json()["deactivated_at"].clone();
-    assert_eq!(app.authz(Some(&secret), None).await.status, StatusCode::UNAUTHORIZED);
-    let again = app.post(&format!("/v1/api-keys/{id}/revoke"), &admin, json!({})).await;
+    assert_eq!(
+        app.authz(Some(&secret), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let again = app
+        .post(&format!("/v1/api-keys/{id}/revoke"), &admin, json!({}))
+        .await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json()["deactivated_at"], first_deactivated);
 }
@@ -72,44 +107,87 @@ on_both!(key_lifecycle, lifecycle);
 async fn regenerate_and_expiry(app: TestApp) {
     let admin = app.admin_key.clone();
     app.service("ai-guard", &["ai-guard:read"]).await;
-    let (id, old) = app.key(&admin, json!({ "name": "rotating", "scopes": ["ai-guard:read"] })).await;
+    let (id, old) = app
+        .key(
+            &admin,
+            json!({ "name": "rotating", "scopes": ["ai-guard:read"] }),
+        )
+        .await;
     assert_eq!(app.authz(Some(&old), None).await.status, StatusCode::OK);
 
     // Regenerate without grace: old refused at once, new works.
-    let r = app.post(&format!("/v1/api-keys/{id}/regenerate"), &admin, json!({})).await;
+    let r = app
+        .post(&format!("/v1/api-keys/{id}/regenerate"), &admin, json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let new = r.json()["key"].as_str().unwrap().to_string();
     assert_ne!(new, old);
-    assert_eq!(app.authz(Some(&old), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.authz(Some(&old), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.authz(Some(&new), None).await.status, StatusCode::OK);
 
     // Regenerate with a grace period: both work until it ends.
-    let r = app.post(&format!("/v1/api-keys/{id}/regenerate"), &admin, json!({ "grace_period_seconds": 2 })).await;
+    let r = app
+        .post(
+            &format!("/v1/api-keys/{id}/regenerate"),
+            &admin,
+            json!({ "grace_period_seconds": 2 }),
+        )
+        .await;
     let newer = r.json()["key"].as_str().unwrap().to_string();
     assert_eq!(app.authz(Some(&new), None).await.status, StatusCode::OK);
     assert_eq!(app.authz(Some(&newer), None).await.status, StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
-    assert_eq!(app.authz(Some(&new), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.authz(Some(&new), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.authz(Some(&newer), None).await.status, StatusCode::OK);
 
     // An expiring key works until its time, then is refused.
     let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let (_, expiring) = app.key(&admin, json!({ "name": "short", "scopes": ["ai-guard:read"], "expires_at": soon })).await;
-    assert_eq!(app.authz(Some(&expiring), None).await.status, StatusCode::OK);
+    let (_, expiring) = app
+        .key(
+            &admin,
+            json!({ "name": "short", "scopes": ["ai-guard:read"], "expires_at": soon }),
+        )
+        .await;
+    assert_eq!(
+        app.authz(Some(&expiring), None).await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
     let a = app.authz(Some(&expiring), None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.header("www-authenticate").unwrap().contains("expired"));
 
     // An edit that removes a scope takes effect on the next request.
-    let p = app.call(keyplane_testkit::reqwest::Method::PATCH, &format!("/v1/api-keys/{id}"), Some(&admin), Some(json!({ "scopes": [] }))).await;
+    let p = app
+        .call(
+            keyplane_testkit::reqwest::Method::PATCH,
+            &format!("/v1/api-keys/{id}"),
+            Some(&admin),
+            Some(json!({ "scopes": [] })),
+        )
+        .await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.text);
-    assert_eq!(app.authz(Some(&newer), Some("ai-guard:read")).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.authz(Some(&newer), Some("ai-guard:read")).await.status,
+        StatusCode::FORBIDDEN
+    );
 
     // Copy: same configuration, new secret.
-    let c = app.post(&format!("/v1/api-keys/{id}/copy"), &admin, json!({ "name": "copied" })).await;
+    let c = app
+        .post(
+            &format!("/v1/api-keys/{id}/copy"),
+            &admin,
+            json!({ "name": "copied" }),
+        )
+        .await;
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.text);
     assert_eq!(c.json()["name"], "copied");
     assert_ne!(c.json()["key"], newer.as_str());

@@ -4,7 +4,9 @@ use keyplane_testkit::{json, reqwest::StatusCode, TestApp};
 
 async fn eighty_concurrent_creations(app: TestApp) {
     let admin = app.admin_key.clone();
-    let org = app.post("/v1/orgs", &admin, json!({ "name": "fresh" })).await;
+    let org = app
+        .post("/v1/orgs", &admin, json!({ "name": "fresh" }))
+        .await;
     assert_eq!(org.status, StatusCode::CREATED, "{}", org.text);
     let org_id = org.json()["id"].as_str().unwrap().to_string();
 
@@ -49,23 +51,41 @@ async fn eighty_concurrent_creations(app: TestApp) {
 
     // Revoking one frees a place; the default organization was never affected.
     let first = listed["items"][0]["id"].as_str().unwrap().to_string();
-    app.post(&format!("/v1/api-keys/{first}/revoke"), &admin, json!({})).await;
-    let again = app.post("/v1/api-keys", &admin, json!({ "org_id": org_id })).await;
+    app.post(&format!("/v1/api-keys/{first}/revoke"), &admin, json!({}))
+        .await;
+    let again = app
+        .post("/v1/api-keys", &admin, json!({ "org_id": org_id }))
+        .await;
     assert_eq!(again.status, StatusCode::CREATED);
-    let full = app.post("/v1/api-keys", &admin, json!({ "org_id": org_id })).await;
+    let full = app
+        .post("/v1/api-keys", &admin, json!({ "org_id": org_id }))
+        .await;
     assert_eq!(full.status, StatusCode::CONFLICT);
-    assert_eq!(app.post("/v1/api-keys", &admin, json!({})).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.post("/v1/api-keys", &admin, json!({})).await.status,
+        StatusCode::CREATED
+    );
 }
 on_both!(active_key_limit, eighty_concurrent_creations);
 
 async fn configured_limit(app: TestApp) {
     let admin = app.admin_key.clone();
     for _ in 0..3 {
-        assert_eq!(app.post("/auth/api_keys", &admin, json!({ "description": "x" })).await.status, StatusCode::CREATED);
+        assert_eq!(
+            app.post("/auth/api_keys", &admin, json!({ "description": "x" }))
+                .await
+                .status,
+            StatusCode::CREATED
+        );
     }
-    let fourth = app.post("/auth/api_keys", &admin, json!({ "description": "x" })).await;
+    let fourth = app
+        .post("/auth/api_keys", &admin, json!({ "description": "x" }))
+        .await;
     assert_eq!(fourth.status, StatusCode::CONFLICT);
-    assert_eq!(fourth.header("content-type"), Some("application/problem+json"));
+    assert_eq!(
+        fourth.header("content-type"),
+        Some("application/problem+json")
+    );
 }
 on_both!(
     configurable_limit,

@@ -33,5 +33,6 @@ mod binary;
 mod errors;
 mod keys;
 mod limits;
+mod oauth;
 mod seed002;
 mod visibility;
