@@ -27,6 +27,9 @@ pub struct Settings {
     /// Active API keys allowed per organization; `None` means no limit.
     pub max_active_keys_per_org: Option<i64>,
     pub oauth: crate::oauth::OAuthSettings,
+    /// How long cached credentials are still served after the change feed from storage is
+    /// lost (see [`crate::feed`]).
+    pub stale_serve_seconds: u64,
 }
 
 impl Default for Settings {
@@ -36,6 +39,7 @@ impl Default for Settings {
             admin_key_format: SecretFormat::new("kpa_").expect("valid"),
             max_active_keys_per_org: Some(50),
             oauth: Default::default(),
+            stale_serve_seconds: 60,
         }
     }
 }
@@ -132,6 +136,15 @@ pub enum Verdict {
     Allow(Identity),
     Refuse(Refusal),
     InsufficientScope(Identity),
+    /// The credential is good but no route rule allows the request.
+    NoRule(Identity),
+}
+
+/// Where route rules come from, so they can be reloaded without a restart (the binary reads
+/// them from its configuration file).
+pub trait RulesSource: Send + Sync {
+    /// The rules and whether a request no rule matches is allowed.
+    fn load(&self) -> Result<(Vec<crate::routes::RuleInput>, bool), String>;
 }
 
 /// Input for creating an API key.
@@ -201,6 +214,9 @@ pub struct Keyplane {
     cache: KeyCache,
     refused: Mutex<RefusedQueue>,
     checks: AtomicU64,
+    pub(crate) feed: crate::feed::FeedHealth,
+    rules: std::sync::RwLock<Arc<crate::routes::RuleSet>>,
+    rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
 }
 
 pub(crate) fn clean_name(field: &'static str, value: &str) -> Result<String> {
@@ -266,6 +282,7 @@ impl Keyplane {
         pepper: Pepper,
         settings: Settings,
     ) -> Self {
+        let feed = crate::feed::FeedHealth::new(settings.stale_serve_seconds);
         Self {
             oauth: crate::oauth::OAuthState::new(&pepper, &settings.oauth),
             store,
@@ -275,6 +292,9 @@ impl Keyplane {
             cache: KeyCache::default(),
             refused: Mutex::new(RefusedQueue::default()),
             checks: AtomicU64::new(0),
+            feed,
+            rules: Default::default(),
+            rules_source: Mutex::new(None),
         }
     }
 
@@ -402,10 +422,14 @@ impl Keyplane {
             return Err(Refusal::Malformed);
         }
         let digest = self.pepper.digest(token);
-        match self.cache.get(&digest) {
-            Cached::Key(k) => return Ok(Some(k)),
-            Cached::Unknown => return Ok(None),
-            Cached::Miss => {}
+        // Past the bound on serving from cache without the change feed, every check reads storage.
+        let trusted = self.feed_status().cache_trusted();
+        if trusted {
+            match self.cache.get(&digest) {
+                Cached::Key(k) => return Ok(Some(k)),
+                Cached::Unknown => return Ok(None),
+                Cached::Miss => {}
+            }
         }
         let epoch = self.cache.epoch();
         let mut found = self.store.api_key_lookup(&digest).await.map_err(|e| {
@@ -418,7 +442,9 @@ impl Keyplane {
             }
         }
         let entry = found.map(|l| Arc::new(cached_from_lookup(l)));
-        self.cache.fill(digest, entry.clone(), epoch);
+        if trusted {
+            self.cache.fill(digest, entry.clone(), epoch);
+        }
         Ok(entry)
     }
 
@@ -471,6 +497,61 @@ impl Keyplane {
         } else {
             Verdict::InsufficientScope(identity)
         }
+    }
+
+    /// Checks a credential for a request to the platform's APIs by the route rules: the rule
+    /// matching `method` and `path` says which scopes it needs (also returned).
+    pub async fn check_request(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        meta: &RequestMeta,
+    ) -> (Verdict, Vec<String>) {
+        let rules = self.rules();
+        match rules.decide(method, path) {
+            crate::routes::Decision::Require(scopes) => {
+                let required: Vec<&str> = scopes.iter().map(String::as_str).collect();
+                (self.check(token, &required, meta).await, scopes.to_vec())
+            }
+            crate::routes::Decision::Deny => match self.check(token, &[], meta).await {
+                Verdict::Allow(i) => (Verdict::NoRule(i), vec![]),
+                other => (other, vec![]),
+            },
+        }
+    }
+
+    /// The route rules in force.
+    pub fn rules(&self) -> Arc<crate::routes::RuleSet> {
+        Arc::clone(&self.rules.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sets where rules are read from, and loads them (at start: an error stops the start).
+    pub async fn set_rules_source(
+        &self,
+        source: Arc<dyn RulesSource>,
+    ) -> std::result::Result<usize, String> {
+        *self.rules_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+        self.reload_rules().await
+    }
+
+    /// Reads the rules again and installs them if they are valid; otherwise keeps the old ones.
+    pub async fn reload_rules(&self) -> std::result::Result<usize, String> {
+        let source = self
+            .rules_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(source) = source else {
+            return Ok(self.rules().len());
+        };
+        let (inputs, allow_unmatched) = source.load()?;
+        let set = crate::routes::RuleSet::new(inputs, allow_unmatched)?;
+        let known = self.scopes_supported().await.map_err(|e| e.to_string())?;
+        set.check_scopes(&known)?;
+        let n = set.len();
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Ok(n)
     }
 
     /// The cached form of an API key, if it is one of ours (for introspection).
@@ -669,6 +750,19 @@ impl Keyplane {
             Invalidation::Client(id) => self.oauth.invalidate_client(id),
             Invalidation::Token(jti, exp) => self.oauth.note_revoked(jti.clone(), *exp),
             Invalidation::SigningKeys => {}
+            Invalidation::FeedLost => {
+                tracing::warn!(
+                    bound_seconds = self.settings.stale_serve_seconds,
+                    "lost the change feed from storage; serving cached credentials for a bounded time"
+                );
+                self.feed.lost(to_ms(self.now()));
+            }
+            Invalidation::FeedRestored => {
+                // Anything may have changed while the feed was down.
+                self.cache.clear();
+                self.oauth.clear();
+                self.feed.restored();
+            }
         }
     }
 

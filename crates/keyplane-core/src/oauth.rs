@@ -333,6 +333,14 @@ impl Keyplane {
 
     async fn cached_client(&self, client_id: &str) -> Result<Option<Arc<CachedClient>>> {
         let o = &self.oauth;
+        // Past the bound on serving from cache without the change feed, read storage each time.
+        if !self.feed_status().cache_trusted() {
+            if !self.oauth_settings().client_id_format.claims(client_id) || client_id.len() > 128 {
+                return Ok(None);
+            }
+            let found = self.store().client_get(client_id).await?;
+            return Ok(found.map(|(c, s)| Arc::new(CachedClient::new(c, s))));
+        }
         if let Some(c) = o
             .clients
             .read()
@@ -596,6 +604,14 @@ impl Keyplane {
             return None;
         }
         let c = &client.client;
+        // Opaque tokens name their audience through their client, as JWTs do in `aud`.
+        let aud = aud.or_else(|| {
+            Some(
+                c.audience
+                    .clone()
+                    .unwrap_or_else(|| self.oauth_settings().issuer.clone()),
+            )
+        });
         let info = Introspection {
             sub: c.client_id.clone(),
             client_id: Some(c.client_id.clone()),

@@ -59,6 +59,11 @@ pub enum Invalidation {
     Token(String, i64),
     /// The signing keys changed.
     SigningKeys,
+    /// Not a change, and never published: the store's feed of other nodes' changes is down, so
+    /// changes may be missed from now on ([`crate::feed`] bounds how long caches are trusted).
+    FeedLost,
+    /// Not a change, and never published: the feed is back; anything may have changed meanwhile.
+    FeedRestored,
 }
 
 #[async_trait]

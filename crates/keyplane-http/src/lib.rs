@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod dto;
 pub mod error;
+pub mod gateway;
 pub mod openapi;
 pub mod routes;
 

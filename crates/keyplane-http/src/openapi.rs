@@ -33,7 +33,7 @@ impl Modify for BearerAuth {
         mgmt::org_create, mgmt::org_list, mgmt::project_create, mgmt::project_list,
         mgmt::service_create, mgmt::service_list,
         mgmt::member_create, mgmt::member_list, mgmt::member_get, mgmt::member_update, mgmt::member_delete,
-        mgmt::role_create, mgmt::role_list, mgmt::whoami,
+        mgmt::role_create, mgmt::role_list, mgmt::whoami, mgmt::routes_list, mgmt::routes_reload,
         activity::query, activity::verify,
         authz::authz,
         clients::create, clients::list, clients::get_one, clients::update, clients::remove,
@@ -44,7 +44,7 @@ impl Modify for BearerAuth {
     components(schemas(Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
         SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, MemberView,
         CreateMember, UpdateMember, RoleView, CreateRole, EventView, VerifyView, BrokenView, WhoAmI,
-        ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,
+        mgmt::RulesView, mgmt::RuleView, ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,
         IssueClientToken, IssuedTokenView, oauth::TokenResponse, oauth::IntrospectionResponse, oauth::OAuthErrorBody))
 )]
 pub struct ApiDoc;

@@ -1243,6 +1243,8 @@ impl PgStore {
                 .chunks(100)
                 .map(|c| c.iter().map(|d| hex(&d.0)).collect::<Vec<_>>().join(","))
                 .collect(),
+            // The feed's own state is local to each node.
+            Invalidation::FeedLost | Invalidation::FeedRestored => vec![],
         };
         for p in payloads {
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -1255,36 +1257,46 @@ impl PgStore {
         Ok(())
     }
 
-    /// Listens for other nodes' changes. After a lost connection, when notifications may have
-    /// been missed, it reports `All` so the whole cache is dropped.
+    /// Listens for other nodes' changes, and reports the feed's state: `FeedLost` as soon as
+    /// the listening connection drops (changes may be missed from then on), and once it listens
+    /// again `FeedRestored` followed by `All` (anything may have changed meanwhile; `All` also
+    /// makes the server reload what it keeps besides the caches, such as signing keys).
     fn subscribe_changes(&self, on_change: Arc<dyn Fn(Invalidation) + Send + Sync>) {
         let pool = self.pool.clone();
         tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
             loop {
-                let mut listener = match PgListener::connect_with(&pool).await {
+                let listening = async {
+                    let mut l = PgListener::connect_with(&pool).await?;
+                    l.listen(NOTIFY_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                let mut listener = match listening.await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot listen for invalidations; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        on_change(Invalidation::FeedLost);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                         continue;
                     }
                 };
-                if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
-                    tracing::warn!(error = %e, "LISTEN failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                // Anything may have changed while we were not listening.
+                backoff = Duration::from_millis(100);
+                on_change(Invalidation::FeedRestored);
                 on_change(Invalidation::All);
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(n)) => on_change(parse_payload(n.payload())),
+                        // `None`: the connection dropped. Rather than let the listener reconnect
+                        // by itself, start over here so the loss and the return are reported.
                         Ok(None) => {
-                            tracing::warn!("invalidation listener reconnected; dropping the cache");
-                            on_change(Invalidation::All);
+                            tracing::warn!("invalidation listener lost its connection; reconnecting");
+                            on_change(Invalidation::FeedLost);
+                            break;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "invalidation listener failed; reconnecting");
+                            on_change(Invalidation::FeedLost);
                             break;
                         }
                     }

@@ -237,6 +237,35 @@ impl TestApp {
         self.running = Some(running);
     }
 
+    /// Starts another node on the same database, with the same pepper and admin key, as a
+    /// second `keyplane serve` of one deployment would run. The first node keeps owning the
+    /// database (it is dropped with the first node); the second gets a data folder of its own.
+    /// Several nodes share one database on PostgreSQL only.
+    pub async fn spawn_second_node(&self) -> TestApp {
+        let db = TestDb {
+            backend: self.db.backend,
+            url: self.db.url.clone(),
+            dir: TempDir::new(),
+            pg_name: None,
+        };
+        let mut env = self.env.clone();
+        env.insert(
+            "KEYPLANE_DATA_DIR".into(),
+            db.dir.path().display().to_string(),
+        );
+        let mut node = TestApp {
+            base: String::new(),
+            admin_key: self.admin_key.clone(),
+            pepper: self.pepper.clone(),
+            http: reqwest::Client::new(),
+            db,
+            running: None,
+            env,
+        };
+        node.start().await;
+        node
+    }
+
     /// Stops the server cleanly (flushing batched writes) and starts it again on the same data.
     pub async fn restart(&mut self) {
         self.stop().await;
@@ -251,6 +280,11 @@ impl TestApp {
 
     pub fn app(&self) -> &std::sync::Arc<keyplane_core::Keyplane> {
         &self.running.as_ref().expect("running").app
+    }
+
+    /// The gateway's base URL, when the configuration runs one.
+    pub fn gateway_base(&self) -> Option<String> {
+        self.running.as_ref()?.gateway_addr.map(|a| format!("http://{a}"))
     }
 
     pub fn backend(&self) -> Backend {

@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub pepper_file: Option<PathBuf>,
     pub max_active_keys_per_org: Option<i64>,
     pub flush_interval_ms: Option<u64>,
+    pub stale_serve_seconds: Option<u64>,
     pub log_format: Option<String>,
     /// The public URL of this deployment (`iss` of tokens, base of the metadata's endpoints).
     pub issuer: Option<String>,
@@ -25,6 +26,90 @@ pub struct FileConfig {
     pub prefixes: Prefixes,
     #[serde(default)]
     pub oauth: OAuthFile,
+    /// Route rules for forward auth and the gateway (`[[routes]]`).
+    #[serde(default)]
+    pub routes: Vec<toml::Spanned<RouteFile>>,
+    #[serde(default)]
+    pub authz: AuthzFile,
+    pub gateway_listen: Option<String>,
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub gateway: GatewayFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub path: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzFile {
+    /// `deny` (default) or `allow`: what happens to a request no route rule matches.
+    pub unmatched: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    pub upstream_timeout_ms: Option<u64>,
+    pub max_body_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+}
+
+/// Reads the route rules (and the unmatched policy) from the configuration file, with the
+/// line each rule starts on. Used at start and on every reload.
+pub fn read_rules(
+    path: Option<&Path>,
+) -> Result<(Vec<keyplane_core::routes::RuleInput>, bool), String> {
+    let Some(path) = path else {
+        return Ok((vec![], false));
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file: FileConfig =
+        toml::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+    let rules = file
+        .routes
+        .into_iter()
+        .map(|spanned| {
+            let line = text[..spanned.span().start.min(text.len())]
+                .matches('\n')
+                .count()
+                + 1;
+            let r = spanned.into_inner();
+            keyplane_core::routes::RuleInput {
+                methods: r.methods,
+                path: r.path,
+                scopes: r.scopes,
+                line,
+            }
+        })
+        .collect();
+    let allow = match file.authz.unmatched.as_deref() {
+        None | Some("deny") => false,
+        Some("allow") => true,
+        Some(other) => {
+            return Err(format!(
+                "authz.unmatched must be `deny` or `allow`, not {other:?}"
+            ))
+        }
+    };
+    Ok((rules, allow))
+}
+
+/// The route rules' source: the configuration file, read again on SIGHUP or the admin route.
+pub struct FileRules(pub Option<PathBuf>);
+
+impl keyplane_core::app::RulesSource for FileRules {
+    fn load(&self) -> Result<(Vec<keyplane_core::routes::RuleInput>, bool), String> {
+        read_rules(self.0.as_deref())
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -64,6 +149,17 @@ pub struct ConfigFlags {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The gateway's flags.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct GatewayFlags {
+    /// Also run the gateway (a reverse proxy that checks credentials) on this address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub gateway_listen: Option<String>,
+    /// The API the gateway forwards to, e.g. http://127.0.0.1:9000.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
 /// The validated configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -76,6 +172,8 @@ pub struct Config {
     pub pepper: Option<Vec<u8>>,
     pub max_active_keys_per_org: Option<i64>,
     pub flush_interval_ms: u64,
+    /// How long cached credentials are served after the database connection drops.
+    pub stale_serve_seconds: u64,
     pub log_format: String,
     pub api_key_prefix: String,
     pub admin_key_prefix: String,
@@ -83,11 +181,20 @@ pub struct Config {
     pub client_secret_prefix: String,
     pub access_token_prefix: String,
     pub issuer: String,
+    /// Whether the issuer was configured; otherwise it follows the address actually bound.
+    pub issuer_explicit: bool,
     pub signing_alg: String,
     pub aggregate_token_events: bool,
     pub signing_key_lead_seconds: i64,
     pub signing_key_rotation_days: Option<i64>,
     pub default_access_token_ttl_seconds: i64,
+    /// The configuration file, where route rules are read from (again on reload).
+    pub config_file: Option<PathBuf>,
+    pub gateway_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub upstream_timeout_ms: u64,
+    pub gateway_max_body_bytes: usize,
+    pub gateway_max_header_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -126,6 +233,7 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_PEPPER_FILE",
     "KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG",
     "KEYPLANE_FLUSH_INTERVAL_MS",
+    "KEYPLANE_STALE_SERVE_SECONDS",
     "KEYPLANE_LOG",
     "KEYPLANE_LOG_FORMAT",
     "KEYPLANE_API_KEY_PREFIX",
@@ -138,6 +246,9 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_TOKEN_EVENTS",
     "KEYPLANE_SIGNING_KEY_LEAD_SECONDS",
     "KEYPLANE_SIGNING_KEY_ROTATION_DAYS",
+    "KEYPLANE_GATEWAY_LISTEN",
+    "KEYPLANE_UPSTREAM",
+    "KEYPLANE_UPSTREAM_TIMEOUT_MS",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -156,6 +267,16 @@ impl Config {
     pub fn load(
         flags: &ConfigFlags,
         listen_flag: Option<&str>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config> {
+        Self::load_with(flags, listen_flag, &GatewayFlags::default(), env)
+    }
+
+    /// Like [`Config::load`], with the gateway's flags.
+    pub fn load_with(
+        flags: &ConfigFlags,
+        listen_flag: Option<&str>,
+        gateway: &GatewayFlags,
         env: &HashMap<String, String>,
     ) -> Result<Config> {
         for k in env.keys() {
@@ -263,6 +384,12 @@ impl Config {
                 .context("KEYPLANE_FLUSH_INTERVAL_MS must be a number")?,
             None => file.flush_interval_ms.unwrap_or(1000),
         };
+        let stale_serve_seconds = match env.get("KEYPLANE_STALE_SERVE_SECONDS") {
+            Some(v) => v
+                .parse()
+                .context("KEYPLANE_STALE_SERVE_SECONDS must be a number of seconds")?,
+            None => file.stale_serve_seconds.unwrap_or(60),
+        };
         let log_format = env
             .get("KEYPLANE_LOG_FORMAT")
             .cloned()
@@ -321,6 +448,7 @@ impl Config {
                 }
             }
         }
+        let issuer_explicit = env.contains_key("KEYPLANE_ISSUER") || file.issuer.is_some();
         let issuer = pick(
             "KEYPLANE_ISSUER",
             file.issuer.clone(),
@@ -367,6 +495,40 @@ impl Config {
         )?;
         let default_access_token_ttl_seconds =
             file.oauth.default_access_token_ttl_seconds.unwrap_or(3600);
+        // Route rules are validated here too, so a bad rule stops the start with its line.
+        read_rules(file_path.as_deref()).map_err(anyhow::Error::msg)?;
+        let gateway_listen = gateway
+            .gateway_listen
+            .clone()
+            .or_else(|| env.get("KEYPLANE_GATEWAY_LISTEN").cloned())
+            .or(file.gateway_listen.clone())
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .with_context(|| format!("gateway listen address {a:?} is not HOST:PORT"))
+            })
+            .transpose()?;
+        let upstream = gateway
+            .upstream
+            .clone()
+            .or_else(|| env.get("KEYPLANE_UPSTREAM").cloned())
+            .or(file.upstream.clone());
+        if let Some(u) = &upstream {
+            let uri: axum::http::Uri = u
+                .parse()
+                .with_context(|| format!("upstream {u:?} is not a URL"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                bail!("upstream {u:?} must be an http:// URL with a host (TLS to the upstream is not supported)");
+            }
+        }
+        if gateway_listen.is_some() != upstream.is_some() {
+            bail!("the gateway needs both a listen address (--gateway-listen) and an upstream (--upstream)");
+        }
+        let upstream_timeout_ms = match env.get("KEYPLANE_UPSTREAM_TIMEOUT_MS") {
+            Some(v) => v
+                .parse()
+                .context("KEYPLANE_UPSTREAM_TIMEOUT_MS must be a number")?,
+            None => file.gateway.upstream_timeout_ms.unwrap_or(30_000),
+        };
         Ok(Config {
             listen,
             database,
@@ -375,6 +537,7 @@ impl Config {
             pepper,
             max_active_keys_per_org,
             flush_interval_ms: flush_interval_ms.max(10),
+            stale_serve_seconds,
             log_format,
             api_key_prefix,
             admin_key_prefix,
@@ -382,11 +545,18 @@ impl Config {
             client_secret_prefix,
             access_token_prefix,
             issuer,
+            issuer_explicit,
             signing_alg,
             aggregate_token_events,
             signing_key_lead_seconds,
             signing_key_rotation_days: (rotation > 0).then_some(rotation),
             default_access_token_ttl_seconds,
+            config_file: file_path,
+            gateway_listen,
+            upstream,
+            upstream_timeout_ms,
+            gateway_max_body_bytes: file.gateway.max_body_bytes.unwrap_or(64 * 1024 * 1024),
+            gateway_max_header_bytes: file.gateway.max_header_bytes.unwrap_or(32 * 1024),
         })
     }
 }

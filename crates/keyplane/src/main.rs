@@ -28,6 +28,8 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:8780).
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<String>,
+        #[command(flatten)]
+        gateway: keyplane::config::GatewayFlags,
     },
     /// The admin key (works on the database directly).
     AdminKey {
@@ -124,14 +126,18 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            gateway,
+        } => {
             let env = env_map();
             let log_format = env
                 .get("KEYPLANE_LOG_FORMAT")
                 .cloned()
                 .unwrap_or_else(|| "text".into());
             init_tracing(&log_format);
-            let config = Config::load(&config, listen.as_deref(), &env)?;
+            let config = Config::load_with(&config, listen.as_deref(), &gateway, &env)?;
             let running = server::start(&config, server::shutdown_signal()).await?;
             if let Some(key) = &running.generated_admin_key {
                 eprintln!("{}", server::admin_key_banner(key));

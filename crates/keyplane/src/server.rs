@@ -76,6 +76,7 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         api_key_format: format(&config.api_key_prefix)?,
         admin_key_format: format(&config.admin_key_prefix)?,
         max_active_keys_per_org: config.max_active_keys_per_org,
+        stale_serve_seconds: config.stale_serve_seconds,
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,
@@ -100,6 +101,8 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
 /// A server that is running.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the gateway listens, when it runs.
+    pub gateway_addr: Option<SocketAddr>,
     pub app: Arc<Keyplane>,
     /// The admin key generated on this first start, if one was.
     pub generated_admin_key: Option<SecretString>,
@@ -127,11 +130,34 @@ pub async fn start(
     config: &Config,
     external: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running> {
+    // Bind first, so a derived issuer names the port actually bound (port 0 in tests).
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let mut config = config.clone();
+    if !config.issuer_explicit {
+        config.issuer = format!("http://{bound}");
+        if bound.ip().is_unspecified() {
+            tracing::warn!(issuer = %config.issuer, "the issuer is derived from an unspecified address: set KEYPLANE_ISSUER to the URL callers use");
+        }
+    }
+    let config = &config;
     let app = build(config).await?;
     let supplied = config.admin_key.clone().map(SecretString::new);
     let generated_admin_key = app.bootstrap(supplied.as_ref()).await?;
     app.ensure_signing_keys().await?;
     app.reload_revocations().await?;
+    let rules = app
+        .set_rules_source(Arc::new(crate::config::FileRules(
+            config.config_file.clone(),
+        )))
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("the route rules are not valid")?;
+    if rules > 0 {
+        tracing::info!(rules, "route rules loaded");
+    }
 
     {
         let app = Arc::clone(&app);
@@ -148,10 +174,7 @@ pub async fn start(
         }));
     }
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = bound;
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -189,12 +212,53 @@ pub async fn start(
         })
     };
 
+    let reloader = tokio::spawn(reload_rules_on_sighup(Arc::clone(&app)));
+
+    // The gateway listens beside the API and stops with it.
+    let mut gateway_addr = None;
+    let (gateway_stop, gateway_task) = match (&config.gateway_listen, &config.upstream) {
+        (Some(addr), Some(upstream)) => {
+            let gateway_config = keyplane_http::gateway::GatewayConfig {
+                upstream: upstream.parse().context("the upstream URL")?,
+                upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
+                max_body_bytes: config.gateway_max_body_bytes,
+                max_header_bytes: config.gateway_max_header_bytes,
+            };
+            let gl = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the gateway"))?;
+            gateway_addr = Some(gl.local_addr()?);
+            tracing::info!(addr = %gl.local_addr()?, upstream = %upstream, "gateway is listening");
+            let router = keyplane_http::gateway::router(Arc::clone(&app), gateway_config);
+            let (tx, rx) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                axum::serve(
+                    gl,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+            });
+            (Some(tx), Some(task))
+        }
+        _ => (None, None),
+    };
+
     let state = AppState {
         app: Arc::clone(&app),
     };
     let app_for_task = Arc::clone(&app);
     let task = tokio::spawn(async move {
         let served = keyplane_http::serve(listener, state, shutdown).await;
+        if let Some(stop) = gateway_stop {
+            let _ = stop.send(());
+        }
+        if let Some(t) = gateway_task {
+            let _ = t.await;
+        }
+        reloader.abort();
         flusher.abort();
         maintenance.abort();
         app_for_task
@@ -208,6 +272,7 @@ pub async fn start(
     tracing::info!(%addr, storage = app.store().backend(), "keyplane is listening");
     Ok(Running {
         addr,
+        gateway_addr,
         app,
         generated_admin_key,
         stop: Some(stop_tx),
@@ -271,4 +336,25 @@ async fn maintain(app: &Keyplane) {
             tracing::warn!(error = %e, "could not {what}");
         }
     }
+}
+
+/// Reloads the route rules on SIGHUP; invalid rules are logged and the old ones kept.
+async fn reload_rules_on_sighup(app: Arc<Keyplane>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match app.reload_rules().await {
+                Ok(n) => tracing::info!(rules = n, "route rules reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "route rules not reloaded; the previous ones stay in force")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
 }

@@ -25,6 +25,11 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/roles", get(role_list).post(role_create))
         .route("/v1/me", get(whoami))
+        .route("/v1/admin/routes", get(routes_list))
+        .route(
+            "/v1/admin/routes/reload",
+            axum::routing::post(routes_reload),
+        )
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -250,4 +255,68 @@ pub async fn whoami(c: Caller) -> Json<WhoAmI> {
             .collect(),
         scopes: p.scopes,
     })
+}
+
+/// The route rules in force, in order.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RulesView {
+    pub rules: Vec<RuleView>,
+    /// Whether a request no rule matches is allowed (otherwise denied).
+    pub allow_unmatched: bool,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RuleView {
+    pub methods: Vec<String>,
+    pub path: String,
+    pub scopes: Vec<String>,
+    /// The line of the configuration file where the rule is written.
+    pub line: usize,
+}
+
+fn rules_view(s: &AppState) -> RulesView {
+    let set = s.app.rules();
+    RulesView {
+        allow_unmatched: set.allows_unmatched(),
+        rules: set
+            .describe()
+            .into_iter()
+            .map(|(methods, path, scopes, line)| RuleView {
+                methods,
+                path,
+                scopes,
+                line,
+            })
+            .collect(),
+    }
+}
+
+fn admin_only(c: &Caller) -> ApiResult<()> {
+    if c.principal.is_admin_key() {
+        Ok(())
+    } else {
+        Err(keyplane_core::Error::Forbidden(
+            "only the admin key may see or reload route rules".into(),
+        )
+        .into())
+    }
+}
+
+/// The route rules in force (admin key only).
+#[utoipa::path(get, path = "/v1/admin/routes", tag = "forward-auth", responses((status = 200, body = RulesView)), security(("bearer" = [])))]
+pub async fn routes_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<RulesView>> {
+    admin_only(&c)?;
+    Ok(Json(rules_view(&s)))
+}
+
+/// Reads the route rules from the configuration file again (admin key only; SIGHUP does the
+/// same). Invalid rules are refused with the rule and line at fault, and the old ones stay.
+#[utoipa::path(post, path = "/v1/admin/routes/reload", tag = "forward-auth", responses((status = 200, body = RulesView), (status = 422, body = crate::error::Problem)), security(("bearer" = [])))]
+pub async fn routes_reload(State(s): State<AppState>, c: Caller) -> ApiResult<Json<RulesView>> {
+    admin_only(&c)?;
+    s.app
+        .reload_rules()
+        .await
+        .map_err(|e| keyplane_core::Error::invalid("routes", e))?;
+    Ok(Json(rules_view(&s)))
 }

@@ -426,9 +426,10 @@ pub async fn metadata(State(s): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth", responses((status = 200)))]
 pub async fn jwks(State(s): State<AppState>) -> Response {
     let mut r = Json(s.app.jwks()).into_response();
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60"),
-    );
+    // Never cache longer than a new key is published before it signs.
+    let max_age = s.app.settings().oauth.signing_key_lead_seconds.clamp(0, 60);
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
     r
 }

@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use keyplane_core::feed::{FeedStatus, Readiness};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -21,23 +22,27 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Storage answers; 503 otherwise.
+/// Storage answers and changes from other nodes arrive: 200 `ready`. While the database
+/// connection is down and cached credentials are still served (for a bounded time): 200
+/// `degraded` with the reason. Storage not answering, or past that bound: 503 `unavailable`.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    match s.app.store().ping().await {
-        Ok(()) => (
+    let storage = s.app.store().backend();
+    match s.app.readiness().await {
+        Readiness::Ready => (
             StatusCode::OK,
-            Json(serde_json::json!({ "status": "ready", "storage": s.app.store().backend() })),
+            Json(serde_json::json!({ "status": "ready", "storage": storage })),
         ),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    serde_json::json!({ "status": "unavailable", "storage": s.app.store().backend(), "detail": "storage does not answer" }),
-                ),
-            )
-        }
+        Readiness::Degraded(reason) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "degraded", "storage": storage, "detail": reason })),
+        ),
+        Readiness::Unavailable(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "status": "unavailable", "storage": storage, "detail": reason }),
+            ),
+        ),
     }
 }
 
@@ -45,6 +50,7 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let (keys, unknown) = s.app.cache().len();
+    let feed = s.app.feed_status();
     let body = format!(
         "# HELP keyplane_credential_checks_total Credential checks answered since start.\n\
          # TYPE keyplane_credential_checks_total counter\n\
@@ -57,9 +63,21 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
          keyplane_cache_unknown {unknown}\n\
          # HELP keyplane_client_secrets_expiring Client secrets that their rotation policy refuses within 7 days.\n\
          # TYPE keyplane_client_secrets_expiring gauge\n\
-         keyplane_client_secrets_expiring {}\n",
+         keyplane_client_secrets_expiring {}\n\
+         # HELP keyplane_storage_feed_up Whether changes made on other nodes arrive (1), or the database connection is down (0).\n\
+         # TYPE keyplane_storage_feed_up gauge\n\
+         keyplane_storage_feed_up {}\n\
+         # HELP keyplane_storage_feed_down_seconds How long the database connection has been down (0 while up).\n\
+         # TYPE keyplane_storage_feed_down_seconds gauge\n\
+         keyplane_storage_feed_down_seconds {:.3}\n\
+         # HELP keyplane_cache_trusted Whether cached credentials are served (0 once the connection has been down longer than the bound).\n\
+         # TYPE keyplane_cache_trusted gauge\n\
+         keyplane_cache_trusted {}\n",
         s.app.checks(),
-        s.app.secrets_expiring_soon()
+        s.app.secrets_expiring_soon(),
+        u8::from(feed == FeedStatus::Live),
+        feed.lost_for_ms() as f64 / 1e3,
+        u8::from(feed.cache_trusted()),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

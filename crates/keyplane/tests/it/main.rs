@@ -31,8 +31,14 @@ macro_rules! on_both {
 mod activity;
 mod binary;
 mod errors;
+mod gateway;
+mod interop;
 mod keys;
 mod limits;
+mod nginx;
+mod nodes;
 mod oauth;
 mod seed002;
+mod seeds;
+mod verify;
 mod visibility;

@@ -1,0 +1,260 @@
+//! The gateway: a reverse proxy in front of an upstream API. Each request's bearer credential
+//! is checked against the route rules before anything is forwarded; the caller's own
+//! `X-Keyplane-*` headers are stripped and the verified identity added; bodies stream both ways.
+
+use crate::auth::{bearer, request_meta};
+use crate::routes::authz::{identity_headers, respond};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use keyplane_core::app::Verdict;
+use keyplane_core::Keyplane;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the gateway behaves.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `http://host:port` (a base path is allowed and prefixed to every request's path).
+    pub upstream: Uri,
+    /// Time to the upstream's response headers before answering 504.
+    pub upstream_timeout: Duration,
+    /// Largest request body forwarded.
+    pub max_body_bytes: usize,
+    /// Largest total size of the request's headers.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Clone)]
+struct Gateway {
+    app: Arc<Keyplane>,
+    client: Client<HttpConnector, Limited<Body>>,
+    config: Arc<GatewayConfig>,
+}
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn problem(
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+    detail: String,
+) -> Response {
+    crate::error::ApiError::new(status, slug, title, detail).into_response()
+}
+
+/// The gateway's router: every path goes to the upstream once the credential passes.
+pub fn router(app: Arc<Keyplane>, config: GatewayConfig) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    // Connections to the upstream are pooled and reused.
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector);
+    Router::new().fallback(proxy).with_state(Gateway {
+        app,
+        client,
+        config: Arc::new(config),
+    })
+}
+
+fn header_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
+}
+
+async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    if header_bytes(&parts.headers) > gw.config.max_header_bytes {
+        return problem(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request headers too large",
+            format!(
+                "the request's headers exceed {} bytes",
+                gw.config.max_header_bytes
+            ),
+        );
+    }
+    if parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > gw.config.max_body_bytes)
+    {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Payload too large",
+            format!(
+                "the request body exceeds {} bytes",
+                gw.config.max_body_bytes
+            ),
+        );
+    }
+    let meta = request_meta(&parts);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let (verdict, required) = gw
+        .app
+        .check_request(
+            bearer(&parts.headers),
+            parts.method.as_str(),
+            parts.uri.path(),
+            &meta,
+        )
+        .await;
+    let identity = match verdict {
+        Verdict::Allow(identity) => identity,
+        // A request whose credential failed is never forwarded.
+        other => return respond(other, &required),
+    };
+
+    // Headers: nothing connection-specific, nothing the caller claims about itself.
+    let headers = &mut parts.headers;
+    let connection_listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in connection_listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-keyplane-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    for (name, value) in identity_headers(&identity) {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    }
+    if let Some(addr) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        let ip = addr.0.ip().to_string();
+        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
+    }
+    headers.remove(header::HOST);
+
+    let upstream = &gw.config.upstream;
+    let base = upstream.path().trim_end_matches('/');
+    let uri = match Uri::builder()
+        .scheme(upstream.scheme_str().unwrap_or("http"))
+        .authority(
+            upstream
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or("127.0.0.1"),
+        )
+        .path_and_query(format!("{base}{path_and_query}"))
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                "the request path cannot be forwarded".into(),
+            )
+        }
+    };
+    parts.uri = uri;
+    let upstream_req =
+        axum::http::Request::from_parts(parts, Limited::new(body, gw.config.max_body_bytes));
+
+    match tokio::time::timeout(gw.config.upstream_timeout, gw.client.request(upstream_req)).await {
+        Err(_) => problem(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            "Upstream timed out",
+            format!(
+                "the upstream {} did not answer within {} ms",
+                gw.config.upstream,
+                gw.config.upstream_timeout.as_millis()
+            ),
+        ),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .map(|s| s.to_string().contains("length limit exceeded"))
+                .unwrap_or(false);
+            if too_large {
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    "Payload too large",
+                    format!(
+                        "the request body exceeds {} bytes",
+                        gw.config.max_body_bytes
+                    ),
+                );
+            }
+            tracing::warn!(error = %e, upstream = %gw.config.upstream, "upstream request failed");
+            problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                "Upstream unavailable",
+                format!(
+                    "the upstream {} could not be reached: {}",
+                    gw.config.upstream,
+                    describe(&e)
+                ),
+            )
+        }
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            for name in HOP_BY_HOP {
+                parts.headers.remove(name);
+            }
+            Response::from_parts(parts, Body::new(body.map_err(axum::Error::new)))
+        }
+    }
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    if e.is_connect() {
+        "connection refused or failed".into()
+    } else {
+        "the connection failed before an answer".into()
+    }
+}
