@@ -172,6 +172,36 @@ async fn forward_auth_behind_nginx() {
         "spoofed headers never reach the upstream"
     );
 
+    // Seed 000's curl through nginx + forward auth, with a service token and an access token.
+    let (code, v) = crate::gateway::seed_guard_curl(&front, &good);
+    assert_eq!(code, 200, "{v}");
+    crate::gateway::assert_seed_answer(&v);
+    let c = app
+        .post(
+            "/v1/oauth-clients",
+            &admin,
+            json!({ "name": "c", "scopes": ["ai-guard:read"] }),
+        )
+        .await
+        .json();
+    let t = app
+        .post(
+            &format!(
+                "/v1/oauth-clients/{}/tokens",
+                c["client_id"].as_str().unwrap()
+            ),
+            &admin,
+            json!({}),
+        )
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, v) = crate::gateway::seed_guard_curl(&front, &t);
+    assert_eq!(code, 200, "{v}");
+    crate::gateway::assert_seed_answer(&v);
+
     let (_, narrow) = app
         .key(
             &admin,

@@ -233,6 +233,10 @@ async fn api_keys_and_opaque_tokens(app: TestApp) {
     let (s, _, body) = rs.guard(Some(&reader)).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_seed_shaped(&body);
+    // Seed 000's curl, as the seed prints it, against the resource server.
+    let (code, v) = crate::gateway::seed_guard_curl(&rs.base, &reader);
+    assert_eq!(code, 200, "{v}");
+    crate::gateway::assert_seed_answer(&v);
     let me = rs.whoami(&reader).await;
     assert_eq!(me["credential_type"], "api_key");
     assert_eq!(me["scopes"], json!([READ]));

@@ -1,0 +1,129 @@
+"""Turns bench/run.sh's measurements into one table, the targets of issue 6 marked met or
+missed, and (full runs) BENCHMARKS.md. In short mode it exits 1 when any ratio is below half
+its target: a large regression fails CI while machine noise does not."""
+import os, platform, subprocess, sys, time
+
+mode, notes_path, scen_path, out_path, dur, conns = sys.argv[1:7]
+notes = dict(l.rstrip("\n").split("\t", 1) for l in open(notes_path) if "\t" in l)
+rows = [l.rstrip("\n").split("\t") for l in open(scen_path) if l.strip()]
+res = {(r[0], r[1]): dict(rps=float(r[2]), p50=float(r[3]), p99=float(r[4]), bad=int(r[5])) for r in rows}
+labels = [l for l in ("sqlite", "postgres") if ("authz", f"keyplane-{l}") in res]
+sign = float(notes.get("es256_sign_per_s", "0") or 0)
+
+def rps(name, server):
+    r = res.get((name, server))
+    return r["rps"] if r else None
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+# (label, scenario, reference name, reference value, target)
+ratios = []
+base = rps("authz", "baseline")
+for l in labels:
+    kp = f"keyplane-{l}"
+    for name, tb, tp in [("authz", 0.8, None), ("token_opaque_basic", 0.5, 8), ("token_opaque_post", 0.5, 8),
+                         ("token_jwt_basic", None, 5), ("token_jwt_post", None, 5),
+                         ("introspect_token", 0.6, 8), ("introspect_api_key", 0.6, None),
+                         ("revoke_then_check", None, None)]:
+        v = rps(name, kp)
+        if tb is not None:
+            ratios.append((kp, name, "baseline", ratio(v, base), tb))
+        if tp is not None and rps(name, "peer"):
+            ratios.append((kp, name, "peer", ratio(v, rps(name, "peer")), tp))
+        if name.startswith("token_jwt") and sign:
+            ratios.append((kp, name, "ES256 signs/s", ratio(v, sign), 0.5))
+
+lines = []
+w = lines.append
+w(f"| scenario | server | req/s | p50 ms | p99 ms | ×baseline | ×peer |")
+w("|---|---|---:|---:|---:|---:|---:|")
+for (name, server), r in res.items():
+    xb = ratio(r["rps"], base) if server != "baseline" else None
+    xp = ratio(r["rps"], rps(name, "peer")) if server.startswith("keyplane") else None
+    bad = f" ({r['bad']} non-2xx)" if r["bad"] and name != "revoke_then_check" else ""
+    w(f"| {name} | {server}{bad} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
+      f"{'' if xb is None else f'{xb:.2f}'} | {'' if xp is None else f'{xp:.2f}'} |")
+table = "\n".join(lines)
+
+checks = []  # (what, measured, target, met)
+for kp, name, ref, x, t in ratios:
+    checks.append((f"{name} on {kp} ÷ {ref}", "n/a" if x is None else f"{x:.2f}", f"≥ {t}", x is not None and x >= t, x, t))
+for l in labels:
+    kp = f"keyplane-{l}"
+    a = res.get(("authz", kp))
+    if a:
+        checks.append((f"authz p99 on {kp}", f"{a['p99']:.3f} ms", "< 1 ms", a["p99"] < 1.0, None, None))
+    k1, k2 = rps("authz_1k_keys", kp), rps("authz_1m_keys", kp)
+    if k1 and k2:
+        d = abs(k2 / k1 - 1)
+        checks.append((f"authz with 1M vs 1k keys on {kp}", f"{d*100:.1f}% apart ({k1:,.0f} vs {k2:,.0f} req/s)", "< 10%", d < 0.10, None, None))
+    idle = notes.get(f"idle_rss_kb_{l}")
+    if idle:
+        mb = int(idle) / 1024
+        checks.append((f"idle RSS on {kp}", f"{mb:.1f} MB", "< 30 MB", mb < 30, None, None))
+    r1, r2 = notes.get(f"rss_kb_1k_{l}"), notes.get(f"rss_kb_1m_{l}")
+    c1, c2 = notes.get(f"cached_1k_{l}"), notes.get(f"cached_1m_{l}")
+    if r1 and r2 and c1 and c2 and int(float(c2)) > int(float(c1)):
+        per = (int(r2) - int(r1)) * 1024 / (int(float(c2)) - int(float(c1)))
+        checks.append((f"RSS per cached key on {kp} ({int(float(c2)):,} cached, RSS {int(r2)/1024:.0f} MB)", f"{per:.0f} bytes", "< 300 bytes", per < 300, None, None))
+    s = notes.get(f"start_ms_{l}")
+    if s:
+        checks.append((f"start to ready on {kp} (existing database)", f"{s} ms", "< 200 ms", int(s) < 200, None, None))
+
+tl = ["| target | measured | wanted | |", "|---|---|---|---|"]
+for what, m, t, ok, *_ in checks:
+    tl.append(f"| {what} | {m} | {t} | {'met' if ok else 'MISSED'} |")
+targets = "\n".join(tl)
+
+print("\n" + table + "\n\n" + targets + "\n")
+if "two_node" in notes:
+    print("two-node:", notes["two_node"])
+
+if mode == "short":
+    low = [(what, x, t) for what, m, tt, ok, x, t in checks if x is not None and x < t / 2]
+    for what, x, t in low:
+        print(f"REGRESSION: {what} is {x:.2f}, below half its target {t}", file=sys.stderr)
+    sys.exit(1 if low else 0)
+
+def cmd(c):
+    try:
+        return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception:
+        return "?"
+
+cpu = cmd("awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo")
+peer_v = cmd("node -p \"require('./bench/peer/node_modules/oidc-provider/package.json').version\"")
+doc = f"""# Benchmarks
+
+Written by `bench/run.sh` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Re-run it to refresh; every number
+below comes from that one run. Ratios compare servers measured in the same run under the same
+load; absolute numbers depend on the machine.
+
+## Conditions
+
+- CPU: {cpu} ({os.cpu_count()} cores); {platform.system()} {platform.release()}
+- Load average before the run: {notes.get('load_before', '?')}
+- Server pinned to core 0 (`taskset -c 0`), load generator on core 1:
+  `taskset -c 1 wrk -t1 -c{conns} -d{dur}s -s <scenario script>`
+- keyplane {cmd('git rev-parse --short HEAD')} (release build, `{cmd('rustc --version')}`), {cmd('wrk -v 2>&1 | head -1')},
+  node {cmd('node --version')} with oidc-provider {peer_v} (in-memory adapter), PostgreSQL {cmd('psql -V | cut -d" " -f3')}
+- Raw ES256 signing rate on core 0 (`openssl speed ecdsap256`): {sign:,.0f} signatures/s
+- Build time of this run: {notes.get('build_seconds', '?')} s
+
+## Results
+
+{table}
+
+## Targets (issue 6)
+
+{targets}
+
+## Several nodes
+
+Two keyplane servers on one PostgreSQL database (`crates/keyplane/tests/it/nodes.rs`, run by
+`bench/run.sh`): time from sending a revocation to node A until node B refuses the key, over
+100 revocations: {notes.get('two_node', 'not run (no PostgreSQL)')}.
+"""
+open(out_path, "w").write(doc)
+print(f"wrote {out_path}")

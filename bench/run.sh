@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# keyplane's benchmark (issue 6). One command: installs what it lacks (wrk, the peer's npm
+# packages), builds keyplane and the bare axum baseline in release mode, and measures the
+# baseline, the peer (node oidc-provider) and keyplane on SQLite and PostgreSQL under the same
+# load: the server pinned to core 0, wrk (one thread, fixed connections and duration) on core 1.
+# Prints one table and writes BENCHMARKS.md.
+#
+#   bench/run.sh            full run (about 10 s per scenario; PostgreSQL when reachable)
+#   bench/run.sh --short    a few seconds per scenario, SQLite only, no 1M-key run; exits 1
+#                           when any ratio is below half its target (CI)
+#
+# Environment: KEYPLANE_BENCH_DATABASE_URL (PostgreSQL server where a database may be created;
+# default postgres://postgres@127.0.0.1:5432/postgres), KEYPLANE_BENCH_TARGET (cargo target
+# folder; default ~/.cache/keyplane-bench-target).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH="$ROOT/bench"
+SHORT=0
+[[ "${1:-}" == "--short" ]] && SHORT=1
+if ((SHORT)); then DUR=3; else DUR=10; fi
+CONNS=32
+PG_ADMIN="${KEYPLANE_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export CARGO_TARGET_DIR="${KEYPLANE_BENCH_TARGET:-$HOME/.cache/keyplane-bench-target}"
+WORK="$(mktemp -d /tmp/keyplane-bench.XXXXXX)"
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+printf "load_before\t%s\n" "$(cut -d" " -f1-3 /proc/loadavg)" >>"$RESULTS"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+say() { echo "== $*" >&2; }
+note() { printf '%s\t%s\n' "$1" "$2" >>"$RESULTS"; }
+
+# ---- tools
+as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+if ! command -v wrk >/dev/null; then
+  say "installing wrk (Debian package)"
+  as_root apt-get install -y wrk >/dev/null || { as_root apt-get update >/dev/null && as_root apt-get install -y wrk >/dev/null; }
+fi
+HAVE_PEER=0
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  if [[ ! -d "$BENCH/peer/node_modules/oidc-provider" ]]; then
+    say "installing the peer (npm ci in bench/peer)"
+    (cd "$BENCH/peer" && npm ci --no-audit --no-fund >/dev/null 2>&1)
+  fi
+  HAVE_PEER=1
+else
+  say "node/npm not found: the peer is left out"
+fi
+
+say "building keyplane and the bench tools (release, $CARGO_TARGET_DIR)"
+BUILD_START=$(date +%s)
+(cd "$ROOT" && cargo build --release -q -p keyplane)
+cargo build --release -q --manifest-path "$BENCH/tools/Cargo.toml"
+note build_seconds $(($(date +%s) - BUILD_START))
+BIN="$CARGO_TARGET_DIR/release"
+
+# ---- helpers
+PORT=18780
+wait_http() { # URL [tries]
+  for _ in $(seq 1 "${2:-500}"); do curl -sf -o /dev/null "$1" && return 0; sleep 0.01; done
+  echo "no answer from $1" >&2; return 1
+}
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# wrk on core 1 against a server on core 0. run NAME SERVER SCRIPT URL [duration]
+run() {
+  local name=$1 server=$2 script=$3 url=$4 d=${5:-$DUR}
+  cat "$BENCH/lua/common.lua" "$BENCH/lua/$script" >"$WORK/s.lua"
+  local line
+  line=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${d}s" -s "$WORK/s.lua" "$url" | grep '^RESULT' || true)
+  [[ -n "$line" ]] || { echo "wrk gave no result for $name/$server" >&2; return 1; }
+  read -r _ rps p50 p99 non2xx errs <<<"$line"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$server" "$rps" "$p50" "$p99" "$non2xx" "$errs" >>"$WORK/scenarios.tsv"
+  printf '  %-28s %-16s %10s req/s  p50 %6s ms  p99 %6s ms  non-2xx %s\n' "$name" "$server" "$rps" "$p50" "$p99" "$non2xx" >&2
+}
+b64() { printf '%s' "$1" | base64 -w0; }
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+: >"$WORK/scenarios.tsv"
+
+# ---- the raw signing rate on core 0 (the JWT target's reference)
+if command -v openssl >/dev/null; then
+  sig=$(taskset -c 0 openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/256 bits ecdsa \(nistp256\)/ {print $(NF-1)}' | tail -1)
+  note es256_sign_per_s "${sig:-0}"
+fi
+
+# ---- the bare baseline
+say "baseline (bare axum)"
+taskset -c 0 "$BIN/baseline" "127.0.0.1:$PORT" 2>/dev/null &
+PIDS+=($!); BASE_PID=$!
+wait_http "http://127.0.0.1:$PORT/v1/authz"
+BENCH_METHOD=GET run authz baseline static.lua "http://127.0.0.1:$PORT/v1/authz"
+kill "$BASE_PID"; wait "$BASE_PID" 2>/dev/null || true
+
+# ---- the peer
+if ((HAVE_PEER)); then
+  say "peer (node oidc-provider $(node -p 'require(process.argv[1]).version' "$BENCH/peer/node_modules/oidc-provider/package.json"))"
+  PEER_PORT=18790
+  (cd "$BENCH/peer" && PORT=$PEER_PORT exec taskset -c 0 node server.mjs 2>/dev/null) &
+  PIDS+=($!); PEER_PID=$!
+  P="http://127.0.0.1:$PEER_PORT"
+  wait_http "$P/.well-known/openid-configuration"
+  sec() { echo "$1-secret-for-the-benchmark"; }
+  export BENCH_METHOD=POST
+  BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_BODY="grant_type=client_credentials&scope=bench:read" run token_opaque_basic peer static.lua "$P/token"
+  BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&scope=bench:read&client_id=opaque-post&client_secret=$(sec opaque-post)" run token_opaque_post peer static.lua "$P/token"
+  BENCH_AUTH=$(b64 "jwt:$(sec jwt)") BENCH_BODY="grant_type=client_credentials&scope=bench:read" run token_jwt_basic peer static.lua "$P/token"
+  BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&scope=bench:read&client_id=jwt-post&client_secret=$(sec jwt-post)" run token_jwt_post peer static.lua "$P/token"
+  TOKEN=$(curl -s -u "opaque:$(sec opaque)" "$P/token" -d grant_type=client_credentials -d scope=bench:read | json_field access_token)
+  BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_BODY="token=$TOKEN" run introspect_token peer static.lua "$P/token/introspection"
+  BENCH_OUT="$WORK/peer-tokens" BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_PATH=/token BENCH_BODY="grant_type=client_credentials&scope=bench:read" \
+    taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$BENCH/lua/collect.lua" "$P" >/dev/null
+  BENCH_KEYS="$WORK/peer-tokens" BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_REVOKE=/token/revocation BENCH_INTROSPECT=/token/introspection \
+    run revoke_then_check peer revoke.lua "$P"
+  unset BENCH_METHOD BENCH_AUTH BENCH_BODY
+  kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true
+fi
+
+# ---- keyplane on one backend: bench_keyplane LABEL DATABASE_URL
+ADMIN="kpa_bench_admin_key_$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)"
+PEPPER="bench-pepper-$(head -c 32 /dev/urandom | base64 | tr -dc A-Za-z0-9)"
+start_keyplane() { # DATABASE_URL DATA_DIR
+  KEYPLANE_DATABASE="$1" KEYPLANE_DATA_DIR="$2" KEYPLANE_LISTEN="127.0.0.1:$PORT" \
+    KEYPLANE_ADMIN_KEY="$ADMIN" KEYPLANE_PEPPER="$PEPPER" KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG=0 \
+    KEYPLANE_LOG=warn taskset -c 0 "$BIN/keyplane" serve 2>>"$WORK/keyplane.log" &
+  KP_PID=$!
+  PIDS+=($KP_PID)
+}
+stop_keyplane() { kill "$KP_PID"; wait "$KP_PID" 2>/dev/null || true; }
+bench_keyplane() {
+  local label=$1 db=$2 dir="$WORK/$1"
+  mkdir -p "$dir"
+  local K="http://127.0.0.1:$PORT"
+  say "keyplane on $label"
+  start_keyplane "$db" "$dir"
+  wait_http "$K/readyz"
+  note "idle_rss_kb_$label" "$(rss_kb "$KP_PID")"
+  curl -sf "$K/v1/services" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","scopes":["bench:read"]}' >/dev/null
+  local key cid csec jid jsec token
+  key=$(curl -sf "$K/v1/api-keys" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","scopes":["bench:read"]}' | json_field key)
+  read -r cid csec < <(curl -sf "$K/v1/oauth-clients" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench opaque","scopes":["bench:read"],"token_format":"opaque"}' | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["client_id"], v["client_secret"])')
+  read -r jid jsec < <(curl -sf "$K/v1/oauth-clients" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench jwt","scopes":["bench:read"],"token_format":"jwt"}' | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["client_id"], v["client_secret"])')
+  token=$(curl -sf -u "$cid:$csec" "$K/v1/oauth/token" -d grant_type=client_credentials | json_field access_token)
+  local s="-$label"
+  BENCH_METHOD=GET BENCH_BEARER="$key" run authz "keyplane$s" static.lua "$K/v1/authz?scope=bench:read"
+  export BENCH_METHOD=POST
+  BENCH_AUTH=$(b64 "$cid:$csec") BENCH_BODY="grant_type=client_credentials" run token_opaque_basic "keyplane$s" static.lua "$K/v1/oauth/token"
+  BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&client_id=$cid&client_secret=$csec" run token_opaque_post "keyplane$s" static.lua "$K/v1/oauth/token"
+  BENCH_AUTH=$(b64 "$jid:$jsec") BENCH_BODY="grant_type=client_credentials" run token_jwt_basic "keyplane$s" static.lua "$K/v1/oauth/token"
+  BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&client_id=$jid&client_secret=$jsec" run token_jwt_post "keyplane$s" static.lua "$K/v1/oauth/token"
+  BENCH_AUTH=$(b64 "$cid:$csec") BENCH_BODY="token=$token" run introspect_token "keyplane$s" static.lua "$K/v1/oauth/token/introspect"
+  BENCH_AUTH=$(b64 "$cid:$csec") BENCH_BODY="token=$key" run introspect_api_key "keyplane$s" static.lua "$K/v1/oauth/token/introspect"
+  BENCH_OUT="$WORK/kp-tokens" BENCH_AUTH=$(b64 "$cid:$csec") BENCH_PATH=/v1/oauth/token BENCH_BODY="grant_type=client_credentials" \
+    taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$BENCH/lua/collect.lua" "$K" >/dev/null
+  BENCH_KEYS="$WORK/kp-tokens" BENCH_AUTH=$(b64 "$cid:$csec") BENCH_REVOKE=/v1/oauth/token/revoke BENCH_INTROSPECT=/v1/oauth/token/introspect \
+    run revoke_then_check "keyplane$s" revoke.lua "$K"
+  unset BENCH_METHOD BENCH_AUTH BENCH_BODY
+  # The last revoked token must be refused: a check that the scenario revoked for real.
+  local last
+  last=$(tail -1 "$WORK/kp-tokens")
+  curl -sf "$K/v1/authz" -H "Authorization: Bearer $last" -o /dev/null && { echo "a revoked token was accepted" >&2; exit 1; }
+
+  if ((SHORT == 0)); then
+    # Many active keys: 1,000, then 1,000,000, each warmed into the cache and checked in turn.
+    "$BIN/seed" "$db" "$PEPPER" 1000 bench:read "$WORK/keys-1k" 1 2>>"$WORK/seed.log"
+    BENCH_KEYS="$WORK/keys-1k" BENCH_PATH="/v1/authz?scope=bench:read" run warm_1k "keyplane$s" rotate.lua "$K" 2 >/dev/null 2>&1
+    sed -i '/^warm_/d' "$WORK/scenarios.tsv"
+    BENCH_KEYS="$WORK/keys-1k" BENCH_PATH="/v1/authz?scope=bench:read" run authz_1k_keys "keyplane$s" rotate.lua "$K"
+    note "rss_kb_1k_$label" "$(rss_kb "$KP_PID")"
+    note "cached_1k_$label" "$(curl -s "$K/metrics" | awk '/^keyplane_cache_keys / {print $2}')"
+    "$BIN/seed" "$db" "$PEPPER" 999000 bench:read "$WORK/keys-all" 1 2>>"$WORK/seed.log"
+    BENCH_KEYS="$WORK/keys-all" BENCH_PATH="/v1/authz?scope=bench:read" run warm_1m "keyplane$s" rotate.lua "$K" 60 >/dev/null 2>&1
+    sed -i '/^warm_/d' "$WORK/scenarios.tsv"
+    note "cached_1m_$label" "$(curl -s "$K/metrics" | awk '/^keyplane_cache_keys / {print $2}')"
+    note "rss_kb_1m_$label" "$(rss_kb "$KP_PID")"
+    awk 'NR % 100 == 0' "$WORK/keys-all" >"$WORK/keys-sample"
+    BENCH_KEYS="$WORK/keys-sample" BENCH_PATH="/v1/authz?scope=bench:read" run authz_1m_keys "keyplane$s" rotate.lua "$K"
+    rm -f "$WORK/keys-all"
+  fi
+  stop_keyplane
+  # Start to ready on the existing database.
+  local t0 t1
+  t0=$(date +%s%N)
+  start_keyplane "$db" "$dir"
+  until curl -sf -o /dev/null "$K/readyz"; do sleep 0.002; done
+  t1=$(date +%s%N)
+  note "start_ms_$label" $(((t1 - t0) / 1000000))
+  stop_keyplane
+}
+
+bench_keyplane sqlite "sqlite://$WORK/sqlite/keyplane.db"
+PG_DB=""
+if ((SHORT == 0)) && command -v psql >/dev/null && psql "$PG_ADMIN" -qc 'select 1' >/dev/null 2>&1; then
+  PG_DB="keyplane_bench_$$"
+  psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" >/dev/null
+  bench_keyplane postgres "${PG_ADMIN%/*}/$PG_DB"
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+fi
+
+# ---- the two-node revocation test's figures (full run, with PostgreSQL)
+if ((SHORT == 0)) && [[ -n "$PG_DB" ]]; then
+  say "two-node revocation (cargo test, the it suite's nodes test)"
+  line=$(cd "$ROOT" && CARGO_TARGET_DIR="${KEYPLANE_TEST_TARGET:-$HOME/.cache/keyplane-target}" \
+    KEYPLANE_TEST_DATABASE_URL="${PG_ADMIN%/*}/postgres" cargo test -q -p keyplane --test it nodes::a_revocation 2>&1 | grep 'two-node revocation' || true)
+  note two_node "${line:-not run}"
+fi
+
+MODE=full; ((SHORT)) && MODE=short
+python3 "$BENCH/report.py" "$MODE" "$RESULTS" "$WORK/scenarios.tsv" "$ROOT/BENCHMARKS.md" "$DUR" "$CONNS"
