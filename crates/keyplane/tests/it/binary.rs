@@ -564,6 +564,75 @@ async fn secrets_never_leak(log_format: &str) {
     server.revoke(&admin, &id).await;
     assert_eq!(server.authz(&secret).await, StatusCode::UNAUTHORIZED);
 
+    // OAuth: client secrets and access tokens (opaque and JWT), through every endpoint.
+    let mut oauth_secrets: Vec<String> = Vec::new();
+    for format in ["opaque", "jwt"] {
+        let c = server
+            .post(
+                "/v1/oauth-clients",
+                &admin,
+                serde_json::json!({ "name": format, "scopes": ["ai-guard:read"], "token_format": format }),
+            )
+            .await;
+        assert_eq!(c.status, StatusCode::CREATED, "{}", c.text);
+        let v: Value = serde_json::from_str(&c.text).expect("json");
+        let client_id = v["client_id"].as_str().expect("client_id").to_string();
+        let client_secret = v["client_secret"].as_str().expect("secret").to_string();
+        let form = |body: String, basic: bool| {
+            let mut r = server
+                .http
+                .post(format!("{}/v1/oauth/token", server.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+            if basic {
+                r = r.basic_auth(&client_id, Some(&client_secret));
+            }
+            r.send()
+        };
+        let t: Value = form("grant_type=client_credentials".into(), true)
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("json");
+        let token = t["access_token"].as_str().expect("token").to_string();
+        let post = form(
+            format!(
+                "grant_type=client_credentials&client_id={client_id}&client_secret={client_secret}"
+            ),
+            false,
+        )
+        .await
+        .expect("token");
+        assert_eq!(post.status(), StatusCode::OK);
+        let wrong = form(
+            format!(
+                "grant_type=client_credentials&client_id={client_id}&client_secret={}x",
+                &client_secret[..client_secret.len() - 1]
+            ),
+            false,
+        )
+        .await
+        .expect("token");
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(server.authz(&token).await, StatusCode::OK);
+        for endpoint in ["introspect", "revoke", "introspect"] {
+            let r = server
+                .http
+                .post(format!("{}/v1/oauth/token/{endpoint}", server.base))
+                .basic_auth(&client_id, Some(&client_secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={token}"))
+                .send()
+                .await
+                .expect("call");
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        assert_eq!(server.authz(&token).await, StatusCode::UNAUTHORIZED);
+        oauth_secrets.push(client_secret);
+        oauth_secrets.push(token);
+    }
+
     // The refusals reach the activity log in a batch; wait for them, then look at all of it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let activity = loop {
@@ -583,6 +652,10 @@ async fn secrets_never_leak(log_format: &str) {
         ("API key", secret.as_str()),
         ("tampered API key", tampered.as_str()),
         ("unknown API key", unknown.as_str()),
+        ("opaque client's secret", oauth_secrets[0].as_str()),
+        ("opaque access token", oauth_secrets[1].as_str()),
+        ("JWT client's secret", oauth_secrets[2].as_str()),
+        ("JWT access token", oauth_secrets[3].as_str()),
         ("admin key", admin.as_str()),
     ];
     for (what, s) in &secrets {
@@ -626,7 +699,7 @@ async fn secrets_never_leak(log_format: &str) {
         "not debug logs:\n{}",
         stopped.stderr
     );
-    for (what, s) in &secrets[..3] {
+    for (what, s) in &secrets[..7] {
         for piece in fragments(s) {
             assert!(!stopped.stderr.contains(piece), "the {what} is in the logs");
             assert!(!stopped.stdout.contains(piece), "the {what} is on stdout");
