@@ -805,3 +805,96 @@ on_both!(
         .env("KEYPLANE_ACCESS_TOKEN_PREFIX", "pts_")
         .env("KEYPLANE_API_KEY_PREFIX", "ptg_")
 );
+
+/// The rotation policy, on a clock the test moves: a secret is refused once older than the
+/// policy allows, and the activity log and the metric warn a week ahead.
+async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
+    use keyplane_core::app::{RequestMeta, Settings};
+    use keyplane_core::clock::ManualClock;
+    use keyplane_core::oauth::{ClientAuth, NewClient, OAuthError};
+    use keyplane_core::perm::Principal;
+    use std::sync::Arc;
+
+    let Some(db) = keyplane_testkit::TestDb::fresh(backend).await else {
+        return;
+    };
+    let store = keyplane_store::open(&db.url).await.unwrap();
+    let clock = ManualClock::default();
+    let pepper = keyplane_core::secret::Pepper::new(1, &[9u8; 32]).unwrap();
+    let app =
+        keyplane_core::Keyplane::new(store, Arc::new(clock.clone()), pepper, Settings::default());
+    app.bootstrap(None).await.unwrap();
+    app.ensure_signing_keys().await.unwrap();
+    let admin = Principal::admin();
+    let meta = RequestMeta::default();
+    app.service_create(&admin, "ai-guard", None, vec![READ.into()], &meta)
+        .await
+        .unwrap();
+    let (client, _, secret) = app
+        .client_create(
+            &admin,
+            NewClient {
+                name: "rotating".into(),
+                scopes: vec![READ.into()],
+                secret_rotation_days: Some(10),
+                ..Default::default()
+            },
+            &meta,
+        )
+        .await
+        .unwrap();
+    let auth = ClientAuth {
+        client_id: client.client_id.clone(),
+        secret,
+        basic: true,
+    };
+    assert!(app.issue_token(&auth, None, &meta).await.is_ok());
+    assert_eq!(
+        app.warn_expiring_secrets().await.unwrap(),
+        0,
+        "ten days ahead: no warning yet"
+    );
+    assert_eq!(app.secrets_expiring_soon(), 0);
+
+    // Four days later the secret is within a week of its maximum age: one warning, once.
+    clock.advance(time::Duration::days(4));
+    assert_eq!(app.secrets_expiring_soon(), 1);
+    assert_eq!(app.warn_expiring_secrets().await.unwrap(), 1);
+    assert_eq!(app.warn_expiring_secrets().await.unwrap(), 0);
+    let events = app
+        .activity_query(
+            &admin,
+            None,
+            keyplane_core::store::EventFilter {
+                action: Some("client_secret.expiring".into()),
+                ..Default::default()
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.items.len(), 1);
+    assert!(events.items[0].details.contains(&client.client_id));
+    assert!(
+        app.issue_token(&auth, None, &meta).await.is_ok(),
+        "still good before its maximum age"
+    );
+
+    // Past ten days it is refused.
+    clock.advance(time::Duration::days(6) + time::Duration::minutes(1));
+    assert_eq!(
+        app.issue_token(&auth, None, &meta).await.unwrap_err(),
+        OAuthError::InvalidClient { basic: true }
+    );
+}
+
+#[tokio::test]
+async fn secret_rotation_policy_sqlite() {
+    rotation_policy_on_a_manual_clock(keyplane_testkit::Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn secret_rotation_policy_postgres() {
+    rotation_policy_on_a_manual_clock(keyplane_testkit::Backend::Postgres).await;
+}
