@@ -216,6 +216,9 @@ pub struct Keyplane {
     checks: AtomicU64,
     pub(crate) feed: crate::feed::FeedHealth,
     rules: std::sync::RwLock<Arc<crate::routes::RuleSet>>,
+    /// Held for a whole flush, so when `flush` returns every earlier use is written even if
+    /// the periodic flush was already under way.
+    flushing: tokio::sync::Mutex<()>,
     rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
 }
 
@@ -294,6 +297,7 @@ impl Keyplane {
             checks: AtomicU64::new(0),
             feed,
             rules: Default::default(),
+            flushing: tokio::sync::Mutex::new(()),
             rules_source: Mutex::new(None),
         }
     }
@@ -693,6 +697,11 @@ impl Keyplane {
 
     /// Writes batched last-used times and aggregated refusals. Called periodically and at shutdown.
     pub async fn flush(&self) -> Result<()> {
+        let _one_at_a_time = self.flushing.lock().await;
+        self.flush_locked().await
+    }
+
+    async fn flush_locked(&self) -> Result<()> {
         let used = self.cache.take_used();
         if !used.is_empty() {
             let now = self.now();
@@ -735,7 +744,8 @@ impl Keyplane {
 
     /// Flushes everything, including the current minute's token-issuance counts (at shutdown).
     pub async fn flush_final(&self) -> Result<()> {
-        self.flush().await?;
+        let _one_at_a_time = self.flushing.lock().await;
+        self.flush_locked().await?;
         self.flush_oauth(true).await
     }
 
@@ -1139,9 +1149,14 @@ impl Keyplane {
             Actor::ApiKey {
                 member_role: Some(r),
                 ..
-            } if *r != MemberRole::Owner && role == MemberRole::Owner => Err(Error::Forbidden(
-                "only an owner may grant or change the owner role".into(),
-            )),
+            }
+            | Actor::ConsoleMember { member_role: r, .. }
+                if *r != MemberRole::Owner && role == MemberRole::Owner =>
+            {
+                Err(Error::Forbidden(
+                    "only an owner may grant or change the owner role".into(),
+                ))
+            }
             _ => Ok(()),
         }
     }

@@ -31,7 +31,10 @@ pub enum FeedStatus {
     Live,
     /// The feed has been down for `lost_for_ms`; cached credentials are still served for
     /// `trusted_for_ms` more.
-    Stale { lost_for_ms: i64, trusted_for_ms: i64 },
+    Stale {
+        lost_for_ms: i64,
+        trusted_for_ms: i64,
+    },
     /// The feed has been down for `lost_for_ms`, longer than the bound: caches are not trusted.
     Untrusted { lost_for_ms: i64 },
 }
@@ -157,7 +160,12 @@ mod tests {
         );
         assert!(f.status(|| 60_999).cache_trusted());
         let after = f.status(|| 61_000);
-        assert_eq!(after, FeedStatus::Untrusted { lost_for_ms: 60_000 });
+        assert_eq!(
+            after,
+            FeedStatus::Untrusted {
+                lost_for_ms: 60_000
+            }
+        );
         assert!(!after.cache_trusted());
         f.restored();
         assert_eq!(f.status(|| 100_000), FeedStatus::Live);

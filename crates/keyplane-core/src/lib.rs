@@ -5,6 +5,7 @@ pub mod activity;
 pub mod app;
 pub mod cache;
 pub mod clock;
+pub mod console;
 pub mod error;
 pub mod feed;
 pub mod ids;

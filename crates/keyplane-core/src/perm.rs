@@ -149,6 +149,13 @@ pub enum Actor {
         member_id: Option<String>,
         member_role: Option<MemberRole>,
     },
+    /// A web-console session opened with the admin key: the admin key's authority.
+    ConsoleAdmin,
+    /// A web-console session of a member (email and password): the member's current role.
+    ConsoleMember {
+        member_id: String,
+        member_role: MemberRole,
+    },
 }
 
 /// An authenticated caller: who, in which organization, with which permissions and scopes.
@@ -194,8 +201,9 @@ impl Principal {
         }
     }
 
+    /// The admin key itself, or a console session opened with it.
     pub fn is_admin_key(&self) -> bool {
-        self.actor == Actor::AdminKey
+        matches!(self.actor, Actor::AdminKey | Actor::ConsoleAdmin)
     }
 
     /// How the caller is named in the activity log.
@@ -209,13 +217,25 @@ impl Principal {
             } => format!("member:{m} via api-key:{key_id}"),
             Actor::ApiKey { key_id, .. } => format!("api-key:{key_id}"),
             Actor::Client { client_id } => format!("client:{client_id}"),
+            Actor::ConsoleAdmin => "admin-key via console".into(),
+            Actor::ConsoleMember { member_id, .. } => format!("member:{member_id} via console"),
+        }
+    }
+
+    /// The member's role when the caller acts as a member (their key or their console session).
+    pub fn member_role(&self) -> Option<MemberRole> {
+        match &self.actor {
+            Actor::ApiKey { member_role, .. } => *member_role,
+            Actor::ConsoleMember { member_role, .. } => Some(*member_role),
+            Actor::AdminKey | Actor::ConsoleAdmin | Actor::Client { .. } => None,
         }
     }
 
     pub fn member_id(&self) -> Option<&str> {
         match &self.actor {
             Actor::ApiKey { member_id, .. } => member_id.as_deref(),
-            Actor::AdminKey | Actor::Client { .. } => None,
+            Actor::ConsoleMember { member_id, .. } => Some(member_id),
+            Actor::AdminKey | Actor::ConsoleAdmin | Actor::Client { .. } => None,
         }
     }
 

@@ -220,4 +220,45 @@ pub trait Store: Send + Sync + 'static {
     async fn publish(&self, change: &Invalidation) -> Result<()>;
     /// Calls `on_change` for every change another node publishes (from a background task).
     fn subscribe(&self, on_change: std::sync::Arc<dyn Fn(Invalidation) + Send + Sync>);
+
+    // The web console (see `crate::console`).
+    /// Sets (or replaces) a member's argon2id password hash.
+    async fn member_password_set(
+        &self,
+        member_id: &str,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<()>;
+    /// Members with this (lower-case) email that have a password, with its hash.
+    async fn member_credentials(&self, email: &str) -> Result<Vec<(Member, String)>>;
+    /// Stores a one-time password link; the member's earlier links are deleted.
+    async fn console_link_create(&self, link: &crate::console::PasswordLink) -> Result<()>;
+    async fn console_link_get(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<crate::console::PasswordLink>>;
+    /// Uses a link up: deletes it and returns its member when it had not expired. Of two
+    /// concurrent uses, one wins.
+    async fn console_link_consume(
+        &self,
+        digest: &Digest,
+        now: OffsetDateTime,
+    ) -> Result<Option<String>>;
+    async fn console_session_create(&self, session: &crate::console::ConsoleSession) -> Result<()>;
+    async fn console_session_get(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<crate::console::ConsoleSession>>;
+    /// Records the organization and project a session shows.
+    async fn console_session_set_context(
+        &self,
+        digest: &Digest,
+        org_id: Option<&str>,
+        project_id: Option<&str>,
+    ) -> Result<()>;
+    async fn console_session_delete(&self, digest: &Digest) -> Result<()>;
+    /// Ends every session of a member (after a password change).
+    async fn console_sessions_delete_member(&self, member_id: &str) -> Result<()>;
+    /// Forgets expired sessions and links.
+    async fn console_sessions_purge(&self, now: OffsetDateTime) -> Result<u64>;
 }

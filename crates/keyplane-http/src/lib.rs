@@ -2,6 +2,7 @@
 //! and the one mapping from domain errors to HTTP. Only this crate knows axum.
 
 pub mod auth;
+pub mod console;
 pub mod dto;
 pub mod error;
 pub mod gateway;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::authz::router())
         .merge(routes::oauth::router())
         .merge(routes::ops::router())
+        .merge(console::router())
         .fallback(error::fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())

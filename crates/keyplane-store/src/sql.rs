@@ -1145,6 +1145,178 @@ macro_rules! impl_store {
             fn subscribe(&self, on_change: Arc<dyn Fn(Invalidation) + Send + Sync>) {
                 self.subscribe_changes(on_change)
             }
+
+            async fn member_password_set(&self, member_id: &str, hash: &str, now: OffsetDateTime) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO member_passwords (member_id, hash, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (member_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
+                )
+                .bind(member_id)
+                .bind(hash)
+                .bind(to_ms(now))
+                .execute(self.w())
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn member_credentials(&self, email: &str) -> Result<Vec<(Member, String)>> {
+                let rows = sqlx::query(
+                    "SELECT m.id, m.org_id, m.email, m.name, m.role, m.created_at, p.hash FROM members m \
+                     JOIN member_passwords p ON p.member_id = m.id WHERE m.email = $1 ORDER BY m.created_at, m.id",
+                )
+                .bind(email)
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| Ok((Self::member_row(r)?, r.try_get("hash").map_err(db_err)?)))
+                    .collect()
+            }
+
+            async fn console_link_create(&self, link: &keyplane_core::console::PasswordLink) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query("DELETE FROM console_links WHERE member_id = $1")
+                    .bind(&link.member_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query(
+                    "INSERT INTO console_links (digest, member_id, created_at, expires_at, created_by) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(link.digest.0.to_vec())
+                .bind(&link.member_id)
+                .bind(to_ms(link.created_at))
+                .bind(to_ms(link.expires_at))
+                .bind(&link.created_by)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn console_link_get(&self, digest: &Digest) -> Result<Option<keyplane_core::console::PasswordLink>> {
+                let row = sqlx::query("SELECT digest, member_id, created_at, expires_at, created_by FROM console_links WHERE digest = $1")
+                    .bind(digest.0.to_vec())
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.map(|r| {
+                    let d: Vec<u8> = r.try_get("digest").map_err(db_err)?;
+                    Ok(keyplane_core::console::PasswordLink {
+                        digest: Digest::from_slice(&d).ok_or_else(|| corrupt("digest"))?,
+                        member_id: r.try_get("member_id").map_err(db_err)?,
+                        created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                        expires_at: from_ms(r.try_get("expires_at").map_err(db_err)?),
+                        created_by: r.try_get("created_by").map_err(db_err)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn console_link_consume(&self, digest: &Digest, now: OffsetDateTime) -> Result<Option<String>> {
+                let row = sqlx::query("DELETE FROM console_links WHERE digest = $1 RETURNING member_id, expires_at")
+                    .bind(digest.0.to_vec())
+                    .fetch_optional(self.w())
+                    .await
+                    .map_err(db_err)?;
+                let Some(r) = row else { return Ok(None) };
+                let expires_at: i64 = r.try_get("expires_at").map_err(db_err)?;
+                if expires_at <= to_ms(now) {
+                    return Ok(None);
+                }
+                Ok(Some(r.try_get("member_id").map_err(db_err)?))
+            }
+
+            async fn console_session_create(&self, s: &keyplane_core::console::ConsoleSession) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO console_sessions (digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(s.digest.0.to_vec())
+                .bind(&s.member_id)
+                .bind(s.admin_key_digest.map(|d| d.0.to_vec()))
+                .bind(&s.org_id)
+                .bind(&s.project_id)
+                .bind(to_ms(s.created_at))
+                .bind(to_ms(s.expires_at))
+                .execute(self.w())
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn console_session_get(&self, digest: &Digest) -> Result<Option<keyplane_core::console::ConsoleSession>> {
+                let row = sqlx::query(
+                    "SELECT digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at \
+                     FROM console_sessions WHERE digest = $1",
+                )
+                .bind(digest.0.to_vec())
+                .fetch_optional(self.r())
+                .await
+                .map_err(db_err)?;
+                row.map(|r| {
+                    let d: Vec<u8> = r.try_get("digest").map_err(db_err)?;
+                    let a: Option<Vec<u8>> = r.try_get("admin_key_digest").map_err(db_err)?;
+                    Ok(keyplane_core::console::ConsoleSession {
+                        digest: Digest::from_slice(&d).ok_or_else(|| corrupt("digest"))?,
+                        member_id: r.try_get("member_id").map_err(db_err)?,
+                        admin_key_digest: a
+                            .map(|a| Digest::from_slice(&a).ok_or_else(|| corrupt("digest")))
+                            .transpose()?,
+                        org_id: r.try_get("org_id").map_err(db_err)?,
+                        project_id: r.try_get("project_id").map_err(db_err)?,
+                        created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                        expires_at: from_ms(r.try_get("expires_at").map_err(db_err)?),
+                    })
+                })
+                .transpose()
+            }
+
+            async fn console_session_set_context(&self, digest: &Digest, org_id: Option<&str>, project_id: Option<&str>) -> Result<()> {
+                sqlx::query("UPDATE console_sessions SET org_id = $2, project_id = $3 WHERE digest = $1")
+                    .bind(digest.0.to_vec())
+                    .bind(org_id)
+                    .bind(project_id)
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn console_session_delete(&self, digest: &Digest) -> Result<()> {
+                sqlx::query("DELETE FROM console_sessions WHERE digest = $1")
+                    .bind(digest.0.to_vec())
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn console_sessions_delete_member(&self, member_id: &str) -> Result<()> {
+                sqlx::query("DELETE FROM console_sessions WHERE member_id = $1")
+                    .bind(member_id)
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn console_sessions_purge(&self, now: OffsetDateTime) -> Result<u64> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let sessions = sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+                    .bind(to_ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let links = sqlx::query("DELETE FROM console_links WHERE expires_at <= $1")
+                    .bind(to_ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(sessions.rows_affected() + links.rows_affected())
+            }
         }
     };
 }
@@ -1290,7 +1462,9 @@ impl PgStore {
                         // `None`: the connection dropped. Rather than let the listener reconnect
                         // by itself, start over here so the loss and the return are reported.
                         Ok(None) => {
-                            tracing::warn!("invalidation listener lost its connection; reconnecting");
+                            tracing::warn!(
+                                "invalidation listener lost its connection; reconnecting"
+                            );
                             on_change(Invalidation::FeedLost);
                             break;
                         }

@@ -284,7 +284,10 @@ impl TestApp {
 
     /// The gateway's base URL, when the configuration runs one.
     pub fn gateway_base(&self) -> Option<String> {
-        self.running.as_ref()?.gateway_addr.map(|a| format!("http://{a}"))
+        self.running
+            .as_ref()?
+            .gateway_addr
+            .map(|a| format!("http://{a}"))
     }
 
     pub fn backend(&self) -> Backend {

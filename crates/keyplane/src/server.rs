@@ -185,6 +185,9 @@ pub async fn start(
         tracing::info!("shutting down: no new connections; finishing requests in flight");
     };
 
+    // The flusher is stopped between flushes, never in the middle of one, so no batch it has
+    // taken is lost at shutdown.
+    let (flusher_stop, mut flusher_stopped) = oneshot::channel::<()>();
     let flusher = {
         let app = Arc::clone(&app);
         let every = Duration::from_millis(config.flush_interval_ms);
@@ -192,7 +195,10 @@ pub async fn start(
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut flusher_stopped => break,
+                }
                 if let Err(e) = app.flush().await {
                     tracing::warn!(error = %e, "could not write batched last-used times and refusals");
                 }
@@ -259,8 +265,9 @@ pub async fn start(
             let _ = t.await;
         }
         reloader.abort();
-        flusher.abort();
         maintenance.abort();
+        let _ = flusher_stop.send(());
+        let _ = flusher.await;
         app_for_task
             .flush_final()
             .await

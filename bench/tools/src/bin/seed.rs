@@ -72,7 +72,9 @@ async fn main() {
     }
     let (url, pepper, scope, out) = (&args[1], &args[2], &args[4], &args[5]);
     let count: usize = args[3].parse().expect("COUNT is a number");
-    let every: usize = args.get(6).map_or(1, |e| e.parse().expect("EVERY is a number"));
+    let every: usize = args
+        .get(6)
+        .map_or(1, |e| e.parse().expect("EVERY is a number"));
     let pepper = Pepper::new(1, pepper.as_bytes()).expect("a valid pepper");
     let format = SecretFormat::new("kp_").expect("the default prefix");
     let mut out = std::io::BufWriter::new(std::fs::File::create(out).expect("create KEYS_OUT"));
@@ -85,10 +87,30 @@ async fn main() {
     let started = std::time::Instant::now();
     if pg {
         let pool = sqlx::PgPool::connect(url).await.expect("connect");
-        seed_with!(pool, sqlx::Postgres, count, every, run, scopes, format, pepper, out);
+        seed_with!(
+            pool,
+            sqlx::Postgres,
+            count,
+            every,
+            run,
+            scopes,
+            format,
+            pepper,
+            out
+        );
     } else {
         let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
-        seed_with!(pool, sqlx::Sqlite, count, every, run, scopes, format, pepper, out);
+        seed_with!(
+            pool,
+            sqlx::Sqlite,
+            count,
+            every,
+            run,
+            scopes,
+            format,
+            pepper,
+            out
+        );
     }
     out.flush().expect("write KEYS_OUT");
     eprintln!(

@@ -243,6 +243,7 @@ pub async fn whoami(c: Caller) -> Json<WhoAmI> {
             Actor::AdminKey => "admin-key".into(),
             Actor::ApiKey { .. } => "api-key".into(),
             Actor::Client { .. } => "access-token".into(),
+            Actor::ConsoleAdmin | Actor::ConsoleMember { .. } => "console-session".into(),
         },
         actor: p.actor_label(),
         member_id: p.member_id().map(str::to_string),

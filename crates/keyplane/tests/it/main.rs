@@ -30,6 +30,7 @@ macro_rules! on_both {
 
 mod activity;
 mod binary;
+mod console;
 mod errors;
 mod gateway;
 mod interop;

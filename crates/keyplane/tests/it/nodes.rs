@@ -39,7 +39,12 @@ async fn a_revocation_on_one_node_is_refused_by_the_other_within_a_second() {
         // so what follows measures the push to B, not a cache miss.
         for _ in 0..2 {
             let ok = b.authz(Some(&key), Some("ai-guard:read")).await;
-            assert_eq!(ok.status, StatusCode::OK, "B refused a key A created: {}", ok.text);
+            assert_eq!(
+                ok.status,
+                StatusCode::OK,
+                "B refused a key A created: {}",
+                ok.text
+            );
         }
         assert!(b.app().cache().len().0 >= 1, "B did not cache the key");
 
@@ -89,7 +94,10 @@ async fn a_revocation_on_one_node_is_refused_by_the_other_within_a_second() {
 
     // And the other way round: B's changes reach A too.
     let (id, key) = b
-        .key(&admin, json!({ "name": "made on B", "scopes": ["ai-guard:read"] }))
+        .key(
+            &admin,
+            json!({ "name": "made on B", "scopes": ["ai-guard:read"] }),
+        )
         .await;
     assert_eq!(a.authz(Some(&key), None).await.status, StatusCode::OK);
     let revoked = b
@@ -98,7 +106,10 @@ async fn a_revocation_on_one_node_is_refused_by_the_other_within_a_second() {
     assert_eq!(revoked.status, StatusCode::OK);
     let started = Instant::now();
     while a.authz(Some(&key), None).await.status != StatusCode::UNAUTHORIZED {
-        assert!(started.elapsed() < POLL_LIMIT, "B's revocation never reached A");
+        assert!(
+            started.elapsed() < POLL_LIMIT,
+            "B's revocation never reached A"
+        );
     }
 }
 
@@ -120,7 +131,14 @@ async fn as_pg_admin(sql: &str) {
 async fn ready_status(app: &keyplane_testkit::TestApp, want: &str, limit: Duration) -> String {
     let started = Instant::now();
     loop {
-        let a = app.call(keyplane_testkit::reqwest::Method::GET, "/readyz", None, None).await;
+        let a = app
+            .call(
+                keyplane_testkit::reqwest::Method::GET,
+                "/readyz",
+                None,
+                None,
+            )
+            .await;
         let v = a.json();
         if v["status"] == want {
             let expected = if want == "unavailable" {
@@ -141,7 +159,14 @@ async fn ready_status(app: &keyplane_testkit::TestApp, want: &str, limit: Durati
 }
 
 async fn metric(app: &keyplane_testkit::TestApp, name: &str) -> f64 {
-    let a = app.call(keyplane_testkit::reqwest::Method::GET, "/metrics", None, None).await;
+    let a = app
+        .call(
+            keyplane_testkit::reqwest::Method::GET,
+            "/metrics",
+            None,
+            None,
+        )
+        .await;
     a.text
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -154,10 +179,7 @@ async fn metric(app: &keyplane_testkit::TestApp, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() {
     const BOUND: Duration = Duration::from_secs(3);
-    let opts = Options::default().env(
-        "KEYPLANE_STALE_SERVE_SECONDS",
-        &BOUND.as_secs().to_string(),
-    );
+    let opts = Options::default().env("KEYPLANE_STALE_SERVE_SECONDS", &BOUND.as_secs().to_string());
     let Some(app) = spawn_app_with(Backend::Postgres, opts).await else {
         return;
     };
@@ -172,10 +194,16 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
     let admin = app.admin_key.clone();
     app.service("ai-guard", &["ai-guard:read"]).await;
     let (_, key) = app
-        .key(&admin, json!({ "name": "cached", "scopes": ["ai-guard:read"] }))
+        .key(
+            &admin,
+            json!({ "name": "cached", "scopes": ["ai-guard:read"] }),
+        )
         .await;
     let (_, never_seen) = app
-        .key(&admin, json!({ "name": "not cached", "scopes": ["ai-guard:read"] }))
+        .key(
+            &admin,
+            json!({ "name": "not cached", "scopes": ["ai-guard:read"] }),
+        )
         .await;
 
     // Wait until the node listens for changes, then fill its cache.
@@ -197,7 +225,10 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
         if listening > 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the node never listened");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the node never listened"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(app.authz(Some(&key), None).await.status, StatusCode::OK);
@@ -205,7 +236,10 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
     assert_eq!(metric(&app, "keyplane_storage_feed_up").await, 1.0);
 
     // Cut the node off: no new connections to its database, and its current ones terminated.
-    as_pg_admin(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false")).await;
+    as_pg_admin(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .await;
     as_pg_admin(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
     ))
@@ -244,5 +278,8 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
     ready_status(&app, "ready", Duration::from_secs(15)).await;
     assert_eq!(metric(&app, "keyplane_cache_trusted").await, 1.0);
     assert_eq!(app.authz(Some(&key), None).await.status, StatusCode::OK);
-    assert_eq!(app.authz(Some(&never_seen), None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.authz(Some(&never_seen), None).await.status,
+        StatusCode::OK
+    );
 }

@@ -1,0 +1,414 @@
+// The web console in real headless Chromium (Debian's `chromium`, driven by playwright-core).
+//
+// Starts the real `keyplane` binary (KEYPLANE_BIN) on a free port with a temporary SQLite
+// database, then walks through the console as the admin and as a member, checking the results
+// against the server's own HTTP API (/v1/authz, token introspection). Screenshots of each page
+// go to KEYPLANE_CONSOLE_SCREENSHOTS (default: console-tests/screenshots/).
+//
+// Run: KEYPLANE_BIN=path/to/keyplane node --test console-tests/
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BIN = process.env.KEYPLANE_BIN || path.join(here, "..", "target", "debug", "keyplane");
+const CHROMIUM = process.env.KEYPLANE_CHROMIUM || "/usr/bin/chromium";
+const SHOTS = process.env.KEYPLANE_CONSOLE_SCREENSHOTS || path.join(here, "screenshots");
+
+function base62(n) {
+  const abc = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  return Array.from(crypto.randomBytes(n), (b) => abc[b % 62]).join("");
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function startServer() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "keyplane-console-"));
+  const port = await freePort();
+  const adminKey = "kpa_" + base62(43);
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith("KEYPLANE_")) env[k] = v;
+  }
+  Object.assign(env, {
+    KEYPLANE_ADMIN_KEY: adminKey,
+    KEYPLANE_PEPPER: base62(48),
+    KEYPLANE_DATABASE: "sqlite://" + path.join(dir, "keyplane.db"),
+    KEYPLANE_DATA_DIR: dir,
+    KEYPLANE_LISTEN: "127.0.0.1:" + port,
+    KEYPLANE_FLUSH_INTERVAL_MS: "200",
+  });
+  const child = spawn(BIN, ["serve"], { env, cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  child.stderr.on("data", (d) => { log += d; });
+  const base = "http://127.0.0.1:" + port;
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    try {
+      const r = await fetch(base + "/healthz");
+      if (r.ok) break;
+    } catch (e) { /* not up yet */ }
+    if (child.exitCode !== null || Date.now() > deadline) {
+      throw new Error("keyplane did not start:\n" + log);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    base, adminKey, dir, child,
+    log: () => log,
+    stop() {
+      child.kill("SIGTERM");
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Resolves when the page has navigated (a reload after a dialog) and loaded. */
+async function navigated(page, action) {
+  await Promise.all([page.waitForNavigation({ waitUntil: "load" }), action()]);
+}
+
+async function shot(page, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
+}
+
+/** The page's whole HTML plus everything in its web storage, to look for a secret in. */
+async function everywhere(page) {
+  return page.evaluate(() => {
+    const dump = (s) => JSON.stringify(Object.fromEntries(Object.entries(s)));
+    return document.documentElement.outerHTML + dump(localStorage) + dump(sessionStorage);
+  });
+}
+
+async function readSecretDialog(page, label) {
+  const el = page.locator(`#secret-dialog code[data-secret-label="${label}"]`);
+  await el.waitFor({ state: "visible" });
+  return (await el.textContent()).trim();
+}
+
+/** Closes the show-once dialog and checks the secrets are gone from the DOM and storage. */
+async function closeSecretDialog(page, secrets) {
+  await navigated(page, () => page.click("#secret-close"));
+  const all = await everywhere(page);
+  for (const s of secrets) {
+    assert.ok(!all.includes(s), "a secret is still in the page or its storage after the dialog closed");
+  }
+  const storage = await page.evaluate(() => localStorage.length + sessionStorage.length);
+  assert.equal(storage, 0, "the console writes nothing to web storage");
+}
+
+test("the web console, end to end in headless Chromium", { timeout: 180000 }, async (t) => {
+  assert.ok(fs.existsSync(BIN), `no keyplane binary at ${BIN}`);
+  const server = await startServer();
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  const problems = [];
+  const watch = (page, who) => {
+    page.on("pageerror", (e) => problems.push(`${who}: script error: ${e.message}`));
+    page.on("console", (m) => {
+      // A refused request shows up as a console error too: the wrong admin key (401) and the
+      // CSRF step (403) make one on purpose.
+      if (m.type() === "error" && !/status of 40[13]/.test(m.text())) {
+        problems.push(`${who}: console error: ${m.text()}`);
+      }
+    });
+  };
+  const admin = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await admin.newPage();
+  page.setDefaultTimeout(15000);
+  watch(page, "admin");
+  const authz = (token, scope) =>
+    fetch(`${server.base}/v1/authz?scope=${encodeURIComponent(scope)}`, {
+      headers: { Authorization: "Bearer " + token },
+    });
+  const state = {};
+
+  try {
+    await t.test("sign in with the admin key", async () => {
+      await page.goto(server.base + "/console");
+      assert.match(page.url(), /\/console\/sign-in$/);
+      await shot(page, "01-sign-in");
+      // A wrong key is refused where it was typed.
+      await page.fill("#admin_key", "kpa_" + base62(43));
+      await navigated(page, () => page.click("text=Sign in with admin key"));
+      assert.match(await page.textContent("#sign-in-error"), /not this deployment's admin key/);
+      await page.fill("#admin_key", server.adminKey);
+      await navigated(page, () => page.click("text=Sign in with admin key"));
+      assert.match(page.url(), /\/console\/overview$/);
+      assert.equal((await page.textContent("[data-testid=who]")).trim(), "Admin key");
+      const cookies = await admin.cookies();
+      const session = cookies.find((c) => c.name === "kp_console");
+      assert.ok(session, "a session cookie");
+      assert.equal(session.httpOnly, true);
+      assert.equal(session.sameSite, "Strict");
+      assert.equal(session.path, "/console");
+      const resp = await fetch(server.base + "/console/overview");
+      assert.match(resp.headers.get("content-security-policy") || "", /script-src 'self'/);
+    });
+
+    await t.test("register a service", async () => {
+      await page.click("text=Register service");
+      await page.fill("#svc-name", "ai-guard");
+      await page.fill("#svc-description", "Seed 000's AI Guard");
+      await page.fill("#svc-scopes", "ai-guard:read ai-guard:write");
+      await navigated(page, () => page.click("#service-dialog button[type=submit]"));
+      const card = page.locator('[data-service="ai-guard"]');
+      await card.waitFor();
+      assert.match(await card.textContent(), /ai-guard:read/);
+    });
+
+    await t.test("create a token and read it from the show-once dialog", async () => {
+      await page.goto(server.base + "/console/keys");
+      await page.locator("#keys-empty").waitFor();
+      await shot(page, "02-keys-empty");
+      await page.click("#create-token");
+      await page.fill("#token-name", "guard client");
+      await page.fill("#token-description", "the AI Guard caller");
+      await page.locator("#create-token-dialog").getByLabel("ai-guard:read").check();
+      await page.selectOption("#token-default", "ai-guard");
+      await shot(page, "03-create-token-dialog");
+      await page.click("#create-token-dialog button[type=submit]");
+      state.token = await readSecretDialog(page, "Token");
+      assert.match(state.token, /^kp_[0-9A-Za-z]+$/);
+      assert.match(await page.textContent("#secret-warning"), /will not be shown again/);
+      await shot(page, "04-token-shown-once");
+      await closeSecretDialog(page, [state.token]);
+      const row = page.locator('tr[data-key-name="guard client"]');
+      state.keyId = await row.getAttribute("data-key-id");
+      assert.equal((await row.locator("[data-testid=status]").textContent()).trim(), "Active");
+      assert.match(await row.textContent(), /Default token · ai-guard/);
+      await shot(page, "05-keys");
+    });
+
+    await t.test("the token works at /v1/authz", async () => {
+      assert.equal((await authz(state.token, "ai-guard:read")).status, 200);
+    });
+
+    await t.test("the overview shows the default token masked", async () => {
+      await page.goto(server.base + "/console/overview");
+      const card = await page.locator('[data-service="ai-guard"]').textContent();
+      assert.match(card, /guard client/);
+      assert.ok(card.includes(state.token.slice(0, 7) + "••••"), "masked start of the token");
+      assert.ok(!(await everywhere(page)).includes(state.token));
+      await shot(page, "06-overview");
+    });
+
+    await t.test("a forged form without the CSRF token is refused", async () => {
+      await page.goto(server.base + "/console/keys");
+      // A real form submission (a navigation), as a forged page would make, without `csrf`.
+      const [resp] = await Promise.all([
+        page.waitForNavigation(),
+        page.evaluate((id) => {
+          const f = document.createElement("form");
+          f.method = "post";
+          f.action = `/console/keys/${id}/revoke`;
+          document.body.append(f);
+          f.submit();
+        }, state.keyId),
+      ]);
+      assert.equal(resp.status(), 403);
+      assert.match(await page.textContent("[role=alert]"), /security token/);
+      // And a scripted call with a wrong token.
+      const status = await page.evaluate(async (id) => {
+        const r = await fetch(`/console/keys/${id}/revoke`, {
+          method: "POST",
+          headers: { "X-CSRF-Token": "forged", "Content-Type": "application/x-www-form-urlencoded" },
+          body: "",
+        });
+        return r.status;
+      }, state.keyId);
+      assert.equal(status, 403);
+      assert.equal((await authz(state.token, "ai-guard:read")).status, 200, "still not revoked");
+    });
+
+    await t.test("revoke it in the console; the same request is now 401", async () => {
+      await page.goto(server.base + "/console/keys");
+      const row = page.locator('tr[data-key-name="guard client"]');
+      await row.locator("summary").click();
+      await row.getByRole("button", { name: "Revoke" }).click();
+      await page.locator("#confirm-dialog").waitFor({ state: "visible" });
+      assert.match(await page.textContent("#confirm-text"), /Revoke “guard client”/);
+      await shot(page, "07-revoke-confirmation");
+      await navigated(page, () => page.click("#confirm-ok"));
+      const status = await page
+        .locator('tr[data-key-name="guard client"] [data-testid=status]')
+        .textContent();
+      assert.equal(status.trim(), "Revoked");
+      const r = await authz(state.token, "ai-guard:read");
+      assert.equal(r.status, 401);
+      assert.match(r.headers.get("www-authenticate") || "", /invalid_token/);
+    });
+
+    await t.test("create a service client, an access token from its view, and introspect it", async () => {
+      await page.goto(server.base + "/console/clients");
+      await page.locator("#clients-empty").waitFor();
+      await page.click("#create-client");
+      await page.fill("#client-name", "My Service Client");
+      await page.locator("#create-client-dialog").getByLabel("ai-guard:read").check();
+      await page.click("#create-client-dialog button[type=submit]");
+      const clientId = await readSecretDialog(page, "Client ID");
+      const secret = await readSecretDialog(page, "Client secret");
+      assert.match(clientId, /^kpc_/);
+      assert.match(secret, /^kps_/);
+      await page.click("#secret-token-action");
+      const token = await readSecretDialog(page, "Access token");
+      assert.match(token, /^kpt_/);
+      await shot(page, "08-client-created");
+      const basic = Buffer.from(`${clientId}:${secret}`).toString("base64");
+      const r = await fetch(server.base + "/v1/oauth/token/introspect", {
+        method: "POST",
+        headers: { Authorization: "Basic " + basic, "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams({ token }).toString(),
+      });
+      assert.equal(r.status, 200);
+      const body = await r.json();
+      assert.equal(body.active, true);
+      assert.equal(body.client_id, clientId);
+      assert.equal(body.scope, "ai-guard:read");
+      assert.equal((await authz(token, "ai-guard:read")).status, 200);
+      await closeSecretDialog(page, [secret, token]);
+      // The details panel: configuration and the secret's age.
+      await navigated(page, () => page.click('a:text("My Service Client")'));
+      await page.locator("#client-details").waitFor();
+      assert.match(await page.textContent("#secrets-table"), /just now/);
+      await page.fill("#d-ttl", "900");
+      await navigated(page, () => page.click("text=Update configuration"));
+      assert.match(await page.textContent('tr[data-client-id] >> nth=0'), /15 minutes/);
+      await shot(page, "09-client-details");
+    });
+
+    await t.test("a member signs in through a one-time link and sees only their own keys", async () => {
+      await page.goto(server.base + "/console/members");
+      await page.click("#add-member");
+      await page.fill("#member-email", "mia@example.com");
+      await page.fill("#member-name", "Mia");
+      await navigated(page, () => page.click("#add-member-dialog button[type=submit]"));
+      const row = page.locator('tr[data-email="mia@example.com"]');
+      await row.getByRole("button", { name: /password link/i }).click();
+      const link = await readSecretDialog(page, "Link");
+      assert.match(link, /\/console\/welcome#token=[0-9A-Za-z]+$/);
+      await closeSecretDialog(page, [link.split("#token=")[1]]);
+      await shot(page, "10-members");
+
+      const member = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+      const mp = await member.newPage();
+      mp.setDefaultTimeout(15000);
+      watch(mp, "member");
+      await mp.goto(link);
+      // The token leaves the address bar at once.
+      assert.ok(!mp.url().includes("token="));
+      await shot(mp, "11-set-password");
+      const password = "a long member password " + base62(6);
+      await mp.fill("#password", password);
+      await mp.fill("#confirm", password);
+      await navigated(mp, () => mp.click("text=Set password"));
+      assert.match(mp.url(), /sign-in\?done=password/);
+      await mp.fill("#email", "mia@example.com");
+      await mp.fill("#password", password);
+      await navigated(mp, () => mp.click('button:text("Sign in")'));
+      assert.match(mp.url(), /\/console\/overview$/);
+      assert.match(await mp.textContent("[data-testid=who]"), /Mia \(member\)/);
+
+      // The link was for one use only.
+      const again = await browser.newContext();
+      const ap = await again.newPage();
+      await ap.goto(link);
+      await ap.fill("#password", password);
+      await ap.fill("#confirm", password);
+      await ap.click("text=Set password");
+      await ap.locator("#welcome-form .form-error:not([hidden])").waitFor();
+      assert.match(await ap.textContent("#welcome-form .form-error"), /expired or was already used/);
+      await again.close();
+
+      await mp.goto(server.base + "/console/keys");
+      await mp.locator("#keys-empty").waitFor();
+      assert.ok(!(await mp.content()).includes("guard client"), "a member does not see the service token");
+      await mp.click("#create-token");
+      await mp.fill("#token-name", "mia key");
+      await mp.locator("#create-token-dialog").getByLabel("ai-guard:read").check();
+      await mp.click("#create-token-dialog button[type=submit]");
+      const memberToken = await readSecretDialog(mp, "Token");
+      await closeSecretDialog(mp, [memberToken]);
+      const names = await mp.locator("tr[data-key-name]").evaluateAll((rows) =>
+        rows.map((r) => r.getAttribute("data-key-name")));
+      assert.deepEqual(names, ["mia key"]);
+      assert.equal((await authz(memberToken, "ai-guard:read")).status, 200);
+      await shot(mp, "12-member-keys");
+      // Members see only themselves, and not the activity log.
+      await mp.goto(server.base + "/console/members");
+      const emails = await mp.locator("tr[data-email]").evaluateAll((rows) =>
+        rows.map((r) => r.getAttribute("data-email")));
+      assert.deepEqual(emails, ["mia@example.com"]);
+      await mp.goto(server.base + "/console/activity");
+      assert.match(await mp.textContent("main"), /does not include reading the activity log/);
+      // Signing out ends the session.
+      await navigated(mp, () => mp.click("text=Sign out"));
+      await mp.goto(server.base + "/console/keys");
+      assert.match(mp.url(), /sign-in/);
+      await member.close();
+
+      // The admin sees the member's key too.
+      await page.goto(server.base + "/console/keys");
+      assert.ok((await page.content()).includes("mia key"));
+    });
+
+    await t.test("the activity log: filters, paging and the chain's status", async () => {
+      await page.goto(server.base + "/console/activity");
+      assert.match(await page.textContent("#chain-status"), /Chain verified/);
+      assert.match(await page.textContent("#activity-table"), /api_key\.revoke/);
+      await shot(page, "13-activity");
+      await page.fill('input[name="action"]', "api_key.revoke");
+      await navigated(page, () => page.click("text=Filter"));
+      const actions = await page.locator("#activity-table tbody td[data-label=Action]").allTextContents();
+      assert.ok(actions.length >= 1 && actions.every((a) => a.trim() === "api_key.revoke"));
+      // Times are shown in local time, with the UTC value on hover.
+      const title = await page.locator("#activity-table time").first().getAttribute("title");
+      assert.match(title, /UTC$/);
+    });
+
+    await t.test("phone width: the pages stay usable", async () => {
+      await page.setViewportSize({ width: 390, height: 844 });
+      await page.goto(server.base + "/console/keys");
+      await shot(page, "14-keys-phone");
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `no sideways scrolling at phone width (overflow ${overflow}px)`);
+      // Every control has a name a screen reader can say.
+      const unnamed = await page.evaluate(() =>
+        Array.from(document.querySelectorAll("main input:not([type=hidden]), main select, main button, main summary"))
+          .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label") && !el.textContent.trim())
+          .map((el) => el.outerHTML.slice(0, 80)));
+      assert.deepEqual(unnamed, []);
+    });
+
+    assert.deepEqual(problems, [], "no script errors or CSP violations in the console");
+  } finally {
+    await browser.close();
+    server.stop();
+    console.log(`# screenshots: ${SHOTS}`);
+  }
+});

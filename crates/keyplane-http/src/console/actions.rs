@@ -1,0 +1,580 @@
+//! The console's forms (POST). Each checks the session and its CSRF token ([`Posted`]), makes
+//! the one use-case call the management API route it mirrors makes, and answers JSON to the
+//! script or redirects back. Secrets are answered only as JSON for the show-once dialog.
+
+use super::pages::{scope, sign_in_page};
+use super::{
+    cookie, csrf_refused, done, set_cookie, Answer, ConsoleState, Fail, FormData, Posted,
+    PRE_COOKIE, SESSION_COOKIE,
+};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Json};
+use keyplane_core::app::{ApiKeyPatch, NewApiKey};
+use keyplane_core::clock::to_ms;
+use keyplane_core::console::{check_password_rules, hash_password, SESSION_TTL};
+use keyplane_core::oauth::{ClientPatch, NewClient};
+use keyplane_core::Error;
+use serde_json::json;
+
+fn fail(js: bool, back: &str) -> impl Fn(Error) -> Fail + '_ {
+    move |e| Fail::new(js, back, ApiError::from(e))
+}
+
+/// The answer that carries a secret to the show-once dialog.
+fn secret(title: &str, items: Vec<(&str, String)>, token_action: Option<String>) -> Response {
+    Json(json!({
+        "secret": {
+            "title": title,
+            "warning": "Copy it now and store it somewhere safe: it will not be shown again. \
+                        keyplane keeps only a keyed hash of it.",
+            "items": items
+                .into_iter()
+                .map(|(label, value)| json!({ "label": label, "value": value }))
+                .collect::<Vec<_>>(),
+            "token_action": token_action,
+        }
+    }))
+    .into_response()
+}
+
+async fn read_form(req: Request) -> (axum::http::request::Parts, FormData) {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, crate::BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    (parts, FormData::parse(&bytes))
+}
+
+fn pre_csrf_ok(s: &AppState, headers: &HeaderMap, form: &FormData) -> bool {
+    let token = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| form.get("csrf"))
+        .unwrap_or("");
+    match cookie(headers, PRE_COOKIE) {
+        Some(pre) => s.app.console_csrf_valid(pre, token),
+        None => false,
+    }
+}
+
+// ----- signing in and out -----
+
+pub async fn sign_in(
+    State(s): State<AppState>,
+    Extension(cs): Extension<ConsoleState>,
+    req: Request,
+) -> Response {
+    let (parts, form) = read_form(req).await;
+    let headers = &parts.headers;
+    if !pre_csrf_ok(&s, headers, &form) {
+        return csrf_refused(false);
+    }
+    let meta = crate::auth::request_meta(&parts);
+    let addr = meta.client_addr.clone().unwrap_or_default();
+    let now_ms = to_ms(s.app.now());
+    let mode = if form.get("method") == Some("member") {
+        "member"
+    } else {
+        "admin"
+    };
+    let email = form.get("email").unwrap_or("").to_lowercase();
+    let who = if mode == "member" {
+        email.clone()
+    } else {
+        "admin-key".into()
+    };
+    let page = |status: StatusCode, msg: String| {
+        let mut r = sign_in_page(&s, headers, Some(msg), None, email.clone(), mode);
+        *r.status_mut() = status;
+        r
+    };
+    if let Some(wait) = cs.throttle.blocked(&who, &addr, now_ms) {
+        return page(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too many failed sign-ins. Wait {wait} seconds, then try again."),
+        );
+    }
+    let opened = if mode == "member" {
+        let password = form.raw("password").to_string();
+        let attempt = match s.app.console_sign_in_attempt(&email).await {
+            Ok(a) => a,
+            Err(e) => return Fail::new(false, "/console/sign-in", e.into()).into_response(),
+        };
+        let verified = tokio::task::spawn_blocking(move || attempt.verify(&password))
+            .await
+            .ok()
+            .flatten();
+        match verified {
+            Some(v) => s.app.console_sign_in_member(v, &meta).await,
+            None => {
+                let _ = s.app.console_sign_in_failed(&meta).await;
+                Err(Error::Unauthenticated("wrong email or password".into()))
+            }
+        }
+    } else {
+        s.app
+            .console_sign_in_admin(form.raw("admin_key"), &meta)
+            .await
+    };
+    match opened {
+        Ok((id, _)) => {
+            cs.throttle.succeeded(&who, &addr);
+            let mut resp = Redirect::to("/console/overview").into_response();
+            if let Ok(v) = set_cookie(
+                headers,
+                SESSION_COOKIE,
+                id.expose(),
+                SESSION_TTL.whole_seconds(),
+            )
+            .parse()
+            {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(Error::Unauthenticated(_)) => {
+            cs.throttle.failed(&who, &addr, now_ms);
+            page(
+                StatusCode::UNAUTHORIZED,
+                if mode == "member" {
+                    "That email and password do not match a member who has set a password.".into()
+                } else {
+                    "That is not this deployment's admin key. Check for missing characters.".into()
+                },
+            )
+        }
+        Err(e) => Fail::new(false, "/console/sign-in", e.into()).into_response(),
+    }
+}
+
+pub async fn sign_out(State(s): State<AppState>, headers: HeaderMap, p: Posted) -> Response {
+    let _ = s.app.console_sign_out(&p.signed, &p.meta).await;
+    let mut resp = Redirect::to("/console/sign-in?done=out").into_response();
+    if let Ok(v) = set_cookie(&headers, SESSION_COOKIE, "", 0).parse() {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// Sets a member's password through a one-time link (its token comes from the link's
+/// fragment, which the script copies into the form; fragments never reach a server's logs).
+pub async fn welcome(State(s): State<AppState>, req: Request) -> Response {
+    let (parts, form) = read_form(req).await;
+    let js = parts.headers.contains_key("x-csrf-token");
+    if !pre_csrf_ok(&s, &parts.headers, &form) {
+        return csrf_refused(js);
+    }
+    let meta = crate::auth::request_meta(&parts);
+    let back = "/console/welcome";
+    let token = form.raw("token").to_string();
+    let password = form.raw("password").to_string();
+    if let Err(e) = check_password_rules(&password, form.raw("confirm")) {
+        return Fail::new(js, back, e.into()).into_response();
+    }
+    if s.app.console_link_member(&token).await.is_err() {
+        return Fail::msg(
+            js,
+            back,
+            StatusCode::NOT_FOUND,
+            "This link has expired or was already used. Ask an owner or admin for a new one.",
+        )
+        .into_response();
+    }
+    let hash = match tokio::task::spawn_blocking(move || hash_password(&password)).await {
+        Ok(Ok(h)) => h,
+        _ => {
+            return Fail::msg(
+                js,
+                back,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Could not set the password; try again.",
+            )
+            .into_response()
+        }
+    };
+    match s.app.console_link_redeem(&token, &hash, &meta).await {
+        Ok(_) => {
+            let to = "/console/sign-in?done=password";
+            if js {
+                Json(json!({ "redirect": to })).into_response()
+            } else {
+                Redirect::to(to).into_response()
+            }
+        }
+        Err(Error::NotFound(_)) => Fail::msg(
+            js,
+            back,
+            StatusCode::NOT_FOUND,
+            "This link has expired or was already used. Ask an owner or admin for a new one.",
+        )
+        .into_response(),
+        Err(e) => Fail::new(js, back, e.into()).into_response(),
+    }
+}
+
+/// Switches organization (the admin key) and project.
+pub async fn switch(State(s): State<AppState>, p: Posted) -> Answer {
+    s.app
+        .console_switch(&p.signed, p.form.get("org_id"), p.form.get("project_id"))
+        .await
+        .map_err(fail(p.js, "/console/overview"))?;
+    let back = p
+        .form
+        .get("back")
+        .filter(|b| b.starts_with("/console/") && !b.starts_with("//"))
+        .unwrap_or("/console/overview");
+    Ok(done(p.js, back))
+}
+
+// ----- services -----
+
+pub async fn service_create(State(s): State<AppState>, p: Posted) -> Answer {
+    let f = &p.form;
+    let scopes: Vec<String> = f
+        .raw("scopes")
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect();
+    s.app
+        .service_create(
+            &p.signed.principal,
+            f.get("name").unwrap_or(""),
+            f.get("description"),
+            scopes,
+            &p.meta,
+        )
+        .await
+        .map_err(fail(p.js, "/console/overview"))?;
+    Ok(done(p.js, "/console/overview"))
+}
+
+// ----- API keys -----
+
+/// `expires` is a number of days from now; empty means never.
+fn expiry(s: &AppState, f: &FormData, js: bool) -> Result<Option<time::OffsetDateTime>, Fail> {
+    match f.get("expires") {
+        None | Some("never") => Ok(None),
+        Some(d) => match d.parse::<i64>() {
+            Ok(n) if (1..=3650).contains(&n) => Ok(Some(s.app.now() + time::Duration::days(n))),
+            _ => Err(Fail::msg(
+                js,
+                "/console/keys",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Choose an expiry from the list.",
+            )),
+        },
+    }
+}
+
+pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
+    let back = "/console/keys";
+    let (org, project) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
+    let f = &p.form;
+    let input = NewApiKey {
+        org_id: Some(org),
+        project_id: Some(project),
+        owner_member_id: None,
+        name: f.get("name").map(str::to_string),
+        description: f.get("description").map(str::to_string),
+        scopes: f.all("scopes"),
+        roles: f.all("roles"),
+        expires_at: expiry(&s, f, p.js)?,
+        default_for_service: f.get("default_for_service").map(str::to_string),
+        service_token: f.checked("service_token"),
+    };
+    if input.name.is_none() {
+        return Err(Fail {
+            field: Some("name".into()),
+            ..Fail::msg(
+                p.js,
+                back,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Give the token a name.",
+            )
+        });
+    }
+    let (key, secret_value) = s
+        .app
+        .api_key_create(&p.signed.principal, input, &p.meta)
+        .await
+        .map_err(fail(p.js, back))?;
+    Ok(secret(
+        &format!("Token “{}” created", key.name),
+        vec![("Token", secret_value.expose().to_string())],
+        None,
+    ))
+}
+
+pub async fn key_edit(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = "/console/keys";
+    let f = &p.form;
+    let expires_at = match f.get("expires") {
+        Some("keep") => None,
+        _ => Some(expiry(&s, f, p.js)?),
+    };
+    let patch = ApiKeyPatch {
+        name: f.get("name").map(str::to_string),
+        description: Some(f.get("description").unwrap_or("").to_string()),
+        scopes: Some(f.all("scopes")),
+        roles: Some(f.all("roles")),
+        expires_at,
+        default_for_service: Some(f.get("default_for_service").map(str::to_string)),
+    };
+    s.app
+        .api_key_update(&p.signed.principal, &id, patch, &p.meta)
+        .await
+        .map_err(fail(p.js, back))?;
+    Ok(done(p.js, back))
+}
+
+pub async fn key_copy(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let (key, secret_value) = s
+        .app
+        .api_key_copy(&p.signed.principal, &id, None, &p.meta)
+        .await
+        .map_err(fail(p.js, "/console/keys"))?;
+    Ok(secret(
+        &format!("Token “{}” created", key.name),
+        vec![("Token", secret_value.expose().to_string())],
+        None,
+    ))
+}
+
+pub async fn key_regenerate(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    p: Posted,
+) -> Answer {
+    let (key, secret_value) = s
+        .app
+        .api_key_regenerate(&p.signed.principal, &id, None, &p.meta)
+        .await
+        .map_err(fail(p.js, "/console/keys"))?;
+    Ok(secret(
+        &format!(
+            "Token “{}” regenerated: the old secret no longer works",
+            key.name
+        ),
+        vec![("Token", secret_value.expose().to_string())],
+        None,
+    ))
+}
+
+pub async fn key_revoke(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    s.app
+        .api_key_revoke(&p.signed.principal, &id, &p.meta)
+        .await
+        .map_err(fail(p.js, "/console/keys"))?;
+    Ok(done(p.js, "/console/keys"))
+}
+
+// ----- service clients -----
+
+fn opt_i64(f: &FormData, name: &str) -> Option<i64> {
+    f.get(name).and_then(|v| v.parse().ok())
+}
+
+pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
+    let back = "/console/clients";
+    let (org, project) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
+    let f = &p.form;
+    let input = NewClient {
+        org_id: Some(org),
+        project_id: Some(project),
+        owner_member_id: None,
+        name: f.get("name").unwrap_or("").to_string(),
+        description: f.get("description").map(str::to_string),
+        scopes: f.all("scopes"),
+        access_token_ttl_seconds: opt_i64(f, "ttl"),
+        token_format: f.get("token_format").map(str::to_string),
+        signing_alg: None,
+        audience: None,
+        secret_rotation_days: opt_i64(f, "rotation_days"),
+    };
+    let (client, _, secret_value) = s
+        .app
+        .client_create(&p.signed.principal, input, &p.meta)
+        .await
+        .map_err(fail(p.js, back))?;
+    let action = format!("/console/clients/{}/token", client.client_id);
+    Ok(secret(
+        &format!("Service client “{}” created", client.name),
+        vec![
+            ("Client ID", client.client_id),
+            ("Client secret", secret_value.expose().to_string()),
+        ],
+        Some(action),
+    ))
+}
+
+fn client_back(id: &str) -> String {
+    format!(
+        "/console/clients?selected={}",
+        form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+    )
+}
+
+pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = client_back(&id);
+    let f = &p.form;
+    let patch = ClientPatch {
+        name: f.get("name").map(str::to_string),
+        description: Some(f.get("description").unwrap_or("").to_string()),
+        scopes: Some(f.all("scopes")),
+        access_token_ttl_seconds: opt_i64(f, "ttl"),
+        token_format: f.get("token_format").map(str::to_string),
+        signing_alg: None,
+        audience: None,
+        secret_rotation_days: Some(opt_i64(f, "rotation_days")),
+    };
+    s.app
+        .client_update(&p.signed.principal, &id, patch, &p.meta)
+        .await
+        .map_err(fail(p.js, &back))?;
+    Ok(done(p.js, &back))
+}
+
+pub async fn client_secret_add(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    p: Posted,
+) -> Answer {
+    let back = client_back(&id);
+    let grace = opt_i64(&p.form, "old_expire_days").map(time::Duration::days);
+    let (_, secret_value) = s
+        .app
+        .client_secret_add(&p.signed.principal, &id, grace, &p.meta)
+        .await
+        .map_err(fail(p.js, &back))?;
+    Ok(secret(
+        "New client secret",
+        vec![
+            ("Client ID", id.clone()),
+            ("Client secret", secret_value.expose().to_string()),
+        ],
+        None,
+    ))
+}
+
+pub async fn client_secret_retire(
+    State(s): State<AppState>,
+    Path((id, secret_id)): Path<(String, String)>,
+    p: Posted,
+) -> Answer {
+    let back = client_back(&id);
+    s.app
+        .client_secret_retire(&p.signed.principal, &id, &secret_id, &p.meta)
+        .await
+        .map_err(fail(p.js, &back))?;
+    Ok(done(p.js, &back))
+}
+
+pub async fn client_token(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = client_back(&id);
+    let issued = s
+        .app
+        .client_token(&p.signed.principal, &id, p.form.get("scope"), &p.meta)
+        .await
+        .map_err(fail(p.js, &back))?;
+    Ok(secret(
+        "Access token",
+        vec![
+            ("Access token", issued.access_token),
+            ("Expires in", super::views::span_words(issued.expires_in)),
+            ("Scope", issued.scope),
+        ],
+        None,
+    ))
+}
+
+pub async fn client_delete(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    s.app
+        .client_delete(&p.signed.principal, &id, &p.meta)
+        .await
+        .map_err(fail(p.js, "/console/clients"))?;
+    Ok(done(p.js, "/console/clients"))
+}
+
+// ----- members -----
+
+pub async fn member_create(State(s): State<AppState>, p: Posted) -> Answer {
+    let back = "/console/members";
+    let (org, _) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
+    let f = &p.form;
+    s.app
+        .member_create(
+            &p.signed.principal,
+            Some(&org),
+            f.get("email").unwrap_or(""),
+            f.get("name"),
+            f.get("role").unwrap_or("member"),
+            &p.meta,
+        )
+        .await
+        .map_err(fail(p.js, back))?;
+    Ok(done(p.js, back))
+}
+
+pub async fn member_role(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = "/console/members";
+    s.app
+        .member_set_role(
+            &p.signed.principal,
+            &id,
+            p.form.get("role").unwrap_or(""),
+            &p.meta,
+        )
+        .await
+        .map_err(fail(p.js, back))?;
+    Ok(done(p.js, back))
+}
+
+pub async fn member_remove(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = "/console/members";
+    s.app
+        .member_delete(&p.signed.principal, &id, &p.meta)
+        .await
+        .map_err(fail(p.js, back))?;
+    Ok(done(p.js, back))
+}
+
+pub async fn member_link(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    p: Posted,
+) -> Answer {
+    let (token, link) = s
+        .app
+        .console_link_create(&p.signed.principal, &id, &p.meta)
+        .await
+        .map_err(fail(p.js, "/console/members"))?;
+    let scheme = if headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+    {
+        "https"
+    } else {
+        "http"
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let url = format!("{scheme}://{host}/console/welcome#token={}", token.expose());
+    let hours = (link.expires_at - s.app.now()).whole_hours();
+    Ok(secret(
+        "One-time password link",
+        vec![
+            ("Link", url),
+            ("Valid for", format!("{hours} hours, for one use")),
+        ],
+        None,
+    ))
+}

@@ -1,0 +1,414 @@
+//! The console's pages (GET). Each makes the same use-case calls as the management API's
+//! listing routes, with the session's principal, and renders what they answer.
+
+use super::views::*;
+use super::{cookie, set_cookie, Fail, Session, PRE_COOKIE};
+use crate::AppState;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Redirect, Response};
+use keyplane_core::console::SignedIn;
+use keyplane_core::perm::Permission;
+use keyplane_core::secret::random_base62;
+use keyplane_core::store::EventFilter;
+use keyplane_core::Error;
+use serde::Deserialize;
+
+/// The organization and project a session works in: its choice, else its own organization
+/// (the default one for the admin key) and that organization's default project.
+pub(crate) async fn scope(s: &AppState, signed: &SignedIn) -> Result<(String, String), Error> {
+    let p = &signed.principal;
+    let org = match &signed.session.org_id {
+        Some(o) if p.org_for(Some(o)).is_ok() => o.clone(),
+        _ => p.org_for(None)?,
+    };
+    let projects = s.app.project_list(p, Some(&org)).await?;
+    let project = signed
+        .session
+        .project_id
+        .as_ref()
+        .filter(|id| projects.iter().any(|pr| &pr.id == *id))
+        .cloned()
+        .or_else(|| {
+            projects
+                .iter()
+                .find(|pr| pr.name == "default")
+                .or(projects.first())
+                .map(|pr| pr.id.clone())
+        })
+        .ok_or(Error::NotFound("project"))?;
+    Ok((org, project))
+}
+
+async fn layout(
+    s: &AppState,
+    sess: &Session,
+    title: &str,
+    nav: &'static str,
+) -> Result<(Layout, String, String), Fail> {
+    let fail = |e: Error| Fail::new(false, "/console/overview", e.into());
+    let p = &sess.signed.principal;
+    let (org, project) = scope(s, &sess.signed).await.map_err(fail)?;
+    let orgs = s.app.org_list(p).await.map_err(fail)?;
+    let projects = s.app.project_list(p, Some(&org)).await.map_err(fail)?;
+    let who = match &sess.signed.member {
+        Some(m) => format!("{} ({})", m.name, m.role.as_str()),
+        None => "Admin key".into(),
+    };
+    let org_name = orgs
+        .iter()
+        .find(|o| o.id == org)
+        .map(|o| o.name.clone())
+        .unwrap_or_default();
+    let project_name = projects
+        .iter()
+        .find(|pr| pr.id == project)
+        .map(|pr| pr.name.clone())
+        .unwrap_or_default();
+    Ok((
+        Layout {
+            title: title.to_string(),
+            nav,
+            csrf: sess.csrf.clone(),
+            who,
+            is_admin: p.is_admin_key(),
+            orgs: orgs
+                .into_iter()
+                .map(|o| Opt {
+                    selected: o.id == org,
+                    id: o.id,
+                    name: o.name,
+                })
+                .collect(),
+            projects: projects
+                .into_iter()
+                .map(|pr| Opt {
+                    selected: pr.id == project,
+                    id: pr.id,
+                    name: pr.name,
+                })
+                .collect(),
+            org_name,
+            project_name,
+        },
+        org,
+        project,
+    ))
+}
+
+pub async fn root(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let id = cookie(&headers, super::SESSION_COOKIE).unwrap_or("");
+    match s.app.console_session(id).await {
+        Ok(Some(_)) => Redirect::to("/console/overview").into_response(),
+        _ => Redirect::to("/console/sign-in").into_response(),
+    }
+}
+
+/// A pre-session CSRF token: the forms before sign-in are bound to a random cookie.
+pub(crate) fn pre_session(s: &AppState, headers: &HeaderMap) -> (String, Option<String>) {
+    match cookie(headers, PRE_COOKIE).filter(|v| v.len() == 32) {
+        Some(v) => (s.app.console_csrf_token(v), None),
+        None => {
+            let v = random_base62(32);
+            (
+                s.app.console_csrf_token(&v),
+                Some(set_cookie(headers, PRE_COOKIE, &v, 3600)),
+            )
+        }
+    }
+}
+
+pub(crate) fn sign_in_page(
+    s: &AppState,
+    headers: &HeaderMap,
+    error: Option<String>,
+    notice: Option<String>,
+    email: String,
+    mode: &'static str,
+) -> Response {
+    let (csrf, set) = pre_session(s, headers);
+    let mut resp = html(&SignInPage {
+        csrf,
+        error,
+        notice,
+        email,
+        mode,
+    });
+    if let Some(c) = set.and_then(|c| c.parse().ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+pub struct SignInQuery {
+    #[serde(default)]
+    pub done: Option<String>,
+}
+
+pub async fn sign_in(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SignInQuery>,
+) -> Response {
+    let notice = match q.done.as_deref() {
+        Some("password") => Some("Your password is set. Sign in with your email and it.".into()),
+        Some("out") => Some("You have signed out.".into()),
+        _ => None,
+    };
+    sign_in_page(&s, &headers, None, notice, String::new(), "admin")
+}
+
+pub async fn welcome(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let (csrf, set) = pre_session(&s, &headers);
+    let mut resp = html(&WelcomePage { csrf, error: None });
+    if let Some(c) = set.and_then(|c| c.parse().ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+pub async fn overview(State(s): State<AppState>, sess: Session) -> Result<Response, Fail> {
+    let (layout, org, project) = layout(&s, &sess, "Overview", "overview").await?;
+    let p = &sess.signed.principal;
+    let fail = |e: Error| Fail::new(false, "/console/overview", e.into());
+    let services = s.app.service_list(p).await.map_err(fail)?;
+    let keys = s
+        .app
+        .api_key_list(p, Some(&org), Some(&project), false, None, Some(200))
+        .await
+        .map_err(fail)?
+        .items;
+    let services = services
+        .iter()
+        .map(|svc| ServiceView {
+            name: svc.name.clone(),
+            description: svc.description.clone(),
+            scopes: svc.scopes.clone(),
+            default_token: keys
+                .iter()
+                .find(|k| k.default_for_service.as_deref() == Some(svc.name.as_str()))
+                .map(|k| (k.name.clone(), format!("{}••••••••", k.start))),
+        })
+        .collect();
+    let (activity, activity_note) = match s
+        .app
+        .activity_query(p, Some(&org), EventFilter::default(), None, Some(10))
+        .await
+    {
+        Ok(page) => (page.items.into_iter().map(EventView::from).collect(), None),
+        Err(Error::Forbidden(_)) => (
+            vec![],
+            Some("Your role does not include reading the activity log.".to_string()),
+        ),
+        Err(e) => return Err(fail(e)),
+    };
+    Ok(html(&OverviewPage {
+        layout,
+        services,
+        activity,
+        activity_note,
+        can_register: p.is_admin_key(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub selected: Option<String>,
+}
+
+pub async fn keys(
+    State(s): State<AppState>,
+    sess: Session,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Fail> {
+    let (layout, org, project) = layout(&s, &sess, "API keys", "keys").await?;
+    let p = &sess.signed.principal;
+    let fail = |e: Error| Fail::new(false, "/console/keys", e.into());
+    let page = s
+        .app
+        .api_key_list(
+            p,
+            Some(&org),
+            Some(&project),
+            true,
+            q.cursor.as_deref(),
+            Some(50),
+        )
+        .await
+        .map_err(fail)?;
+    let now = s.app.now();
+    let services = s.app.service_list(p).await.map_err(fail)?;
+    let roles = s.app.role_list(p, Some(&org)).await.map_err(fail)?;
+    // Owners by email where the caller may see them (a member sees themself only).
+    let emails: std::collections::HashMap<String, String> = s
+        .app
+        .member_list(p, Some(&org))
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .map(|m| (m.id, m.email))
+        .collect();
+    // Offer only the roles this user could grant (the use case refuses the others anyway).
+    let perms = p.permissions;
+    Ok(html(&KeysPage {
+        layout,
+        keys: page
+            .items
+            .into_iter()
+            .map(|k| {
+                let mut v = KeyView::new(k, now);
+                if let Some(email) = emails.get(&v.owner_id) {
+                    v.owner = email.clone();
+                }
+                v
+            })
+            .collect(),
+        services: services.iter().map(ServiceScopes::from).collect(),
+        roles: roles
+            .into_iter()
+            .filter(|r| perms.contains(r.perm_set()))
+            .map(|r| RoleView {
+                name: r.name,
+                description: r.description,
+            })
+            .collect(),
+        next: page.next_cursor,
+        can_service_token: sess.signed.member.is_some() && perms.has(Permission::KeysManage),
+    }))
+}
+
+pub async fn clients(
+    State(s): State<AppState>,
+    sess: Session,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Fail> {
+    let (layout, org, project) = layout(&s, &sess, "Service clients", "clients").await?;
+    let p = &sess.signed.principal;
+    let fail = |e: Error| Fail::new(false, "/console/clients", e.into());
+    let page = s
+        .app
+        .client_list(p, Some(&org), Some(&project), q.cursor.as_deref(), Some(50))
+        .await
+        .map_err(fail)?;
+    let now = s.app.now();
+    let services = s.app.service_list(p).await.map_err(fail)?;
+    Ok(html(&ClientsPage {
+        layout,
+        clients: page
+            .items
+            .into_iter()
+            .map(|(c, secrets)| {
+                let selected = q.selected.as_deref() == Some(c.client_id.as_str());
+                ClientView::new(c, secrets, now, selected)
+            })
+            .collect(),
+        services: services.iter().map(ServiceScopes::from).collect(),
+        next: page.next_cursor,
+        rotations: vec![30, 90, 180, 365],
+        lifetimes: [300, 900, 3600, 21_600, 86_400]
+            .into_iter()
+            .map(|t| (t, span_words(t)))
+            .collect(),
+    }))
+}
+
+pub async fn members(State(s): State<AppState>, sess: Session) -> Result<Response, Fail> {
+    let (layout, org, _) = layout(&s, &sess, "Members", "members").await?;
+    let p = &sess.signed.principal;
+    let fail = |e: Error| Fail::new(false, "/console/members", e.into());
+    let members = s.app.member_list(p, Some(&org)).await.map_err(fail)?;
+    let can_manage = p.permissions.has(Permission::MembersManage);
+    Ok(html(&MembersPage {
+        layout,
+        members: members
+            .into_iter()
+            .map(|m| MemberView {
+                is_self: p.member_id() == Some(m.id.as_str()),
+                id: m.id,
+                name: m.name,
+                email: m.email,
+                role: m.role.as_str(),
+                created: When(Some(m.created_at)),
+            })
+            .collect(),
+        can_manage,
+        note: (!can_manage).then(|| {
+            "Your role shows you only yourself here; an owner or admin manages members.".into()
+        }),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct ActivityQuery {
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+pub async fn activity(
+    State(s): State<AppState>,
+    sess: Session,
+    Query(q): Query<ActivityQuery>,
+) -> Result<Response, Fail> {
+    let (layout, org, _) = layout(&s, &sess, "Activity log", "activity").await?;
+    let p = &sess.signed.principal;
+    let clean = |v: Option<String>| v.map(|x| x.trim().to_string()).unwrap_or_default();
+    let (action, actor, target) = (clean(q.action), clean(q.actor), clean(q.target));
+    let some = |v: &String| (!v.is_empty()).then(|| v.clone());
+    let filter = EventFilter {
+        org_id: None,
+        action: some(&action),
+        actor: some(&actor),
+        target: some(&target),
+        since: None,
+        until: None,
+    };
+    let mut page = ActivityPage {
+        layout,
+        events: vec![],
+        next: None,
+        action,
+        actor,
+        target,
+        verify: None,
+        note: None,
+    };
+    match s
+        .app
+        .activity_query(p, Some(&org), filter, q.cursor.as_deref(), Some(50))
+        .await
+    {
+        Ok(events) => {
+            page.events = events.items.into_iter().map(EventView::from).collect();
+            page.next = events.next_cursor;
+        }
+        Err(Error::Forbidden(_)) => {
+            page.note = Some(
+                "Your role does not include reading the activity log; ask an owner or admin."
+                    .into(),
+            );
+            return Ok(html(&page));
+        }
+        Err(e) => return Err(Fail::new(false, "/console/activity", e.into())),
+    }
+    if let Ok(report) = s.app.activity_verify(p).await {
+        page.verify = Some(VerifyView {
+            intact: report.intact,
+            checked: report.checked,
+            broken: report
+                .first_broken
+                .map(|b| format!("event #{} ({}): {}", b.seq, b.id, b.reason))
+                .unwrap_or_default(),
+        });
+    }
+    Ok(html(&page))
+}

@@ -1,0 +1,426 @@
+//! What the console's templates show: one struct per page (askama checks each template
+//! against its struct at build time) and the small view types they list.
+
+use askama::Template;
+use axum::response::{Html, IntoResponse, Response};
+use keyplane_core::model::{ApiKey, ClientSecret, Event, OAuthClient, Service};
+use std::fmt;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Renders a page; a template error (which askama makes unlikely) is a logged 500.
+pub fn html<T: Template>(t: &T) -> Response {
+    match t.render() {
+        Ok(body) => Html(body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "a console template failed to render");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; it has been logged",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A moment, shown in the viewer's local time by the script, with the UTC value on hover.
+/// Rendered as a `<time>` element (or "—" when absent).
+pub struct When(pub Option<OffsetDateTime>);
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(t) = self.0 else {
+            return f.write_str("<span class=\"muted\">—</span>");
+        };
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let iso = t.format(&Rfc3339).unwrap_or_default();
+        let utc = format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        write!(f, "<time datetime=\"{iso}\" title=\"{utc}\">{utc}</time>")
+    }
+}
+
+/// A duration in words, for token lifetimes, ages and rotation periods.
+pub fn span_words(seconds: i64) -> String {
+    let (n, unit) = if seconds % 86_400 == 0 && seconds >= 86_400 {
+        (seconds / 86_400, "day")
+    } else if seconds % 3600 == 0 && seconds >= 3600 {
+        (seconds / 3600, "hour")
+    } else if seconds % 60 == 0 && seconds >= 60 {
+        (seconds / 60, "minute")
+    } else {
+        (seconds, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A rough age: "just now", "5 minutes", "3 days".
+pub fn age_words(from: OffsetDateTime, now: OffsetDateTime) -> String {
+    let s = (now - from).whole_seconds().max(0);
+    if s < 60 {
+        "just now".into()
+    } else if s < 3600 {
+        span_words(s / 60 * 60)
+    } else if s < 86_400 {
+        span_words(s / 3600 * 3600)
+    } else {
+        span_words(s / 86_400 * 86_400)
+    }
+}
+
+pub struct Opt {
+    pub id: String,
+    pub name: String,
+    pub selected: bool,
+}
+
+/// What every signed-in page shows around its content.
+pub struct Layout {
+    pub title: String,
+    pub nav: &'static str,
+    pub csrf: String,
+    pub who: String,
+    pub is_admin: bool,
+    pub orgs: Vec<Opt>,
+    pub projects: Vec<Opt>,
+    pub org_name: String,
+    pub project_name: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/error.html")]
+pub struct ErrorPage {
+    pub status: u16,
+    pub message: String,
+    pub back: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/sign_in.html")]
+pub struct SignInPage {
+    pub csrf: String,
+    pub error: Option<String>,
+    pub notice: Option<String>,
+    pub email: String,
+    pub mode: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "console/welcome.html")]
+pub struct WelcomePage {
+    pub csrf: String,
+    pub error: Option<String>,
+}
+
+/// A service and its scopes, for the scope pickers.
+pub struct ServiceScopes {
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+impl From<&Service> for ServiceScopes {
+    fn from(s: &Service) -> Self {
+        ServiceScopes {
+            name: s.name.clone(),
+            scopes: s.scopes.clone(),
+        }
+    }
+}
+
+pub struct ServiceView {
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    /// The default token, masked: its name and the start of its secret.
+    pub default_token: Option<(String, String)>,
+}
+
+pub struct EventView {
+    pub at: When,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub addr: String,
+    pub details: String,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        EventView {
+            at: When(Some(e.at)),
+            actor: e.actor,
+            action: e.action,
+            target: e.target.unwrap_or_default(),
+            outcome: e.outcome.as_str().to_string(),
+            addr: e.client_addr.unwrap_or_default(),
+            details: if e.details == "null" {
+                String::new()
+            } else {
+                e.details
+            },
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/overview.html")]
+pub struct OverviewPage {
+    pub layout: Layout,
+    pub services: Vec<ServiceView>,
+    pub activity: Vec<EventView>,
+    pub activity_note: Option<String>,
+    pub can_register: bool,
+}
+
+pub struct RoleView {
+    pub name: String,
+    pub description: String,
+}
+
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub start: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub owner: String,
+    pub owner_id: String,
+    pub created: When,
+    pub last_used: When,
+    pub expires: When,
+    pub status: &'static str,
+    pub active: bool,
+    pub default_for: String,
+}
+
+impl KeyView {
+    pub fn new(k: ApiKey, now: OffsetDateTime) -> Self {
+        let status = if !k.is_active {
+            "Revoked"
+        } else if k.is_expired(now) {
+            "Expired"
+        } else {
+            "Active"
+        };
+        KeyView {
+            owner: match &k.owner_member_id {
+                Some(m) => format!("member {m}"),
+                None => "service token".into(),
+            },
+            owner_id: k.owner_member_id.clone().unwrap_or_default(),
+            id: k.id,
+            name: k.name,
+            description: k.description,
+            start: k.start,
+            scopes: k.scopes,
+            roles: k.roles,
+            created: When(Some(k.created_at)),
+            last_used: When(k.last_used_at),
+            expires: When(k.expires_at),
+            status,
+            active: k.is_active,
+            default_for: k.default_for_service.unwrap_or_default(),
+        }
+    }
+    pub fn has_scope(&self, s: &str) -> bool {
+        self.scopes.iter().any(|x| x == s)
+    }
+    pub fn has_role(&self, r: &str) -> bool {
+        self.roles.iter().any(|x| x == r)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/keys.html")]
+pub struct KeysPage {
+    pub layout: Layout,
+    pub keys: Vec<KeyView>,
+    pub services: Vec<ServiceScopes>,
+    pub roles: Vec<RoleView>,
+    pub next: Option<String>,
+    pub can_service_token: bool,
+}
+
+pub struct SecretView {
+    pub id: String,
+    pub start: String,
+    pub created: When,
+    pub age: String,
+    pub expires: When,
+    pub last_used: When,
+    pub uses: i64,
+}
+
+pub struct ClientView {
+    pub client_id: String,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub ttl_seconds: i64,
+    pub ttl: String,
+    pub rotation_days: Option<i64>,
+    pub rotation: String,
+    pub format: &'static str,
+    pub created: When,
+    pub secrets: Vec<SecretView>,
+    pub selected: bool,
+}
+
+impl ClientView {
+    pub fn new(
+        c: OAuthClient,
+        secrets: Vec<ClientSecret>,
+        now: OffsetDateTime,
+        selected: bool,
+    ) -> Self {
+        ClientView {
+            ttl: span_words(c.access_token_ttl_seconds),
+            ttl_seconds: c.access_token_ttl_seconds,
+            rotation: match c.secret_rotation_days {
+                Some(d) => format!("every {}", span_words(d * 86_400)),
+                None => "never".into(),
+            },
+            rotation_days: c.secret_rotation_days,
+            format: c.token_format.as_str(),
+            client_id: c.client_id,
+            name: c.name,
+            description: c.description,
+            scopes: c.scopes,
+            created: When(Some(c.created_at)),
+            secrets: secrets
+                .into_iter()
+                .map(|s| {
+                    // A rotation policy bounds a secret's age even without an explicit expiry.
+                    let by_policy = c
+                        .secret_rotation_days
+                        .map(|d| s.created_at + time::Duration::days(d));
+                    let expires = match (s.expires_at, by_policy) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    SecretView {
+                        age: age_words(s.created_at, now),
+                        id: s.id,
+                        start: s.start,
+                        created: When(Some(s.created_at)),
+                        expires: When(expires),
+                        last_used: When(s.last_used_at),
+                        uses: s.use_count,
+                    }
+                })
+                .collect(),
+            selected,
+        }
+    }
+    pub fn has_scope(&self, s: &str) -> bool {
+        self.scopes.iter().any(|x| x == s)
+    }
+    pub fn rotation_is(&self, d: &i64) -> bool {
+        self.rotation_days == Some(*d)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/clients.html")]
+pub struct ClientsPage {
+    pub layout: Layout,
+    pub clients: Vec<ClientView>,
+    pub services: Vec<ServiceScopes>,
+    pub next: Option<String>,
+    pub rotations: Vec<i64>,
+    pub lifetimes: Vec<(i64, String)>,
+}
+
+impl ClientsPage {
+    pub fn selected(&self) -> Option<&ClientView> {
+        self.clients.iter().find(|c| c.selected)
+    }
+}
+
+pub struct MemberView {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub role: &'static str,
+    pub created: When,
+    pub is_self: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/members.html")]
+pub struct MembersPage {
+    pub layout: Layout,
+    pub members: Vec<MemberView>,
+    pub can_manage: bool,
+    pub note: Option<String>,
+}
+
+pub struct VerifyView {
+    pub intact: bool,
+    pub checked: u64,
+    pub broken: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/activity.html")]
+pub struct ActivityPage {
+    pub layout: Layout,
+    pub events: Vec<EventView>,
+    pub next: Option<String>,
+    pub action: String,
+    pub actor: String,
+    pub target: String,
+    pub verify: Option<VerifyView>,
+    pub note: Option<String>,
+}
+
+impl ActivityPage {
+    /// The query string for the next page, keeping the filters.
+    pub fn next_query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("action", &self.action),
+            ("actor", &self.actor),
+            ("target", &self.target),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        if let Some(c) = &self.next {
+            q.append_pair("cursor", c);
+        }
+        q.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_read_as_words() {
+        assert_eq!(span_words(3600), "1 hour");
+        assert_eq!(span_words(900), "15 minutes");
+        assert_eq!(span_words(86_400 * 90), "90 days");
+        assert_eq!(span_words(61), "61 seconds");
+    }
+
+    #[test]
+    fn times_render_as_time_elements() {
+        let t = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let s = When(Some(t)).to_string();
+        assert!(s.contains("datetime=\"1970-01-01T00:00:00Z\""));
+        assert!(s.contains("title=\"1970-01-01 00:00:00 UTC\""));
+        assert!(When(None).to_string().contains('—'));
+    }
+}
