@@ -186,6 +186,8 @@ pub struct OAuthState {
     sealer: Sealer,
     key_seal: [u8; 32],
     failures: Mutex<HashMap<String, Window>>,
+    /// When the last client authentication failed (ms), for the throttle's fast path.
+    last_failure_ms: AtomicI64,
     /// Use counts of secrets whose cached client was dropped before a flush.
     pending_uses: Mutex<Vec<(String, OffsetDateTime, i64)>>,
     issued: Mutex<IssuedCounts>,
@@ -205,6 +207,7 @@ impl OAuthState {
             ),
             key_seal: pepper.derive("signing-key-v1"),
             failures: Mutex::default(),
+            last_failure_ms: AtomicI64::new(i64::MIN / 2),
             pending_uses: Mutex::default(),
             issued: Mutex::default(),
         }
@@ -386,6 +389,10 @@ impl Keyplane {
 
     fn throttled(&self, client_id: &str, meta: &RequestMeta) -> Option<u64> {
         let now = to_ms(self.now());
+        // Nothing failed within the window (the common case): no keys to build, no lock.
+        if now - self.oauth.last_failure_ms.load(Ordering::Relaxed) >= 60_000 {
+            return None;
+        }
         let ip = meta.client_addr.clone().unwrap_or_default();
         let s = self.oauth_settings();
         let f = self
@@ -411,6 +418,7 @@ impl Keyplane {
 
     fn note_failure(&self, client_id: &str, meta: &RequestMeta) {
         let now = to_ms(self.now());
+        self.oauth.last_failure_ms.store(now, Ordering::Relaxed);
         let ip = meta.client_addr.clone().unwrap_or_default();
         let mut f = self
             .oauth
