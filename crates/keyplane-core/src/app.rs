@@ -1402,6 +1402,42 @@ impl Keyplane {
             .collect())
     }
 
+    /// Who owns a new credential (`what`: "keys" or "clients"): a member's are always their
+    /// own; an org-wide manager may name a member of the organization; otherwise the calling
+    /// member, or nobody (a project's service credential) when `service` is asked for or the
+    /// caller is no member.
+    pub(crate) async fn credential_owner(
+        &self,
+        access: &OrgAccess,
+        p: &Principal,
+        asked: Option<String>,
+        what: &str,
+        service: bool,
+    ) -> Result<Option<String>> {
+        match (&access.only_member, asked) {
+            (Some(me), Some(asked)) if *me != asked => Err(Error::Forbidden(format!(
+                "a member can only create {what} they own"
+            ))),
+            (Some(me), _) => Ok(Some(me.clone())),
+            (None, Some(asked)) => {
+                let m = if is_id("mem", &asked) {
+                    self.store.member_get(&asked).await?
+                } else {
+                    None
+                };
+                match m {
+                    Some(m) if m.org_id == access.org_id => Ok(Some(m.id)),
+                    _ => Err(Error::invalid(
+                        "owner_member_id",
+                        "no such member in this organization",
+                    )),
+                }
+            }
+            (None, None) if service => Ok(None),
+            (None, None) => Ok(p.member_id().map(str::to_string)),
+        }
+    }
+
     pub async fn api_key_create(
         &self,
         p: &Principal,
@@ -1413,33 +1449,15 @@ impl Keyplane {
         let project = self
             .project_in(&access.org_id, input.project_id.as_deref())
             .await?;
-        let owner = match (&access.only_member, input.owner_member_id) {
-            // A member's keys are always their own.
-            (Some(me), Some(asked)) if *me != asked => {
-                return Err(Error::Forbidden(
-                    "a member can only create keys they own".into(),
-                ))
-            }
-            (Some(me), _) => Some(me.clone()),
-            (None, Some(asked)) => {
-                let m = if is_id("mem", &asked) {
-                    self.store.member_get(&asked).await?
-                } else {
-                    None
-                };
-                match m {
-                    Some(m) if m.org_id == access.org_id => Some(m.id),
-                    _ => {
-                        return Err(Error::invalid(
-                            "owner_member_id",
-                            "no such member in this organization",
-                        ))
-                    }
-                }
-            }
-            (None, None) if input.service_token => None,
-            (None, None) => p.member_id().map(str::to_string),
-        };
+        let owner = self
+            .credential_owner(
+                &access,
+                p,
+                input.owner_member_id,
+                "keys",
+                input.service_token,
+            )
+            .await?;
         let now = self.now();
         if let Some(exp) = input.expires_at {
             if exp <= now {

@@ -1051,7 +1051,9 @@ impl Keyplane {
         let project = self
             .project_in(&access.org_id, input.project_id.as_deref())
             .await?;
-        let owner = self.owner_for(&access, p, input.owner_member_id).await?;
+        let owner = self
+            .credential_owner(&access, p, input.owner_member_id, "clients", false)
+            .await?;
         let client = OAuthClient {
             seq: 0,
             client_id: self
@@ -1312,35 +1314,6 @@ impl Keyplane {
         self.store()
             .publish(&Invalidation::Client(client_id.to_string()))
             .await
-    }
-
-    async fn owner_for(
-        &self,
-        access: &OrgAccess,
-        p: &Principal,
-        asked: Option<String>,
-    ) -> Result<Option<String>> {
-        match (&access.only_member, asked) {
-            (Some(me), Some(asked)) if *me != asked => Err(Error::Forbidden(
-                "a member can only create clients they own".into(),
-            )),
-            (Some(me), _) => Ok(Some(me.clone())),
-            (None, Some(asked)) => {
-                let m = if is_id("mem", &asked) {
-                    self.store().member_get(&asked).await?
-                } else {
-                    None
-                };
-                match m {
-                    Some(m) if m.org_id == access.org_id => Ok(Some(m.id)),
-                    _ => Err(Error::invalid(
-                        "owner_member_id",
-                        "no such member in this organization",
-                    )),
-                }
-            }
-            (None, None) => Ok(p.member_id().map(str::to_string)),
-        }
     }
 }
 
