@@ -15,7 +15,7 @@
 use crate::app::{Keyplane, RequestMeta};
 use crate::error::{Error, Result};
 use crate::ids::{is_id, new_id};
-use crate::model::{Member, NewEvent, Outcome};
+use crate::model::{Member, NewEvent, Org, Outcome};
 use crate::perm::{Actor, MemberRole, Permission, Principal};
 use crate::secret::{ct_eq, random_base62, Digest, SecretString};
 use base64::Engine;
@@ -44,6 +44,8 @@ pub struct ConsoleSession {
     /// The organization and project the console shows (the switcher's choice).
     pub org_id: Option<String>,
     pub project_id: Option<String>,
+    /// Every member the password proved at sign-in: the same person in several organizations.
+    pub member_ids: Vec<String>,
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
 }
@@ -121,8 +123,8 @@ pub struct SignInAttempt {
     candidates: Vec<(Member, String)>,
 }
 
-/// A member whose password was just checked.
-pub struct VerifiedMember(Member);
+/// The members (one per organization) whose password was just checked.
+pub struct VerifiedMember(Vec<Member>);
 
 impl SignInAttempt {
     /// Checks `password` against each candidate (at most a few: one per organization the email
@@ -132,10 +134,13 @@ impl SignInAttempt {
             let _ = verify_password(decoy_hash(), password);
             return None;
         }
-        self.candidates
+        let proved: Vec<Member> = self
+            .candidates
             .into_iter()
-            .find(|(_, phc)| verify_password(phc, password))
-            .map(|(m, _)| VerifiedMember(m))
+            .filter(|(_, phc)| verify_password(phc, password))
+            .map(|(m, _)| m)
+            .collect();
+        (!proved.is_empty()).then_some(VerifiedMember(proved))
     }
 }
 
@@ -244,6 +249,7 @@ impl Keyplane {
     async fn console_session_open(
         &self,
         member: Option<&Member>,
+        member_ids: Vec<String>,
         admin_key_digest: Option<Digest>,
     ) -> Result<(SecretString, ConsoleSession)> {
         let now = self.now();
@@ -255,6 +261,7 @@ impl Keyplane {
             admin_key_digest,
             org_id: member.map(|m| m.org_id.clone()),
             project_id: None,
+            member_ids,
             created_at: now,
             expires_at: now + SESSION_TTL,
         };
@@ -286,7 +293,9 @@ impl Keyplane {
             .await?;
             return Err(Error::Unauthenticated("that is not the admin key".into()));
         }
-        let opened = self.console_session_open(None, Some(digest)).await?;
+        let opened = self
+            .console_session_open(None, vec![], Some(digest))
+            .await?;
         self.console_event(
             Principal {
                 actor: Actor::ConsoleAdmin,
@@ -338,8 +347,10 @@ impl Keyplane {
         verified: VerifiedMember,
         meta: &RequestMeta,
     ) -> Result<(SecretString, ConsoleSession)> {
-        let m = verified.0;
-        let opened = self.console_session_open(Some(&m), None).await?;
+        let mut proved = verified.0;
+        let ids: Vec<String> = proved.iter().map(|m| m.id.clone()).collect();
+        let m = proved.swap_remove(0);
+        let opened = self.console_session_open(Some(&m), ids, None).await?;
         self.console_event(
             format!("member:{} via console", m.id),
             Some(m.org_id.clone()),
@@ -430,6 +441,26 @@ impl Keyplane {
         .await
     }
 
+    /// The organizations the switcher offers: every one for the admin key; for a member, those
+    /// of each member the password proved at sign-in.
+    pub async fn console_orgs(&self, signed_in: &SignedIn) -> Result<Vec<Org>> {
+        if signed_in.member.is_none() {
+            return self.org_list(&signed_in.principal).await;
+        }
+        let mut orgs = Vec::new();
+        for id in &signed_in.session.member_ids {
+            if let Some(m) = self.store().member_get(id).await? {
+                if let Some(o) = self.store().org_get(&m.org_id).await? {
+                    orgs.push(o);
+                }
+            }
+        }
+        if orgs.is_empty() {
+            orgs = self.org_list(&signed_in.principal).await?;
+        }
+        Ok(orgs)
+    }
+
     /// Switches the organization and project the console shows. The organization must be one
     /// the principal may see (members: their own), the project one of its projects.
     pub async fn console_switch(
@@ -439,7 +470,28 @@ impl Keyplane {
         project_id: Option<&str>,
     ) -> Result<()> {
         let p = &signed_in.principal;
-        let org = p.org_for(org_id.filter(|o| !o.is_empty()))?;
+        let asked = org_id.filter(|o| !o.is_empty());
+        // A member who signed in to several organizations moves to their member there.
+        if let (Some(m), Some(asked)) = (&signed_in.member, asked) {
+            if m.org_id != asked {
+                for id in &signed_in.session.member_ids {
+                    if let Some(other) = self.store().member_get(id).await? {
+                        if other.org_id == asked {
+                            return self
+                                .store()
+                                .console_session_set_member(
+                                    &signed_in.session.digest,
+                                    &other.id,
+                                    &other.org_id,
+                                )
+                                .await;
+                        }
+                    }
+                }
+                return Err(Error::NotFound("organization"));
+            }
+        }
+        let org = p.org_for(asked)?;
         self.existing_org(&org).await?;
         let org_changed = signed_in.session.org_id.as_deref() != Some(org.as_str());
         let project = match project_id.filter(|x| !x.is_empty()) {

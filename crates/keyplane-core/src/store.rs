@@ -257,6 +257,13 @@ pub trait Store: Send + Sync + 'static {
         project_id: Option<&str>,
     ) -> Result<()>;
     async fn console_session_delete(&self, digest: &Digest) -> Result<()>;
+    /// Moves a session to another member it proved at sign-in (and that member's organization).
+    async fn console_session_set_member(
+        &self,
+        digest: &Digest,
+        member_id: &str,
+        org_id: &str,
+    ) -> Result<()>;
     /// Ends every session of a member (after a password change).
     async fn console_sessions_delete_member(&self, member_id: &str) -> Result<()>;
     /// Forgets expired sessions and links.

@@ -41,7 +41,12 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::authz::router())
         .merge(routes::oauth::router())
         .merge(routes::ops::router())
-        .merge(console::router())
+        .merge(
+            console::router().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::record_denials,
+            )),
+        )
         .fallback(error::fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -1230,8 +1230,8 @@ macro_rules! impl_store {
 
             async fn console_session_create(&self, s: &keyplane_core::console::ConsoleSession) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO console_sessions (digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO console_sessions (digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at, member_ids) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(s.digest.0.to_vec())
                 .bind(&s.member_id)
@@ -1240,6 +1240,7 @@ macro_rules! impl_store {
                 .bind(&s.project_id)
                 .bind(to_ms(s.created_at))
                 .bind(to_ms(s.expires_at))
+                .bind(to_json(&s.member_ids))
                 .execute(self.w())
                 .await
                 .map_err(db_err)?;
@@ -1248,7 +1249,7 @@ macro_rules! impl_store {
 
             async fn console_session_get(&self, digest: &Digest) -> Result<Option<keyplane_core::console::ConsoleSession>> {
                 let row = sqlx::query(
-                    "SELECT digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at \
+                    "SELECT digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at, member_ids \
                      FROM console_sessions WHERE digest = $1",
                 )
                 .bind(digest.0.to_vec())
@@ -1266,6 +1267,7 @@ macro_rules! impl_store {
                             .transpose()?,
                         org_id: r.try_get("org_id").map_err(db_err)?,
                         project_id: r.try_get("project_id").map_err(db_err)?,
+                        member_ids: from_json(&r.try_get::<String, _>("member_ids").map_err(db_err)?)?,
                         created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
                         expires_at: from_ms(r.try_get("expires_at").map_err(db_err)?),
                     })
@@ -1278,6 +1280,17 @@ macro_rules! impl_store {
                     .bind(digest.0.to_vec())
                     .bind(org_id)
                     .bind(project_id)
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn console_session_set_member(&self, digest: &Digest, member_id: &str, org_id: &str) -> Result<()> {
+                sqlx::query("UPDATE console_sessions SET member_id = $2, org_id = $3, project_id = NULL WHERE digest = $1")
+                    .bind(digest.0.to_vec())
+                    .bind(member_id)
+                    .bind(org_id)
                     .execute(self.w())
                     .await
                     .map_err(db_err)?;

@@ -230,7 +230,7 @@ impl FromRequest<AppState> for Posted {
     type Rejection = Response;
 
     async fn from_request(req: Request, s: &AppState) -> Result<Self, Self::Rejection> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let js = parts.headers.contains_key(CSRF_HEADER);
         let id = cookie(&parts.headers, SESSION_COOKIE)
             .unwrap_or("")
@@ -271,7 +271,10 @@ impl FromRequest<AppState> for Posted {
             return Err(csrf_refused(js));
         }
         let meta = meta_of(&parts);
-        let _ = &mut parts;
+        // A refused action is recorded like a refused API call (see `auth::record_denials`).
+        if let Some(slot) = parts.extensions.get::<crate::auth::PrincipalSlot>() {
+            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(signed.principal.clone());
+        }
         Ok(Posted {
             signed,
             form,

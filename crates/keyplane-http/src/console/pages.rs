@@ -49,7 +49,7 @@ async fn layout(
     let fail = |e: Error| Fail::new(false, "/console/overview", e.into());
     let p = &sess.signed.principal;
     let (org, project) = scope(s, &sess.signed).await.map_err(fail)?;
-    let orgs = s.app.org_list(p).await.map_err(fail)?;
+    let orgs = s.app.console_orgs(&sess.signed).await.map_err(fail)?;
     let projects = s.app.project_list(p, Some(&org)).await.map_err(fail)?;
     let who = match &sess.signed.member {
         Some(m) => format!("{} ({})", m.name, m.role.as_str()),
@@ -72,6 +72,7 @@ async fn layout(
             csrf: sess.csrf.clone(),
             who,
             is_admin: p.is_admin_key(),
+            show_orgs: p.is_admin_key() || orgs.len() > 1,
             orgs: orgs
                 .into_iter()
                 .map(|o| Opt {

@@ -89,6 +89,8 @@ pub struct Layout {
     pub who: String,
     pub is_admin: bool,
     pub orgs: Vec<Opt>,
+    /// Whether to offer the organization switcher (the admin key, or a member of several).
+    pub show_orgs: bool,
     pub projects: Vec<Opt>,
     pub org_name: String,
     pub project_name: String,

@@ -22,6 +22,9 @@ CREATE TABLE console_sessions (
     admin_key_digest    BYTEA,
     org_id              TEXT,
     project_id          TEXT,
+    -- Every member the password proved at sign-in (the same person in several organizations),
+    -- as a JSON list: the switcher moves the session between them.
+    member_ids          TEXT NOT NULL DEFAULT '[]',
     created_at          BIGINT NOT NULL,
     expires_at          BIGINT NOT NULL
 );

@@ -245,6 +245,16 @@ async fn sessions_and_links(app: TestApp) {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let denied = app
+        .get("/v1/activity?action=management.denied", &app.admin_key)
+        .await
+        .json();
+    assert_eq!(
+        denied["items"][0]["actor"],
+        format!("member:{ana} via console"),
+        "a refusal in the console is recorded like one in the API: {denied}"
+    );
+    assert_eq!(denied["items"][0]["outcome"], "denied");
     let events = app
         .get("/v1/activity?action=member.create", &app.admin_key)
         .await
@@ -253,6 +263,120 @@ async fn sessions_and_links(app: TestApp) {
         events["items"][0]["actor"],
         format!("member:{ana} via console")
     );
+
+    // The same person in a second organization, with the same password, can switch to it;
+    // an organization they were not proved in stays out of reach.
+    let second = app
+        .post(
+            "/v1/orgs",
+            &app.admin_key,
+            keyplane_testkit::json!({ "name": "second" }),
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let third = app
+        .post(
+            "/v1/orgs",
+            &app.admin_key,
+            keyplane_testkit::json!({ "name": "third" }),
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ana2 = app
+        .post(
+            "/v1/members",
+            &app.admin_key,
+            keyplane_testkit::json!({ "org_id": second, "email": "ana@example.com", "role": "member" }),
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body, _) = admin
+        .post(&format!("/console/members/{ana2}/link"), &[], Some(&csrf))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let link2 = answer["secret"]["items"][0]["value"].as_str().unwrap();
+    let token2 = link2.split("#token=").nth(1).unwrap().to_string();
+    let mut setter = Console::new(&app);
+    let (_, page, _) = setter.get("/console/welcome").await;
+    let pre2 = csrf_of(&page);
+    let (status, body, _) = setter
+        .post(
+            "/console/welcome",
+            &[
+                ("csrf", pre2.as_str()),
+                ("token", token2.as_str()),
+                ("password", password),
+                ("confirm", password),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let mut multi = Console::new(&app);
+    let (_, page, _) = multi.get("/console/sign-in").await;
+    let pre3 = csrf_of(&page);
+    let (status, _, _) = multi
+        .post(
+            "/console/sign-in",
+            &[
+                ("csrf", pre3.as_str()),
+                ("method", "member"),
+                ("email", "ana@example.com"),
+                ("password", password),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page, _) = multi.get("/console/overview").await;
+    assert!(
+        page.contains("name=\"org_id\""),
+        "a member of two organizations gets the switcher"
+    );
+    assert!(page.contains(&second) && !page.contains(&third));
+    assert!(page.contains("Ana (admin)"));
+    let multi_csrf = csrf_of(&page);
+    let (status, body, _) = multi
+        .post(
+            "/console/context",
+            &[("org_id", third.as_str())],
+            Some(&multi_csrf),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "not proved in the third organization: {body}"
+    );
+    let (status, body, _) = multi
+        .post(
+            "/console/context",
+            &[("org_id", second.as_str())],
+            Some(&multi_csrf),
+        )
+        .await;
+    assert!(
+        status.is_success() || status == StatusCode::SEE_OTHER,
+        "{status}: {body}"
+    );
+    let (_, page, _) = multi.get("/console/overview").await;
+    assert!(
+        page.contains("ana@example.com (member)")
+            && page.contains(&format!("<option value=\"{second}\" selected>")),
+        "now Ana's member of the second organization"
+    );
+    let me = multi.get("/console/keys").await;
+    assert_eq!(me.0, StatusCode::OK);
 
     // Signing out ends the session for good.
     let (status, _, location) = ana_console
