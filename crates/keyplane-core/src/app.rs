@@ -558,15 +558,6 @@ impl Keyplane {
         Ok(n)
     }
 
-    /// The cached form of an API key, if it is one of ours (for introspection).
-    pub(crate) async fn resolve_key_pub(&self, token: &str) -> Option<Arc<CachedKey>> {
-        self.resolve_key_raw(token).await.ok().flatten()
-    }
-
-    pub(crate) fn evaluate_pub(&self, k: &CachedKey) -> Result<(), Refusal> {
-        self.evaluate(k)
-    }
-
     fn refuse(&self, reason: Refusal, key: Option<&CachedKey>, meta: &RequestMeta) -> Verdict {
         self.note_refusal(reason, key, meta);
         Verdict::Refuse(reason)

@@ -1358,8 +1358,8 @@ fn rfc3339_minute(m: i64) -> String {
 
 impl Keyplane {
     async fn introspect_api_key(&self, token: &str) -> Option<Introspection> {
-        let key = self.resolve_key_pub(token).await?;
-        if self.evaluate_pub(&key).is_err() {
+        let key = self.resolve_key_raw(token).await.ok().flatten()?;
+        if self.evaluate(&key).is_err() {
             return None;
         }
         Some(Introspection {
