@@ -44,11 +44,29 @@ impl Default for Settings {
     }
 }
 
-/// Where a request came from, for the activity log.
+/// Where a request came from, for the activity log. Cheap to build on every request: the
+/// address is a value and the `User-Agent` shares the request's buffer; both become text only
+/// when an event is recorded.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
-    pub client_addr: Option<String>,
-    pub user_agent: Option<String>,
+    pub client_addr: Option<std::net::IpAddr>,
+    pub user_agent: Option<http::HeaderValue>,
+}
+
+impl RequestMeta {
+    /// The client's address as text, for events and throttling keys.
+    pub fn addr_text(&self) -> Option<String> {
+        self.client_addr.map(|a| a.to_string())
+    }
+
+    /// The `User-Agent` as text (at most 256 characters), for events.
+    pub fn agent_text(&self) -> Option<String> {
+        self.user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(|s| s.chars().take(256).collect())
+    }
 }
 
 /// Why a presented credential was refused.
@@ -99,25 +117,25 @@ impl Identity {
     }
     pub fn scopes(&self) -> &[String] {
         match self {
-            Identity::Key(k) => &k.scopes,
+            Identity::Key(k) => k.scopes(),
             Identity::Token(t) => &t.scopes,
         }
     }
     pub fn scopes_joined(&self) -> &str {
         match self {
-            Identity::Key(k) => &k.scopes_joined,
+            Identity::Key(k) => k.scopes_joined(),
             Identity::Token(t) => &t.scopes_joined,
         }
     }
     pub fn org_id(&self) -> &str {
         match self {
-            Identity::Key(k) => &k.org_id,
+            Identity::Key(k) => k.org_id(),
             Identity::Token(t) => &t.org_id,
         }
     }
     pub fn project_id(&self) -> &str {
         match self {
-            Identity::Key(k) => &k.project_id,
+            Identity::Key(k) => k.project_id(),
             Identity::Token(t) => &t.project_id,
         }
     }
@@ -445,7 +463,7 @@ impl Keyplane {
                 found = self.store.api_key_lookup(&prev).await.ok().flatten();
             }
         }
-        let entry = found.map(|l| Arc::new(cached_from_lookup(l)));
+        let entry = found.map(|l| Arc::new(cached_from_lookup(&self.cache, digest, l)));
         if trusted {
             self.cache.fill(digest, entry.clone(), epoch);
         }
@@ -463,10 +481,10 @@ impl Keyplane {
     }
 
     /// Checks a bearer credential for a platform API, requiring every scope in `required`.
-    pub async fn check(
+    pub async fn check<S: AsRef<str>>(
         &self,
         token: Option<&str>,
-        required: &[&str],
+        required: &[S],
         meta: &RequestMeta,
     ) -> Verdict {
         self.checks.fetch_add(1, Ordering::Relaxed);
@@ -493,10 +511,11 @@ impl Keyplane {
             return self.refuse(Refusal::Malformed, None, meta);
         };
         let scopes = identity.scopes();
-        if required
-            .iter()
-            .all(|s| scopes.binary_search_by(|x| x.as_str().cmp(s)).is_ok())
-        {
+        if required.iter().all(|s| {
+            scopes
+                .binary_search_by(|x| x.as_str().cmp(s.as_ref()))
+                .is_ok()
+        }) {
             Verdict::Allow(identity)
         } else {
             Verdict::InsufficientScope(identity)
@@ -515,10 +534,9 @@ impl Keyplane {
         let rules = self.rules();
         match rules.decide(method, path) {
             crate::routes::Decision::Require(scopes) => {
-                let required: Vec<&str> = scopes.iter().map(String::as_str).collect();
-                (self.check(token, &required, meta).await, scopes.to_vec())
+                (self.check(token, scopes, meta).await, scopes.to_vec())
             }
-            crate::routes::Decision::Deny => match self.check(token, &[], meta).await {
+            crate::routes::Decision::Deny => match self.check::<&str>(token, &[], meta).await {
                 Verdict::Allow(i) => (Verdict::NoRule(i), vec![]),
                 other => (other, vec![]),
             },
@@ -567,8 +585,8 @@ impl Keyplane {
     fn note_refusal(&self, reason: Refusal, key: Option<&CachedKey>, meta: &RequestMeta) {
         self.queue_refusal_in(
             reason.as_str(),
-            key.map(|k| k.key_id.clone()),
-            key.map(|k| k.org_id.clone()),
+            key.map(|k| k.key_id.to_string()),
+            key.map(|k| k.org_id().to_string()),
             meta,
         );
     }
@@ -590,12 +608,7 @@ impl Keyplane {
         meta: &RequestMeta,
     ) {
         let mut q = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        let agg = (
-            reason,
-            target.clone(),
-            meta.client_addr.clone(),
-            meta.user_agent.clone(),
-        );
+        let agg = (reason, target.clone(), meta.addr_text(), meta.agent_text());
         if let Some((_, count)) = q.pending.get_mut(&agg) {
             *count += 1;
             return;
@@ -612,8 +625,8 @@ impl Keyplane {
             action: "credential.refused".into(),
             target,
             outcome: Outcome::Denied,
-            client_addr: meta.client_addr.clone(),
-            user_agent: meta.user_agent.clone(),
+            client_addr: meta.addr_text(),
+            user_agent: meta.agent_text(),
             details: serde_json::Value::Null,
         };
         q.pending.insert(agg, (event, 1));
@@ -643,14 +656,14 @@ impl Keyplane {
             self.cache.mark_used(&key);
             return Ok(Principal {
                 actor: Actor::ApiKey {
-                    key_id: key.key_id.clone(),
-                    member_id: key.owner_member_id.clone(),
+                    key_id: key.key_id.to_string(),
+                    member_id: key.owner_member_id.as_deref().map(str::to_string),
                     member_role: key.member_role,
                 },
-                org_id: Some(key.org_id.clone()),
-                project_id: Some(key.project_id.clone()),
+                org_id: Some(key.org_id().to_string()),
+                project_id: Some(key.project_id().to_string()),
                 permissions: key.permissions,
-                scopes: key.scopes.clone(),
+                scopes: key.scopes().to_vec(),
             });
         }
         if self.is_access_token_shaped(token) {
@@ -796,8 +809,8 @@ impl Keyplane {
                 action: action.into(),
                 target: target.map(str::to_string),
                 outcome: Outcome::Success,
-                client_addr: meta.client_addr.clone(),
-                user_agent: meta.user_agent.clone(),
+                client_addr: meta.addr_text(),
+                user_agent: meta.agent_text(),
                 details,
             }])
             .await
@@ -815,8 +828,8 @@ impl Keyplane {
                 action: action.into(),
                 target: None,
                 outcome: Outcome::Denied,
-                client_addr: meta.client_addr.clone(),
-                user_agent: meta.user_agent.clone(),
+                client_addr: meta.addr_text(),
+                user_agent: meta.agent_text(),
                 details: serde_json::json!({ "reason": why }),
             }])
             .await;
@@ -1773,7 +1786,7 @@ pub(crate) fn paginate<T>(mut items: Vec<T>, limit: i64, seq: impl Fn(&T) -> i64
 }
 
 /// Precomputes what the hot path needs from one storage read.
-fn cached_from_lookup(l: KeyLookup) -> CachedKey {
+fn cached_from_lookup(cache: &KeyCache, digest: Digest, l: KeyLookup) -> CachedKey {
     let KeyLookup {
         key,
         secret,
@@ -1796,15 +1809,12 @@ fn cached_from_lookup(l: KeyLookup) -> CachedKey {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let scopes: Vec<String> = scopes.into_iter().collect();
     CachedKey {
-        scopes_joined: scopes.join(" "),
-        scopes,
-        key_id: key.id,
-        name: key.name,
-        org_id: key.org_id,
-        project_id: key.project_id,
-        owner_member_id: key.owner_member_id,
+        digest,
+        group: cache.group(&key.org_id, &key.project_id, scopes.into_iter().collect()),
+        key_id: key.id.into(),
+        name: key.name.into(),
+        owner_member_id: key.owner_member_id.map(Into::into),
         member_role: owner_role,
         permissions,
         is_active: active,

@@ -5,29 +5,50 @@
 //! made-up keys cannot evict good entries and reaches storage at most once per digest (until the
 //! negative shard fills and is cleared). A fill that raced with an invalidation is dropped: each
 //! fill carries the epoch read before its storage lookup, and any invalidation bumps the epoch.
+//!
+//! Memory per key is kept small (about 200 bytes with a million keys, see BENCHMARKS.md): a
+//! shard's table holds one pointer per key (the digest lives in the entry it points to), and
+//! what many keys share (organization, project, scopes and their header values) is one
+//! [`KeyGroup`] interned here.
 
 use crate::perm::{MemberRole, PermSet};
 use crate::secret::Digest;
+use http::HeaderValue;
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 const SHARDS: usize = 32;
 const NEGATIVE_PER_SHARD: usize = 4096;
 
+/// What keys of one organization and project with the same scopes share.
+#[derive(Debug)]
+pub struct KeyGroup {
+    pub org_id: String,
+    pub project_id: String,
+    /// The key's scopes and its roles' scopes, deduplicated and sorted.
+    pub scopes: Vec<String>,
+    /// `scopes` joined by spaces.
+    pub scopes_joined: String,
+    /// Ready-made values of the forward-auth identity headers (`X-Keyplane-Org`, `-Project`,
+    /// `-Scopes`): cloning one shares its bytes, so an allowed check copies none of them.
+    pub org_value: HeaderValue,
+    pub project_value: HeaderValue,
+    pub scopes_value: HeaderValue,
+}
+
 /// What the hot path needs to know about an API key, precomputed.
 #[derive(Debug)]
 pub struct CachedKey {
-    pub key_id: String,
-    pub name: String,
-    pub org_id: String,
-    pub project_id: String,
-    pub owner_member_id: Option<String>,
+    /// The digest under the current pepper that this entry is filed under.
+    pub digest: Digest,
+    pub key_id: Box<str>,
+    pub name: Box<str>,
+    pub owner_member_id: Option<Box<str>>,
+    pub group: Arc<KeyGroup>,
     pub member_role: Option<MemberRole>,
-    /// The key's scopes and its roles' scopes, deduplicated and sorted.
-    pub scopes: Vec<String>,
-    /// `scopes` joined by spaces, ready for a header.
-    pub scopes_joined: String,
     pub permissions: PermSet,
     pub is_active: bool,
     /// The earlier of the key's and this secret's expiry, in ms since the epoch.
@@ -37,10 +58,72 @@ pub struct CachedKey {
     pub used: AtomicBool,
 }
 
+impl CachedKey {
+    pub fn org_id(&self) -> &str {
+        &self.group.org_id
+    }
+    pub fn project_id(&self) -> &str {
+        &self.group.project_id
+    }
+    pub fn scopes(&self) -> &[String] {
+        &self.group.scopes
+    }
+    pub fn scopes_joined(&self) -> &str {
+        &self.group.scopes_joined
+    }
+}
+
+/// A table entry: the key, found by its digest.
+struct Entry(Arc<CachedKey>);
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.digest.hash(h)
+    }
+}
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.digest == o.0.digest
+    }
+}
+impl Eq for Entry {}
+impl Borrow<Digest> for Entry {
+    fn borrow(&self) -> &Digest {
+        &self.0.digest
+    }
+}
+
+/// Digests are HMAC outputs under a secret pepper: uniformly random and not choosable by a
+/// caller, so their first eight bytes are already a good hash (no SipHash rounds needed).
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        if bytes.len() >= 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[..8]);
+            self.0 ^= u64::from_le_bytes(b);
+        } else {
+            for &x in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(x);
+            }
+        }
+    }
+    fn write_usize(&mut self, _: usize) {
+        // The slice length a `[u8; 32]` hashes first carries nothing.
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type ByDigest = BuildHasherDefault<DigestHasher>;
+
 #[derive(Default)]
 struct Shard {
-    keys: HashMap<Digest, Arc<CachedKey>>,
-    unknown: HashSet<Digest>,
+    keys: HashSet<Entry, ByDigest>,
+    unknown: HashSet<Digest, ByDigest>,
 }
 
 pub enum Cached {
@@ -49,10 +132,13 @@ pub enum Cached {
     Miss,
 }
 
+type GroupKey = (String, String, String);
+
 pub struct KeyCache {
     shards: Vec<RwLock<Shard>>,
     epoch: AtomicU64,
     used: Mutex<Vec<Arc<CachedKey>>>,
+    groups: Mutex<HashMap<GroupKey, Weak<KeyGroup>>>,
 }
 
 impl Default for KeyCache {
@@ -61,20 +147,51 @@ impl Default for KeyCache {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             epoch: AtomicU64::new(0),
             used: Mutex::new(Vec::new()),
+            groups: Mutex::new(HashMap::new()),
         }
     }
 }
 
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 impl KeyCache {
     fn shard(&self, d: &Digest) -> &RwLock<Shard> {
-        // Digests are uniformly random, so any byte spreads them evenly.
-        &self.shards[d.0[0] as usize % SHARDS]
+        // The hash uses the first eight bytes; the shard another one, so they stay independent.
+        &self.shards[d.0[31] as usize % SHARDS]
+    }
+
+    /// The shared part for keys of `org_id`/`project_id` with these (sorted) scopes: one
+    /// allocation for all of them while any is cached.
+    pub fn group(&self, org_id: &str, project_id: &str, scopes: Vec<String>) -> Arc<KeyGroup> {
+        let scopes_joined = scopes.join(" ");
+        let key = (org_id.to_string(), project_id.to_string(), scopes_joined);
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = groups.get(&key).and_then(Weak::upgrade) {
+            return g;
+        }
+        // Forget groups no key uses any more, now and then.
+        if groups.len() >= 1024 && groups.len().is_power_of_two() {
+            groups.retain(|_, g| g.strong_count() > 0);
+        }
+        let g = Arc::new(KeyGroup {
+            org_value: header_value(org_id),
+            project_value: header_value(project_id),
+            scopes_value: header_value(&key.2),
+            org_id: key.0.clone(),
+            project_id: key.1.clone(),
+            scopes,
+            scopes_joined: key.2.clone(),
+        });
+        groups.insert(key, Arc::downgrade(&g));
+        g
     }
 
     pub fn get(&self, d: &Digest) -> Cached {
         let shard = self.shard(d).read().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = shard.keys.get(d) {
-            Cached::Key(Arc::clone(k))
+            Cached::Key(Arc::clone(&k.0))
         } else if shard.unknown.contains(d) {
             Cached::Unknown
         } else {
@@ -88,6 +205,7 @@ impl KeyCache {
     }
 
     /// Stores what storage said about `d`, unless an invalidation happened since `epoch`.
+    /// A key is filed under its own `digest`, which must be `d`.
     pub fn fill(&self, d: Digest, entry: Option<Arc<CachedKey>>, epoch: u64) {
         let mut shard = self.shard(&d).write().unwrap_or_else(|e| e.into_inner());
         if self.epoch.load(Ordering::Acquire) != epoch {
@@ -95,8 +213,9 @@ impl KeyCache {
         }
         match entry {
             Some(k) => {
+                debug_assert_eq!(k.digest, d);
                 shard.unknown.remove(&d);
-                shard.keys.insert(d, k);
+                shard.keys.replace(Entry(k));
             }
             None => {
                 if shard.unknown.len() >= NEGATIVE_PER_SHARD {
@@ -120,8 +239,8 @@ impl KeyCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         for s in &self.shards {
             let mut shard = s.write().unwrap_or_else(|e| e.into_inner());
-            shard.keys.clear();
-            shard.unknown.clear();
+            shard.keys = HashSet::default();
+            shard.unknown = HashSet::default();
         }
     }
 
@@ -142,7 +261,7 @@ impl KeyCache {
             .into_iter()
             .map(|k| {
                 k.used.store(false, Ordering::Relaxed);
-                k.key_id.clone()
+                k.key_id.to_string()
             })
             .collect()
     }
@@ -164,16 +283,14 @@ impl KeyCache {
 mod tests {
     use super::*;
 
-    fn key(id: &str) -> Arc<CachedKey> {
+    fn key_at(c: &KeyCache, id: &str, digest: Digest) -> Arc<CachedKey> {
         Arc::new(CachedKey {
+            digest,
             key_id: id.into(),
             name: id.into(),
-            org_id: "org".into(),
-            project_id: "prj".into(),
             owner_member_id: None,
+            group: c.group("org", "prj", vec!["a:read".into()]),
             member_role: None,
-            scopes: vec![],
-            scopes_joined: String::new(),
             permissions: PermSet::EMPTY,
             is_active: true,
             expires_at_ms: None,
@@ -188,9 +305,9 @@ mod tests {
         let d = Digest([7; 32]);
         let epoch = c.epoch();
         c.invalidate(&[d]);
-        c.fill(d, Some(key("k")), epoch);
+        c.fill(d, Some(key_at(&c, "k", d)), epoch);
         assert!(matches!(c.get(&d), Cached::Miss));
-        c.fill(d, Some(key("k")), c.epoch());
+        c.fill(d, Some(key_at(&c, "k", d)), c.epoch());
         assert!(matches!(c.get(&d), Cached::Key(_)));
     }
 
@@ -198,7 +315,7 @@ mod tests {
     fn unknown_digests_never_evict_keys() {
         let c = KeyCache::default();
         let good = Digest([0; 32]);
-        c.fill(good, Some(key("good")), c.epoch());
+        c.fill(good, Some(key_at(&c, "good", good)), c.epoch());
         for i in 0..(NEGATIVE_PER_SHARD * SHARDS * 2) {
             let mut b = [0u8; 32];
             b[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -211,12 +328,50 @@ mod tests {
     #[test]
     fn usage_is_queued_once_per_flush() {
         let c = KeyCache::default();
-        let k = key("k");
+        let k = key_at(&c, "k", Digest([1; 32]));
         c.mark_used(&k);
         c.mark_used(&k);
         assert_eq!(c.take_used(), vec!["k".to_string()]);
         assert!(c.take_used().is_empty());
         c.mark_used(&k);
         assert_eq!(c.take_used().len(), 1);
+    }
+
+    #[test]
+    fn digests_alike_in_their_first_bytes_stay_apart() {
+        // The table hashes the first eight bytes only; equality still compares all 32.
+        let c = KeyCache::default();
+        let mut a = [9u8; 32];
+        let mut b = [9u8; 32];
+        a[20] = 1;
+        b[20] = 2;
+        let (a, b) = (Digest(a), Digest(b));
+        c.fill(a, Some(key_at(&c, "a", a)), c.epoch());
+        c.fill(b, Some(key_at(&c, "b", b)), c.epoch());
+        match (c.get(&a), c.get(&b)) {
+            (Cached::Key(x), Cached::Key(y)) => {
+                assert_eq!(&*x.key_id, "a");
+                assert_eq!(&*y.key_id, "b");
+            }
+            _ => panic!("both keys are cached"),
+        }
+        c.invalidate(&[a]);
+        assert!(matches!(c.get(&a), Cached::Miss));
+        assert!(matches!(c.get(&b), Cached::Key(_)));
+    }
+
+    #[test]
+    fn keys_alike_share_one_group_until_none_is_left() {
+        let c = KeyCache::default();
+        let g1 = c.group("org_a", "prj_a", vec!["x".into(), "y".into()]);
+        let g2 = c.group("org_a", "prj_a", vec!["x".into(), "y".into()]);
+        let g3 = c.group("org_a", "prj_a", vec!["x".into()]);
+        assert!(Arc::ptr_eq(&g1, &g2));
+        assert!(!Arc::ptr_eq(&g1, &g3));
+        assert_eq!(g1.scopes_value, "x y");
+        assert_eq!(g1.org_value, "org_a");
+        drop((g1, g2));
+        let g4 = c.group("org_a", "prj_a", vec!["x".into(), "y".into()]);
+        assert_eq!(Arc::strong_count(&g4), 1);
     }
 }

@@ -239,8 +239,8 @@ impl Keyplane {
                 action: action.into(),
                 target,
                 outcome,
-                client_addr: meta.client_addr.clone(),
-                user_agent: meta.user_agent.clone(),
+                client_addr: meta.addr_text(),
+                user_agent: meta.agent_text(),
                 details,
             }])
             .await

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ids::{is_id, new_id};
 use crate::model::*;
 use crate::perm::{Actor, OrgAccess, Permission, Principal};
-use crate::secret::{ct_eq, random_base62, SecretFormat, SecretString};
+use crate::secret::{ct_eq, random_base62, random_id_text, SecretFormat, SecretString};
 use crate::store::{Invalidation, KeyFilter};
 use crate::token::{generate_pkcs8, Alg, JwtClaims, Keyring, OpaqueClaims, Sealer, SigningKey};
 use std::collections::{BTreeSet, HashMap};
@@ -393,7 +393,7 @@ impl Keyplane {
         if now - self.oauth.last_failure_ms.load(Ordering::Relaxed) >= 60_000 {
             return None;
         }
-        let ip = meta.client_addr.clone().unwrap_or_default();
+        let ip = meta.addr_text().unwrap_or_default();
         let s = self.oauth_settings();
         let f = self
             .oauth
@@ -419,7 +419,7 @@ impl Keyplane {
     fn note_failure(&self, client_id: &str, meta: &RequestMeta) {
         let now = to_ms(self.now());
         self.oauth.last_failure_ms.store(now, Ordering::Relaxed);
-        let ip = meta.client_addr.clone().unwrap_or_default();
+        let ip = meta.addr_text().unwrap_or_default();
         let mut f = self
             .oauth
             .failures
@@ -527,7 +527,7 @@ impl Keyplane {
         let iat_ms = to_ms(now);
         let ttl = c.access_token_ttl_seconds;
         let exp_ms = iat_ms + ttl * 1000;
-        let jti = random_base62(22);
+        let jti = random_id_text(22);
         let access_token = match c.token_format {
             TokenFormat::Opaque => self.oauth.sealer.seal(&OpaqueClaims {
                 c: c.client_id.clone(),
@@ -1365,19 +1365,20 @@ impl Keyplane {
         Some(Introspection {
             sub: key
                 .owner_member_id
-                .clone()
-                .unwrap_or_else(|| key.key_id.clone()),
+                .as_deref()
+                .unwrap_or(&key.key_id)
+                .to_string(),
             client_id: None,
             exp: key.expires_at_ms.map(|e| e / 1000),
             iat: key.created_at_ms / 1000,
             nbf: key.created_at_ms / 1000,
-            jti: key.key_id.clone(),
-            username: key.name.clone(),
-            scope: key.scopes_joined.clone(),
+            jti: key.key_id.to_string(),
+            username: key.name.to_string(),
+            scope: key.scopes_joined().to_string(),
             credential_type: "api_key",
             aud: None,
-            org_id: key.org_id.clone(),
-            project_id: key.project_id.clone(),
+            org_id: key.org_id().to_string(),
+            project_id: key.project_id().to_string(),
         })
     }
 }

@@ -32,9 +32,19 @@ pub fn base62_fixed(bytes: &[u8], width: usize) -> String {
     String::from_utf8(out).expect("alphabet is ASCII")
 }
 
-/// Random base62 text of `len` characters (rejection sampling keeps it unbiased).
+/// Random base62 text of `len` characters (rejection sampling keeps it unbiased), straight
+/// from the operating system: for secrets (session ids, one-time links).
 pub fn random_base62(len: usize) -> String {
-    let mut rng = rand::rngs::OsRng;
+    base62_from(&mut rand::rngs::OsRng, len)
+}
+
+/// Random base62 text for identifiers (ids, token `jti`s): the thread's CSPRNG (ChaCha, seeded
+/// and reseeded from the OS), so the hot paths that mint ids make no system call.
+pub fn random_id_text(len: usize) -> String {
+    base62_from(&mut rand::thread_rng(), len)
+}
+
+fn base62_from(rng: &mut impl RngCore, len: usize) -> String {
     let mut out = String::with_capacity(len);
     while out.len() < len {
         let mut buf = [0u8; 32];
@@ -49,11 +59,19 @@ pub fn random_base62(len: usize) -> String {
     out
 }
 
+/// The base62 CRC32 of `text`, on the stack: checked on every presented credential.
+pub fn crc_text(text: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut n = crc32fast::hash(text);
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
 fn checksum(text: &str) -> String {
-    base62_fixed(
-        &crc32fast::hash(text.as_bytes()).to_be_bytes(),
-        CHECKSUM_LEN,
-    )
+    String::from_utf8(crc_text(text.as_bytes()).to_vec()).expect("alphabet is ASCII")
 }
 
 /// A secret in clear text. It cannot be printed by accident: `Debug` and `Display` redact it.
@@ -140,7 +158,7 @@ impl SecretFormat {
             return Err(FormatError::Alphabet);
         }
         let split = text.len() - CHECKSUM_LEN;
-        if checksum(&text[..split]) != text[split..] {
+        if crc_text(text[..split].as_bytes()) != text.as_bytes()[split..] {
             return Err(FormatError::Checksum);
         }
         Ok(())
@@ -276,6 +294,13 @@ mod tests {
         assert_eq!(base62_fixed(&[0, 61], 3), "00z");
         assert_eq!(base62_fixed(&[0, 62], 3), "010");
         assert_eq!(base62_fixed(&[0xff; 32], BODY_LEN).len(), BODY_LEN);
+        for text in ["", "kp_abc", "a much longer text to checksum"] {
+            let crc = crc32fast::hash(text.as_bytes()).to_be_bytes();
+            assert_eq!(
+                crc_text(text.as_bytes()).as_slice(),
+                base62_fixed(&crc, CHECKSUM_LEN).as_bytes()
+            );
+        }
     }
 
     #[test]

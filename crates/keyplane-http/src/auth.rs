@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use keyplane_core::app::RequestMeta;
 use keyplane_core::perm::Principal;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -26,12 +27,8 @@ pub fn request_meta(parts: &Parts) -> RequestMeta {
         client_addr: parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string()),
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
+            .map(|c| c.0.ip()),
+        user_agent: parts.headers.get(header::USER_AGENT).cloned(),
     }
 }
 
@@ -93,24 +90,30 @@ pub async fn record_denials(
 }
 
 /// Decodes one `application/x-www-form-urlencoded` value: `+` is a space, `%XX` a byte.
-pub fn form_unescape(s: &str) -> String {
-    let s = s.replace('+', " ");
+pub fn form_unescape(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'+' || b == b'%') {
+        return Cow::Borrowed(s);
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            if let Some(b) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(b);
-                i += 3;
-                continue;
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let Some(b) = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
             }
+            b => out.push(b),
         }
-        out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }

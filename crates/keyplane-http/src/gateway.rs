@@ -154,9 +154,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         headers.remove(name);
     }
     for (name, value) in identity_headers(&identity) {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
+        headers.insert(name, value);
     }
     if let Some(addr) = parts
         .extensions

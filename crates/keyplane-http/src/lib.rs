@@ -25,7 +25,9 @@ pub struct AppState {
     pub app: Arc<Keyplane>,
 }
 
-/// The whole HTTP interface, ready to serve or to call with `oneshot` in tests.
+/// Every route of the HTTP interface. [`serve`] wraps it in the layers that apply to all of
+/// them (tracing, the body limit) once, outside the router, so a request pays for each layer
+/// once rather than once per route wrapper.
 pub fn router(state: AppState) -> Router {
     let management = Router::new()
         .merge(routes::keys::router())
@@ -48,8 +50,6 @@ pub fn router(state: AppState) -> Router {
             )),
         )
         .fallback(error::fallback)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -59,9 +59,16 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let service = tower::ServiceBuilder::new()
+        .map_response(axum::response::IntoResponse::into_response)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .service(router(state));
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+            SocketAddr,
+        >(service),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -74,7 +74,7 @@ pub async fn sign_in(
         return csrf_refused(false);
     }
     let meta = crate::auth::request_meta(&parts);
-    let addr = meta.client_addr.clone().unwrap_or_default();
+    let addr = meta.addr_text().unwrap_or_default();
     let now_ms = to_ms(s.app.now());
     let mode = if form.get("method") == Some("member") {
         "member"

@@ -3,12 +3,14 @@
 
 use crate::auth::{bearer, request_meta};
 use crate::AppState;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{request::Parts, HeaderName, HeaderValue, StatusCode};
+use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
 use keyplane_core::app::{Identity, Verdict};
+use std::borrow::Cow;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -17,7 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/authz/{*original}", any(authz))
 }
 
-fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+fn header<'a>(parts: &'a Parts, name: &HeaderName) -> Option<&'a str> {
     parts
         .headers
         .get(name)
@@ -25,25 +27,30 @@ fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+const ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+
 /// The request being authorized: from nginx `auth_request` (`X-Original-URI`/`-Method`),
 /// Traefik ForwardAuth (`X-Forwarded-Uri`/`-Method`) or Envoy ext_authz (the path after
 /// `/v1/authz`, with the request's own method).
-pub fn original_request(parts: &Parts) -> Option<(String, String)> {
-    if let Some(uri) = header(parts, "x-original-uri") {
-        let method = header(parts, "x-original-method").unwrap_or("GET");
-        return Some((method.to_string(), uri.to_string()));
+pub fn original_request(parts: &Parts) -> Option<(&str, Cow<'_, str>)> {
+    if let Some(uri) = header(parts, &ORIGINAL_URI) {
+        let method = header(parts, &ORIGINAL_METHOD).unwrap_or("GET");
+        return Some((method, Cow::Borrowed(uri)));
     }
-    if let Some(uri) = header(parts, "x-forwarded-uri") {
-        let method = header(parts, "x-forwarded-method").unwrap_or(parts.method.as_str());
-        return Some((method.to_string(), uri.to_string()));
+    if let Some(uri) = header(parts, &FORWARDED_URI) {
+        let method = header(parts, &FORWARDED_METHOD).unwrap_or(parts.method.as_str());
+        return Some((method, Cow::Borrowed(uri)));
     }
     let rest = parts.uri.path().strip_prefix("/v1/authz")?;
     rest.starts_with('/').then(|| {
         let path = match parts.uri.query() {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_string(),
+            Some(q) => Cow::Owned(format!("{rest}?{q}")),
+            None => Cow::Borrowed(rest),
         };
-        (parts.method.to_string(), path)
+        (parts.method.as_str(), path)
     })
 }
 
@@ -53,22 +60,24 @@ pub const ORG: HeaderName = HeaderName::from_static("x-keyplane-org");
 pub const PROJECT: HeaderName = HeaderName::from_static("x-keyplane-project");
 pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-keyplane-credential-id");
 
-/// Required scopes from `?scope=a%20b` (space-delimited, may repeat).
-fn required_scopes(parts: &Parts) -> Vec<String> {
-    let Some(q) = parts.uri.query() else {
-        return vec![];
-    };
+/// Required scopes from `?scope=a%20b` (space-delimited, may repeat): borrowed from the query
+/// unless a value was escaped.
+fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
     let mut out = Vec::new();
-    for pair in q.split('&') {
+    for pair in query.unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == "scope" {
-            let decoded = crate::auth::form_unescape(v);
-            out.extend(
-                decoded
-                    .split(' ')
+        if k != "scope" {
+            continue;
+        }
+        match crate::auth::form_unescape(v) {
+            Cow::Borrowed(v) => {
+                out.extend(v.split(' ').filter(|s| !s.is_empty()).map(Cow::Borrowed))
+            }
+            Cow::Owned(v) => out.extend(
+                v.split(' ')
                     .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            );
+                    .map(|s| Cow::Owned(s.to_string())),
+            ),
         }
     }
     out
@@ -88,19 +97,20 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
     let token = bearer(&parts.headers);
     let explicit =
         parts.uri.path() == "/v1/authz" && parts.uri.query().is_some_and(|q| q.contains("scope="));
-    let (verdict, required) = match (explicit, original_request(&parts)) {
-        (false, Some((method, path))) => s.app.check_request(token, &method, &path, &meta).await,
-        _ => {
-            let required = required_scopes(&parts);
-            let refs: Vec<&str> = required.iter().map(String::as_str).collect();
-            (s.app.check(token, &refs, &meta).await, required)
+    match (explicit, original_request(&parts)) {
+        (false, Some((method, path))) => {
+            let (verdict, required) = s.app.check_request(token, method, &path, &meta).await;
+            respond(verdict, &required)
         }
-    };
-    respond(verdict, &required)
+        _ => {
+            let required = required_scopes(parts.uri.query());
+            respond(s.app.check(token, &required, &meta).await, &required)
+        }
+    }
 }
 
 /// The answer for a verdict: 200 with identity headers, or 401/403 with an RFC 6750 challenge.
-pub fn respond(verdict: Verdict, required: &[String]) -> Response {
+pub fn respond<S: AsRef<str>>(verdict: Verdict, required: &[S]) -> Response {
     match verdict {
         Verdict::Allow(k) => allowed(&k),
         Verdict::NoRule(_) => challenge(
@@ -119,7 +129,7 @@ pub fn respond(verdict: Verdict, required: &[String]) -> Response {
             StatusCode::FORBIDDEN,
             format!(
                 "Bearer realm=\"keyplane\", error=\"insufficient_scope\", error_description=\"the credential lacks a required scope\", scope=\"{}\"",
-                required.join(" ")
+                required.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" ")
             ),
             "insufficient_scope",
             "the credential lacks a required scope",
@@ -127,25 +137,40 @@ pub fn respond(verdict: Verdict, required: &[String]) -> Response {
     }
 }
 
-/// The identity headers of an allowed credential.
-pub fn identity_headers(k: &Identity) -> [(HeaderName, &str); 5] {
+/// The identity headers of an allowed credential. An API key's organization, project and
+/// scopes come ready-made from the cache (shared bytes, no copy).
+pub fn identity_headers(k: &Identity) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+    let text = |v: &str| HeaderValue::from_str(v).ok();
+    let (scopes, org, project) = match k {
+        Identity::Key(key) => (
+            Some(key.group.scopes_value.clone()),
+            Some(key.group.org_value.clone()),
+            Some(key.group.project_value.clone()),
+        ),
+        Identity::Token(_) => (
+            text(k.scopes_joined()),
+            text(k.org_id()),
+            text(k.project_id()),
+        ),
+    };
     [
-        (SUBJECT, k.subject()),
-        (SCOPES, k.scopes_joined()),
-        (ORG, k.org_id()),
-        (PROJECT, k.project_id()),
-        (CREDENTIAL_ID, k.credential_id()),
+        (SUBJECT, text(k.subject())),
+        (SCOPES, scopes),
+        (ORG, org),
+        (PROJECT, project),
+        (CREDENTIAL_ID, text(k.credential_id())),
     ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
 }
 
 fn allowed(k: &Identity) -> Response {
-    let mut resp = StatusCode::OK.into_response();
-    let h = resp.headers_mut();
+    let mut headers = HeaderMap::with_capacity(8);
     for (name, value) in identity_headers(k) {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(name, v);
-        }
+        headers.insert(name, value);
     }
+    let mut resp = Response::new(Body::empty());
+    *resp.headers_mut() = headers;
     resp
 }
 

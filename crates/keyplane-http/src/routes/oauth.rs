@@ -166,8 +166,8 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
         let text = String::from_utf8(raw).ok()?;
         let (id, secret) = text.split_once(':')?;
         Some((
-            crate::auth::form_unescape(id),
-            crate::auth::form_unescape(secret),
+            crate::auth::form_unescape(id).into_owned(),
+            crate::auth::form_unescape(secret).into_owned(),
         ))
     };
     Some(decode().ok_or(()))
