@@ -124,6 +124,23 @@ load; absolute numbers depend on the machine.
 Two keyplane servers on one PostgreSQL database (`crates/keyplane/tests/it/nodes.rs`, run by
 `bench/run.sh`): time from sending a revocation to node A until node B refuses the key, over
 100 revocations: {notes.get('two_node', 'not run (no PostgreSQL)')}.
-"""
+
+## Many keys
+
+The 1,000,000 keys are seeded while keyplane is stopped; on start keyplane reads the active keys
+into its cache in the background, and `authz_1m_keys` runs once the cache holds them all,
+rotating over every hundredth key.
+""" + "".join(
+    f"- {l}: seeding took {notes.get(f'seed_1m_seconds_{l}', '?')} s; after start the cache held "
+    f"{int(float(notes.get(f'cached_1m_{l}', 0))):,} keys in {notes.get(f'preload_1m_ms_{l}', '?')} ms "
+    f"(ready before that; RSS then {int(notes.get(f'rss_kb_1m_{l}', 0)) / 1024:.0f} MB).\n"
+    for l in labels if notes.get(f"cached_1m_{l}"))
+# Notes written by hand after a run are kept, under their heading, until they are rewritten.
+try:
+    old = open(out_path).read()
+    if "\n## Notes" in old:
+        doc += old[old.index("\n## Notes"):]
+except FileNotFoundError:
+    pass
 open(out_path, "w").write(doc)
 print(f"wrote {out_path}")

@@ -470,6 +470,45 @@ impl Keyplane {
         Ok(entry)
     }
 
+    /// Reads every active API key into the cache, a page at a time; returns how many were
+    /// filed. Pages that raced with an invalidation are dropped like any stale fill (those keys
+    /// are then read on first use), and nothing is filled while the cache is not trusted.
+    pub async fn preload_cache(&self) -> Result<usize> {
+        const PAGE: i64 = 2000;
+        let version = self.pepper.version();
+        let mut after: Option<Digest> = None;
+        let mut filed = 0;
+        loop {
+            if !self.feed_status().cache_trusted() {
+                return Ok(filed);
+            }
+            let epoch = self.cache.epoch();
+            let page = self
+                .store
+                .api_key_lookups_after(after.as_ref(), PAGE)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(filed);
+            };
+            after = Some(last.secret.digest);
+            let full = page.len() as i64 == PAGE;
+            for l in page {
+                // Secrets under an earlier pepper are found by their other digest on first use.
+                if l.secret.pepper_version != version {
+                    continue;
+                }
+                let digest = l.secret.digest;
+                let entry = Arc::new(cached_from_lookup(&self.cache, digest, l));
+                if self.cache.fill(digest, Some(entry), epoch) {
+                    filed += 1;
+                }
+            }
+            if !full {
+                return Ok(filed);
+            }
+        }
+    }
+
     pub(crate) fn evaluate(&self, k: &CachedKey) -> Result<(), Refusal> {
         if !k.is_active {
             return Err(Refusal::Revoked);

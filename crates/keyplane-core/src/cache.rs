@@ -204,12 +204,12 @@ impl KeyCache {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Stores what storage said about `d`, unless an invalidation happened since `epoch`.
-    /// A key is filed under its own `digest`, which must be `d`.
-    pub fn fill(&self, d: Digest, entry: Option<Arc<CachedKey>>, epoch: u64) {
+    /// Stores what storage said about `d`, unless an invalidation happened since `epoch`
+    /// (then returns false). A key is filed under its own `digest`, which must be `d`.
+    pub fn fill(&self, d: Digest, entry: Option<Arc<CachedKey>>, epoch: u64) -> bool {
         let mut shard = self.shard(&d).write().unwrap_or_else(|e| e.into_inner());
         if self.epoch.load(Ordering::Acquire) != epoch {
-            return;
+            return false;
         }
         match entry {
             Some(k) => {
@@ -224,6 +224,7 @@ impl KeyCache {
                 shard.unknown.insert(d);
             }
         }
+        true
     }
 
     pub fn invalidate(&self, digests: &[Digest]) {

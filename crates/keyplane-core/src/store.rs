@@ -144,6 +144,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Digest>>;
     /// The key behind a digest, with what its authority depends on.
     async fn api_key_lookup(&self, digest: &Digest) -> Result<Option<KeyLookup>>;
+    /// Active keys with their secrets, in digest order after `after`, at most `limit` (for
+    /// filling the cache at start).
+    async fn api_key_lookups_after(
+        &self,
+        after: Option<&Digest>,
+        limit: i64,
+    ) -> Result<Vec<KeyLookup>>;
     /// Records last-used times in one batch.
     async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()>;
 

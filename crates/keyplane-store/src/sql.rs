@@ -17,6 +17,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::Row;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,20 @@ macro_rules! key_cols {
         "k.seq, k.id, k.org_id, k.project_id, k.owner_member_id, k.name, k.description, k.scopes, \
          k.roles, k.start, k.created_at, k.created_by, k.expires_at, k.last_used_at, k.is_active, \
          k.deactivated_at, k.default_for_service"
+    };
+}
+
+/// An API key with one of its secrets and its owner's role (`api_key_lookup*`).
+macro_rules! lookup_select {
+    () => {
+        concat!(
+            "SELECT ",
+            key_cols!(),
+            ", s.digest AS s_digest, s.pepper_version AS s_pepper_version, s.created_at AS s_created_at, \
+             s.expires_at AS s_expires_at, m.role AS owner_role \
+             FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id \
+             LEFT JOIN members m ON m.id = k.owner_member_id"
+        )
     };
 }
 
@@ -141,6 +156,49 @@ macro_rules! impl_store {
                     description: r.try_get("description").map_err(db_err)?,
                     scopes: from_json(&scopes)?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                })
+            }
+
+            /// A key with its secret, its owner's role and its roles, from a row of
+            /// `lookup_select!`; `roles` caches each organization's role list across rows.
+            async fn lookup_row(
+                &self,
+                row: &$row,
+                roles: &mut HashMap<String, Vec<Role>>,
+            ) -> Result<KeyLookup> {
+                let key = Self::key_row(row)?;
+                let v: i64 = row.try_get("s_pepper_version").map_err(db_err)?;
+                let digest: Vec<u8> = row.try_get("s_digest").map_err(db_err)?;
+                let secret = KeySecret {
+                    digest: Digest(
+                        digest
+                            .try_into()
+                            .map_err(|_| corrupt("api key secret digest"))?,
+                    ),
+                    key_id: key.id.clone(),
+                    pepper_version: v as u32,
+                    created_at: from_ms(row.try_get("s_created_at").map_err(db_err)?),
+                    expires_at: opt_time(row.try_get("s_expires_at").map_err(db_err)?),
+                };
+                let owner_role: Option<String> = row.try_get("owner_role").map_err(db_err)?;
+                let key_roles = if key.roles.is_empty() {
+                    vec![]
+                } else {
+                    if !roles.contains_key(&key.org_id) {
+                        let list = self.role_list(&key.org_id).await?;
+                        roles.insert(key.org_id.clone(), list);
+                    }
+                    roles[&key.org_id]
+                        .iter()
+                        .filter(|r| key.roles.contains(&r.name))
+                        .cloned()
+                        .collect()
+                };
+                Ok(KeyLookup {
+                    owner_role: owner_role.as_deref().and_then(MemberRole::parse),
+                    key,
+                    secret,
+                    roles: key_roles,
                 })
             }
 
@@ -738,44 +796,36 @@ macro_rules! impl_store {
             }
 
             async fn api_key_lookup(&self, digest: &Digest) -> Result<Option<KeyLookup>> {
-                let row = sqlx::query(concat!(
-                    "SELECT ",
-                    key_cols!(),
-                    ", s.digest AS s_digest, s.pepper_version AS s_pepper_version, s.created_at AS s_created_at, \
-                     s.expires_at AS s_expires_at, m.role AS owner_role \
-                     FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id \
-                     LEFT JOIN members m ON m.id = k.owner_member_id WHERE s.digest = $1"
+                let row = sqlx::query(concat!(lookup_select!(), " WHERE s.digest = $1"))
+                    .bind(digest.0.to_vec())
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                let Some(row) = row else { return Ok(None) };
+                let mut roles = HashMap::new();
+                Ok(Some(self.lookup_row(&row, &mut roles).await?))
+            }
+
+            async fn api_key_lookups_after(
+                &self,
+                after: Option<&Digest>,
+                limit: i64,
+            ) -> Result<Vec<KeyLookup>> {
+                let rows = sqlx::query(concat!(
+                    lookup_select!(),
+                    " WHERE k.is_active AND s.digest > $1 ORDER BY s.digest LIMIT $2"
                 ))
-                .bind(digest.0.to_vec())
-                .fetch_optional(self.r())
+                .bind(after.map(|d| d.0.to_vec()).unwrap_or_default())
+                .bind(limit)
+                .fetch_all(self.r())
                 .await
                 .map_err(db_err)?;
-                let Some(row) = row else { return Ok(None) };
-                let key = Self::key_row(&row)?;
-                let v: i64 = row.try_get("s_pepper_version").map_err(db_err)?;
-                let secret = KeySecret {
-                    digest: *digest,
-                    key_id: key.id.clone(),
-                    pepper_version: v as u32,
-                    created_at: from_ms(row.try_get("s_created_at").map_err(db_err)?),
-                    expires_at: opt_time(row.try_get("s_expires_at").map_err(db_err)?),
-                };
-                let owner_role: Option<String> = row.try_get("owner_role").map_err(db_err)?;
-                let roles = if key.roles.is_empty() {
-                    vec![]
-                } else {
-                    self.role_list(&key.org_id)
-                        .await?
-                        .into_iter()
-                        .filter(|r| key.roles.contains(&r.name))
-                        .collect()
-                };
-                Ok(Some(KeyLookup {
-                    owner_role: owner_role.as_deref().and_then(MemberRole::parse),
-                    key,
-                    secret,
-                    roles,
-                }))
+                let mut roles = HashMap::new();
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    out.push(self.lookup_row(row, &mut roles).await?);
+                }
+                Ok(out)
             }
 
             async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()> {

@@ -81,6 +81,7 @@ contract!(
     default_mark_moves,
     deactivate_and_replace_secret,
     lookup_carries_owner_role_and_roles,
+    lookups_page_through_active_keys,
     member_delete_revokes_their_keys,
     activity_chain_and_queries,
     admin_key_is_replaced,
@@ -433,6 +434,35 @@ async fn lookup_carries_owner_role_and_roles(s: Arc<dyn Store>) {
         Some(MemberRole::Admin)
     );
     assert!(s.api_key_lookup(&Digest([9; 32])).await.unwrap().is_none());
+}
+
+async fn lookups_page_through_active_keys(s: Arc<dyn Store>) {
+    let mut digests = vec![];
+    for i in 0..7u8 {
+        let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+        let sec = secret(&k.id, 200 - i * 10);
+        s.api_key_create(&k, &sec, None, now()).await.unwrap();
+        if i == 3 {
+            s.api_key_deactivate(&k.id, now()).await.unwrap();
+        } else {
+            digests.push(sec.digest);
+        }
+    }
+    digests.sort_by_key(|d| d.0);
+    let mut seen = vec![];
+    let mut after = None;
+    loop {
+        let page = s.api_key_lookups_after(after.as_ref(), 4).await.unwrap();
+        assert!(page.len() <= 4);
+        let Some(last) = page.last() else { break };
+        after = Some(last.secret.digest);
+        for l in &page {
+            assert!(l.key.is_active);
+            assert_eq!(l.secret.key_id, l.key.id);
+        }
+        seen.extend(page.iter().map(|l| l.secret.digest));
+    }
+    assert_eq!(seen, digests, "every active key once, in digest order");
 }
 
 async fn member_delete_revokes_their_keys(s: Arc<dyn Store>) {

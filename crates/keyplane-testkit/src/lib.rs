@@ -325,6 +325,15 @@ impl TestApp {
         self.call(Method::GET, path, Some(token), None).await
     }
 
+    /// The value of one unlabelled metric in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let a = self.call(Method::GET, "/metrics", None, None).await;
+        a.text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub max_active_keys_per_org: Option<i64>,
     pub flush_interval_ms: Option<u64>,
     pub stale_serve_seconds: Option<u64>,
+    pub cache_preload: Option<bool>,
     pub log_format: Option<String>,
     /// The public URL of this deployment (`iss` of tokens, base of the metadata's endpoints).
     pub issuer: Option<String>,
@@ -174,6 +175,8 @@ pub struct Config {
     pub flush_interval_ms: u64,
     /// How long cached credentials are served after the database connection drops.
     pub stale_serve_seconds: u64,
+    /// Whether active API keys are read into the cache in the background after start.
+    pub cache_preload: bool,
     pub log_format: String,
     pub api_key_prefix: String,
     pub admin_key_prefix: String,
@@ -390,6 +393,12 @@ impl Config {
                 .context("KEYPLANE_STALE_SERVE_SECONDS must be a number of seconds")?,
             None => file.stale_serve_seconds.unwrap_or(60),
         };
+        let cache_preload = match env.get("KEYPLANE_CACHE_PRELOAD").map(String::as_str) {
+            Some("1" | "true" | "yes") => true,
+            Some("0" | "false" | "no") => false,
+            Some(v) => anyhow::bail!("KEYPLANE_CACHE_PRELOAD must be true or false, not {v:?}"),
+            None => file.cache_preload.unwrap_or(true),
+        };
         let log_format = env
             .get("KEYPLANE_LOG_FORMAT")
             .cloned()
@@ -538,6 +547,7 @@ impl Config {
             max_active_keys_per_org,
             flush_interval_ms: flush_interval_ms.max(10),
             stale_serve_seconds,
+            cache_preload,
             log_format,
             api_key_prefix,
             admin_key_prefix,

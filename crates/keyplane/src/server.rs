@@ -159,10 +159,23 @@ pub async fn start(
         tracing::info!(rules, "route rules loaded");
     }
 
+    // Active keys are read into the cache in the background, at start and again whenever the
+    // whole cache is dropped (a resync after the change feed reconnects): the node is ready at
+    // once, and the first requests after a restart do not each wait for a storage read.
+    let preloader = Arc::new(Preloader {
+        app: Arc::clone(&app),
+        enabled: config.cache_preload,
+        task: std::sync::Mutex::new(None),
+    });
+    preloader.kick();
     {
         let app = Arc::clone(&app);
+        let preloader = Arc::clone(&preloader);
         app.store().clone().subscribe(Arc::new(move |change| {
             app.apply_invalidation(&change);
+            if matches!(change, Invalidation::All) {
+                preloader.kick();
+            }
             if matches!(change, Invalidation::SigningKeys | Invalidation::All) {
                 let app = Arc::clone(&app);
                 tokio::spawn(async move {
@@ -266,6 +279,7 @@ pub async fn start(
         }
         reloader.abort();
         maintenance.abort();
+        preloader.stop();
         let _ = flusher_stop.send(());
         let _ = flusher.await;
         app_for_task
@@ -346,6 +360,47 @@ async fn maintain(app: &Keyplane) {
 }
 
 /// Reloads the route rules on SIGHUP; invalid rules are logged and the old ones kept.
+/// Reads active keys into the cache in the background; a new run replaces one under way.
+struct Preloader {
+    app: Arc<Keyplane>,
+    enabled: bool,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Preloader {
+    fn kick(&self) {
+        if !self.enabled {
+            return;
+        }
+        let app = Arc::clone(&self.app);
+        let task = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match app.preload_cache().await {
+                Ok(n) => tracing::info!(
+                    keys = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "active API keys read into the cache"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not preload the key cache"),
+            }
+        });
+        if let Some(old) = self
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+    }
+}
+
 async fn reload_rules_on_sighup(app: Arc<Keyplane>) {
     #[cfg(unix)]
     {

@@ -104,6 +104,56 @@ async fn lifecycle(app: TestApp) {
 }
 on_both!(key_lifecycle, lifecycle);
 
+/// After a restart, active keys are read into the cache in the background: the cache fills
+/// without a single check, revoked keys are not among them, and every key answers as before.
+async fn preload(mut app: TestApp) {
+    let admin = app.admin_key.clone();
+    app.service("svc", &["svc:read"]).await;
+    let mut keys = vec![];
+    for i in 0..5 {
+        let v = app
+            .post(
+                "/v1/api-keys",
+                &admin,
+                json!({ "name": format!("k{i}"), "scopes": ["svc:read"] }),
+            )
+            .await
+            .json();
+        keys.push((
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        ));
+    }
+    let revoked = app
+        .post(
+            &format!("/v1/api-keys/{}/revoke", keys[4].0),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert!(revoked.status.is_success(), "{}", revoked.text);
+    app.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let cached = app.metric("keyplane_cache_keys").await;
+        if cached == 4.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache holds {cached} keys 10 s after the restart, not the 4 active ones"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (_, secret) in &keys[..4] {
+        let ok = app.authz(Some(secret), Some("svc:read")).await;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+    let refused = app.authz(Some(&keys[4].1), Some("svc:read")).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+on_both!(cache_preload_after_restart, preload);
+
 async fn regenerate_and_expiry(app: TestApp) {
     let admin = app.admin_key.clone();
     app.service("ai-guard", &["ai-guard:read"]).await;

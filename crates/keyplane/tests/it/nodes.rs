@@ -158,21 +158,6 @@ async fn ready_status(app: &keyplane_testkit::TestApp, want: &str, limit: Durati
     }
 }
 
-async fn metric(app: &keyplane_testkit::TestApp, name: &str) -> f64 {
-    let a = app
-        .call(
-            keyplane_testkit::reqwest::Method::GET,
-            "/metrics",
-            None,
-            None,
-        )
-        .await;
-    a.text
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
 /// A node whose database connection drops keeps serving what it has cached for the configured
 /// bound (and says so in `/readyz` and `/metrics`), then stops trusting its cache; when the
 /// database is back it is ready again.
@@ -233,7 +218,7 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
     }
     assert_eq!(app.authz(Some(&key), None).await.status, StatusCode::OK);
     ready_status(&app, "ready", Duration::from_secs(5)).await;
-    assert_eq!(metric(&app, "keyplane_storage_feed_up").await, 1.0);
+    assert_eq!(app.metric("keyplane_storage_feed_up").await, 1.0);
 
     // Cut the node off: no new connections to its database, and its current ones terminated.
     as_pg_admin(&format!(
@@ -254,9 +239,9 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
         cut_at.elapsed() < BOUND,
         "too slow to observe the degraded state inside the bound"
     );
-    assert_eq!(metric(&app, "keyplane_storage_feed_up").await, 0.0);
-    assert_eq!(metric(&app, "keyplane_cache_trusted").await, 1.0);
-    assert!(metric(&app, "keyplane_storage_feed_down_seconds").await > 0.0);
+    assert_eq!(app.metric("keyplane_storage_feed_up").await, 0.0);
+    assert_eq!(app.metric("keyplane_cache_trusted").await, 1.0);
+    assert!(app.metric("keyplane_storage_feed_down_seconds").await > 0.0);
     // What it has not cached, it cannot vouch for.
     assert_eq!(
         app.authz(Some(&never_seen), None).await.status,
@@ -267,7 +252,7 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
     let text = ready_status(&app, "unavailable", BOUND + Duration::from_secs(3)).await;
     assert!(cut_at.elapsed() >= BOUND, "unavailable before the bound");
     assert!(text.contains("no longer trusted"), "{text}");
-    assert_eq!(metric(&app, "keyplane_cache_trusted").await, 0.0);
+    assert_eq!(app.metric("keyplane_cache_trusted").await, 0.0);
     assert_eq!(
         app.authz(Some(&key), None).await.status,
         StatusCode::UNAUTHORIZED
@@ -276,7 +261,7 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
     // The database is back: ready again, and the key works (read afresh from storage).
     as_pg_admin(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await;
     ready_status(&app, "ready", Duration::from_secs(15)).await;
-    assert_eq!(metric(&app, "keyplane_cache_trusted").await, 1.0);
+    assert_eq!(app.metric("keyplane_cache_trusted").await, 1.0);
     assert_eq!(app.authz(Some(&key), None).await.status, StatusCode::OK);
     assert_eq!(
         app.authz(Some(&never_seen), None).await.status,
