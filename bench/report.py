@@ -129,7 +129,7 @@ Two keyplane servers on one PostgreSQL database (`crates/keyplane/tests/it/nodes
 
 The 1,000,000 keys are seeded while keyplane is stopped; on start keyplane reads the active keys
 into its cache in the background, and `authz_1m_keys` runs once the cache holds them all,
-rotating over every hundredth key.
+rotating over every 999th key (1,000 keys, as many as `authz_1k_keys` rotates over).
 """ + "".join(
     f"- {l}: seeding took {notes.get(f'seed_1m_seconds_{l}', '?')} s; after start the cache held "
     f"{int(float(notes.get(f'cached_1m_{l}', 0))):,} keys in {notes.get(f'preload_1m_ms_{l}', '?')} ms "

@@ -63,7 +63,10 @@ pub async fn serve(
         .map_response(axum::response::IntoResponse::into_response)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .service(router(state));
+        .service(FastAuthz {
+            router: router(state.clone()),
+            state,
+        });
     axum::serve(
         listener,
         axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
@@ -72,4 +75,40 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Answers `/v1/authz` (the hottest route: every request to a protected API) before the
+/// router, and hands everything else to it: the check skips the route table, the per-route
+/// service wrappers and their futures. `/v1/authz/{*original}` (Envoy) goes through the router.
+#[derive(Clone)]
+struct FastAuthz {
+    state: AppState,
+    router: Router,
+}
+
+impl tower::Service<axum::extract::Request> for FastAuthz {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        if req.uri().path() == "/v1/authz" {
+            let state = self.state.clone();
+            Box::pin(
+                async move { Ok(routes::authz::authz(axum::extract::State(state), req).await) },
+            )
+        } else {
+            let router = self.router.clone();
+            Box::pin(async move { tower::ServiceExt::oneshot(router, req).await })
+        }
+    }
 }

@@ -829,14 +829,29 @@ macro_rules! impl_store {
             }
 
             async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()> {
+                // One statement per 500 keys used at the same time (a flush stamps them all
+                // with one time), instead of one per key: a busy node touches thousands of keys
+                // a second, on the same core that answers checks.
                 let mut tx = self.w().begin().await.map_err(db_err)?;
-                for (id, at) in used {
-                    sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(to_ms(*at))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
+                let mut rest = used;
+                while let Some((_, at)) = rest.first() {
+                    let n = rest
+                        .iter()
+                        .take(500)
+                        .take_while(|(_, t)| t == at)
+                        .count();
+                    let (batch, next) = rest.split_at(n);
+                    let marks: Vec<String> = (2..n + 2).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "UPDATE api_keys SET last_used_at = $1 WHERE id IN ({})",
+                        marks.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql).bind(to_ms(*at));
+                    for (id, _) in batch {
+                        q = q.bind(id);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_err)?;
+                    rest = next;
                 }
                 tx.commit().await.map_err(db_err)
             }
