@@ -158,7 +158,7 @@ impl SecretFormat {
             return Err(FormatError::Alphabet);
         }
         let split = text.len() - CHECKSUM_LEN;
-        if crc_text(text[..split].as_bytes()) != text.as_bytes()[split..] {
+        if crc_text(&text.as_bytes()[..split]) != text.as_bytes()[split..] {
             return Err(FormatError::Checksum);
         }
         Ok(())
