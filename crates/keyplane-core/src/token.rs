@@ -179,6 +179,8 @@ pub struct SigningKey {
     pub unpublish_at_ms: Option<i64>,
     signer: Signer,
     public: Vec<u8>,
+    /// The JWT header this key signs under, base64url-encoded once.
+    header_b64: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -230,6 +232,8 @@ impl SigningKey {
             Signer::Es256(k) => k.public_key().as_ref().to_vec(),
             Signer::Ed25519(k) => k.public_key().as_ref().to_vec(),
         };
+        let header = serde_json::json!({ "alg": alg.as_str(), "typ": "at+jwt", "kid": kid });
+        let header_b64 = B64.encode(serde_json::to_vec(&header).expect("header"));
         Some(Self {
             kid,
             alg,
@@ -237,6 +241,7 @@ impl SigningKey {
             unpublish_at_ms,
             signer,
             public,
+            header_b64,
         })
     }
 
@@ -319,14 +324,13 @@ impl Keyring {
 
     /// Signs RFC 9068 claims: header `typ: at+jwt`, the key's `alg` and `kid`.
     pub fn sign_jwt(key: &SigningKey, claims: &JwtClaims) -> String {
-        let header =
-            serde_json::json!({ "alg": key.alg.as_str(), "typ": "at+jwt", "kid": key.kid });
-        let mut out = B64.encode(serde_json::to_vec(&header).expect("header"));
+        let mut out = String::with_capacity(1024);
+        out.push_str(&key.header_b64);
         out.push('.');
-        out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims")));
+        B64.encode_string(serde_json::to_vec(claims).expect("claims"), &mut out);
         let sig = key.sign(out.as_bytes());
         out.push('.');
-        out.push_str(&B64.encode(sig));
+        B64.encode_string(sig, &mut out);
         out
     }
 

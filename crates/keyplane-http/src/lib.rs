@@ -63,7 +63,7 @@ pub async fn serve(
         .map_response(axum::response::IntoResponse::into_response)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .service(FastAuthz {
+        .service(HotRoutes {
             router: router(state.clone()),
             state,
         });
@@ -77,16 +77,17 @@ pub async fn serve(
     .await
 }
 
-/// Answers `/v1/authz` (the hottest route: every request to a protected API) before the
-/// router, and hands everything else to it: the check skips the route table, the per-route
-/// service wrappers and their futures. `/v1/authz/{*original}` (Envoy) goes through the router.
+/// Answers the hot routes before the router: `/v1/authz` (every request to a protected API),
+/// and `POST /v1/oauth/token` and `POST /v1/oauth/token/introspect`. They skip the route table,
+/// the per-route service wrappers and their futures; everything else (other methods, the seed
+/// documents' paths, `/v1/authz/{*original}` for Envoy) goes to the router unchanged.
 #[derive(Clone)]
-struct FastAuthz {
+struct HotRoutes {
     state: AppState,
     router: Router,
 }
 
-impl tower::Service<axum::extract::Request> for FastAuthz {
+impl tower::Service<axum::extract::Request> for HotRoutes {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
     type Future = std::pin::Pin<
@@ -101,14 +102,23 @@ impl tower::Service<axum::extract::Request> for FastAuthz {
     }
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
-        if req.uri().path() == "/v1/authz" {
-            let state = self.state.clone();
-            Box::pin(
-                async move { Ok(routes::authz::authz(axum::extract::State(state), req).await) },
-            )
-        } else {
-            let router = self.router.clone();
-            Box::pin(async move { tower::ServiceExt::oneshot(router, req).await })
+        use axum::extract::State;
+        let post = req.method() == axum::http::Method::POST;
+        let state = self.state.clone();
+        match (post, req.uri().path()) {
+            (_, "/v1/authz") => {
+                Box::pin(async move { Ok(routes::authz::authz(State(state), req).await) })
+            }
+            (true, "/v1/oauth/token") => {
+                Box::pin(async move { Ok(routes::oauth::token(State(state), req).await) })
+            }
+            (true, "/v1/oauth/token/introspect") => {
+                Box::pin(async move { Ok(routes::oauth::introspect(State(state), req).await) })
+            }
+            _ => {
+                let router = self.router.clone();
+                Box::pin(async move { tower::ServiceExt::oneshot(router, req).await })
+            }
         }
     }
 }

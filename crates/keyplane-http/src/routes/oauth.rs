@@ -4,7 +4,7 @@
 use crate::auth::{bearer, request_meta};
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +38,25 @@ pub fn router() -> Router<AppState> {
 pub struct OAuthErrorBody {
     pub error: String,
     pub error_description: String,
+}
+
+/// A 200 JSON answer that must not be cached (token and introspection responses): serialized
+/// once into a buffer of the right size, with its three headers in a map sized for them.
+fn json_no_store<T: Serialize>(body: &T) -> Response {
+    let mut buf = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut buf, body).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    let mut resp = Response::new(axum::body::Body::from(buf));
+    *resp.headers_mut() = headers;
+    resp
 }
 
 fn no_store(mut resp: Response) -> Response {
@@ -113,11 +132,8 @@ struct OAuthForm {
     meta: RequestMeta,
 }
 
-async fn read_form(state: &AppState, req: Request) -> Result<OAuthForm, Response> {
-    let (mut parts, body) = req.into_parts();
-    let _ =
-        axum::extract::ConnectInfo::<std::net::SocketAddr>::from_request_parts(&mut parts, state)
-            .await;
+async fn read_form(req: Request) -> Result<OAuthForm, Response> {
+    let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);
     let ctype = parts
         .headers
@@ -137,13 +153,21 @@ async fn read_form(state: &AppState, req: Request) -> Result<OAuthForm, Response
             "the request body is too large".into(),
         ))
     })?;
-    let mut params = HashMap::new();
-    for (k, v) in form_urlencoded::parse(&bytes) {
-        if params.insert(k.to_string(), v.to_string()).is_some() {
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Err(oauth_error(OAuthError::InvalidRequest(
+            "the form is not UTF-8".into(),
+        )));
+    };
+    let mut params = HashMap::with_capacity(4);
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = crate::auth::form_unescape(k).into_owned();
+        if params.contains_key(&k) {
             return Err(oauth_error(OAuthError::InvalidRequest(format!(
                 "the parameter `{k}` is repeated"
             ))));
         }
+        params.insert(k, crate::auth::form_unescape(v).into_owned());
     }
     Ok(OAuthForm {
         params,
@@ -210,7 +234,7 @@ pub struct TokenResponse {
     request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=client_credentials, optional scope, optional client_id/client_secret"),
     responses((status = 200, body = TokenResponse), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody), (status = 429, body = OAuthErrorBody)))]
 pub async fn token(State(s): State<AppState>, req: Request) -> Response {
-    let form = match read_form(&s, req).await {
+    let form = match read_form(req).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -237,15 +261,12 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         )
         .await
     {
-        Ok(t) => no_store(
-            Json(TokenResponse {
-                access_token: t.access_token,
-                token_type: "Bearer".into(),
-                expires_in: t.expires_in,
-                scope: t.scope,
-            })
-            .into_response(),
-        ),
+        Ok(t) => json_no_store(&TokenResponse {
+            access_token: t.access_token,
+            token_type: "Bearer".into(),
+            expires_in: t.expires_in,
+            scope: t.scope,
+        }),
         Err(e) => oauth_error(e),
     }
 }
@@ -325,7 +346,7 @@ impl IntrospectionResponse {
     request_body(content_type = "application/x-www-form-urlencoded", description = "token=..."),
     responses((status = 200, body = IntrospectionResponse), (status = 401, body = OAuthErrorBody)))]
 pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
-    let form = match read_form(&s, req).await {
+    let form = match read_form(req).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -361,7 +382,7 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
         Some(i) => IntrospectionResponse::active(&s.app.settings().oauth.issuer, i),
         None => IntrospectionResponse::inactive(),
     };
-    no_store(Json(body).into_response())
+    json_no_store(&body)
 }
 
 /// RFC 7009 revocation: a client revokes one of its own access tokens. 200 with no body; for a
@@ -370,7 +391,7 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
     request_body(content_type = "application/x-www-form-urlencoded", description = "token=..., optional token_type_hint"),
     responses((status = 200, description = "revoked (no body), or the token does not exist (error body)"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
 pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
-    let form = match read_form(&s, req).await {
+    let form = match read_form(req).await {
         Ok(f) => f,
         Err(r) => return r,
     };
