@@ -333,6 +333,10 @@ impl Keyplane {
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
     }
+    /// The time in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
     pub fn cache(&self) -> &KeyCache {
         &self.cache
     }
@@ -513,7 +517,7 @@ impl Keyplane {
         if !k.is_active {
             return Err(Refusal::Revoked);
         }
-        if k.expires_at_ms.is_some_and(|e| e <= to_ms(self.now())) {
+        if k.expires_at_ms.is_some_and(|e| e <= self.now_ms()) {
             return Err(Refusal::Expired);
         }
         Ok(())
@@ -808,7 +812,7 @@ impl Keyplane {
                     bound_seconds = self.settings.stale_serve_seconds,
                     "lost the change feed from storage; serving cached credentials for a bounded time"
                 );
-                self.feed.lost(to_ms(self.now()));
+                self.feed.lost(self.now_ms());
             }
             Invalidation::FeedRestored => {
                 // Anything may have changed while the feed was down.

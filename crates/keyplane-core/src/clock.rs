@@ -6,6 +6,10 @@ use time::OffsetDateTime;
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
+    /// `now()` in milliseconds since the Unix epoch (what the hot paths compare).
+    fn now_ms(&self) -> i64 {
+        to_ms(self.now())
+    }
 }
 
 /// The wall clock.
@@ -15,6 +19,12 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+    fn now_ms(&self) -> i64 {
+        // Without the calendar conversion `OffsetDateTime` makes: read on every check.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
     }
 }
 
@@ -38,6 +48,9 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         from_ms(self.0.load(Ordering::SeqCst))
+    }
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
     }
 }
 

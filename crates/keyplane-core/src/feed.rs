@@ -9,7 +9,6 @@
 //! (anything may have changed meanwhile) and trusted again. The store only reports the feed's
 //! state ([`crate::store::Invalidation::FeedLost`] / `FeedRestored`); this module decides.
 
-use crate::clock::to_ms;
 use crate::Keyplane;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -110,7 +109,7 @@ pub enum Readiness {
 impl Keyplane {
     /// The change feed's state now.
     pub fn feed_status(&self) -> FeedStatus {
-        self.feed.status(|| to_ms(self.now()))
+        self.feed.status(|| self.now_ms())
     }
 
     /// Whether this node can answer correctly. While the feed is down it does not ask storage

@@ -388,7 +388,7 @@ impl Keyplane {
     // ----- client authentication, throttled -----
 
     fn throttled(&self, client_id: &str, meta: &RequestMeta) -> Option<u64> {
-        let now = to_ms(self.now());
+        let now = self.now_ms();
         // Nothing failed within the window (the common case): no keys to build, no lock.
         if now - self.oauth.last_failure_ms.load(Ordering::Relaxed) >= 60_000 {
             return None;
@@ -417,7 +417,7 @@ impl Keyplane {
     }
 
     fn note_failure(&self, client_id: &str, meta: &RequestMeta) {
-        let now = to_ms(self.now());
+        let now = self.now_ms();
         self.oauth.last_failure_ms.store(now, Ordering::Relaxed);
         let ip = meta.addr_text().unwrap_or_default();
         let mut f = self
@@ -465,7 +465,7 @@ impl Keyplane {
             return fail(self);
         }
         let digest = self.pepper().digest(secret);
-        let now = to_ms(self.now());
+        let now = self.now_ms();
         let matched = client
             .secrets
             .iter()
@@ -569,7 +569,7 @@ impl Keyplane {
     }
 
     fn note_issued(&self, c: &OAuthClient, scopes: &[String]) {
-        let minute = to_ms(self.now()) / 60_000;
+        let minute = self.now_ms() / 60_000;
         let mut issued = self.oauth.issued.lock().unwrap_or_else(|e| e.into_inner());
         let e = issued
             .entry((c.client_id.clone(), minute))
@@ -584,7 +584,7 @@ impl Keyplane {
         &self,
         token: &str,
     ) -> Option<(Arc<CachedClient>, Introspection)> {
-        let now_ms = to_ms(self.now());
+        let now_ms = self.now_ms();
         let (client_id, jti, iat_ms, exp_ms, nbf_ms, scope, aud) =
             if crate::token::looks_like_jwt(token) {
                 let c = self.oauth.keyring().verify_jwt(token)?;
@@ -708,7 +708,7 @@ impl Keyplane {
                 "the token was not issued to this client".into(),
             ));
         }
-        if exp_ms <= to_ms(self.now()) || self.oauth.is_revoked(&jti) {
+        if exp_ms <= self.now_ms() || self.oauth.is_revoked(&jti) {
             return Ok(RevokeOutcome::Revoked);
         }
         self.store()
@@ -818,7 +818,7 @@ impl Keyplane {
             return Ok(());
         };
         let ring = self.oauth.keyring();
-        let now = to_ms(self.now());
+        let now = self.now_ms();
         for alg in [Alg::ES256, Alg::EdDSA] {
             if let Some(newest) = ring.signer(alg, i64::MAX) {
                 if now - newest.activates_at_ms > days * 86_400_000 {
@@ -831,7 +831,7 @@ impl Keyplane {
 
     /// The JWKS document.
     pub fn jwks(&self) -> serde_json::Value {
-        self.oauth.keyring().jwks(to_ms(self.now()))
+        self.oauth.keyring().jwks(self.now_ms())
     }
 
     /// Loads revocations that are still live (at start, and as a safety net).
@@ -932,8 +932,8 @@ impl Keyplane {
 
     /// Client secrets refused within seven days under their rotation policy (for `/metrics`).
     pub fn secrets_expiring_soon(&self) -> u64 {
-        let horizon = to_ms(self.now()) + 7 * 86_400_000;
-        let now = to_ms(self.now());
+        let horizon = self.now_ms() + 7 * 86_400_000;
+        let now = self.now_ms();
         self.oauth
             .clients
             .read()

@@ -76,18 +76,22 @@ fn seal_with_nonce(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], plaintext: &[u8
 
 /// Opens what [`seal`] made; `None` if it was tampered with or made under another key.
 pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = sealed.to_vec();
+    let len = open_in_place(key, aad, &mut buf)?.len();
+    buf.drain(..24);
+    buf.truncate(len);
+    Some(buf)
+}
+
+/// [`open`] without a copy: decrypts `sealed` where it lies and returns the plaintext in it.
+fn open_in_place<'a>(key: &[u8; 32], aad: &[u8], sealed: &'a mut [u8]) -> Option<&'a mut [u8]> {
     if sealed.len() < 24 + 16 {
         return None;
     }
-    let nonce: &[u8; 24] = sealed[..24].try_into().ok()?;
+    let (nonce, rest) = sealed.split_at_mut(24);
+    let nonce: &[u8; 24] = (&*nonce).try_into().ok()?;
     let (k, n) = xchacha_key(key, nonce);
-    let mut buf = sealed[24..].to_vec();
-    let len = k
-        .open_in_place(n, aead::Aad::from(aad), &mut buf)
-        .ok()?
-        .len();
-    buf.truncate(len);
-    Some(buf)
+    k.open_in_place(n, aead::Aad::from(aad), rest).ok()
 }
 
 /// What an opaque access token carries, sealed.
@@ -144,9 +148,9 @@ impl Sealer {
         if !crate::secret::ct_eq(&sum, &bytes[split..]) {
             return None;
         }
-        let sealed = B64.decode(&token[self.prefix.len()..split]).ok()?;
-        let json = open(&self.key, self.prefix.as_bytes(), &sealed)?;
-        serde_json::from_slice(&json).ok()
+        let mut sealed = B64.decode(&token[self.prefix.len()..split]).ok()?;
+        let json = open_in_place(&self.key, self.prefix.as_bytes(), &mut sealed)?;
+        serde_json::from_slice(json).ok()
     }
 }
 

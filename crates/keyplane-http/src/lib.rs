@@ -59,14 +59,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let service = tower::ServiceBuilder::new()
+    let rest = tower::ServiceBuilder::new()
         .map_response(axum::response::IntoResponse::into_response)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .service(HotRoutes {
-            router: router(state.clone()),
-            state,
-        });
+        .service(router(state.clone()));
+    let service = HotRoutes {
+        rest: tower::util::BoxCloneSyncService::new(rest),
+        state,
+    };
     axum::serve(
         listener,
         axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
@@ -79,12 +80,19 @@ pub async fn serve(
 
 /// Answers the hot routes before the router: `/v1/authz` (every request to a protected API),
 /// and `POST /v1/oauth/token` and `POST /v1/oauth/token/introspect`. They skip the route table,
-/// the per-route service wrappers and their futures; everything else (other methods, the seed
-/// documents' paths, `/v1/authz/{*original}` for Envoy) goes to the router unchanged.
+/// the per-route service wrappers, their futures and the per-request tracing span (their
+/// refusals and failures are logged as events, and counted in `/metrics`); everything else
+/// (other methods, the seed documents' paths, `/v1/authz/{*original}` for Envoy) goes to the
+/// router, traced and with the body limit, unchanged. The token endpoints read at most 16 KiB
+/// of form themselves.
 #[derive(Clone)]
 struct HotRoutes {
     state: AppState,
-    router: Router,
+    rest: tower::util::BoxCloneSyncService<
+        axum::extract::Request,
+        axum::response::Response,
+        std::convert::Infallible,
+    >,
 }
 
 impl tower::Service<axum::extract::Request> for HotRoutes {
@@ -116,8 +124,8 @@ impl tower::Service<axum::extract::Request> for HotRoutes {
                 Box::pin(async move { Ok(routes::oauth::introspect(State(state), req).await) })
             }
             _ => {
-                let router = self.router.clone();
-                Box::pin(async move { tower::ServiceExt::oneshot(router, req).await })
+                let rest = self.rest.clone();
+                Box::pin(async move { tower::ServiceExt::oneshot(rest, req).await })
             }
         }
     }
