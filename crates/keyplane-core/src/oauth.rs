@@ -621,8 +621,8 @@ impl Keyplane {
             )
         });
         let info = Introspection {
-            sub: c.client_id.clone(),
-            client_id: Some(c.client_id.clone()),
+            sub: client_id.clone(),
+            client_id: Some(client_id),
             exp: Some(exp_ms / 1000),
             iat: iat_ms / 1000,
             nbf: nbf_ms / 1000,

@@ -124,6 +124,36 @@ fn oauth_error(e: OAuthError) -> Response {
     }
 }
 
+/// A request body of at most `limit` bytes. A form arrives in one frame: that frame is kept
+/// as it is, without the queue and copy a general collector makes.
+async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, ()> {
+    use http_body_util::BodyExt;
+    let mut first = Bytes::new();
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+            continue;
+        };
+        if first.len() + joined.len() + data.len() > limit {
+            return Err(());
+        }
+        if first.is_empty() && joined.is_empty() {
+            first = data;
+        } else {
+            if joined.is_empty() {
+                joined.extend_from_slice(&first);
+                first = Bytes::new();
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        Bytes::from(joined)
+    })
+}
+
 /// The form of an OAuth request, read whole. Repeated parameters and a wrong content type are
 /// `invalid_request` (RFC 6749 §3.2: "parameters MUST NOT be included more than once").
 struct OAuthForm {
@@ -148,7 +178,7 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
             "send the parameters as application/x-www-form-urlencoded".into(),
         )));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, 16 * 1024).await.map_err(|_| {
+    let bytes = read_body(body, 16 * 1024).await.map_err(|_| {
         oauth_error(OAuthError::InvalidRequest(
             "the request body is too large".into(),
         ))
@@ -292,14 +322,14 @@ pub struct IntrospectionResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_type: Option<String>,
+    pub token_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// `access_token` or `api_key`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential_type: Option<String>,
+    pub credential_type: Option<&'static str>,
 }
 
 impl IntrospectionResponse {
@@ -332,10 +362,10 @@ impl IntrospectionResponse {
             iat: Some(i.iat),
             jti: Some(i.jti),
             client_id: i.client_id,
-            token_type: Some("Bearer".into()),
+            token_type: Some("Bearer"),
             username: Some(i.username),
             scope: Some(i.scope),
-            credential_type: Some(i.credential_type.into()),
+            credential_type: Some(i.credential_type),
         }
     }
 }

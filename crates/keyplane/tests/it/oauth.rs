@@ -264,6 +264,35 @@ async fn token_endpoint(app: TestApp) {
         items.len() <= 2,
         "one event per minute, not one per token: {ev}"
     );
+
+    // Forms up to 16 KiB are read whole, even when they arrive in several pieces; larger
+    // ones are refused with invalid_request.
+    let padded = format!("grant_type=client_credentials&pad={}", "x".repeat(15_000));
+    let a = form(
+        &app,
+        "/v1/oauth/token",
+        Some(&basic(&id, &secret)),
+        FORM,
+        &padded,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(a.json()["access_token"].is_string());
+    let big = format!("grant_type=client_credentials&pad={}", "x".repeat(17_000));
+    let a = form(
+        &app,
+        "/v1/oauth/token",
+        Some(&basic(&id, &secret)),
+        FORM,
+        &big,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert_eq!(a.json()["error"], "invalid_request");
+    assert!(a.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
     let all = app
         .get("/v1/activity?limit=200", &app.admin_key.clone())
         .await
