@@ -112,15 +112,17 @@ impl tower::Service<axum::extract::Request> for HotRoutes {
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
         use axum::extract::State;
         let post = req.method() == axum::http::Method::POST;
-        let state = self.state.clone();
         match (post, req.uri().path()) {
             (_, "/v1/authz") => {
+                let state = self.state.clone();
                 Box::pin(async move { Ok(routes::authz::authz(State(state), req).await) })
             }
             (true, "/v1/oauth/token") => {
+                let state = self.state.clone();
                 Box::pin(async move { Ok(routes::oauth::token(State(state), req).await) })
             }
             (true, "/v1/oauth/token/introspect") => {
+                let state = self.state.clone();
                 Box::pin(async move { Ok(routes::oauth::introspect(State(state), req).await) })
             }
             _ => {
