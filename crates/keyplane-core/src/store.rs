@@ -1,26 +1,66 @@
 //! The storage interface. keyplane-store implements it for SQLite and PostgreSQL; both pass the
 //! same contract suite. Methods that change a credential return the digests they affected so
 //! the caller can invalidate its cache (and, on PostgreSQL, the store notifies other nodes).
+//!
+//! Every method that changes something takes the activity event that records it and appends it
+//! to the chain in the same transaction: a change without its event (or the reverse) cannot be
+//! committed. Rows that can be changed concurrently (API keys, OAuth clients with their secrets,
+//! members) carry a `version`; a change names the version it was computed from and fails with
+//! [`crate::domain::error::Error::VersionConflict`] when another change committed first.
 
-use crate::error::Result;
-use crate::model::{
+use crate::domain::console::{ConsoleSession, PasswordLink};
+use crate::domain::error::Result;
+use crate::domain::model::{
     ApiKey, ClientSecret, Event, KeySecret, Member, NewEvent, OAuthClient, Org, Project, Role,
     Service, StoredSigningKey,
 };
-use crate::perm::MemberRole;
-use crate::secret::Digest;
+use crate::domain::perm::{Access, MemberRole};
+use crate::domain::secret::Digest;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-/// Which API keys a listing returns.
-#[derive(Debug, Clone, Default)]
+/// Which API keys (or OAuth clients) a listing returns. Made only from an [`Access`], so a
+/// listing is always limited to what the caller proved it may reach.
+#[derive(Debug, Clone)]
 pub struct KeyFilter {
-    pub org_id: String,
+    org_id: String,
+    owner_member_id: Option<String>,
+    project_id: Option<String>,
+    include_inactive: bool,
+}
+
+impl KeyFilter {
+    pub fn new(access: &Access, project_id: Option<&str>, include_inactive: bool) -> Self {
+        Self {
+            org_id: access.org_id().to_string(),
+            owner_member_id: access.only_member().map(str::to_string),
+            project_id: project_id.map(str::to_string),
+            include_inactive,
+        }
+    }
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
     /// Only keys owned by this member (a `member` sees only their own).
-    pub owner_member_id: Option<String>,
-    pub project_id: Option<String>,
+    pub fn owner_member_id(&self) -> Option<&str> {
+        self.owner_member_id.as_deref()
+    }
+    pub fn project_id(&self) -> Option<&str> {
+        self.project_id.as_deref()
+    }
     /// Include revoked keys.
-    pub include_inactive: bool,
+    pub fn include_inactive(&self) -> bool {
+        self.include_inactive
+    }
+}
+
+/// What removing a member took with them, for cache invalidation.
+#[derive(Debug, Clone, Default)]
+pub struct MemberRemoval {
+    /// Digests of the keys revoked.
+    pub digests: Vec<Digest>,
+    /// OAuth clients disabled.
+    pub client_ids: Vec<String>,
 }
 
 /// Which activity events a query returns (newest first).
@@ -60,7 +100,7 @@ pub enum Invalidation {
     /// The signing keys changed.
     SigningKeys,
     /// Not a change, and never published: the store's feed of other nodes' changes is down, so
-    /// changes may be missed from now on ([`crate::feed`] bounds how long caches are trusted).
+    /// changes may be missed from now on (the runtime bounds how long caches are trusted).
     FeedLost,
     /// Not a change, and never published: the feed is back; anything may have changed meanwhile.
     FeedRestored,
@@ -83,31 +123,51 @@ pub trait Store: Send + Sync + 'static {
         digest: Digest,
         pepper_version: u32,
         now: OffsetDateTime,
+        event: &NewEvent,
     ) -> Result<()>;
 
     // Organizations and projects.
     /// Creates an organization with its default project. A taken name is a conflict.
-    async fn org_create(&self, org: &Org, default_project: &Project) -> Result<()>;
+    async fn org_create(
+        &self,
+        org: &Org,
+        default_project: &Project,
+        event: &NewEvent,
+    ) -> Result<()>;
     async fn org_list(&self) -> Result<Vec<Org>>;
     async fn org_get(&self, id: &str) -> Result<Option<Org>>;
-    async fn project_create(&self, project: &Project) -> Result<()>;
+    async fn project_create(&self, project: &Project, event: &NewEvent) -> Result<()>;
     async fn project_list(&self, org_id: &str) -> Result<Vec<Project>>;
     async fn project_get(&self, id: &str) -> Result<Option<Project>>;
 
     // Services (deployment-wide).
-    async fn service_create(&self, service: &Service) -> Result<()>;
+    async fn service_create(&self, service: &Service, event: &NewEvent) -> Result<()>;
     async fn service_list(&self) -> Result<Vec<Service>>;
 
     // Members.
-    async fn member_create(&self, member: &Member) -> Result<()>;
+    async fn member_create(&self, member: &Member, event: &NewEvent) -> Result<()>;
     async fn member_list(&self, org_id: &str) -> Result<Vec<Member>>;
     async fn member_get(&self, id: &str) -> Result<Option<Member>>;
-    async fn member_set_role(&self, id: &str, role: MemberRole) -> Result<()>;
-    /// Removes a member and revokes the keys they own; returns those keys' digests.
-    async fn member_delete(&self, id: &str, now: OffsetDateTime) -> Result<Vec<Digest>>;
+    /// Changes a member's role if the member is still at `version`.
+    async fn member_set_role(
+        &self,
+        id: &str,
+        role: MemberRole,
+        version: i64,
+        event: &NewEvent,
+    ) -> Result<()>;
+    /// Removes a member (at `version`), revokes the keys they own, disables the OAuth clients
+    /// they own, and ends their console sessions and password links, in one transaction.
+    async fn member_delete(
+        &self,
+        id: &str,
+        version: i64,
+        now: OffsetDateTime,
+        event: &NewEvent,
+    ) -> Result<MemberRemoval>;
 
     // Roles.
-    async fn role_create(&self, role: &Role) -> Result<()>;
+    async fn role_create(&self, role: &Role, event: &NewEvent) -> Result<()>;
     /// The built-in roles and the organization's own.
     async fn role_list(&self, org_id: &str) -> Result<Vec<Role>>;
 
@@ -121,6 +181,7 @@ pub trait Store: Send + Sync + 'static {
         secret: &KeySecret,
         active_limit: Option<i64>,
         now: OffsetDateTime,
+        event: &NewEvent,
     ) -> Result<()>;
     /// Keys matching `filter`, oldest first, after the cursor `after_seq`.
     async fn api_key_list(
@@ -130,17 +191,30 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<ApiKey>>;
     async fn api_key_get(&self, id: &str) -> Result<Option<ApiKey>>;
-    /// Writes the editable fields (name, description, scopes, roles, expiry, default mark).
-    async fn api_key_update(&self, key: &ApiKey) -> Result<Vec<Digest>>;
-    /// Deactivates a key (idempotent: `deactivated_at` keeps its first value).
-    async fn api_key_deactivate(&self, id: &str, at: OffsetDateTime) -> Result<Vec<Digest>>;
-    /// Adds `secret` as the key's current secret. Existing secrets are deleted, or with
-    /// `old_expire_at` kept until then (never later than they would have expired anyway).
+    /// Writes the editable fields (name, description, scopes, roles, expiry, default mark) if
+    /// the key is still at `key.version`; returns the key as stored (version bumped) and its
+    /// digests.
+    async fn api_key_update(&self, key: &ApiKey, event: &NewEvent)
+        -> Result<(ApiKey, Vec<Digest>)>;
+    /// Deactivates a key that is still at `version`.
+    async fn api_key_deactivate(
+        &self,
+        id: &str,
+        version: i64,
+        at: OffsetDateTime,
+        event: &NewEvent,
+    ) -> Result<Vec<Digest>>;
+    /// Adds `secret` as the current secret of a key still at `version` (its display `start`
+    /// changes with it). Existing secrets are deleted, or with `old_expire_at` kept until then
+    /// (never later than they would have expired anyway).
     async fn api_key_replace_secret(
         &self,
         key_id: &str,
+        version: i64,
         secret: &KeySecret,
+        start: &str,
         old_expire_at: Option<OffsetDateTime>,
+        event: &NewEvent,
     ) -> Result<Vec<Digest>>;
     /// The key behind a digest, with what its authority depends on.
     async fn api_key_lookup(&self, digest: &Digest) -> Result<Option<KeyLookup>>;
@@ -156,7 +230,12 @@ pub trait Store: Send + Sync + 'static {
 
     // OAuth clients.
     /// Inserts a client with its first secret. A name taken in the project is a conflict.
-    async fn client_create(&self, client: &OAuthClient, secret: &ClientSecret) -> Result<()>;
+    async fn client_create(
+        &self,
+        client: &OAuthClient,
+        secret: &ClientSecret,
+        event: &NewEvent,
+    ) -> Result<()>;
     /// A client and its secrets.
     async fn client_get(&self, client_id: &str)
         -> Result<Option<(OAuthClient, Vec<ClientSecret>)>>;
@@ -168,23 +247,39 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<OAuthClient>>;
     /// Writes the editable fields (name, description, scopes, TTL, format, algorithm, audience,
-    /// rotation policy, not-before).
-    async fn client_update(&self, client: &OAuthClient) -> Result<()>;
-    /// Deletes a client and its secrets.
-    async fn client_delete(&self, client_id: &str) -> Result<()>;
-    /// Adds a secret; with `old_expire_at`, the client's other secrets expire then (or earlier).
+    /// rotation policy) if the client is still at `client.version`; returns it as stored.
+    async fn client_update(&self, client: &OAuthClient, event: &NewEvent) -> Result<OAuthClient>;
+    /// Deletes a client (still at `version`) and its secrets.
+    async fn client_delete(&self, client_id: &str, version: i64, event: &NewEvent) -> Result<()>;
+    /// Adds a secret to a client still at `version`; with `old_expire_at`, the client's other
+    /// secrets expire then (or earlier).
     async fn client_secret_add(
         &self,
         secret: &ClientSecret,
+        version: i64,
         old_expire_at: Option<OffsetDateTime>,
+        event: &NewEvent,
     ) -> Result<()>;
-    /// Deletes one secret; false if the client has no such secret.
-    async fn client_secret_delete(&self, client_id: &str, secret_id: &str) -> Result<bool>;
+    /// Deletes one secret of a client still at `version` and moves the client's not-before;
+    /// false if the client has no such secret.
+    async fn client_secret_delete(
+        &self,
+        client_id: &str,
+        secret_id: &str,
+        version: i64,
+        not_before: OffsetDateTime,
+        event: &NewEvent,
+    ) -> Result<bool>;
     /// Adds batched use counts and last-used times: `(secret id, last used, uses)`.
     async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()>;
     /// Secrets under a rotation policy that have not been warned about yet, with their client.
     async fn client_secrets_unwarned(&self) -> Result<Vec<(OAuthClient, ClientSecret)>>;
-    async fn client_secret_mark_warned(&self, secret_id: &str, at: OffsetDateTime) -> Result<()>;
+    async fn client_secret_mark_warned(
+        &self,
+        secret_id: &str,
+        at: OffsetDateTime,
+        event: &NewEvent,
+    ) -> Result<()>;
 
     // Signing keys and revoked tokens.
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>>;
@@ -193,6 +288,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: &StoredSigningKey,
         retire_others_at: OffsetDateTime,
+        event: &NewEvent,
     ) -> Result<()>;
     /// Remembers a revoked token until it would have expired. Revoking twice is a no-op.
     async fn token_revoke(
@@ -201,6 +297,7 @@ pub trait Store: Send + Sync + 'static {
         client_id: &str,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
+        event: &NewEvent,
     ) -> Result<()>;
     /// Revoked tokens that have not expired yet.
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>>;
@@ -228,22 +325,20 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `on_change` for every change another node publishes (from a background task).
     fn subscribe(&self, on_change: std::sync::Arc<dyn Fn(Invalidation) + Send + Sync>);
 
-    // The web console (see `crate::console`).
-    /// Sets (or replaces) a member's argon2id password hash.
+    // The web console (see `crate::domain::console`).
+    /// Sets (or replaces) a member's argon2id password hash and ends their sessions.
     async fn member_password_set(
         &self,
         member_id: &str,
         hash: &str,
         now: OffsetDateTime,
+        event: &NewEvent,
     ) -> Result<()>;
     /// Members with this (lower-case) email that have a password, with its hash.
     async fn member_credentials(&self, email: &str) -> Result<Vec<(Member, String)>>;
     /// Stores a one-time password link; the member's earlier links are deleted.
-    async fn console_link_create(&self, link: &crate::console::PasswordLink) -> Result<()>;
-    async fn console_link_get(
-        &self,
-        digest: &Digest,
-    ) -> Result<Option<crate::console::PasswordLink>>;
+    async fn console_link_create(&self, link: &PasswordLink, event: &NewEvent) -> Result<()>;
+    async fn console_link_get(&self, digest: &Digest) -> Result<Option<PasswordLink>>;
     /// Uses a link up: deletes it and returns its member when it had not expired. Of two
     /// concurrent uses, one wins.
     async fn console_link_consume(
@@ -251,11 +346,12 @@ pub trait Store: Send + Sync + 'static {
         digest: &Digest,
         now: OffsetDateTime,
     ) -> Result<Option<String>>;
-    async fn console_session_create(&self, session: &crate::console::ConsoleSession) -> Result<()>;
-    async fn console_session_get(
+    async fn console_session_create(
         &self,
-        digest: &Digest,
-    ) -> Result<Option<crate::console::ConsoleSession>>;
+        session: &ConsoleSession,
+        event: &NewEvent,
+    ) -> Result<()>;
+    async fn console_session_get(&self, digest: &Digest) -> Result<Option<ConsoleSession>>;
     /// Records the organization and project a session shows.
     async fn console_session_set_context(
         &self,
@@ -263,7 +359,9 @@ pub trait Store: Send + Sync + 'static {
         org_id: Option<&str>,
         project_id: Option<&str>,
     ) -> Result<()>;
-    async fn console_session_delete(&self, digest: &Digest) -> Result<()>;
+    /// Ends a session; with an event (a sign-out), records it in the same transaction.
+    async fn console_session_delete(&self, digest: &Digest, event: Option<&NewEvent>)
+        -> Result<()>;
     /// Moves a session to another member it proved at sign-in (and that member's organization).
     async fn console_session_set_member(
         &self,
@@ -271,8 +369,6 @@ pub trait Store: Send + Sync + 'static {
         member_id: &str,
         org_id: &str,
     ) -> Result<()>;
-    /// Ends every session of a member (after a password change).
-    async fn console_sessions_delete_member(&self, member_id: &str) -> Result<()>;
     /// Forgets expired sessions and links.
     async fn console_sessions_purge(&self, now: OffsetDateTime) -> Result<u64>;
 }

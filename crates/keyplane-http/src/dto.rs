@@ -1,6 +1,6 @@
 //! The management API's JSON shapes. Times are RFC 3339 strings in UTC.
 
-use keyplane_core::model::{ApiKey, Event, Member, Org, Project, Role, Service};
+use keyplane_core::domain::model::{ApiKey, Event, Member, Org, Project, Role, Service};
 use serde::{Deserialize, Deserializer, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -445,8 +445,8 @@ pub struct ClientView {
 
 impl ClientView {
     pub fn new(
-        c: keyplane_core::model::OAuthClient,
-        secrets: Vec<keyplane_core::model::ClientSecret>,
+        c: keyplane_core::domain::model::OAuthClient,
+        secrets: Vec<keyplane_core::domain::model::ClientSecret>,
         now: OffsetDateTime,
     ) -> Self {
         let max_age = c.secret_rotation_days.map(time::Duration::days);

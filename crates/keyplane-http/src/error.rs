@@ -103,6 +103,15 @@ impl From<Error> for ApiError {
             Error::Conflict(why) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", why)
             }
+            e @ Error::PreconditionFailed(_) => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+                e.to_string(),
+            ),
+            e @ Error::VersionConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", e.to_string())
+            }
             Error::LimitExceeded(why) => ApiError::new(
                 StatusCode::CONFLICT,
                 "limit-exceeded",

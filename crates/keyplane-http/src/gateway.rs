@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use keyplane_core::app::Verdict;
+use keyplane_core::usecase::check::Verdict;
 use keyplane_core::Keyplane;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod console;
 pub mod dto;
 pub mod error;
+pub mod etag;
 pub mod gateway;
 pub mod openapi;
 pub mod routes;

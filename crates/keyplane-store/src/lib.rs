@@ -9,7 +9,7 @@
 
 mod sql;
 
-use keyplane_core::error::Error;
+use keyplane_core::domain::error::Error;
 use keyplane_core::store::Store;
 use std::sync::Arc;
 

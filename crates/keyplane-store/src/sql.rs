@@ -1,16 +1,17 @@
 //! The SQL behind the store, written once and stamped out per backend by `impl_store!`.
 
 use async_trait::async_trait;
-use keyplane_core::activity::{event_hash, GENESIS_HASH};
-use keyplane_core::app::builtin_roles;
-use keyplane_core::clock::{from_ms, to_ms};
-use keyplane_core::error::{Error, Result};
-use keyplane_core::ids::{DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
-use keyplane_core::model::*;
-use keyplane_core::perm::{MemberRole, Permission};
-use keyplane_core::secret::Digest;
+use keyplane_core::domain::activity::{event_hash, GENESIS_HASH};
+use keyplane_core::domain::clock::{from_ms, to_ms};
+use keyplane_core::domain::console::{ConsoleSession, PasswordLink};
+use keyplane_core::domain::error::{Error, Result};
+use keyplane_core::domain::ids::{DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
+use keyplane_core::domain::model::*;
+use keyplane_core::domain::perm::{MemberRole, Permission};
+use keyplane_core::domain::roles::builtin_roles;
+use keyplane_core::domain::secret::Digest;
+use keyplane_core::domain::token::Alg;
 use keyplane_core::store::*;
-use keyplane_core::token::Alg;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -60,7 +61,7 @@ macro_rules! key_cols {
     () => {
         "k.seq, k.id, k.org_id, k.project_id, k.owner_member_id, k.name, k.description, k.scopes, \
          k.roles, k.start, k.created_at, k.created_by, k.expires_at, k.last_used_at, k.is_active, \
-         k.deactivated_at, k.default_for_service"
+         k.deactivated_at, k.default_for_service, k.version"
     };
 }
 
@@ -81,7 +82,7 @@ macro_rules! lookup_select {
 macro_rules! client_cols {
     () => {
         "seq, client_id, org_id, project_id, owner_member_id, name, description, scopes, access_token_ttl_seconds, \
-         token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by"
+         token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, disabled_at, version"
     };
 }
 
@@ -128,6 +129,7 @@ macro_rules! impl_store {
                     name: r.try_get("name").map_err(db_err)?,
                     role: MemberRole::parse(&role).ok_or_else(|| corrupt("member role"))?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    version: r.try_get("version").map_err(db_err)?,
                 })
             }
 
@@ -223,6 +225,7 @@ macro_rules! impl_store {
                     is_active: r.try_get("is_active").map_err(db_err)?,
                     deactivated_at: opt_time(r.try_get("deactivated_at").map_err(db_err)?),
                     default_for_service: r.try_get("default_for_service").map_err(db_err)?,
+                    version: r.try_get("version").map_err(db_err)?,
                 })
             }
 
@@ -250,6 +253,8 @@ macro_rules! impl_store {
                     not_before: opt_time(r.try_get("not_before").map_err(db_err)?),
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
                     created_by: r.try_get("created_by").map_err(db_err)?,
+                    disabled_at: opt_time(r.try_get("disabled_at").map_err(db_err)?),
+                    version: r.try_get("version").map_err(db_err)?,
                 })
             }
 
@@ -306,6 +311,60 @@ macro_rules! impl_store {
                     hash: r.try_get("hash").map_err(db_err)?,
                 })
             }
+
+            /// Appends events to the chain inside the caller's transaction, so a change and its
+            /// event commit together. The chain head is locked (PostgreSQL) or the writer is
+            /// single (SQLite), so concurrent appends never fork it.
+            async fn append_in(conn: &mut $conn, events: &[NewEvent]) -> Result<()> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let head = sqlx::query(concat!("SELECT seq, hash FROM activity_head WHERE id = 1", $lock))
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                let (mut seq, mut prev): (i64, String) = match head {
+                    Some(r) => (r.try_get("seq").map_err(db_err)?, r.try_get("hash").map_err(db_err)?),
+                    None => (0, GENESIS_HASH.to_string()),
+                };
+                for e in events {
+                    seq += 1;
+                    let details = if e.details.is_null() { "{}".to_string() } else { e.details.to_string() };
+                    let hash = event_hash(&prev, seq, e, &details);
+                    sqlx::query(
+                        "INSERT INTO activity_events (seq, id, at, org_id, actor, action, target, outcome, client_addr, \
+                         user_agent, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    )
+                    .bind(seq)
+                    .bind(&e.id)
+                    .bind(to_ms(e.at))
+                    .bind(&e.org_id)
+                    .bind(&e.actor)
+                    .bind(&e.action)
+                    .bind(&e.target)
+                    .bind(e.outcome.as_str())
+                    .bind(&e.client_addr)
+                    .bind(&e.user_agent)
+                    .bind(&details)
+                    .bind(&prev)
+                    .bind(&hash)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                    prev = hash;
+                }
+                sqlx::query(
+                    "INSERT INTO activity_head (id, seq, hash) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                )
+                .bind(seq)
+                .bind(&prev)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
 
             async fn key_digests(
                 conn: &mut $conn,
@@ -389,7 +448,8 @@ macro_rules! impl_store {
                 .transpose()
             }
 
-            async fn admin_key_set(&self, digest: Digest, pepper_version: u32, now: OffsetDateTime) -> Result<()> {
+            async fn admin_key_set(&self, digest: Digest, pepper_version: u32, now: OffsetDateTime, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
                     "INSERT INTO admin_keys (id, digest, pepper_version, created_at) VALUES (1, $1, $2, $3) \
                      ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, pepper_version = excluded.pepper_version, created_at = excluded.created_at",
@@ -397,13 +457,14 @@ macro_rules! impl_store {
                 .bind(digest.0.to_vec())
                 .bind(i64::from(pepper_version))
                 .bind(to_ms(now))
-                .execute(self.w())
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
-            async fn org_create(&self, org: &Org, project: &Project) -> Result<()> {
+            async fn org_create(&self, org: &Org, project: &Project, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
                     .bind(&org.id)
@@ -420,6 +481,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
 
@@ -440,16 +502,18 @@ macro_rules! impl_store {
                 row.as_ref().map(Self::org_row).transpose()
             }
 
-            async fn project_create(&self, p: &Project) -> Result<()> {
+            async fn project_create(&self, p: &Project, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(&p.id)
                     .bind(&p.org_id)
                     .bind(&p.name)
                     .bind(to_ms(p.created_at))
-                    .execute(self.w())
+                    .execute(&mut *tx)
                     .await
                     .map_err(|e| unique_or(e, || format!("a project named `{}` already exists in this organization", p.name)))?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn project_list(&self, org_id: &str) -> Result<Vec<Project>> {
@@ -470,17 +534,19 @@ macro_rules! impl_store {
                 row.as_ref().map(Self::project_row).transpose()
             }
 
-            async fn service_create(&self, s: &Service) -> Result<()> {
+            async fn service_create(&self, s: &Service, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query("INSERT INTO services (id, name, description, scopes, created_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(&s.id)
                     .bind(&s.name)
                     .bind(&s.description)
                     .bind(to_json(&s.scopes))
                     .bind(to_ms(s.created_at))
-                    .execute(self.w())
+                    .execute(&mut *tx)
                     .await
                     .map_err(|e| unique_or(e, || format!("a service named `{}` already exists", s.name)))?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn service_list(&self) -> Result<Vec<Service>> {
@@ -491,22 +557,25 @@ macro_rules! impl_store {
                 rows.iter().map(Self::service_row).collect()
             }
 
-            async fn member_create(&self, m: &Member) -> Result<()> {
-                sqlx::query("INSERT INTO members (id, org_id, email, name, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            async fn member_create(&self, m: &Member, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                sqlx::query("INSERT INTO members (id, org_id, email, name, role, created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(&m.id)
                     .bind(&m.org_id)
                     .bind(&m.email)
                     .bind(&m.name)
                     .bind(m.role.as_str())
                     .bind(to_ms(m.created_at))
-                    .execute(self.w())
+                    .bind(m.version)
+                    .execute(&mut *tx)
                     .await
                     .map_err(|e| unique_or(e, || format!("`{}` is already a member of this organization", m.email)))?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn member_list(&self, org_id: &str) -> Result<Vec<Member>> {
-                let rows = sqlx::query("SELECT id, org_id, email, name, role, created_at FROM members WHERE org_id = $1 ORDER BY created_at, id")
+                let rows = sqlx::query("SELECT id, org_id, email, name, role, created_at, version FROM members WHERE org_id = $1 ORDER BY created_at, id")
                     .bind(org_id)
                     .fetch_all(self.r())
                     .await
@@ -515,7 +584,7 @@ macro_rules! impl_store {
             }
 
             async fn member_get(&self, id: &str) -> Result<Option<Member>> {
-                let row = sqlx::query("SELECT id, org_id, email, name, role, created_at FROM members WHERE id = $1")
+                let row = sqlx::query("SELECT id, org_id, email, name, role, created_at, version FROM members WHERE id = $1")
                     .bind(id)
                     .fetch_optional(self.r())
                     .await
@@ -523,18 +592,34 @@ macro_rules! impl_store {
                 row.as_ref().map(Self::member_row).transpose()
             }
 
-            async fn member_set_role(&self, id: &str, role: MemberRole) -> Result<()> {
-                sqlx::query("UPDATE members SET role = $2 WHERE id = $1")
+            async fn member_set_role(&self, id: &str, role: MemberRole, version: i64, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let done = sqlx::query("UPDATE members SET role = $2, version = version + 1 WHERE id = $1 AND version = $3")
                     .bind(id)
                     .bind(role.as_str())
-                    .execute(self.w())
+                    .bind(version)
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                Ok(())
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("member"));
+                }
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
-            async fn member_delete(&self, id: &str, now: OffsetDateTime) -> Result<Vec<Digest>> {
+            async fn member_delete(&self, id: &str, version: i64, now: OffsetDateTime, event: &NewEvent) -> Result<MemberRemoval> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
+                // The version check first: it also locks the member's row for the rest.
+                let done = sqlx::query("UPDATE members SET version = version + 1 WHERE id = $1 AND version = $2")
+                    .bind(id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("member"));
+                }
                 let keys = sqlx::query("SELECT id FROM api_keys WHERE owner_member_id = $1")
                     .bind(id)
                     .fetch_all(&mut *tx)
@@ -546,7 +631,7 @@ macro_rules! impl_store {
                     digests.extend(Self::key_digests(&mut *tx, &key_id).await?);
                 }
                 sqlx::query(
-                    "UPDATE api_keys SET is_active = $2, default_for_service = NULL, \
+                    "UPDATE api_keys SET is_active = $2, default_for_service = NULL, version = version + 1, \
                      deactivated_at = COALESCE(deactivated_at, $3) WHERE owner_member_id = $1",
                 )
                 .bind(id)
@@ -555,16 +640,38 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                sqlx::query("DELETE FROM members WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                let clients = sqlx::query(
+                    "UPDATE oauth_clients SET disabled_at = COALESCE(disabled_at, $2), version = version + 1 \
+                     WHERE owner_member_id = $1 RETURNING client_id",
+                )
+                .bind(id)
+                .bind(to_ms(now))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let client_ids = clients
+                    .iter()
+                    .map(|r| r.try_get("client_id").map_err(db_err))
+                    .collect::<Result<Vec<String>>>()?;
+                for q in [
+                    "DELETE FROM console_sessions WHERE member_id = $1",
+                    "DELETE FROM console_links WHERE member_id = $1",
+                    "DELETE FROM member_passwords WHERE member_id = $1",
+                    "DELETE FROM members WHERE id = $1",
+                ] {
+                    sqlx::query(q)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)?;
-                Ok(digests)
+                Ok(MemberRemoval { digests, client_ids })
             }
 
-            async fn role_create(&self, role: &Role) -> Result<()> {
+            async fn role_create(&self, role: &Role, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 let perms: Vec<String> = role.permissions.iter().map(|p| p.as_str().to_string()).collect();
                 sqlx::query(
                     "INSERT INTO roles (id, org_id, name, description, permissions, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -576,10 +683,11 @@ macro_rules! impl_store {
                 .bind(to_json(&perms))
                 .bind(to_json(&role.scopes))
                 .bind(to_ms(role.created_at))
-                .execute(self.w())
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a role named `{}` already exists", role.name)))?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn role_list(&self, org_id: &str) -> Result<Vec<Role>> {
@@ -600,6 +708,7 @@ macro_rules! impl_store {
                 secret: &KeySecret,
                 active_limit: Option<i64>,
                 now: OffsetDateTime,
+                event: &NewEvent,
             ) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 // Serializes key creation per organization, so the limit holds under concurrency.
@@ -634,8 +743,8 @@ macro_rules! impl_store {
                 }
                 sqlx::query(
                     "INSERT INTO api_keys (id, org_id, project_id, owner_member_id, name, description, scopes, roles, \
-                     start, created_at, created_by, expires_at, last_used_at, is_active, deactivated_at, default_for_service) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, $13, NULL, $14)",
+                     start, created_at, created_by, expires_at, last_used_at, is_active, deactivated_at, default_for_service, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, $13, NULL, $14, $15)",
                 )
                 .bind(&key.id)
                 .bind(&key.org_id)
@@ -651,6 +760,7 @@ macro_rules! impl_store {
                 .bind(key.expires_at.map(to_ms))
                 .bind(key.is_active)
                 .bind(&key.default_for_service)
+                .bind(key.version)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -665,6 +775,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
 
@@ -676,10 +787,10 @@ macro_rules! impl_store {
                      AND ($3 IS NULL OR k.project_id = $3) AND ($4 OR k.is_active) AND k.seq > $5 \
                      ORDER BY k.seq LIMIT $6"
                 ))
-                .bind(&f.org_id)
-                .bind(&f.owner_member_id)
-                .bind(&f.project_id)
-                .bind(f.include_inactive)
+                .bind(f.org_id())
+                .bind(f.owner_member_id())
+                .bind(f.project_id())
+                .bind(f.include_inactive())
                 .bind(after_seq.unwrap_or(0))
                 .bind(limit)
                 .fetch_all(self.r())
@@ -697,8 +808,28 @@ macro_rules! impl_store {
                 row.as_ref().map(Self::key_row).transpose()
             }
 
-            async fn api_key_update(&self, key: &ApiKey) -> Result<Vec<Digest>> {
+            async fn api_key_update(&self, key: &ApiKey, event: &NewEvent) -> Result<(ApiKey, Vec<Digest>)> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
+                // The versioned write first: it takes the row's lock (PostgreSQL) before anything else.
+                let done = sqlx::query(
+                    "UPDATE api_keys SET name = $2, description = $3, scopes = $4, roles = $5, expires_at = $6, \
+                     default_for_service = $7, start = $8, version = version + 1 WHERE id = $1 AND version = $9 AND is_active",
+                )
+                .bind(&key.id)
+                .bind(&key.name)
+                .bind(&key.description)
+                .bind(to_json(&key.scopes))
+                .bind(to_json(&key.roles))
+                .bind(key.expires_at.map(to_ms))
+                .bind(&key.default_for_service)
+                .bind(&key.start)
+                .bind(key.version)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("API key"));
+                }
                 if let Some(service) = &key.default_for_service {
                     sqlx::query(
                         "UPDATE api_keys SET default_for_service = NULL WHERE project_id = $1 AND default_for_service = $2 AND id <> $3",
@@ -710,39 +841,36 @@ macro_rules! impl_store {
                     .await
                     .map_err(db_err)?;
                 }
-                sqlx::query(
-                    "UPDATE api_keys SET name = $2, description = $3, scopes = $4, roles = $5, expires_at = $6, \
-                     default_for_service = $7, start = $8 WHERE id = $1",
-                )
-                .bind(&key.id)
-                .bind(&key.name)
-                .bind(&key.description)
-                .bind(to_json(&key.scopes))
-                .bind(to_json(&key.roles))
-                .bind(key.expires_at.map(to_ms))
-                .bind(&key.default_for_service)
-                .bind(&key.start)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
                 let digests = Self::key_digests(&mut *tx, &key.id).await?;
+                let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys k WHERE k.id = $1"))
+                    .bind(&key.id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let stored = Self::key_row(&row)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)?;
-                Ok(digests)
+                Ok((stored, digests))
             }
 
-            async fn api_key_deactivate(&self, id: &str, at: OffsetDateTime) -> Result<Vec<Digest>> {
+            async fn api_key_deactivate(&self, id: &str, version: i64, at: OffsetDateTime, event: &NewEvent) -> Result<Vec<Digest>> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
-                sqlx::query(
-                    "UPDATE api_keys SET is_active = $2, default_for_service = NULL, \
-                     deactivated_at = COALESCE(deactivated_at, $3) WHERE id = $1",
+                let done = sqlx::query(
+                    "UPDATE api_keys SET is_active = $2, default_for_service = NULL, version = version + 1, \
+                     deactivated_at = COALESCE(deactivated_at, $3) WHERE id = $1 AND version = $4",
                 )
                 .bind(id)
                 .bind(false)
                 .bind(to_ms(at))
+                .bind(version)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("API key"));
+                }
                 let digests = Self::key_digests(&mut *tx, id).await?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(digests)
             }
@@ -750,10 +878,27 @@ macro_rules! impl_store {
             async fn api_key_replace_secret(
                 &self,
                 key_id: &str,
+                version: i64,
                 secret: &KeySecret,
+                start: &str,
                 old_expire_at: Option<OffsetDateTime>,
+                event: &NewEvent,
             ) -> Result<Vec<Digest>> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
+                // The versioned write first: concurrent rotations serialize on the row, and a
+                // rotation computed from an older version is refused (and retried by the caller).
+                let done = sqlx::query(
+                    "UPDATE api_keys SET start = $2, version = version + 1 WHERE id = $1 AND version = $3 AND is_active",
+                )
+                .bind(key_id)
+                .bind(start)
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("API key"));
+                }
                 let digests = Self::key_digests(&mut *tx, key_id).await?;
                 match old_expire_at {
                     None => {
@@ -791,6 +936,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(digests)
             }
@@ -856,12 +1002,12 @@ macro_rules! impl_store {
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn client_create(&self, c: &OAuthClient, secret: &ClientSecret) -> Result<()> {
+            async fn client_create(&self, c: &OAuthClient, secret: &ClientSecret, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
                     "INSERT INTO oauth_clients (client_id, org_id, project_id, owner_member_id, name, description, scopes, \
-                     access_token_ttl_seconds, token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                     access_token_ttl_seconds, token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 )
                 .bind(&c.client_id)
                 .bind(&c.org_id)
@@ -878,10 +1024,12 @@ macro_rules! impl_store {
                 .bind(c.not_before.map(to_ms))
                 .bind(to_ms(c.created_at))
                 .bind(&c.created_by)
+                .bind(c.version)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
                 Self::insert_secret(&mut tx, secret).await?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
 
@@ -909,9 +1057,9 @@ macro_rules! impl_store {
                     " FROM oauth_clients WHERE org_id = $1 AND ($2 IS NULL OR owner_member_id = $2) \
                      AND ($3 IS NULL OR project_id = $3) AND seq > $4 ORDER BY seq LIMIT $5"
                 ))
-                .bind(&f.org_id)
-                .bind(&f.owner_member_id)
-                .bind(&f.project_id)
+                .bind(f.org_id())
+                .bind(f.owner_member_id())
+                .bind(f.project_id())
                 .bind(after_seq.unwrap_or(0))
                 .bind(limit)
                 .fetch_all(self.r())
@@ -920,11 +1068,12 @@ macro_rules! impl_store {
                 rows.iter().map(Self::client_row).collect()
             }
 
-            async fn client_update(&self, c: &OAuthClient) -> Result<()> {
-                sqlx::query(
+            async fn client_update(&self, c: &OAuthClient, event: &NewEvent) -> Result<OAuthClient> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let done = sqlx::query(
                     "UPDATE oauth_clients SET name = $2, description = $3, scopes = $4, access_token_ttl_seconds = $5, \
-                     token_format = $6, signing_alg = $7, audience = $8, secret_rotation_days = $9, not_before = $10 \
-                     WHERE client_id = $1",
+                     token_format = $6, signing_alg = $7, audience = $8, secret_rotation_days = $9, version = version + 1 \
+                     WHERE client_id = $1 AND version = $10",
                 )
                 .bind(&c.client_id)
                 .bind(&c.name)
@@ -935,15 +1084,35 @@ macro_rules! impl_store {
                 .bind(c.signing_alg.map(|a| a.as_str()))
                 .bind(&c.audience)
                 .bind(c.secret_rotation_days)
-                .bind(c.not_before.map(to_ms))
-                .execute(self.w())
+                .bind(c.version)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
-                Ok(())
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("OAuth client"));
+                }
+                let row = sqlx::query(concat!("SELECT ", client_cols!(), " FROM oauth_clients WHERE client_id = $1"))
+                    .bind(&c.client_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let stored = Self::client_row(&row)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(stored)
             }
 
-            async fn client_delete(&self, client_id: &str) -> Result<()> {
+            async fn client_delete(&self, client_id: &str, version: i64, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
+                let done = sqlx::query("UPDATE oauth_clients SET version = version + 1 WHERE client_id = $1 AND version = $2")
+                    .bind(client_id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("OAuth client"));
+                }
                 sqlx::query("DELETE FROM oauth_client_secrets WHERE client_id = $1")
                     .bind(client_id)
                     .execute(&mut *tx)
@@ -954,11 +1123,22 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn client_secret_add(&self, secret: &ClientSecret, old_expire_at: Option<OffsetDateTime>) -> Result<()> {
+            async fn client_secret_add(&self, secret: &ClientSecret, version: i64, old_expire_at: Option<OffsetDateTime>, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
+                // The versioned write first: concurrent rotations serialize on the client's row.
+                let done = sqlx::query("UPDATE oauth_clients SET version = version + 1 WHERE client_id = $1 AND version = $2")
+                    .bind(&secret.client_id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("OAuth client"));
+                }
                 if let Some(at) = old_expire_at {
                     sqlx::query(
                         "UPDATE oauth_client_secrets SET expires_at = $2 WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
@@ -970,17 +1150,39 @@ macro_rules! impl_store {
                     .map_err(db_err)?;
                 }
                 Self::insert_secret(&mut tx, secret).await?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn client_secret_delete(&self, client_id: &str, secret_id: &str) -> Result<bool> {
-                let done = sqlx::query("DELETE FROM oauth_client_secrets WHERE client_id = $1 AND id = $2")
+            async fn client_secret_delete(&self, client_id: &str, secret_id: &str, version: i64, not_before: OffsetDateTime, event: &NewEvent) -> Result<bool> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let done = sqlx::query(
+                    "UPDATE oauth_clients SET version = version + 1, \
+                     not_before = CASE WHEN not_before IS NULL OR not_before < $3 THEN $3 ELSE not_before END \
+                     WHERE client_id = $1 AND version = $2",
+                )
+                .bind(client_id)
+                .bind(version)
+                .bind(to_ms(not_before))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::VersionConflict("OAuth client"));
+                }
+                let deleted = sqlx::query("DELETE FROM oauth_client_secrets WHERE client_id = $1 AND id = $2")
                     .bind(client_id)
                     .bind(secret_id)
-                    .execute(self.w())
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                Ok(done.rows_affected() > 0)
+                if deleted.rows_affected() == 0 {
+                    // Nothing to retire: the transaction (and its version bump) is dropped.
+                    return Ok(false);
+                }
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(true)
             }
 
             async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()> {
@@ -1018,14 +1220,16 @@ macro_rules! impl_store {
                 Ok(out)
             }
 
-            async fn client_secret_mark_warned(&self, secret_id: &str, at: OffsetDateTime) -> Result<()> {
+            async fn client_secret_mark_warned(&self, secret_id: &str, at: OffsetDateTime, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query("UPDATE oauth_client_secrets SET expiry_warned_at = $2 WHERE id = $1")
                     .bind(secret_id)
                     .bind(to_ms(at))
-                    .execute(self.w())
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>> {
@@ -1047,7 +1251,7 @@ macro_rules! impl_store {
                     .collect()
             }
 
-            async fn signing_key_add(&self, key: &StoredSigningKey, retire_others_at: OffsetDateTime) -> Result<()> {
+            async fn signing_key_add(&self, key: &StoredSigningKey, retire_others_at: OffsetDateTime, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
                     "UPDATE signing_keys SET unpublish_at = $2 WHERE alg = $1 AND (unpublish_at IS NULL OR unpublish_at > $2)",
@@ -1069,10 +1273,12 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn token_revoke(&self, jti: &str, client_id: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<()> {
+            async fn token_revoke(&self, jti: &str, client_id: &str, expires_at: OffsetDateTime, now: OffsetDateTime, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
                     "INSERT INTO revoked_tokens (jti, client_id, expires_at, revoked_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
                 )
@@ -1080,10 +1286,11 @@ macro_rules! impl_store {
                 .bind(client_id)
                 .bind(to_ms(expires_at))
                 .bind(to_ms(now))
-                .execute(self.w())
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>> {
@@ -1111,49 +1318,7 @@ macro_rules! impl_store {
                     return Ok(());
                 }
                 let mut tx = self.w().begin().await.map_err(db_err)?;
-                let head = sqlx::query(concat!("SELECT seq, hash FROM activity_head WHERE id = 1", $lock))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                let (mut seq, mut prev): (i64, String) = match head {
-                    Some(r) => (r.try_get("seq").map_err(db_err)?, r.try_get("hash").map_err(db_err)?),
-                    None => (0, GENESIS_HASH.to_string()),
-                };
-                for e in events {
-                    seq += 1;
-                    let details = if e.details.is_null() { "{}".to_string() } else { e.details.to_string() };
-                    let hash = event_hash(&prev, seq, e, &details);
-                    sqlx::query(
-                        "INSERT INTO activity_events (seq, id, at, org_id, actor, action, target, outcome, client_addr, \
-                         user_agent, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    )
-                    .bind(seq)
-                    .bind(&e.id)
-                    .bind(to_ms(e.at))
-                    .bind(&e.org_id)
-                    .bind(&e.actor)
-                    .bind(&e.action)
-                    .bind(&e.target)
-                    .bind(e.outcome.as_str())
-                    .bind(&e.client_addr)
-                    .bind(&e.user_agent)
-                    .bind(&details)
-                    .bind(&prev)
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    prev = hash;
-                }
-                sqlx::query(
-                    "INSERT INTO activity_head (id, seq, hash) VALUES (1, $1, $2) \
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                )
-                .bind(seq)
-                .bind(&prev)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+                Self::append_in(&mut tx, events).await?;
                 tx.commit().await.map_err(db_err)
             }
 
@@ -1211,7 +1376,8 @@ macro_rules! impl_store {
                 self.subscribe_changes(on_change)
             }
 
-            async fn member_password_set(&self, member_id: &str, hash: &str, now: OffsetDateTime) -> Result<()> {
+            async fn member_password_set(&self, member_id: &str, hash: &str, now: OffsetDateTime, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
                     "INSERT INTO member_passwords (member_id, hash, updated_at) VALUES ($1, $2, $3) \
                      ON CONFLICT (member_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
@@ -1219,15 +1385,22 @@ macro_rules! impl_store {
                 .bind(member_id)
                 .bind(hash)
                 .bind(to_ms(now))
-                .execute(self.w())
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                Ok(())
+                // A new password ends every session the member had.
+                sqlx::query("DELETE FROM console_sessions WHERE member_id = $1")
+                    .bind(member_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn member_credentials(&self, email: &str) -> Result<Vec<(Member, String)>> {
                 let rows = sqlx::query(
-                    "SELECT m.id, m.org_id, m.email, m.name, m.role, m.created_at, p.hash FROM members m \
+                    "SELECT m.id, m.org_id, m.email, m.name, m.role, m.created_at, m.version, p.hash FROM members m \
                      JOIN member_passwords p ON p.member_id = m.id WHERE m.email = $1 ORDER BY m.created_at, m.id",
                 )
                 .bind(email)
@@ -1239,7 +1412,7 @@ macro_rules! impl_store {
                     .collect()
             }
 
-            async fn console_link_create(&self, link: &keyplane_core::console::PasswordLink) -> Result<()> {
+            async fn console_link_create(&self, link: &PasswordLink, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query("DELETE FROM console_links WHERE member_id = $1")
                     .bind(&link.member_id)
@@ -1257,10 +1430,11 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn console_link_get(&self, digest: &Digest) -> Result<Option<keyplane_core::console::PasswordLink>> {
+            async fn console_link_get(&self, digest: &Digest) -> Result<Option<PasswordLink>> {
                 let row = sqlx::query("SELECT digest, member_id, created_at, expires_at, created_by FROM console_links WHERE digest = $1")
                     .bind(digest.0.to_vec())
                     .fetch_optional(self.r())
@@ -1268,7 +1442,7 @@ macro_rules! impl_store {
                     .map_err(db_err)?;
                 row.map(|r| {
                     let d: Vec<u8> = r.try_get("digest").map_err(db_err)?;
-                    Ok(keyplane_core::console::PasswordLink {
+                    Ok(PasswordLink {
                         digest: Digest::from_slice(&d).ok_or_else(|| corrupt("digest"))?,
                         member_id: r.try_get("member_id").map_err(db_err)?,
                         created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
@@ -1293,7 +1467,8 @@ macro_rules! impl_store {
                 Ok(Some(r.try_get("member_id").map_err(db_err)?))
             }
 
-            async fn console_session_create(&self, s: &keyplane_core::console::ConsoleSession) -> Result<()> {
+            async fn console_session_create(&self, s: &ConsoleSession, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
                     "INSERT INTO console_sessions (digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at, member_ids) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -1306,13 +1481,14 @@ macro_rules! impl_store {
                 .bind(to_ms(s.created_at))
                 .bind(to_ms(s.expires_at))
                 .bind(to_json(&s.member_ids))
-                .execute(self.w())
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                Ok(())
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
-            async fn console_session_get(&self, digest: &Digest) -> Result<Option<keyplane_core::console::ConsoleSession>> {
+            async fn console_session_get(&self, digest: &Digest) -> Result<Option<ConsoleSession>> {
                 let row = sqlx::query(
                     "SELECT digest, member_id, admin_key_digest, org_id, project_id, created_at, expires_at, member_ids \
                      FROM console_sessions WHERE digest = $1",
@@ -1324,7 +1500,7 @@ macro_rules! impl_store {
                 row.map(|r| {
                     let d: Vec<u8> = r.try_get("digest").map_err(db_err)?;
                     let a: Option<Vec<u8>> = r.try_get("admin_key_digest").map_err(db_err)?;
-                    Ok(keyplane_core::console::ConsoleSession {
+                    Ok(ConsoleSession {
                         digest: Digest::from_slice(&d).ok_or_else(|| corrupt("digest"))?,
                         member_id: r.try_get("member_id").map_err(db_err)?,
                         admin_key_digest: a
@@ -1362,22 +1538,17 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn console_session_delete(&self, digest: &Digest) -> Result<()> {
+            async fn console_session_delete(&self, digest: &Digest, event: Option<&NewEvent>) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query("DELETE FROM console_sessions WHERE digest = $1")
                     .bind(digest.0.to_vec())
-                    .execute(self.w())
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                Ok(())
-            }
-
-            async fn console_sessions_delete_member(&self, member_id: &str) -> Result<()> {
-                sqlx::query("DELETE FROM console_sessions WHERE member_id = $1")
-                    .bind(member_id)
-                    .execute(self.w())
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
+                if let Some(event) = event {
+                    Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                }
+                tx.commit().await.map_err(db_err)
             }
 
             async fn console_sessions_purge(&self, now: OffsetDateTime) -> Result<u64> {

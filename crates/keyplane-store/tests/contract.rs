@@ -1,11 +1,11 @@
 //! The storage contract: one suite, run against SQLite and PostgreSQL on real databases.
 
-use keyplane_core::activity::GENESIS_HASH;
-use keyplane_core::clock::{from_ms, to_ms};
-use keyplane_core::ids::{new_id, DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
-use keyplane_core::model::*;
-use keyplane_core::perm::MemberRole;
-use keyplane_core::secret::Digest;
+use keyplane_core::domain::activity::GENESIS_HASH;
+use keyplane_core::domain::clock::{from_ms, to_ms};
+use keyplane_core::domain::ids::{new_id, DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
+use keyplane_core::domain::model::*;
+use keyplane_core::domain::perm::MemberRole;
+use keyplane_core::domain::secret::Digest;
 use keyplane_core::store::{EventFilter, KeyFilter, Store};
 use keyplane_core::Error;
 use keyplane_testkit::{Backend, TestDb};
@@ -52,7 +52,7 @@ fn secret(key_id: &str, n: u8) -> KeySecret {
     let mut d = [0u8; 32];
     d[0] = n;
     d[1..9].copy_from_slice(&(key_id.len() as u64).to_le_bytes());
-    d[9..].copy_from_slice(&keyplane_core::secret::random_base62(23).into_bytes());
+    d[9..].copy_from_slice(&keyplane_core::domain::secret::random_base62(23).into_bytes());
     KeySecret {
         digest: Digest(d),
         key_id: key_id.into(),
@@ -527,7 +527,7 @@ async fn activity_chain_and_queries(s: Arc<dyn Store>) {
     }
     let page = s.activity_page(0, 100).await.unwrap();
     assert_eq!(page.len(), 22);
-    let mut v = keyplane_core::activity::ChainVerifier::default();
+    let mut v = keyplane_core::domain::activity::ChainVerifier::default();
     for e in &page {
         assert!(v.feed(e), "event {} breaks the chain", e.seq);
     }

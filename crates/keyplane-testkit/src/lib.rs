@@ -7,7 +7,7 @@
 
 use keyplane::config::{Config, ConfigFlags};
 use keyplane::server::{self, Running};
-use keyplane_core::secret::random_base62;
+use keyplane_core::domain::secret::random_base62;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::collections::HashMap;

@@ -67,7 +67,7 @@ pub struct GatewayFile {
 /// line each rule starts on. Used at start and on every reload.
 pub fn read_rules(
     path: Option<&Path>,
-) -> Result<(Vec<keyplane_core::routes::RuleInput>, bool), String> {
+) -> Result<(Vec<keyplane_core::domain::routes::RuleInput>, bool), String> {
     let Some(path) = path else {
         return Ok((vec![], false));
     };
@@ -84,7 +84,7 @@ pub fn read_rules(
                 .count()
                 + 1;
             let r = spanned.into_inner();
-            keyplane_core::routes::RuleInput {
+            keyplane_core::domain::routes::RuleInput {
                 methods: r.methods,
                 path: r.path,
                 scopes: r.scopes,
@@ -107,8 +107,8 @@ pub fn read_rules(
 /// The route rules' source: the configuration file, read again on SIGHUP or the admin route.
 pub struct FileRules(pub Option<PathBuf>);
 
-impl keyplane_core::app::RulesSource for FileRules {
-    fn load(&self) -> Result<(Vec<keyplane_core::routes::RuleInput>, bool), String> {
+impl keyplane_core::domain::routes::RulesSource for FileRules {
+    fn load(&self) -> Result<(Vec<keyplane_core::domain::routes::RuleInput>, bool), String> {
         read_rules(self.0.as_deref())
     }
 }
@@ -446,7 +446,7 @@ impl Config {
             &access_token_prefix,
         ];
         for p in all {
-            keyplane_core::secret::SecretFormat::new(p).map_err(anyhow::Error::msg)?;
+            keyplane_core::domain::secret::SecretFormat::new(p).map_err(anyhow::Error::msg)?;
         }
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
@@ -472,7 +472,7 @@ impl Config {
             file.oauth.signing_alg.clone(),
             "ES256",
         );
-        if keyplane_core::token::Alg::parse(&signing_alg).is_none() {
+        if keyplane_core::domain::token::Alg::parse(&signing_alg).is_none() {
             bail!("signing_alg must be ES256 or EdDSA");
         }
         let token_events = pick(

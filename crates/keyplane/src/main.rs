@@ -169,11 +169,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             init_tracing("text");
             let config = Config::load(&config, None, &env_map())?;
-            let alg =
-                keyplane_core::token::Alg::parse(alg.as_deref().unwrap_or(&config.signing_alg))
-                    .context("--alg must be ES256 or EdDSA")?;
+            let alg = keyplane_core::domain::token::Alg::parse(
+                alg.as_deref().unwrap_or(&config.signing_alg),
+            )
+            .context("--alg must be ES256 or EdDSA")?;
             let app = server::build(&config).await?;
-            app.store().ensure_defaults(app.now()).await?;
+            app.ensure_defaults().await?;
             app.ensure_signing_keys().await?;
             let kid = app.rotate_signing_key(alg, lead_seconds).await?;
             println!("{kid}");

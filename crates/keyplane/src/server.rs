@@ -3,13 +3,13 @@
 
 use crate::config::{redact_url, Config};
 use anyhow::{Context, Result};
-use keyplane_core::app::Settings;
-use keyplane_core::clock::SystemClock;
-use keyplane_core::oauth::OAuthSettings;
-use keyplane_core::secret::{random_base62, Pepper, SecretFormat, SecretString};
+use keyplane_core::domain::clock::SystemClock;
+use keyplane_core::domain::secret::{random_base62, Pepper, SecretFormat, SecretString};
+use keyplane_core::domain::token::Alg;
 use keyplane_core::store::Invalidation;
-use keyplane_core::token::Alg;
 use keyplane_core::Keyplane;
+use keyplane_core::OAuthSettings;
+use keyplane_core::Settings;
 use keyplane_http::AppState;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -169,9 +169,10 @@ pub async fn start(
     });
     preloader.kick();
     {
+        let subscriber = Arc::clone(&app);
         let app = Arc::clone(&app);
         let preloader = Arc::clone(&preloader);
-        app.store().clone().subscribe(Arc::new(move |change| {
+        subscriber.subscribe_changes(Arc::new(move |change| {
             app.apply_invalidation(&change);
             if matches!(change, Invalidation::All) {
                 preloader.kick();
@@ -290,7 +291,7 @@ pub async fn start(
         tracing::info!("stopped cleanly");
         Ok(())
     });
-    tracing::info!(%addr, storage = app.store().backend(), "keyplane is listening");
+    tracing::info!(%addr, storage = app.backend(), "keyplane is listening");
     Ok(Running {
         addr,
         gateway_addr,
@@ -344,10 +345,7 @@ async fn maintain(app: &Keyplane) {
         ),
         (
             "purge expired revocations",
-            app.store()
-                .revoked_tokens_purge(app.now())
-                .await
-                .map(|_| ()),
+            app.purge_revocations().await.map(|_| ()),
         ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),

@@ -1,11 +1,11 @@
 //! Writes active API keys straight into a keyplane database (already migrated by a first
 //! `keyplane serve`), hashed exactly as keyplane hashes them (HMAC-SHA256 under the pepper,
-//! `keyplane_core::secret::Pepper`), far faster than one management call per key.
+//! `keyplane_core::domain::secret::Pepper`), far faster than one management call per key.
 //!
 //! `seed DATABASE_URL PEPPER COUNT SCOPE KEYS_OUT [EVERY]`: adds COUNT keys with SCOPE to the
 //! default organization and writes every EVERY-th secret (default 1: all) to KEYS_OUT, one a line.
 
-use keyplane_core::secret::{Pepper, SecretFormat};
+use keyplane_core::domain::secret::{Pepper, SecretFormat};
 use std::io::Write;
 
 const BATCH: usize = 1_000;

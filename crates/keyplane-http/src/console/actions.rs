@@ -13,10 +13,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Json};
-use keyplane_core::app::{ApiKeyPatch, NewApiKey};
-use keyplane_core::clock::to_ms;
-use keyplane_core::console::{check_password_rules, hash_password, SESSION_TTL};
-use keyplane_core::oauth::{ClientPatch, NewClient};
+use keyplane_core::domain::clock::to_ms;
+use keyplane_core::domain::console::{check_password_rules, hash_password, SESSION_TTL};
+use keyplane_core::runtime::throttle::sign_in_keys;
+use keyplane_core::usecase::api_keys::{ApiKeyPatch, NewApiKey};
+use keyplane_core::usecase::clients::{ClientPatch, NewClient};
 use keyplane_core::Error;
 use serde_json::json;
 
@@ -92,7 +93,8 @@ pub async fn sign_in(
         *r.status_mut() = status;
         r
     };
-    if let Some(wait) = cs.throttle.blocked(&who, &addr, now_ms) {
+    let throttle_keys = sign_in_keys(&who, &addr);
+    if let Some(wait) = cs.throttle.blocked(&throttle_keys, now_ms) {
         return page(
             StatusCode::TOO_MANY_REQUESTS,
             format!("Too many failed sign-ins. Wait {wait} seconds, then try again."),
@@ -122,7 +124,7 @@ pub async fn sign_in(
     };
     match opened {
         Ok((id, _)) => {
-            cs.throttle.succeeded(&who, &addr);
+            cs.throttle.forget(&throttle_keys[0].0);
             let mut resp = Redirect::to("/console/overview").into_response();
             if let Ok(v) = set_cookie(
                 headers,
@@ -137,7 +139,7 @@ pub async fn sign_in(
             resp
         }
         Err(Error::Unauthenticated(_)) => {
-            cs.throttle.failed(&who, &addr, now_ms);
+            cs.throttle.failed(&throttle_keys, now_ms);
             page(
                 StatusCode::UNAUTHORIZED,
                 if mode == "member" {
@@ -326,7 +328,7 @@ pub async fn key_edit(State(s): State<AppState>, Path(id): Path<String>, p: Post
         default_for_service: Some(f.get("default_for_service").map(str::to_string)),
     };
     s.app
-        .api_key_update(&p.signed.principal, &id, patch, &p.meta)
+        .api_key_update(&p.signed.principal, &id, patch, None, &p.meta)
         .await
         .map_err(fail(p.js, back))?;
     Ok(done(p.js, back))
@@ -352,7 +354,7 @@ pub async fn key_regenerate(
 ) -> Answer {
     let (key, secret_value) = s
         .app
-        .api_key_regenerate(&p.signed.principal, &id, None, &p.meta)
+        .api_key_regenerate(&p.signed.principal, &id, None, None, &p.meta)
         .await
         .map_err(fail(p.js, "/console/keys"))?;
     Ok(secret(
@@ -367,7 +369,7 @@ pub async fn key_regenerate(
 
 pub async fn key_revoke(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
     s.app
-        .api_key_revoke(&p.signed.principal, &id, &p.meta)
+        .api_key_revoke(&p.signed.principal, &id, None, &p.meta)
         .await
         .map_err(fail(p.js, "/console/keys"))?;
     Ok(done(p.js, "/console/keys"))
@@ -433,7 +435,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         secret_rotation_days: Some(opt_i64(f, "rotation_days")),
     };
     s.app
-        .client_update(&p.signed.principal, &id, patch, &p.meta)
+        .client_update(&p.signed.principal, &id, patch, None, &p.meta)
         .await
         .map_err(fail(p.js, &back))?;
     Ok(done(p.js, &back))
@@ -448,7 +450,7 @@ pub async fn client_secret_add(
     let grace = opt_i64(&p.form, "old_expire_days").map(time::Duration::days);
     let (_, secret_value) = s
         .app
-        .client_secret_add(&p.signed.principal, &id, grace, &p.meta)
+        .client_secret_add(&p.signed.principal, &id, grace, None, &p.meta)
         .await
         .map_err(fail(p.js, &back))?;
     Ok(secret(
@@ -468,7 +470,7 @@ pub async fn client_secret_retire(
 ) -> Answer {
     let back = client_back(&id);
     s.app
-        .client_secret_retire(&p.signed.principal, &id, &secret_id, &p.meta)
+        .client_secret_retire(&p.signed.principal, &id, &secret_id, None, &p.meta)
         .await
         .map_err(fail(p.js, &back))?;
     Ok(done(p.js, &back))
@@ -494,7 +496,7 @@ pub async fn client_token(State(s): State<AppState>, Path(id): Path<String>, p: 
 
 pub async fn client_delete(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
     s.app
-        .client_delete(&p.signed.principal, &id, &p.meta)
+        .client_delete(&p.signed.principal, &id, None, &p.meta)
         .await
         .map_err(fail(p.js, "/console/clients"))?;
     Ok(done(p.js, "/console/clients"))
@@ -527,6 +529,7 @@ pub async fn member_role(State(s): State<AppState>, Path(id): Path<String>, p: P
             &p.signed.principal,
             &id,
             p.form.get("role").unwrap_or(""),
+            None,
             &p.meta,
         )
         .await
@@ -537,7 +540,7 @@ pub async fn member_role(State(s): State<AppState>, Path(id): Path<String>, p: P
 pub async fn member_remove(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
     let back = "/console/members";
     s.app
-        .member_delete(&p.signed.principal, &id, &p.meta)
+        .member_delete(&p.signed.principal, &id, None, &p.meta)
         .await
         .map_err(fail(p.js, back))?;
     Ok(done(p.js, back))

@@ -15,7 +15,7 @@
 //!   dialog and never writes them anywhere else);
 //! - a strict Content-Security-Policy: no inline script or style, nothing from elsewhere.
 //!
-//! [`Principal`]: keyplane_core::perm::Principal
+//! [`Principal`]: keyplane_core::domain::perm::Principal
 
 mod actions;
 mod assets;
@@ -30,8 +30,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use keyplane_core::app::RequestMeta;
-use keyplane_core::console::{SignInThrottle, SignedIn};
+use keyplane_core::domain::console::SignedIn;
+use keyplane_core::domain::request::RequestMeta;
+use keyplane_core::runtime::throttle::FailureThrottle;
 use std::sync::Arc;
 
 /// The session cookie.
@@ -45,7 +46,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// What the console keeps in memory: the throttle on failed sign-ins.
 #[derive(Clone, Default)]
 pub struct ConsoleState {
-    pub throttle: Arc<SignInThrottle>,
+    pub throttle: Arc<FailureThrottle>,
 }
 
 pub fn router() -> Router<AppState> {

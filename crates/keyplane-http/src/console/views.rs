@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::response::{Html, IntoResponse, Response};
-use keyplane_core::model::{ApiKey, ClientSecret, Event, OAuthClient, Service};
+use keyplane_core::domain::model::{ApiKey, ClientSecret, Event, OAuthClient, Service};
 use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -9,7 +9,7 @@ use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode}
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
-use keyplane_core::app::{Identity, Verdict};
+use keyplane_core::usecase::check::{Identity, Verdict};
 use std::borrow::Cow;
 
 pub fn router() -> Router<AppState> {

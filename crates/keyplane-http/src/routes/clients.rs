@@ -3,12 +3,13 @@
 use crate::auth::Caller;
 use crate::dto::*;
 use crate::error::{ApiResult, AppJson, AppPath, AppQuery, OptionalJson};
+use crate::etag::{IfMatch, Tagged};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use keyplane_core::oauth::{ClientPatch, NewClient};
+use keyplane_core::usecase::clients::{ClientPatch, NewClient};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -110,9 +111,12 @@ pub async fn get_one(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
-) -> ApiResult<Json<ClientView>> {
+) -> ApiResult<Tagged<Json<ClientView>>> {
     let (cl, sec) = s.app.client_get(&c.principal, &id).await?;
-    Ok(Json(ClientView::new(cl, sec, s.app.now())))
+    Ok(Tagged(
+        cl.version,
+        Json(ClientView::new(cl, sec, s.app.now())),
+    ))
 }
 
 /// Edit name, scopes, token lifetime, format, algorithm, audience or rotation policy.
@@ -122,8 +126,9 @@ pub async fn update(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
+    IfMatch(if_match): IfMatch,
     AppJson(b): AppJson<UpdateClient>,
-) -> ApiResult<Json<ClientView>> {
+) -> ApiResult<Tagged<Json<ClientView>>> {
     let patch = ClientPatch {
         name: b.name,
         description: b.description,
@@ -136,9 +141,12 @@ pub async fn update(
     };
     let (cl, sec) = s
         .app
-        .client_update(&c.principal, &id, patch, &c.meta)
+        .client_update(&c.principal, &id, patch, if_match, &c.meta)
         .await?;
-    Ok(Json(ClientView::new(cl, sec, s.app.now())))
+    Ok(Tagged(
+        cl.version,
+        Json(ClientView::new(cl, sec, s.app.now())),
+    ))
 }
 
 /// Delete a client; its access tokens stop working at once.
@@ -148,8 +156,11 @@ pub async fn remove(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
+    IfMatch(if_match): IfMatch,
 ) -> ApiResult<StatusCode> {
-    s.app.client_delete(&c.principal, &id, &c.meta).await?;
+    s.app
+        .client_delete(&c.principal, &id, if_match, &c.meta)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -160,12 +171,13 @@ pub async fn add_secret(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
+    IfMatch(if_match): IfMatch,
     OptionalJson(b): OptionalJson<AddClientSecret>,
 ) -> ApiResult<(StatusCode, Json<NewClientSecret>)> {
     let grace = b.old_secrets_expire_in_seconds.map(time::Duration::seconds);
     let (cs, secret) = s
         .app
-        .client_secret_add(&c.principal, &id, grace, &c.meta)
+        .client_secret_add(&c.principal, &id, grace, if_match, &c.meta)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -186,9 +198,10 @@ pub async fn retire_secret(
     State(s): State<AppState>,
     c: Caller,
     AppPath((id, secret_id)): AppPath<(String, String)>,
+    IfMatch(if_match): IfMatch,
 ) -> ApiResult<StatusCode> {
     s.app
-        .client_secret_retire(&c.principal, &id, &secret_id, &c.meta)
+        .client_secret_retire(&c.principal, &id, &secret_id, if_match, &c.meta)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

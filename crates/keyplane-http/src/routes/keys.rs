@@ -3,12 +3,13 @@
 use crate::auth::Caller;
 use crate::dto::*;
 use crate::error::{ApiResult, AppJson, AppPath, AppQuery, OptionalJson};
+use crate::etag::{IfMatch, Tagged};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use keyplane_core::app::{ApiKeyPatch, NewApiKey};
+use keyplane_core::usecase::api_keys::{ApiKeyPatch, NewApiKey};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -31,8 +32,8 @@ const SHOWN_ONCE: &str =
 
 fn with_secret(
     state: &AppState,
-    k: keyplane_core::model::ApiKey,
-    secret: keyplane_core::secret::SecretString,
+    k: keyplane_core::domain::model::ApiKey,
+    secret: keyplane_core::domain::secret::SecretString,
 ) -> ApiKeyWithSecret {
     ApiKeyWithSecret {
         api_key: ApiKeyView::new(k, state.app.now()),
@@ -125,9 +126,9 @@ pub async fn get_one(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
-) -> ApiResult<Json<ApiKeyView>> {
+) -> ApiResult<Tagged<Json<ApiKeyView>>> {
     let k = s.app.api_key_get(&c.principal, &id).await?;
-    Ok(Json(ApiKeyView::new(k, s.app.now())))
+    Ok(Tagged(k.version, Json(ApiKeyView::new(k, s.app.now()))))
 }
 
 /// Edit name, description, scopes, roles, expiry or the default mark.
@@ -137,8 +138,9 @@ pub async fn update(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
+    IfMatch(if_match): IfMatch,
     AppJson(b): AppJson<UpdateApiKey>,
-) -> ApiResult<Json<ApiKeyView>> {
+) -> ApiResult<Tagged<Json<ApiKeyView>>> {
     let expires_at = match b.expires_at {
         None => None,
         Some(None) => Some(None),
@@ -154,9 +156,9 @@ pub async fn update(
     };
     let k = s
         .app
-        .api_key_update(&c.principal, &id, patch, &c.meta)
+        .api_key_update(&c.principal, &id, patch, if_match, &c.meta)
         .await?;
-    Ok(Json(ApiKeyView::new(k, s.app.now())))
+    Ok(Tagged(k.version, Json(ApiKeyView::new(k, s.app.now()))))
 }
 
 /// Revoke a key (idempotent). It is refused from the very next request.
@@ -166,9 +168,13 @@ pub async fn revoke(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
-) -> ApiResult<Json<ApiKeyView>> {
-    let k = s.app.api_key_revoke(&c.principal, &id, &c.meta).await?;
-    Ok(Json(ApiKeyView::new(k, s.app.now())))
+    IfMatch(if_match): IfMatch,
+) -> ApiResult<Tagged<Json<ApiKeyView>>> {
+    let k = s
+        .app
+        .api_key_revoke(&c.principal, &id, if_match, &c.meta)
+        .await?;
+    Ok(Tagged(k.version, Json(ApiKeyView::new(k, s.app.now()))))
 }
 
 /// Create a new key with the same configuration (and a new secret).
@@ -194,13 +200,20 @@ pub async fn regenerate(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
+    IfMatch(if_match): IfMatch,
     OptionalJson(b): OptionalJson<RegenerateApiKey>,
-) -> ApiResult<Json<ApiKeyWithSecret>> {
+) -> ApiResult<Tagged<Json<ApiKeyWithSecret>>> {
     let (k, secret) = s
         .app
-        .api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta)
+        .api_key_regenerate(
+            &c.principal,
+            &id,
+            grace(b.grace_period_seconds),
+            if_match,
+            &c.meta,
+        )
         .await?;
-    Ok(Json(with_secret(&s, k, secret)))
+    Ok(Tagged(k.version, Json(with_secret(&s, k, secret))))
 }
 
 /// Seed 002: the organization's keys (never their secrets).
@@ -234,7 +247,13 @@ pub async fn seed_create(
     if let Some(id) = b.id {
         let (k, secret) = s
             .app
-            .api_key_regenerate(&c.principal, &id, grace(b.grace_period_seconds), &c.meta)
+            .api_key_regenerate(
+                &c.principal,
+                &id,
+                grace(b.grace_period_seconds),
+                None,
+                &c.meta,
+            )
             .await?;
         let mut out = with_secret(&s, k, secret);
         out.message =
@@ -259,6 +278,7 @@ pub async fn seed_deactivate(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
-) -> ApiResult<Json<ApiKeyView>> {
-    revoke(State(s), c, AppPath(id)).await
+    if_match: IfMatch,
+) -> ApiResult<Tagged<Json<ApiKeyView>>> {
+    revoke(State(s), c, AppPath(id), if_match).await
 }

@@ -3,13 +3,14 @@
 use crate::auth::Caller;
 use crate::dto::*;
 use crate::error::{ApiResult, AppJson, AppPath, AppQuery};
+use crate::etag::{IfMatch, Tagged};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, patch};
 use axum::{Json, Router};
-use keyplane_core::app::NewRole;
-use keyplane_core::perm::Actor;
+use keyplane_core::domain::perm::Actor;
+use keyplane_core::usecase::roles::NewRole;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -170,8 +171,9 @@ pub async fn member_get(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
-) -> ApiResult<Json<MemberView>> {
-    Ok(Json(s.app.member_get(&c.principal, &id).await?.into()))
+) -> ApiResult<Tagged<Json<MemberView>>> {
+    let m = s.app.member_get(&c.principal, &id).await?;
+    Ok(Tagged(m.version, Json(m.into())))
 }
 
 /// Change a member's role.
@@ -181,14 +183,14 @@ pub async fn member_update(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
+    IfMatch(if_match): IfMatch,
     AppJson(b): AppJson<UpdateMember>,
-) -> ApiResult<Json<MemberView>> {
-    Ok(Json(
-        s.app
-            .member_set_role(&c.principal, &id, &b.role, &c.meta)
-            .await?
-            .into(),
-    ))
+) -> ApiResult<Tagged<Json<MemberView>>> {
+    let m = s
+        .app
+        .member_set_role(&c.principal, &id, &b.role, if_match, &c.meta)
+        .await?;
+    Ok(Tagged(m.version, Json(m.into())))
 }
 
 /// Remove a member; the keys they own are revoked.
@@ -197,8 +199,11 @@ pub async fn member_delete(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
+    IfMatch(if_match): IfMatch,
 ) -> ApiResult<StatusCode> {
-    s.app.member_delete(&c.principal, &id, &c.meta).await?;
+    s.app
+        .member_delete(&c.principal, &id, if_match, &c.meta)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,7 +6,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use keyplane_core::feed::{FeedStatus, Readiness};
+use keyplane_core::runtime::feed::FeedStatus;
+use keyplane_core::usecase::operations::Readiness;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,7 +28,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// `degraded` with the reason. Storage not answering, or past that bound: 503 `unavailable`.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let storage = s.app.store().backend();
+    let storage = s.app.backend();
     match s.app.readiness().await {
         Readiness::Ready => (
             StatusCode::OK,

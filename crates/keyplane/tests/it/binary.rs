@@ -548,7 +548,7 @@ async fn secrets_never_leak(log_format: &str) {
     let mut tampered = secret.clone().into_bytes();
     tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).expect("ASCII");
-    let unknown = keyplane_core::secret::SecretFormat::new("kp_")
+    let unknown = keyplane_core::domain::secret::SecretFormat::new("kp_")
         .expect("prefix")
         .generate()
         .expose()

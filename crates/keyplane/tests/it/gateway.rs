@@ -439,7 +439,7 @@ async fn ten_mib_stream_through_the_binary_and_sighup_reload() {
     let (api, gw) = (port(()), port(()));
     let admin = format!(
         "kpa_test_admin_{}",
-        keyplane_core::secret::random_base62(40)
+        keyplane_core::domain::secret::random_base62(40)
     );
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_keyplane"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
@@ -454,7 +454,10 @@ async fn ten_mib_stream_through_the_binary_and_sighup_reload() {
         .arg("--database")
         .arg(format!("sqlite://{}", dir.path().join("k.db").display()))
         .env("KEYPLANE_ADMIN_KEY", &admin)
-        .env("KEYPLANE_PEPPER", keyplane_core::secret::random_base62(48))
+        .env(
+            "KEYPLANE_PEPPER",
+            keyplane_core::domain::secret::random_base62(48),
+        )
         .env_remove("KEYPLANE_DATABASE")
         .env_remove("KEYPLANE_CONFIG")
         .stdout(std::process::Stdio::null())

@@ -70,7 +70,7 @@ async fn lifecycle(app: TestApp) {
             .unwrap()
             .contains("error=\"invalid_token\""));
     }
-    let well_formed_unknown = keyplane_core::secret::SecretFormat::new("kp_")
+    let well_formed_unknown = keyplane_core::domain::secret::SecretFormat::new("kp_")
         .unwrap()
         .generate();
     assert_eq!(

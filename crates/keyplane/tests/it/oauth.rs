@@ -573,7 +573,7 @@ async fn jwt_and_jwks(app: TestApp) {
     let old_kid = jsonwebtoken::decode_header(&t1).unwrap().kid.unwrap();
     let new_kid = app
         .app()
-        .rotate_signing_key(keyplane_core::token::Alg::ES256, Some(1))
+        .rotate_signing_key(keyplane_core::domain::token::Alg::ES256, Some(1))
         .await
         .unwrap();
     let jwks2 = app
@@ -838,10 +838,12 @@ on_both!(
 /// The rotation policy, on a clock the test moves: a secret is refused once older than the
 /// policy allows, and the activity log and the metric warn a week ahead.
 async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
-    use keyplane_core::app::{RequestMeta, Settings};
-    use keyplane_core::clock::ManualClock;
-    use keyplane_core::oauth::{ClientAuth, NewClient, OAuthError};
-    use keyplane_core::perm::Principal;
+    use keyplane_core::domain::clock::ManualClock;
+    use keyplane_core::domain::oauth::{ClientAuth, OAuthError};
+    use keyplane_core::domain::perm::Principal;
+    use keyplane_core::domain::request::RequestMeta;
+    use keyplane_core::usecase::clients::NewClient;
+    use keyplane_core::Settings;
     use std::sync::Arc;
 
     let Some(db) = keyplane_testkit::TestDb::fresh(backend).await else {
@@ -849,7 +851,7 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
     };
     let store = keyplane_store::open(&db.url).await.unwrap();
     let clock = ManualClock::default();
-    let pepper = keyplane_core::secret::Pepper::new(1, &[9u8; 32]).unwrap();
+    let pepper = keyplane_core::domain::secret::Pepper::new(1, &[9u8; 32]).unwrap();
     let app =
         keyplane_core::Keyplane::new(store, Arc::new(clock.clone()), pepper, Settings::default());
     app.bootstrap(None).await.unwrap();

@@ -408,7 +408,7 @@ async fn jwts_locally(mut app: TestApp) {
     let old_kid = jsonwebtoken::decode_header(&t1).unwrap().kid.unwrap();
     let new_kid = app
         .app()
-        .rotate_signing_key(keyplane_core::token::Alg::ES256, Some(1))
+        .rotate_signing_key(keyplane_core::domain::token::Alg::ES256, Some(1))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;

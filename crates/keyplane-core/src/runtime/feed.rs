@@ -9,7 +9,6 @@
 //! (anything may have changed meanwhile) and trusted again. The store only reports the feed's
 //! state ([`crate::store::Invalidation::FeedLost`] / `FeedRestored`); this module decides.
 
-use crate::Keyplane;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// `lost_at_ms` while the feed is live.
@@ -91,50 +90,6 @@ impl FeedHealth {
             }
         } else {
             FeedStatus::Untrusted { lost_for_ms }
-        }
-    }
-}
-
-/// What `/readyz` reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
-    /// Storage answers and the feed is live.
-    Ready,
-    /// Serving from the caches while the feed is down, for a bounded time; the reason says so.
-    Degraded(String),
-    /// Not able to answer correctly: storage does not answer, or the caches are no longer trusted.
-    Unavailable(String),
-}
-
-impl Keyplane {
-    /// The change feed's state now.
-    pub fn feed_status(&self) -> FeedStatus {
-        self.feed.status(|| self.now_ms())
-    }
-
-    /// Whether this node can answer correctly. While the feed is down it does not ask storage
-    /// (whose pool may take seconds to give up): the feed's state is the answer.
-    pub async fn readiness(&self) -> Readiness {
-        match self.feed_status() {
-            FeedStatus::Stale {
-                lost_for_ms,
-                trusted_for_ms,
-            } => Readiness::Degraded(format!(
-                "the database connection was lost {:.1} s ago; serving cached credentials for {:.1} s more",
-                lost_for_ms as f64 / 1e3,
-                trusted_for_ms as f64 / 1e3
-            )),
-            FeedStatus::Untrusted { lost_for_ms } => Readiness::Unavailable(format!(
-                "the database connection was lost {:.1} s ago, longer than the bound on serving from cache; cached credentials are no longer trusted",
-                lost_for_ms as f64 / 1e3
-            )),
-            FeedStatus::Live => match self.store().ping().await {
-                Ok(()) => Readiness::Ready,
-                Err(e) => {
-                    tracing::warn!(error = %e, "readiness check failed");
-                    Readiness::Unavailable("storage does not answer".into())
-                }
-            },
         }
     }
 }

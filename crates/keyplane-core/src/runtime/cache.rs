@@ -11,8 +11,8 @@
 //! what many keys share (organization, project, scopes and their header values) is one
 //! [`KeyGroup`] interned here.
 
-use crate::perm::{MemberRole, PermSet};
-use crate::secret::Digest;
+use crate::domain::perm::{MemberRole, PermSet};
+use crate::domain::secret::Digest;
 use http::HeaderValue;
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};

@@ -1,8 +1,8 @@
 //! The activity log's hash chain. Each event's hash covers the previous event's hash and every
 //! stored field of its own, so editing, deleting or reordering any event is detectable.
 
-use crate::clock::to_ms;
-use crate::model::{Event, NewEvent};
+use crate::domain::clock::to_ms;
+use crate::domain::model::{Event, NewEvent};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -151,7 +151,7 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Outcome;
+    use crate::domain::model::Outcome;
 
     fn chain(n: i64) -> Vec<Event> {
         let mut prev = GENESIS_HASH.to_string();

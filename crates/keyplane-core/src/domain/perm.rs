@@ -1,9 +1,10 @@
 //! Management permissions, roles and the authenticated principal.
 //!
-//! A management operation can only reach storage through an [`OrgAccess`], and the only way to
+//! A management operation can only reach storage through an [`Access`], and the only way to
 //! get one is [`Principal::access`], which checks the permission and the organization.
 
-use crate::error::{Error, Result};
+use crate::domain::ceiling::{Authority, Scopes};
+use crate::domain::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// One management permission. Serialized as `area:verb`.
@@ -170,17 +171,35 @@ pub struct Principal {
 }
 
 /// Proof that a caller may perform an operation in one organization, and how far it reaches.
+/// Its fields are private: the only ways to get one are [`Principal::access`] and
+/// [`Principal::access_in`], which check the permission and the organization, so a use case
+/// (and a store filter, which takes one) cannot reach storage without that check.
 #[derive(Debug, Clone)]
-pub struct OrgAccess {
-    pub org_id: String,
-    /// `Some(member)` when the caller may only touch what that member owns.
-    pub only_member: Option<String>,
-    pub permissions: PermSet,
-    pub is_admin_key: bool,
+pub struct Access {
+    org_id: String,
+    only_member: Option<String>,
+    permissions: PermSet,
+    is_admin_key: bool,
 }
 
-impl OrgAccess {
-    /// Whether a resource owned by `owner` is within reach.
+impl Access {
+    /// The organization this access is for.
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+    /// `Some(member)` when the caller may only touch what that member owns.
+    pub fn only_member(&self) -> Option<&str> {
+        self.only_member.as_deref()
+    }
+    /// The caller's permissions.
+    pub fn permissions(&self) -> PermSet {
+        self.permissions
+    }
+    pub fn is_admin_key(&self) -> bool {
+        self.is_admin_key
+    }
+
+    /// Whether a resource of `org_id` owned by `owner` is within reach.
     pub fn reaches(&self, org_id: &str, owner: Option<&str>) -> bool {
         org_id == self.org_id
             && match &self.only_member {
@@ -222,6 +241,26 @@ impl Principal {
         }
     }
 
+    /// What the caller holds, for the ceiling rule ([`crate::domain::ceiling`]).
+    pub fn authority(&self) -> Authority {
+        match &self.actor {
+            Actor::AdminKey | Actor::ConsoleAdmin => Authority::admin_key(),
+            Actor::ConsoleMember { member_role, .. } => Authority::of_member(*member_role),
+            Actor::ApiKey { member_role, .. } => Authority {
+                permissions: self.permissions,
+                scopes: Scopes::only(self.scopes.iter().cloned()),
+                owner: *member_role == Some(MemberRole::Owner),
+                above_owners: false,
+            },
+            Actor::Client { .. } => Authority {
+                permissions: PermSet::EMPTY,
+                scopes: Scopes::only(self.scopes.iter().cloned()),
+                owner: false,
+                above_owners: false,
+            },
+        }
+    }
+
     /// The member's role when the caller acts as a member (their key or their console session).
     pub fn member_role(&self) -> Option<MemberRole> {
         match &self.actor {
@@ -244,7 +283,7 @@ impl Principal {
     pub fn org_for(&self, requested: Option<&str>) -> Result<String> {
         match (&self.org_id, requested) {
             (None, Some(r)) => Ok(r.to_string()),
-            (None, None) => Ok(crate::ids::DEFAULT_ORG_ID.to_string()),
+            (None, None) => Ok(crate::domain::ids::DEFAULT_ORG_ID.to_string()),
             (Some(own), None) => Ok(own.clone()),
             (Some(own), Some(r)) if own == r => Ok(own.clone()),
             (Some(_), Some(_)) => Err(Error::NotFound("organization")),
@@ -253,19 +292,19 @@ impl Principal {
 
     /// Checks `perm` in the requested organization and returns the access that proves it.
     /// `keys:own` alone grants access limited to the caller's own resources.
-    pub fn access(&self, requested_org: Option<&str>, perm: Permission) -> Result<OrgAccess> {
+    pub fn access(&self, requested_org: Option<&str>, perm: Permission) -> Result<Access> {
         let org_id = self.org_for(requested_org)?;
         self.access_in(org_id, perm)
     }
 
-    pub fn access_in(&self, org_id: String, perm: Permission) -> Result<OrgAccess> {
+    pub fn access_in(&self, org_id: String, perm: Permission) -> Result<Access> {
         if let Some(own) = &self.org_id {
             if *own != org_id {
                 return Err(Error::NotFound("organization"));
             }
         }
         if self.permissions.has(perm) {
-            return Ok(OrgAccess {
+            return Ok(Access {
                 org_id,
                 only_member: None,
                 permissions: self.permissions,
@@ -275,7 +314,7 @@ impl Principal {
         let own_kind = matches!(perm, Permission::KeysManage | Permission::ClientsManage);
         if own_kind && self.permissions.has(Permission::KeysOwn) {
             if let Some(member) = self.member_id() {
-                return Ok(OrgAccess {
+                return Ok(Access {
                     org_id,
                     only_member: Some(member.to_string()),
                     permissions: self.permissions,
@@ -313,7 +352,7 @@ mod tests {
         let access = member_key(MemberRole::Member)
             .access(None, Permission::KeysManage)
             .unwrap();
-        assert_eq!(access.only_member.as_deref(), Some("mem_a"));
+        assert_eq!(access.only_member(), Some("mem_a"));
         assert!(access.reaches("org_a", Some("mem_a")));
         assert!(!access.reaches("org_a", Some("mem_b")));
         assert!(!access.reaches("org_a", None));
@@ -332,7 +371,7 @@ mod tests {
         let admin = Principal::admin()
             .access(Some("org_b"), Permission::KeysManage)
             .unwrap();
-        assert_eq!(admin.org_id, "org_b");
+        assert_eq!(admin.org_id(), "org_b");
         assert!(admin.reaches("org_b", None));
     }
 

@@ -1,7 +1,7 @@
 //! The records keyplane keeps. Secrets never appear here: only digests and display prefixes.
 
-use crate::perm::{MemberRole, PermSet, Permission};
-use crate::secret::Digest;
+use crate::domain::perm::{MemberRole, PermSet, Permission};
+use crate::domain::secret::Digest;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -39,6 +39,8 @@ pub struct Member {
     pub name: String,
     pub role: MemberRole,
     pub created_at: OffsetDateTime,
+    /// Bumped by every change (the `ETag`).
+    pub version: i64,
 }
 
 /// A named set of management permissions and scopes an API key can carry.
@@ -83,6 +85,8 @@ pub struct ApiKey {
     pub default_for_service: Option<String>,
     /// Ordering for cursor pagination.
     pub seq: i64,
+    /// Bumped by every change: concurrent changes are detected, and it is the `ETag`.
+    pub version: i64,
 }
 
 impl ApiKey {
@@ -202,7 +206,7 @@ pub struct OAuthClient {
     pub access_token_ttl_seconds: i64,
     pub token_format: TokenFormat,
     /// `None`: the deployment's default algorithm.
-    pub signing_alg: Option<crate::token::Alg>,
+    pub signing_alg: Option<crate::domain::token::Alg>,
     /// `None`: tokens' `aud` is the issuer.
     pub audience: Option<String>,
     /// Each secret's maximum age, when set.
@@ -211,6 +215,10 @@ pub struct OAuthClient {
     pub not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub created_by: String,
+    /// Set when the member who owned it was removed: it authenticates nowhere and its tokens stop.
+    pub disabled_at: Option<OffsetDateTime>,
+    /// Bumped by every change to the client or its secrets (the `ETag`).
+    pub version: i64,
 }
 
 /// One secret of a client, by digest.

@@ -131,7 +131,7 @@ impl Sealer {
         let json = serde_json::to_vec(claims).expect("claims serialize");
         let sealed = seal(&self.key, self.prefix.as_bytes(), &json);
         let mut out = format!("{}{}", self.prefix, B64.encode(sealed));
-        let sum = crate::secret::crc_text(out.as_bytes());
+        let sum = crate::domain::secret::crc_text(out.as_bytes());
         out.push_str(std::str::from_utf8(&sum).expect("alphabet is ASCII"));
         out
     }
@@ -144,8 +144,8 @@ impl Sealer {
         }
         let split = token.len() - 6;
         let bytes = token.as_bytes();
-        let sum = crate::secret::crc_text(&bytes[..split]);
-        if !crate::secret::ct_eq(&sum, &bytes[split..]) {
+        let sum = crate::domain::secret::crc_text(&bytes[..split]);
+        if !crate::domain::secret::ct_eq(&sum, &bytes[split..]) {
             return None;
         }
         let mut sealed = B64.decode(&token[self.prefix.len()..split]).ok()?;

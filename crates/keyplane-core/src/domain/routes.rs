@@ -5,6 +5,13 @@
 
 use std::collections::BTreeSet;
 
+/// Where route rules come from, so they can be reloaded without a restart (the binary reads
+/// them from its configuration file).
+pub trait RulesSource: Send + Sync {
+    /// The rules and whether a request no rule matches is allowed.
+    fn load(&self) -> Result<(Vec<RuleInput>, bool), String>;
+}
+
 /// A rule as configured, before validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleInput {

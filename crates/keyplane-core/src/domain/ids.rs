@@ -1,7 +1,7 @@
 //! Identifiers: a short type prefix and 20 random base62 characters (~119 bits), e.g. `key_…`.
 //! Ids are not secrets; they are unguessable only so that enumeration teaches nothing.
 
-use crate::secret::random_id_text;
+use crate::domain::secret::random_id_text;
 
 pub const DEFAULT_ORG_ID: &str = "org_default";
 pub const DEFAULT_PROJECT_ID: &str = "prj_default";

@@ -20,6 +20,13 @@ pub enum Error {
     /// A uniqueness rule (a name already taken).
     #[error("{0}")]
     Conflict(String),
+    /// The caller asked for a version (`If-Match`) and the resource has changed since.
+    #[error("the {0} changed since the version given in If-Match; read it again")]
+    PreconditionFailed(&'static str),
+    /// Another change to the same row committed first (a version check failed in storage). Use
+    /// cases retry on it; it reaches a client only when retries run out.
+    #[error("the {0} is being changed concurrently; try again")]
+    VersionConflict(&'static str),
     /// A quota, such as the number of active API keys per organization.
     #[error("{0}")]
     LimitExceeded(String),

@@ -1,0 +1,18 @@
+//! The domain: what keyplane's records, secrets, permissions and rules are. Pure: no I/O, no
+//! storage, no runtime state. Nothing here imports anything of the crate outside `domain`.
+
+pub mod activity;
+pub mod ceiling;
+pub mod clock;
+pub mod console;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod oauth;
+pub mod perm;
+pub mod request;
+pub mod roles;
+pub mod routes;
+pub mod secret;
+pub mod settings;
+pub mod token;

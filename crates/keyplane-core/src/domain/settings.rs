@@ -1,0 +1,72 @@
+//! A deployment's settings, as the use cases need them; the binary builds them from its
+//! configuration.
+
+use crate::domain::secret::SecretFormat;
+use crate::domain::token::Alg;
+
+/// Settings the use cases need; the binary builds them from its configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api_key_format: SecretFormat,
+    pub admin_key_format: SecretFormat,
+    /// Active API keys allowed per organization; `None` means no limit.
+    pub max_active_keys_per_org: Option<i64>,
+    pub oauth: OAuthSettings,
+    /// How long cached credentials are still served after the change feed from storage is
+    /// lost (see [`crate::feed`]).
+    pub stale_serve_seconds: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            api_key_format: SecretFormat::new("kp_").expect("valid"),
+            admin_key_format: SecretFormat::new("kpa_").expect("valid"),
+            max_active_keys_per_org: Some(50),
+            oauth: Default::default(),
+            stale_serve_seconds: 60,
+        }
+    }
+}
+
+/// OAuth settings of a deployment.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    /// The issuer URL: `iss` of every token and the base of every endpoint in the metadata.
+    pub issuer: String,
+    pub client_id_format: SecretFormat,
+    pub client_secret_format: SecretFormat,
+    pub access_token_prefix: String,
+    pub default_alg: Alg,
+    pub default_ttl_seconds: i64,
+    pub max_ttl_seconds: i64,
+    /// One activity event per client per minute (true) or one per token (false).
+    pub aggregate_token_events: bool,
+    /// How long a new signing key is published before it signs.
+    pub signing_key_lead_seconds: i64,
+    /// Automatic signing-key rotation interval; `None` turns it off.
+    pub signing_key_rotation_days: Option<i64>,
+    /// Failed client authentications allowed per minute from one address for one client id.
+    pub failures_per_client_and_address: u32,
+    /// Failed client authentications allowed per minute from one address.
+    pub failures_per_address: u32,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "http://127.0.0.1:8780".into(),
+            client_id_format: SecretFormat::new("kpc_").expect("valid"),
+            client_secret_format: SecretFormat::new("kps_").expect("valid"),
+            access_token_prefix: "kpt_".into(),
+            default_alg: Alg::ES256,
+            default_ttl_seconds: 3600,
+            max_ttl_seconds: 86_400,
+            aggregate_token_events: true,
+            signing_key_lead_seconds: 300,
+            signing_key_rotation_days: Some(30),
+            failures_per_client_and_address: 10,
+            failures_per_address: 50,
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! Resolving presented credentials, the same way for every route that takes one: API keys
+//! through the cache (checksum first, so malformed keys never reach storage), OAuth clients
+//! through the client cache, access tokens (sealed or signed) with no storage read, and the
+//! aggregated record of refusals.
+
+use super::cache::{Cached, CachedKey, KeyCache};
+use super::oauth::CachedClient;
+use super::Runtime;
+use crate::domain::clock::to_ms;
+use crate::domain::error::Result;
+use crate::domain::model::{OAuthClient, TokenFormat};
+use crate::domain::oauth::{Introspection, IssuedToken, OAuthError, TokenIdentity};
+use crate::domain::perm::PermSet;
+use crate::domain::request::{Refusal, RequestMeta};
+use crate::domain::secret::{random_id_text, Digest, FormatError};
+use crate::domain::token::{JwtClaims, Keyring, OpaqueClaims};
+use crate::store::KeyLookup;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Who a checked credential is: an API key or an access token.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    Key(Arc<CachedKey>),
+    Token(Arc<TokenIdentity>),
+}
+
+impl Identity {
+    /// The member who owns it, or else the key id or the client id.
+    pub fn subject(&self) -> &str {
+        match self {
+            Identity::Key(k) => k.owner_member_id.as_deref().unwrap_or(&k.key_id),
+            Identity::Token(t) => &t.client_id,
+        }
+    }
+    pub fn scopes(&self) -> &[String] {
+        match self {
+            Identity::Key(k) => k.scopes(),
+            Identity::Token(t) => &t.scopes,
+        }
+    }
+    pub fn scopes_joined(&self) -> &str {
+        match self {
+            Identity::Key(k) => k.scopes_joined(),
+            Identity::Token(t) => &t.scopes_joined,
+        }
+    }
+    pub fn org_id(&self) -> &str {
+        match self {
+            Identity::Key(k) => k.org_id(),
+            Identity::Token(t) => &t.org_id,
+        }
+    }
+    pub fn project_id(&self) -> &str {
+        match self {
+            Identity::Key(k) => k.project_id(),
+            Identity::Token(t) => &t.project_id,
+        }
+    }
+    /// The key id, or the access token's `jti`.
+    pub fn credential_id(&self) -> &str {
+        match self {
+            Identity::Key(k) => &k.key_id,
+            Identity::Token(t) => &t.jti,
+        }
+    }
+}
+
+/// The answer of a credential check for a platform API (`/v1/authz`).
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Allow(Identity),
+    Refuse(Refusal),
+    InsufficientScope(Identity),
+    /// The credential is good but no route rule allows the request.
+    NoRule(Identity),
+}
+
+impl Runtime {
+    /// Resolves an API key to its cached form, reading storage at most once per digest.
+    pub async fn resolve_key_raw(&self, token: &str) -> Result<Option<Arc<CachedKey>>, Refusal> {
+        if let Err(e) = self.settings.api_key_format.check(token) {
+            let _: FormatError = e;
+            return Err(Refusal::Malformed);
+        }
+        let digest = self.pepper.digest(token);
+        // Past the bound on serving from cache without the change feed, every check reads storage.
+        let trusted = self.feed_status().cache_trusted();
+        if trusted {
+            match self.cache.get(&digest) {
+                Cached::Key(k) => return Ok(Some(k)),
+                Cached::Unknown => return Ok(None),
+                Cached::Miss => {}
+            }
+        }
+        let epoch = self.cache.epoch();
+        let mut found = self.store.api_key_lookup(&digest).await.map_err(|e| {
+            tracing::error!(error = %e, "storage failed while checking a credential");
+            Refusal::Unknown
+        })?;
+        if found.is_none() {
+            if let Some(prev) = self.pepper.previous_digest(token) {
+                found = self.store.api_key_lookup(&prev).await.ok().flatten();
+            }
+        }
+        let entry = found.map(|l| Arc::new(cached_from_lookup(&self.cache, digest, l)));
+        if trusted {
+            self.cache.fill(digest, entry.clone(), epoch);
+        }
+        Ok(entry)
+    }
+
+    /// Reads every active API key into the cache, a page at a time; returns how many were
+    /// filed. Pages that raced with an invalidation are dropped like any stale fill (those keys
+    /// are then read on first use), and nothing is filled while the cache is not trusted.
+    pub async fn preload_cache(&self) -> Result<usize> {
+        const PAGE: i64 = 2000;
+        let version = self.pepper.version();
+        let mut after: Option<Digest> = None;
+        let mut filed = 0;
+        loop {
+            if !self.feed_status().cache_trusted() {
+                return Ok(filed);
+            }
+            let epoch = self.cache.epoch();
+            let page = self
+                .store
+                .api_key_lookups_after(after.as_ref(), PAGE)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(filed);
+            };
+            after = Some(last.secret.digest);
+            let full = page.len() as i64 == PAGE;
+            for l in page {
+                // Secrets under an earlier pepper are found by their other digest on first use.
+                if l.secret.pepper_version != version {
+                    continue;
+                }
+                let digest = l.secret.digest;
+                let entry = Arc::new(cached_from_lookup(&self.cache, digest, l));
+                if self.cache.fill(digest, Some(entry), epoch) {
+                    filed += 1;
+                }
+            }
+            if !full {
+                return Ok(filed);
+            }
+        }
+    }
+
+    pub fn evaluate(&self, k: &CachedKey) -> Result<(), Refusal> {
+        if !k.is_active {
+            return Err(Refusal::Revoked);
+        }
+        if k.expires_at_ms.is_some_and(|e| e <= self.now_ms()) {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+
+    pub fn refuse(&self, reason: Refusal, key: Option<&CachedKey>, meta: &RequestMeta) -> Verdict {
+        self.note_refusal(reason, key, meta);
+        Verdict::Refuse(reason)
+    }
+
+    /// Queues an aggregated `credential.refused` event; never the secret, only its kind or id.
+    pub fn note_refusal(&self, reason: Refusal, key: Option<&CachedKey>, meta: &RequestMeta) {
+        self.queue_refusal_in(
+            reason.as_str(),
+            key.map(|k| k.key_id.to_string()),
+            key.map(|k| k.org_id().to_string()),
+            meta,
+        );
+    }
+
+    pub fn queue_refusal(&self, reason: &'static str, target: Option<String>, meta: &RequestMeta) {
+        self.queue_refusal_in(reason, target, None, meta);
+    }
+
+    fn queue_refusal_in(
+        &self,
+        reason: &'static str,
+        target: Option<String>,
+        org_id: Option<String>,
+        meta: &RequestMeta,
+    ) {
+        self.refusals.note(reason, target, org_id, meta, self.now());
+    }
+
+    pub async fn cached_client(&self, client_id: &str) -> Result<Option<Arc<CachedClient>>> {
+        let o = &self.oauth;
+        // Past the bound on serving from cache without the change feed, read storage each time.
+        if !self.feed_status().cache_trusted() {
+            if !self.settings.oauth.client_id_format.claims(client_id) || client_id.len() > 128 {
+                return Ok(None);
+            }
+            let found = self.store.client_get(client_id).await?;
+            return Ok(found.map(|(c, s)| Arc::new(CachedClient::new(c, s))));
+        }
+        if let Some(c) = o
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client_id)
+        {
+            return Ok(Some(Arc::clone(c)));
+        }
+        if o.unknown_clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(client_id)
+        {
+            return Ok(None);
+        }
+        if !self.settings.oauth.client_id_format.claims(client_id) || client_id.len() > 128 {
+            return Ok(None);
+        }
+        let epoch = o.epoch.load(Ordering::Acquire);
+        let found = self.store.client_get(client_id).await?;
+        let entry = found.map(|(c, s)| Arc::new(CachedClient::new(c, s)));
+        if o.epoch.load(Ordering::Acquire) == epoch {
+            match &entry {
+                Some(c) => {
+                    o.clients
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(client_id.to_string(), Arc::clone(c));
+                }
+                None => {
+                    let mut u = o.unknown_clients.write().unwrap_or_else(|e| e.into_inner());
+                    if u.len() > 65_536 {
+                        u.clear();
+                    }
+                    u.insert(client_id.to_string());
+                }
+            }
+        }
+        Ok(entry)
+    }
+
+    pub fn mint(
+        &self,
+        client: &CachedClient,
+        scope: Option<&str>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let c = &client.client;
+        let scopes: Vec<String> = match scope {
+            None => c.scopes.clone(),
+            Some(s) => {
+                let mut out = BTreeSet::new();
+                for x in s.split(' ').filter(|x| !x.is_empty()) {
+                    if !c.scopes.iter().any(|y| y == x) {
+                        return Err(OAuthError::InvalidScope(format!(
+                            "the client may not request the scope `{x}`"
+                        )));
+                    }
+                    out.insert(x.to_string());
+                }
+                out.into_iter().collect()
+            }
+        };
+        let scope = scopes.join(" ");
+        let now_ms = to_ms(self.now());
+        // Never issued before the client's not-before (a whole second after a secret was
+        // retired): a token obtained right after a retirement must not be born dead.
+        let iat_ms = now_ms.max(c.not_before.map(to_ms).unwrap_or(i64::MIN));
+        let ttl = c.access_token_ttl_seconds;
+        let exp_ms = now_ms + ttl * 1000;
+        let jti = random_id_text(22);
+        let access_token = match c.token_format {
+            TokenFormat::Opaque => self.oauth.sealer.seal(&OpaqueClaims {
+                c: c.client_id.clone(),
+                s: scope.clone(),
+                i: iat_ms,
+                e: exp_ms,
+                j: jti,
+            }),
+            TokenFormat::Jwt => {
+                let alg = c.signing_alg.unwrap_or(self.settings.oauth.default_alg);
+                let ring = self.oauth.keyring();
+                let key = ring.signer(alg, iat_ms).ok_or_else(|| {
+                    tracing::error!(alg = alg.as_str(), "no signing key is active");
+                    OAuthError::Server
+                })?;
+                let issuer = &self.settings.oauth.issuer;
+                Keyring::sign_jwt(
+                    key,
+                    &JwtClaims {
+                        iss: issuer.clone(),
+                        sub: c.client_id.clone(),
+                        aud: c.audience.clone().unwrap_or_else(|| issuer.clone()),
+                        exp: exp_ms / 1000,
+                        iat: iat_ms / 1000,
+                        nbf: iat_ms / 1000,
+                        jti,
+                        client_id: c.client_id.clone(),
+                        scope: scope.clone(),
+                    },
+                )
+            }
+        };
+        self.note_issued(c, &scopes);
+        Ok(IssuedToken {
+            access_token,
+            expires_in: ttl,
+            scope,
+        })
+    }
+
+    pub fn note_issued(&self, c: &OAuthClient, scopes: &[String]) {
+        let minute = self.now_ms() / 60_000;
+        let mut issued = self.oauth.issued.lock().unwrap_or_else(|e| e.into_inner());
+        let e = issued
+            .entry((c.client_id.clone(), minute))
+            .or_insert_with(|| (0, BTreeSet::new(), c.org_id.clone()));
+        e.0 += 1;
+        e.1.extend(scopes.iter().cloned());
+    }
+
+    /// Reads an access token of ours (opaque or JWT) and checks it is live: signature or seal,
+    /// expiry, revocation, the client still existing and not having cut it off.
+    pub async fn verify_access_token(
+        &self,
+        token: &str,
+    ) -> Option<(Arc<CachedClient>, Introspection)> {
+        let now_ms = self.now_ms();
+        let (client_id, jti, iat_ms, exp_ms, nbf_ms, scope, aud) =
+            if crate::domain::token::looks_like_jwt(token) {
+                let c = self.oauth.keyring().verify_jwt(token)?;
+                if c.iss != self.settings.oauth.issuer {
+                    return None;
+                }
+                (
+                    c.client_id,
+                    c.jti,
+                    c.iat * 1000,
+                    c.exp * 1000,
+                    c.nbf * 1000,
+                    c.scope,
+                    Some(c.aud),
+                )
+            } else {
+                let c = self.oauth.sealer.open(token)?;
+                (c.c, c.j, c.i, c.e, c.i, c.s, None)
+            };
+        if exp_ms <= now_ms || nbf_ms > now_ms + 60_000 || self.oauth.is_revoked(&jti) {
+            return None;
+        }
+        let client = self.cached_client(&client_id).await.ok().flatten()?;
+        if iat_ms < client.not_before_ms() {
+            return None;
+        }
+        let c = &client.client;
+        // Opaque tokens name their audience through their client, as JWTs do in `aud`.
+        let aud = aud.or_else(|| {
+            Some(
+                c.audience
+                    .clone()
+                    .unwrap_or_else(|| self.settings.oauth.issuer.clone()),
+            )
+        });
+        let info = Introspection {
+            sub: client_id.clone(),
+            client_id: Some(client_id),
+            exp: Some(exp_ms / 1000),
+            iat: iat_ms / 1000,
+            nbf: nbf_ms / 1000,
+            jti,
+            username: c.name.clone(),
+            scope,
+            credential_type: "access_token",
+            aud,
+            org_id: c.org_id.clone(),
+            project_id: c.project_id.clone(),
+        };
+        Some((client, info))
+    }
+
+    /// The identity of a live access token, for `/v1/authz` and the management API.
+    pub async fn token_identity(&self, token: &str) -> Option<TokenIdentity> {
+        let (client, info) = self.verify_access_token(token).await?;
+        let scopes: Vec<String> = info
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        Some(TokenIdentity {
+            client_id: info.sub,
+            jti: info.jti,
+            org_id: info.org_id,
+            project_id: info.project_id,
+            owner_member_id: client.client.owner_member_id.clone(),
+            scopes_joined: scopes.join(" "),
+            scopes,
+        })
+    }
+
+    /// Whether `token` is one of our access tokens by its shape (it may still be invalid).
+    pub fn is_access_token_shaped(&self, token: &str) -> bool {
+        token.starts_with(self.oauth.sealer.prefix()) || crate::domain::token::looks_like_jwt(token)
+    }
+
+    pub async fn introspect_api_key(&self, token: &str) -> Option<Introspection> {
+        let key = self.resolve_key_raw(token).await.ok().flatten()?;
+        if self.evaluate(&key).is_err() {
+            return None;
+        }
+        Some(Introspection {
+            sub: key
+                .owner_member_id
+                .as_deref()
+                .unwrap_or(&key.key_id)
+                .to_string(),
+            client_id: None,
+            exp: key.expires_at_ms.map(|e| e / 1000),
+            iat: key.created_at_ms / 1000,
+            nbf: key.created_at_ms / 1000,
+            jti: key.key_id.to_string(),
+            username: key.name.to_string(),
+            scope: key.scopes_joined().to_string(),
+            credential_type: "api_key",
+            aud: None,
+            org_id: key.org_id().to_string(),
+            project_id: key.project_id().to_string(),
+        })
+    }
+}
+
+/// Precomputes what the hot path needs from one storage read.
+fn cached_from_lookup(cache: &KeyCache, digest: Digest, l: KeyLookup) -> CachedKey {
+    let KeyLookup {
+        key,
+        secret,
+        owner_role,
+        roles,
+    } = l;
+    let mut scopes: BTreeSet<String> = key.scopes.iter().cloned().collect();
+    let mut role_perms = PermSet::EMPTY;
+    for r in &roles {
+        scopes.extend(r.scopes.iter().cloned());
+        role_perms = role_perms.union(r.perm_set());
+    }
+    // A member's key acts with the member's current authority; a service token with its roles'.
+    let (permissions, active) = match (&key.owner_member_id, owner_role) {
+        (Some(_), Some(role)) => (role.permissions(), key.is_active),
+        (Some(_), None) => (PermSet::EMPTY, false),
+        (None, _) => (role_perms, key.is_active),
+    };
+    let expires_at_ms = match (key.expires_at.map(to_ms), secret.expires_at.map(to_ms)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    CachedKey {
+        digest,
+        group: cache.group(&key.org_id, &key.project_id, scopes.into_iter().collect()),
+        key_id: key.id.into(),
+        name: key.name.into(),
+        owner_member_id: key.owner_member_id.map(Into::into),
+        member_role: owner_role,
+        permissions,
+        is_active: active,
+        expires_at_ms,
+        created_at_ms: to_ms(key.created_at),
+        used: Default::default(),
+    }
+}

@@ -1,0 +1,162 @@
+//! What every use case shares and no use case owns: the node's runtime state (the credential
+//! cache, the change feed's health, the OAuth state, the refusal queue, the route rules) and the
+//! checks made the same way everywhere (the reach check, credential resolution, events and
+//! cache invalidation). Imports `domain` and `store` only; never a use case.
+
+pub mod cache;
+pub mod credentials;
+pub mod feed;
+pub mod oauth;
+pub mod reach;
+pub mod refusals;
+pub mod throttle;
+
+use crate::domain::clock::Clock;
+use crate::domain::error::Result;
+use crate::domain::ids::new_id;
+use crate::domain::model::{NewEvent, Outcome};
+use crate::domain::perm::Principal;
+use crate::domain::request::RequestMeta;
+use crate::domain::routes::{RuleSet, RulesSource};
+use crate::domain::secret::Pepper;
+use crate::domain::settings::Settings;
+use crate::store::{Invalidation, Store};
+use cache::KeyCache;
+use feed::{FeedHealth, FeedStatus};
+use oauth::OAuthState;
+use refusals::Refusals;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use time::OffsetDateTime;
+
+/// The node's state and shared checks. Owned by [`crate::Keyplane`]; storage is reachable only
+/// from inside this crate.
+pub struct Runtime {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) pepper: Pepper,
+    pub(crate) settings: Settings,
+    pub(crate) cache: KeyCache,
+    pub(crate) oauth: OAuthState,
+    pub(crate) feed: FeedHealth,
+    pub(crate) refusals: Refusals,
+    pub(crate) checks: AtomicU64,
+    pub(crate) rules: RwLock<Arc<RuleSet>>,
+    pub(crate) rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
+    /// Held for a whole flush, so when a flush returns every earlier use is written even if
+    /// the periodic flush was already under way.
+    pub(crate) flushing: tokio::sync::Mutex<()>,
+}
+
+impl Runtime {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        pepper: Pepper,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            feed: FeedHealth::new(settings.stale_serve_seconds),
+            oauth: OAuthState::new(&pepper, &settings.oauth),
+            store,
+            clock,
+            pepper,
+            settings,
+            cache: KeyCache::default(),
+            refusals: Refusals::default(),
+            checks: AtomicU64::new(0),
+            rules: Default::default(),
+            rules_source: Mutex::new(None),
+            flushing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The change feed's state now.
+    pub fn feed_status(&self) -> FeedStatus {
+        self.feed.status(|| self.now_ms())
+    }
+
+    /// The activity event of a successful change made by `p`.
+    pub fn event(
+        &self,
+        p: &Principal,
+        org_id: Option<&str>,
+        action: &str,
+        target: Option<&str>,
+        meta: &RequestMeta,
+        details: serde_json::Value,
+    ) -> NewEvent {
+        NewEvent {
+            id: new_id("evt"),
+            at: self.now(),
+            org_id: org_id.map(str::to_string),
+            actor: p.actor_label(),
+            action: action.into(),
+            target: target.map(str::to_string),
+            outcome: Outcome::Success,
+            client_addr: meta.addr_text(),
+            user_agent: meta.agent_text(),
+            details,
+        }
+    }
+
+    /// An event of the deployment itself (start-up, rotations, warnings).
+    pub fn system_event(&self, action: &str, details: serde_json::Value) -> NewEvent {
+        NewEvent {
+            id: new_id("evt"),
+            at: self.now(),
+            org_id: None,
+            actor: "system".into(),
+            action: action.into(),
+            target: None,
+            outcome: Outcome::Success,
+            client_addr: None,
+            user_agent: None,
+            details,
+        }
+    }
+
+    /// Applies a change to this node's caches (made here, or learned from another node).
+    pub fn apply_invalidation(&self, change: &Invalidation) {
+        match change {
+            Invalidation::Digests(d) => self.cache.invalidate(d),
+            Invalidation::All => {
+                self.cache.clear();
+                self.oauth.clear();
+            }
+            Invalidation::Client(id) => self.oauth.invalidate_client(id),
+            Invalidation::Token(jti, exp) => self.oauth.note_revoked(jti.clone(), *exp),
+            Invalidation::SigningKeys => {}
+            Invalidation::FeedLost => {
+                tracing::warn!(
+                    bound_seconds = self.settings.stale_serve_seconds,
+                    "lost the change feed from storage; serving cached credentials for a bounded time"
+                );
+                self.feed.lost(self.now_ms());
+            }
+            Invalidation::FeedRestored => {
+                // Anything may have changed while the feed was down.
+                self.cache.clear();
+                self.oauth.clear();
+                self.feed.restored();
+            }
+        }
+    }
+
+    /// Applies a committed change here and tells the other nodes.
+    pub async fn invalidate(&self, change: Invalidation) -> Result<()> {
+        self.apply_invalidation(&change);
+        if !matches!(&change, Invalidation::Digests(d) if d.is_empty()) {
+            self.store.publish(&change).await?;
+        }
+        Ok(())
+    }
+}

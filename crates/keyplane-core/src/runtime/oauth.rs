@@ -1,0 +1,189 @@
+//! Per-node OAuth state: the client cache, revoked token ids, the signing keyring, the sealer
+//! of opaque tokens, the client-authentication throttle and the counters flushed in batches.
+
+use crate::domain::clock::{from_ms, to_ms};
+use crate::domain::model::{ClientSecret, OAuthClient};
+use crate::domain::settings::OAuthSettings;
+use crate::domain::token::{Keyring, Sealer};
+use crate::runtime::throttle::FailureThrottle;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use time::OffsetDateTime;
+
+/// A client as the hot path needs it.
+#[derive(Debug)]
+pub struct CachedClient {
+    pub client: OAuthClient,
+    pub secrets: Vec<CachedSecret>,
+}
+
+#[derive(Debug)]
+pub struct CachedSecret {
+    pub id: String,
+    pub digest: crate::domain::secret::Digest,
+    /// The earlier of the secret's expiry and its maximum age under the rotation policy (ms).
+    pub refused_from_ms: Option<i64>,
+    pub uses: AtomicU64,
+    pub last_used_ms: AtomicI64,
+}
+
+impl CachedClient {
+    pub fn new(client: OAuthClient, secrets: Vec<ClientSecret>) -> Self {
+        let max_age_ms = client.secret_rotation_days.map(|d| d * 86_400_000);
+        let secrets = secrets
+            .into_iter()
+            .map(|s| {
+                let by_policy = max_age_ms.map(|a| to_ms(s.created_at) + a);
+                let refused_from_ms = match (s.expires_at.map(to_ms), by_policy) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                CachedSecret {
+                    id: s.id,
+                    digest: s.digest,
+                    refused_from_ms,
+                    uses: AtomicU64::new(0),
+                    last_used_ms: AtomicI64::new(0),
+                }
+            })
+            .collect();
+        Self { client, secrets }
+    }
+
+    /// Tokens issued before this (ms) are refused; every token once the client is disabled.
+    pub fn not_before_ms(&self) -> i64 {
+        if self.client.disabled_at.is_some() {
+            return i64::MAX;
+        }
+        self.client.not_before.map(to_ms).unwrap_or(i64::MIN)
+    }
+
+    /// Whether the client may authenticate at all (its member was removed: no).
+    pub fn is_enabled(&self) -> bool {
+        self.client.disabled_at.is_none()
+    }
+}
+
+/// Tokens issued per (client, minute): count, scopes, organization.
+type IssuedCounts = HashMap<(String, i64), (u64, BTreeSet<String>, String)>;
+
+/// Per-node OAuth state: caches, revocations, the keyring, counters.
+pub struct OAuthState {
+    pub clients: RwLock<HashMap<String, Arc<CachedClient>>>,
+    pub unknown_clients: RwLock<BTreeSet<String>>,
+    pub epoch: AtomicU64,
+    pub revoked: RwLock<HashMap<String, i64>>,
+    pub keyring: RwLock<Arc<Keyring>>,
+    pub sealer: Sealer,
+    pub key_seal: [u8; 32],
+    /// Failed client authentications, per (client, address) and per address.
+    pub failures: FailureThrottle,
+    /// Use counts of secrets whose cached client was dropped before a flush.
+    pub pending_uses: Mutex<Vec<(String, OffsetDateTime, i64)>>,
+    pub issued: Mutex<IssuedCounts>,
+}
+
+impl OAuthState {
+    pub fn new(pepper: &crate::domain::secret::Pepper, settings: &OAuthSettings) -> Self {
+        Self {
+            clients: RwLock::default(),
+            unknown_clients: RwLock::default(),
+            epoch: AtomicU64::new(0),
+            revoked: RwLock::default(),
+            keyring: RwLock::new(Arc::new(Keyring::default())),
+            sealer: Sealer::new(
+                pepper.derive("opaque-access-token-v1"),
+                &settings.access_token_prefix,
+            ),
+            key_seal: pepper.derive("signing-key-v1"),
+            failures: FailureThrottle::default(),
+            pending_uses: Mutex::default(),
+            issued: Mutex::default(),
+        }
+    }
+
+    pub fn invalidate_client(&self, client_id: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let removed = self
+            .clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+        self.unknown_clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+        if let Some(c) = removed {
+            self.keep_uses(&c);
+        }
+    }
+
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let removed: Vec<_> = self
+            .clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        self.unknown_clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for c in removed {
+            self.keep_uses(&c);
+        }
+    }
+
+    /// Moves a dropped client's unflushed use counts aside so the next flush still writes them.
+    fn keep_uses(&self, c: &CachedClient) {
+        let used = take_uses(c);
+        if !used.is_empty() {
+            self.pending_uses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(used);
+        }
+    }
+
+    pub fn note_revoked(&self, jti: String, exp_ms: i64) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(jti, exp_ms);
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(jti)
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+pub fn take_uses(c: &CachedClient) -> Vec<(String, OffsetDateTime, i64)> {
+    c.secrets
+        .iter()
+        .filter_map(|s| {
+            let n = s.uses.swap(0, Ordering::Relaxed);
+            (n > 0).then(|| {
+                (
+                    s.id.clone(),
+                    from_ms(s.last_used_ms.load(Ordering::Relaxed)),
+                    n as i64,
+                )
+            })
+        })
+        .collect()
+}
+
+pub fn ceil_to_second(t: OffsetDateTime) -> OffsetDateTime {
+    let ms = to_ms(t);
+    from_ms((ms + 999) / 1000 * 1000)
+}

@@ -1,0 +1,185 @@
+//! [`Keyplane`] use cases that check a presented credential: for a platform API
+//! (`/v1/authz`, the gateway, by route rules) and for the management API (`authenticate`).
+
+use crate::app::Keyplane;
+use crate::domain::error::{Error, Result};
+use crate::domain::perm::{Actor, PermSet, Principal};
+use crate::domain::request::{Refusal, RequestMeta};
+use crate::domain::routes::{Decision, RuleSet, RulesSource};
+use crate::domain::secret::ct_eq;
+pub use crate::runtime::credentials::{Identity, Verdict};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl Keyplane {
+    /// Checks a bearer credential for a platform API, requiring every scope in `required`.
+    pub async fn check<S: AsRef<str>>(
+        &self,
+        token: Option<&str>,
+        required: &[S],
+        meta: &RequestMeta,
+    ) -> Verdict {
+        self.rt.checks.fetch_add(1, Ordering::Relaxed);
+        let Some(token) = token else {
+            return Verdict::Refuse(Refusal::Missing);
+        };
+        let identity = if self.rt.settings.api_key_format.claims(token) {
+            let key = match self.rt.resolve_key_raw(token).await {
+                Ok(Some(k)) => k,
+                Ok(None) => return self.rt.refuse(Refusal::Unknown, None, meta),
+                Err(r) => return self.rt.refuse(r, None, meta),
+            };
+            if let Err(r) = self.rt.evaluate(&key) {
+                return self.rt.refuse(r, Some(&key), meta);
+            }
+            self.rt.cache.mark_used(&key);
+            Identity::Key(key)
+        } else if self.rt.is_access_token_shaped(token) {
+            match self.rt.token_identity(token).await {
+                Some(t) => Identity::Token(Arc::new(t)),
+                None => return self.rt.refuse(Refusal::Unknown, None, meta),
+            }
+        } else {
+            return self.rt.refuse(Refusal::Malformed, None, meta);
+        };
+        let scopes = identity.scopes();
+        if required.iter().all(|s| {
+            scopes
+                .binary_search_by(|x| x.as_str().cmp(s.as_ref()))
+                .is_ok()
+        }) {
+            Verdict::Allow(identity)
+        } else {
+            Verdict::InsufficientScope(identity)
+        }
+    }
+
+    /// Checks a credential for a request to the platform's APIs by the route rules: the rule
+    /// matching `method` and `path` says which scopes it needs (also returned).
+    pub async fn check_request(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        meta: &RequestMeta,
+    ) -> (Verdict, Vec<String>) {
+        let rules = self.rules();
+        match rules.decide(method, path) {
+            Decision::Require(scopes) => (self.check(token, scopes, meta).await, scopes.to_vec()),
+            Decision::Deny => match self.check::<&str>(token, &[], meta).await {
+                Verdict::Allow(i) => (Verdict::NoRule(i), vec![]),
+                other => (other, vec![]),
+            },
+        }
+    }
+
+    /// Sets where rules are read from, and loads them (at start: an error stops the start).
+    pub async fn set_rules_source(
+        &self,
+        source: Arc<dyn RulesSource>,
+    ) -> std::result::Result<usize, String> {
+        *self
+            .rt
+            .rules_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(source);
+        self.reload_rules().await
+    }
+
+    /// Reads the rules again and installs them if they are valid; otherwise keeps the old ones.
+    pub async fn reload_rules(&self) -> std::result::Result<usize, String> {
+        let source = self
+            .rt
+            .rules_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(source) = source else {
+            return Ok(self.rules().len());
+        };
+        let (inputs, allow_unmatched) = source.load()?;
+        let set = RuleSet::new(inputs, allow_unmatched)?;
+        let known = self
+            .rt
+            .scopes_supported()
+            .await
+            .map_err(|e| e.to_string())?;
+        set.check_scopes(&known)?;
+        let n = set.len();
+        *self.rt.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Ok(n)
+    }
+
+    /// Authenticates a caller of the management API: an API key, or the admin key.
+    pub async fn authenticate(&self, token: Option<&str>, meta: &RequestMeta) -> Result<Principal> {
+        let Some(token) = token else {
+            return Err(Error::Unauthenticated(Refusal::Missing.describe().into()));
+        };
+        if self.rt.settings.api_key_format.claims(token) {
+            let key = match self.rt.resolve_key_raw(token).await {
+                Ok(Some(k)) => k,
+                Ok(None) => {
+                    self.rt.note_refusal(Refusal::Unknown, None, meta);
+                    return Err(Error::Unauthenticated(Refusal::Unknown.describe().into()));
+                }
+                Err(r) => {
+                    self.rt.note_refusal(r, None, meta);
+                    return Err(Error::Unauthenticated(r.describe().into()));
+                }
+            };
+            if let Err(r) = self.rt.evaluate(&key) {
+                self.rt.note_refusal(r, Some(&key), meta);
+                return Err(Error::Unauthenticated(r.describe().into()));
+            }
+            self.rt.cache.mark_used(&key);
+            return Ok(Principal {
+                actor: Actor::ApiKey {
+                    key_id: key.key_id.to_string(),
+                    member_id: key.owner_member_id.as_deref().map(str::to_string),
+                    member_role: key.member_role,
+                },
+                org_id: Some(key.org_id().to_string()),
+                project_id: Some(key.project_id().to_string()),
+                permissions: key.permissions,
+                scopes: key.scopes().to_vec(),
+            });
+        }
+        if self.rt.is_access_token_shaped(token) {
+            return match self.rt.token_identity(token).await {
+                Some(t) => Ok(Principal {
+                    actor: Actor::Client {
+                        client_id: t.client_id.clone(),
+                    },
+                    org_id: Some(t.org_id.clone()),
+                    project_id: Some(t.project_id.clone()),
+                    permissions: PermSet::EMPTY,
+                    scopes: t.scopes.clone(),
+                }),
+                None => {
+                    self.rt.queue_refusal("invalid_access_token", None, meta);
+                    Err(Error::Unauthenticated(
+                        "the access token is invalid, expired or revoked".into(),
+                    ))
+                }
+            };
+        }
+        // Anything else may be the admin key. It is checked against storage on every call so a
+        // rotation by `keyplane admin-key rotate` in another process takes effect at once.
+        if token.len() >= 32 && token.len() <= 512 {
+            let digest = self.rt.pepper.digest(token);
+            if let Some((stored, _)) = self.rt.store.admin_key_get().await? {
+                if ct_eq(&stored.0, &digest.0) {
+                    return Ok(Principal::admin());
+                }
+            }
+        }
+        self.rt.note_refusal(Refusal::Unknown, None, meta);
+        Err(Error::Unauthenticated(Refusal::Unknown.describe().into()))
+    }
+
+    /// Reads every active API key into the cache, a page at a time; returns how many were
+    /// filed (at start, and after the change feed comes back).
+    pub async fn preload_cache(&self) -> Result<usize> {
+        self.rt.preload_cache().await
+    }
+}

@@ -1,0 +1,197 @@
+//! [`Keyplane`] use cases of running a node: flushing batched writes (last-used times, use
+//! counts, aggregated refusals and issuance events), rotation warnings, and readiness.
+
+use crate::app::Keyplane;
+use crate::domain::clock::{from_ms, to_ms};
+use crate::domain::error::Result;
+use crate::domain::ids::new_id;
+use crate::domain::model::{NewEvent, Outcome};
+use crate::runtime::feed::FeedStatus;
+use crate::runtime::oauth::{take_uses, CachedClient};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Storage answers and the feed is live.
+    Ready,
+    /// Serving from the caches while the feed is down, for a bounded time; the reason says so.
+    Degraded(String),
+    /// Not able to answer correctly: storage does not answer, or the caches are no longer trusted.
+    Unavailable(String),
+}
+
+impl Keyplane {
+    /// Writes batched last-used times and aggregated refusals. Called periodically and at shutdown.
+    pub async fn flush(&self) -> Result<()> {
+        let _one_at_a_time = self.rt.flushing.lock().await;
+        self.flush_locked().await
+    }
+
+    async fn flush_locked(&self) -> Result<()> {
+        let used = self.rt.cache.take_used();
+        if !used.is_empty() {
+            let now = self.rt.now();
+            let batch: Vec<(String, OffsetDateTime)> =
+                used.into_iter().map(|id| (id, now)).collect();
+            self.rt.store.api_keys_touch(&batch).await?;
+        }
+        let batch = self.rt.refusals.take(self.rt.now());
+        if !batch.is_empty() {
+            self.rt.store.activity_append(&batch).await?;
+        }
+        self.flush_oauth(false).await
+    }
+
+    /// Flushes everything, including the current minute's token-issuance counts (at shutdown).
+    pub async fn flush_final(&self) -> Result<()> {
+        let _one_at_a_time = self.rt.flushing.lock().await;
+        self.flush_locked().await?;
+        self.flush_oauth(true).await
+    }
+
+    /// Writes batched client-secret use counts and aggregated token-issuance events; with
+    /// `everything`, also the current minute's (at shutdown).
+    async fn flush_oauth(&self, everything: bool) -> Result<()> {
+        let now = self.rt.now();
+        let clients: Vec<Arc<CachedClient>> = self
+            .rt
+            .oauth
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut used = std::mem::take(
+            &mut *self
+                .rt
+                .oauth
+                .pending_uses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for c in &clients {
+            used.extend(take_uses(c));
+        }
+        if !used.is_empty() {
+            self.rt.store.client_secrets_used(&used).await?;
+        }
+        let minute = to_ms(now) / 60_000;
+        let due: Vec<_> = {
+            let mut issued = self
+                .rt
+                .oauth
+                .issued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<_> = issued
+                .keys()
+                .filter(|(_, m)| {
+                    everything || !self.rt.settings.oauth.aggregate_token_events || *m < minute
+                })
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| issued.remove(&k).map(|v| (k, v)))
+                .collect()
+        };
+        let events: Vec<NewEvent> = due
+            .into_iter()
+            .map(|((client_id, m), (count, scopes, org))| NewEvent {
+                id: new_id("evt"),
+                at: from_ms(m * 60_000),
+                org_id: Some(org),
+                actor: format!("client:{client_id}"),
+                action: "access_token.issue".into(),
+                target: Some(client_id),
+                outcome: Outcome::Success,
+                client_addr: None,
+                user_agent: None,
+                details: serde_json::json!({ "count": count, "scopes": scopes, "minute": rfc3339_minute(m) }),
+            })
+            .collect();
+        if !events.is_empty() {
+            self.rt.store.activity_append(&events).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets revocations of tokens that have expired anyway; returns how many.
+    pub async fn purge_revocations(&self) -> Result<u64> {
+        self.rt.store.revoked_tokens_purge(self.rt.now()).await
+    }
+
+    /// Warns in the activity log about client secrets within seven days of their maximum age.
+    pub async fn warn_expiring_secrets(&self) -> Result<u64> {
+        let now = self.rt.now();
+        let horizon = now + time::Duration::days(7);
+        let mut warned = 0;
+        for (c, s) in self.rt.store.client_secrets_unwarned().await? {
+            let Some(days) = c.secret_rotation_days else {
+                continue;
+            };
+            let due = s.created_at + time::Duration::days(days);
+            if due <= horizon {
+                let event = self.rt.system_event(
+                    "client_secret.expiring",
+                    serde_json::json!({ "client_id": c.client_id, "secret_id": s.id, "refused_from": to_ms(due) }),
+                );
+                self.rt
+                    .store
+                    .client_secret_mark_warned(&s.id, now, &event)
+                    .await?;
+                warned += 1;
+            }
+        }
+        Ok(warned)
+    }
+
+    /// Client secrets refused within seven days under their rotation policy (for `/metrics`).
+    pub fn secrets_expiring_soon(&self) -> u64 {
+        let horizon = self.rt.now_ms() + 7 * 86_400_000;
+        let now = self.rt.now_ms();
+        self.rt
+            .oauth
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flat_map(|c| c.secrets.iter())
+            .filter(|s| s.refused_from_ms.is_some_and(|r| r > now && r <= horizon))
+            .count() as u64
+    }
+
+    /// Whether this node can answer correctly. While the feed is down it does not ask storage
+    /// (whose pool may take seconds to give up): the feed's state is the answer.
+    pub async fn readiness(&self) -> Readiness {
+        match self.rt.feed_status() {
+            FeedStatus::Stale {
+                lost_for_ms,
+                trusted_for_ms,
+            } => Readiness::Degraded(format!(
+                "the database connection was lost {:.1} s ago; serving cached credentials for {:.1} s more",
+                lost_for_ms as f64 / 1e3,
+                trusted_for_ms as f64 / 1e3
+            )),
+            FeedStatus::Untrusted { lost_for_ms } => Readiness::Unavailable(format!(
+                "the database connection was lost {:.1} s ago, longer than the bound on serving from cache; cached credentials are no longer trusted",
+                lost_for_ms as f64 / 1e3
+            )),
+            FeedStatus::Live => match self.rt.store.ping().await {
+                Ok(()) => Readiness::Ready,
+                Err(e) => {
+                    tracing::warn!(error = %e, "readiness check failed");
+                    Readiness::Unavailable("storage does not answer".into())
+                }
+            },
+        }
+    }
+}
+
+fn rfc3339_minute(m: i64) -> String {
+    from_ms(m * 60_000)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
