@@ -117,7 +117,7 @@ impl Authority {
 pub fn owners_only(caller: &Authority, target: &Authority, what: &str) -> Result<()> {
     if target.owner && !caller.owner && !caller.above_owners {
         return Err(Error::Forbidden(format!(
-            "only an owner may {what} of an owner, or make someone an owner"
+            "cannot {what}: only an owner (or the admin key) may touch an owner or what is theirs"
         )));
     }
     Ok(())

@@ -351,7 +351,7 @@ impl Keyplane {
             owners_only(
                 &p.authority(),
                 &Authority::of_key(owner, &[], &[]),
-                "revoke a key",
+                "revoke this key",
             )?;
             let event = rt.event(
                 p,

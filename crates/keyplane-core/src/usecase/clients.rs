@@ -338,7 +338,7 @@ impl Keyplane {
         owners_only(
             &p.authority(),
             &Authority::of_client(owner, &[]),
-            "delete a client",
+            "delete this client",
         )?;
         let event = rt.event(
             p,

@@ -175,7 +175,7 @@ impl Keyplane {
         owners_only(
             &p.authority(),
             &Authority::of_member(m.role),
-            "remove a member",
+            "remove this member",
         )?;
         let event = rt.event(
             p,

@@ -106,7 +106,7 @@ pub async fn list(
 
 /// Get one client, with its secrets' ages, expiry and use.
 #[utoipa::path(get, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path)),
-    responses((status = 200, body = ClientView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = ClientView, headers(("ETag" = String, description = "The version, for If-Match"))), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
 pub async fn get_one(
     State(s): State<AppState>,
     c: Caller,
@@ -120,8 +120,8 @@ pub async fn get_one(
 }
 
 /// Edit name, scopes, token lifetime, format, algorithm, audience or rotation policy.
-#[utoipa::path(patch, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = UpdateClient,
-    responses((status = 200, body = ClientView)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateClient,
+    responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 200, body = ClientView)), security(("bearer" = [])))]
 pub async fn update(
     State(s): State<AppState>,
     c: Caller,
@@ -150,8 +150,8 @@ pub async fn update(
 }
 
 /// Delete a client; its access tokens stop working at once.
-#[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path)),
-    responses((status = 204)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")),
+    responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 204)), security(("bearer" = [])))]
 pub async fn remove(
     State(s): State<AppState>,
     c: Caller,
@@ -165,8 +165,8 @@ pub async fn remove(
 }
 
 /// Add a secret (shown once); optionally give the other secrets a grace period.
-#[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/secrets", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = AddClientSecret,
-    responses((status = 201, body = NewClientSecret)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/secrets", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = AddClientSecret,
+    responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 201, body = NewClientSecret)), security(("bearer" = [])))]
 pub async fn add_secret(
     State(s): State<AppState>,
     c: Caller,
@@ -193,7 +193,7 @@ pub async fn add_secret(
 
 /// Retire a secret at once. Access tokens issued before now stop working.
 #[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}/secrets/{secret_id}", tag = "oauth-clients",
-    params(("client_id" = String, Path), ("secret_id" = String, Path)), responses((status = 204)), security(("bearer" = [])))]
+    params(("client_id" = String, Path), ("secret_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 204)), security(("bearer" = [])))]
 pub async fn retire_secret(
     State(s): State<AppState>,
     c: Caller,

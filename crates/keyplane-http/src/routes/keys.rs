@@ -121,7 +121,7 @@ pub async fn list(
 
 /// Get one API key.
 #[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)),
-    responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = ApiKeyView, headers(("ETag" = String, description = "The key's version, for If-Match"))), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
 pub async fn get_one(
     State(s): State<AppState>,
     c: Caller,
@@ -132,8 +132,8 @@ pub async fn get_one(
 }
 
 /// Edit name, description, scopes, roles, expiry or the default mark.
-#[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)), request_body = UpdateApiKey,
-    responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateApiKey,
+    responses((status = 200, body = ApiKeyView, headers(("ETag" = String))), (status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 404, body = crate::error::Problem), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
 pub async fn update(
     State(s): State<AppState>,
     c: Caller,
@@ -162,8 +162,8 @@ pub async fn update(
 }
 
 /// Revoke a key (idempotent). It is refused from the very next request.
-#[utoipa::path(post, path = "/v1/api-keys/{id}/revoke", tag = "api-keys", params(("id" = String, Path)),
-    responses((status = 200, body = ApiKeyView), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys/{id}/revoke", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")),
+    responses((status = 200, body = ApiKeyView), (status = 403, body = crate::error::Problem, description = "an owner's key"), (status = 404, body = crate::error::Problem), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
 pub async fn revoke(
     State(s): State<AppState>,
     c: Caller,
@@ -194,8 +194,8 @@ pub async fn copy(
 }
 
 /// Give the key a new secret; the old one is refused at once or after the grace period.
-#[utoipa::path(post, path = "/v1/api-keys/{id}/regenerate", tag = "api-keys", params(("id" = String, Path)), request_body = RegenerateApiKey,
-    responses((status = 200, body = ApiKeyWithSecret)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys/{id}/regenerate", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = RegenerateApiKey,
+    responses((status = 200, body = ApiKeyWithSecret), (status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
 pub async fn regenerate(
     State(s): State<AppState>,
     c: Caller,

@@ -166,7 +166,7 @@ pub async fn member_list(
 }
 
 /// Get one member.
-#[utoipa::path(get, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), responses((status = 200, body = MemberView)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), responses((status = 200, body = MemberView, headers(("ETag" = String, description = "The version, for If-Match")))), security(("bearer" = [])))]
 pub async fn member_get(
     State(s): State<AppState>,
     c: Caller,
@@ -177,8 +177,8 @@ pub async fn member_get(
 }
 
 /// Change a member's role.
-#[utoipa::path(patch, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), request_body = UpdateMember,
-    responses((status = 200, body = MemberView)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateMember,
+    responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 200, body = MemberView)), security(("bearer" = [])))]
 pub async fn member_update(
     State(s): State<AppState>,
     c: Caller,
@@ -194,7 +194,7 @@ pub async fn member_update(
 }
 
 /// Remove a member; the keys they own are revoked.
-#[utoipa::path(delete, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), responses((status = 204)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 204)), security(("bearer" = [])))]
 pub async fn member_delete(
     State(s): State<AppState>,
     c: Caller,
