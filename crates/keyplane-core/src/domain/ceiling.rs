@@ -70,15 +70,14 @@ impl Authority {
     }
 
     /// An API key: owned by a member with `owner_role` (a member's key acts with the member's
-    /// role), or a service token (`None`: its roles' permissions). Its scopes are its own and
-    /// its roles'.
+    /// role, whatever roles it carries), or a service token (`None`: its roles' permissions).
+    /// Its scopes are its own and its roles'.
     pub fn of_key(owner_role: Option<MemberRole>, scopes: &[String], roles: &[Role]) -> Self {
-        let role_perms = roles
-            .iter()
-            .fold(PermSet::EMPTY, |acc, r| acc.union(r.perm_set()));
         let permissions = match owner_role {
-            Some(role) => role.permissions().union(role_perms),
-            None => role_perms,
+            Some(role) => role.permissions(),
+            None => roles
+                .iter()
+                .fold(PermSet::EMPTY, |acc, r| acc.union(r.perm_set())),
         };
         let all_scopes = scopes
             .iter()

@@ -114,11 +114,15 @@ impl Keyplane {
         let scopes = rt.check_scopes(input.scopes).await?;
         let roles = rt.roles_named(access.org_id(), &input.roles).await?;
         let owner_role = rt.owner_role(owner.as_deref()).await?;
+        let caller = p.authority();
         within(
-            &p.authority(),
+            &caller,
             &Authority::of_key(owner_role, &scopes, &roles),
             "create this key",
         )?;
+        // Nobody hands out a role granting more than they hold, even on a member's key (which
+        // acts with the member's role).
+        within(&caller, &Authority::of_key(None, &[], &roles), "grant these roles")?;
         let roles_scopes: Vec<String> = roles.iter().flat_map(|r| r.scopes.clone()).collect();
         let default_for_service = self
             .check_default_mark(input.default_for_service, &scopes, &roles_scopes)
@@ -270,6 +274,7 @@ impl Keyplane {
             &Authority::of_key(owner_role, &key.scopes, &roles),
             "give this key those scopes or roles",
         )?;
+        within(&caller, &Authority::of_key(None, &[], &roles), "grant these roles")?;
         let roles_scopes: Vec<String> = roles.iter().flat_map(|r| r.scopes.clone()).collect();
         let mark = patch
             .default_for_service
