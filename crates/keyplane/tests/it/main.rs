@@ -30,6 +30,7 @@ macro_rules! on_both {
 
 mod activity;
 mod binary;
+mod ceiling;
 mod console;
 mod errors;
 mod gateway;
@@ -41,5 +42,6 @@ mod nodes;
 mod oauth;
 mod seed002;
 mod seeds;
+mod support;
 mod verify;
 mod visibility;
