@@ -412,7 +412,12 @@ async fn key_creation(t: &mut Table<'_>, w: &World) {
             ),
         ];
         if let Some(me) = a.who {
-            cases.push(("for themself, scopes [read]".into(), Some(me), vec![R], vec![]));
+            cases.push((
+                "for themself, scopes [read]".into(),
+                Some(me),
+                vec![R],
+                vec![],
+            ));
         }
         if a.name != "admin-key" {
             // The admin key is left out: whether the member-role rule binds it is not said.
@@ -436,7 +441,15 @@ async fn key_creation(t: &mut Table<'_>, w: &World) {
             }
             let label = format!("POST /v1/api-keys {{{what}}}");
             let got = t
-                .row(a.name, &a.token, Method::POST, "/v1/api-keys", &label, Some(body), want)
+                .row(
+                    a.name,
+                    &a.token,
+                    Method::POST,
+                    "/v1/api-keys",
+                    &label,
+                    Some(body),
+                    want,
+                )
                 .await;
             if got.status == StatusCode::CREATED {
                 t.made.push(("key", name.clone()));
@@ -589,7 +602,11 @@ async fn key_routes(t: &mut Table<'_>, w: &World) {
                         }
                         KeyOp::AddRole(role) => {
                             a.auth.within(&before)
-                                && a.auth.within(&key_authority(target.owner, target.scopes, &[role]))
+                                && a.auth.within(&key_authority(
+                                    target.owner,
+                                    target.scopes,
+                                    &[role],
+                                ))
                         }
                         KeyOp::Revoke => a.auth.may_remove(&before),
                     };
@@ -656,7 +673,9 @@ async fn key_routes(t: &mut Table<'_>, w: &World) {
                     }
                     KeyOp::Copy => {
                         t.made.push(("key", format!("copy-{n}")));
-                        if v["id"] == id.as_str() || v["owner_member_id"] != before_view["owner_member_id"] {
+                        if v["id"] == id.as_str()
+                            || v["owner_member_id"] != before_view["owner_member_id"]
+                        {
                             problems.push(format!("not a copy: {v}"));
                         }
                     }
@@ -672,9 +691,8 @@ async fn key_routes(t: &mut Table<'_>, w: &World) {
                     }
                     KeyOp::Revoke => {
                         if after["is_active"] != false || old_works != StatusCode::UNAUTHORIZED {
-                            problems.push(format!(
-                                "not revoked ({old_works} at /v1/authz): {after}"
-                            ));
+                            problems
+                                .push(format!("not revoked ({old_works} at /v1/authz): {after}"));
                         }
                     }
                 }
@@ -698,20 +716,37 @@ async fn client_creation(t: &mut Table<'_>, w: &World) {
                 None,
                 vec![W],
             ),
-            ("owner_member_id = the owner, scopes [read]", Some(Who::Owner), vec![R]),
+            (
+                "owner_member_id = the owner, scopes [read]",
+                Some(Who::Owner),
+                vec![R],
+            ),
         ];
         for (what, named, scopes) in cases {
             let n = t.next();
             let name = format!("create-client-{n}");
             let owner = named.or(a.who);
-            let want = a.creates("clients:manage", owner, &client_authority(owner, &scopes), &[]);
+            let want = a.creates(
+                "clients:manage",
+                owner,
+                &client_authority(owner, &scopes),
+                &[],
+            );
             let mut body = json!({ "name": name, "scopes": scopes });
             if let Some(m) = named {
                 body["owner_member_id"] = json!(w.member(m));
             }
             let label = format!("POST /v1/oauth-clients {{{what}}}");
             let got = t
-                .row(a.name, &a.token, Method::POST, "/v1/oauth-clients", &label, Some(body), want)
+                .row(
+                    a.name,
+                    &a.token,
+                    Method::POST,
+                    "/v1/oauth-clients",
+                    &label,
+                    Some(body),
+                    want,
+                )
                 .await;
             if got.status == StatusCode::CREATED {
                 t.made.push(("client", name.clone()));
@@ -793,12 +828,19 @@ async fn client_routes(t: &mut Table<'_>, w: &World) {
                 if let ClientOp::RetireSecret = op {
                     // A second secret, so that retiring the first leaves the client usable.
                     let s = app
-                        .post(&format!("/v1/oauth-clients/{cid}/secrets"), &admin, json!({}))
+                        .post(
+                            &format!("/v1/oauth-clients/{cid}/secrets"),
+                            &admin,
+                            json!({}),
+                        )
                         .await;
                     assert_eq!(s.status, StatusCode::CREATED, "set-up: {}", s.text);
                 }
-                let before_view =
-                    client_snapshot(app.get(&format!("/v1/oauth-clients/{cid}"), &admin).await.json());
+                let before_view = client_snapshot(
+                    app.get(&format!("/v1/oauth-clients/{cid}"), &admin)
+                        .await
+                        .json(),
+                );
                 let before = client_authority(target.owner, target.scopes);
                 let base = format!("/v1/oauth-clients/{cid}");
                 let (method, path, body, what) = match op {
@@ -867,7 +909,11 @@ async fn client_routes(t: &mut Table<'_>, w: &World) {
                         t.fail(
                             a.name,
                             &label,
-                            format!("refused, yet the client changed: {before_view} → {} {}", after.status, short(&after.text)),
+                            format!(
+                                "refused, yet the client changed: {before_view} → {} {}",
+                                after.status,
+                                short(&after.text)
+                            ),
                         );
                     }
                     continue;
@@ -885,10 +931,16 @@ async fn client_routes(t: &mut Table<'_>, w: &World) {
                         }
                     }
                     ClientOp::AddSecret => {
-                        let s = got.json()["client_secret"].as_str().unwrap_or("").to_string();
+                        let s = got.json()["client_secret"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
                         let tk = token(app, &cid, &s).await;
                         if tk.status != StatusCode::OK {
-                            problems.push(format!("the new secret gets {} at the token endpoint", tk.status));
+                            problems.push(format!(
+                                "the new secret gets {} at the token endpoint",
+                                tk.status
+                            ));
                         }
                     }
                     ClientOp::RetireSecret => {
@@ -901,7 +953,10 @@ async fn client_routes(t: &mut Table<'_>, w: &World) {
                         }
                     }
                     ClientOp::IssueToken => {
-                        let at = got.json()["access_token"].as_str().unwrap_or("").to_string();
+                        let at = got.json()["access_token"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
                         let s = app.authz(Some(&at), Some(R)).await.status;
                         if s != StatusCode::OK {
                             problems.push(format!("the issued token answers {s} at /v1/authz"));
@@ -928,7 +983,11 @@ async fn role_creation(t: &mut Table<'_>, w: &World) {
     for a in &w.actors {
         let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
             ("permissions [keys:manage]", vec!["keys:manage"], vec![]),
-            ("permissions [members:manage]", vec!["members:manage"], vec![]),
+            (
+                "permissions [members:manage]",
+                vec!["members:manage"],
+                vec![],
+            ),
             ("scopes [read, write]", vec![], vec![R, W]),
             ("scopes [read]", vec![], vec![R]),
         ];
@@ -1004,7 +1063,8 @@ async fn member_routes(t: &mut Table<'_>, w: &World) {
             let id = admin_member(app, ORG, &format!("target-{n}@ceiling.test"), from).await;
             let want = if !a.auth.has("members:manage") {
                 404
-            } else if a.auth.within(&member_authority(from)) && a.auth.within(&member_authority(to)) {
+            } else if a.auth.within(&member_authority(from)) && a.auth.within(&member_authority(to))
+            {
                 200
             } else {
                 403
@@ -1027,7 +1087,10 @@ async fn member_routes(t: &mut Table<'_>, w: &World) {
                 t.fail(
                     a.name,
                     &label,
-                    format!("answered {}, and the member's role is {}", got.status, after["role"]),
+                    format!(
+                        "answered {}, and the member's role is {}",
+                        got.status, after["role"]
+                    ),
                 );
             }
         }
@@ -1079,7 +1142,11 @@ async fn console_member_routes(t: &mut Table<'_>, w: &mut World) {
         for role in ["owner", "admin"] {
             t.n += 1;
             let email = format!("console-new-{}@ceiling.test", t.n);
-            let want = if c.auth.within(&member_authority(role)) { 200 } else { 403 };
+            let want = if c.auth.within(&member_authority(role)) {
+                200
+            } else {
+                403
+            };
             t.rows += 1;
             let (status, body, _) = c
                 .console
@@ -1097,31 +1164,60 @@ async fn console_member_routes(t: &mut Table<'_>, w: &mut World) {
                 t.refused_creates.push(("member", email));
             }
         }
-        for (from, to) in [("member", "owner"), ("owner", "member"), ("member", "admin")] {
+        for (from, to) in [
+            ("member", "owner"),
+            ("owner", "member"),
+            ("member", "admin"),
+        ] {
             t.n += 1;
-            let id = admin_member(app, ORG, &format!("console-target-{}@ceiling.test", t.n), from).await;
-            let want = if c.auth.within(&member_authority(from)) && c.auth.within(&member_authority(to)) {
-                200
-            } else {
-                403
-            };
+            let id = admin_member(
+                app,
+                ORG,
+                &format!("console-target-{}@ceiling.test", t.n),
+                from,
+            )
+            .await;
+            let want =
+                if c.auth.within(&member_authority(from)) && c.auth.within(&member_authority(to)) {
+                    200
+                } else {
+                    403
+                };
             t.rows += 1;
             let (status, body, _) = c
                 .console
-                .post(&format!("/console/members/{id}/role"), &[("role", to)], Some(&c.csrf))
+                .post(
+                    &format!("/console/members/{id}/role"),
+                    &[("role", to)],
+                    Some(&c.csrf),
+                )
                 .await;
             let label = format!("POST /console/members/{{{from}}}/role {{role: {to}}}");
             t.check(c.name, &label, status, &body, want);
             let after = app.get(&format!("/v1/members/{id}"), &admin).await.json();
             let expected = if status.is_success() { to } else { from };
             if after["role"] != expected {
-                t.fail(c.name, &label, format!("answered {status}, and the role is {}", after["role"]));
+                t.fail(
+                    c.name,
+                    &label,
+                    format!("answered {status}, and the role is {}", after["role"]),
+                );
             }
         }
         for role in ["owner", "member"] {
             t.n += 1;
-            let id = admin_member(app, ORG, &format!("console-target-{}@ceiling.test", t.n), role).await;
-            let want = if c.auth.may_remove(&member_authority(role)) { 200 } else { 403 };
+            let id = admin_member(
+                app,
+                ORG,
+                &format!("console-target-{}@ceiling.test", t.n),
+                role,
+            )
+            .await;
+            let want = if c.auth.may_remove(&member_authority(role)) {
+                200
+            } else {
+                403
+            };
             t.rows += 1;
             let (status, body, _) = c
                 .console
@@ -1131,14 +1227,28 @@ async fn console_member_routes(t: &mut Table<'_>, w: &mut World) {
             t.check(c.name, &label, status, &body, want);
             let after = app.get(&format!("/v1/members/{id}"), &admin).await.status;
             if (after == StatusCode::NOT_FOUND) != status.is_success() {
-                t.fail(c.name, &label, format!("answered {status}, and the member answers {after}"));
+                t.fail(
+                    c.name,
+                    &label,
+                    format!("answered {status}, and the member answers {after}"),
+                );
             }
         }
         for role in ["owner", "member"] {
             t.n += 1;
-            let id = admin_member(app, ORG, &format!("console-target-{}@ceiling.test", t.n), role).await;
+            let id = admin_member(
+                app,
+                ORG,
+                &format!("console-target-{}@ceiling.test", t.n),
+                role,
+            )
+            .await;
             // A link hands the member's account over: within(caller, member).
-            let want = if c.auth.within(&member_authority(role)) { 200 } else { 403 };
+            let want = if c.auth.within(&member_authority(role)) {
+                200
+            } else {
+                403
+            };
             t.rows += 1;
             let (status, body, _) = c
                 .console
@@ -1159,25 +1269,55 @@ async fn nothing_refused_was_made(t: &mut Table<'_>) {
     let admin = app.admin_key.clone();
     let mut names: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     let keys = all_pages(app, "/v1/api-keys?include_inactive=true&limit=200", &admin).await;
-    names.insert("key", keys.iter().filter_map(|k| k["name"].as_str().map(str::to_string)).collect());
+    names.insert(
+        "key",
+        keys.iter()
+            .filter_map(|k| k["name"].as_str().map(str::to_string))
+            .collect(),
+    );
     let clients = all_pages(app, "/v1/oauth-clients?limit=200", &admin).await;
-    names.insert("client", clients.iter().filter_map(|k| k["name"].as_str().map(str::to_string)).collect());
+    names.insert(
+        "client",
+        clients
+            .iter()
+            .filter_map(|k| k["name"].as_str().map(str::to_string))
+            .collect(),
+    );
     let roles = app.get("/v1/roles", &admin).await.json();
     names.insert(
         "role",
-        roles["items"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str().map(str::to_string)).collect(),
+        roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect(),
     );
     let members = all_pages(app, "/v1/members", &admin).await;
-    names.insert("member", members.iter().filter_map(|m| m["email"].as_str().map(str::to_string)).collect());
+    names.insert(
+        "member",
+        members
+            .iter()
+            .filter_map(|m| m["email"].as_str().map(str::to_string))
+            .collect(),
+    );
     for (kind, name) in t.refused_creates.clone() {
         t.rows += 1;
         if names[kind].contains(&name) {
-            t.fail("—", &format!("refused {kind} create"), format!("{name} exists all the same"));
+            t.fail(
+                "—",
+                &format!("refused {kind} create"),
+                format!("{name} exists all the same"),
+            );
         }
     }
     for (kind, name) in t.made.clone() {
         if !names[kind].contains(&name) {
-            t.fail("—", &format!("allowed {kind} create"), format!("{name} is not there"));
+            t.fail(
+                "—",
+                &format!("allowed {kind} create"),
+                format!("{name} is not there"),
+            );
         }
     }
 }

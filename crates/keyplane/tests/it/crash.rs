@@ -73,10 +73,7 @@ async fn writer(
         i += 1;
         let active: Vec<String> = {
             let l = lock(&ledger);
-            mine.iter()
-                .filter(|id| !l[*id].revoked)
-                .cloned()
-                .collect()
+            mine.iter().filter(|id| !l[*id].revoked).cloned().collect()
         };
         let op = if active.len() < 3 { 0 } else { i % 4 };
         let (req, target, pending) = match op {
@@ -166,7 +163,11 @@ async fn writer(
 
 fn str_list(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -246,7 +247,10 @@ async fn crash(backend: Backend) {
         let v = a.json();
         for e in v["items"].as_array().expect("items") {
             if let (Some(t), Some(action)) = (e["target"].as_str(), e["action"].as_str()) {
-                events.entry(t.to_string()).or_default().push(action.to_string());
+                events
+                    .entry(t.to_string())
+                    .or_default()
+                    .push(action.to_string());
             }
         }
         match v["next_cursor"].as_str() {
@@ -270,7 +274,10 @@ async fn crash(backend: Backend) {
             continue;
         }
         let v = got.json();
-        let (name, scopes) = (v["name"].as_str().unwrap_or("").to_string(), str_list(&v["scopes"]));
+        let (name, scopes) = (
+            v["name"].as_str().unwrap_or("").to_string(),
+            str_list(&v["scopes"]),
+        );
         let active = v["is_active"] == true;
         // What the stored key may be: the acknowledged state, or that plus the in-flight change.
         let edited_in_flight = match &k.pending {
@@ -316,7 +323,8 @@ async fn crash(backend: Backend) {
                 count(id, "api_key.create")
             ));
         }
-        let stored_updates = k.updates + usize::from(edited_in_flight && !(name == k.name && scopes == k.scopes));
+        let stored_updates =
+            k.updates + usize::from(edited_in_flight && !(name == k.name && scopes == k.scopes));
         if count(id, "api_key.update") < stored_updates {
             problems.push(format!(
                 "{id}: {} api_key.update events for {stored_updates} stored updates ({} acknowledged)",

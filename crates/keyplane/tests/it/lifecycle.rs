@@ -34,7 +34,11 @@ async fn dead_on_arrival(app: TestApp) {
             assert_eq!(before.status, StatusCode::OK, "{}", before.text);
             let before = before.json()["access_token"].as_str().unwrap().to_string();
             let second = app
-                .post(&format!("/v1/oauth-clients/{cid}/secrets"), &admin, json!({}))
+                .post(
+                    &format!("/v1/oauth-clients/{cid}/secrets"),
+                    &admin,
+                    json!({}),
+                )
                 .await;
             assert_eq!(second.status, StatusCode::CREATED, "{}", second.text);
             let second = second.json()["client_secret"].as_str().unwrap().to_string();
@@ -226,17 +230,34 @@ async fn other_org_clients(app: TestApp) {
             json!({ "org_id": b, "owner_member_id": b_owner, "name": "B owner's key", "scopes": [R] }),
         )
         .await;
-    let (cid, secret, sid) = admin_client(&app, json!({ "name": "A's client", "scopes": [R] })).await;
-    let before = client_snapshot(app.get(&format!("/v1/oauth-clients/{cid}"), &admin).await.json());
+    let (cid, secret, sid) =
+        admin_client(&app, json!({ "name": "A's client", "scopes": [R] })).await;
+    let before = client_snapshot(
+        app.get(&format!("/v1/oauth-clients/{cid}"), &admin)
+            .await
+            .json(),
+    );
     let ghost = ghost_client();
 
     let routes: Vec<(Method, &str, Option<serde_json::Value>)> = vec![
         (Method::GET, "/v1/oauth-clients/{c}", None),
-        (Method::PATCH, "/v1/oauth-clients/{c}", Some(json!({ "name": "taken" }))),
+        (
+            Method::PATCH,
+            "/v1/oauth-clients/{c}",
+            Some(json!({ "name": "taken" })),
+        ),
         (Method::DELETE, "/v1/oauth-clients/{c}", None),
-        (Method::POST, "/v1/oauth-clients/{c}/secrets", Some(json!({}))),
+        (
+            Method::POST,
+            "/v1/oauth-clients/{c}/secrets",
+            Some(json!({})),
+        ),
         (Method::DELETE, "/v1/oauth-clients/{c}/secrets/{s}", None),
-        (Method::POST, "/v1/oauth-clients/{c}/tokens", Some(json!({}))),
+        (
+            Method::POST,
+            "/v1/oauth-clients/{c}/tokens",
+            Some(json!({})),
+        ),
     ];
     let mut problems = Vec::new();
     for (method, route, body) in routes {
@@ -270,7 +291,9 @@ async fn other_org_clients(app: TestApp) {
     }
     let t = token(&app, &cid, &secret).await.status;
     if t != StatusCode::OK {
-        problems.push(format!("A's client gets {t} at the token endpoint afterwards"));
+        problems.push(format!(
+            "A's client gets {t} at the token endpoint afterwards"
+        ));
     }
     assert!(
         problems.is_empty(),

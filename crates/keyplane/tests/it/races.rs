@@ -71,7 +71,10 @@ async fn patch_vs_regenerate(app: TestApp) {
     let mut lost = 0;
     for i in 0..ITERATIONS {
         let (id, old) = app
-            .key(&admin, json!({ "name": format!("race-{i}"), "scopes": [R] }))
+            .key(
+                &admin,
+                json!({ "name": format!("race-{i}"), "scopes": [R] }),
+            )
             .await;
         let path = format!("/v1/api-keys/{id}");
         let regenerate = format!("{path}/regenerate");
@@ -129,7 +132,10 @@ async fn three_regenerates(app: TestApp) {
     let mut problems = Vec::new();
     for i in 0..ITERATIONS {
         let (id, original) = app
-            .key(&admin, json!({ "name": format!("race-{i}"), "scopes": [R] }))
+            .key(
+                &admin,
+                json!({ "name": format!("race-{i}"), "scopes": [R] }),
+            )
             .await;
         let path = format!("/v1/api-keys/{id}/regenerate");
         let (a, b, c) = tokio::join!(
@@ -201,7 +207,12 @@ async fn three_client_rotations(app: TestApp) {
         let mut secrets = vec![original];
         for x in [&a, &b, &c] {
             if x.status == StatusCode::CREATED {
-                secrets.push(x.json()["client_secret"].as_str().unwrap_or_default().to_string());
+                secrets.push(
+                    x.json()["client_secret"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
             } else {
                 problems.push(format!(
                     "#{i}: a new secret answered {} {}",
@@ -231,7 +242,10 @@ async fn three_client_rotations(app: TestApp) {
                 secrets.len()
             ));
         }
-        let view = app.get(&format!("/v1/oauth-clients/{cid}"), &admin).await.json();
+        let view = app
+            .get(&format!("/v1/oauth-clients/{cid}"), &admin)
+            .await
+            .json();
         let active = view["secrets"]
             .as_array()
             .map(|s| s.iter().filter(|x| x["status"] == "active").count())
@@ -253,7 +267,10 @@ async fn revoke_vs_regenerate(app: TestApp) {
     let mut problems = Vec::new();
     for i in 0..ITERATIONS {
         let (id, old) = app
-            .key(&admin, json!({ "name": format!("race-{i}"), "scopes": [R] }))
+            .key(
+                &admin,
+                json!({ "name": format!("race-{i}"), "scopes": [R] }),
+            )
             .await;
         let path = format!("/v1/api-keys/{id}");
         let (revoke, regenerate) = (format!("{path}/revoke"), format!("{path}/regenerate"));
@@ -262,7 +279,11 @@ async fn revoke_vs_regenerate(app: TestApp) {
             app.post(&regenerate, &admin, json!({})),
         );
         if rv.status != StatusCode::OK {
-            problems.push(format!("#{i}: revoke answered {} {}", rv.status, short(&rv.text)));
+            problems.push(format!(
+                "#{i}: revoke answered {} {}",
+                rv.status,
+                short(&rv.text)
+            ));
         }
         // Regenerating a revoked key is a conflict; before the revocation it succeeds.
         if rg.status != StatusCode::OK && rg.status != StatusCode::CONFLICT {
@@ -287,7 +308,9 @@ async fn revoke_vs_regenerate(app: TestApp) {
             let new = rg.json()["key"].as_str().unwrap_or_default().to_string();
             let s = app.authz(Some(&new), None).await.status;
             if s != StatusCode::UNAUTHORIZED {
-                problems.push(format!("#{i}: the regenerated secret of a revoked key answers {s}"));
+                problems.push(format!(
+                    "#{i}: the regenerated secret of a revoked key answers {s}"
+                ));
             }
         }
     }
@@ -301,7 +324,9 @@ async fn etag(app: &TestApp, path: &str, problems: &mut Vec<String>) -> String {
     match a.header("etag") {
         Some(e) if e.starts_with('"') && e.ends_with('"') && e.len() > 2 => e.to_string(),
         other => {
-            problems.push(format!("GET {path} answered ETag {other:?}, expected a quoted version"));
+            problems.push(format!(
+                "GET {path} answered ETag {other:?}, expected a quoted version"
+            ));
             String::new()
         }
     }
@@ -335,7 +360,13 @@ async fn if_match_on(app: &TestApp, kind: &str, path: &str, problems: &mut Vec<S
         e1 = "\"0\"".into();
     }
     // Someone else's change makes e1 stale.
-    let first = patch(app, path, &app.admin_key, json!({ "name": format!("{kind}-first") })).await;
+    let first = patch(
+        app,
+        path,
+        &app.admin_key,
+        json!({ "name": format!("{kind}-first") }),
+    )
+    .await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text);
     let e2 = etag(app, path, problems).await;
     if e2 == e1 {
@@ -351,7 +382,8 @@ async fn if_match_on(app: &TestApp, kind: &str, path: &str, problems: &mut Vec<S
     .await;
     precondition_failed(&format!("{kind}: PATCH"), &stale, problems);
     let after = app.get(path, &app.admin_key).await;
-    if after.json()["name"] != format!("{kind}-first").as_str() || after.header("etag") != Some(&e2) {
+    if after.json()["name"] != format!("{kind}-first").as_str() || after.header("etag") != Some(&e2)
+    {
         problems.push(format!(
             "{kind}: a PATCH refused for a stale If-Match changed it: ETag {:?}, {}",
             after.header("etag"),
@@ -375,15 +407,21 @@ async fn if_match_on(app: &TestApp, kind: &str, path: &str, problems: &mut Vec<S
     }
     let e3 = etag(app, path, problems).await;
     if e3 == e2 {
-        problems.push(format!("{kind}: the PATCH with If-Match left the ETag at {e2}"));
+        problems.push(format!(
+            "{kind}: the PATCH with If-Match left the ETag at {e2}"
+        ));
     }
     if let Some(answered) = current.header("etag") {
         if answered != e3 {
-            problems.push(format!("{kind}: the PATCH answered ETag {answered}, GET shows {e3}"));
+            problems.push(format!(
+                "{kind}: the PATCH answered ETag {answered}, GET shows {e3}"
+            ));
         }
     }
     if app.get(path, &app.admin_key).await.json()["name"] != format!("{kind}-current").as_str() {
-        problems.push(format!("{kind}: the PATCH with the current If-Match did not apply"));
+        problems.push(format!(
+            "{kind}: the PATCH with the current If-Match did not apply"
+        ));
     }
     e1
 }
@@ -398,8 +436,20 @@ async fn if_match_race(app: &TestApp, kind: &str, path: &str, problems: &mut Vec
         }
         let if_match = [("if-match", e.as_str())];
         let (a, b) = tokio::join!(
-            call_with(app, Method::PATCH, path, Some(json!({ "name": format!("{kind}-{i}-a") })), &if_match),
-            call_with(app, Method::PATCH, path, Some(json!({ "name": format!("{kind}-{i}-b") })), &if_match),
+            call_with(
+                app,
+                Method::PATCH,
+                path,
+                Some(json!({ "name": format!("{kind}-{i}-a") })),
+                &if_match
+            ),
+            call_with(
+                app,
+                Method::PATCH,
+                path,
+                Some(json!({ "name": format!("{kind}-{i}-b") })),
+                &if_match
+            ),
         );
         let statuses = [a.status.as_u16(), b.status.as_u16()];
         let winner = match statuses {
@@ -444,7 +494,9 @@ async fn etags(app: TestApp) {
     precondition_failed("key: regenerate", &r, &mut problems);
     let s = app.authz(Some(&secret), None).await.status;
     if s != StatusCode::OK {
-        problems.push(format!("key: after a regenerate with a stale If-Match the secret answers {s}"));
+        problems.push(format!(
+            "key: after a regenerate with a stale If-Match the secret answers {s}"
+        ));
     }
     if_match_race(&app, "key", &kpath, &mut problems).await;
 
@@ -466,7 +518,9 @@ async fn etags(app: TestApp) {
     }
     let t = token(&app, &cid, &csecret).await.status;
     if t != StatusCode::OK {
-        problems.push(format!("client: after a rotation with a stale If-Match the secret gets {t}"));
+        problems.push(format!(
+            "client: after a rotation with a stale If-Match the secret gets {t}"
+        ));
     }
     if_match_race(&app, "client", &cpath, &mut problems).await;
 

@@ -1037,11 +1037,7 @@ async fn key_creation(t: &mut Table<'_>, w: &World) {
     // Owners named in the body, within the organization: the key acts with its owner's role,
     // so it is within the maker's ceiling only if that role is (only owners make owners' keys).
     for who in w.actors.iter().filter(|a| a.in_org(&w.a)) {
-        for (owner, role) in [
-            ("A-owner", "owner"),
-            ("A-admin", "admin"),
-            ("M1", "member"),
-        ] {
+        for (owner, role) in [("A-owner", "owner"), ("A-admin", "admin"), ("M1", "member")] {
             let owner_id = w.member(owner);
             let want = if !who.manager && who.member.as_deref() != Some(owner_id.as_str()) {
                 // No key permission, or a member naming someone else.
@@ -1170,14 +1166,7 @@ async fn members(t: &mut Table<'_>, w: &World) {
                 other => other,
             };
             let a = t
-                .row(
-                    who,
-                    Method::POST,
-                    "/v1/members",
-                    &route,
-                    Some(body),
-                    want,
-                )
+                .row(who, Method::POST, "/v1/members", &route, Some(body), want)
                 .await;
             if a.status == StatusCode::CREATED && a.json()["org_id"] != org {
                 t.fail(
@@ -1710,7 +1699,14 @@ async fn client_lists(t: &mut Table<'_>, w: &World) {
                     .unwrap_or_default(),
             );
             let a = t
-                .row(who, Method::GET, &path, &route, None, who.keys_status(org, 200))
+                .row(
+                    who,
+                    Method::GET,
+                    &path,
+                    &route,
+                    None,
+                    who.keys_status(org, 200),
+                )
                 .await;
             if a.status == StatusCode::OK {
                 let want: BTreeSet<String> = w
@@ -1868,12 +1864,18 @@ async fn client_routes(t: &mut Table<'_>, w: &World) {
                     ClientRoute::Patch => after.json()["name"] == renamed.as_str(),
                     ClientRoute::Delete => after.status == StatusCode::NOT_FOUND,
                     ClientRoute::AddSecret => {
-                        let secret = got.json()["client_secret"].as_str().unwrap_or("").to_string();
+                        let secret = got.json()["client_secret"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
                         token(app, &id, &secret).await.status == StatusCode::OK
                     }
                     ClientRoute::RetireSecret => !after.text.contains(&first_secret),
                     ClientRoute::IssueToken => {
-                        let at = got.json()["access_token"].as_str().unwrap_or("").to_string();
+                        let at = got.json()["access_token"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
                         app.authz(Some(&at), None).await.status == StatusCode::OK
                     }
                 };
