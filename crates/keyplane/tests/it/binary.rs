@@ -121,10 +121,10 @@ fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
-/// A running `keyplane serve`. Dropping it kills the process.
-struct Server {
+/// A running `keyplane serve`. Dropping it kills the process. (`crash.rs` uses it too.)
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     stdout: Captured,
     stderr: Captured,
     readers: Vec<JoinHandle<()>>,
@@ -141,7 +141,7 @@ struct Stopped {
 impl Server {
     /// Starts `keyplane serve --listen 127.0.0.1:PORT --database URL` with `env` and waits until
     /// it says it listens and `/healthz` answers 200.
-    async fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
+    pub(crate) async fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             let listen = format!("127.0.0.1:{}", free_port());
@@ -272,7 +272,23 @@ impl Server {
         }
     }
 
-    async fn call(
+    /// Kills the process with SIGKILL, as a crash or `kill -9` would: it gets no chance to
+    /// flush or finish anything. Waits for it and returns how it ended.
+    pub(crate) fn kill9(mut self) -> ExitStatus {
+        self.child.kill().expect("send SIGKILL");
+        let status = self.child.wait().expect("wait for the killed process");
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        status
+    }
+
+    /// Everything the server wrote on stderr so far.
+    pub(crate) fn stderr_text(&self) -> String {
+        self.stderr.text()
+    }
+
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -294,11 +310,11 @@ impl Server {
         }
     }
 
-    async fn get(&self, path: &str, token: &str) -> Answer {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> Answer {
         self.call(Method::GET, path, Some(token), None).await
     }
 
-    async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 

@@ -14,15 +14,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A browser-less console client: keeps the console's cookies itself.
-struct Console {
+/// A browser-less console client: keeps the console's cookies itself (also used by the
+/// issue-10 tests through `support`).
+pub(crate) struct Console {
     base: String,
     http: reqwest::Client,
     cookies: Vec<(String, String)>,
 }
 
 impl Console {
-    fn new(app: &TestApp) -> Self {
+    pub(crate) fn new(app: &TestApp) -> Self {
         Console {
             base: app.base.clone(),
             http: reqwest::Client::builder()
@@ -59,7 +60,7 @@ impl Console {
             .join("; ")
     }
 
-    async fn get(&mut self, path: &str) -> (StatusCode, String, Option<String>) {
+    pub(crate) async fn get(&mut self, path: &str) -> (StatusCode, String, Option<String>) {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -76,7 +77,7 @@ impl Console {
         (status, resp.text().await.unwrap(), location)
     }
 
-    async fn post(
+    pub(crate) async fn post(
         &mut self,
         path: &str,
         form: &[(&str, &str)],
@@ -102,7 +103,7 @@ impl Console {
 }
 
 /// The CSRF token a page carries in its forms.
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
     html[at..].split('"').next().unwrap().to_string()
 }

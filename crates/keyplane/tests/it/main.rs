@@ -30,16 +30,21 @@ macro_rules! on_both {
 
 mod activity;
 mod binary;
+mod ceiling;
 mod console;
+mod crash;
 mod errors;
 mod gateway;
 mod interop;
 mod keys;
+mod lifecycle;
 mod limits;
 mod nginx;
 mod nodes;
 mod oauth;
+mod races;
 mod seed002;
 mod seeds;
+mod support;
 mod verify;
 mod visibility;

@@ -3,13 +3,23 @@
 //! One world: org A (`org_default`) with an owner, an admin, members M1 and M2 (each with an API
 //! key of their own), a service token S (no owner, no roles) and an `ORG-ADMIN` service key; org
 //! B with an owner and their key. Every actor, the admin key included, is tried on every
-//! management route: on the key routes against a key of every kind (owned by each kind of member
-//! of A, unowned in A, in B) and against an id that does not exist. A row that may change its
-//! target gets a fresh one, so rows do not affect each other. A refusal must leave the target as
-//! it was, and a 404 must be the very answer an unknown id gets, so it teaches nothing.
+//! management route: on the key and OAuth client routes against a key or client of every kind
+//! (owned by each kind of member of A, unowned in A, in B) and against an id that does not
+//! exist. A row that may change its target gets a fresh one, so rows do not affect each other. A
+//! refusal must leave the target as it was, and a 404 must be the very answer an unknown id gets,
+//! so it teaches nothing.
+//!
+//! Expectations follow docs/authorization.md: first reach (what an actor may see), then the
+//! ceiling, computed from each actor's and target's authority with the spec's rule
+//! ([`Authority::within`], [`Authority::may_remove`] in `support.rs`) — so an admin member's key
+//! may see the owner's key but not regenerate it, and no API key may add a member (a member may
+//! use every scope; a key holds a fixed set).
 //!
 //! Mismatches are collected, and all of them are reported at the end.
 
+use crate::support::{
+    client_snapshot, ghost_client, member_role_perms, token, Authority, ALL_PERMISSIONS,
+};
 use keyplane_testkit::reqwest::{Method, StatusCode};
 use keyplane_testkit::{json, Answer, TestApp};
 use serde_json::Value;
@@ -20,6 +30,7 @@ const DEFAULT_ORG: &str = "org_default";
 const GHOST_KEY: &str = "key_00000000000000000000";
 const GHOST_MEMBER: &str = "mem_00000000000000000000";
 const GHOST_PROJECT: &str = "prj_00000000000000000000";
+const GHOST_SECRET: &str = "sec_00000000000000000000";
 
 /// Someone calling the management API.
 #[derive(Clone, Debug)]
@@ -31,6 +42,8 @@ struct Actor {
     member: Option<String>,
     /// Holds every management permission in its organization (owner, admin, `ORG-ADMIN`).
     manager: bool,
+    /// Its permissions, scopes and rank: what the ceiling compares (docs/authorization.md).
+    auth: Authority,
 }
 
 impl Actor {
@@ -67,14 +80,51 @@ impl Actor {
             403
         }
     }
+    /// The status of an operation on a credential this actor may reach, by the ceiling:
+    /// `hands_over` operations (edit, copy, regenerate, secrets, tokens) need the target within
+    /// the actor's ceiling; removals (revoke, delete) only that owners touch owners.
+    fn ceiling(&self, target: &Authority, hands_over: bool, ok: u16) -> u16 {
+        let allowed = if hands_over {
+            self.auth.within(target)
+        } else {
+            self.auth.may_remove(target)
+        };
+        if allowed {
+            ok
+        } else {
+            403
+        }
+    }
 }
 
-/// A kind of target key.
+/// The authority of a credential (key or client, no scopes, no roles) owned by a member with
+/// `role`, or by nobody: its member's permissions for a key, none for a client.
+fn credential_authority(owner_role: Option<&str>, key: bool) -> Authority {
+    let perms = match owner_role {
+        Some(r) if key => member_role_perms(r),
+        _ => BTreeSet::new(),
+    };
+    Authority::new(owner_role == Some("owner"), perms, Some(&[]))
+}
+
+/// The authority of a member with `role`: the role's permissions, every scope.
+fn member_authority(role: &str) -> Authority {
+    Authority {
+        top: false,
+        owner: role == "owner",
+        perms: member_role_perms(role),
+        scopes: None,
+    }
+}
+
+/// A kind of target key or client.
 #[derive(Clone, Debug)]
 struct Kind {
     label: &'static str,
     org: String,
     owner: Option<String>,
+    /// The owner's member role.
+    owner_role: Option<&'static str>,
 }
 
 /// An API key made during set-up.
@@ -91,6 +141,8 @@ struct World {
     actors: Vec<Actor>,
     kinds: Vec<Kind>,
     keys: Vec<Fixed>,
+    /// An OAuth client of every kind, made during set-up (`id` is the client id).
+    clients: Vec<Fixed>,
     /// (id, org) of every member.
     members: Vec<(String, String)>,
     /// Names for ids in failure messages.
@@ -296,6 +348,7 @@ async fn setup(app: &TestApp) -> World {
         org: None,
         member: None,
         manager: true,
+        auth: Authority::admin_key(),
     });
 
     // Members, each with a key of their own made by the admin key.
@@ -335,6 +388,8 @@ async fn setup(app: &TestApp) -> World {
             org: Some(org.clone()),
             member: Some(mid),
             manager: role != "member",
+            // A member's key: the member's role, the key's scopes (none here), owner's rank.
+            auth: Authority::new(role == "owner", member_role_perms(role), Some(&[])),
         });
     }
     // Keys without an owner: a service token with no permissions, and an ORG-ADMIN key.
@@ -354,12 +409,19 @@ async fn setup(app: &TestApp) -> World {
             org: a.clone(),
             owner: None,
         });
+        let perms = if manager {
+            ALL_PERMISSIONS.iter().map(|p| p.to_string()).collect()
+        } else {
+            BTreeSet::new()
+        };
         actors.push(Actor {
             name,
             token: secret,
             org: Some(a.clone()),
             member: None,
             manager,
+            // A service token: its roles' permissions, its scopes (none).
+            auth: Authority::new(false, perms, Some(&[])),
         });
     }
     // More keys, so that lists have something to leave out.
@@ -413,6 +475,7 @@ async fn setup(app: &TestApp) -> World {
         actors,
         kinds: vec![],
         keys,
+        clients: vec![],
         members,
         labels,
         b_project,
@@ -420,41 +483,64 @@ async fn setup(app: &TestApp) -> World {
     let owner_of = |who: &str| Some(w.member(who));
     let kinds = vec![
         Kind {
-            label: "A: A-owner's key",
+            label: "A: A-owner's",
             org: w.a.clone(),
             owner: owner_of("A-owner"),
+            owner_role: Some("owner"),
         },
         Kind {
-            label: "A: A-admin's key",
+            label: "A: A-admin's",
             org: w.a.clone(),
             owner: owner_of("A-admin"),
+            owner_role: Some("admin"),
         },
         Kind {
-            label: "A: M1's key",
+            label: "A: M1's",
             org: w.a.clone(),
             owner: owner_of("M1"),
+            owner_role: Some("member"),
         },
         Kind {
-            label: "A: M2's key",
+            label: "A: M2's",
             org: w.a.clone(),
             owner: owner_of("M2"),
+            owner_role: Some("member"),
         },
         Kind {
-            label: "A: unowned key",
+            label: "A: unowned",
             org: w.a.clone(),
             owner: None,
+            owner_role: None,
         },
         Kind {
-            label: "B: B-owner's key",
+            label: "B: B-owner's",
             org: w.b.clone(),
             owner: owner_of("B-owner"),
+            owner_role: Some("owner"),
         },
         Kind {
-            label: "B: unowned key",
+            label: "B: unowned",
             org: w.b.clone(),
             owner: None,
+            owner_role: None,
         },
     ];
+    // An OAuth client of every kind, so that lists have something to show and leave out.
+    for k in &kinds {
+        let c = admin_post(
+            app,
+            "/v1/oauth-clients",
+            json!({ "org_id": k.org, "owner_member_id": k.owner, "name": format!("{} client", k.label) }),
+        )
+        .await;
+        let id = c["client_id"].as_str().unwrap().to_string();
+        w.labels.insert(id.clone(), format!("{} client", k.label));
+        w.clients.push(Fixed {
+            id,
+            org: k.org.clone(),
+            owner: k.owner.clone(),
+        });
+    }
     w.kinds = kinds;
     w
 }
@@ -471,6 +557,9 @@ async fn table(app: TestApp) {
     key_lists(&mut t, &w).await;
     let copies = key_routes(&mut t, &w).await;
     key_creation(&mut t, &w).await;
+    client_lists(&mut t, &w).await;
+    client_routes(&mut t, &w).await;
+    client_creation(&mut t, &w).await;
     members(&mut t, &w).await;
     orgs_projects_services_roles(&mut t, &w).await;
     activity(&mut t, &w).await;
@@ -637,6 +726,20 @@ impl KeyRoute {
             200
         }
     }
+
+    /// What the ceiling asks of the route: nothing (a read), that the target is within the
+    /// caller's (it changes or hands over the key), or only that owners touch owners (removal).
+    fn want(self, who: &Actor, target: &Authority) -> u16 {
+        match self {
+            KeyRoute::Get => self.ok(),
+            KeyRoute::Patch | KeyRoute::Regenerate | KeyRoute::Copy | KeyRoute::SeedRegenerate => {
+                who.ceiling(target, true, self.ok())
+            }
+            KeyRoute::Revoke | KeyRoute::Delete | KeyRoute::SeedDeactivate => {
+                who.ceiling(target, false, self.ok())
+            }
+        }
+    }
 }
 
 /// Every key route × every actor × every kind of target (a fresh one per row) and an unknown id.
@@ -672,19 +775,26 @@ async fn key_routes(t: &mut Table<'_>, w: &World) -> BTreeSet<String> {
                 let before = snapshot(created);
 
                 let allowed = who.sees_key(&kind.org, kind.owner.as_deref());
-                let want = if allowed { route.ok() } else { 404 };
+                let target = credential_authority(kind.owner_role, true);
+                let want = if allowed {
+                    route.want(who, &target)
+                } else {
+                    404
+                };
                 let (method, path, body) = route.request(&id);
                 let label = format!(
                     "{path} {}",
                     body.as_ref().map(Value::to_string).unwrap_or_default()
                 )
-                .replace(&id, &format!("{{{}}}", kind.label));
+                .replace(&id, &format!("{{{} key}}", kind.label));
                 let got = t.row(who, method.clone(), &path, &label, body, want).await;
 
                 let after = app.get(&format!("/v1/api-keys/{id}"), &admin).await.json();
                 let authz = app.authz(Some(&secret), None).await.status;
-                if !allowed {
-                    t.same_as_unknown(who, &method, &label, &got, &unknown);
+                if want == 404 || want == 403 {
+                    if want == 404 {
+                        t.same_as_unknown(who, &method, &label, &got, &unknown);
+                    }
                     if snapshot(after.clone()) != before {
                         t.fail(
                             who,
@@ -924,6 +1034,30 @@ async fn key_creation(t: &mut Table<'_>, w: &World) {
         }
     }
 
+    // Owners named in the body, within the organization: the key acts with its owner's role,
+    // so it is within the maker's ceiling only if that role is (only owners make owners' keys).
+    for who in w.actors.iter().filter(|a| a.in_org(&w.a)) {
+        for (owner, role) in [("A-owner", "owner"), ("A-admin", "admin"), ("M1", "member")] {
+            let owner_id = w.member(owner);
+            let want = if !who.manager && who.member.as_deref() != Some(owner_id.as_str()) {
+                // No key permission, or a member naming someone else.
+                403
+            } else {
+                who.ceiling(&credential_authority(Some(role), true), true, 201)
+            };
+            let route = format!("/v1/api-keys {{org_id: org A, owner: {owner}}}");
+            t.row(
+                who,
+                Method::POST,
+                "/v1/api-keys",
+                &route,
+                Some(json!({ "org_id": w.a, "owner_member_id": owner_id, "name": "named" })),
+                want,
+            )
+            .await;
+        }
+    }
+
     // A member cannot give their own key a role holding more than they hold.
     let m1_actor = w.actor("M1");
     let (id, _) = t.app.key(&m1_actor.token, json!({ "name": "mine" })).await;
@@ -1026,15 +1160,13 @@ async fn members(t: &mut Table<'_>, w: &World) {
                 asked.map_or("-", |o| w.labels[o].as_str())
             );
             let body = json!({ "org_id": asked, "email": format!("new{n}@example.test"), "role": "member" });
+            // A member may use every scope: within no API key's ceiling.
+            let want = match who.manages(org, 201) {
+                201 => who.ceiling(&member_authority("member"), true, 201),
+                other => other,
+            };
             let a = t
-                .row(
-                    who,
-                    Method::POST,
-                    "/v1/members",
-                    &route,
-                    Some(body),
-                    who.manages(org, 201),
-                )
+                .row(who, Method::POST, "/v1/members", &route, Some(body), want)
                 .await;
             if a.status == StatusCode::CREATED && a.json()["org_id"] != org {
                 t.fail(
@@ -1046,11 +1178,16 @@ async fn members(t: &mut Table<'_>, w: &World) {
             }
         }
     }
-    for (name, want) in [("A-owner", 201), ("A-admin", 403), ("M1", 403)] {
+    for name in ["admin-key", "A-owner", "A-admin", "M1"] {
         n += 1;
+        let who = w.actor(name);
+        let want = match who.manages(DEFAULT_ORG, 201) {
+            201 => who.ceiling(&member_authority("owner"), true, 201),
+            other => other,
+        };
         let body = json!({ "email": format!("new{n}@example.test"), "role": "owner" });
         t.row(
-            w.actor(name),
+            who,
             Method::POST,
             "/v1/members",
             "/v1/members {role: owner}",
@@ -1080,10 +1217,17 @@ async fn members(t: &mut Table<'_>, w: &World) {
                 let m = admin_post(app, "/v1/members", json!({ "org_id": org, "email": format!("target{n}@example.test"), "role": "member" })).await;
                 let id = m["id"].as_str().unwrap().to_string();
                 let route = format!("/v1/members/{{{label}}}");
-                let want = if who.in_org(org) && who.manager {
-                    ok
-                } else {
+                // The target is a plain member; a role change must have them within the caller's
+                // ceiling before and after (an admin: every scope), a removal only owners' rule.
+                let want = if !(who.in_org(org) && who.manager) {
                     404
+                } else if method == Method::PATCH {
+                    match who.ceiling(&member_authority("member"), true, ok) {
+                        200 => who.ceiling(&member_authority("admin"), true, ok),
+                        other => other,
+                    }
+                } else {
+                    who.ceiling(&member_authority("member"), false, ok)
                 };
                 let a = t
                     .row(
@@ -1096,8 +1240,10 @@ async fn members(t: &mut Table<'_>, w: &World) {
                     )
                     .await;
                 let after = app.get(&format!("/v1/members/{id}"), &admin).await;
-                if want == 404 {
-                    t.same_as_unknown(who, &method, &route, &a, &unknown);
+                if want == 404 || want == 403 {
+                    if want == 404 {
+                        t.same_as_unknown(who, &method, &route, &a, &unknown);
+                    }
                     if after.status != StatusCode::OK || after.json()["role"] != "member" {
                         t.fail(
                             who,
@@ -1532,6 +1678,256 @@ async fn lists_after_all(t: &mut Table<'_>, w: &World, copies: &BTreeSet<String>
         } else if a.status == StatusCode::OK {
             if let Some(d) = w.diff(&want, &ids_of(&a.json())) {
                 t.fail(who, &Method::GET, "/auth/api_keys (at the end)", d);
+            }
+        }
+    }
+}
+
+// ----- OAuth clients -----
+
+/// `GET /v1/oauth-clients` (with and without `org_id`) on the set-up clients: the same
+/// visibility as API keys (a member: their own; org-wide managers: all of their organization).
+async fn client_lists(t: &mut Table<'_>, w: &World) {
+    for who in &w.actors {
+        for asked in [None, Some(w.a.as_str()), Some(w.b.as_str())] {
+            let org = asked.unwrap_or(who.home());
+            let path = with_query("/v1/oauth-clients?limit=200", &org_q(asked));
+            let route = with_query(
+                "/v1/oauth-clients",
+                &asked
+                    .map(|o| format!("org_id={}", w.labels[o]))
+                    .unwrap_or_default(),
+            );
+            let a = t
+                .row(
+                    who,
+                    Method::GET,
+                    &path,
+                    &route,
+                    None,
+                    who.keys_status(org, 200),
+                )
+                .await;
+            if a.status == StatusCode::OK {
+                let want: BTreeSet<String> = w
+                    .clients
+                    .iter()
+                    .filter(|c| c.org == org && who.sees_key(&c.org, c.owner.as_deref()))
+                    .map(|c| c.id.clone())
+                    .collect();
+                let got: BTreeSet<String> = a.json()["items"]
+                    .as_array()
+                    .map(|i| {
+                        i.iter()
+                            .filter_map(|c| c["client_id"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(d) = w.diff(&want, &got) {
+                    t.fail(who, &Method::GET, &route, d);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientRoute {
+    Get,
+    Patch,
+    Delete,
+    AddSecret,
+    RetireSecret,
+    IssueToken,
+}
+
+impl ClientRoute {
+    const ALL: [ClientRoute; 6] = [
+        ClientRoute::Get,
+        ClientRoute::Patch,
+        ClientRoute::Delete,
+        ClientRoute::AddSecret,
+        ClientRoute::RetireSecret,
+        ClientRoute::IssueToken,
+    ];
+
+    /// The request; a rename gets `name` (client names are unique within a project).
+    fn request(self, id: &str, secret_id: &str, name: &str) -> (Method, String, Option<Value>) {
+        let base = format!("/v1/oauth-clients/{id}");
+        match self {
+            ClientRoute::Get => (Method::GET, base, None),
+            ClientRoute::Patch => (Method::PATCH, base, Some(json!({ "name": name }))),
+            ClientRoute::Delete => (Method::DELETE, base, None),
+            ClientRoute::AddSecret => (Method::POST, format!("{base}/secrets"), Some(json!({}))),
+            ClientRoute::RetireSecret => {
+                (Method::DELETE, format!("{base}/secrets/{secret_id}"), None)
+            }
+            ClientRoute::IssueToken => (Method::POST, format!("{base}/tokens"), Some(json!({}))),
+        }
+    }
+
+    fn ok(self) -> u16 {
+        match self {
+            ClientRoute::Get | ClientRoute::Patch => 200,
+            ClientRoute::AddSecret | ClientRoute::IssueToken => 201,
+            ClientRoute::Delete | ClientRoute::RetireSecret => 204,
+        }
+    }
+
+    /// As for keys: reads need nothing more, changes and hand-overs the ceiling, deletion only
+    /// that owners touch owners.
+    fn want(self, who: &Actor, target: &Authority) -> u16 {
+        match self {
+            ClientRoute::Get => self.ok(),
+            ClientRoute::Delete => who.ceiling(target, false, self.ok()),
+            _ => who.ceiling(target, true, self.ok()),
+        }
+    }
+}
+
+/// Every client route × every actor × every kind of client (a fresh one per row) and an
+/// unknown client id.
+async fn client_routes(t: &mut Table<'_>, w: &World) {
+    let app = t.app;
+    let admin = app.admin_key.clone();
+    let ghost = ghost_client();
+    let mut n = 0;
+    for route in ClientRoute::ALL {
+        for who in &w.actors {
+            let (method, path, body) = route.request(&ghost, GHOST_SECRET, "renamed");
+            let label = format!(
+                "{path} {}",
+                body.as_ref().map(Value::to_string).unwrap_or_default()
+            )
+            .replace(&ghost, "{unknown client}")
+            .replace(GHOST_SECRET, "{secret}");
+            let unknown = t.row(who, method, &path, &label, body, 404).await;
+
+            for kind in &w.kinds {
+                n += 1;
+                let created = admin_post(
+                    app,
+                    "/v1/oauth-clients",
+                    json!({ "org_id": kind.org, "owner_member_id": kind.owner, "name": format!("c{n}") }),
+                )
+                .await;
+                let id = created["client_id"].as_str().unwrap().to_string();
+                let first_secret = created["secret_id"].as_str().unwrap().to_string();
+                if route == ClientRoute::RetireSecret {
+                    // A second secret, so that retiring the first leaves the client usable.
+                    admin_post(app, &format!("/v1/oauth-clients/{id}/secrets"), json!({})).await;
+                }
+                let view_path = format!("/v1/oauth-clients/{id}");
+                let before = client_snapshot(app.get(&view_path, &admin).await.json());
+
+                let allowed = who.sees_key(&kind.org, kind.owner.as_deref());
+                let want = if allowed {
+                    route.want(who, &credential_authority(kind.owner_role, false))
+                } else {
+                    404
+                };
+                let renamed = format!("renamed-{n}");
+                let (method, path, body) = route.request(&id, &first_secret, &renamed);
+                let label = format!(
+                    "{path} {}",
+                    body.as_ref().map(Value::to_string).unwrap_or_default()
+                )
+                .replace(&id, &format!("{{{} client}}", kind.label))
+                .replace(&first_secret, "{secret}")
+                .replace(&renamed, "renamed");
+                let got = t.row(who, method.clone(), &path, &label, body, want).await;
+                let after = app.get(&view_path, &admin).await;
+
+                if want == 404 || want == 403 {
+                    if want == 404 {
+                        t.same_as_unknown(who, &method, &label, &got, &unknown);
+                    }
+                    if after.status != StatusCode::OK || client_snapshot(after.json()) != before {
+                        t.fail(
+                            who,
+                            &method,
+                            &label,
+                            format!(
+                                "not allowed, yet the client changed: {before} → {} {}",
+                                after.status,
+                                short(&after.text)
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                if got.status.as_u16() != want {
+                    continue;
+                }
+                let done = match route {
+                    ClientRoute::Get => got.json()["client_id"] == id.as_str(),
+                    ClientRoute::Patch => after.json()["name"] == renamed.as_str(),
+                    ClientRoute::Delete => after.status == StatusCode::NOT_FOUND,
+                    ClientRoute::AddSecret => {
+                        let secret = got.json()["client_secret"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
+                        token(app, &id, &secret).await.status == StatusCode::OK
+                    }
+                    ClientRoute::RetireSecret => !after.text.contains(&first_secret),
+                    ClientRoute::IssueToken => {
+                        let at = got.json()["access_token"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
+                        app.authz(Some(&at), None).await.status == StatusCode::OK
+                    }
+                };
+                if !done {
+                    t.fail(
+                        who,
+                        &method,
+                        &label,
+                        format!(
+                            "answered {want}, yet no effect: {} / the client: {} {}",
+                            short(&got.text),
+                            after.status,
+                            short(&after.text)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `POST /v1/oauth-clients`: where a client may be made, and for whom (a member: themself).
+async fn client_creation(t: &mut Table<'_>, w: &World) {
+    let mut n = 0;
+    for who in &w.actors {
+        for asked in [None, Some(w.a.as_str()), Some(w.b.as_str())] {
+            n += 1;
+            let org = asked.unwrap_or(who.home());
+            let route = format!(
+                "/v1/oauth-clients {{org_id: {}}}",
+                asked.map_or("-", |o| w.labels[o].as_str())
+            );
+            let a = t
+                .row(
+                    who,
+                    Method::POST,
+                    "/v1/oauth-clients",
+                    &route,
+                    Some(json!({ "org_id": asked, "name": format!("made-{n}") })),
+                    who.keys_status(org, 201),
+                )
+                .await;
+            if a.status == StatusCode::CREATED {
+                let v = a.json();
+                if v["org_id"] != org || v["owner_member_id"].as_str() != who.member.as_deref() {
+                    t.fail(
+                        who,
+                        &Method::POST,
+                        &route,
+                        format!("made in the wrong place or for the wrong owner: {v}"),
+                    );
+                }
             }
         }
     }
