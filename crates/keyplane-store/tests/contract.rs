@@ -1,10 +1,11 @@
 //! The storage contract: one suite, run against SQLite and PostgreSQL on real databases.
 
-use keyplane_core::domain::activity::GENESIS_HASH;
+use keyplane_core::domain::activity::{ChainVerifier, GENESIS_HASH};
 use keyplane_core::domain::clock::{from_ms, to_ms};
+use keyplane_core::domain::console::{ConsoleSession, PasswordLink};
 use keyplane_core::domain::ids::{new_id, DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
 use keyplane_core::domain::model::*;
-use keyplane_core::domain::perm::MemberRole;
+use keyplane_core::domain::perm::{Access, Actor, MemberRole, Permission, Principal};
 use keyplane_core::domain::secret::Digest;
 use keyplane_core::store::{EventFilter, KeyFilter, Store};
 use keyplane_core::Error;
@@ -45,7 +46,16 @@ fn key(org: &str, project: &str, owner: Option<&str>) -> ApiKey {
         deactivated_at: None,
         default_for_service: None,
         seq: 0,
+        version: 1,
     }
+}
+
+/// A digest no other test value shares (`n` sets its first byte, for ordering).
+fn digest(n: u8) -> Digest {
+    let mut d = [0u8; 32];
+    d[0] = n;
+    d[1..].copy_from_slice(&keyplane_core::domain::secret::random_base62(31).into_bytes());
+    Digest(d)
 }
 
 fn secret(key_id: &str, n: u8) -> KeySecret {
@@ -60,6 +70,103 @@ fn secret(key_id: &str, n: u8) -> KeySecret {
         created_at: now(),
         expires_at: None,
     }
+}
+
+fn member(email: &str, role: MemberRole) -> Member {
+    Member {
+        id: new_id("mem"),
+        org_id: DEFAULT_ORG_ID.into(),
+        email: email.into(),
+        name: email.into(),
+        role,
+        created_at: now(),
+        version: 1,
+    }
+}
+
+fn client(name: &str, owner: Option<&str>) -> OAuthClient {
+    OAuthClient {
+        seq: 0,
+        client_id: new_id("cli"),
+        org_id: DEFAULT_ORG_ID.into(),
+        project_id: DEFAULT_PROJECT_ID.into(),
+        owner_member_id: owner.map(str::to_string),
+        name: name.into(),
+        description: String::new(),
+        scopes: vec!["svc:read".into()],
+        access_token_ttl_seconds: 3600,
+        token_format: TokenFormat::Opaque,
+        signing_alg: None,
+        audience: None,
+        secret_rotation_days: None,
+        not_before: None,
+        created_at: now(),
+        created_by: "test".into(),
+        disabled_at: None,
+        version: 1,
+    }
+}
+
+fn client_secret(client_id: &str, n: u8) -> ClientSecret {
+    ClientSecret {
+        id: new_id("cs"),
+        client_id: client_id.into(),
+        digest: digest(n),
+        pepper_version: 1,
+        start: format!("kpcs_{n}"),
+        created_at: now(),
+        expires_at: None,
+        last_used_at: None,
+        use_count: 0,
+        expiry_warned_at: None,
+    }
+}
+
+fn session(member_id: Option<&str>) -> ConsoleSession {
+    ConsoleSession {
+        digest: digest(1),
+        member_id: member_id.map(str::to_string),
+        admin_key_digest: member_id.is_none().then(|| digest(2)),
+        org_id: Some(DEFAULT_ORG_ID.into()),
+        project_id: None,
+        member_ids: member_id.map(str::to_string).into_iter().collect(),
+        created_at: now(),
+        expires_at: now() + time::Duration::hours(8),
+    }
+}
+
+fn link(member_id: &str) -> PasswordLink {
+    PasswordLink {
+        digest: digest(3),
+        member_id: member_id.into(),
+        created_at: now(),
+        expires_at: now() + time::Duration::hours(24),
+        created_by: "test".into(),
+    }
+}
+
+/// Access to every key of the default organization (the admin key's).
+fn admin_access() -> Access {
+    Principal::admin()
+        .access(Some(DEFAULT_ORG_ID), Permission::KeysManage)
+        .unwrap()
+}
+
+/// Access limited to what `member_id` owns (a `member` of the default organization).
+fn member_access(member_id: &str) -> Access {
+    let p = Principal {
+        actor: Actor::ConsoleMember {
+            member_id: member_id.into(),
+            member_role: MemberRole::Member,
+        },
+        org_id: Some(DEFAULT_ORG_ID.into()),
+        project_id: None,
+        permissions: MemberRole::Member.permissions(),
+        scopes: vec![],
+    };
+    let access = p.access(None, Permission::KeysManage).unwrap();
+    assert_eq!(access.only_member(), Some(member_id));
+    access
 }
 
 macro_rules! contract {
@@ -85,7 +192,106 @@ contract!(
     member_delete_revokes_their_keys,
     activity_chain_and_queries,
     admin_key_is_replaced,
+    changes_commit_with_their_event,
+    failed_changes_write_no_event,
+    versions_bump_by_one_and_stale_versions_are_refused,
+    concurrent_rotations_from_one_version_one_wins,
+    member_removal_takes_keys_clients_sessions_and_links,
+    new_password_ends_only_that_members_sessions,
 );
+
+/// An event recording a change in the default organization.
+fn ev(action: &str, target: &str) -> NewEvent {
+    NewEvent {
+        target: Some(target.into()),
+        ..event(action, Some(DEFAULT_ORG_ID), "test")
+    }
+}
+
+/// Walks the whole chain with the verifier and checks it against the recorded head; returns
+/// how many events it checked.
+async fn verify_chain(s: &dyn Store) -> u64 {
+    let mut v = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = s.activity_page(after, 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            assert!(v.feed(e), "event {} breaks the chain", e.seq);
+        }
+    }
+    let report = v.finish(s.activity_head().await.unwrap());
+    assert!(report.intact, "{report:?}");
+    report.checked
+}
+
+async fn head(s: &dyn Store) -> (i64, String) {
+    s.activity_head().await.unwrap().expect("a chain head")
+}
+
+/// The event `e` was committed exactly once, as given, and is the newest in the chain.
+async fn assert_recorded(s: &dyn Store, e: &NewEvent) {
+    let found = s
+        .activity_query(
+            &EventFilter {
+                action: Some(e.action.clone()),
+                target: e.target.clone(),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+        vec![e.id.as_str()],
+        "exactly the event of `{}` is recorded",
+        e.action
+    );
+    let got = &found[0];
+    assert_eq!(
+        (
+            got.at,
+            &got.org_id,
+            &got.actor,
+            &got.target,
+            got.outcome,
+            &got.client_addr,
+            &got.user_agent,
+            &got.details
+        ),
+        (
+            e.at,
+            &e.org_id,
+            &e.actor,
+            &e.target,
+            e.outcome,
+            &e.client_addr,
+            &e.user_agent,
+            &e.details.to_string()
+        )
+    );
+    assert_eq!(head(s).await, (got.seq, got.hash.clone()));
+}
+
+/// No event with this id was committed.
+async fn assert_not_recorded(s: &dyn Store, e: &NewEvent) {
+    let all = s
+        .activity_query(&EventFilter::default(), None, 10_000)
+        .await
+        .unwrap();
+    assert!(
+        all.iter().all(|x| x.id != e.id),
+        "the event of a failed `{}` was recorded",
+        e.action
+    );
+}
+
+fn is_version_conflict<T>(r: &keyplane_core::Result<T>) -> bool {
+    matches!(r, Err(Error::VersionConflict(_)))
+}
 
 async fn defaults_exist(s: Arc<dyn Store>) {
     assert!(s.org_get(DEFAULT_ORG_ID).await.unwrap().is_some());
@@ -120,7 +326,9 @@ async fn names_are_unique(s: Arc<dyn Store>) {
         name: "default".into(),
         created_at: now(),
     };
-    s.org_create(&org, &prj).await.unwrap();
+    s.org_create(&org, &prj, &ev("org.create", &org.id))
+        .await
+        .unwrap();
     let dup = Org {
         id: new_id("org"),
         name: "acme".into(),
@@ -132,37 +340,42 @@ async fn names_are_unique(s: Arc<dyn Store>) {
         name: "default".into(),
         created_at: now(),
     };
+    let before = head(&*s).await;
+    let refused = ev("org.create", &dup.id);
     assert!(matches!(
-        s.org_create(&dup, &prj2).await,
+        s.org_create(&dup, &prj2, &refused).await,
         Err(Error::Conflict(_))
     ));
-    // The failed organization left nothing behind.
+    // The failed organization left nothing behind, its event included.
     assert!(s.project_get(&prj2.id).await.unwrap().is_none());
+    assert_eq!(head(&*s).await, before);
+    assert_not_recorded(&*s, &refused).await;
     assert!(matches!(
-        s.project_create(&Project {
-            id: new_id("prj"),
-            org_id: org.id.clone(),
-            name: "default".into(),
-            created_at: now()
-        })
+        s.project_create(
+            &Project {
+                id: new_id("prj"),
+                org_id: org.id.clone(),
+                name: "default".into(),
+                created_at: now()
+            },
+            &ev("project.create", "prj_dup")
+        )
         .await,
         Err(Error::Conflict(_))
     ));
     let m = Member {
-        id: new_id("mem"),
         org_id: org.id.clone(),
-        email: "a@x.io".into(),
-        name: "A".into(),
-        role: MemberRole::Owner,
-        created_at: now(),
+        ..member("a@x.io", MemberRole::Owner)
     };
-    s.member_create(&m).await.unwrap();
+    s.member_create(&m, &ev("member.create", &m.id))
+        .await
+        .unwrap();
     let m2 = Member {
         id: new_id("mem"),
         ..m.clone()
     };
     assert!(matches!(
-        s.member_create(&m2).await,
+        s.member_create(&m2, &ev("member.create", &m2.id)).await,
         Err(Error::Conflict(_))
     ));
     let svc = Service {
@@ -172,17 +385,22 @@ async fn names_are_unique(s: Arc<dyn Store>) {
         scopes: vec!["ai-guard:read".into()],
         created_at: now(),
     };
-    s.service_create(&svc).await.unwrap();
+    s.service_create(&svc, &ev("service.create", &svc.id))
+        .await
+        .unwrap();
+    let svc2 = Service {
+        id: new_id("svc"),
+        ..svc.clone()
+    };
     assert!(matches!(
-        s.service_create(&Service {
-            id: new_id("svc"),
-            ..svc.clone()
-        })
-        .await,
+        s.service_create(&svc2, &ev("service.create", &svc2.id))
+            .await,
         Err(Error::Conflict(_))
     ));
     assert_eq!(s.service_list().await.unwrap(), vec![svc]);
     assert_eq!(s.org_list().await.unwrap().len(), 2);
+    // Only the three changes that committed are in the chain.
+    assert_eq!(verify_chain(&*s).await, 3);
 }
 
 async fn keys_round_trip_and_paginate(s: Arc<dyn Store>) {
@@ -194,9 +412,15 @@ async fn keys_round_trip_and_paginate(s: Arc<dyn Store>) {
             if i % 2 == 0 { Some("mem_a") } else { None },
         );
         k.expires_at = Some(now() + time::Duration::days(1));
-        s.api_key_create(&k, &secret(&k.id, i), None, now())
-            .await
-            .unwrap();
+        s.api_key_create(
+            &k,
+            &secret(&k.id, i),
+            None,
+            now(),
+            &ev("api_key.create", &k.id),
+        )
+        .await
+        .unwrap();
         let got = s.api_key_get(&k.id).await.unwrap().unwrap();
         assert_eq!(
             ApiKey {
@@ -207,10 +431,7 @@ async fn keys_round_trip_and_paginate(s: Arc<dyn Store>) {
         );
         ids.push(k.id);
     }
-    let f = KeyFilter {
-        org_id: DEFAULT_ORG_ID.into(),
-        ..Default::default()
-    };
+    let f = KeyFilter::new(&admin_access(), None, false);
     let p1 = s.api_key_list(&f, None, 2).await.unwrap();
     let p2 = s.api_key_list(&f, Some(p1[1].seq), 2).await.unwrap();
     let p3 = s.api_key_list(&f, Some(p2[1].seq), 2).await.unwrap();
@@ -221,26 +442,29 @@ async fn keys_round_trip_and_paginate(s: Arc<dyn Store>) {
         .map(|k| k.id.clone())
         .collect();
     assert_eq!(all, ids);
-    let own = KeyFilter {
-        owner_member_id: Some("mem_a".into()),
-        ..f.clone()
-    };
+    let own = KeyFilter::new(&member_access("mem_a"), None, false);
     assert_eq!(s.api_key_list(&own, None, 10).await.unwrap().len(), 3);
-    s.api_key_deactivate(&ids[0], now()).await.unwrap();
-    assert_eq!(s.api_key_list(&f, None, 10).await.unwrap().len(), 4);
-    let incl = KeyFilter {
-        include_inactive: true,
-        ..f
-    };
-    assert_eq!(s.api_key_list(&incl, None, 10).await.unwrap().len(), 5);
-    s.api_keys_touch(&[(ids[1].clone(), now())]).await.unwrap();
+    let in_project = KeyFilter::new(&admin_access(), Some(DEFAULT_PROJECT_ID), false);
+    assert_eq!(
+        s.api_key_list(&in_project, None, 10).await.unwrap().len(),
+        5
+    );
+    let elsewhere = KeyFilter::new(&admin_access(), Some("prj_other"), false);
     assert!(s
-        .api_key_get(&ids[1])
+        .api_key_list(&elsewhere, None, 10)
         .await
         .unwrap()
-        .unwrap()
-        .last_used_at
-        .is_some());
+        .is_empty());
+    s.api_key_deactivate(&ids[0], 1, now(), &ev("api_key.revoke", &ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(s.api_key_list(&f, None, 10).await.unwrap().len(), 4);
+    let incl = KeyFilter::new(&admin_access(), None, true);
+    assert_eq!(s.api_key_list(&incl, None, 10).await.unwrap().len(), 5);
+    s.api_keys_touch(&[(ids[1].clone(), now())]).await.unwrap();
+    let touched = s.api_key_get(&ids[1]).await.unwrap().unwrap();
+    assert!(touched.last_used_at.is_some());
+    assert_eq!(touched.version, 1, "recording a use is not a change");
 }
 
 async fn active_key_limit_holds_under_concurrency(s: Arc<dyn Store>) {
@@ -249,8 +473,14 @@ async fn active_key_limit_holds_under_concurrency(s: Arc<dyn Store>) {
         let s = Arc::clone(&s);
         tasks.push(tokio::spawn(async move {
             let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
-            s.api_key_create(&k, &secret(&k.id, i), Some(10), now())
-                .await
+            s.api_key_create(
+                &k,
+                &secret(&k.id, i),
+                Some(10),
+                now(),
+                &ev("api_key.create", &k.id),
+            )
+            .await
         }));
     }
     let mut ok = 0;
@@ -263,32 +493,51 @@ async fn active_key_limit_holds_under_concurrency(s: Arc<dyn Store>) {
         }
     }
     assert_eq!((ok, refused), (10, 20));
+    // Only the creations that committed have an event.
+    assert_eq!(verify_chain(&*s).await, 10);
     // Expired keys do not count.
-    let f = KeyFilter {
-        org_id: DEFAULT_ORG_ID.into(),
-        ..Default::default()
-    };
+    let f = KeyFilter::new(&admin_access(), None, false);
     let first = &s.api_key_list(&f, None, 1).await.unwrap()[0];
     let mut expired = first.clone();
     expired.expires_at = Some(now() - time::Duration::seconds(1));
-    s.api_key_update(&expired).await.unwrap();
-    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
-    s.api_key_create(&k, &secret(&k.id, 99), Some(10), now())
+    s.api_key_update(&expired, &ev("api_key.update", &expired.id))
         .await
         .unwrap();
+    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    s.api_key_create(
+        &k,
+        &secret(&k.id, 99),
+        Some(10),
+        now(),
+        &ev("api_key.create", &k.id),
+    )
+    .await
+    .unwrap();
 }
 
 async fn default_mark_moves(s: Arc<dyn Store>) {
     let mut a = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
     a.default_for_service = Some("svc".into());
-    s.api_key_create(&a, &secret(&a.id, 1), None, now())
-        .await
-        .unwrap();
+    s.api_key_create(
+        &a,
+        &secret(&a.id, 1),
+        None,
+        now(),
+        &ev("api_key.create", &a.id),
+    )
+    .await
+    .unwrap();
     let mut b = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
     b.default_for_service = Some("svc".into());
-    s.api_key_create(&b, &secret(&b.id, 2), None, now())
-        .await
-        .unwrap();
+    s.api_key_create(
+        &b,
+        &secret(&b.id, 2),
+        None,
+        now(),
+        &ev("api_key.create", &b.id),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         s.api_key_get(&a.id)
             .await
@@ -308,7 +557,11 @@ async fn default_mark_moves(s: Arc<dyn Store>) {
     );
     let mut a2 = s.api_key_get(&a.id).await.unwrap().unwrap();
     a2.default_for_service = Some("svc".into());
-    s.api_key_update(&a2).await.unwrap();
+    let (a2, _) = s
+        .api_key_update(&a2, &ev("api_key.update", &a.id))
+        .await
+        .unwrap();
+    assert_eq!(a2.default_for_service.as_deref(), Some("svc"));
     assert_eq!(
         s.api_key_get(&b.id)
             .await
@@ -318,7 +571,9 @@ async fn default_mark_moves(s: Arc<dyn Store>) {
         None
     );
     // A revoked key loses the mark.
-    s.api_key_deactivate(&a.id, now()).await.unwrap();
+    s.api_key_deactivate(&a.id, a2.version, now(), &ev("api_key.revoke", &a.id))
+        .await
+        .unwrap();
     assert_eq!(
         s.api_key_get(&a.id)
             .await
@@ -332,14 +587,23 @@ async fn default_mark_moves(s: Arc<dyn Store>) {
 async fn deactivate_and_replace_secret(s: Arc<dyn Store>) {
     let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
     let s1 = secret(&k.id, 1);
-    s.api_key_create(&k, &s1, None, now()).await.unwrap();
+    s.api_key_create(&k, &s1, None, now(), &ev("api_key.create", &k.id))
+        .await
+        .unwrap();
     assert!(s.api_key_lookup(&s1.digest).await.unwrap().is_some());
 
     // Replace with a grace period: both secrets resolve, the old one with an expiry.
     let s2 = secret(&k.id, 2);
     let until = now() + time::Duration::minutes(5);
     let affected = s
-        .api_key_replace_secret(&k.id, &s2, Some(until))
+        .api_key_replace_secret(
+            &k.id,
+            1,
+            &s2,
+            "kp_two",
+            Some(until),
+            &ev("api_key.regenerate", &k.id),
+        )
         .await
         .unwrap();
     assert_eq!(affected, vec![s1.digest]);
@@ -361,23 +625,46 @@ async fn deactivate_and_replace_secret(s: Arc<dyn Store>) {
             .expires_at,
         None
     );
+    // The display start changes with the secret.
+    assert_eq!(s.api_key_get(&k.id).await.unwrap().unwrap().start, "kp_two");
 
     // Replace without grace: every earlier secret is gone.
     let s3 = secret(&k.id, 3);
-    let mut affected = s.api_key_replace_secret(&k.id, &s3, None).await.unwrap();
+    let mut affected = s
+        .api_key_replace_secret(
+            &k.id,
+            2,
+            &s3,
+            "kp_three",
+            None,
+            &ev("api_key.regenerate", &k.id),
+        )
+        .await
+        .unwrap();
     affected.sort_by_key(|d| d.0);
     assert_eq!(affected, vec![s1.digest, s2.digest]);
     assert!(s.api_key_lookup(&s1.digest).await.unwrap().is_none());
     assert!(s.api_key_lookup(&s2.digest).await.unwrap().is_none());
+    assert_eq!(
+        s.api_key_get(&k.id).await.unwrap().unwrap().start,
+        "kp_three"
+    );
 
     let at = now();
     assert_eq!(
-        s.api_key_deactivate(&k.id, at).await.unwrap(),
+        s.api_key_deactivate(&k.id, 3, at, &ev("api_key.revoke", &k.id))
+            .await
+            .unwrap(),
         vec![s3.digest]
     );
-    s.api_key_deactivate(&k.id, at + time::Duration::hours(1))
-        .await
-        .unwrap();
+    s.api_key_deactivate(
+        &k.id,
+        4,
+        at + time::Duration::hours(1),
+        &ev("api_key.revoke", &k.id),
+    )
+    .await
+    .unwrap();
     let got = s.api_key_get(&k.id).await.unwrap().unwrap();
     assert!(!got.is_active);
     assert_eq!(
@@ -393,18 +680,27 @@ async fn deactivate_and_replace_secret(s: Arc<dyn Store>) {
             .key
             .is_active
     );
+    // A revoked key gets no new secret.
+    let s4 = secret(&k.id, 4);
+    assert!(is_version_conflict(
+        &s.api_key_replace_secret(
+            &k.id,
+            got.version,
+            &s4,
+            "kp_four",
+            None,
+            &ev("api_key.regenerate", &k.id)
+        )
+        .await
+    ));
+    assert!(s.api_key_lookup(&s4.digest).await.unwrap().is_none());
 }
 
 async fn lookup_carries_owner_role_and_roles(s: Arc<dyn Store>) {
-    let m = Member {
-        id: new_id("mem"),
-        org_id: DEFAULT_ORG_ID.into(),
-        email: "m@x.io".into(),
-        name: "M".into(),
-        role: MemberRole::Member,
-        created_at: now(),
-    };
-    s.member_create(&m).await.unwrap();
+    let m = member("m@x.io", MemberRole::Member);
+    s.member_create(&m, &ev("member.create", &m.id))
+        .await
+        .unwrap();
     let role = Role {
         id: new_id("role"),
         org_id: Some(DEFAULT_ORG_ID.into()),
@@ -414,17 +710,23 @@ async fn lookup_carries_owner_role_and_roles(s: Arc<dyn Store>) {
         scopes: vec!["svc:read".into()],
         created_at: now(),
     };
-    s.role_create(&role).await.unwrap();
+    s.role_create(&role, &ev("role.create", &role.id))
+        .await
+        .unwrap();
     let mut k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&m.id));
     k.roles = vec!["READER".into(), "ORG-ADMIN".into()];
     let sec = secret(&k.id, 7);
-    s.api_key_create(&k, &sec, None, now()).await.unwrap();
+    s.api_key_create(&k, &sec, None, now(), &ev("api_key.create", &k.id))
+        .await
+        .unwrap();
     let l = s.api_key_lookup(&sec.digest).await.unwrap().unwrap();
     assert_eq!(l.owner_role, Some(MemberRole::Member));
     let mut names: Vec<_> = l.roles.iter().map(|r| r.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["ORG-ADMIN", "READER"]);
-    s.member_set_role(&m.id, MemberRole::Admin).await.unwrap();
+    s.member_set_role(&m.id, MemberRole::Admin, 1, &ev("member.update", &m.id))
+        .await
+        .unwrap();
     assert_eq!(
         s.api_key_lookup(&sec.digest)
             .await
@@ -441,9 +743,13 @@ async fn lookups_page_through_active_keys(s: Arc<dyn Store>) {
     for i in 0..7u8 {
         let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
         let sec = secret(&k.id, 200 - i * 10);
-        s.api_key_create(&k, &sec, None, now()).await.unwrap();
+        s.api_key_create(&k, &sec, None, now(), &ev("api_key.create", &k.id))
+            .await
+            .unwrap();
         if i == 3 {
-            s.api_key_deactivate(&k.id, now()).await.unwrap();
+            s.api_key_deactivate(&k.id, 1, now(), &ev("api_key.revoke", &k.id))
+                .await
+                .unwrap();
         } else {
             digests.push(sec.digest);
         }
@@ -466,26 +772,31 @@ async fn lookups_page_through_active_keys(s: Arc<dyn Store>) {
 }
 
 async fn member_delete_revokes_their_keys(s: Arc<dyn Store>) {
-    let m = Member {
-        id: new_id("mem"),
-        org_id: DEFAULT_ORG_ID.into(),
-        email: "gone@x.io".into(),
-        name: "G".into(),
-        role: MemberRole::Admin,
-        created_at: now(),
-    };
-    s.member_create(&m).await.unwrap();
-    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&m.id));
-    let sec = secret(&k.id, 3);
-    s.api_key_create(&k, &sec, None, now()).await.unwrap();
-    let other = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
-    s.api_key_create(&other, &secret(&other.id, 4), None, now())
+    let m = member("gone@x.io", MemberRole::Admin);
+    s.member_create(&m, &ev("member.create", &m.id))
         .await
         .unwrap();
-    assert_eq!(
-        s.member_delete(&m.id, now()).await.unwrap(),
-        vec![sec.digest]
-    );
+    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&m.id));
+    let sec = secret(&k.id, 3);
+    s.api_key_create(&k, &sec, None, now(), &ev("api_key.create", &k.id))
+        .await
+        .unwrap();
+    let other = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    s.api_key_create(
+        &other,
+        &secret(&other.id, 4),
+        None,
+        now(),
+        &ev("api_key.create", &other.id),
+    )
+    .await
+    .unwrap();
+    let removal = s
+        .member_delete(&m.id, 1, now(), &ev("member.delete", &m.id))
+        .await
+        .unwrap();
+    assert_eq!(removal.digests, vec![sec.digest]);
+    assert!(removal.client_ids.is_empty());
     assert!(s.member_get(&m.id).await.unwrap().is_none());
     assert!(!s.api_key_get(&k.id).await.unwrap().unwrap().is_active);
     assert!(s.api_key_get(&other.id).await.unwrap().unwrap().is_active);
@@ -527,7 +838,7 @@ async fn activity_chain_and_queries(s: Arc<dyn Store>) {
     }
     let page = s.activity_page(0, 100).await.unwrap();
     assert_eq!(page.len(), 22);
-    let mut v = keyplane_core::domain::activity::ChainVerifier::default();
+    let mut v = ChainVerifier::default();
     for e in &page {
         assert!(v.feed(e), "event {} breaks the chain", e.seq);
     }
@@ -601,9 +912,792 @@ async fn activity_chain_and_queries(s: Arc<dyn Store>) {
 
 async fn admin_key_is_replaced(s: Arc<dyn Store>) {
     assert_eq!(s.admin_key_get().await.unwrap(), None);
-    s.admin_key_set(Digest([1; 32]), 1, now()).await.unwrap();
-    s.admin_key_set(Digest([2; 32]), 2, now()).await.unwrap();
+    s.admin_key_set(Digest([1; 32]), 1, now(), &ev("admin_key.set", "admin"))
+        .await
+        .unwrap();
+    let rotate = ev("admin_key.rotate", "admin");
+    s.admin_key_set(Digest([2; 32]), 2, now(), &rotate)
+        .await
+        .unwrap();
     assert_eq!(s.admin_key_get().await.unwrap(), Some((Digest([2; 32]), 2)));
+    assert_recorded(&*s, &rotate).await;
+}
+
+/// Each change appends exactly its own event, in the same commit, and the chain stays intact.
+async fn changes_commit_with_their_event(s: Arc<dyn Store>) {
+    let m = member("owner@x.io", MemberRole::Admin);
+    s.member_create(&m, &ev("member.create", &m.id))
+        .await
+        .unwrap();
+    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&m.id));
+    let created = ev("api_key.create", &k.id);
+    s.api_key_create(&k, &secret(&k.id, 1), None, now(), &created)
+        .await
+        .unwrap();
+    assert_recorded(&*s, &created).await;
+    assert_eq!(verify_chain(&*s).await, 2);
+
+    let revoked = ev("api_key.revoke", &k.id);
+    s.api_key_deactivate(&k.id, 1, now(), &revoked)
+        .await
+        .unwrap();
+    assert_recorded(&*s, &revoked).await;
+    assert_eq!(verify_chain(&*s).await, 3);
+
+    let c = client("svc-client", Some(&m.id));
+    s.client_create(
+        &c,
+        &client_secret(&c.client_id, 1),
+        &ev("client.create", &c.client_id),
+    )
+    .await
+    .unwrap();
+    let added = ev("client.secret_add", &c.client_id);
+    s.client_secret_add(&client_secret(&c.client_id, 2), 1, None, &added)
+        .await
+        .unwrap();
+    assert_recorded(&*s, &added).await;
+    assert_eq!(verify_chain(&*s).await, 5);
+
+    let removed = ev("member.delete", &m.id);
+    s.member_delete(&m.id, 1, now(), &removed).await.unwrap();
+    assert_recorded(&*s, &removed).await;
+    assert_eq!(verify_chain(&*s).await, 6);
+
+    // The remaining changing methods record theirs too.
+    let (c_now, secrets) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    let retired = ev("client.secret_delete", &c.client_id);
+    assert!(s
+        .client_secret_delete(&c.client_id, &secrets[0].id, c_now.version, now(), &retired)
+        .await
+        .unwrap());
+    assert_recorded(&*s, &retired).await;
+    let deleted = ev("client.delete", &c.client_id);
+    s.client_delete(&c.client_id, c_now.version + 1, &deleted)
+        .await
+        .unwrap();
+    assert_recorded(&*s, &deleted).await;
+    let sess = session(None);
+    let signed_in = ev("console.sign_in", "session");
+    s.console_session_create(&sess, &signed_in).await.unwrap();
+    assert_recorded(&*s, &signed_in).await;
+    let signed_out = ev("console.sign_out", "session");
+    s.console_session_delete(&sess.digest, Some(&signed_out))
+        .await
+        .unwrap();
+    assert_recorded(&*s, &signed_out).await;
+    // Ending a session without an event (an expiry) appends nothing.
+    let sess2 = ConsoleSession {
+        digest: digest(9),
+        ..session(None)
+    };
+    s.console_session_create(&sess2, &ev("console.sign_in", "session2"))
+        .await
+        .unwrap();
+    let before = head(&*s).await;
+    s.console_session_delete(&sess2.digest, None).await.unwrap();
+    assert!(s
+        .console_session_get(&sess2.digest)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(head(&*s).await, before);
+    assert_eq!(verify_chain(&*s).await, 11);
+}
+
+/// A change refused by its version check writes nothing: no event, no row change.
+async fn failed_changes_write_no_event(s: Arc<dyn Store>) {
+    let m = member("m@x.io", MemberRole::Member);
+    s.member_create(&m, &ev("member.create", &m.id))
+        .await
+        .unwrap();
+    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&m.id));
+    let s1 = secret(&k.id, 1);
+    s.api_key_create(&k, &s1, None, now(), &ev("api_key.create", &k.id))
+        .await
+        .unwrap();
+    let stale = s.api_key_get(&k.id).await.unwrap().unwrap();
+    let mut renamed = stale.clone();
+    renamed.name = "first".into();
+    let (current, _) = s
+        .api_key_update(&renamed, &ev("api_key.update", &k.id))
+        .await
+        .unwrap();
+    let c = client("cl", Some(&m.id));
+    let cs1 = client_secret(&c.client_id, 1);
+    s.client_create(&c, &cs1, &ev("client.create", &c.client_id))
+        .await
+        .unwrap();
+    s.client_secret_add(
+        &client_secret(&c.client_id, 2),
+        1,
+        None,
+        &ev("client.secret_add", &c.client_id),
+    )
+    .await
+    .unwrap();
+    let client_before = s.client_get(&c.client_id).await.unwrap().unwrap();
+    let checked = verify_chain(&*s).await;
+    let head_before = head(&*s).await;
+
+    // An edit computed from the stale version is refused and changes nothing.
+    let mut lost = stale.clone();
+    lost.name = "second".into();
+    lost.scopes = vec!["svc:write".into()];
+    let e = ev("api_key.update", &k.id);
+    assert!(is_version_conflict(&s.api_key_update(&lost, &e).await));
+    assert_eq!(head(&*s).await, head_before);
+    assert_not_recorded(&*s, &e).await;
+    assert_eq!(s.api_key_get(&k.id).await.unwrap().unwrap(), current);
+
+    // So is every other versioned change of a key.
+    let e = ev("api_key.revoke", &k.id);
+    assert!(is_version_conflict(
+        &s.api_key_deactivate(&k.id, stale.version, now(), &e).await
+    ));
+    assert_not_recorded(&*s, &e).await;
+    let s2 = secret(&k.id, 2);
+    let e = ev("api_key.regenerate", &k.id);
+    assert!(is_version_conflict(
+        &s.api_key_replace_secret(&k.id, stale.version, &s2, "kp_new", None, &e)
+            .await
+    ));
+    assert_not_recorded(&*s, &e).await;
+    assert!(s.api_key_lookup(&s2.digest).await.unwrap().is_none());
+    assert!(s.api_key_lookup(&s1.digest).await.unwrap().is_some());
+    assert_eq!(s.api_key_get(&k.id).await.unwrap().unwrap(), current);
+
+    // Of a member.
+    let e = ev("member.update", &m.id);
+    assert!(is_version_conflict(
+        &s.member_set_role(&m.id, MemberRole::Owner, 7, &e).await
+    ));
+    assert_not_recorded(&*s, &e).await;
+    let e = ev("member.delete", &m.id);
+    assert!(is_version_conflict(
+        &s.member_delete(&m.id, 7, now(), &e).await
+    ));
+    assert_not_recorded(&*s, &e).await;
+    assert_eq!(s.member_get(&m.id).await.unwrap(), Some(m.clone()));
+    assert!(s.api_key_get(&k.id).await.unwrap().unwrap().is_active);
+
+    // Of a client.
+    let mut edited = client_before.0.clone();
+    edited.version = 1;
+    edited.name = "renamed".into();
+    let e = ev("client.update", &c.client_id);
+    assert!(is_version_conflict(&s.client_update(&edited, &e).await));
+    assert_not_recorded(&*s, &e).await;
+    let cs3 = client_secret(&c.client_id, 3);
+    let e = ev("client.secret_add", &c.client_id);
+    assert!(is_version_conflict(
+        &s.client_secret_add(&cs3, 1, Some(now()), &e).await
+    ));
+    assert_not_recorded(&*s, &e).await;
+    let e = ev("client.secret_delete", &c.client_id);
+    assert!(is_version_conflict(
+        &s.client_secret_delete(&c.client_id, &cs1.id, 1, now(), &e)
+            .await
+    ));
+    assert_not_recorded(&*s, &e).await;
+    let e = ev("client.delete", &c.client_id);
+    assert!(is_version_conflict(
+        &s.client_delete(&c.client_id, 1, &e).await
+    ));
+    assert_not_recorded(&*s, &e).await;
+    // Retiring a secret the client does not have is no change either: no event, no bump.
+    let e = ev("client.secret_delete", &c.client_id);
+    assert!(!s
+        .client_secret_delete(
+            &c.client_id,
+            "cs_unknown",
+            client_before.0.version,
+            now(),
+            &e
+        )
+        .await
+        .unwrap());
+    assert_not_recorded(&*s, &e).await;
+    assert_eq!(
+        s.client_get(&c.client_id).await.unwrap().unwrap(),
+        client_before
+    );
+
+    // A refused creation writes no event either.
+    let limited = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    let e = ev("api_key.create", &limited.id);
+    assert!(matches!(
+        s.api_key_create(&limited, &secret(&limited.id, 9), Some(1), now(), &e)
+            .await,
+        Err(Error::LimitExceeded(_))
+    ));
+    assert_not_recorded(&*s, &e).await;
+    assert!(s.api_key_get(&limited.id).await.unwrap().is_none());
+
+    assert_eq!(head(&*s).await, head_before, "the chain head did not move");
+    assert_eq!(verify_chain(&*s).await, checked);
+}
+
+/// Every change bumps the version by one; a change naming any other version is refused.
+async fn versions_bump_by_one_and_stale_versions_are_refused(s: Arc<dyn Store>) {
+    // API keys.
+    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    s.api_key_create(
+        &k,
+        &secret(&k.id, 1),
+        None,
+        now(),
+        &ev("api_key.create", &k.id),
+    )
+    .await
+    .unwrap();
+    let v1 = s.api_key_get(&k.id).await.unwrap().unwrap();
+    assert_eq!(v1.version, 1);
+    let mut edit = v1.clone();
+    edit.description = "edited".into();
+    let (v2, _) = s
+        .api_key_update(&edit, &ev("api_key.update", &k.id))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.description, "edited");
+    assert_eq!(
+        s.api_key_get(&k.id).await.unwrap().unwrap(),
+        v2,
+        "returned as stored"
+    );
+    assert!(is_version_conflict(
+        &s.api_key_update(&edit, &ev("api_key.update", &k.id)).await
+    ));
+    // A version from the future is no better than a stale one.
+    let ahead = ApiKey {
+        version: 3,
+        ..v2.clone()
+    };
+    assert!(is_version_conflict(
+        &s.api_key_update(&ahead, &ev("api_key.update", &k.id)).await
+    ));
+    s.api_key_replace_secret(
+        &k.id,
+        2,
+        &secret(&k.id, 2),
+        "kp_2",
+        None,
+        &ev("api_key.regenerate", &k.id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.api_key_get(&k.id).await.unwrap().unwrap().version, 3);
+    assert!(is_version_conflict(
+        &s.api_key_replace_secret(
+            &k.id,
+            2,
+            &secret(&k.id, 3),
+            "kp_3",
+            None,
+            &ev("api_key.regenerate", &k.id)
+        )
+        .await
+    ));
+    assert!(is_version_conflict(
+        &s.api_key_deactivate(&k.id, 2, now(), &ev("api_key.revoke", &k.id))
+            .await
+    ));
+    s.api_key_deactivate(&k.id, 3, now(), &ev("api_key.revoke", &k.id))
+        .await
+        .unwrap();
+    assert_eq!(s.api_key_get(&k.id).await.unwrap().unwrap().version, 4);
+    // The use counter is not a change.
+    s.api_keys_touch(&[(k.id.clone(), now())]).await.unwrap();
+    assert_eq!(s.api_key_get(&k.id).await.unwrap().unwrap().version, 4);
+
+    // Members.
+    let m = member("v@x.io", MemberRole::Member);
+    s.member_create(&m, &ev("member.create", &m.id))
+        .await
+        .unwrap();
+    assert_eq!(s.member_get(&m.id).await.unwrap().unwrap().version, 1);
+    s.member_set_role(&m.id, MemberRole::Admin, 1, &ev("member.update", &m.id))
+        .await
+        .unwrap();
+    let got = s.member_get(&m.id).await.unwrap().unwrap();
+    assert_eq!((got.version, got.role), (2, MemberRole::Admin));
+    assert!(is_version_conflict(
+        &s.member_set_role(&m.id, MemberRole::Owner, 1, &ev("member.update", &m.id))
+            .await
+    ));
+    assert_eq!(
+        s.member_get(&m.id).await.unwrap().unwrap().role,
+        MemberRole::Admin
+    );
+    assert!(is_version_conflict(
+        &s.member_delete(&m.id, 1, now(), &ev("member.delete", &m.id))
+            .await
+    ));
+    s.member_delete(&m.id, 2, now(), &ev("member.delete", &m.id))
+        .await
+        .unwrap();
+    assert!(s.member_get(&m.id).await.unwrap().is_none());
+    // A member that is gone cannot be changed.
+    assert!(is_version_conflict(
+        &s.member_set_role(&m.id, MemberRole::Admin, 3, &ev("member.update", &m.id))
+            .await
+    ));
+
+    // OAuth clients and their secrets.
+    let c = client("versioned", None);
+    let cs1 = client_secret(&c.client_id, 1);
+    s.client_create(&c, &cs1, &ev("client.create", &c.client_id))
+        .await
+        .unwrap();
+    let (got, _) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    assert_eq!(got.version, 1);
+    let mut edit = got.clone();
+    edit.description = "edited".into();
+    edit.access_token_ttl_seconds = 600;
+    let stored = s
+        .client_update(&edit, &ev("client.update", &c.client_id))
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 2);
+    assert_eq!(
+        (stored.description.as_str(), stored.access_token_ttl_seconds),
+        ("edited", 600)
+    );
+    assert_eq!(s.client_get(&c.client_id).await.unwrap().unwrap().0, stored);
+    assert!(is_version_conflict(
+        &s.client_update(&edit, &ev("client.update", &c.client_id))
+            .await
+    ));
+    let cs2 = client_secret(&c.client_id, 2);
+    let grace = now() + time::Duration::minutes(10);
+    s.client_secret_add(&cs2, 2, Some(grace), &ev("client.secret_add", &c.client_id))
+        .await
+        .unwrap();
+    let (got, secrets) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    assert_eq!(got.version, 3);
+    assert_eq!(secrets.len(), 2);
+    let old = secrets.iter().find(|x| x.id == cs1.id).unwrap();
+    assert_eq!(old.expires_at, Some(grace), "the older secret expires then");
+    assert!(is_version_conflict(
+        &s.client_secret_add(
+            &client_secret(&c.client_id, 3),
+            2,
+            None,
+            &ev("client.secret_add", &c.client_id)
+        )
+        .await
+    ));
+    let not_before = now();
+    assert!(is_version_conflict(
+        &s.client_secret_delete(
+            &c.client_id,
+            &cs1.id,
+            2,
+            not_before,
+            &ev("client.secret_delete", &c.client_id)
+        )
+        .await
+    ));
+    assert!(s
+        .client_secret_delete(
+            &c.client_id,
+            &cs1.id,
+            3,
+            not_before,
+            &ev("client.secret_delete", &c.client_id)
+        )
+        .await
+        .unwrap());
+    let (got, secrets) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    assert_eq!(got.version, 4);
+    assert_eq!(got.not_before, Some(not_before), "not-before moves");
+    assert_eq!(
+        secrets.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+        vec![cs2.id.as_str()]
+    );
+    // Not-before never moves back.
+    let earlier = not_before - time::Duration::minutes(1);
+    let cs4 = client_secret(&c.client_id, 4);
+    s.client_secret_add(&cs4, 4, None, &ev("client.secret_add", &c.client_id))
+        .await
+        .unwrap();
+    assert!(s
+        .client_secret_delete(
+            &c.client_id,
+            &cs4.id,
+            5,
+            earlier,
+            &ev("client.secret_delete", &c.client_id)
+        )
+        .await
+        .unwrap());
+    let (got, _) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    assert_eq!((got.version, got.not_before), (6, Some(not_before)));
+    assert!(is_version_conflict(
+        &s.client_delete(&c.client_id, 5, &ev("client.delete", &c.client_id))
+            .await
+    ));
+    assert!(s.client_get(&c.client_id).await.unwrap().is_some());
+    s.client_delete(&c.client_id, 6, &ev("client.delete", &c.client_id))
+        .await
+        .unwrap();
+    assert!(s.client_get(&c.client_id).await.unwrap().is_none());
+    verify_chain(&*s).await;
+}
+
+/// Rotations computed from the same version race: exactly one commits, the others are told
+/// another change came first, and only the winner's secret and event exist.
+async fn concurrent_rotations_from_one_version_one_wins(s: Arc<dyn Store>) {
+    const N: u8 = 8;
+    let k = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    let s0 = secret(&k.id, 0);
+    s.api_key_create(&k, &s0, None, now(), &ev("api_key.create", &k.id))
+        .await
+        .unwrap();
+    let before = head(&*s).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N as usize));
+    let mut tasks = vec![];
+    for i in 1..=N {
+        let s = Arc::clone(&s);
+        let barrier = Arc::clone(&barrier);
+        let key_id = k.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let sec = secret(&key_id, i);
+            let start = format!("kp_{i}");
+            let e = ev("api_key.regenerate", &key_id);
+            barrier.wait().await;
+            let r = s
+                .api_key_replace_secret(&key_id, 1, &sec, &start, None, &e)
+                .await;
+            (r, sec, start, e)
+        }));
+    }
+    let mut winners = vec![];
+    let mut losers = vec![];
+    for t in tasks {
+        let (r, sec, start, e) = t.await.unwrap();
+        match r {
+            Ok(affected) => {
+                assert_eq!(affected, vec![s0.digest]);
+                winners.push((sec, start, e));
+            }
+            Err(Error::VersionConflict(_)) => losers.push((sec, e)),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((winners.len(), losers.len()), (1, N as usize - 1));
+    let (won, start, e) = &winners[0];
+    let got = s.api_key_get(&k.id).await.unwrap().unwrap();
+    assert_eq!((got.version, got.start.as_str()), (2, start.as_str()));
+    assert!(s.api_key_lookup(&won.digest).await.unwrap().is_some());
+    assert!(s.api_key_lookup(&s0.digest).await.unwrap().is_none());
+    for (sec, e) in &losers {
+        assert!(s.api_key_lookup(&sec.digest).await.unwrap().is_none());
+        assert_not_recorded(&*s, e).await;
+    }
+    assert_recorded(&*s, e).await;
+    assert_eq!(head(&*s).await.0, before.0 + 1);
+
+    // The same for a client's secrets.
+    let c = client("raced", None);
+    s.client_create(
+        &c,
+        &client_secret(&c.client_id, 0),
+        &ev("client.create", &c.client_id),
+    )
+    .await
+    .unwrap();
+    let mut tasks = vec![];
+    let barrier = Arc::new(tokio::sync::Barrier::new(N as usize));
+    for i in 1..=N {
+        let s = Arc::clone(&s);
+        let barrier = Arc::clone(&barrier);
+        let client_id = c.client_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let sec = client_secret(&client_id, i);
+            let e = ev("client.secret_add", &client_id);
+            barrier.wait().await;
+            s.client_secret_add(&sec, 1, None, &e)
+                .await
+                .map(|()| sec.id)
+        }));
+    }
+    let mut won = vec![];
+    let mut lost = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(id) => won.push(id),
+            Err(Error::VersionConflict(_)) => lost += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((won.len(), lost), (1, N as usize - 1));
+    let (got, secrets) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    assert_eq!(got.version, 2);
+    assert_eq!(secrets.len(), 2);
+    assert!(secrets.iter().any(|x| x.id == won[0]));
+    assert_eq!(verify_chain(&*s).await, 4);
+}
+
+/// Removing a member revokes their keys, disables their clients and ends their sessions and
+/// links, all at once; other members' things are untouched.
+async fn member_removal_takes_keys_clients_sessions_and_links(s: Arc<dyn Store>) {
+    let gone = member("gone@x.io", MemberRole::Admin);
+    let stays = member("stays@x.io", MemberRole::Admin);
+    for m in [&gone, &stays] {
+        s.member_create(m, &ev("member.create", &m.id))
+            .await
+            .unwrap();
+    }
+    // Two keys of the member, one of them mid-rotation (two secrets), and one already revoked.
+    let k1 = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&gone.id));
+    let k1s1 = secret(&k1.id, 1);
+    s.api_key_create(&k1, &k1s1, None, now(), &ev("api_key.create", &k1.id))
+        .await
+        .unwrap();
+    let k1s2 = secret(&k1.id, 2);
+    s.api_key_replace_secret(
+        &k1.id,
+        1,
+        &k1s2,
+        "kp_2",
+        Some(now() + time::Duration::minutes(5)),
+        &ev("api_key.regenerate", &k1.id),
+    )
+    .await
+    .unwrap();
+    let mut k2 = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&gone.id));
+    k2.default_for_service = Some("svc".into());
+    let k2s = secret(&k2.id, 3);
+    s.api_key_create(&k2, &k2s, None, now(), &ev("api_key.create", &k2.id))
+        .await
+        .unwrap();
+    let k3 = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&gone.id));
+    let k3s = secret(&k3.id, 4);
+    let revoked_at = now() - time::Duration::hours(1);
+    s.api_key_create(&k3, &k3s, None, now(), &ev("api_key.create", &k3.id))
+        .await
+        .unwrap();
+    s.api_key_deactivate(&k3.id, 1, revoked_at, &ev("api_key.revoke", &k3.id))
+        .await
+        .unwrap();
+    let theirs = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some(&stays.id));
+    s.api_key_create(
+        &theirs,
+        &secret(&theirs.id, 5),
+        None,
+        now(),
+        &ev("api_key.create", &theirs.id),
+    )
+    .await
+    .unwrap();
+    let service_token = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    s.api_key_create(
+        &service_token,
+        &secret(&service_token.id, 6),
+        None,
+        now(),
+        &ev("api_key.create", &service_token.id),
+    )
+    .await
+    .unwrap();
+
+    // Two clients of the member, one of another member, one of the project.
+    let mut owned = vec![];
+    for name in ["gone-1", "gone-2"] {
+        let c = client(name, Some(&gone.id));
+        s.client_create(
+            &c,
+            &client_secret(&c.client_id, 7),
+            &ev("client.create", &c.client_id),
+        )
+        .await
+        .unwrap();
+        owned.push(c.client_id);
+    }
+    let other_clients: Vec<OAuthClient> =
+        vec![client("stays", Some(&stays.id)), client("project", None)];
+    for c in &other_clients {
+        s.client_create(
+            c,
+            &client_secret(&c.client_id, 8),
+            &ev("client.create", &c.client_id),
+        )
+        .await
+        .unwrap();
+    }
+
+    // Sessions and links: the member's, the other member's, and an admin-key session.
+    let gone_session = ConsoleSession {
+        digest: digest(10),
+        ..session(Some(&gone.id))
+    };
+    let stays_session = ConsoleSession {
+        digest: digest(11),
+        ..session(Some(&stays.id))
+    };
+    let admin_session = ConsoleSession {
+        digest: digest(12),
+        ..session(None)
+    };
+    for sess in [&gone_session, &stays_session, &admin_session] {
+        s.console_session_create(sess, &ev("console.sign_in", "session"))
+            .await
+            .unwrap();
+    }
+    let gone_link = link(&gone.id);
+    let stays_link = link(&stays.id);
+    for l in [&gone_link, &stays_link] {
+        s.console_link_create(l, &ev("console.link", &l.member_id))
+            .await
+            .unwrap();
+    }
+    s.member_password_set(
+        &gone.id,
+        "$argon2id$fake",
+        now(),
+        &ev("member.password", &gone.id),
+    )
+    .await
+    .unwrap();
+    // Setting the password ended the session the member had: open another.
+    s.console_session_create(&gone_session, &ev("console.sign_in", "session"))
+        .await
+        .unwrap();
+    assert_eq!(s.member_credentials(&gone.email).await.unwrap().len(), 1);
+
+    let at = now();
+    let removed = ev("member.delete", &gone.id);
+    let removal = s.member_delete(&gone.id, 1, at, &removed).await.unwrap();
+
+    // What it returns: every digest of every key the member owned, and their clients.
+    let mut digests = removal.digests.clone();
+    digests.sort_by_key(|d| d.0);
+    let mut expected = vec![k1s1.digest, k1s2.digest, k2s.digest, k3s.digest];
+    expected.sort_by_key(|d| d.0);
+    assert_eq!(digests, expected);
+    let mut client_ids = removal.client_ids.clone();
+    client_ids.sort();
+    owned.sort();
+    assert_eq!(client_ids, owned);
+
+    // The member is gone and their keys revoked (versions bumped, marks dropped).
+    assert!(s.member_get(&gone.id).await.unwrap().is_none());
+    for (id, version) in [(&k1.id, 3), (&k2.id, 2)] {
+        let got = s.api_key_get(id).await.unwrap().unwrap();
+        assert!(!got.is_active);
+        assert_eq!(got.deactivated_at, Some(at));
+        assert_eq!(got.version, version);
+        assert_eq!(got.default_for_service, None);
+    }
+    let got = s.api_key_get(&k3.id).await.unwrap().unwrap();
+    assert_eq!(
+        got.deactivated_at,
+        Some(revoked_at),
+        "an earlier revocation time is kept"
+    );
+    for d in &expected {
+        assert!(!s.api_key_lookup(d).await.unwrap().unwrap().key.is_active);
+    }
+    let active = s.api_key_lookups_after(None, 100).await.unwrap();
+    let mut active_ids: Vec<&str> = active.iter().map(|l| l.key.id.as_str()).collect();
+    active_ids.sort();
+    let mut expected_ids = vec![theirs.id.as_str(), service_token.id.as_str()];
+    expected_ids.sort();
+    assert_eq!(active_ids, expected_ids);
+
+    // Their clients are disabled, with their secrets kept; the others are not.
+    for id in &owned {
+        let (c, secrets) = s.client_get(id).await.unwrap().unwrap();
+        assert_eq!(c.disabled_at, Some(at));
+        assert_eq!(c.version, 2);
+        assert_eq!(secrets.len(), 1);
+    }
+    for c in &other_clients {
+        let (got, _) = s.client_get(&c.client_id).await.unwrap().unwrap();
+        assert_eq!((got.disabled_at, got.version), (None, 1));
+    }
+
+    // Their sessions, links and password are gone; everyone else's stay.
+    assert!(s
+        .console_session_get(&gone_session.digest)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .console_link_get(&gone_link.digest)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.member_credentials(&gone.email).await.unwrap().is_empty());
+    assert_eq!(
+        s.console_session_get(&stays_session.digest).await.unwrap(),
+        Some(stays_session.clone())
+    );
+    assert_eq!(
+        s.console_session_get(&admin_session.digest).await.unwrap(),
+        Some(admin_session.clone())
+    );
+    assert_eq!(
+        s.console_link_get(&stays_link.digest).await.unwrap(),
+        Some(stays_link.clone())
+    );
+    assert!(s.member_get(&stays.id).await.unwrap().is_some());
+
+    assert_recorded(&*s, &removed).await;
+    verify_chain(&*s).await;
+
+    // A disabled client is a version further on: a change computed before the removal is refused.
+    let stale = client_secret(&owned[0], 9);
+    assert!(is_version_conflict(
+        &s.client_secret_add(&stale, 1, None, &ev("client.secret_add", &owned[0]))
+            .await
+    ));
+}
+
+/// A new password ends every session of that member, and only theirs.
+async fn new_password_ends_only_that_members_sessions(s: Arc<dyn Store>) {
+    let a = member("a@x.io", MemberRole::Member);
+    let b = member("b@x.io", MemberRole::Member);
+    for m in [&a, &b] {
+        s.member_create(m, &ev("member.create", &m.id))
+            .await
+            .unwrap();
+    }
+    let a1 = ConsoleSession {
+        digest: digest(20),
+        ..session(Some(&a.id))
+    };
+    let a2 = ConsoleSession {
+        digest: digest(21),
+        ..session(Some(&a.id))
+    };
+    let b1 = ConsoleSession {
+        digest: digest(22),
+        ..session(Some(&b.id))
+    };
+    for sess in [&a1, &a2, &b1] {
+        s.console_session_create(sess, &ev("console.sign_in", "session"))
+            .await
+            .unwrap();
+    }
+    let set = ev("member.password", &a.id);
+    s.member_password_set(&a.id, "$argon2id$fake", now(), &set)
+        .await
+        .unwrap();
+    assert!(s.console_session_get(&a1.digest).await.unwrap().is_none());
+    assert!(s.console_session_get(&a2.digest).await.unwrap().is_none());
+    assert_eq!(
+        s.console_session_get(&b1.digest).await.unwrap(),
+        Some(b1.clone())
+    );
+    let creds = s.member_credentials(&a.email).await.unwrap();
+    assert_eq!(creds.len(), 1);
+    assert_eq!(creds[0].0, a);
+    assert_eq!(creds[0].1, "$argon2id$fake");
+    assert_recorded(&*s, &set).await;
+    verify_chain(&*s).await;
 }
 
 #[test]
