@@ -366,6 +366,23 @@ macro_rules! impl_store {
             }
 
 
+            /// A credential's owner must still be a member of its organization when it is made:
+            /// the member's row is locked (PostgreSQL), so a concurrent removal either comes
+            /// first (and the creation is refused) or after (and takes the new credential too).
+            async fn owner_exists(conn: &mut $conn, org_id: &str, owner: Option<&str>) -> Result<()> {
+                let Some(owner) = owner else { return Ok(()) };
+                let found = sqlx::query(concat!("SELECT id FROM members WHERE id = $1 AND org_id = $2", $lock))
+                    .bind(owner)
+                    .bind(org_id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                match found {
+                    Some(_) => Ok(()),
+                    None => Err(Error::invalid("owner_member_id", "no such member in this organization")),
+                }
+            }
+
             async fn key_digests(
                 conn: &mut $conn,
                 key_id: &str,
@@ -717,6 +734,7 @@ macro_rules! impl_store {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db_err)?;
+                Self::owner_exists(&mut tx, &key.org_id, key.owner_member_id.as_deref()).await?;
                 if let Some(limit) = active_limit {
                     let active: i64 = sqlx::query_scalar(
                         "SELECT COUNT(*) FROM api_keys WHERE org_id = $1 AND is_active \
@@ -734,7 +752,10 @@ macro_rules! impl_store {
                     }
                 }
                 if let Some(service) = &key.default_for_service {
-                    sqlx::query("UPDATE api_keys SET default_for_service = NULL WHERE project_id = $1 AND default_for_service = $2")
+                    sqlx::query(
+                        "UPDATE api_keys SET default_for_service = NULL, version = version + 1 \
+                         WHERE project_id = $1 AND default_for_service = $2",
+                    )
                         .bind(&key.project_id)
                         .bind(service)
                         .execute(&mut *tx)
@@ -810,19 +831,11 @@ macro_rules! impl_store {
 
             async fn api_key_update(&self, key: &ApiKey, event: &NewEvent) -> Result<(ApiKey, Vec<Digest>)> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
-                // The versioned write first: it takes the row's lock (PostgreSQL) before anything else.
+                // The version check first: it takes the row's lock (PostgreSQL) before anything else.
                 let done = sqlx::query(
-                    "UPDATE api_keys SET name = $2, description = $3, scopes = $4, roles = $5, expires_at = $6, \
-                     default_for_service = $7, start = $8, version = version + 1 WHERE id = $1 AND version = $9 AND is_active",
+                    "UPDATE api_keys SET version = version + 1 WHERE id = $1 AND version = $2 AND is_active",
                 )
                 .bind(&key.id)
-                .bind(&key.name)
-                .bind(&key.description)
-                .bind(to_json(&key.scopes))
-                .bind(to_json(&key.roles))
-                .bind(key.expires_at.map(to_ms))
-                .bind(&key.default_for_service)
-                .bind(&key.start)
                 .bind(key.version)
                 .execute(&mut *tx)
                 .await
@@ -830,9 +843,11 @@ macro_rules! impl_store {
                 if done.rows_affected() == 0 {
                     return Err(Error::VersionConflict("API key"));
                 }
+                // Taking the default mark from another key changes that key too.
                 if let Some(service) = &key.default_for_service {
                     sqlx::query(
-                        "UPDATE api_keys SET default_for_service = NULL WHERE project_id = $1 AND default_for_service = $2 AND id <> $3",
+                        "UPDATE api_keys SET default_for_service = NULL, version = version + 1 \
+                         WHERE project_id = $1 AND default_for_service = $2 AND id <> $3",
                     )
                     .bind(&key.project_id)
                     .bind(service)
@@ -841,6 +856,20 @@ macro_rules! impl_store {
                     .await
                     .map_err(db_err)?;
                 }
+                sqlx::query(
+                    "UPDATE api_keys SET name = $2, description = $3, scopes = $4, roles = $5, expires_at = $6, \
+                     default_for_service = $7 WHERE id = $1",
+                )
+                .bind(&key.id)
+                .bind(&key.name)
+                .bind(&key.description)
+                .bind(to_json(&key.scopes))
+                .bind(to_json(&key.roles))
+                .bind(key.expires_at.map(to_ms))
+                .bind(&key.default_for_service)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
                 let digests = Self::key_digests(&mut *tx, &key.id).await?;
                 let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys k WHERE k.id = $1"))
                     .bind(&key.id)
@@ -1004,6 +1033,7 @@ macro_rules! impl_store {
 
             async fn client_create(&self, c: &OAuthClient, secret: &ClientSecret, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
+                Self::owner_exists(&mut tx, &c.org_id, c.owner_member_id.as_deref()).await?;
                 sqlx::query(
                     "INSERT INTO oauth_clients (client_id, org_id, project_id, owner_member_id, name, description, scopes, \
                      access_token_ttl_seconds, token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, version) \

@@ -404,6 +404,25 @@ async fn names_are_unique(s: Arc<dyn Store>) {
 }
 
 async fn keys_round_trip_and_paginate(s: Arc<dyn Store>) {
+    // A credential's owner must be a member of its organization.
+    let mut owner = member("a@example.com", MemberRole::Member);
+    owner.id = "mem_a".into();
+    s.member_create(&owner, &ev("member.create", &owner.id))
+        .await
+        .unwrap();
+    let mut ghost = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, Some("mem_ghost"));
+    ghost.name = "owned by nobody".into();
+    assert!(matches!(
+        s.api_key_create(
+            &ghost,
+            &secret(&ghost.id, 99),
+            None,
+            now(),
+            &ev("api_key.create", &ghost.id)
+        )
+        .await,
+        Err(Error::Invalid { .. })
+    ));
     let mut ids = vec![];
     for i in 0..5 {
         let mut k = key(

@@ -8,7 +8,7 @@
 
 use crate::domain::error::{Error, Result};
 use crate::domain::model::Role;
-use crate::domain::perm::{MemberRole, PermSet};
+use crate::domain::perm::{MemberRole, PermSet, Permission};
 use std::collections::BTreeSet;
 
 /// The scopes an authority holds: every scope (the admin key, a person), or a fixed set.
@@ -130,11 +130,19 @@ pub fn within(caller: &Authority, target: &Authority, what: &str) -> Result<()> 
         return Ok(());
     }
     owners_only(caller, target, what)?;
-    if !caller.permissions.contains(target.permissions) {
+    // Managing every key includes managing one's own.
+    let held = if caller.permissions.has(Permission::KeysManage) {
+        caller
+            .permissions
+            .union(PermSet::from_iter([Permission::KeysOwn]))
+    } else {
+        caller.permissions
+    };
+    if !held.contains(target.permissions) {
         let missing: Vec<&str> = target
             .permissions
             .iter()
-            .filter(|p| !caller.permissions.has(*p))
+            .filter(|p| !held.has(*p))
             .map(|p| p.as_str())
             .collect();
         return Err(Error::Forbidden(format!(
@@ -158,7 +166,6 @@ pub fn within(caller: &Authority, target: &Authority, what: &str) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::perm::Permission;
 
     fn key(perms: &[Permission], scopes: &[&str], owner: bool) -> Authority {
         Authority {
@@ -203,6 +210,12 @@ mod tests {
             ("keys:manage+read over a write key", &km_read, &write, false),
             ("keys:manage+read over an owner", &km_read, &owner, false),
             ("keys:manage+read over a member", &km_read, &member, false),
+            (
+                "keys:manage+read over a member's read key",
+                &km_read,
+                &key(&[KeysOwn], &["s:read"], false),
+                true,
+            ),
             (
                 "all perms, read scope, over a member",
                 &all_read,

@@ -220,16 +220,19 @@ impl Runtime {
         let epoch = o.epoch.load(Ordering::Acquire);
         let found = self.store.client_get(client_id).await?;
         let entry = found.map(|(c, s)| Arc::new(CachedClient::new(c, s)));
-        if o.epoch.load(Ordering::Acquire) == epoch {
-            match &entry {
-                Some(c) => {
-                    o.clients
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(client_id.to_string(), Arc::clone(c));
+        match &entry {
+            Some(c) => {
+                let mut clients = o.clients.write().unwrap_or_else(|e| e.into_inner());
+                // Checked under the lock an invalidation takes too, so a fill that raced one
+                // is dropped rather than caching what was just changed.
+                if o.epoch.load(Ordering::Acquire) == epoch {
+                    c.cached.store(true, Ordering::Release);
+                    clients.insert(client_id.to_string(), Arc::clone(c));
                 }
-                None => {
-                    let mut u = o.unknown_clients.write().unwrap_or_else(|e| e.into_inner());
+            }
+            None => {
+                let mut u = o.unknown_clients.write().unwrap_or_else(|e| e.into_inner());
+                if o.epoch.load(Ordering::Acquire) == epoch {
                     if u.len() > 65_536 {
                         u.clear();
                     }

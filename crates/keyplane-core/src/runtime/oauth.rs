@@ -16,6 +16,10 @@ use time::OffsetDateTime;
 pub struct CachedClient {
     pub client: OAuthClient,
     pub secrets: Vec<CachedSecret>,
+    /// Whether it is in the client cache: use counts on an entry that is not (its fill lost a
+    /// race with an invalidation, or the cache is not trusted) are handed to the next flush
+    /// at once, since no eviction will.
+    pub cached: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -48,7 +52,11 @@ impl CachedClient {
                 }
             })
             .collect();
-        Self { client, secrets }
+        Self {
+            client,
+            secrets,
+            cached: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Tokens issued before this (ms) are refused; every token once the client is disabled.
@@ -138,7 +146,7 @@ impl OAuthState {
     }
 
     /// Moves a dropped client's unflushed use counts aside so the next flush still writes them.
-    fn keep_uses(&self, c: &CachedClient) {
+    pub fn keep_uses(&self, c: &CachedClient) {
         let used = take_uses(c);
         if !used.is_empty() {
             self.pending_uses

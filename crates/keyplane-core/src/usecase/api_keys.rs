@@ -6,8 +6,8 @@ use crate::domain::ceiling::{owners_only, within, Authority};
 use crate::domain::clock::to_ms;
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::new_id;
-use crate::domain::model::{ApiKey, KeySecret};
-use crate::domain::perm::{Permission, Principal};
+use crate::domain::model::{ApiKey, KeySecret, Role};
+use crate::domain::perm::{MemberRole, Permission, Principal};
 use crate::domain::request::{
     clean_description, clean_name, page_limit, paginate, parse_cursor, Page, RequestMeta,
 };
@@ -120,9 +120,7 @@ impl Keyplane {
             &Authority::of_key(owner_role, &scopes, &roles),
             "create this key",
         )?;
-        // Nobody hands out a role granting more than they hold, even on a member's key (which
-        // acts with the member's role).
-        within(&caller, &Authority::of_key(None, &[], &roles), "grant these roles")?;
+        self.roles_within(&caller, owner_role, &roles)?;
         let roles_scopes: Vec<String> = roles.iter().flat_map(|r| r.scopes.clone()).collect();
         let default_for_service = self
             .check_default_mark(input.default_for_service, &scopes, &roles_scopes)
@@ -178,6 +176,26 @@ impl Keyplane {
             .await?
             .ok_or(Error::NotFound("API key"))?;
         Ok((key, secret))
+    }
+
+    /// Nobody hands out a role granting more than they hold; and a member's key (which acts
+    /// with the member's role) carries no role granting more than that member holds.
+    fn roles_within(
+        &self,
+        caller: &Authority,
+        owner_role: Option<MemberRole>,
+        roles: &[Role],
+    ) -> Result<()> {
+        let granted = Authority::of_key(None, &[], roles);
+        within(caller, &granted, "grant these roles")?;
+        if let Some(member) = owner_role {
+            within(
+                &Authority::of_member(member),
+                &granted,
+                "give a member's key roles beyond the member's own",
+            )?;
+        }
+        Ok(())
     }
 
     /// The secret's prefix and first characters, enough to recognise it in a list.
@@ -274,7 +292,7 @@ impl Keyplane {
             &Authority::of_key(owner_role, &key.scopes, &roles),
             "give this key those scopes or roles",
         )?;
-        within(&caller, &Authority::of_key(None, &[], &roles), "grant these roles")?;
+        self.roles_within(&caller, owner_role, &roles)?;
         let roles_scopes: Vec<String> = roles.iter().flat_map(|r| r.scopes.clone()).collect();
         let mark = patch
             .default_for_service

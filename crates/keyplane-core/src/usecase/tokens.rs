@@ -81,6 +81,9 @@ impl Keyplane {
             Some(s) => {
                 s.uses.fetch_add(1, Ordering::Relaxed);
                 s.last_used_ms.store(now, Ordering::Relaxed);
+                if !client.cached.load(Ordering::Acquire) {
+                    rt.oauth.keep_uses(&client);
+                }
                 Ok(client)
             }
             None => fail(self),

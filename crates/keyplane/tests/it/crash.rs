@@ -15,7 +15,7 @@
 //! - `/v1/activity/verify` says the chain is intact.
 
 use crate::binary::Server;
-use keyplane_core::secret::random_base62;
+use keyplane_core::domain::secret::random_base62;
 use keyplane_testkit::reqwest::{self, StatusCode};
 use keyplane_testkit::{json, Backend, TestDb};
 use serde_json::Value;

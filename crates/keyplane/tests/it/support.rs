@@ -69,7 +69,12 @@ impl Authority {
             (None, Some(_)) => false,
             (Some(t), Some(c)) => t.is_subset(c),
         };
-        target.perms.is_subset(&self.perms) && scopes_ok
+        // Managing every key includes managing one's own.
+        let mut held = self.perms.clone();
+        if held.contains("keys:manage") {
+            held.insert("keys:own".to_string());
+        }
+        target.perms.is_subset(&held) && scopes_ok
     }
 
     /// What removal asks (revoke a key, delete a client, remove a member): only owners touch
