@@ -190,6 +190,7 @@ mod tests {
         let read = key(&[], &["s:read"], false);
         let write = key(&[], &["s:write"], false);
         let owners_thing = key(&[], &[], true);
+        let members_read_key = key(&[KeysOwn], &["s:read"], false);
         let rows: Vec<(&str, &Authority, &Authority, bool)> = vec![
             ("admin key over an owner", &admin_key, &owner, true),
             ("admin key over anything", &admin_key, &owner_key, true),
@@ -213,7 +214,7 @@ mod tests {
             (
                 "keys:manage+read over a member's read key",
                 &km_read,
-                &key(&[KeysOwn], &["s:read"], false),
+                &members_read_key,
                 true,
             ),
             (

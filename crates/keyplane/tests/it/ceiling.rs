@@ -40,6 +40,9 @@ use keyplane_testkit::{json, Answer, TestApp};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A key to make: its label, owner, scopes and roles.
+type KeyCase<'a> = (String, Option<Who>, Vec<&'a str>, Vec<&'a str>);
+
 const R: &str = "svc:read";
 const W: &str = "svc:write";
 const ORG: &str = "org_default";
@@ -384,7 +387,7 @@ async fn key_creation(t: &mut Table<'_>, w: &World) {
     let app = t.app;
     for a in &w.actors {
         // (label, owner named in the body, scopes, roles)
-        let mut cases: Vec<(String, Option<Who>, Vec<&str>, Vec<&str>)> = vec![
+        let mut cases: Vec<KeyCase> = vec![
             ("no owner, scopes [read]".into(), None, vec![R], vec![]),
             (
                 "owner_member_id = the owner, scopes [read] (issue 10)".into(),

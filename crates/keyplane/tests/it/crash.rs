@@ -284,7 +284,7 @@ async fn crash(backend: Backend) {
             Some(Pending::Update { name: n, scopes: s }) => name == *n && scopes == *s,
             _ => false,
         };
-        if !(name == k.name && scopes == k.scopes) && !edited_in_flight {
+        if !(edited_in_flight || name == k.name && scopes == k.scopes) {
             problems.push(format!(
                 "{id}: stored {name:?} {scopes:?}, acknowledged {:?} {:?} (in flight: {:?})",
                 k.name, k.scopes, k.pending
