@@ -8,6 +8,7 @@
 //! members) carry a `version`; a change names the version it was computed from and fails with
 //! [`crate::domain::error::Error::VersionConflict`] when another change committed first.
 
+use crate::domain::activity::Checkpoint;
 use crate::domain::console::{ConsoleSession, PasswordLink};
 use crate::domain::error::Result;
 use crate::domain::model::{
@@ -318,6 +319,12 @@ pub trait Store: Send + Sync + 'static {
     async fn activity_page(&self, after_seq: i64, limit: i64) -> Result<Vec<Event>>;
     /// The recorded end of the chain: its last `seq` and hash.
     async fn activity_head(&self) -> Result<Option<(i64, String)>>;
+    /// Records a checkpoint of the chain; one at a `seq` already recorded is ignored.
+    async fn activity_checkpoint_add(&self, checkpoint: &Checkpoint) -> Result<()>;
+    /// The newest checkpoint (highest `seq`).
+    async fn activity_checkpoint_last(&self) -> Result<Option<Checkpoint>>;
+    /// Checkpoints after `after_seq`, oldest first (for a full verification).
+    async fn activity_checkpoints(&self, after_seq: i64, limit: i64) -> Result<Vec<Checkpoint>>;
 
     // Changes other nodes must learn of.
     /// Publishes an invalidation to other nodes (a no-op where there are none to tell).

@@ -21,13 +21,21 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Client address and user agent, for the activity log.
+/// Client address and user agent, for the activity log and the throttles. The address is the
+/// one the connection edge decided ([`crate::edge::ClientAddr`]: the peer, or the client a
+/// trusted proxy names), else the TCP peer's.
 pub fn request_meta(parts: &Parts) -> RequestMeta {
     RequestMeta {
         client_addr: parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip()),
+            .get::<crate::edge::ClientAddr>()
+            .map(|c| c.0)
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip())
+            }),
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
     }
 }

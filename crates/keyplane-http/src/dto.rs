@@ -380,9 +380,16 @@ impl From<Event> for EventView {
 pub struct VerifyView {
     /// Whether every event is present, in order and unedited.
     pub intact: bool,
-    /// How many events were checked.
+    /// How many events were checked (for a caller scoped to an organization: how many of its
+    /// organization's).
     pub checked: u64,
     pub first_broken: Option<BrokenView>,
+    /// Whether the chain was walked from its first event.
+    pub full: bool,
+    /// The checkpoint the walk started after (0: the first event).
+    pub started_after: i64,
+    /// The last event verified.
+    pub verified_to: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -36,6 +36,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// RFC 6750 challenge for 401s.
     pub challenge: Option<String>,
+    /// `Retry-After` (seconds) for 429s.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -52,6 +54,7 @@ impl ApiError {
             detail: detail.into(),
             field: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -112,6 +115,18 @@ impl From<Error> for ApiError {
             e @ Error::VersionConflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", e.to_string())
             }
+            Error::TooManyRequests(wait) => {
+                let mut a = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-requests",
+                    "Too many requests",
+                    format!(
+                        "too many failed authentications from this address; retry in {wait} seconds"
+                    ),
+                );
+                a.retry_after = Some(u32::try_from(wait).unwrap_or(u32::MAX));
+                a
+            }
             Error::LimitExceeded(why) => ApiError::new(
                 StatusCode::CONFLICT,
                 "limit-exceeded",
@@ -148,6 +163,10 @@ impl IntoResponse for ApiError {
         );
         if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+        }
+        if let Some(wait) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         resp
     }

@@ -161,9 +161,25 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         let ip = addr.0.ip().to_string();
-        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip,
+        // The chain so far is kept only when a trusted proxy sent it; anyone else's claims
+        // about where a request came from are dropped, so the upstream can trust the list.
+        let trusted = parts
+            .extensions
+            .get::<crate::edge::FromTrustedProxy>()
+            .is_some();
+        if !trusted {
+            headers.remove(header::FORWARDED);
+        }
+        let prior = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let forwarded = if trusted && !prior.is_empty() {
+            format!("{prior}, {ip}")
+        } else {
+            ip
         };
         if let Ok(v) = HeaderValue::from_str(&forwarded) {
             headers.insert("x-forwarded-for", v);

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod console;
 pub mod dto;
+pub mod edge;
 pub mod error;
 pub mod etag;
 pub mod gateway;
@@ -14,7 +15,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use keyplane_core::Keyplane;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -55,28 +55,44 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets requests in flight finish.
+/// Connections are bounded by `edge` (timeouts, the client address) and `limit` (how many at
+/// once), the hot routes included: see [`edge`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    edge: Arc<edge::EdgeConfig>,
+    limit: edge::ConnectionLimit,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let rest = tower::ServiceBuilder::new()
         .map_response(axum::response::IntoResponse::into_response)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span as fn(&axum::extract::Request) -> tracing::Span),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .service(router(state.clone()));
     let service = HotRoutes {
         rest: tower::util::BoxCloneSyncService::new(rest),
         state,
     };
-    axum::serve(
-        listener,
-        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-            SocketAddr,
-        >(service),
+    edge::serve(listener, service, edge, limit, shutdown).await
+}
+
+/// The span of a request the router answers: its method, URI and client address.
+fn request_span(req: &axum::extract::Request) -> tracing::Span {
+    let client = req
+        .extensions()
+        .get::<edge::ClientAddr>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    tracing::debug_span!(
+        "request",
+        method = %req.method(),
+        uri = %req.uri(),
+        version = ?req.version(),
+        client = %client,
     )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 /// Answers the hot routes before the router: `/v1/authz` (every request to a protected API),

@@ -1,7 +1,7 @@
 //! The SQL behind the store, written once and stamped out per backend by `impl_store!`.
 
 use async_trait::async_trait;
-use keyplane_core::domain::activity::{event_hash, GENESIS_HASH};
+use keyplane_core::domain::activity::{event_hash, Checkpoint, GENESIS_HASH};
 use keyplane_core::domain::clock::{from_ms, to_ms};
 use keyplane_core::domain::console::{ConsoleSession, PasswordLink};
 use keyplane_core::domain::error::{Error, Result};
@@ -309,6 +309,17 @@ macro_rules! impl_store {
                     details: r.try_get("details").map_err(db_err)?,
                     prev_hash: r.try_get("prev_hash").map_err(db_err)?,
                     hash: r.try_get("hash").map_err(db_err)?,
+                })
+            }
+
+            fn checkpoint_row(r: &$row) -> Result<Checkpoint> {
+                let version: i64 = r.try_get("pepper_version").map_err(db_err)?;
+                Ok(Checkpoint {
+                    seq: r.try_get("seq").map_err(db_err)?,
+                    hash: r.try_get("hash").map_err(db_err)?,
+                    at: from_ms(r.try_get("at").map_err(db_err)?),
+                    pepper_version: u32::try_from(version).map_err(|_| corrupt("pepper_version"))?,
+                    mac: r.try_get("mac").map_err(db_err)?,
                 })
             }
 
@@ -1396,6 +1407,45 @@ macro_rules! impl_store {
                     .map_err(db_err)?;
                 row.map(|r| Ok((r.try_get("seq").map_err(db_err)?, r.try_get("hash").map_err(db_err)?)))
                     .transpose()
+            }
+
+            async fn activity_checkpoint_add(&self, cp: &Checkpoint) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO activity_checkpoints (seq, hash, at, pepper_version, mac) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+                )
+                .bind(cp.seq)
+                .bind(&cp.hash)
+                .bind(to_ms(cp.at))
+                .bind(i64::from(cp.pepper_version))
+                .bind(&cp.mac)
+                .execute(self.w())
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn activity_checkpoint_last(&self) -> Result<Option<Checkpoint>> {
+                let row = sqlx::query(
+                    "SELECT seq, hash, at, pepper_version, mac FROM activity_checkpoints ORDER BY seq DESC LIMIT 1",
+                )
+                .fetch_optional(self.r())
+                .await
+                .map_err(db_err)?;
+                row.as_ref().map(Self::checkpoint_row).transpose()
+            }
+
+            async fn activity_checkpoints(&self, after_seq: i64, limit: i64) -> Result<Vec<Checkpoint>> {
+                let rows = sqlx::query(
+                    "SELECT seq, hash, at, pepper_version, mac FROM activity_checkpoints \
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(self.r())
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(Self::checkpoint_row).collect()
             }
 
             async fn publish(&self, change: &Invalidation) -> Result<()> {

@@ -1,6 +1,6 @@
 //! The storage contract: one suite, run against SQLite and PostgreSQL on real databases.
 
-use keyplane_core::domain::activity::{ChainVerifier, GENESIS_HASH};
+use keyplane_core::domain::activity::{ChainVerifier, Checkpoint, GENESIS_HASH};
 use keyplane_core::domain::clock::{from_ms, to_ms};
 use keyplane_core::domain::console::{ConsoleSession, PasswordLink};
 use keyplane_core::domain::ids::{new_id, DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
@@ -198,6 +198,7 @@ contract!(
     concurrent_rotations_from_one_version_one_wins,
     member_removal_takes_keys_clients_sessions_and_links,
     new_password_ends_only_that_members_sessions,
+    activity_checkpoints_round_trip,
 );
 
 /// An event recording a change in the default organization.
@@ -1726,4 +1727,55 @@ fn both_backends_have_the_same_migrations() {
         keyplane_store::migration_names("postgres")
     );
     assert!(!keyplane_store::migration_names("sqlite").is_empty());
+}
+
+/// Checkpoints of the activity chain (issue 11): stored as given, one per `seq` (a second at
+/// the same `seq` is ignored, so racing nodes cannot replace one), the newest found, paged
+/// oldest first; they change nothing in the chain.
+async fn activity_checkpoints_round_trip(s: Arc<dyn Store>) {
+    assert_eq!(s.activity_checkpoint_last().await.unwrap(), None);
+    assert!(s.activity_checkpoints(0, 10).await.unwrap().is_empty());
+    let pepper = keyplane_core::domain::secret::Pepper::new(3, &[9u8; 32]).unwrap();
+    let events: Vec<NewEvent> = (0..5).map(|i| ev("c.event", &format!("t{i}"))).collect();
+    s.activity_append(&events).await.unwrap();
+    let page = s.activity_page(0, 100).await.unwrap();
+    let before = head(&*s).await;
+
+    let cps: Vec<Checkpoint> = [2usize, 5, 3]
+        .iter()
+        .map(|&n| Checkpoint::new(&pepper, page[n - 1].seq, page[n - 1].hash.clone(), now()))
+        .collect();
+    for cp in &cps {
+        s.activity_checkpoint_add(cp).await.unwrap();
+    }
+    // The same seq again, with another hash: ignored.
+    let mut again = cps[0].clone();
+    again.hash = "f".repeat(64);
+    s.activity_checkpoint_add(&again).await.unwrap();
+
+    let last = s.activity_checkpoint_last().await.unwrap().unwrap();
+    assert_eq!(last, cps[1]);
+    assert_eq!(last.pepper_version, 3);
+    assert_eq!(last.authentic(&pepper), Some(true));
+    let all = s.activity_checkpoints(0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![page[1].seq, page[2].seq, page[4].seq]
+    );
+    assert_eq!(all[0], cps[0]);
+    assert_eq!(all[1], cps[2]);
+    let rest = s.activity_checkpoints(page[1].seq, 1).await.unwrap();
+    assert_eq!(rest, vec![cps[2].clone()]);
+
+    // A verification resumed from the newest checkpoint checks only what follows it.
+    s.activity_append(&[ev("c.after", "t9")]).await.unwrap();
+    let mut v = ChainVerifier::resume(last.seq, last.hash.clone());
+    for e in s.activity_page(last.seq, 100).await.unwrap() {
+        assert!(v.feed(&e));
+    }
+    let report = v.finish(s.activity_head().await.unwrap());
+    assert!(report.intact, "{report:?}");
+    assert_eq!(report.checked, 1);
+    assert_eq!(before.0 + 1, head(&*s).await.0);
+    assert_eq!(verify_chain(&*s).await, before.0 as u64 + 1);
 }

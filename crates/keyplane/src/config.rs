@@ -36,6 +36,22 @@ pub struct FileConfig {
     pub upstream: Option<String>,
     #[serde(default)]
     pub gateway: GatewayFile,
+    /// Time for a request's line and headers (every listener).
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Time for a request's whole body (every listener); then 408.
+    pub request_body_timeout_seconds: Option<u64>,
+    /// How long a keep-alive connection may wait between requests.
+    pub idle_timeout_seconds: Option<u64>,
+    /// Client connections at once, across the API and the gateway.
+    pub max_connections: Option<usize>,
+    /// Proxies (addresses or CIDR blocks) whose forwarding header names the client.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// `x-forwarded-for` (default) or `forwarded` (RFC 7239).
+    pub forwarded_header: Option<String>,
+    /// Failed authentications on the management API per client address per minute.
+    pub auth_failures_per_minute: Option<u32>,
+    /// Distinct refusal events written per flush; the rest are counted in one more.
+    pub refusal_events_per_flush: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +177,36 @@ pub struct GatewayFlags {
     pub upstream: Option<String>,
 }
 
+/// Flags of `keyplane serve` for the connection edge and authentication throttling.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct EdgeFlags {
+    /// Seconds a client has to send a request's line and headers (default 10).
+    #[arg(long, value_name = "SECONDS")]
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Seconds a client has to send a request's body (default 30; then 408).
+    #[arg(long, value_name = "SECONDS")]
+    pub request_body_timeout_seconds: Option<u64>,
+    /// Seconds a keep-alive connection may wait between requests (default 90).
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout_seconds: Option<u64>,
+    /// Client connections at once, across the API and the gateway (default 10000).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Proxies whose X-Forwarded-For (or Forwarded) names the client: addresses or CIDR
+    /// blocks, comma-separated (default: none).
+    #[arg(long, value_name = "CIDR,...")]
+    pub trusted_proxies: Option<String>,
+    /// `x-forwarded-for` (default) or `forwarded`: the header trusted proxies name the client in.
+    #[arg(long, value_name = "HEADER")]
+    pub forwarded_header: Option<String>,
+    /// Failed management-API authentications allowed per client address per minute (default 20).
+    #[arg(long, value_name = "N")]
+    pub auth_failures_per_minute: Option<u32>,
+    /// Refusal events written per flush at most (default 100); the rest are counted in one more.
+    #[arg(long, value_name = "N")]
+    pub refusal_events_per_flush: Option<usize>,
+}
+
 /// The validated configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -198,6 +244,29 @@ pub struct Config {
     pub upstream_timeout_ms: u64,
     pub gateway_max_body_bytes: usize,
     pub gateway_max_header_bytes: usize,
+    pub header_read_timeout_seconds: u64,
+    pub request_body_timeout_seconds: u64,
+    pub idle_timeout_seconds: u64,
+    pub max_connections: usize,
+    pub trusted_proxies: keyplane_http::edge::TrustedProxies,
+    pub forwarded_header: keyplane_http::edge::ForwardedHeader,
+    pub auth_failures_per_minute: u32,
+    pub refusal_events_per_flush: usize,
+}
+
+impl Config {
+    /// The connection edge's settings (every listener).
+    pub fn edge(&self) -> keyplane_http::edge::EdgeConfig {
+        use std::time::Duration;
+        keyplane_http::edge::EdgeConfig {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            body_timeout: Duration::from_secs(self.request_body_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            max_connections: self.max_connections,
+            trusted_proxies: self.trusted_proxies.clone(),
+            forwarded_header: self.forwarded_header,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -252,6 +321,14 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_GATEWAY_LISTEN",
     "KEYPLANE_UPSTREAM",
     "KEYPLANE_UPSTREAM_TIMEOUT_MS",
+    "KEYPLANE_HEADER_READ_TIMEOUT_SECONDS",
+    "KEYPLANE_REQUEST_BODY_TIMEOUT_SECONDS",
+    "KEYPLANE_IDLE_TIMEOUT_SECONDS",
+    "KEYPLANE_MAX_CONNECTIONS",
+    "KEYPLANE_TRUSTED_PROXIES",
+    "KEYPLANE_FORWARDED_HEADER",
+    "KEYPLANE_AUTH_FAILURES_PER_MINUTE",
+    "KEYPLANE_REFUSAL_EVENTS_PER_FLUSH",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -280,6 +357,17 @@ impl Config {
         flags: &ConfigFlags,
         listen_flag: Option<&str>,
         gateway: &GatewayFlags,
+        env: &HashMap<String, String>,
+    ) -> Result<Config> {
+        Self::load_serve(flags, listen_flag, gateway, &EdgeFlags::default(), env)
+    }
+
+    /// Like [`Config::load`], with every flag of `keyplane serve`.
+    pub fn load_serve(
+        flags: &ConfigFlags,
+        listen_flag: Option<&str>,
+        gateway: &GatewayFlags,
+        edge: &EdgeFlags,
         env: &HashMap<String, String>,
     ) -> Result<Config> {
         for k in env.keys() {
@@ -346,12 +434,18 @@ impl Config {
             (None, None) => None,
         };
         if let Some(k) = &admin_key {
-            if k.len() < 32 {
-                bail!(
-                    "the admin key must be at least 32 characters long (it has {})",
-                    k.len()
-                );
-            }
+            keyplane_core::domain::secret::admin_key_strength(k).map_err(|why| {
+                anyhow::anyhow!(
+                    "the admin key in {} is too weak: {why}. Use a random key of at least 32 \
+                     characters (e.g. the output of `openssl rand -base64 33`), or set neither \
+                     KEYPLANE_ADMIN_KEY nor KEYPLANE_ADMIN_KEY_FILE to have keyplane generate one",
+                    if env.contains_key("KEYPLANE_ADMIN_KEY") {
+                        "KEYPLANE_ADMIN_KEY"
+                    } else {
+                        "the admin key file"
+                    }
+                )
+            })?;
         }
 
         let pepper = match (
@@ -538,7 +632,96 @@ impl Config {
                 .context("KEYPLANE_UPSTREAM_TIMEOUT_MS must be a number")?,
             None => file.gateway.upstream_timeout_ms.unwrap_or(30_000),
         };
+        // The connection edge and the throttles: flag, then environment, then file, then default.
+        let number =
+            |flag: Option<u64>, var: &str, file: Option<u64>, default: u64| -> Result<u64> {
+                match (flag, env.get(var)) {
+                    (Some(v), _) => Ok(v),
+                    (None, Some(v)) => v
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{var} must be a whole number")),
+                    (None, None) => Ok(file.unwrap_or(default)),
+                }
+            };
+        let seconds = |flag, var: &str, file, default| -> Result<u64> {
+            let v = number(flag, var, file, default)?;
+            if v == 0 {
+                bail!("{var} (or its setting) must be at least 1 second");
+            }
+            Ok(v)
+        };
+        let header_read_timeout_seconds = seconds(
+            edge.header_read_timeout_seconds,
+            "KEYPLANE_HEADER_READ_TIMEOUT_SECONDS",
+            file.header_read_timeout_seconds,
+            10,
+        )?;
+        let request_body_timeout_seconds = seconds(
+            edge.request_body_timeout_seconds,
+            "KEYPLANE_REQUEST_BODY_TIMEOUT_SECONDS",
+            file.request_body_timeout_seconds,
+            30,
+        )?;
+        let idle_timeout_seconds = seconds(
+            edge.idle_timeout_seconds,
+            "KEYPLANE_IDLE_TIMEOUT_SECONDS",
+            file.idle_timeout_seconds,
+            90,
+        )?;
+        let max_connections = number(
+            edge.max_connections.map(|n| n as u64),
+            "KEYPLANE_MAX_CONNECTIONS",
+            file.max_connections.map(|n| n as u64),
+            10_000,
+        )?;
+        if max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        let trusted: Vec<String> =
+            match (&edge.trusted_proxies, env.get("KEYPLANE_TRUSTED_PROXIES")) {
+                (Some(v), _) | (None, Some(v)) => v.split(',').map(str::to_string).collect(),
+                (None, None) => file.trusted_proxies.clone().unwrap_or_default(),
+            };
+        let trusted_proxies = keyplane_http::edge::TrustedProxies::parse(&trusted)
+            .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
+        let forwarded_header = edge
+            .forwarded_header
+            .clone()
+            .or_else(|| env.get("KEYPLANE_FORWARDED_HEADER").cloned())
+            .or(file.forwarded_header.clone())
+            .unwrap_or_else(|| "x-forwarded-for".into());
+        let forwarded_header = keyplane_http::edge::ForwardedHeader::parse(&forwarded_header)
+            .with_context(|| {
+                format!("forwarded_header must be `x-forwarded-for` or `forwarded`, not {forwarded_header:?}")
+            })?;
+        let auth_failures_per_minute = number(
+            edge.auth_failures_per_minute.map(u64::from),
+            "KEYPLANE_AUTH_FAILURES_PER_MINUTE",
+            file.auth_failures_per_minute.map(u64::from),
+            20,
+        )?;
+        if auth_failures_per_minute == 0 {
+            bail!("auth_failures_per_minute must be at least 1");
+        }
+        let refusal_events_per_flush = number(
+            edge.refusal_events_per_flush.map(|n| n as u64),
+            "KEYPLANE_REFUSAL_EVENTS_PER_FLUSH",
+            file.refusal_events_per_flush.map(|n| n as u64),
+            100,
+        )?;
+        if refusal_events_per_flush == 0 {
+            bail!("refusal_events_per_flush must be at least 1");
+        }
         Ok(Config {
+            header_read_timeout_seconds,
+            request_body_timeout_seconds,
+            idle_timeout_seconds,
+            max_connections: max_connections as usize,
+            trusted_proxies,
+            forwarded_header,
+            auth_failures_per_minute: auth_failures_per_minute.min(u64::from(u32::MAX)) as u32,
+            refusal_events_per_flush: refusal_events_per_flush as usize,
             listen,
             database,
             data_dir,
@@ -651,6 +834,121 @@ mod tests {
             &env(&[("KEYPLANE_DATABASE", "mysql://x")])
         )
         .is_err());
+    }
+
+    #[test]
+    fn edge_settings_layer_and_validate() {
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert_eq!(
+            (
+                c.header_read_timeout_seconds,
+                c.request_body_timeout_seconds,
+                c.idle_timeout_seconds,
+                c.max_connections,
+                c.auth_failures_per_minute,
+                c.refusal_events_per_flush
+            ),
+            (10, 30, 90, 10_000, 20, 100)
+        );
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(
+            c.forwarded_header,
+            keyplane_http::edge::ForwardedHeader::XForwardedFor
+        );
+
+        let dir = std::env::temp_dir().join(format!("kp-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyplane.toml");
+        std::fs::write(
+            &file,
+            "header_read_timeout_seconds = 5\nidle_timeout_seconds = 70\nmax_connections = 50\n\
+             trusted_proxies = [\"10.0.0.0/8\"]\nforwarded_header = \"forwarded\"\n\
+             auth_failures_per_minute = 7\nrefusal_events_per_flush = 3\n",
+        )
+        .unwrap();
+        let flags = ConfigFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&flags, None, &env(&[])).unwrap();
+        assert_eq!(c.header_read_timeout_seconds, 5);
+        assert_eq!(c.idle_timeout_seconds, 70);
+        assert_eq!(c.max_connections, 50);
+        assert_eq!(c.auth_failures_per_minute, 7);
+        assert_eq!(c.refusal_events_per_flush, 3);
+        assert_eq!(
+            c.forwarded_header,
+            keyplane_http::edge::ForwardedHeader::Forwarded
+        );
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        // The environment over the file, a flag over both.
+        let e = env(&[
+            ("KEYPLANE_TRUSTED_PROXIES", "127.0.0.1/32, ::1"),
+            ("KEYPLANE_HEADER_READ_TIMEOUT_SECONDS", "3"),
+        ]);
+        let c = Config::load(&flags, None, &e).unwrap();
+        assert!(!c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.trusted_proxies.contains("::1".parse().unwrap()));
+        assert_eq!(c.header_read_timeout_seconds, 3);
+        let edge = EdgeFlags {
+            header_read_timeout_seconds: Some(1),
+            trusted_proxies: Some("192.0.2.0/24".into()),
+            ..Default::default()
+        };
+        let c = Config::load_serve(&flags, None, &GatewayFlags::default(), &edge, &e).unwrap();
+        assert_eq!(c.header_read_timeout_seconds, 1);
+        assert!(c.trusted_proxies.contains("192.0.2.9".parse().unwrap()));
+        assert_eq!(
+            c.edge().header_read_timeout,
+            std::time::Duration::from_secs(1)
+        );
+
+        for bad in [
+            ("KEYPLANE_TRUSTED_PROXIES", "not-an-address"),
+            ("KEYPLANE_TRUSTED_PROXIES", "10.0.0.1/8"),
+            ("KEYPLANE_FORWARDED_HEADER", "x-real-ip"),
+            ("KEYPLANE_HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("KEYPLANE_MAX_CONNECTIONS", "0"),
+            ("KEYPLANE_AUTH_FAILURES_PER_MINUTE", "lots"),
+        ] {
+            assert!(
+                Config::load(&ConfigFlags::default(), None, &env(&[bad])).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn weak_admin_keys_stop_the_start_and_say_why() {
+        for (key, why) in [
+            ("a".repeat(32), "repeats characters"),
+            ("abcdabcd".repeat(5), "repeats characters"),
+            ("0123456789".repeat(3) + "01", "at least 128"),
+            ("short".to_string(), "at least 32"),
+        ] {
+            let e = Config::load(
+                &ConfigFlags::default(),
+                None,
+                &env(&[("KEYPLANE_ADMIN_KEY", &key)]),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{key} was accepted"))
+            .to_string();
+            assert!(e.contains("KEYPLANE_ADMIN_KEY is too weak"), "{e}");
+            assert!(e.contains(why), "{e}");
+            assert!(e.contains("openssl rand"), "{e}");
+            assert!(!e.contains(&key), "the error must not repeat the key: {e}");
+        }
+        // Generated-looking and random keys pass.
+        let generated = keyplane_core::domain::secret::SecretFormat::new("kpa_")
+            .unwrap()
+            .generate();
+        assert!(Config::load(
+            &ConfigFlags::default(),
+            None,
+            &env(&[("KEYPLANE_ADMIN_KEY", generated.expose())])
+        )
+        .is_ok());
     }
 
     #[test]

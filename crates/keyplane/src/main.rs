@@ -30,6 +30,8 @@ enum Command {
         listen: Option<String>,
         #[command(flatten)]
         gateway: keyplane::config::GatewayFlags,
+        #[command(flatten)]
+        edge: keyplane::config::EdgeFlags,
     },
     /// The admin key (works on the database directly).
     AdminKey {
@@ -88,7 +90,8 @@ enum SigningKeyCommand {
 
 #[derive(Subcommand)]
 enum ActivityCommand {
-    /// Check that no event was edited, deleted or reordered. Exits 1 if the chain is broken.
+    /// Check that no event was edited, deleted or reordered: the whole chain from its first
+    /// event, through every checkpoint. Exits 1 if the chain is broken.
     Verify {
         #[command(flatten)]
         config: ConfigFlags,
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config,
             listen,
             gateway,
+            edge,
         } => {
             let env = env_map();
             let log_format = env
@@ -137,7 +141,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .cloned()
                 .unwrap_or_else(|| "text".into());
             init_tracing(&log_format);
-            let config = Config::load_with(&config, listen.as_deref(), &gateway, &env)?;
+            let config = Config::load_serve(&config, listen.as_deref(), &gateway, &edge, &env)?;
             let running = server::start(&config, server::shutdown_signal()).await?;
             if let Some(key) = &running.generated_admin_key {
                 eprintln!("{}", server::admin_key_banner(key));

@@ -77,6 +77,8 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         admin_key_format: format(&config.admin_key_prefix)?,
         max_active_keys_per_org: config.max_active_keys_per_org,
         stale_serve_seconds: config.stale_serve_seconds,
+        auth_failures_per_minute: config.auth_failures_per_minute,
+        refusal_events_per_flush: config.refusal_events_per_flush,
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,
@@ -234,6 +236,18 @@ pub async fn start(
 
     let reloader = tokio::spawn(reload_rules_on_sighup(Arc::clone(&app)));
 
+    // Every listener is served by the connection edge: timeouts, the client address, and one
+    // cap on client connections shared by the API and the gateway.
+    let edge = Arc::new(config.edge());
+    let limit = keyplane_http::edge::ConnectionLimit::new(edge.max_connections);
+    if !edge.trusted_proxies.is_empty() {
+        tracing::info!(
+            proxies = %edge.trusted_proxies.blocks().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            header = edge.forwarded_header.as_str(),
+            "client addresses are read from trusted proxies' forwarding header"
+        );
+    }
+
     // The gateway listens beside the API and stops with it.
     let mut gateway_addr = None;
     let (gateway_stop, gateway_task) = match (&config.gateway_listen, &config.upstream) {
@@ -251,12 +265,10 @@ pub async fn start(
             tracing::info!(addr = %gl.local_addr()?, upstream = %upstream, "gateway is listening");
             let router = keyplane_http::gateway::router(Arc::clone(&app), gateway_config);
             let (tx, rx) = oneshot::channel::<()>();
+            let edge = Arc::clone(&edge);
+            let limit = limit.clone();
             let task = tokio::spawn(async move {
-                axum::serve(
-                    gl,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
+                keyplane_http::edge::serve(gl, router, edge, limit, async move {
                     let _ = rx.await;
                 })
                 .await
@@ -271,7 +283,7 @@ pub async fn start(
     };
     let app_for_task = Arc::clone(&app);
     let task = tokio::spawn(async move {
-        let served = keyplane_http::serve(listener, state, shutdown).await;
+        let served = keyplane_http::serve(listener, state, edge, limit, shutdown).await;
         if let Some(stop) = gateway_stop {
             let _ = stop.send(());
         }
@@ -334,8 +346,9 @@ pub fn admin_key_banner(key: &SecretString) -> String {
 }
 
 /// Once a minute: rotate due signing keys, warn about expiring client secrets, forget
-/// revocations of tokens that have expired anyway, and reload what other nodes changed
-/// (a safety net behind NOTIFY).
+/// revocations of tokens that have expired anyway, reload what other nodes changed
+/// (a safety net behind NOTIFY), and verify the activity events appended since the last
+/// checkpoint (a broken chain is logged; a new checkpoint keeps API verifications short).
 async fn maintain(app: &Keyplane) {
     let results = [
         ("rotate signing keys", app.rotate_due_signing_keys().await),
@@ -349,6 +362,10 @@ async fn maintain(app: &Keyplane) {
         ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),
+        (
+            "verify the activity chain since its last checkpoint",
+            app.checkpoint_activity().await.map(|_| ()),
+        ),
     ];
     for (what, r) in results {
         if let Err(e) = r {

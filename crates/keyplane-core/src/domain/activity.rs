@@ -1,10 +1,68 @@
 //! The activity log's hash chain. Each event's hash covers the previous event's hash and every
 //! stored field of its own, so editing, deleting or reordering any event is detectable.
+//!
+//! **Checkpoints** make verification incremental and rewriting history detectable: a
+//! verification that found the chain intact up to event `seq` records `(seq, hash)` with an
+//! HMAC under a key derived from the pepper. The next verification starts from the newest
+//! authentic checkpoint, so it costs the events appended since. A full verification walks the
+//! chain from its first event and also checks that it passes through every checkpoint: someone
+//! who can write to the database but lacks the pepper can neither forge a checkpoint nor
+//! recompute the chain past one.
 
 use crate::domain::clock::to_ms;
 use crate::domain::model::{Event, NewEvent};
+use crate::domain::secret::{ct_eq, Pepper};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// What checkpoint MAC keys are derived for ([`Pepper::derive`]).
+pub const CHECKPOINT_KEY_PURPOSE: &str = "activity-checkpoint";
+
+/// A new checkpoint is recorded once a verification got this many events past the last one.
+pub const CHECKPOINT_EVERY: i64 = 1000;
+
+/// A point of the chain a verification vouched for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The event vouched for (every event up to it was verified).
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+    pub at: OffsetDateTime,
+    /// The pepper version the MAC's key was derived from.
+    pub pepper_version: u32,
+    /// Hex HMAC-SHA256 of `seq|hash` under the derived key.
+    pub mac: String,
+}
+
+impl Checkpoint {
+    /// A checkpoint at `seq` with `hash`, authenticated under the current pepper.
+    pub fn new(pepper: &Pepper, seq: i64, hash: String, at: OffsetDateTime) -> Self {
+        let key = pepper.derive(CHECKPOINT_KEY_PURPOSE);
+        let mac = checkpoint_mac(&key, seq, &hash);
+        Self {
+            seq,
+            hash,
+            at,
+            pepper_version: pepper.version(),
+            mac,
+        }
+    }
+
+    /// `Some(true)` when its MAC is right, `Some(false)` when it is not (forged or altered),
+    /// `None` when the pepper it was made under is not available here.
+    pub fn authentic(&self, pepper: &Pepper) -> Option<bool> {
+        let key = pepper.derive_version(self.pepper_version, CHECKPOINT_KEY_PURPOSE)?;
+        let expected = checkpoint_mac(&key, self.seq, &self.hash);
+        Some(ct_eq(expected.as_bytes(), self.mac.as_bytes()))
+    }
+}
+
+fn checkpoint_mac(key: &[u8], seq: i64, hash: &str) -> String {
+    hex(&Pepper::mac(key, &format!("{seq}|{hash}")))
+}
 
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -58,8 +116,15 @@ pub fn recompute(e: &Event) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     pub intact: bool,
+    /// Events checked (for an organization's caller: that organization's events among them).
     pub checked: u64,
     pub first_broken: Option<BrokenEvent>,
+    /// Whether the chain was walked from its first event (else from `started_after`).
+    pub full: bool,
+    /// The checkpoint the walk started after (0: the start of the chain).
+    pub started_after: i64,
+    /// The last event verified.
+    pub verified_to: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,6 +132,9 @@ pub struct BrokenEvent {
     pub seq: i64,
     pub id: String,
     pub reason: String,
+    /// The broken event's organization (not reported: it decides what a caller is told).
+    #[serde(skip)]
+    pub org_id: Option<String>,
 }
 
 /// Walks the chain page by page; feed it events in `seq` order, then the stored head.
@@ -76,6 +144,9 @@ pub struct ChainVerifier {
     expected_seq: i64,
     checked: u64,
     broken: Option<BrokenEvent>,
+    started_after: i64,
+    /// Checkpoints the chain must pass through: seq → hash.
+    checkpoints: BTreeMap<i64, String>,
 }
 
 impl Default for ChainVerifier {
@@ -85,11 +156,53 @@ impl Default for ChainVerifier {
             expected_seq: 1,
             checked: 0,
             broken: None,
+            started_after: 0,
+            checkpoints: BTreeMap::new(),
         }
     }
 }
 
 impl ChainVerifier {
+    /// Continues after a checkpoint: the next event must follow event `seq` whose hash is `hash`.
+    pub fn resume(seq: i64, hash: String) -> Self {
+        Self {
+            expected_prev: hash,
+            expected_seq: seq + 1,
+            started_after: seq,
+            ..Self::default()
+        }
+    }
+
+    /// Requires the chain to pass through these checkpoints (seq → hash), for a full walk.
+    pub fn through(mut self, checkpoints: BTreeMap<i64, String>) -> Self {
+        self.checkpoints = checkpoints;
+        self
+    }
+
+    /// Marks the chain broken at a checkpoint that is not authentic.
+    pub fn forged_checkpoint(&mut self, seq: i64) {
+        if self.broken.is_none() {
+            self.broken = Some(BrokenEvent {
+                seq,
+                id: String::new(),
+                reason: format!(
+                    "the checkpoint at event {seq} does not carry a valid MAC: it was forged or altered"
+                ),
+                org_id: None,
+            });
+        }
+    }
+
+    /// The last event fed that was in order (or the starting point).
+    pub fn last_seq(&self) -> i64 {
+        self.expected_seq - 1
+    }
+
+    /// The hash of [`ChainVerifier::last_seq`].
+    pub fn last_hash(&self) -> &str {
+        &self.expected_prev
+    }
+
     /// Checks one event; returns false once the chain is found broken.
     pub fn feed(&mut self, e: &Event) -> bool {
         if self.broken.is_some() {
@@ -105,6 +218,11 @@ impl ChainVerifier {
             Some("its previous-hash does not match the event before it".to_string())
         } else if recompute(e) != e.hash {
             Some("its content does not match its hash: the event was edited".to_string())
+        } else if self.checkpoints.get(&e.seq).is_some_and(|h| *h != e.hash) {
+            Some(
+                "its hash differs from the one a checkpoint recorded: the chain was rewritten from here or earlier"
+                    .to_string(),
+            )
         } else {
             None
         };
@@ -113,6 +231,7 @@ impl ChainVerifier {
                 seq: e.seq,
                 id: e.id.clone(),
                 reason,
+                org_id: e.org_id.clone(),
             });
             return false;
         }
@@ -123,8 +242,8 @@ impl ChainVerifier {
 
     /// Compares the end of the chain with the stored head (catches deleting the newest events).
     pub fn finish(mut self, head: Option<(i64, String)>) -> VerifyReport {
+        let last_seq = self.expected_seq - 1;
         if self.broken.is_none() {
-            let last_seq = self.expected_seq - 1;
             let ok = match &head {
                 None => last_seq == 0,
                 Some((seq, hash)) => *seq == last_seq && *hash == self.expected_prev,
@@ -137,6 +256,19 @@ impl ChainVerifier {
                         "the chain ends at event {last_seq} but the recorded head is event {}: the newest events were deleted",
                         head.as_ref().map_or(0, |h| h.0)
                     ),
+                    org_id: None,
+                });
+            }
+        }
+        if self.broken.is_none() {
+            if let Some((&seq, _)) = self.checkpoints.range(last_seq + 1..).next() {
+                self.broken = Some(BrokenEvent {
+                    seq,
+                    id: String::new(),
+                    reason: format!(
+                        "a checkpoint vouches for event {seq} but the chain ends at event {last_seq}: events were deleted"
+                    ),
+                    org_id: None,
                 });
             }
         }
@@ -144,6 +276,9 @@ impl ChainVerifier {
             intact: self.broken.is_none(),
             checked: self.checked,
             first_broken: self.broken,
+            full: self.started_after == 0,
+            started_after: self.started_after,
+            verified_to: last_seq,
         }
     }
 }
@@ -216,5 +351,77 @@ mod tests {
 
         let truncated = &c[..4];
         assert!(!verify(truncated, head).intact);
+    }
+
+    /// Rewrites the chain from `from` (0-based) with `actor` changed, recomputing every hash, as
+    /// someone with write access to the database but not the pepper could.
+    fn rewrite(c: &[Event], from: usize) -> Vec<Event> {
+        let mut out = c.to_vec();
+        let mut prev = if from == 0 {
+            GENESIS_HASH.to_string()
+        } else {
+            out[from - 1].hash.clone()
+        };
+        for (i, e) in out.iter_mut().enumerate().skip(from) {
+            if i == from {
+                e.actor = "someone-else".into();
+            }
+            e.prev_hash = prev.clone();
+            e.hash = recompute(e);
+            prev = e.hash.clone();
+        }
+        out
+    }
+
+    #[test]
+    fn checkpoints_resume_and_catch_rewrites() {
+        let pepper = Pepper::new(1, &[7u8; 32]).unwrap();
+        let c = chain(10);
+        let head = Some((10, c[9].hash.clone()));
+        let cp = Checkpoint::new(
+            &pepper,
+            6,
+            c[5].hash.clone(),
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(cp.authentic(&pepper), Some(true));
+        let mut forged = cp.clone();
+        forged.hash = c[4].hash.clone();
+        assert_eq!(forged.authentic(&pepper), Some(false));
+        let other = Pepper::new(2, &[8u8; 32]).unwrap();
+        assert_eq!(cp.authentic(&other), None);
+
+        // Resuming after the checkpoint checks only the events after it.
+        let mut v = ChainVerifier::resume(cp.seq, cp.hash.clone());
+        for e in &c[6..] {
+            assert!(v.feed(e));
+        }
+        let r = v.finish(head.clone());
+        assert!(r.intact);
+        assert_eq!((r.checked, r.started_after, r.full), (4, 6, false));
+
+        // A rewritten history passes a plain walk, but not one through the checkpoint.
+        let rewritten = rewrite(&c, 2);
+        let new_head = Some((10, rewritten[9].hash.clone()));
+        assert!(verify(&rewritten, new_head.clone()).intact);
+        let mut v = ChainVerifier::default().through(BTreeMap::from([(cp.seq, cp.hash.clone())]));
+        for e in &rewritten {
+            v.feed(e);
+        }
+        let r = v.finish(new_head.clone());
+        assert_eq!(r.first_broken.unwrap().seq, 6);
+        // Nor does resuming after the checkpoint: the next event no longer follows it.
+        let mut v = ChainVerifier::resume(cp.seq, cp.hash.clone());
+        for e in &rewritten[6..] {
+            v.feed(e);
+        }
+        assert!(!v.finish(new_head).intact);
+
+        // Deleting events up to past a checkpoint (and moving the head) is caught too.
+        let mut v = ChainVerifier::default().through(BTreeMap::from([(cp.seq, cp.hash)]));
+        for e in &c[..4] {
+            v.feed(e);
+        }
+        assert!(!v.finish(Some((4, c[3].hash.clone()))).intact);
     }
 }

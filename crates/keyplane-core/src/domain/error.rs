@@ -27,6 +27,9 @@ pub enum Error {
     /// cases retry on it; it reaches a client only when retries run out.
     #[error("the {0} is being changed concurrently; try again")]
     VersionConflict(&'static str),
+    /// Too many failed authentications from the caller's address: retry after this many seconds.
+    #[error("too many failed authentications from this address; retry in {0} seconds")]
+    TooManyRequests(u64),
     /// A quota, such as the number of active API keys per organization.
     #[error("{0}")]
     LimitExceeded(String),

@@ -18,6 +18,19 @@ impl RequestMeta {
         self.client_addr.map(|a| a.to_string())
     }
 
+    /// The address throttles count by: an IPv4 address, or the /64 network of an IPv6 one (one
+    /// subscriber's allocation, so rotating through it gains nothing). Empty when unknown.
+    pub fn throttle_addr(&self) -> String {
+        match self.client_addr.map(|a| a.to_canonical()) {
+            None => String::new(),
+            Some(std::net::IpAddr::V4(a)) => a.to_string(),
+            Some(std::net::IpAddr::V6(a)) => {
+                let net = u128::from(a) & (u128::MAX << 64);
+                format!("{}/64", std::net::Ipv6Addr::from(net))
+            }
+        }
+    }
+
     /// The `User-Agent` as text (at most 256 characters), for events.
     pub fn agent_text(&self) -> Option<String> {
         self.user_agent

@@ -251,12 +251,81 @@ impl Pepper {
         Self::hmac(&self.current.1, &format!("keyplane-derive:{purpose}")).0
     }
 
+    /// [`Pepper::derive`] under the pepper of `version`, when that one is live here.
+    pub fn derive_version(&self, version: u32, purpose: &str) -> Option<[u8; 32]> {
+        let key = if self.current.0 == version {
+            &self.current.1
+        } else {
+            match &self.previous {
+                Some((v, k)) if *v == version => k,
+                _ => return None,
+            }
+        };
+        Some(Self::hmac(key, &format!("keyplane-derive:{purpose}")).0)
+    }
+
+    /// HMAC-SHA256 of `message` under `key` (e.g. a key from [`Pepper::derive`]).
+    pub fn mac(key: &[u8], message: &str) -> [u8; 32] {
+        Self::hmac(key, message).0
+    }
+
     fn hmac(key: &[u8], secret: &str) -> Digest {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(secret.as_bytes());
         Digest(mac.finalize().into_bytes().into())
     }
+}
+
+/// Whether an operator-supplied admin key is strong enough; otherwise why not. Generated keys
+/// (`kpa_` and 43 base62 characters) always pass. A key must have at least 32 characters, an
+/// estimated strength of at least 128 bits counted as length × log2(size of the character
+/// classes it uses: lower case 26, upper case 26, digits 10, anything else 33), and at least 2.9
+/// bits per character of Shannon entropy over its own characters — which refuses repetitions
+/// and cycles of up to 7 characters (`aaaa…`, `abab…`, `abcdefgabcdefg…`) that the class count
+/// alone would let through. Random keys measure far more: 32 random hexadecimal characters
+/// about 3.6 (fewer than 1 in 40,000 fall under 2.9), 64 of them 3.9, 32 base62 ones 4.6.
+pub fn admin_key_strength(key: &str) -> Result<(), String> {
+    let chars: Vec<char> = key.chars().collect();
+    let n = chars.len();
+    if n < 32 {
+        return Err(format!("it has {n} characters; at least 32 are needed"));
+    }
+    let (mut lower, mut upper, mut digit, mut other) = (false, false, false, false);
+    let mut counts: std::collections::HashMap<char, usize> = Default::default();
+    for c in &chars {
+        match c {
+            'a'..='z' => lower = true,
+            'A'..='Z' => upper = true,
+            '0'..='9' => digit = true,
+            _ => other = true,
+        }
+        *counts.entry(*c).or_default() += 1;
+    }
+    let pool = 26 * u32::from(lower)
+        + 26 * u32::from(upper)
+        + 10 * u32::from(digit)
+        + 33 * u32::from(other);
+    let estimate = n as f64 * f64::from(pool).log2();
+    if estimate < 128.0 {
+        return Err(format!(
+            "its {n} characters come from a set of {pool}, an estimated {estimate:.0} bits; at least 128 are needed (use more characters, or mix upper and lower case, digits and symbols)"
+        ));
+    }
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum();
+    if per_char < 2.9 {
+        return Err(format!(
+            "it repeats characters too much ({per_char:.2} bits of entropy per character, at least 2.9 needed; {} distinct characters)",
+            counts.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Constant-time equality of two byte strings.
@@ -314,6 +383,32 @@ mod tests {
         assert!(SecretFormat::new("ptg_").is_ok());
         assert!(SecretFormat::new("ptg").is_err());
         assert!(SecretFormat::new("p-g_").is_err());
+    }
+
+    #[test]
+    fn weak_admin_keys_are_refused() {
+        let weak = [
+            "a".repeat(32),
+            "short-but-Varied-1!".to_string(),
+            "ab".repeat(20),
+            "abcdabcd".repeat(5),
+            "abcdefg".repeat(5),
+            "12345678901234567890123456789012".to_string(),
+        ];
+        for k in &weak {
+            assert!(admin_key_strength(k).is_err(), "{k} was accepted");
+        }
+        let f = SecretFormat::new("kpa_").unwrap();
+        for _ in 0..200 {
+            assert_eq!(admin_key_strength(f.generate().expose()), Ok(()));
+            // `openssl rand -hex 32` and 32 random base62 characters pass.
+            let hex: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            assert_eq!(admin_key_strength(&hex), Ok(()), "{hex}");
+            assert_eq!(admin_key_strength(&random_base62(32)), Ok(()));
+        }
+        assert!(admin_key_strength("a-very-long-admin-key-of-at-least-32-chars").is_ok());
     }
 
     #[test]

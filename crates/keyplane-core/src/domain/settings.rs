@@ -15,6 +15,10 @@ pub struct Settings {
     /// How long cached credentials are still served after the change feed from storage is
     /// lost (see [`crate::feed`]).
     pub stale_serve_seconds: u64,
+    /// Failed management-API authentications allowed per client address per minute.
+    pub auth_failures_per_minute: u32,
+    /// Distinct refusal events written per flush; the rest are counted in one more.
+    pub refusal_events_per_flush: usize,
 }
 
 impl Default for Settings {
@@ -25,6 +29,8 @@ impl Default for Settings {
             max_active_keys_per_org: Some(50),
             oauth: Default::default(),
             stale_serve_seconds: 60,
+            auth_failures_per_minute: 20,
+            refusal_events_per_flush: 100,
         }
     }
 }

@@ -175,18 +175,42 @@ impl Runtime {
         );
     }
 
+    /// Queues an aggregated `credential.refused` event. `target` must name a credential that
+    /// exists (never text the caller chose), so callers cannot multiply aggregates with it.
     pub fn queue_refusal(&self, reason: &'static str, target: Option<String>, meta: &RequestMeta) {
         self.queue_refusal_in(reason, target, None, meta);
     }
 
-    fn queue_refusal_in(
+    pub fn queue_refusal_in(
         &self,
         reason: &'static str,
         target: Option<String>,
         org_id: Option<String>,
         meta: &RequestMeta,
     ) {
-        self.refusals.note(reason, target, org_id, meta, self.now());
+        self.note_denied("credential.refused", reason, target, org_id, meta);
+    }
+
+    /// Queues an aggregated denial under `action` (e.g. a failed console sign-in): written at
+    /// the next flush, bounded per flush like every refusal.
+    pub fn note_denied(
+        &self,
+        action: &'static str,
+        reason: &'static str,
+        target: Option<String>,
+        org_id: Option<String>,
+        meta: &RequestMeta,
+    ) {
+        self.refusals.note(
+            super::refusals::Refused {
+                action,
+                reason,
+                target,
+                org_id,
+                meta,
+            },
+            self.now(),
+        );
     }
 
     pub async fn cached_client(&self, client_id: &str) -> Result<Option<Arc<CachedClient>>> {

@@ -40,12 +40,17 @@ pub struct Runtime {
     pub(crate) oauth: OAuthState,
     pub(crate) feed: FeedHealth,
     pub(crate) refusals: Refusals,
+    /// Failed authentications on the management API, per client address.
+    pub(crate) auth_failures: throttle::FailureThrottle,
     pub(crate) checks: AtomicU64,
     pub(crate) rules: RwLock<Arc<RuleSet>>,
     pub(crate) rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
     /// Held for a whole flush, so when a flush returns every earlier use is written even if
     /// the periodic flush was already under way.
     pub(crate) flushing: tokio::sync::Mutex<()>,
+    /// Held while the activity chain is verified: concurrent verifications wait for the one
+    /// under way and then start from the checkpoint it left, instead of each walking the chain.
+    pub(crate) verifying: tokio::sync::Mutex<()>,
 }
 
 impl Runtime {
@@ -57,17 +62,19 @@ impl Runtime {
     ) -> Self {
         Self {
             feed: FeedHealth::new(settings.stale_serve_seconds),
+            refusals: Refusals::new(settings.refusal_events_per_flush),
             oauth: OAuthState::new(&pepper, &settings.oauth),
             store,
             clock,
             pepper,
             settings,
             cache: KeyCache::default(),
-            refusals: Refusals::default(),
+            auth_failures: throttle::FailureThrottle::default(),
             checks: AtomicU64::new(0),
             rules: Default::default(),
             rules_source: Mutex::new(None),
             flushing: tokio::sync::Mutex::new(()),
+            verifying: tokio::sync::Mutex::new(()),
         }
     }
 

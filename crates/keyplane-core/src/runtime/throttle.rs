@@ -1,7 +1,8 @@
 //! One throttle for failed authentication: counts per key (e.g. "client id and address", or
-//! "address") in one-minute windows. Used by client authentication at the OAuth endpoints and
-//! by the console's sign-in; never keyed by an account alone, so nobody can lock out a
-//! legitimate caller from elsewhere.
+//! "address") in one-minute windows. Used by client authentication at the OAuth endpoints, by
+//! authentication on the management API, and by the console's sign-in; never keyed by an
+//! account alone, so nobody can lock out a legitimate caller from elsewhere. Its memory is
+//! bounded: past [`MAX_KEYS`] live keys, new keys are not tracked until old windows expire.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -9,12 +10,22 @@ use std::sync::Mutex;
 
 const WINDOW_MS: i64 = 60_000;
 
+/// Keys tracked at most (about 100 bytes each).
+pub const MAX_KEYS: usize = 100_000;
+
 /// Failures per key within the current window.
 pub struct FailureThrottle {
-    failures: Mutex<HashMap<String, (u32, i64)>>,
+    failures: Mutex<Failures>,
     /// When the last failure happened (ms): while nothing failed within a window, checking
     /// builds no keys and takes no lock.
     last_failure_ms: AtomicI64,
+}
+
+#[derive(Default)]
+struct Failures {
+    by_key: HashMap<String, (u32, i64)>,
+    /// When expired windows were last swept (at most once a second while full).
+    swept_ms: i64,
 }
 
 impl Default for FailureThrottle {
@@ -39,7 +50,7 @@ impl FailureThrottle {
         }
         let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         keys.iter().find_map(|(k, limit)| {
-            f.get(k).and_then(|(count, start)| {
+            f.by_key.get(k).and_then(|(count, start)| {
                 (now_ms - start < WINDOW_MS && *count >= *limit)
                     .then(|| ((start + WINDOW_MS - now_ms) / 1000 + 1) as u64)
             })
@@ -50,11 +61,15 @@ impl FailureThrottle {
     pub fn failed(&self, keys: &[(String, u32)], now_ms: i64) {
         self.last_failure_ms.store(now_ms, Ordering::Relaxed);
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() > 100_000 {
-            f.retain(|_, (_, start)| now_ms - *start < WINDOW_MS);
+        if f.by_key.len() >= MAX_KEYS && now_ms - f.swept_ms >= 1000 {
+            f.swept_ms = now_ms;
+            f.by_key.retain(|_, (_, start)| now_ms - *start < WINDOW_MS);
         }
         for (k, _) in keys {
-            let e = f.entry(k.clone()).or_insert((0, now_ms));
+            if f.by_key.len() >= MAX_KEYS && !f.by_key.contains_key(k) {
+                continue;
+            }
+            let e = f.by_key.entry(k.clone()).or_insert((0, now_ms));
             if now_ms - e.1 >= WINDOW_MS {
                 *e = (0, now_ms);
             }
@@ -67,8 +82,28 @@ impl FailureThrottle {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .by_key
             .remove(key);
     }
+
+    /// Keys tracked now.
+    pub fn len(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The throttle key of authentication on the management API from `addr`
+/// ([`crate::domain::request::RequestMeta::throttle_addr`]): per address only.
+pub fn management_keys(addr: &str, limit: u32) -> [(String, u32); 1] {
+    [(format!("auth|{addr}"), limit)]
 }
 
 /// The console's sign-in limits, per (account, address) and per address.
@@ -105,5 +140,17 @@ mod tests {
         assert!(t.blocked(&keys, 61_000).is_none());
         t.forget(&keys[0].0);
         assert!(t.blocked(&keys, 1000).is_none());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let t = FailureThrottle::default();
+        for i in 0..MAX_KEYS + 10 {
+            t.failed(&management_keys(&format!("a{i}"), 1), 0);
+        }
+        assert_eq!(t.len(), MAX_KEYS);
+        // Once the windows expired, room is made again.
+        t.failed(&management_keys("late", 1), WINDOW_MS + 1);
+        assert_eq!(t.len(), 1);
     }
 }

@@ -8,6 +8,7 @@ use crate::domain::request::{Refusal, RequestMeta};
 use crate::domain::routes::{Decision, RuleSet, RulesSource};
 use crate::domain::secret::ct_eq;
 pub use crate::runtime::credentials::{Identity, Verdict};
+use crate::runtime::throttle::management_keys;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -110,11 +111,38 @@ impl Keyplane {
         Ok(n)
     }
 
-    /// Authenticates a caller of the management API: an API key, or the admin key.
+    /// Authenticates a caller of the management API: an API key, an access token, or the admin
+    /// key. Failed authentications are throttled per client address (never per credential): past
+    /// `auth_failures_per_minute` failures from one address within a minute, every credential
+    /// from that address — a correct one too — is answered `TooManyRequests` without being
+    /// checked, until the minute is over. A correct credential from any other address always
+    /// works. Requests without a credential are not counted.
     pub async fn authenticate(&self, token: Option<&str>, meta: &RequestMeta) -> Result<Principal> {
         let Some(token) = token else {
             return Err(Error::Unauthenticated(Refusal::Missing.describe().into()));
         };
+        let throttle = &self.rt.auth_failures;
+        let now = self.rt.now_ms();
+        let keys = || {
+            management_keys(
+                &meta.throttle_addr(),
+                self.rt.settings.auth_failures_per_minute,
+            )
+        };
+        if !throttle.quiet(now) {
+            if let Some(wait) = throttle.blocked(&keys(), now) {
+                self.rt.queue_refusal("throttled", None, meta);
+                return Err(Error::TooManyRequests(wait));
+            }
+        }
+        let result = self.authenticate_presented(token, meta).await;
+        if matches!(result, Err(Error::Unauthenticated(_))) {
+            throttle.failed(&keys(), now);
+        }
+        result
+    }
+
+    async fn authenticate_presented(&self, token: &str, meta: &RequestMeta) -> Result<Principal> {
         if self.rt.settings.api_key_format.claims(token) {
             let key = match self.rt.resolve_key_raw(token).await {
                 Ok(Some(k)) => k,

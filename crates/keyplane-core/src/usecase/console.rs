@@ -75,33 +75,6 @@ impl Keyplane {
         )
     }
 
-    /// Records a console event that changes nothing (a refused sign-in).
-    #[allow(clippy::too_many_arguments)]
-    async fn console_event(
-        &self,
-        actor: String,
-        org_id: Option<String>,
-        action: &str,
-        target: Option<String>,
-        outcome: Outcome,
-        meta: &RequestMeta,
-        details: serde_json::Value,
-    ) -> Result<()> {
-        self.rt
-            .store
-            .activity_append(&[console_event(
-                self.rt.now(),
-                actor,
-                org_id,
-                action,
-                target,
-                outcome,
-                meta,
-                details,
-            )])
-            .await
-    }
-
     /// Opens a session and records the sign-in with it.
     async fn console_session_open(
         &self,
@@ -142,16 +115,9 @@ impl Keyplane {
             None => false,
         };
         if !ok || admin_key.len() > 512 {
-            self.console_event(
-                "anonymous".into(),
-                None,
-                "console.sign_in",
-                None,
-                Outcome::Denied,
-                meta,
-                serde_json::json!({ "with": "admin-key" }),
-            )
-            .await?;
+            // Aggregated and bounded like every refusal: a flood of wrong keys writes a bounded log.
+            self.rt
+                .note_denied("console.sign_in", "wrong_admin_key", None, None, meta);
             return Err(Error::Unauthenticated("that is not the admin key".into()));
         }
         let event = console_event(
@@ -188,16 +154,9 @@ impl Keyplane {
 
     /// Records a failed member sign-in (the email is not logged: it may be a typo of a password).
     pub async fn console_sign_in_failed(&self, meta: &RequestMeta) -> Result<()> {
-        self.console_event(
-            "anonymous".into(),
-            None,
-            "console.sign_in",
-            None,
-            Outcome::Denied,
-            meta,
-            serde_json::json!({ "with": "password" }),
-        )
-        .await
+        self.rt
+            .note_denied("console.sign_in", "wrong_password", None, None, meta);
+        Ok(())
     }
 
     /// Opens a member's session after their password was verified.

@@ -18,7 +18,7 @@ impl Keyplane {
     /// Client authentication failures are counted per (client id, address) and per address,
     /// never per client id alone, so a caller with the right secret elsewhere is never locked out.
     fn client_throttle_keys(&self, client_id: &str, meta: &RequestMeta) -> [(String, u32); 2] {
-        let ip = meta.addr_text().unwrap_or_default();
+        let ip = meta.throttle_addr();
         let s = &self.rt.settings.oauth;
         [
             (
@@ -49,19 +49,18 @@ impl Keyplane {
         {
             return Err(OAuthError::TooManyRequests(retry));
         }
-        let fail = |this: &Self| {
+        let fail = |this: &Self, known: Option<&CachedClient>| {
             let keys = this.client_throttle_keys(&auth.client_id, meta);
             this.rt.oauth.failures.failed(&keys, now);
-            this.note_client_refusal(&auth.client_id, meta);
+            this.note_client_refusal(known, meta);
             Err(OAuthError::InvalidClient { basic: auth.basic })
         };
-        let Some(client) = rt
-            .cached_client(&auth.client_id)
-            .await?
-            .filter(|c| c.is_enabled())
-        else {
-            return fail(self);
+        let Some(client) = rt.cached_client(&auth.client_id).await? else {
+            return fail(self, None);
         };
+        if !client.is_enabled() {
+            return fail(self, Some(&client));
+        }
         let secret = auth.secret.expose();
         if rt
             .settings
@@ -70,7 +69,7 @@ impl Keyplane {
             .check(secret)
             .is_err()
         {
-            return fail(self);
+            return fail(self, Some(&client));
         }
         let digest = rt.pepper.digest(secret);
         let matched = client
@@ -86,17 +85,18 @@ impl Keyplane {
                 }
                 Ok(client)
             }
-            None => fail(self),
+            None => fail(self, Some(&client)),
         }
     }
 
-    fn note_client_refusal(&self, client_id: &str, meta: &RequestMeta) {
-        // Only ids of our format are named; anything else could be a secret pasted in the wrong field.
-        let named =
-            self.rt.settings.oauth.client_id_format.claims(client_id) && client_id.len() <= 64;
-        self.rt.queue_refusal(
+    /// Only a client that exists is named (with its organization): an id the caller made up is
+    /// not recorded, so it can neither multiply refusal events nor be a secret pasted in the
+    /// wrong field.
+    fn note_client_refusal(&self, known: Option<&CachedClient>, meta: &RequestMeta) {
+        self.rt.queue_refusal_in(
             "client_authentication",
-            named.then(|| client_id.to_string()),
+            known.map(|c| c.client.client_id.clone()),
+            known.map(|c| c.client.org_id.clone()),
             meta,
         );
     }

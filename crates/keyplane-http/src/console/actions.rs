@@ -75,7 +75,7 @@ pub async fn sign_in(
         return csrf_refused(false);
     }
     let meta = crate::auth::request_meta(&parts);
-    let addr = meta.addr_text().unwrap_or_default();
+    let addr = meta.throttle_addr();
     let now_ms = to_ms(s.app.now());
     let mode = if form.get("method") == Some("member") {
         "member"

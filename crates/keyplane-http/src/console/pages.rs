@@ -401,7 +401,7 @@ pub async fn activity(
         }
         Err(e) => return Err(Fail::new(false, "/console/activity", e.into())),
     }
-    if let Ok(report) = s.app.activity_verify(p).await {
+    if let Ok(report) = s.app.activity_verify(p, false).await {
         page.verify = Some(VerifyView {
             intact: report.intact,
             checked: report.checked,

@@ -76,10 +76,29 @@ pub async fn query(
     }))
 }
 
-/// Whether the activity chain is intact: every event present, in order, unedited.
-#[utoipa::path(get, path = "/v1/activity/verify", tag = "activity", responses((status = 200, body = VerifyView)), security(("bearer" = [])))]
-pub async fn verify(State(s): State<AppState>, c: Caller) -> ApiResult<Json<VerifyView>> {
-    let r = s.app.activity_verify(&c.principal).await?;
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    /// Walk the chain from its first event, through every checkpoint (the admin key only).
+    /// Without it, the events since the last checkpoint are verified.
+    pub full: Option<bool>,
+}
+
+/// Whether the activity chain is intact: every event present, in order, unedited. Verifies the
+/// events appended since the last checkpoint (`full=true`: the whole chain, admin key only).
+/// A caller scoped to an organization gets the chain's state with its organization's events
+/// counted, and the broken event named only when it is one of them.
+#[utoipa::path(get, path = "/v1/activity/verify", tag = "activity", params(VerifyQuery),
+    responses((status = 200, body = VerifyView)), security(("bearer" = [])))]
+pub async fn verify(
+    State(s): State<AppState>,
+    c: Caller,
+    AppQuery(q): AppQuery<VerifyQuery>,
+) -> ApiResult<Json<VerifyView>> {
+    let r = s
+        .app
+        .activity_verify(&c.principal, q.full.unwrap_or(false))
+        .await?;
     Ok(Json(VerifyView {
         intact: r.intact,
         checked: r.checked,
@@ -88,5 +107,8 @@ pub async fn verify(State(s): State<AppState>, c: Caller) -> ApiResult<Json<Veri
             id: b.id,
             reason: b.reason,
         }),
+        full: r.full,
+        started_after: r.started_after,
+        verified_to: r.verified_to,
     }))
 }

@@ -389,6 +389,9 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
         Ok(None) => {
             let principal = match s.app.authenticate(bearer(&form.headers), &form.meta).await {
                 Ok(p) => p,
+                Err(keyplane_core::Error::TooManyRequests(wait)) => {
+                    return oauth_error(OAuthError::TooManyRequests(wait))
+                }
                 Err(_) => return oauth_error(OAuthError::InvalidClient { basic: false }),
             };
             match s.app.introspection_scope(&principal) {

@@ -33,6 +33,7 @@ mod binary;
 mod ceiling;
 mod console;
 mod crash;
+mod edge;
 mod errors;
 mod gateway;
 mod interop;
