@@ -32,6 +32,7 @@ mod activity;
 mod binary;
 mod console;
 mod errors;
+mod files;
 mod gateway;
 mod interop;
 mod keys;
