@@ -34,6 +34,7 @@ mod ceiling;
 mod console;
 mod crash;
 mod errors;
+mod files;
 mod gateway;
 mod interop;
 mod keys;
