@@ -122,7 +122,11 @@ impl Keyplane {
         )?;
         // Nobody hands out a role granting more than they hold, even on a member's key (which
         // acts with the member's role).
-        within(&caller, &Authority::of_key(None, &[], &roles), "grant these roles")?;
+        within(
+            &caller,
+            &Authority::of_key(None, &[], &roles),
+            "grant these roles",
+        )?;
         let roles_scopes: Vec<String> = roles.iter().flat_map(|r| r.scopes.clone()).collect();
         let default_for_service = self
             .check_default_mark(input.default_for_service, &scopes, &roles_scopes)
@@ -274,7 +278,11 @@ impl Keyplane {
             &Authority::of_key(owner_role, &key.scopes, &roles),
             "give this key those scopes or roles",
         )?;
-        within(&caller, &Authority::of_key(None, &[], &roles), "grant these roles")?;
+        within(
+            &caller,
+            &Authority::of_key(None, &[], &roles),
+            "grant these roles",
+        )?;
         let roles_scopes: Vec<String> = roles.iter().flat_map(|r| r.scopes.clone()).collect();
         let mark = patch
             .default_for_service
