@@ -12,7 +12,6 @@
 //!   the request's `Host`.
 //! - `/metrics` behind a token when one is configured.
 
-use crate::console::Console;
 use crate::support::*;
 use base64::Engine;
 use keyplane_testkit::reqwest::{header, StatusCode};
