@@ -77,6 +77,7 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         admin_key_format: format(&config.admin_key_prefix)?,
         max_active_keys_per_org: config.max_active_keys_per_org,
         stale_serve_seconds: config.stale_serve_seconds,
+        metrics_token: config.metrics_token.clone().map(SecretString::new),
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,

@@ -1,7 +1,7 @@
 //! A deployment's settings, as the use cases need them; the binary builds them from its
 //! configuration.
 
-use crate::domain::secret::SecretFormat;
+use crate::domain::secret::{SecretFormat, SecretString};
 use crate::domain::token::Alg;
 
 /// Settings the use cases need; the binary builds them from its configuration.
@@ -13,8 +13,10 @@ pub struct Settings {
     pub max_active_keys_per_org: Option<i64>,
     pub oauth: OAuthSettings,
     /// How long cached credentials are still served after the change feed from storage is
-    /// lost (see [`crate::feed`]).
+    /// lost (see the runtime's feed).
     pub stale_serve_seconds: u64,
+    /// When set, `/metrics` answers only requests bearing this token; otherwise it is open.
+    pub metrics_token: Option<SecretString>,
 }
 
 impl Default for Settings {
@@ -25,6 +27,7 @@ impl Default for Settings {
             max_active_keys_per_org: Some(50),
             oauth: Default::default(),
             stale_serve_seconds: 60,
+            metrics_token: None,
         }
     }
 }

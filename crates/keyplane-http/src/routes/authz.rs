@@ -142,10 +142,12 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
             continue;
         }
         match crate::auth::form_unescape(v) {
-            Cow::Borrowed(v) => {
+            // A malformed escape names no scope anyone holds: the check fails closed (403).
+            Err(_) => out.push(Cow::Borrowed(v)),
+            Ok(Cow::Borrowed(v)) => {
                 out.extend(v.split(' ').filter(|s| !s.is_empty()).map(Cow::Borrowed))
             }
-            Cow::Owned(v) => out.extend(
+            Ok(Cow::Owned(v)) => out.extend(
                 v.split(' ')
                     .filter(|s| !s.is_empty())
                     .map(|s| Cow::Owned(s.to_string())),

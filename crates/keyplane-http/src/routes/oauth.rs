@@ -188,22 +188,29 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
             "the form is not UTF-8".into(),
         )));
     };
-    let mut params = HashMap::with_capacity(4);
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = crate::auth::form_unescape(k).into_owned();
-        if params.contains_key(&k) {
-            return Err(oauth_error(OAuthError::InvalidRequest(format!(
-                "the parameter `{k}` is repeated"
-            ))));
-        }
-        params.insert(k, crate::auth::form_unescape(v).into_owned());
-    }
+    let params = parse_form(text).map_err(|e| oauth_error(OAuthError::InvalidRequest(e)))?;
     Ok(OAuthForm {
         params,
         headers: parts.headers,
         meta,
     })
+}
+
+/// The pairs of an OAuth form, strictly: every escape well formed, every value UTF-8, no
+/// parameter twice (RFC 6749 §3.2: "parameters MUST NOT be included more than once").
+fn parse_form(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut params = HashMap::with_capacity(4);
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |_| "the form has a malformed %-escape or is not UTF-8".to_string();
+        let k = crate::auth::form_unescape(k).map_err(bad)?.into_owned();
+        if params.contains_key(&k) {
+            return Err(format!("the parameter `{k}` is repeated"));
+        }
+        let v = crate::auth::form_unescape(v).map_err(bad)?.into_owned();
+        params.insert(k, v);
+    }
+    Ok(params)
 }
 
 /// RFC 6749 §2.3.1: the id and secret in Basic are each form-urlencoded before joining.
@@ -220,8 +227,8 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
         let text = String::from_utf8(raw).ok()?;
         let (id, secret) = text.split_once(':')?;
         Some((
-            crate::auth::form_unescape(id).into_owned(),
-            crate::auth::form_unescape(secret).into_owned(),
+            crate::auth::form_unescape(id).ok()?.into_owned(),
+            crate::auth::form_unescape(secret).ok()?.into_owned(),
         ))
     };
     Some(decode().ok_or(()))
@@ -238,6 +245,16 @@ fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
         (None, None) => None,
     };
     let basic = basic_credentials(&form.headers);
+    // RFC 6749 §2.3.1 forbids two methods; a `client_id` in the form that names another client
+    // than Basic does is a contradiction, not something to ignore. The same id is harmless
+    // (some clients always send it, RFC 6749 §4.4 allows it with Basic).
+    if let (Some(Ok((basic_id, _))), Some(form_id)) = (&basic, form.params.get("client_id")) {
+        if basic_id != form_id {
+            return Err(OAuthError::InvalidRequest(
+                "`client_id` in the form names another client than HTTP Basic does".into(),
+            ));
+        }
+    }
     match (basic, post) {
         (Some(_), Some(_)) => Err(OAuthError::InvalidRequest(
             "use one client authentication method: HTTP Basic or client_id/client_secret in the body, not both".into(),

@@ -46,6 +46,7 @@ mod oauth;
 mod races;
 mod seed002;
 mod seeds;
+mod strict;
 mod support;
 mod verify;
 mod visibility;
