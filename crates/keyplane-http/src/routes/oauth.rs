@@ -501,3 +501,81 @@ pub async fn jwks(State(s): State<AppState>) -> Response {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(s: &str) -> String {
+        form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    fn basic_header(id: &str, secret: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let raw = format!("{}:{}", encode(id), encode(secret));
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+        h
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever is sent, the reader answers (no panic), and what a correct client encodes
+        /// comes back exactly.
+        #[test]
+        fn forms_round_trip(pairs in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{0,24}", 0..6)) {
+            let mut ser = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &pairs {
+                ser.append_pair(k, v);
+            }
+            let text = ser.finish();
+            let parsed = parse_form(&text).unwrap();
+            prop_assert_eq!(parsed.len(), pairs.len());
+            for (k, v) in &pairs {
+                prop_assert_eq!(parsed.get(k), Some(v));
+            }
+        }
+
+        #[test]
+        fn any_form_is_answered(text in ".{0,200}") {
+            let _ = parse_form(&text);
+        }
+
+        #[test]
+        fn repeated_parameters_are_refused(k in "[a-z]{1,8}", a in "[a-z]{0,8}", b in "[a-z]{0,8}") {
+            let text = format!("{k}={a}&{k}={b}");
+            prop_assert!(parse_form(&text).is_err());
+        }
+
+        /// A `%` not followed by two hexadecimal digits is refused, wherever it is.
+        #[test]
+        fn bad_escapes_are_refused(before in "[a-z]{0,8}", bad in "%([g-z+ -]|[0-9a-f][g-z+ -])", after in "[a-z]{0,8}", cut in "%[0-9a-f]?") {
+            let text = format!("k={before}{bad}{after}");
+            prop_assert!(parse_form(&text).is_err(), "accepted {}", text);
+            // Truncated at the end of the form.
+            let text = format!("k={before}{cut}");
+            prop_assert!(parse_form(&text).is_err(), "accepted {}", text);
+        }
+
+        /// RFC 6749 §2.3.1: id and secret are form-encoded, joined by `:`, then base64.
+        #[test]
+        fn basic_round_trips(id in "\\PC{1,40}", secret in "\\PC{0,60}") {
+            let got = basic_credentials(&basic_header(&id, &secret));
+            prop_assert_eq!(got, Some(Ok((id.clone(), secret.clone()))));
+        }
+
+        #[test]
+        fn any_authorization_is_answered(v in "[ -~]{0,200}") {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic {v}")) {
+                h.insert(header::AUTHORIZATION, v);
+                prop_assert!(basic_credentials(&h).is_some());
+            }
+        }
+    }
+}
