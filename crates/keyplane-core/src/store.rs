@@ -332,6 +332,11 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `on_change` for every change another node publishes (from a background task).
     fn subscribe(&self, on_change: std::sync::Arc<dyn Fn(Invalidation) + Send + Sync>);
 
+    /// At a clean stop, after the last write: SQLite copies its write-ahead log into the
+    /// database file and closes, so that file alone holds everything; PostgreSQL does nothing.
+    /// Storage is not used afterwards.
+    async fn close(&self) -> Result<()>;
+
     // The web console (see `crate::domain::console`).
     /// Sets (or replaces) a member's argon2id password hash and ends their sessions.
     async fn member_password_set(

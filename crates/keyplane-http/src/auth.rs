@@ -97,10 +97,30 @@ pub async fn record_denials(
     resp
 }
 
-/// Decodes one `application/x-www-form-urlencoded` value: `+` is a space, `%XX` a byte.
-pub fn form_unescape(s: &str) -> Cow<'_, str> {
+/// A form value that is not strict `application/x-www-form-urlencoded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormError {
+    /// `%` not followed by exactly two hexadecimal digits (`%zz`, `%4`, `%+2`).
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    NotUtf8,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value: `+` is a space, `%XX` a byte, and
+/// nothing else is an escape: a `%` without two hexadecimal digits after it, or bytes that do
+/// not decode to UTF-8, are refused rather than guessed at.
+pub fn form_unescape(s: &str) -> Result<Cow<'_, str>, FormError> {
     if !s.bytes().any(|b| b == b'+' || b == b'%') {
-        return Cow::Borrowed(s);
+        return Ok(Cow::Borrowed(s));
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -109,19 +129,20 @@ pub fn form_unescape(s: &str) -> Cow<'_, str> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                if let Some(b) = s
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
+                let hi = bytes.get(i + 1).copied().and_then(hex);
+                let lo = bytes.get(i + 2).copied().and_then(hex);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(FormError::BadEscape);
+                };
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
             }
             b => out.push(b),
         }
         i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| FormError::NotUtf8)
 }

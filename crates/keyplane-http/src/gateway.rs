@@ -1,9 +1,11 @@
 //! The gateway: a reverse proxy in front of an upstream API. Each request's bearer credential
 //! is checked against the route rules before anything is forwarded; the caller's own
 //! `X-Keyplane-*` headers are stripped and the verified identity added; bodies stream both ways.
+//! The rules see the normalized path (`keyplane_core::domain::path`) and the upstream is sent
+//! exactly that path: an ambiguous one is answered 400 and never forwarded.
 
 use crate::auth::{bearer, request_meta};
-use crate::routes::authz::{identity_headers, respond};
+use crate::routes::authz::{ambiguous_path, identity_headers, respond};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
@@ -13,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use keyplane_core::domain::path::{upstream_target, NormalPath};
 use keyplane_core::usecase::check::Verdict;
 use keyplane_core::Keyplane;
 use std::net::SocketAddr;
@@ -110,19 +113,15 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         );
     }
     let meta = request_meta(&parts);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // One path: the rules match the normalized path, and that path (with the caller's query)
+    // is what the upstream gets; a path that could be read two ways is refused.
+    let path = match NormalPath::parse(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => return ambiguous_path(e),
+    };
     let (verdict, required) = gw
         .app
-        .check_request(
-            bearer(&parts.headers),
-            parts.method.as_str(),
-            parts.uri.path(),
-            &meta,
-        )
+        .check_request(bearer(&parts.headers), parts.method.as_str(), &path, &meta)
         .await;
     let identity = match verdict {
         Verdict::Allow(identity) => identity,
@@ -191,7 +190,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
     headers.remove(header::HOST);
 
     let upstream = &gw.config.upstream;
-    let base = upstream.path().trim_end_matches('/');
+    let target = upstream_target(upstream.path(), &path, parts.uri.query());
     let uri = match Uri::builder()
         .scheme(upstream.scheme_str().unwrap_or("http"))
         .authority(
@@ -200,7 +199,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                 .map(|a| a.as_str())
                 .unwrap_or("127.0.0.1"),
         )
-        .path_and_query(format!("{base}{path_and_query}"))
+        .path_and_query(target)
         .build()
     {
         Ok(u) => u,

@@ -7,12 +7,15 @@
 //! connection instead) and how other nodes learn of changes (PostgreSQL `NOTIFY`; a SQLite
 //! deployment is one node). Each backend has its own migrations with the same numbered names.
 
+pub mod backup;
+pub mod files;
 mod sql;
 
 use keyplane_core::domain::error::Error;
 use keyplane_core::store::Store;
 use std::sync::Arc;
 
+pub use backup::{backup_sqlite, BackupError, Snapshot};
 pub use sql::{PgStore, SqliteStore, NOTIFY_CHANNEL};
 
 /// Opens the store a database URL names: `sqlite://path` (created when missing) or

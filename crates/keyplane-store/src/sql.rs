@@ -1456,6 +1456,10 @@ macro_rules! impl_store {
                 self.subscribe_changes(on_change)
             }
 
+            async fn close(&self) -> Result<()> {
+                self.close_at_stop().await
+            }
+
             async fn member_password_set(&self, member_id: &str, hash: &str, now: OffsetDateTime, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
@@ -1658,6 +1662,9 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Opens (creating when missing) the database a `sqlite://PATH` URL names and applies the
+    /// migrations. The file and its `-wal` and `-shm` are readable by their owner only (see
+    /// [`crate::files`]); a missing folder is created 0700.
     pub async fn open(url: &str) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::invalid("database", format!("bad SQLite URL: {e}")))?
@@ -1666,6 +1673,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let file = crate::files::sqlite_file(url);
+        if let Some(path) = &file {
+            crate::files::prepare_sqlite_file(path).map_err(|e| file_err(path, e))?;
+        }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.clone())
@@ -1680,6 +1691,11 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(db_err)?;
+        // SQLite gives `-wal` and `-shm` the database file's mode; this only catches the
+        // unexpected (a companion some other program created).
+        if let Some(path) = &file {
+            crate::files::restrict_sqlite_files(path);
+        }
         Ok(Self { read, write })
     }
 
@@ -1697,10 +1713,46 @@ impl SqliteStore {
 
     fn subscribe_changes(&self, _on_change: Arc<dyn Fn(Invalidation) + Send + Sync>) {}
 
-    pub async fn close(&self) {
-        self.read.close().await;
-        self.write.close().await;
+    /// At a clean stop (and at the end of a command on the database): closes the readers,
+    /// copies the write-ahead log into the database file and empties it
+    /// (`wal_checkpoint(TRUNCATE)`), then closes the writer, so the database file alone holds
+    /// everything (closing the last connection also removes `-wal` and `-shm`). Nothing uses
+    /// the store afterwards.
+    async fn close_at_stop(&self) -> Result<()> {
+        // A pool waits for its connections to come back; nothing should hold one by now, and a
+        // stop must not hang if something does.
+        let bound = Duration::from_secs(5);
+        if tokio::time::timeout(bound, self.read.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a database reader was still busy when closing");
+        }
+        let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.write)
+            .await
+            .map_err(db_err)?;
+        // (busy, frames in the log, frames copied); after TRUNCATE both counts read 0.
+        let busy: i64 = row.try_get(0).map_err(db_err)?;
+        if busy != 0 {
+            tracing::warn!(
+                "could not empty the write-ahead log: another process is using the database (it is copied into the database file later, at the latest when the last process closes it)"
+            );
+        } else {
+            tracing::info!("write-ahead log copied into the database file and emptied");
+        }
+        if tokio::time::timeout(bound, self.write.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database writer was still busy when closing");
+        }
+        Ok(())
     }
+}
+
+fn file_err(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::Storage(format!("{}: {e}", path.display()).into())
 }
 
 impl_store!(SqliteStore, SqliteRow, sqlx::SqliteConnection, "sqlite", "");
@@ -1808,8 +1860,10 @@ impl PgStore {
         });
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// At a clean stop: nothing to do. PostgreSQL keeps its own files; the pool's connections
+    /// end with the process (closing it here would only set the change listener retrying).
+    async fn close_at_stop(&self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -100,6 +100,26 @@ pub(crate) fn header(token: &str) -> Result<(String, Algorithm), InvalidReason> 
     Ok((kid, h.alg))
 }
 
+/// ⌊n / 2⌋ for the P-256 group order n, big-endian.
+const P256_HALF_N: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether an ES256 token's signature is in low-s form. `(r, s)` and `(r, n - s)` both verify,
+/// so accepting both would let anyone turn one token into another string (malleability);
+/// keyplane signs low-s only, and so does every mainstream JOSE library's canonical output.
+fn es256_low_s(token: &str) -> bool {
+    use base64::Engine;
+    let Some(sig) = token.rsplit('.').next() else {
+        return false;
+    };
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig) {
+        Ok(raw) => raw.len() == 64 && raw[32..] <= P256_HALF_N[..],
+        Err(_) => false,
+    }
+}
+
 /// The RFC 9068 §2.2 claims this verifier needs beyond those `jsonwebtoken` checks.
 #[derive(Deserialize)]
 struct AccessTokenClaims {
@@ -123,6 +143,9 @@ pub(crate) fn verify(
 ) -> Result<Identity, InvalidReason> {
     if key.alg != alg {
         return Err(InvalidReason::Algorithm);
+    }
+    if alg == Algorithm::ES256 && !es256_low_s(token) {
+        return Err(InvalidReason::Signature);
     }
     let mut v = Validation::new(alg);
     v.set_issuer(&[&s.issuer]);
@@ -225,7 +248,85 @@ mod tests {
         let mut h = Header::new(s.alg);
         h.kid = Some(s.kid.into());
         h.typ = typ.map(str::to_string);
-        jsonwebtoken::encode(&h, claims, &s.enc).unwrap()
+        let token = jsonwebtoken::encode(&h, claims, &s.enc).unwrap();
+        if s.alg == Algorithm::ES256 {
+            low_s(token)
+        } else {
+            token
+        }
+    }
+
+    /// What a careful issuer (keyplane among them) signs: ES256 signatures in low-s form. The
+    /// `jsonwebtoken` crate leaves `s` as ring made it, so tests normalize it (`s := n - s`).
+    fn low_s(token: String) -> String {
+        use base64::Engine;
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
+        ];
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let mut raw = b64.decode(sig).unwrap();
+        let half = {
+            let mut h = [0u8; 32];
+            let mut carry = 0u8;
+            for (i, b) in N.iter().enumerate() {
+                h[i] = (carry << 7) | (b >> 1);
+                carry = b & 1;
+            }
+            h
+        };
+        if raw.len() != 64 || raw[32..] <= half[..] {
+            return token;
+        }
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(N[i]) - i16::from(raw[32 + i]) - borrow;
+            borrow = i16::from(d < 0);
+            raw[32 + i] = (d + 256 * borrow) as u8;
+        }
+        format!("{head}.{}", b64.encode(raw))
+    }
+
+    #[test]
+    fn many_low_s_tokens_verify() {
+        let es = signer("k1", Algorithm::ES256);
+        let set = KeySet::parse(&json!({ "keys": [es.jwk] })).unwrap();
+        for _ in 0..40 {
+            let token = sign(&es, Some("at+jwt"), &claims());
+            assert!(super::es256_low_s(&token), "helper left it high");
+            check(&token, &set, &settings()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_high_s_twin_of_a_good_token_is_refused() {
+        use base64::Engine;
+        let es = signer("k1", Algorithm::ES256);
+        let set = KeySet::parse(&json!({ "keys": [es.jwk] })).unwrap();
+        let token = sign(&es, Some("at+jwt"), &claims());
+        assert!(check(&token, &set, &settings()).is_ok());
+        // n - s: still a valid ECDSA signature of the same bytes, and another token string.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let mut raw = b64.decode(sig).unwrap();
+        let n: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
+        ];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(n[i]) - i16::from(raw[32 + i]) - borrow;
+            borrow = i16::from(d < 0);
+            raw[32 + i] = (d + 256 * borrow) as u8;
+        }
+        let twin = format!("{head}.{}", b64.encode(raw));
+        assert!(matches!(
+            check(&twin, &set, &settings()),
+            Err(InvalidReason::Signature)
+        ));
     }
 
     fn settings() -> Settings {

@@ -187,8 +187,46 @@ impl Signer {
         h.typ = Some("at+jwt".into());
         let claims = json!({"iss": iss, "sub": "kpc_app", "aud": iss, "exp": n + 600, "iat": n,
             "nbf": n, "jti": format!("jti_{}", rand_suffix()), "client_id": "kpc_app", "scope": scope});
-        jsonwebtoken::encode(&h, &claims, &self.enc).unwrap()
+        let token = jsonwebtoken::encode(&h, &claims, &self.enc).unwrap();
+        if self.alg == Algorithm::ES256 {
+            low_s(token)
+        } else {
+            token
+        }
     }
+}
+
+/// What a careful issuer (keyplane among them) signs: ES256 signatures in low-s form. The
+/// `jsonwebtoken` crate leaves `s` as ring made it, so tests normalize it (`s := n - s`).
+fn low_s(token: String) -> String {
+    use base64::Engine;
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let mut raw = b64.decode(sig).unwrap();
+    let half = {
+        let mut h = [0u8; 32];
+        let mut carry = 0u8;
+        for (i, b) in N.iter().enumerate() {
+            h[i] = (carry << 7) | (b >> 1);
+            carry = b & 1;
+        }
+        h
+    };
+    if raw.len() != 64 || raw[32..] <= half[..] {
+        return token;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(raw[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        raw[32 + i] = (d + 256 * borrow) as u8;
+    }
+    format!("{head}.{}", b64.encode(raw))
 }
 
 fn rand_suffix() -> u64 {

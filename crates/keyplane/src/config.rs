@@ -16,6 +16,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub admin_key_file: Option<PathBuf>,
     pub pepper_file: Option<PathBuf>,
+    /// A file holding the token `/metrics` requires (when set).
+    pub metrics_token_file: Option<PathBuf>,
     pub max_active_keys_per_org: Option<i64>,
     pub flush_interval_ms: Option<u64>,
     pub stale_serve_seconds: Option<u64>,
@@ -217,6 +219,8 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// The operator-supplied pepper, if any (never printed).
     pub pepper: Option<Vec<u8>>,
+    /// The token `/metrics` requires, if any (never printed); without it `/metrics` is open.
+    pub metrics_token: Option<String>,
     pub max_active_keys_per_org: Option<i64>,
     pub flush_interval_ms: u64,
     /// How long cached credentials are served after the database connection drops.
@@ -277,6 +281,10 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
             .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("max_active_keys_per_org", &self.max_active_keys_per_org)
             .finish_non_exhaustive()
     }
@@ -446,6 +454,20 @@ impl Config {
                     }
                 )
             })?;
+        }
+
+        let metrics_token = match (
+            env.get("KEYPLANE_METRICS_TOKEN"),
+            env.get("KEYPLANE_METRICS_TOKEN_FILE")
+                .map(PathBuf::from)
+                .or(file.metrics_token_file),
+        ) {
+            (Some(k), _) => Some(k.trim().to_string()),
+            (None, Some(path)) => Some(read_secret_file(&path, "metrics token")?),
+            (None, None) => None,
+        };
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bail!("the metrics token must be at least 16 characters long");
         }
 
         let pepper = match (
@@ -727,6 +749,7 @@ impl Config {
             data_dir,
             admin_key,
             pepper,
+            metrics_token,
             max_active_keys_per_org,
             flush_interval_ms: flush_interval_ms.max(10),
             stale_serve_seconds,

@@ -6,6 +6,7 @@ use keyplane::client::{ClientArgs, KeysCommand, ServicesCommand};
 use keyplane::config::{Config, ConfigFlags};
 use keyplane::server;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -47,6 +48,19 @@ enum Command {
     Activity {
         #[command(subcommand)]
         command: ActivityCommand,
+    },
+    /// Write a consistent copy of the SQLite database, also while the server runs (works on
+    /// the database directly; for PostgreSQL use pg_dump: see docs/operations.md).
+    Backup {
+        #[command(flatten)]
+        config: ConfigFlags,
+        /// The file to write, created with mode 0600 (owner only). It must not exist unless
+        /// --force is given. Keep it with the pepper: the copy is useless without it.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: PathBuf,
+        /// Replace FILE if it exists (atomically: FILE is either the old or the whole new copy).
+        #[arg(long)]
+        force: bool,
     },
     /// API keys, through a running server.
     Keys {
@@ -160,6 +174,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .rotate_admin_key()
                 .await
                 .context("cannot rotate the admin key")?;
+            app.close_storage().await?;
             eprintln!("{}", server::admin_key_banner(&key));
             Ok(ExitCode::SUCCESS)
         }
@@ -181,6 +196,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             app.ensure_defaults().await?;
             app.ensure_signing_keys().await?;
             let kid = app.rotate_signing_key(alg, lead_seconds).await?;
+            app.close_storage().await?;
             println!("{kid}");
             Ok(ExitCode::SUCCESS)
         }
@@ -191,12 +207,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = Config::load(&config, None, &env_map())?;
             let app = server::build(&config).await?;
             let report = app.verify_chain().await?;
+            app.close_storage().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.intact {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Backup {
+            config,
+            output,
+            force,
+        } => {
+            init_tracing("text");
+            let config = Config::load(&config, None, &env_map())?;
+            backup(&config, &output, force).await
         }
         Command::Keys { client, command } => {
             keyplane::client::keys(&client, command).await?;
@@ -207,4 +233,44 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `keyplane backup`: SQLite's `VACUUM INTO`, a consistent snapshot even while a server writes.
+/// PostgreSQL has its own tool, and keyplane does not pretend to be it.
+async fn backup(config: &Config, output: &std::path::Path, force: bool) -> Result<ExitCode> {
+    if !config.database.starts_with("sqlite:") {
+        anyhow::bail!(
+            "keyplane backup copies SQLite databases only, and this deployment uses PostgreSQL.\n\
+             Back it up with pg_dump, which takes a consistent snapshot while keyplane runs:\n\n    \
+             pg_dump --format=custom --file=keyplane.dump \"$KEYPLANE_DATABASE\"\n\n\
+             and restore into a new, empty database with\n\n    \
+             pg_restore --no-owner --dbname=\"$NEW_DATABASE_URL\" keyplane.dump\n\n\
+             Keep the pepper with the dump: without it no credential in it can be checked.\n\
+             See docs/operations.md."
+        );
+    }
+    let snapshot = match keyplane_store::backup_sqlite(&config.database, output, force).await {
+        Ok(s) => s,
+        Err(keyplane_store::BackupError::Exists(p)) => {
+            anyhow::bail!("{} already exists; pass --force to replace it", p.display())
+        }
+        Err(e) => return Err(e).context("no backup was written"),
+    };
+    let pepper = if config.pepper.is_some() {
+        "the pepper this deployment is given (KEYPLANE_PEPPER, KEYPLANE_PEPPER_FILE or pepper_file)"
+            .to_string()
+    } else {
+        config
+            .data_dir
+            .join("keyplane.pepper")
+            .display()
+            .to_string()
+    };
+    println!(
+        "wrote {} ({} bytes): a consistent copy of {}\nkeep it with {pepper}: without the pepper no credential in the copy can be checked",
+        snapshot.output.display(),
+        snapshot.bytes,
+        snapshot.database.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use keyplane_core::Keyplane;
 use keyplane_core::OAuthSettings;
 use keyplane_core::Settings;
 use keyplane_http::AppState;
+use keyplane_store::files;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,14 +26,20 @@ pub fn load_pepper(config: &Config) -> Result<Pepper> {
     }
     let path = config.data_dir.join("keyplane.pepper");
     let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t.trim().to_string(),
+        Ok(t) => {
+            // A pepper file an older version (or an operator) left readable by others.
+            files::restrict_or_warn(&path);
+            t.trim().to_string()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            if files::create_private_dir_all(&config.data_dir).with_context(|| {
                 format!(
                     "cannot create the data directory {}",
                     config.data_dir.display()
                 )
-            })?;
+            })? {
+                tracing::info!(path = %config.data_dir.display(), "created the data directory (mode 0700)");
+            }
             let generated = random_base62(64);
             write_private(&path, &generated)?;
             tracing::info!(path = %path.display(), "generated a new pepper; keep this file with the database");
@@ -51,17 +58,10 @@ pub fn load_pepper(config: &Config) -> Result<Pepper> {
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
+    let mut f = files::create_private_file(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(text.as_bytes())?;
+    f.sync_all()?;
     Ok(())
 }
 
@@ -79,6 +79,7 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         stale_serve_seconds: config.stale_serve_seconds,
         auth_failures_per_minute: config.auth_failures_per_minute,
         refusal_events_per_flush: config.refusal_events_per_flush,
+        metrics_token: config.metrics_token.clone().map(SecretString::new),
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,
@@ -295,10 +296,12 @@ pub async fn start(
         preloader.stop();
         let _ = flusher_stop.send(());
         let _ = flusher.await;
-        app_for_task
-            .flush_final()
-            .await
-            .context("could not flush batched writes at shutdown")?;
+        // Flush, then close storage even if the flush failed: SQLite copies its write-ahead log
+        // into the database file, so a copy of that file alone is complete after a clean stop.
+        let flushed = app_for_task.flush_final().await;
+        let closed = app_for_task.close_storage().await;
+        flushed.context("could not flush batched writes at shutdown")?;
+        closed.context("could not close the database cleanly at shutdown")?;
         served.context("the HTTP server failed")?;
         tracing::info!("stopped cleanly");
         Ok(())

@@ -9,6 +9,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod oauth;
+pub mod path;
 pub mod perm;
 pub mod request;
 pub mod roles;

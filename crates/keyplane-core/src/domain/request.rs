@@ -81,26 +81,60 @@ pub struct Page<T> {
 
 const MAX_PAGE: i64 = 200;
 
+/// Characters that change how text around them is shown without being visible themselves:
+/// bidirectional controls (Trojan Source), zero-width and other invisible characters. Two
+/// names differing only by these would look identical, so they are refused.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// A name as stored: trimmed, in Unicode NFC, 1 to 128 characters, with no control or
+/// invisible character (so two names that look the same are the same name).
 pub fn clean_name(field: &'static str, value: &str) -> Result<String> {
-    let v = value.trim();
+    use unicode_normalization::UnicodeNormalization;
+    let v: String = value.trim().nfc().collect();
     if v.is_empty() || v.chars().count() > 128 || v.chars().any(char::is_control) {
         return Err(Error::invalid(
             field,
             format!("`{field}` must be 1 to 128 printable characters"),
         ));
     }
-    Ok(v.to_string())
+    if v.chars().any(is_invisible) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "`{field}` contains an invisible or text-direction character (such as U+200B or U+202E); \
+                 names must look like what they are"
+            ),
+        ));
+    }
+    Ok(v)
 }
 
+/// A description as stored: trimmed, NFC, at most 1024 characters; line breaks and tabs are
+/// allowed, other control characters and invisible ones are not.
 pub fn clean_description(value: Option<&str>) -> Result<String> {
-    let v = value.unwrap_or("").trim();
+    use unicode_normalization::UnicodeNormalization;
+    let v: String = value.unwrap_or("").trim().nfc().collect();
     if v.chars().count() > 1024 {
         return Err(Error::invalid(
             "description",
             "`description` must be at most 1024 characters",
         ));
     }
-    Ok(v.to_string())
+    if v.chars()
+        .any(|c| (c.is_control() && c != '\n' && c != '\t' && c != '\r') || is_invisible(c))
+    {
+        return Err(Error::invalid(
+            "description",
+            "`description` contains a control, invisible or text-direction character",
+        ));
+    }
+    Ok(v)
 }
 
 pub fn valid_scope_name(s: &str) -> bool {
@@ -145,4 +179,35 @@ pub fn paginate<T>(mut items: Vec<T>, limit: i64, seq: impl Fn(&T) -> i64) -> Pa
         None
     };
     Page { items, next_cursor }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_nfc_and_visible() {
+        // "é" as one code point, and as "e" + combining acute: one name.
+        assert_eq!(
+            clean_name("name", "Caf\u{e9}").unwrap(),
+            clean_name("name", "Cafe\u{301}").unwrap()
+        );
+        for bad in [
+            "orgA\u{200B}",
+            "\u{202E}gnp.exe",
+            "a\u{2066}b",
+            "x\u{FEFF}",
+            "tag\u{E0041}",
+            "soft\u{AD}hyphen",
+            "ctl\u{7}",
+            "",
+            "   ",
+        ] {
+            assert!(clean_name("name", bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(clean_name("name", "  ai guard  ").unwrap(), "ai guard");
+        assert_eq!(clean_name("name", "日本語の鍵").unwrap(), "日本語の鍵");
+        assert!(clean_description(Some("two\nlines\tand a tab")).is_ok());
+        assert!(clean_description(Some("rtl \u{202E} trick")).is_err());
+    }
 }

@@ -1,8 +1,11 @@
 //! Route rules: which scopes a request to the platform's APIs needs, by method and path.
 //! Used by forward auth (`/v1/authz`, from the original request's method and URI) and by the
 //! gateway. The first matching rule wins; a request no rule matches is denied unless the
-//! deployment says otherwise.
+//! deployment says otherwise. Rules match only a [`NormalPath`] (see `path.rs`), and a rule's
+//! own path must already be in normal form, so a rule means what it says.
 
+use super::path::{normalize, NormalPath};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 /// Where route rules come from, so they can be reloaded without a restart (the binary reads
@@ -61,6 +64,17 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
     if !path.starts_with('/') {
         return Err(format!("path {path:?} must start with '/'"));
     }
+    // Requests are matched after normalization, so a rule written any other way could never
+    // match what it seems to name.
+    match normalize(path) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(normal)) => {
+            return Err(format!(
+                "path {path:?} is not in normal form: write it as {normal:?}"
+            ))
+        }
+        Err(e) => return Err(format!("path {path:?} cannot match a request: {e}")),
+    }
     let parts: Vec<&str> = path[1..].split('/').collect();
     let mut out = Vec::new();
     for (i, p) in parts.iter().enumerate() {
@@ -100,9 +114,8 @@ fn covers(a: &[Segment], b: &[Segment]) -> bool {
     a.len() == b.len()
 }
 
-fn matches(segments: &[Segment], path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let Some(rest) = path.strip_prefix('/') else {
+fn matches(segments: &[Segment], path: &NormalPath<'_>) -> bool {
+    let Some(rest) = path.as_str().strip_prefix('/') else {
         return false;
     };
     let mut parts = rest.split('/');
@@ -210,8 +223,8 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
-    /// What the first matching rule requires for `method` and `path` (the query is ignored).
-    pub fn decide(&self, method: &str, path: &str) -> Decision<'_> {
+    /// What the first matching rule requires for `method` and the normalized `path`.
+    pub fn decide(&self, method: &str, path: &NormalPath<'_>) -> Decision<'_> {
         for r in &self.rules {
             let method_ok = r
                 .methods
@@ -232,6 +245,13 @@ impl RuleSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::path::split_target;
+
+    /// What the rules say about a raw request target, normalized as the HTTP layer does.
+    fn decide<'a>(set: &'a RuleSet, method: &str, target: &str) -> Decision<'a> {
+        let (path, _query) = split_target(target);
+        set.decide(method, &NormalPath::parse(path).unwrap())
+    }
 
     fn rule(methods: &[&str], path: &str, scopes: &[&str], line: usize) -> RuleInput {
         RuleInput {
@@ -254,27 +274,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            set.decide("POST", "/v1/text/guard?x=1"),
+            decide(&set, "POST", "/v1/text/guard?x=1"),
             Decision::Require(&["ai-guard:read".to_string()])
         );
-        assert_eq!(set.decide("GET", "/v1/text/guard"), Decision::Deny);
+        assert_eq!(decide(&set, "GET", "/v1/text/guard"), Decision::Deny);
         assert_eq!(
-            set.decide("get", "/v1/items/42"),
+            decide(&set, "get", "/v1/items/42"),
             Decision::Require(&["items:read".to_string()])
         );
-        assert_eq!(set.decide("GET", "/v1/items/42/more"), Decision::Deny);
-        assert_eq!(set.decide("GET", "/v1/items/"), Decision::Deny);
+        assert_eq!(decide(&set, "GET", "/v1/items/42/more"), Decision::Deny);
+        assert_eq!(decide(&set, "GET", "/v1/items/"), Decision::Deny);
         assert_eq!(
-            set.decide("DELETE", "/v1/admin/a/b"),
+            decide(&set, "DELETE", "/v1/admin/a/b"),
             Decision::Require(&["admin".to_string()])
         );
         assert_eq!(
-            set.decide("DELETE", "/v1/admin"),
+            decide(&set, "DELETE", "/v1/admin"),
             Decision::Require(&["admin".to_string()])
         );
-        assert_eq!(set.decide("GET", "/elsewhere"), Decision::Deny);
+        assert_eq!(decide(&set, "GET", "/elsewhere"), Decision::Deny);
         let open = RuleSet::new(vec![], true).unwrap();
-        assert_eq!(open.decide("GET", "/elsewhere"), Decision::Require(&[]));
+        assert_eq!(decide(&open, "GET", "/elsewhere"), Decision::Require(&[]));
     }
 
     #[test]
@@ -329,5 +349,48 @@ mod tests {
         let known: BTreeSet<String> = ["other".to_string()].into();
         let e = set.check_scopes(&known).unwrap_err();
         assert!(e.contains("line 2") && e.contains("ai-guard:read"), "{e}");
+    }
+
+    #[test]
+    fn rules_match_the_normalized_path() {
+        let set = RuleSet::new(
+            vec![
+                rule(&["GET"], "/public/*", &["files:public"], 1),
+                rule(&["GET"], "/admin/*", &["files:admin"], 2),
+            ],
+            false,
+        )
+        .unwrap();
+        let admin = Decision::Require(&["files:admin".to_string()][..]);
+        let public = Decision::Require(&["files:public".to_string()][..]);
+        assert_eq!(decide(&set, "GET", "/public/../admin/secret.txt"), admin);
+        assert_eq!(decide(&set, "GET", "/public/./a.txt"), public);
+        assert_eq!(decide(&set, "GET", "/%70ublic/a.txt"), public);
+        assert_eq!(
+            decide(&set, "GET", "/public/a/../../admin/x?y=/public/"),
+            admin
+        );
+        for raw in [
+            "/public/%2e%2e/admin/secret.txt",
+            "/public/..%2fadmin/secret.txt",
+            "/public/..\\admin/secret.txt",
+            "/public/..;/admin/secret.txt",
+        ] {
+            assert!(NormalPath::parse(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_rule_path_must_be_normal() {
+        for (path, hint) in [
+            ("/public/../admin/*", "\"/admin/*\""),
+            ("/%7euser/*", "\"/~user/*\""),
+            ("/a%2fb", "encoded '/'"),
+            ("/a//b", "empty segment"),
+            ("/a/%2e%2e/b", "'..'"),
+        ] {
+            let e = RuleSet::new(vec![rule(&["GET"], path, &[], 6)], false).unwrap_err();
+            assert!(e.contains("line 6") && e.contains(hint), "{path}: {e}");
+        }
     }
 }

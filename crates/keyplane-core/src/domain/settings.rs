@@ -1,7 +1,7 @@
 //! A deployment's settings, as the use cases need them; the binary builds them from its
 //! configuration.
 
-use crate::domain::secret::SecretFormat;
+use crate::domain::secret::{SecretFormat, SecretString};
 use crate::domain::token::Alg;
 
 /// Settings the use cases need; the binary builds them from its configuration.
@@ -13,12 +13,14 @@ pub struct Settings {
     pub max_active_keys_per_org: Option<i64>,
     pub oauth: OAuthSettings,
     /// How long cached credentials are still served after the change feed from storage is
-    /// lost (see [`crate::feed`]).
+    /// lost (see the runtime's feed).
     pub stale_serve_seconds: u64,
     /// Failed management-API authentications allowed per client address per minute.
     pub auth_failures_per_minute: u32,
     /// Distinct refusal events written per flush; the rest are counted in one more.
     pub refusal_events_per_flush: usize,
+    /// When set, `/metrics` answers only requests bearing this token; otherwise it is open.
+    pub metrics_token: Option<SecretString>,
 }
 
 impl Default for Settings {
@@ -31,6 +33,7 @@ impl Default for Settings {
             stale_serve_seconds: 60,
             auth_failures_per_minute: 20,
             refusal_events_per_flush: 100,
+            metrics_token: None,
         }
     }
 }

@@ -251,18 +251,30 @@ impl SigningKey {
 
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         match &self.signer {
-            Signer::Es256(k) => k
-                .sign(&SystemRandom::new(), msg)
-                .expect("signing cannot fail")
-                .as_ref()
-                .to_vec(),
+            Signer::Es256(k) => {
+                let mut sig = k
+                    .sign(&SystemRandom::new(), msg)
+                    .expect("signing cannot fail")
+                    .as_ref()
+                    .to_vec();
+                p256_low_s(&mut sig);
+                sig
+            }
             Signer::Ed25519(k) => k.sign(msg).as_ref().to_vec(),
         }
     }
 
+    /// Checks a signature. ES256 signatures must be in low-s form: `(r, s)` and `(r, n - s)`
+    /// are both valid ECDSA signatures of the same message, so accepting both would let anyone
+    /// mint a second, different token string from any token (malleability); we sign low-s only.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         let alg: &dyn signature::VerificationAlgorithm = match self.alg {
-            Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            Alg::ES256 => {
+                if !is_p256_low_s(sig) {
+                    return false;
+                }
+                &signature::ECDSA_P256_SHA256_FIXED
+            }
             Alg::EdDSA => &signature::ED25519,
         };
         UnparsedPublicKey::new(alg, &self.public)
@@ -286,6 +298,35 @@ impl SigningKey {
 
     pub fn is_published(&self, now_ms: i64) -> bool {
         self.unpublish_at_ms.is_none_or(|u| u > now_ms)
+    }
+}
+
+/// The order n of the P-256 group, big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// ⌊n / 2⌋: the largest `s` of a low-s signature.
+const P256_HALF_N: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether a fixed-size (r ‖ s) P-256 signature has `s ≤ n/2`.
+pub fn is_p256_low_s(sig: &[u8]) -> bool {
+    sig.len() == 64 && sig[32..] <= P256_HALF_N[..]
+}
+
+/// Puts a fixed-size P-256 signature in low-s form (`s := n - s` when `s > n/2`).
+pub fn p256_low_s(sig: &mut [u8]) {
+    if sig.len() != 64 || is_p256_low_s(sig) {
+        return;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = (d + 256 * borrow) as u8;
     }
 }
 
@@ -484,5 +525,36 @@ mod tests {
         assert_eq!(ring.signer(Alg::ES256, 100).unwrap().kid, "next");
         assert_eq!(ring.jwks(50)["keys"].as_array().unwrap().len(), 2);
         assert!(ring.signer(Alg::EdDSA, 100).is_none());
+    }
+}
+
+#[cfg(test)]
+mod low_s_tests {
+    use super::*;
+
+    #[test]
+    fn high_s_signatures_are_refused_and_ours_are_low_s() {
+        let key =
+            SigningKey::from_pkcs8("k".into(), Alg::ES256, &generate_pkcs8(Alg::ES256), 0, None)
+                .unwrap();
+        for i in 0..64u8 {
+            let msg = [i; 7];
+            let sig = key.sign(&msg);
+            assert!(is_p256_low_s(&sig), "we signed high-s");
+            assert!(key.verify(&msg, &sig));
+            // The same signature with s replaced by n - s is valid ECDSA, and refused.
+            let mut high = sig.clone();
+            let mut borrow = 0i16;
+            for j in (0..32).rev() {
+                let d = i16::from(P256_N[j]) - i16::from(sig[32 + j]) - borrow;
+                borrow = i16::from(d < 0);
+                high[32 + j] = (d + 256 * borrow) as u8;
+            }
+            assert!(!is_p256_low_s(&high));
+            assert!(!key.verify(&msg, &high), "a high-s twin was accepted");
+            // Normalizing it gives the original back.
+            p256_low_s(&mut high);
+            assert_eq!(high, sig);
+        }
     }
 }

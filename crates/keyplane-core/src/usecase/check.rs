@@ -3,6 +3,7 @@
 
 use crate::app::Keyplane;
 use crate::domain::error::{Error, Result};
+use crate::domain::path::NormalPath;
 use crate::domain::perm::{Actor, PermSet, Principal};
 use crate::domain::request::{Refusal, RequestMeta};
 use crate::domain::routes::{Decision, RuleSet, RulesSource};
@@ -56,12 +57,14 @@ impl Keyplane {
     }
 
     /// Checks a credential for a request to the platform's APIs by the route rules: the rule
-    /// matching `method` and `path` says which scopes it needs (also returned).
+    /// matching `method` and `path` says which scopes it needs (also returned). The path is a
+    /// [`NormalPath`]: the caller normalized it (and refused an ambiguous one) first, and the
+    /// gateway forwards exactly that path.
     pub async fn check_request(
         &self,
         token: Option<&str>,
         method: &str,
-        path: &str,
+        path: &NormalPath<'_>,
         meta: &RequestMeta,
     ) -> (Verdict, Vec<String>) {
         let rules = self.rules();

@@ -1,5 +1,6 @@
 //! [`Keyplane`] use cases of running a node: flushing batched writes (last-used times, use
-//! counts, aggregated refusals and issuance events), rotation warnings, and readiness.
+//! counts, aggregated refusals and issuance events), closing storage at a clean stop, rotation
+//! warnings, and readiness.
 
 use crate::app::Keyplane;
 use crate::domain::clock::{from_ms, to_ms};
@@ -49,6 +50,14 @@ impl Keyplane {
         let _one_at_a_time = self.rt.flushing.lock().await;
         self.flush_locked().await?;
         self.flush_oauth(true).await
+    }
+
+    /// At a clean stop, after [`Keyplane::flush_final`] (and at the end of a CLI command on the
+    /// database): lets storage finish its files (SQLite copies its write-ahead log into the
+    /// database file, so that file alone holds everything). Storage is not used afterwards.
+    pub async fn close_storage(&self) -> Result<()> {
+        let _one_at_a_time = self.rt.flushing.lock().await;
+        self.rt.store.close().await
     }
 
     /// Writes batched client-secret use counts and aggregated token-issuance events; with

@@ -546,31 +546,16 @@ pub async fn member_remove(State(s): State<AppState>, Path(id): Path<String>, p:
     Ok(done(p.js, back))
 }
 
-pub async fn member_link(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    p: Posted,
-) -> Answer {
+pub async fn member_link(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
     let (token, link) = s
         .app
         .console_link_create(&p.signed.principal, &id, &p.meta)
         .await
         .map_err(fail(p.js, "/console/members"))?;
-    let scheme = if headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
-    {
-        "https"
-    } else {
-        "http"
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let url = format!("{scheme}://{host}/console/welcome#token={}", token.expose());
+    // Built from the configured public URL only: a request's Host header is the caller's to
+    // choose, and a forged one would make keyplane hand out a link to another site.
+    let base = s.app.settings().oauth.issuer.trim_end_matches('/');
+    let url = format!("{base}/console/welcome#token={}", token.expose());
     let hours = (link.expires_at - s.app.now()).whole_hours();
     Ok(secret(
         "One-time password link",

@@ -2,6 +2,7 @@
 //! 200 with identity headers, or 401/403 with an RFC 6750 challenge.
 
 use crate::auth::{bearer, request_meta};
+use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -9,6 +10,7 @@ use axum::http::{request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode}
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
+use keyplane_core::domain::path::{NormalPath, PathError};
 use keyplane_core::usecase::check::{Identity, Verdict};
 use std::borrow::Cow;
 
@@ -32,26 +34,96 @@ const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method")
 const FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 
-/// The request being authorized: from nginx `auth_request` (`X-Original-URI`/`-Method`),
-/// Traefik ForwardAuth (`X-Forwarded-Uri`/`-Method`) or Envoy ext_authz (the path after
-/// `/v1/authz`, with the request's own method).
-pub fn original_request(parts: &Parts) -> Option<(&str, Cow<'_, str>)> {
-    if let Some(uri) = header(parts, &ORIGINAL_URI) {
-        let method = header(parts, &ORIGINAL_METHOD).unwrap_or("GET");
-        return Some((method, Cow::Borrowed(uri)));
+/// Why `/v1/authz` cannot tell which request it is asked about: answered 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguous {
+    /// The original path is ambiguous (see `keyplane_core::domain::path`).
+    Path(PathError),
+    /// Two forms (nginx's, Traefik's headers, Envoy's path) name different requests: one of
+    /// them came from the caller, not the proxy.
+    Conflict,
+}
+
+impl IntoResponse for Ambiguous {
+    fn into_response(self) -> Response {
+        match self {
+            Ambiguous::Path(e) => ambiguous_path(e),
+            Ambiguous::Conflict => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "ambiguous-request",
+                "Ambiguous original request",
+                "X-Original-URI/-Method, X-Forwarded-Uri/-Method and the path after /v1/authz name different requests",
+            )
+            .into_response(),
+        }
     }
-    if let Some(uri) = header(parts, &FORWARDED_URI) {
-        let method = header(parts, &FORWARDED_METHOD).unwrap_or(parts.method.as_str());
-        return Some((method, Cow::Borrowed(uri)));
-    }
-    let rest = parts.uri.path().strip_prefix("/v1/authz")?;
-    rest.starts_with('/').then(|| {
-        let path = match parts.uri.query() {
-            Some(q) => Cow::Owned(format!("{rest}?{q}")),
-            None => Cow::Borrowed(rest),
+}
+
+/// 400 problem+json for a path that could be read more than one way.
+pub fn ambiguous_path(e: PathError) -> Response {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "ambiguous-path",
+        "Ambiguous request path",
+        e.to_string(),
+    )
+    .into_response()
+}
+
+/// The path of a header's request target (`/path?query`), normalized. The query is not looked
+/// at, whatever bytes it holds; bytes outside ASCII in the path are refused.
+fn header_path(v: &HeaderValue) -> Result<NormalPath<'_>, PathError> {
+    let bytes = v.as_bytes();
+    let path = match bytes.iter().position(|b| *b == b'?') {
+        Some(i) => &bytes[..i],
+        None => bytes,
+    };
+    NormalPath::parse(std::str::from_utf8(path).map_err(|_| PathError::NonAscii)?)
+}
+
+/// The request being authorized, with its path normalized: from nginx `auth_request`
+/// (`X-Original-URI`/`-Method`), Traefik ForwardAuth (`X-Forwarded-Uri`/`-Method`) or Envoy
+/// ext_authz (the path after `/v1/authz`, with the request's own method). `None` when nothing
+/// names one. A header that is present is never skipped: an unreadable or ambiguous path is an
+/// error, and so are two forms that name different requests (a proxy sets one; the other came
+/// from the caller).
+pub fn original_request(parts: &Parts) -> Option<Result<(&str, NormalPath<'_>), Ambiguous>> {
+    let envoy = parts
+        .uri
+        .path()
+        .strip_prefix("/v1/authz")
+        .filter(|rest| rest.starts_with('/'));
+    let forms = [
+        parts.headers.get(ORIGINAL_URI).map(|uri| {
+            (
+                header(parts, &ORIGINAL_METHOD).unwrap_or("GET"),
+                header_path(uri),
+            )
+        }),
+        parts.headers.get(FORWARDED_URI).map(|uri| {
+            (
+                header(parts, &FORWARDED_METHOD).unwrap_or(parts.method.as_str()),
+                header_path(uri),
+            )
+        }),
+        envoy.map(|rest| (parts.method.as_str(), NormalPath::parse(rest))),
+    ];
+    let mut found: Option<(&str, NormalPath<'_>)> = None;
+    for (method, path) in forms.into_iter().flatten() {
+        let path = match path {
+            Ok(p) => p,
+            Err(e) => return Some(Err(Ambiguous::Path(e))),
         };
-        (parts.method.as_str(), path)
-    })
+        match &found {
+            None => found = Some((method, path)),
+            Some((m, p)) => {
+                if !m.eq_ignore_ascii_case(method) || *p != path {
+                    return Some(Err(Ambiguous::Conflict));
+                }
+            }
+        }
+    }
+    found.map(Ok)
 }
 
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-keyplane-subject");
@@ -70,10 +142,12 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
             continue;
         }
         match crate::auth::form_unescape(v) {
-            Cow::Borrowed(v) => {
+            // A malformed escape names no scope anyone holds: the check fails closed (403).
+            Err(_) => out.push(Cow::Borrowed(v)),
+            Ok(Cow::Borrowed(v)) => {
                 out.extend(v.split(' ').filter(|s| !s.is_empty()).map(Cow::Borrowed))
             }
-            Cow::Owned(v) => out.extend(
+            Ok(Cow::Owned(v)) => out.extend(
                 v.split(' ')
                     .filter(|s| !s.is_empty())
                     .map(|s| Cow::Owned(s.to_string())),
@@ -88,6 +162,7 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
     params(("scope" = Option<String>, Query, description = "space-delimited scopes the request needs")),
     responses(
         (status = 200, description = "allowed; identity in X-Keyplane-Subject, -Scopes, -Org, -Project, -Credential-Id"),
+        (status = 400, description = "the original request's path is ambiguous (e.g. %2e%2e, %2F, a backslash, '//'), or two forms name different requests", content_type = "application/problem+json"),
         (status = 401, description = "missing, malformed, unknown, revoked or expired credential"),
         (status = 403, description = "the credential lacks a required scope")),
     security(("bearer" = [])))]
@@ -97,16 +172,18 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
     let token = bearer(&parts.headers);
     let explicit =
         parts.uri.path() == "/v1/authz" && parts.uri.query().is_some_and(|q| q.contains("scope="));
-    match (explicit, original_request(&parts)) {
-        (false, Some((method, path))) => {
-            let (verdict, required) = s.app.check_request(token, method, &path, &meta).await;
-            respond(verdict, &required)
-        }
-        _ => {
-            let required = required_scopes(parts.uri.query());
-            respond(s.app.check(token, &required, &meta).await, &required)
+    if !explicit {
+        match original_request(&parts) {
+            Some(Ok((method, path))) => {
+                let (verdict, required) = s.app.check_request(token, method, &path, &meta).await;
+                return respond(verdict, &required);
+            }
+            Some(Err(e)) => return e.into_response(),
+            None => {}
         }
     }
+    let required = required_scopes(parts.uri.query());
+    respond(s.app.check(token, &required, &meta).await, &required)
 }
 
 /// The answer for a verdict: 200 with identity headers, or 401/403 with an RFC 6750 challenge.

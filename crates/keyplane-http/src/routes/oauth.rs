@@ -188,22 +188,29 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
             "the form is not UTF-8".into(),
         )));
     };
-    let mut params = HashMap::with_capacity(4);
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = crate::auth::form_unescape(k).into_owned();
-        if params.contains_key(&k) {
-            return Err(oauth_error(OAuthError::InvalidRequest(format!(
-                "the parameter `{k}` is repeated"
-            ))));
-        }
-        params.insert(k, crate::auth::form_unescape(v).into_owned());
-    }
+    let params = parse_form(text).map_err(|e| oauth_error(OAuthError::InvalidRequest(e)))?;
     Ok(OAuthForm {
         params,
         headers: parts.headers,
         meta,
     })
+}
+
+/// The pairs of an OAuth form, strictly: every escape well formed, every value UTF-8, no
+/// parameter twice (RFC 6749 §3.2: "parameters MUST NOT be included more than once").
+fn parse_form(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut params = HashMap::with_capacity(4);
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |_| "the form has a malformed %-escape or is not UTF-8".to_string();
+        let k = crate::auth::form_unescape(k).map_err(bad)?.into_owned();
+        if params.contains_key(&k) {
+            return Err(format!("the parameter `{k}` is repeated"));
+        }
+        let v = crate::auth::form_unescape(v).map_err(bad)?.into_owned();
+        params.insert(k, v);
+    }
+    Ok(params)
 }
 
 /// RFC 6749 §2.3.1: the id and secret in Basic are each form-urlencoded before joining.
@@ -220,8 +227,8 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
         let text = String::from_utf8(raw).ok()?;
         let (id, secret) = text.split_once(':')?;
         Some((
-            crate::auth::form_unescape(id).into_owned(),
-            crate::auth::form_unescape(secret).into_owned(),
+            crate::auth::form_unescape(id).ok()?.into_owned(),
+            crate::auth::form_unescape(secret).ok()?.into_owned(),
         ))
     };
     Some(decode().ok_or(()))
@@ -238,6 +245,16 @@ fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
         (None, None) => None,
     };
     let basic = basic_credentials(&form.headers);
+    // RFC 6749 §2.3.1 forbids two methods; a `client_id` in the form that names another client
+    // than Basic does is a contradiction, not something to ignore. The same id is harmless
+    // (some clients always send it, RFC 6749 §4.4 allows it with Basic).
+    if let (Some(Ok((basic_id, _))), Some(form_id)) = (&basic, form.params.get("client_id")) {
+        if basic_id != form_id {
+            return Err(OAuthError::InvalidRequest(
+                "`client_id` in the form names another client than HTTP Basic does".into(),
+            ));
+        }
+    }
     match (basic, post) {
         (Some(_), Some(_)) => Err(OAuthError::InvalidRequest(
             "use one client authentication method: HTTP Basic or client_id/client_secret in the body, not both".into(),
@@ -486,4 +503,82 @@ pub async fn jwks(State(s): State<AppState>) -> Response {
         r.headers_mut().insert(header::CACHE_CONTROL, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(s: &str) -> String {
+        form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    fn basic_header(id: &str, secret: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let raw = format!("{}:{}", encode(id), encode(secret));
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+        h
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever is sent, the reader answers (no panic), and what a correct client encodes
+        /// comes back exactly.
+        #[test]
+        fn forms_round_trip(pairs in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{0,24}", 0..6)) {
+            let mut ser = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &pairs {
+                ser.append_pair(k, v);
+            }
+            let text = ser.finish();
+            let parsed = parse_form(&text).unwrap();
+            prop_assert_eq!(parsed.len(), pairs.len());
+            for (k, v) in &pairs {
+                prop_assert_eq!(parsed.get(k), Some(v));
+            }
+        }
+
+        #[test]
+        fn any_form_is_answered(text in ".{0,200}") {
+            let _ = parse_form(&text);
+        }
+
+        #[test]
+        fn repeated_parameters_are_refused(k in "[a-z]{1,8}", a in "[a-z]{0,8}", b in "[a-z]{0,8}") {
+            let text = format!("{k}={a}&{k}={b}");
+            prop_assert!(parse_form(&text).is_err());
+        }
+
+        /// A `%` not followed by two hexadecimal digits is refused, wherever it is.
+        #[test]
+        fn bad_escapes_are_refused(before in "[a-z]{0,8}", bad in "%([g-z+ -]|[0-9a-f][g-z+ -])", after in "[a-z]{0,8}", cut in "%[0-9a-f]?") {
+            let text = format!("k={before}{bad}{after}");
+            prop_assert!(parse_form(&text).is_err(), "accepted {}", text);
+            // Truncated at the end of the form.
+            let text = format!("k={before}{cut}");
+            prop_assert!(parse_form(&text).is_err(), "accepted {}", text);
+        }
+
+        /// RFC 6749 §2.3.1: id and secret are form-encoded, joined by `:`, then base64.
+        #[test]
+        fn basic_round_trips(id in "\\PC{1,40}", secret in "\\PC{0,60}") {
+            let got = basic_credentials(&basic_header(&id, &secret));
+            prop_assert_eq!(got, Some(Ok((id.clone(), secret.clone()))));
+        }
+
+        #[test]
+        fn any_authorization_is_answered(v in "[ -~]{0,200}") {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic {v}")) {
+                h.insert(header::AUTHORIZATION, v);
+                prop_assert!(basic_credentials(&h).is_some());
+            }
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! Operations: health, readiness, metrics and the OpenAPI document.
 
+use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use keyplane_core::domain::secret::ct_eq;
 use keyplane_core::runtime::feed::FeedStatus;
 use keyplane_core::usecase::operations::Readiness;
 
@@ -47,9 +49,32 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
-pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+/// Prometheus metrics. Open unless a metrics token is configured (`KEYPLANE_METRICS_TOKEN`),
+/// then only for `Authorization: Bearer <token>`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain"), (status = 401, body = crate::error::Problem, description = "a metrics token is configured and was not presented")))]
+pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(want) = &s.app.settings().metrics_token {
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !ct_eq(got.as_bytes(), want.expose().as_bytes()) {
+            let mut e = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "/metrics needs the metrics token: send `Authorization: Bearer <metrics token>`",
+            );
+            e.challenge = Some("Bearer realm=\"keyplane-metrics\"".into());
+            return e.into_response();
+        }
+    }
+    metrics_text(&s).into_response()
+}
+
+fn metrics_text(s: &AppState) -> impl IntoResponse {
     let (keys, unknown) = s.app.cache().len();
     let feed = s.app.feed_status();
     let body = format!(

@@ -67,7 +67,7 @@ fn keyplane(db: Option<&TestDb>) -> Command {
 }
 
 /// Runs a CLI command to completion (killed if it takes longer than [`CLI_TIMEOUT`]).
-async fn cli(db: Option<&TestDb>, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) async fn cli(db: Option<&TestDb>, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = keyplane(db);
     c.args(args).envs(env.iter().copied());
     let mut c = tokio::process::Command::from(c);
@@ -81,13 +81,13 @@ async fn cli(db: Option<&TestDb>, args: &[&str], env: &[(&str, &str)]) -> Output
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Everything a pipe yields, read on a thread of its own so the child never blocks on it.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
     fn follow(mut from: impl Read + Send + 'static) -> (Self, JoinHandle<()>) {
@@ -109,7 +109,7 @@ impl Captured {
         (captured, reader)
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         text(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -126,27 +126,33 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
     stdout: Captured,
-    stderr: Captured,
+    pub(crate) stderr: Captured,
     readers: Vec<JoinHandle<()>>,
     http: reqwest::Client,
 }
 
 /// A server that stopped: how it exited and all it wrote.
-struct Stopped {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Stopped {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Server {
     /// Starts `keyplane serve --listen 127.0.0.1:PORT --database URL` with `env` and waits until
     /// it says it listens and `/healthz` answers 200.
     pub(crate) async fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
+        Self::start_at(db, &db.url, env).await
+    }
+
+    /// [`Server::start`] on another database URL than the test database's own (another file in
+    /// its folder, say).
+    pub(crate) async fn start_at(db: &TestDb, url: &str, env: &[(&str, &str)]) -> Server {
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             let listen = format!("127.0.0.1:{}", free_port());
             let mut c = keyplane(Some(db));
-            c.args(["serve", "--listen", &listen, "--database", &db.url])
+            c.args(["serve", "--listen", &listen, "--database", url])
                 .envs(env.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
@@ -229,7 +235,7 @@ impl Server {
     }
 
     /// The admin key a first start printed in its banner.
-    async fn banner_admin_key(&mut self) -> String {
+    pub(crate) async fn banner_admin_key(&mut self) -> String {
         let err = self.wait_for_stderr(BANNER_END).await;
         let keys = admin_keys_in(&err);
         assert_eq!(
@@ -241,7 +247,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
-    async fn terminate(mut self) -> Stopped {
+    pub(crate) async fn terminate(mut self) -> Stopped {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -318,7 +324,7 @@ impl Server {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
-    async fn authz(&self, token: &str) -> StatusCode {
+    pub(crate) async fn authz(&self, token: &str) -> StatusCode {
         self.call(
             Method::GET,
             "/v1/authz?scope=ai-guard:read",
@@ -329,7 +335,7 @@ impl Server {
         .status
     }
 
-    async fn service(&self, admin: &str) {
+    pub(crate) async fn service(&self, admin: &str) {
         let a = self
             .post(
                 "/v1/services",
@@ -341,7 +347,7 @@ impl Server {
     }
 
     /// Creates a key as `admin`; returns (id, secret).
-    async fn key(&self, admin: &str, name: &str) -> (String, String) {
+    pub(crate) async fn key(&self, admin: &str, name: &str) -> (String, String) {
         let a = self
             .post(
                 "/v1/api-keys",
@@ -356,7 +362,7 @@ impl Server {
         (v["id"].as_str().expect("id").to_string(), secret)
     }
 
-    async fn revoke(&self, admin: &str, id: &str) {
+    pub(crate) async fn revoke(&self, admin: &str, id: &str) {
         let a = self
             .post(&format!("/v1/api-keys/{id}/revoke"), admin, json!({}))
             .await;

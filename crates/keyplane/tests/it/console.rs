@@ -83,11 +83,25 @@ impl Console {
         form: &[(&str, &str)],
         csrf_header: Option<&str>,
     ) -> (StatusCode, String, Option<String>) {
+        self.post_with(path, form, csrf_header, &[]).await
+    }
+
+    /// [`Console::post`] with extra request headers (a forged `Host`, say).
+    pub(crate) async fn post_with(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        csrf_header: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String, Option<String>) {
         let mut req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
             .form(form);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(t) = csrf_header {
             req = req.header("x-csrf-token", t);
         }

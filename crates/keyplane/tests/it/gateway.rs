@@ -652,3 +652,400 @@ pub fn assert_seed_answer(v: &Value) {
         "{v}"
     );
 }
+
+// ---- One path (issue 11): traversal through the gateway and every /v1/authz form ----------
+
+/// Route rules of a file server: a public half and an admin half.
+pub const FILE_RULES: &str = r#"
+[[routes]]
+methods = ["GET"]
+path = "/public/*"
+scopes = ["files:public"]
+
+[[routes]]
+methods = ["GET"]
+path = "/admin/*"
+scopes = ["files:admin"]
+"#;
+
+/// What the file upstream answers for its secret file; nothing else carries it.
+pub const SECRET: &str = "TOP-SECRET-ADMIN-FILE";
+
+/// A file server that answers `upstream saw <request target>` for any request, plus [`SECRET`]
+/// for `/admin/secret.txt`, read the way a server that resolves dot segments after decoding
+/// would read it. It sees the request target exactly as it arrived (axum does not normalize).
+pub async fn files_upstream() -> String {
+    async fn any(req: Request) -> String {
+        let target = req.uri().to_string();
+        let served = req.uri().path().replace("%2e", ".").replace("%2E", ".");
+        let mut parts: Vec<&str> = Vec::new();
+        for seg in served.split('/').skip(1) {
+            match seg {
+                "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                s => parts.push(s),
+            }
+        }
+        let served = format!("/{}", parts.join("/"));
+        let secret = if served == "/admin/secret.txt" {
+            SECRET
+        } else {
+            ""
+        };
+        format!("upstream saw {target}\n{secret}")
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(any))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+/// One HTTP/1.1 request written byte for byte on a TCP connection, so nothing (no URL parser
+/// of a client library) normalizes the request target first. Returns the status and the whole
+/// answer (head and body) as text.
+pub async fn raw_request(
+    base: &str,
+    method: &str,
+    target: &[u8],
+    headers: &[(&str, &[u8])],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut req = Vec::new();
+    req.extend_from_slice(method.as_bytes());
+    req.push(b' ');
+    req.extend_from_slice(target);
+    req.extend_from_slice(format!(" HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n").as_bytes());
+    for (k, v) in headers {
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(&req).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    (status, text)
+}
+
+/// The attacks of issue 11, as raw request targets, with what the gateway and `/v1/authz`
+/// answer a key that holds only `files:public`: 403 where the normalized path lands on the
+/// admin rule, 400 where the path is ambiguous.
+pub const ATTACKS: &[(&str, u16)] = &[
+    ("/public/../admin/secret.txt", 403),
+    ("/public/a/../../admin/secret.txt", 403),
+    ("/public/./../admin/secret.txt", 403),
+    ("/public/%2e%2e/admin/secret.txt", 400),
+    ("/public/%2E%2E/admin/secret.txt", 400),
+    ("/public/.%2e/admin/secret.txt", 400),
+    ("/public/%2e./admin/secret.txt", 400),
+    ("/public/..%2fadmin/secret.txt", 400),
+    ("/public/..%2Fadmin/secret.txt", 400),
+    ("/public/%2e%2e%2fadmin/secret.txt", 400),
+    ("/public/..%5cadmin/secret.txt", 400),
+    ("/public/..%5Cadmin/secret.txt", 400),
+    ("/public/..\\admin/secret.txt", 400),
+    ("/public//../admin/secret.txt", 400),
+    ("/public/..;/admin/secret.txt", 400),
+    ("/public/%00/../../admin/secret.txt", 400),
+    ("/public/%zz/../../admin/secret.txt", 400),
+    ("/public/%4/../../admin/secret.txt", 400),
+    ("/public/%+2/../../admin/secret.txt", 400),
+];
+
+fn assert_problem(what: &str, answer: &str) {
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json")
+            && answer.contains("ambiguous"),
+        "{what}: not an ambiguity problem+json: {answer}"
+    );
+}
+
+async fn path_cases(backend: keyplane_testkit::Backend) {
+    let up = files_upstream().await;
+    let dir = TempDir::new();
+    let Some(app) = with_config(backend, &dir, &up).await else {
+        return;
+    };
+    let admin = app.admin_key.clone();
+    let gw = app.gateway_base().expect("the gateway runs");
+    app.service("files", &["files:public", "files:admin"]).await;
+    std::fs::write(dir.path().join("keyplane.toml"), FILE_RULES).unwrap();
+    let r = app.post("/v1/admin/routes/reload", &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let (_, public) = app
+        .key(
+            &admin,
+            json!({ "name": "public", "scopes": ["files:public"] }),
+        )
+        .await;
+    let (_, both) = app
+        .key(
+            &admin,
+            json!({ "name": "both", "scopes": ["files:public", "files:admin"] }),
+        )
+        .await;
+    let bearer = |k: &str| format!("Bearer {k}").into_bytes();
+    let public_auth = bearer(&public);
+
+    // The gateway: every attack is refused and never reaches the upstream.
+    for (target, want) in ATTACKS {
+        let (status, answer) = raw_request(
+            &gw,
+            "GET",
+            target.as_bytes(),
+            &[("Authorization", &public_auth)],
+        )
+        .await;
+        assert!(!answer.contains(SECRET), "gateway {target}: {answer}");
+        assert!(
+            !answer.contains("upstream saw"),
+            "gateway {target}: forwarded: {answer}"
+        );
+        assert_eq!(status, *want, "gateway {target}: {answer}");
+        if *want == 400 {
+            assert_problem(target, &answer);
+        }
+    }
+    // curl, as the issue reports it: --path-as-is sends the dot segments unchanged.
+    for target in [
+        "/public/../admin/secret.txt",
+        "/public/%2e%2e/admin/secret.txt",
+        "/public/..%2fadmin/secret.txt",
+    ] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--path-as-is",
+                "--max-time",
+                "10",
+                "--write-out",
+                "\n%{http_code}",
+            ])
+            .arg("--header")
+            .arg(format!("Authorization: Bearer {public}"))
+            .arg(format!("{gw}{target}"))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let code = text.rsplit('\n').next().unwrap_or("");
+        assert!(code == "403" || code == "400", "curl {target}: {text}");
+        assert!(!text.contains(SECRET), "curl {target}: {text}");
+    }
+
+    // What is allowed reaches the upstream as the normalized path it was authorized for, with
+    // the query unchanged.
+    for (target, forwarded) in [
+        ("/public/./a.txt", "/public/a.txt"),
+        ("/public/./a.txt?x=%2e%2e/y", "/public/a.txt?x=%2e%2e/y"),
+        ("/%70ublic/b/../a%7e.txt", "/public/a~.txt"),
+        ("/public/a%3f%20b", "/public/a%3F%20b"),
+    ] {
+        let (status, answer) = raw_request(
+            &gw,
+            "GET",
+            target.as_bytes(),
+            &[("Authorization", &public_auth)],
+        )
+        .await;
+        assert_eq!(status, 200, "{target}: {answer}");
+        assert!(
+            answer.contains(&format!("upstream saw {forwarded}\n")),
+            "{target} should reach the upstream as {forwarded}: {answer}"
+        );
+    }
+    // A key that holds the admin scope gets the file the normalized path names, and the
+    // upstream is asked for that path, not the raw one.
+    let (status, answer) = raw_request(
+        &gw,
+        "GET",
+        b"/public/../admin/secret.txt",
+        &[("Authorization", &bearer(&both))],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("upstream saw /admin/secret.txt\n") && answer.contains(SECRET),
+        "{answer}"
+    );
+
+    // /v1/authz, nginx's and Traefik's headers (reqwest sends header values as they are).
+    for (uri_header, method_header) in [
+        ("X-Original-URI", "X-Original-Method"),
+        ("X-Forwarded-Uri", "X-Forwarded-Method"),
+    ] {
+        for (target, want) in ATTACKS {
+            let r = app
+                .http
+                .get(format!("{}/v1/authz", app.base))
+                .bearer_auth(&public)
+                .header(uri_header, *target)
+                .header(method_header, "GET")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(status, *want, "{uri_header}: {target}");
+            if *want == 400 {
+                assert_eq!(
+                    ct.as_deref(),
+                    Some("application/problem+json"),
+                    "{uri_header}: {target}"
+                );
+            }
+        }
+        let ok = app
+            .http
+            .get(format!("{}/v1/authz", app.base))
+            .bearer_auth(&public)
+            .header(uri_header, "/public/./a.txt?x=1")
+            .header(method_header, "GET")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK, "{uri_header}: /public/./a.txt");
+    }
+
+    // /v1/authz, Envoy's form: the original path after /v1/authz, sent raw.
+    for (target, want) in ATTACKS {
+        let (status, answer) = raw_request(
+            &app.base,
+            "GET",
+            format!("/v1/authz{target}").as_bytes(),
+            &[("Authorization", &public_auth)],
+        )
+        .await;
+        assert_eq!(status, *want, "envoy {target}: {answer}");
+        if *want == 400 {
+            assert_problem(target, &answer);
+        }
+    }
+    let (status, answer) = raw_request(
+        &app.base,
+        "GET",
+        b"/v1/authz/public/./a.txt",
+        &[("Authorization", &public_auth)],
+    )
+    .await;
+    assert_eq!(status, 200, "envoy /public/./a.txt: {answer}");
+
+    // A header that is present is never skipped: raw non-ASCII bytes in the path are refused,
+    // and in the query they do not hide the path (nginx passes $request_uri's bytes as they are).
+    let authz_with = |headers: Vec<(&'static str, Vec<u8>)>| {
+        let mut r = app
+            .http
+            .get(format!("{}/v1/authz", app.base))
+            .bearer_auth(&public);
+        for (k, v) in headers {
+            r = r.header(
+                k,
+                keyplane_testkit::reqwest::header::HeaderValue::from_bytes(&v).unwrap(),
+            );
+        }
+        r.send()
+    };
+    for (headers, want, what) in [
+        (
+            vec![("X-Original-URI", b"/admin/secret.txt?\xc3\xa9".to_vec())],
+            403,
+            "non-ASCII query",
+        ),
+        (
+            vec![("X-Forwarded-Uri", b"/admin/secret.txt?\xff".to_vec())],
+            403,
+            "non-UTF-8 query",
+        ),
+        (
+            vec![(
+                "X-Original-URI",
+                b"/public/\xc3\xa9/../../admin/secret.txt".to_vec(),
+            )],
+            400,
+            "non-ASCII path",
+        ),
+        (
+            vec![("X-Original-URI", b"".to_vec())],
+            400,
+            "empty X-Original-URI",
+        ),
+        // Two forms naming different requests: one came from the caller, not the proxy.
+        (
+            vec![
+                ("X-Forwarded-Uri", b"/admin/secret.txt".to_vec()),
+                ("X-Forwarded-Method", b"GET".to_vec()),
+                ("X-Original-URI", b"/public/a.txt".to_vec()),
+            ],
+            400,
+            "X-Original-URI spoofed behind Traefik",
+        ),
+        (
+            vec![
+                ("X-Forwarded-Uri", b"/public/a.txt".to_vec()),
+                ("X-Forwarded-Method", b"DELETE".to_vec()),
+                ("X-Original-URI", b"/public/a.txt".to_vec()),
+            ],
+            400,
+            "X-Original-Method defaulting to GET behind Traefik",
+        ),
+        (
+            vec![
+                ("X-Forwarded-Uri", b"/public/./a.txt".to_vec()),
+                ("X-Forwarded-Method", b"GET".to_vec()),
+                ("X-Original-URI", b"/public/a.txt?x".to_vec()),
+                ("X-Original-Method", b"get".to_vec()),
+            ],
+            200,
+            "both forms naming the same request",
+        ),
+    ] {
+        let r = authz_with(headers).await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{what}");
+    }
+    let (status, answer) = raw_request(
+        &app.base,
+        "GET",
+        b"/v1/authz/public/a.txt",
+        &[
+            ("Authorization", &public_auth),
+            ("X-Original-URI", b"/admin/secret.txt"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "Envoy's path and a caller's X-Original-URI disagree: {answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_attacks_sqlite() {
+    path_cases(keyplane_testkit::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_attacks_postgres() {
+    path_cases(keyplane_testkit::Backend::Postgres).await;
+}
