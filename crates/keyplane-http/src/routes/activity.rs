@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityQuery {
     /// Only this organization's events (the admin key sees all by default).
@@ -37,7 +38,7 @@ pub struct ActivityQuery {
 }
 
 /// Activity events, newest first.
-#[utoipa::path(get, path = "/v1/activity", tag = "activity", params(ActivityQuery),
+#[utoipa::path(get, path = "/v1/activity", operation_id = "activity_list", tag = "activity", params(ActivityQuery),
     responses((status = 200, body = List<EventView>)), security(("bearer" = [])))]
 pub async fn query(
     State(s): State<AppState>,
@@ -77,7 +78,7 @@ pub async fn query(
 }
 
 /// Whether the activity chain is intact: every event present, in order, unedited.
-#[utoipa::path(get, path = "/v1/activity/verify", tag = "activity", responses((status = 200, body = VerifyView)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/activity/verify", operation_id = "activity_verify", tag = "activity", responses((status = 200, body = VerifyView)), security(("bearer" = [])))]
 pub async fn verify(State(s): State<AppState>, c: Caller) -> ApiResult<Json<VerifyView>> {
     let r = s.app.activity_verify(&c.principal).await?;
     Ok(Json(VerifyView {
