@@ -262,6 +262,74 @@ pub async fn fallback() -> ApiError {
     ApiError::not_found("no such route; the API is described at /openapi.json")
 }
 
+/// Answers a known route asked with a method it does not take (axum's default is an empty 405).
+/// The router adds the `Allow` header listing the methods the route does take. On the OAuth
+/// endpoints the body is an RFC 6749 §5.2 error, elsewhere problem+json.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let detail = format!(
+        "this route does not take {method}; the Allow header lists the methods it does take"
+    );
+    if crate::routes::oauth::is_oauth_path(uri.path()) {
+        return crate::routes::oauth::error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            detail,
+        );
+    }
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        detail,
+    )
+    .into_response()
+}
+
+/// The last safety net: an error answer that left the router with no body and no content type
+/// (one of axum's or tower's own, should any remain) gets the body its route's error format
+/// asks for, so no keyplane error is ever an empty page. Answers with a body pass untouched.
+pub fn fill_empty_error(path: &str, resp: Response) -> Response {
+    use axum::body::HttpBody;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp.headers().contains_key(header::CONTENT_TYPE)
+        || resp.body().size_hint().exact() != Some(0)
+    {
+        return resp;
+    }
+    let (mut parts, _) = resp.into_parts();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let filled = if crate::routes::oauth::is_oauth_path(path) {
+        let code = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request"
+        };
+        crate::routes::oauth::error_response(status, code, reason.to_ascii_lowercase())
+    } else {
+        ApiError::new(status, "http", reason, reason.to_ascii_lowercase()).into_response()
+    };
+    let (new_parts, body) = filled.into_parts();
+    for (name, value) in new_parts.headers.iter() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
+}
+
+/// The answer to a request refused before routing because its URI or its headers are larger
+/// than keyplane accepts (414, 431): problem+json, or an RFC 6749 body on the OAuth endpoints.
+pub fn too_large(path: &str, status: StatusCode, detail: String) -> Response {
+    if crate::routes::oauth::is_oauth_path(path) {
+        return crate::routes::oauth::error_response(status, "invalid_request", detail);
+    }
+    let (slug, title) = if status == StatusCode::URI_TOO_LONG {
+        ("uri-too-long", "URI too long")
+    } else {
+        ("headers-too-large", "Request headers too large")
+    };
+    ApiError::new(status, slug, title, detail).into_response()
+}
+
 /// A JSON body that may be left out entirely (then `T::default()`).
 pub struct OptionalJson<T>(pub T);
 

@@ -8,6 +8,7 @@ pub mod edge;
 pub mod error;
 pub mod etag;
 pub mod gateway;
+pub mod no_store;
 pub mod openapi;
 pub mod routes;
 
@@ -20,6 +21,17 @@ use tokio::net::TcpListener;
 
 /// Management request bodies are small; anything larger is refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The longest request target (path and query) keyplane reads; a longer one is refused with a
+/// 414 that has a body. nginx's default `large_client_header_buffers` (8k) is the same bound, so
+/// nothing that passes a default nginx is refused. (hyper refuses targets over 65 534 bytes by
+/// itself, with a 414 that has no body, before keyplane sees the request.)
+pub const URI_LIMIT: usize = 8 * 1024;
+
+/// The most header bytes (names, values and separators) keyplane reads; more is refused with a
+/// 431 that has a body. (hyper refuses a header section over about 400 KiB, or more than 100
+/// header fields, by itself, with a 431 that has no body, before keyplane sees the request.)
+pub const HEADER_LIMIT: usize = 32 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -51,7 +63,39 @@ pub fn router(state: AppState) -> Router {
             )),
         )
         .fallback(error::fallback)
+        // Last, so that it reaches every route merged above.
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
+}
+
+/// Bytes of a request's header section as sent: each `name: value` line and its CRLF.
+pub fn header_bytes(headers: &axum::http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// A 414 or 431 for a request whose target or headers exceed [`URI_LIMIT`] or
+/// [`HEADER_LIMIT`], or `None`. Checked before any route, hot or not.
+fn over_limits(req: &axum::extract::Request) -> Option<axum::response::Response> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let path = req.uri().path();
+    if target > URI_LIMIT {
+        return Some(error::too_large(
+            path,
+            axum::http::StatusCode::URI_TOO_LONG,
+            format!("the request target is longer than {URI_LIMIT} bytes"),
+        ));
+    }
+    if header_bytes(req.headers()) > HEADER_LIMIT {
+        return Some(error::too_large(
+            path,
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request's headers are larger than {HEADER_LIMIT} bytes"),
+        ));
+    }
+    None
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets requests in flight finish.
@@ -128,6 +172,9 @@ impl tower::Service<axum::extract::Request> for HotRoutes {
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
         use axum::extract::State;
+        if let Some(refused) = over_limits(&req) {
+            return Box::pin(std::future::ready(Ok(refused)));
+        }
         let post = req.method() == axum::http::Method::POST;
         match (post, req.uri().path()) {
             (_, "/v1/authz") => {
@@ -142,9 +189,13 @@ impl tower::Service<axum::extract::Request> for HotRoutes {
                 let state = self.state.clone();
                 Box::pin(async move { Ok(routes::oauth::introspect(State(state), req).await) })
             }
-            _ => {
+            (_, path) => {
                 let rest = self.rest.clone();
-                Box::pin(async move { tower::ServiceExt::oneshot(rest, req).await })
+                let path = path.to_string();
+                Box::pin(async move {
+                    let resp = tower::ServiceExt::oneshot(rest, req).await?;
+                    Ok(error::fill_empty_error(&path, resp))
+                })
             }
         }
     }

@@ -95,10 +95,14 @@ pub async fn sign_in(
     };
     let throttle_keys = sign_in_keys(&who, &addr);
     if let Some(wait) = cs.throttle.blocked(&throttle_keys, now_ms) {
-        return page(
+        let mut r = page(
             StatusCode::TOO_MANY_REQUESTS,
             format!("Too many failed sign-ins. Wait {wait} seconds, then try again."),
         );
+        // RFC 6585 §4: a 429 may say how long to wait; a script or a proxy can read it here.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(wait));
+        return r;
     }
     let opened = if mode == "member" {
         let password = form.raw("password").to_string();

@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityQuery {
     /// Only this organization's events (the admin key sees all by default).
@@ -37,7 +38,7 @@ pub struct ActivityQuery {
 }
 
 /// Activity events, newest first.
-#[utoipa::path(get, path = "/v1/activity", tag = "activity", params(ActivityQuery),
+#[utoipa::path(get, path = "/v1/activity", operation_id = "activity_list", tag = "activity", params(ActivityQuery),
     responses((status = 200, body = List<EventView>)), security(("bearer" = [])))]
 pub async fn query(
     State(s): State<AppState>,
@@ -88,7 +89,7 @@ pub struct VerifyQuery {
 /// events appended since the last checkpoint (`full=true`: the whole chain, admin key only).
 /// A caller scoped to an organization gets the chain's state with its organization's events
 /// counted, and the broken event named only when it is one of them.
-#[utoipa::path(get, path = "/v1/activity/verify", tag = "activity", params(VerifyQuery),
+#[utoipa::path(get, path = "/v1/activity/verify", operation_id = "activity_verify", tag = "activity", params(VerifyQuery),
     responses((status = 200, body = VerifyView)), security(("bearer" = [])))]
 pub async fn verify(
     State(s): State<AppState>,

@@ -158,13 +158,13 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
 }
 
 /// Check a bearer credential (API key or access token) and the scopes the request needs.
-#[utoipa::path(get, path = "/v1/authz", tag = "forward-auth",
+#[utoipa::path(get, path = "/v1/authz", operation_id = "authz_check", tag = "forward-auth",
     params(("scope" = Option<String>, Query, description = "space-delimited scopes the request needs")),
     responses(
         (status = 200, description = "allowed; identity in X-Keyplane-Subject, -Scopes, -Org, -Project, -Credential-Id"),
         (status = 400, description = "the original request's path is ambiguous (e.g. %2e%2e, %2F, a backslash, '//'), or two forms name different requests", content_type = "application/problem+json"),
-        (status = 401, description = "missing, malformed, unknown, revoked or expired credential"),
-        (status = 403, description = "the credential lacks a required scope")),
+        (status = 401, description = "missing, malformed, unknown, revoked or expired credential (`invalid_token`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge"))),
+        (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge")))),
     security(("bearer" = [])))]
 pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Response {
     let (parts, _body) = req.into_parts();

@@ -4,6 +4,7 @@ use crate::auth::Caller;
 use crate::dto::*;
 use crate::error::{ApiResult, AppJson, AppPath, AppQuery, OptionalJson};
 use crate::etag::{IfMatch, Tagged};
+use crate::no_store::NoStore;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,14 +33,14 @@ const SHOWN_ONCE: &str =
     "Store this client secret now: it is shown only once. keyplane keeps only a keyed hash of it.";
 
 /// Register a client-credentials client. The secret is in this response only.
-#[utoipa::path(post, path = "/v1/oauth-clients", tag = "oauth-clients", request_body = CreateClient,
-    responses((status = 201, body = ClientWithSecret), (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem)),
+#[utoipa::path(post, path = "/v1/oauth-clients", operation_id = "oauth_clients_create", tag = "oauth-clients", request_body = CreateClient,
+    responses((status = 201, body = ClientWithSecret, headers(("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`"))), (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem)),
     security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
     c: Caller,
     AppJson(b): AppJson<CreateClient>,
-) -> ApiResult<(StatusCode, Json<ClientWithSecret>)> {
+) -> ApiResult<NoStore<(StatusCode, Json<ClientWithSecret>)>> {
     let input = NewClient {
         org_id: b.org_id,
         project_id: b.project_id,
@@ -55,7 +56,7 @@ pub async fn create(
     };
     let (client, cs, secret) = s.app.client_create(&c.principal, input, &c.meta).await?;
     let secrets = s.app.client_get(&c.principal, &client.client_id).await?.1;
-    Ok((
+    Ok(NoStore((
         StatusCode::CREATED,
         Json(ClientWithSecret {
             client: ClientView::new(client, secrets, s.app.now()),
@@ -63,10 +64,11 @@ pub async fn create(
             secret_id: cs.id,
             message: SHOWN_ONCE.into(),
         }),
-    ))
+    )))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ClientListQuery {
     pub org_id: Option<String>,
@@ -76,7 +78,7 @@ pub struct ClientListQuery {
 }
 
 /// List clients (never their secrets' values), oldest first, by cursor.
-#[utoipa::path(get, path = "/v1/oauth-clients", tag = "oauth-clients", params(ClientListQuery),
+#[utoipa::path(get, path = "/v1/oauth-clients", operation_id = "oauth_clients_list", tag = "oauth-clients", params(ClientListQuery),
     responses((status = 200, body = List<ClientView>)), security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
@@ -105,7 +107,7 @@ pub async fn list(
 }
 
 /// Get one client, with its secrets' ages, expiry and use.
-#[utoipa::path(get, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/oauth-clients/{client_id}", operation_id = "oauth_clients_get", tag = "oauth-clients", params(("client_id" = String, Path)),
     responses((status = 200, body = ClientView, headers(("ETag" = String, description = "The version, for If-Match"))), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
 pub async fn get_one(
     State(s): State<AppState>,
@@ -120,7 +122,7 @@ pub async fn get_one(
 }
 
 /// Edit name, scopes, token lifetime, format, algorithm, audience or rotation policy.
-#[utoipa::path(patch, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateClient,
+#[utoipa::path(patch, path = "/v1/oauth-clients/{client_id}", operation_id = "oauth_clients_update", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateClient,
     responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 200, body = ClientView)), security(("bearer" = [])))]
 pub async fn update(
     State(s): State<AppState>,
@@ -150,7 +152,7 @@ pub async fn update(
 }
 
 /// Delete a client; its access tokens stop working at once.
-#[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")),
+#[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}", operation_id = "oauth_clients_delete", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")),
     responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 204)), security(("bearer" = [])))]
 pub async fn remove(
     State(s): State<AppState>,
@@ -165,21 +167,21 @@ pub async fn remove(
 }
 
 /// Add a secret (shown once); optionally give the other secrets a grace period.
-#[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/secrets", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = AddClientSecret,
-    responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 201, body = NewClientSecret)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/secrets", operation_id = "oauth_clients_secrets_add", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = Option<AddClientSecret>,
+    responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 201, body = NewClientSecret, headers(("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`")))), security(("bearer" = [])))]
 pub async fn add_secret(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
     IfMatch(if_match): IfMatch,
     OptionalJson(b): OptionalJson<AddClientSecret>,
-) -> ApiResult<(StatusCode, Json<NewClientSecret>)> {
+) -> ApiResult<NoStore<(StatusCode, Json<NewClientSecret>)>> {
     let grace = b.old_secrets_expire_in_seconds.map(time::Duration::seconds);
     let (cs, secret) = s
         .app
         .client_secret_add(&c.principal, &id, grace, if_match, &c.meta)
         .await?;
-    Ok((
+    Ok(NoStore((
         StatusCode::CREATED,
         Json(NewClientSecret {
             secret_id: cs.id,
@@ -188,11 +190,11 @@ pub async fn add_secret(
             created_at: rfc3339(cs.created_at),
             message: SHOWN_ONCE.into(),
         }),
-    ))
+    )))
 }
 
 /// Retire a secret at once. Access tokens issued before now stop working.
-#[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}/secrets/{secret_id}", tag = "oauth-clients",
+#[utoipa::path(delete, path = "/v1/oauth-clients/{client_id}/secrets/{secret_id}", operation_id = "oauth_clients_secrets_retire", tag = "oauth-clients",
     params(("client_id" = String, Path), ("secret_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 204)), security(("bearer" = [])))]
 pub async fn retire_secret(
     State(s): State<AppState>,
@@ -207,19 +209,19 @@ pub async fn retire_secret(
 }
 
 /// Issue an access token for the client (the console's "create access token").
-#[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/tokens", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = IssueClientToken,
-    responses((status = 201, body = IssuedTokenView)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/tokens", operation_id = "oauth_clients_tokens_issue", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = Option<IssueClientToken>,
+    responses((status = 201, body = IssuedTokenView, headers(("Cache-Control" = String, description = "`no-store`: the answer carries an access token"), ("Pragma" = String, description = "`no-cache`")))), security(("bearer" = [])))]
 pub async fn issue_token(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
     OptionalJson(b): OptionalJson<IssueClientToken>,
-) -> ApiResult<(StatusCode, Json<IssuedTokenView>)> {
+) -> ApiResult<NoStore<(StatusCode, Json<IssuedTokenView>)>> {
     let t = s
         .app
         .client_token(&c.principal, &id, b.scope.as_deref(), &c.meta)
         .await?;
-    Ok((
+    Ok(NoStore((
         StatusCode::CREATED,
         Json(IssuedTokenView {
             access_token: t.access_token,
@@ -227,5 +229,5 @@ pub async fn issue_token(
             expires_in: t.expires_in,
             scope: t.scope,
         }),
-    ))
+    )))
 }

@@ -4,6 +4,7 @@ use crate::auth::Caller;
 use crate::dto::*;
 use crate::error::{ApiResult, AppJson, AppPath, AppQuery, OptionalJson};
 use crate::etag::{IfMatch, Tagged};
+use crate::no_store::NoStore;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,7 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/api-keys", post(create).get(list))
         .route(
             "/v1/api-keys/{id}",
-            get(get_one).patch(update).delete(revoke),
+            get(get_one).patch(update).delete(delete_key),
         )
         .route("/v1/api-keys/{id}/copy", post(copy))
         .route("/v1/api-keys/{id}/revoke", post(revoke))
@@ -47,14 +48,14 @@ fn grace(seconds: Option<i64>) -> Option<time::Duration> {
 }
 
 /// Create an API key. The secret is in this response only.
-#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKey,
-    responses((status = 201, body = ApiKeyWithSecret), (status = 409, body = crate::error::Problem, description = "limit of active keys reached"), (status = 422, body = crate::error::Problem)),
+#[utoipa::path(post, path = "/v1/api-keys", operation_id = "api_keys_create", tag = "api-keys", request_body = CreateApiKey,
+    responses((status = 201, body = ApiKeyWithSecret, headers(("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`"))), (status = 409, body = crate::error::Problem, description = "limit of active keys reached"), (status = 422, body = crate::error::Problem)),
     security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
     c: Caller,
     AppJson(b): AppJson<CreateApiKey>,
-) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+) -> ApiResult<NoStore<(StatusCode, Json<ApiKeyWithSecret>)>> {
     let expires_at = b
         .expires_at
         .as_deref()
@@ -73,10 +74,14 @@ pub async fn create(
         service_token: false,
     };
     let (k, secret) = s.app.api_key_create(&c.principal, input, &c.meta).await?;
-    Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
+    Ok(NoStore((
+        StatusCode::CREATED,
+        Json(with_secret(&s, k, secret)),
+    )))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyListQuery {
     pub org_id: Option<String>,
@@ -90,7 +95,7 @@ pub struct KeyListQuery {
 }
 
 /// List API keys (never their secrets), oldest first, by cursor.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(KeyListQuery),
+#[utoipa::path(get, path = "/v1/api-keys", operation_id = "api_keys_list", tag = "api-keys", params(KeyListQuery),
     responses((status = 200, body = List<ApiKeyView>)), security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
@@ -120,7 +125,7 @@ pub async fn list(
 }
 
 /// Get one API key.
-#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/api-keys/{id}", operation_id = "api_keys_get", tag = "api-keys", params(("id" = String, Path)),
     responses((status = 200, body = ApiKeyView, headers(("ETag" = String, description = "The key's version, for If-Match"))), (status = 404, body = crate::error::Problem)), security(("bearer" = [])))]
 pub async fn get_one(
     State(s): State<AppState>,
@@ -132,7 +137,7 @@ pub async fn get_one(
 }
 
 /// Edit name, description, scopes, roles, expiry or the default mark.
-#[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateApiKey,
+#[utoipa::path(patch, path = "/v1/api-keys/{id}", operation_id = "api_keys_update", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateApiKey,
     responses((status = 200, body = ApiKeyView, headers(("ETag" = String))), (status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 404, body = crate::error::Problem), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
 pub async fn update(
     State(s): State<AppState>,
@@ -162,7 +167,7 @@ pub async fn update(
 }
 
 /// Revoke a key (idempotent). It is refused from the very next request.
-#[utoipa::path(post, path = "/v1/api-keys/{id}/revoke", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")),
+#[utoipa::path(post, path = "/v1/api-keys/{id}/revoke", operation_id = "api_keys_revoke", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")),
     responses((status = 200, body = ApiKeyView), (status = 403, body = crate::error::Problem, description = "an owner's key"), (status = 404, body = crate::error::Problem), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
 pub async fn revoke(
     State(s): State<AppState>,
@@ -177,32 +182,48 @@ pub async fn revoke(
     Ok(Tagged(k.version, Json(ApiKeyView::new(k, s.app.now()))))
 }
 
+/// Revoke a key, as `POST /v1/api-keys/{id}/revoke` does (idempotent; the key stays listed as
+/// revoked).
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", operation_id = "api_keys_delete", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")),
+    responses((status = 200, body = ApiKeyView, headers(("ETag" = String))), (status = 403, body = crate::error::Problem, description = "an owner's key"), (status = 404, body = crate::error::Problem), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
+pub async fn delete_key(
+    s: State<AppState>,
+    c: Caller,
+    id: AppPath<String>,
+    if_match: IfMatch,
+) -> ApiResult<Tagged<Json<ApiKeyView>>> {
+    revoke(s, c, id, if_match).await
+}
+
 /// Create a new key with the same configuration (and a new secret).
-#[utoipa::path(post, path = "/v1/api-keys/{id}/copy", tag = "api-keys", params(("id" = String, Path)), request_body = CopyApiKey,
-    responses((status = 201, body = ApiKeyWithSecret)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys/{id}/copy", operation_id = "api_keys_copy", tag = "api-keys", params(("id" = String, Path)), request_body = Option<CopyApiKey>,
+    responses((status = 201, body = ApiKeyWithSecret, headers(("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`")))), security(("bearer" = [])))]
 pub async fn copy(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
     OptionalJson(b): OptionalJson<CopyApiKey>,
-) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+) -> ApiResult<NoStore<(StatusCode, Json<ApiKeyWithSecret>)>> {
     let (k, secret) = s
         .app
         .api_key_copy(&c.principal, &id, b.name, &c.meta)
         .await?;
-    Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
+    Ok(NoStore((
+        StatusCode::CREATED,
+        Json(with_secret(&s, k, secret)),
+    )))
 }
 
 /// Give the key a new secret; the old one is refused at once or after the grace period.
-#[utoipa::path(post, path = "/v1/api-keys/{id}/regenerate", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = RegenerateApiKey,
-    responses((status = 200, body = ApiKeyWithSecret), (status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys/{id}/regenerate", operation_id = "api_keys_regenerate", tag = "api-keys", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = Option<RegenerateApiKey>,
+    responses((status = 200, body = ApiKeyWithSecret, headers(("ETag" = String), ("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`"))), (status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version")), security(("bearer" = [])))]
 pub async fn regenerate(
     State(s): State<AppState>,
     c: Caller,
     AppPath(id): AppPath<String>,
     IfMatch(if_match): IfMatch,
     OptionalJson(b): OptionalJson<RegenerateApiKey>,
-) -> ApiResult<Tagged<Json<ApiKeyWithSecret>>> {
+) -> ApiResult<NoStore<Tagged<Json<ApiKeyWithSecret>>>> {
     let (k, secret) = s
         .app
         .api_key_regenerate(
@@ -213,11 +234,11 @@ pub async fn regenerate(
             &c.meta,
         )
         .await?;
-    Ok(Tagged(k.version, Json(with_secret(&s, k, secret))))
+    Ok(NoStore(Tagged(k.version, Json(with_secret(&s, k, secret)))))
 }
 
 /// Seed 002: the organization's keys (never their secrets).
-#[utoipa::path(get, path = "/auth/api_keys", tag = "seed-002", responses((status = 200, body = Vec<ApiKeyView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/auth/api_keys", operation_id = "seed_api_keys_list", tag = "seed-002", responses((status = 200, body = Vec<ApiKeyView>)), security(("bearer" = [])))]
 pub async fn seed_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<Vec<ApiKeyView>>> {
     let now = s.app.now();
     let mut out = Vec::new();
@@ -237,13 +258,13 @@ pub async fn seed_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<V
 }
 
 /// Seed 002: create a key with `description` and `roles`, or regenerate the key named by `id`.
-#[utoipa::path(post, path = "/auth/api_keys", tag = "seed-002", request_body = SeedCreateApiKey,
-    responses((status = 201, body = ApiKeyWithSecret), (status = 200, body = ApiKeyWithSecret, description = "regenerated")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/auth/api_keys", operation_id = "seed_api_keys_create", tag = "seed-002", request_body = Option<SeedCreateApiKey>,
+    responses((status = 201, body = ApiKeyWithSecret, headers(("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`"))), (status = 200, body = ApiKeyWithSecret, description = "regenerated", headers(("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`")))), security(("bearer" = [])))]
 pub async fn seed_create(
     State(s): State<AppState>,
     c: Caller,
     OptionalJson(b): OptionalJson<SeedCreateApiKey>,
-) -> ApiResult<(StatusCode, Json<ApiKeyWithSecret>)> {
+) -> ApiResult<NoStore<(StatusCode, Json<ApiKeyWithSecret>)>> {
     if let Some(id) = b.id {
         let (k, secret) = s
             .app
@@ -258,7 +279,7 @@ pub async fn seed_create(
         let mut out = with_secret(&s, k, secret);
         out.message =
             format!("API key regenerated: the previous secret no longer works. {SHOWN_ONCE}");
-        return Ok((StatusCode::OK, Json(out)));
+        return Ok(NoStore((StatusCode::OK, Json(out))));
     }
     let input = NewApiKey {
         name: b.name,
@@ -268,11 +289,14 @@ pub async fn seed_create(
         ..Default::default()
     };
     let (k, secret) = s.app.api_key_create(&c.principal, input, &c.meta).await?;
-    Ok((StatusCode::CREATED, Json(with_secret(&s, k, secret))))
+    Ok(NoStore((
+        StatusCode::CREATED,
+        Json(with_secret(&s, k, secret)),
+    )))
 }
 
 /// Seed 002: deactivate a key.
-#[utoipa::path(delete, path = "/auth/api_keys/deactivate/{id}", tag = "seed-002", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/auth/api_keys/deactivate/{id}", operation_id = "seed_api_keys_deactivate", tag = "seed-002", params(("id" = String, Path)),
     responses((status = 200, body = ApiKeyView)), security(("bearer" = [])))]
 pub async fn seed_deactivate(
     State(s): State<AppState>,

@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OrgQuery {
     /// The organization (the admin key's choice; others act in their own). Default: `default`.
@@ -41,7 +42,7 @@ pub struct OrgQuery {
 }
 
 /// Create an organization (admin key only). It gets a `default` project.
-#[utoipa::path(post, path = "/v1/orgs", tag = "organizations", request_body = CreateOrg,
+#[utoipa::path(post, path = "/v1/orgs", operation_id = "orgs_create", tag = "organizations", request_body = CreateOrg,
     responses((status = 201, body = OrgView), (status = 409, body = crate::error::Problem)), security(("bearer" = [])))]
 pub async fn org_create(
     State(s): State<AppState>,
@@ -53,7 +54,7 @@ pub async fn org_create(
 }
 
 /// Organizations: all of them for the admin key, one's own otherwise.
-#[utoipa::path(get, path = "/v1/orgs", tag = "organizations", responses((status = 200, body = List<OrgView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/orgs", operation_id = "orgs_list", tag = "organizations", responses((status = 200, body = List<OrgView>)), security(("bearer" = [])))]
 pub async fn org_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<List<OrgView>>> {
     let items = s.app.org_list(&c.principal).await?;
     Ok(Json(List {
@@ -63,7 +64,7 @@ pub async fn org_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<Li
 }
 
 /// Create a project.
-#[utoipa::path(post, path = "/v1/projects", tag = "organizations", request_body = CreateProject,
+#[utoipa::path(post, path = "/v1/projects", operation_id = "projects_create", tag = "organizations", request_body = CreateProject,
     responses((status = 201, body = ProjectView)), security(("bearer" = [])))]
 pub async fn project_create(
     State(s): State<AppState>,
@@ -78,7 +79,7 @@ pub async fn project_create(
 }
 
 /// An organization's projects.
-#[utoipa::path(get, path = "/v1/projects", tag = "organizations", params(OrgQuery),
+#[utoipa::path(get, path = "/v1/projects", operation_id = "projects_list", tag = "organizations", params(OrgQuery),
     responses((status = 200, body = List<ProjectView>)), security(("bearer" = [])))]
 pub async fn project_list(
     State(s): State<AppState>,
@@ -96,7 +97,7 @@ pub async fn project_list(
 }
 
 /// Register a service of the platform and the scopes it understands (admin key only).
-#[utoipa::path(post, path = "/v1/services", tag = "services", request_body = CreateService,
+#[utoipa::path(post, path = "/v1/services", operation_id = "services_create", tag = "services", request_body = CreateService,
     responses((status = 201, body = ServiceView), (status = 409, body = crate::error::Problem)), security(("bearer" = [])))]
 pub async fn service_create(
     State(s): State<AppState>,
@@ -117,7 +118,7 @@ pub async fn service_create(
 }
 
 /// The platform's services and their scopes.
-#[utoipa::path(get, path = "/v1/services", tag = "services", responses((status = 200, body = List<ServiceView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/services", operation_id = "services_list", tag = "services", responses((status = 200, body = List<ServiceView>)), security(("bearer" = [])))]
 pub async fn service_list(
     State(s): State<AppState>,
     c: Caller,
@@ -130,7 +131,7 @@ pub async fn service_list(
 }
 
 /// Add a member to an organization.
-#[utoipa::path(post, path = "/v1/members", tag = "members", request_body = CreateMember,
+#[utoipa::path(post, path = "/v1/members", operation_id = "members_create", tag = "members", request_body = CreateMember,
     responses((status = 201, body = MemberView)), security(("bearer" = [])))]
 pub async fn member_create(
     State(s): State<AppState>,
@@ -152,7 +153,7 @@ pub async fn member_create(
 }
 
 /// An organization's members (a `member` sees only themself).
-#[utoipa::path(get, path = "/v1/members", tag = "members", params(OrgQuery), responses((status = 200, body = List<MemberView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/members", operation_id = "members_list", tag = "members", params(OrgQuery), responses((status = 200, body = List<MemberView>)), security(("bearer" = [])))]
 pub async fn member_list(
     State(s): State<AppState>,
     c: Caller,
@@ -166,7 +167,7 @@ pub async fn member_list(
 }
 
 /// Get one member.
-#[utoipa::path(get, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path)), responses((status = 200, body = MemberView, headers(("ETag" = String, description = "The version, for If-Match")))), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/members/{id}", operation_id = "members_get", tag = "members", params(("id" = String, Path)), responses((status = 200, body = MemberView, headers(("ETag" = String, description = "The version, for If-Match")))), security(("bearer" = [])))]
 pub async fn member_get(
     State(s): State<AppState>,
     c: Caller,
@@ -177,7 +178,7 @@ pub async fn member_get(
 }
 
 /// Change a member's role.
-#[utoipa::path(patch, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateMember,
+#[utoipa::path(patch, path = "/v1/members/{id}", operation_id = "members_update", tag = "members", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateMember,
     responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 200, body = MemberView)), security(("bearer" = [])))]
 pub async fn member_update(
     State(s): State<AppState>,
@@ -194,7 +195,7 @@ pub async fn member_update(
 }
 
 /// Remove a member; the keys they own are revoked.
-#[utoipa::path(delete, path = "/v1/members/{id}", tag = "members", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 204)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/members/{id}", operation_id = "members_delete", tag = "members", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 204)), security(("bearer" = [])))]
 pub async fn member_delete(
     State(s): State<AppState>,
     c: Caller,
@@ -208,7 +209,7 @@ pub async fn member_delete(
 }
 
 /// Define a role: management permissions and scopes an API key can carry.
-#[utoipa::path(post, path = "/v1/roles", tag = "roles", request_body = CreateRole, responses((status = 201, body = RoleView)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/roles", operation_id = "roles_create", tag = "roles", request_body = CreateRole, responses((status = 201, body = RoleView)), security(("bearer" = [])))]
 pub async fn role_create(
     State(s): State<AppState>,
     c: Caller,
@@ -226,7 +227,7 @@ pub async fn role_create(
 }
 
 /// The built-in roles and the organization's own.
-#[utoipa::path(get, path = "/v1/roles", tag = "roles", params(OrgQuery), responses((status = 200, body = List<RoleView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/roles", operation_id = "roles_list", tag = "roles", params(OrgQuery), responses((status = 200, body = List<RoleView>)), security(("bearer" = [])))]
 pub async fn role_list(
     State(s): State<AppState>,
     c: Caller,
@@ -240,7 +241,7 @@ pub async fn role_list(
 }
 
 /// Who the presented credential is.
-#[utoipa::path(get, path = "/v1/me", tag = "organizations", responses((status = 200, body = WhoAmI)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me", operation_id = "me_get", tag = "organizations", responses((status = 200, body = WhoAmI)), security(("bearer" = [])))]
 pub async fn whoami(c: Caller) -> Json<WhoAmI> {
     let p = c.principal;
     Json(WhoAmI {
@@ -309,7 +310,7 @@ fn admin_only(c: &Caller) -> ApiResult<()> {
 }
 
 /// The route rules in force (admin key only).
-#[utoipa::path(get, path = "/v1/admin/routes", tag = "forward-auth", responses((status = 200, body = RulesView)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/admin/routes", operation_id = "admin_routes_list", tag = "forward-auth", responses((status = 200, body = RulesView)), security(("bearer" = [])))]
 pub async fn routes_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json<RulesView>> {
     admin_only(&c)?;
     Ok(Json(rules_view(&s)))
@@ -317,7 +318,7 @@ pub async fn routes_list(State(s): State<AppState>, c: Caller) -> ApiResult<Json
 
 /// Reads the route rules from the configuration file again (admin key only; SIGHUP does the
 /// same). Invalid rules are refused with the rule and line at fault, and the old ones stay.
-#[utoipa::path(post, path = "/v1/admin/routes/reload", tag = "forward-auth", responses((status = 200, body = RulesView), (status = 422, body = crate::error::Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/admin/routes/reload", operation_id = "admin_routes_reload", tag = "forward-auth", responses((status = 200, body = RulesView), (status = 422, body = crate::error::Problem)), security(("bearer" = [])))]
 pub async fn routes_reload(State(s): State<AppState>, c: Caller) -> ApiResult<Json<RulesView>> {
     admin_only(&c)?;
     s.app

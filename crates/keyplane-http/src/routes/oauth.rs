@@ -17,15 +17,22 @@ use serde::Serialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
 
+/// The token endpoint's paths: keyplane's own, then the ones seeds 000 and 001 use.
+pub const TOKEN_PATHS: [&str; 3] = ["/v1/oauth/token", "/v1beta/oauth/token", "/api/oauth/token"];
+/// The bases of the introspection and revocation endpoints (`{base}/introspect`, `{base}/revoke`).
+pub const TOKEN_BASES: [&str; 2] = ["/v1/oauth/token", "/v1beta/oauth/token"];
+const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+
 pub fn router() -> Router<AppState> {
     let mut r = Router::new()
-        .route("/.well-known/oauth-authorization-server", get(metadata))
-        .route("/.well-known/jwks.json", get(jwks));
+        .route(METADATA_PATH, get(metadata))
+        .route(JWKS_PATH, get(jwks));
     // The same handlers at the paths the seed documents use.
-    for base in ["/v1/oauth/token", "/v1beta/oauth/token", "/api/oauth/token"] {
+    for base in TOKEN_PATHS {
         r = r.route(base, post(token));
     }
-    for base in ["/v1/oauth/token", "/v1beta/oauth/token"] {
+    for base in TOKEN_BASES {
         r = r
             .route(&format!("{base}/introspect"), post(introspect))
             .route(&format!("{base}/revoke"), post(revoke));
@@ -33,10 +40,26 @@ pub fn router() -> Router<AppState> {
     r
 }
 
-/// An RFC 6749 §5.2 error body.
+/// Whether `path` is one of this module's routes, whose errors are RFC 6749 §5.2 bodies rather
+/// than problem+json (also for what the router and the request limits refuse: 405, 413, 414, 431).
+pub fn is_oauth_path(path: &str) -> bool {
+    if path == METADATA_PATH || path == JWKS_PATH || TOKEN_PATHS.contains(&path) {
+        return true;
+    }
+    TOKEN_BASES.iter().any(|base| {
+        path.strip_prefix(base)
+            .is_some_and(|rest| rest == "/introspect" || rest == "/revoke")
+    })
+}
+
+/// An RFC 6749 §5.2 error body (also the body of `/v1/authz`'s RFC 6750 refusals).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `invalid_scope`, `unauthorized_client`,
+    /// `unsupported_grant_type` or `server_error` (`/v1/authz`: `invalid_token`,
+    /// `insufficient_scope`).
     pub error: String,
+    /// What happened, for a person.
     pub error_description: String,
 }
 
@@ -66,7 +89,8 @@ fn no_store(mut resp: Response) -> Response {
     resp
 }
 
-fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
+/// An RFC 6749 §5.2 error answer, never cached.
+pub fn error_response(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
     no_store(
         (
             status,
@@ -81,9 +105,11 @@ fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Res
 
 fn oauth_error(e: OAuthError) -> Response {
     match e {
-        OAuthError::InvalidRequest(d) => error(StatusCode::BAD_REQUEST, "invalid_request", d),
+        OAuthError::InvalidRequest(d) => {
+            error_response(StatusCode::BAD_REQUEST, "invalid_request", d)
+        }
         OAuthError::InvalidClient { basic } => {
-            let mut r = error(
+            let mut r = error_response(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client authentication failed",
@@ -96,19 +122,21 @@ fn oauth_error(e: OAuthError) -> Response {
             }
             r
         }
-        OAuthError::InvalidScope(d) => error(StatusCode::BAD_REQUEST, "invalid_scope", d),
+        OAuthError::InvalidScope(d) => error_response(StatusCode::BAD_REQUEST, "invalid_scope", d),
         OAuthError::UnauthorizedClient(d) => {
-            error(StatusCode::BAD_REQUEST, "unauthorized_client", d)
+            error_response(StatusCode::BAD_REQUEST, "unauthorized_client", d)
         }
-        OAuthError::UnsupportedGrantType => error(
+        OAuthError::UnsupportedGrantType => error_response(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "only grant_type=client_credentials is supported",
         ),
+        // `slow_down` is the device flow's code (RFC 8628 §3.5), not one the token endpoint may
+        // answer; what is refused here is client authentication, so `invalid_client`.
         OAuthError::TooManyRequests(retry) => {
-            let mut r = error(
+            let mut r = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
-                "slow_down",
+                "invalid_client",
                 format!("too many failed client authentications; retry in {retry} seconds"),
             );
             if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
@@ -116,7 +144,7 @@ fn oauth_error(e: OAuthError) -> Response {
             }
             r
         }
-        OAuthError::Server => error(
+        OAuthError::Server => error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "an internal error occurred; it has been logged",
@@ -162,6 +190,9 @@ struct OAuthForm {
     meta: RequestMeta,
 }
 
+/// The largest form the OAuth endpoints read.
+const FORM_LIMIT: usize = 16 * 1024;
+
 async fn read_form(req: Request) -> Result<OAuthForm, Response> {
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);
@@ -178,10 +209,12 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
             "send the parameters as application/x-www-form-urlencoded".into(),
         )));
     }
-    let bytes = read_body(body, 16 * 1024).await.map_err(|_| {
-        oauth_error(OAuthError::InvalidRequest(
-            "the request body is too large".into(),
-        ))
+    let bytes = read_body(body, FORM_LIMIT).await.map_err(|_| {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "the request body is too large (at most 16 KiB)",
+        )
     })?;
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(oauth_error(OAuthError::InvalidRequest(
@@ -276,10 +309,54 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// What the token endpoint takes (RFC 6749 §4.4.2), as `application/x-www-form-urlencoded`.
+/// The client authenticates by HTTP Basic or by `client_id` and `client_secret` here, not both.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenRequest {
+    pub grant_type: GrantType,
+    /// Space-delimited subset of the client's scopes; all of them when absent.
+    pub scope: Option<String>,
+    /// With `client_secret`, instead of HTTP Basic (`client_secret_post`).
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+}
+
+/// The only grant keyplane's token endpoint issues for.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    ClientCredentials,
+}
+
+/// What introspection takes (RFC 7662 §2.1). The caller authenticates as a client (HTTP Basic
+/// or `client_id`/`client_secret` here) or with a bearer credential holding `tokens:introspect`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntrospectionRequest {
+    /// An access token or an API key.
+    pub token: String,
+    /// `access_token` (optional; keyplane recognises the token by itself).
+    pub token_type_hint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+}
+
+/// What revocation takes (RFC 7009 §2.1). The client authenticates by HTTP Basic or with
+/// `client_id`/`client_secret` here.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationRequest {
+    /// One of the client's own access tokens.
+    pub token: String,
+    /// `access_token` (optional; keyplane recognises the token by itself).
+    pub token_type_hint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+}
+
 /// The client-credentials grant. Client authentication by HTTP Basic or in the form.
-#[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=client_credentials, optional scope, optional client_id/client_secret"),
-    responses((status = 200, body = TokenResponse), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody), (status = 429, body = OAuthErrorBody)))]
+#[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth", operation_id = "oauth_token",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = TokenResponse, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`")))),
+    security(("client_basic" = []), ()))]
 pub async fn token(State(s): State<AppState>, req: Request) -> Response {
     let form = match read_form(req).await {
         Ok(f) => f,
@@ -389,9 +466,11 @@ impl IntrospectionResponse {
 
 /// RFC 7662 introspection of an access token or API key. The caller authenticates as a client
 /// (Basic or form) or with a bearer credential allowed to introspect (`tokens:introspect`).
-#[utoipa::path(post, path = "/v1/oauth/token/introspect", tag = "oauth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token=..."),
-    responses((status = 200, body = IntrospectionResponse), (status = 401, body = OAuthErrorBody)))]
+#[utoipa::path(post, path = "/v1/oauth/token/introspect", tag = "oauth", operation_id = "oauth_introspect",
+    request_body(content = IntrospectionRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = IntrospectionResponse, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
+        (status = 403, body = OAuthErrorBody, description = "`insufficient_scope`: the bearer credential lacks `tokens:introspect`")),
+    security(("client_basic" = []), ("bearer" = []), ()))]
 pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
     let form = match read_form(req).await {
         Ok(f) => f,
@@ -414,7 +493,7 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
             match s.app.introspection_scope(&principal) {
                 Ok(org) => org,
                 Err(_) => {
-                    return error(
+                    return error_response(
                         StatusCode::FORBIDDEN,
                         "insufficient_scope",
                         "this credential may not introspect tokens: it needs the `tokens:introspect` permission",
@@ -437,9 +516,12 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
 
 /// RFC 7009 revocation: a client revokes one of its own access tokens. 200 with no body; for a
 /// token that does not exist, 200 with `{"error": "invalid_request", ...}` as seed 000 shows.
-#[utoipa::path(post, path = "/v1/oauth/token/revoke", tag = "oauth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token=..., optional token_type_hint"),
-    responses((status = 200, description = "revoked (no body), or the token does not exist (error body)"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
+#[utoipa::path(post, path = "/v1/oauth/token/revoke", tag = "oauth", operation_id = "oauth_revoke",
+    request_body(content = RevocationRequest, content_type = "application/x-www-form-urlencoded"),
+    // No body schema for the 200: a revocation answers no body at all (RFC 7009 §2.2), which a
+    // client generated from a JSON schema would fail to parse.
+    responses((status = 200, description = "Revoked: no body. A token that does not exist: the body seed 000 shows, `{\"error\": \"invalid_request\", \"error_description\": \"The token does not exist\"}`.")),
+    security(("client_basic" = []), ()))]
 pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
     let form = match read_form(req).await {
         Ok(f) => f,
@@ -457,7 +539,7 @@ pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
     };
     match s.app.revoke_token(&auth, token, &form.meta).await {
         Ok(RevokeOutcome::Revoked) => no_store(StatusCode::OK.into_response()),
-        Ok(RevokeOutcome::Unknown) => error(
+        Ok(RevokeOutcome::Unknown) => error_response(
             StatusCode::OK,
             "invalid_request",
             "The token does not exist",
@@ -467,7 +549,28 @@ pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
 }
 
 /// RFC 8414 authorization server metadata.
-#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth", responses((status = 200)))]
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthorizationServerMetadata {
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub introspection_endpoint: String,
+    pub revocation_endpoint: String,
+    pub jwks_uri: String,
+    /// `["client_credentials"]`
+    pub grant_types_supported: Vec<String>,
+    /// `["token"]`
+    pub response_types_supported: Vec<String>,
+    /// The union of the registered services' scopes.
+    pub scopes_supported: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    pub revocation_endpoint_auth_methods_supported: Vec<String>,
+}
+
+/// RFC 8414 authorization server metadata.
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth", operation_id = "oauth_metadata",
+    responses((status = 200, body = AuthorizationServerMetadata)))]
 pub async fn metadata(State(s): State<AppState>) -> Response {
     let issuer = s.app.settings().oauth.issuer.clone();
     let scopes: Vec<String> = s
@@ -476,25 +579,51 @@ pub async fn metadata(State(s): State<AppState>) -> Response {
         .await
         .map(|x| x.into_iter().collect())
         .unwrap_or_default();
-    let methods = ["client_secret_basic", "client_secret_post"];
-    Json(serde_json::json!({
-        "issuer": issuer,
-        "token_endpoint": format!("{issuer}/v1/oauth/token"),
-        "introspection_endpoint": format!("{issuer}/v1/oauth/token/introspect"),
-        "revocation_endpoint": format!("{issuer}/v1/oauth/token/revoke"),
-        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": ["token"],
-        "scopes_supported": scopes,
-        "token_endpoint_auth_methods_supported": methods,
-        "introspection_endpoint_auth_methods_supported": methods,
-        "revocation_endpoint_auth_methods_supported": methods,
-    }))
+    let methods = || vec!["client_secret_basic".into(), "client_secret_post".into()];
+    Json(AuthorizationServerMetadata {
+        token_endpoint: format!("{issuer}/v1/oauth/token"),
+        introspection_endpoint: format!("{issuer}/v1/oauth/token/introspect"),
+        revocation_endpoint: format!("{issuer}/v1/oauth/token/revoke"),
+        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+        issuer,
+        grant_types_supported: vec!["client_credentials".into()],
+        response_types_supported: vec!["token".into()],
+        scopes_supported: scopes,
+        token_endpoint_auth_methods_supported: methods(),
+        introspection_endpoint_auth_methods_supported: methods(),
+        revocation_endpoint_auth_methods_supported: methods(),
+    })
     .into_response()
 }
 
+/// A JSON Web Key Set (RFC 7517 §5): the public signing keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JwkSet {
+    pub keys: Vec<Jwk>,
+}
+
+/// One public signing key (RFC 7517 §4): an ES256 key (`EC`, `P-256`, `x` and `y`) or an EdDSA
+/// key (`OKP`, `Ed25519`, `x`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Jwk {
+    /// `EC` or `OKP`
+    pub kty: String,
+    /// `P-256` or `Ed25519`
+    pub crv: String,
+    /// `sig`
+    #[serde(rename = "use")]
+    pub use_: String,
+    /// `ES256` or `EdDSA`
+    pub alg: String,
+    pub kid: String,
+    pub x: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+}
+
 /// The public signing keys: the next one, the current one, and retired ones still in use.
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth", responses((status = 200)))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth", operation_id = "oauth_jwks",
+    responses((status = 200, body = JwkSet, headers(("Cache-Control" = String, description = "`public, max-age=N`, N at most 60")))))]
 pub async fn jwks(State(s): State<AppState>) -> Response {
     let mut r = Json(s.app.jwks()).into_response();
     // Never cache longer than a new key is published before it signs.

@@ -20,38 +20,58 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// What `/healthz` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`
+    pub status: String,
+}
+
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// What `/readyz` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReadinessView {
+    /// `ready`, `degraded` or `unavailable`
+    pub status: String,
+    /// `sqlite` or `postgres`
+    pub storage: String,
+    /// Why it is not `ready`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Storage answers and changes from other nodes arrive: 200 `ready`. While the database
 /// connection is down and cached credentials are still served (for a bounded time): 200
 /// `degraded` with the reason. Storage not answering, or past that bound: 503 `unavailable`.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses((status = 200, body = ReadinessView, description = "`ready`, or `degraded` while cached credentials are served without the database"), (status = 503, body = ReadinessView, description = "`unavailable`")))]
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let storage = s.app.backend();
+    let view = |status: &str, detail: Option<String>| {
+        Json(ReadinessView {
+            status: status.into(),
+            storage: s.app.backend().to_string(),
+            detail,
+        })
+    };
     match s.app.readiness().await {
-        Readiness::Ready => (
-            StatusCode::OK,
-            Json(serde_json::json!({ "status": "ready", "storage": storage })),
-        ),
-        Readiness::Degraded(reason) => (
-            StatusCode::OK,
-            Json(serde_json::json!({ "status": "degraded", "storage": storage, "detail": reason })),
-        ),
+        Readiness::Ready => (StatusCode::OK, view("ready", None)),
+        Readiness::Degraded(reason) => (StatusCode::OK, view("degraded", Some(reason))),
         Readiness::Unavailable(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                serde_json::json!({ "status": "unavailable", "storage": storage, "detail": reason }),
-            ),
+            view("unavailable", Some(reason)),
         ),
     }
 }
 
 /// Prometheus metrics. Open unless a metrics token is configured (`KEYPLANE_METRICS_TOKEN`),
 /// then only for `Authorization: Bearer <token>`.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain"), (status = 401, body = crate::error::Problem, description = "a metrics token is configured and was not presented")))]
 pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(want) = &s.app.settings().metrics_token {
@@ -108,7 +128,9 @@ fn metrics_text(s: &AppState) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
-/// This document.
+/// This document: the OpenAPI 3.1 description of keyplane's HTTP interface.
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi_document", tag = "operations",
+    responses((status = 200, content_type = "application/json", body = Object)))]
 pub async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],

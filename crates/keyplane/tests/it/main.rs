@@ -32,6 +32,7 @@ mod activity;
 mod binary;
 mod ceiling;
 mod console;
+mod contract;
 mod crash;
 mod edge;
 mod errors;

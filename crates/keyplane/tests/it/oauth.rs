@@ -287,7 +287,7 @@ async fn token_endpoint(app: TestApp) {
         &big,
     )
     .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.text);
     assert_eq!(a.json()["error"], "invalid_request");
     assert!(a.json()["error_description"]
         .as_str()
