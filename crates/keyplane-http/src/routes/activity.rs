@@ -78,6 +78,7 @@ pub async fn query(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
     /// Walk the chain from its first event, through every checkpoint (the admin key only).
