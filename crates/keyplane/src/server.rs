@@ -88,15 +88,18 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
             aggregate_token_events: config.aggregate_token_events,
             signing_key_lead_seconds: config.signing_key_lead_seconds,
             signing_key_rotation_days: config.signing_key_rotation_days,
+            client_assertion_max_lifetime_seconds: config.client_assertion_max_lifetime_seconds,
+            jwks_refetch_interval_seconds: config.jwks_refetch_interval_seconds,
+            jwks_max_age_seconds: config.jwks_max_age_seconds,
+            jwks_uri_allow_loopback_http: config.jwks_uri_allow_loopback_http,
             ..OAuthSettings::default()
         },
     };
-    Ok(Arc::new(Keyplane::new(
-        store,
-        Arc::new(SystemClock),
-        pepper,
-        settings,
-    )))
+    let app = Keyplane::new(store, Arc::new(SystemClock), pepper, settings);
+    app.set_jwks_fetcher(Arc::new(
+        crate::jwks::HttpJwksFetcher::new().context("cannot build the jwks_uri HTTP client")?,
+    ));
+    Ok(Arc::new(app))
 }
 
 /// A server that is running.
@@ -337,7 +340,8 @@ pub fn admin_key_banner(key: &SecretString) -> String {
 }
 
 /// Once a minute: rotate due signing keys, warn about expiring client secrets, forget
-/// revocations of tokens that have expired anyway, and reload what other nodes changed
+/// revocations of tokens that have expired anyway and the `jti`s of expired client
+/// assertions, and reload what other nodes changed
 /// (a safety net behind NOTIFY).
 async fn maintain(app: &Keyplane) {
     let results = [
@@ -349,6 +353,10 @@ async fn maintain(app: &Keyplane) {
         (
             "purge expired revocations",
             app.purge_revocations().await.map(|_| ()),
+        ),
+        (
+            "purge expired client assertion ids",
+            app.purge_client_assertions().await.map(|_| ()),
         ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),

@@ -1,11 +1,19 @@
-//! [`Keyplane`] use cases of the OAuth 2.0 endpoints: client authentication (throttled), the
-//! client-credentials grant, introspection (RFC 7662) and revocation (RFC 7009).
+//! [`Keyplane`] use cases of the OAuth 2.0 endpoints: client authentication (throttled; by
+//! secret or by `private_key_jwt` assertion), the client-credentials grant, introspection
+//! (RFC 7662) and revocation (RFC 7009).
 
 use crate::app::Keyplane;
+use crate::domain::client_auth::{
+    check_assertion, claimed_client, AssertionError, AssertionPolicy, AuthMethod, JwksFetcher,
+};
 use crate::domain::clock::from_ms;
 use crate::domain::error::Result;
+use crate::domain::jose::{EcdsaForm, JoseError, JwkSet, Jws};
 use crate::domain::model::OAuthClient;
-use crate::domain::oauth::{ClientAuth, Introspection, IssuedToken, OAuthError, RevokeOutcome};
+use crate::domain::oauth::{
+    ClientAssertion, ClientAuth, ClientCredentials, Introspection, IssuedToken, OAuthError,
+    RevokeOutcome,
+};
 use crate::domain::perm::{Actor, Permission, Principal};
 use crate::domain::request::RequestMeta;
 use crate::domain::secret::ct_eq;
@@ -29,36 +37,56 @@ impl Keyplane {
         ]
     }
 
-    /// Authenticates a client by id and secret: throttled per client id and address, never
-    /// by client id alone, so a caller with the right secret elsewhere is never locked out.
+    /// Authenticates a client by whichever method it presented, throttled per client id and
+    /// address, never by client id alone, so a caller with the right credential elsewhere is
+    /// never locked out.
     pub async fn authenticate_client(
+        &self,
+        creds: &ClientCredentials,
+        meta: &RequestMeta,
+    ) -> Result<Arc<CachedClient>, OAuthError> {
+        match creds {
+            ClientCredentials::Secret(auth) => self.authenticate_with_secret(auth, meta).await,
+            ClientCredentials::Assertion(a) => self.authenticate_with_assertion(a, meta).await,
+        }
+    }
+
+    /// `Some(seconds to wait)` when `client_id` from this address failed too often lately.
+    fn client_throttled(&self, client_id: &str, meta: &RequestMeta, now: i64) -> Option<u64> {
+        let failures = &self.rt.oauth.failures;
+        if failures.quiet(now) {
+            return None;
+        }
+        failures.blocked(&self.client_throttle_keys(client_id, meta), now)
+    }
+
+    /// Counts a failed client authentication and queues its aggregated refusal event.
+    fn client_failed(&self, client_id: &str, meta: &RequestMeta, now: i64) {
+        let keys = self.client_throttle_keys(client_id, meta);
+        self.rt.oauth.failures.failed(&keys, now);
+        self.note_client_refusal(client_id, meta);
+    }
+
+    /// `client_secret_basic` / `client_secret_post`: the client's id and one of its live secrets.
+    async fn authenticate_with_secret(
         &self,
         auth: &ClientAuth,
         meta: &RequestMeta,
     ) -> Result<Arc<CachedClient>, OAuthError> {
         let rt = &self.rt;
         let now = rt.now_ms();
-        let keys = if rt.oauth.failures.quiet(now) {
-            None
-        } else {
-            Some(self.client_throttle_keys(&auth.client_id, meta))
-        };
-        if let Some(retry) = keys
-            .as_ref()
-            .and_then(|k| rt.oauth.failures.blocked(k, now))
-        {
+        if let Some(retry) = self.client_throttled(&auth.client_id, meta, now) {
             return Err(OAuthError::TooManyRequests(retry));
         }
         let fail = |this: &Self| {
-            let keys = this.client_throttle_keys(&auth.client_id, meta);
-            this.rt.oauth.failures.failed(&keys, now);
-            this.note_client_refusal(&auth.client_id, meta);
+            this.client_failed(&auth.client_id, meta, now);
             Err(OAuthError::InvalidClient { basic: auth.basic })
         };
+        // A private_key_jwt client has no secret (and none is accepted for it).
         let Some(client) = rt
             .cached_client(&auth.client_id)
             .await?
-            .filter(|c| c.is_enabled())
+            .filter(|c| c.is_enabled() && c.client.auth_method.uses_secret())
         else {
             return fail(self);
         };
@@ -90,6 +118,116 @@ impl Keyplane {
         }
     }
 
+    /// `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): a JWT the client signed with
+    /// one of its registered keys. Until the signature verifies, every failure is the same bare
+    /// `invalid_client`; after it, the description says which rule the assertion broke (only
+    /// the key's holder can read that). The `jti` is recorded in storage last, so only a fully
+    /// valid assertion uses it up, and a replay is refused on every node.
+    async fn authenticate_with_assertion(
+        &self,
+        a: &ClientAssertion,
+        meta: &RequestMeta,
+    ) -> Result<Arc<CachedClient>, OAuthError> {
+        let rt = &self.rt;
+        let now = rt.now_ms();
+        let jws = Jws::parse(&a.assertion).ok();
+        let claimed = jws.as_ref().and_then(claimed_client);
+        let client_id = a
+            .client_id
+            .clone()
+            .or_else(|| claimed.clone())
+            .unwrap_or_default();
+        if let Some(retry) = self.client_throttled(&client_id, meta, now) {
+            return Err(OAuthError::TooManyRequests(retry));
+        }
+        let fail = |this: &Self, e: OAuthError| {
+            this.client_failed(&client_id, meta, now);
+            Err(e)
+        };
+        let bare = OAuthError::InvalidClient { basic: false };
+        let Some(jws) = jws else {
+            return fail(self, bare);
+        };
+        // A `client_id` in the form must name the client the assertion is from.
+        if claimed.as_deref() != Some(client_id.as_str()) {
+            return fail(self, bare);
+        }
+        let Some(client) = rt
+            .cached_client(&client_id)
+            .await?
+            .filter(|c| c.is_enabled() && c.client.auth_method == AuthMethod::PrivateKeyJwt)
+        else {
+            return fail(self, bare);
+        };
+        let verify = |set: &Option<Arc<JwkSet>>| match set {
+            Some(set) => jws.verify_with_set(set, EcdsaForm::Any).map(|_| ()),
+            None => Err(JoseError::UnknownKey),
+        };
+        let mut verified = verify(&rt.client_key_set(&client, false).await);
+        // A key the cached set does not have (or, without a `kid`, no key that verifies): the
+        // client may have rotated its keys at its `jwks_uri`.
+        let may_be_new = match &verified {
+            Err(JoseError::UnknownKey) => true,
+            Err(JoseError::BadSignature) => jws.header().kid.is_none(),
+            _ => false,
+        };
+        if may_be_new && client.client.jwks_uri.is_some() {
+            verified = verify(&rt.client_key_set(&client, true).await);
+        }
+        if verified.is_err() {
+            return fail(self, bare);
+        }
+        let s = &rt.settings.oauth;
+        let issuer = s.issuer.as_str();
+        let audiences = [
+            issuer.to_string(),
+            format!("{issuer}{}", a.endpoint.path()),
+            format!("{issuer}{}", a.path),
+        ];
+        let policy = AssertionPolicy {
+            max_lifetime_seconds: s.client_assertion_max_lifetime_seconds,
+            leeway_seconds: s.client_assertion_leeway_seconds,
+        };
+        let checked = match check_assertion(&jws, &client_id, &audiences, now / 1000, policy) {
+            Ok(c) => c,
+            Err(e) => return fail(self, OAuthError::InvalidClientAssertion(e.description())),
+        };
+        let fresh = rt
+            .store
+            .client_assertion_jti_use(
+                &client_id,
+                &checked.jti,
+                from_ms(checked.keep_until_s.saturating_mul(1000)),
+                rt.now(),
+            )
+            .await?;
+        if !fresh {
+            return fail(
+                self,
+                OAuthError::InvalidClientAssertion(AssertionError::Replayed.description()),
+            );
+        }
+        Ok(client)
+    }
+
+    /// Installs what fetches clients' `jwks_uri` documents (the binary's HTTP client).
+    pub fn set_jwks_fetcher(&self, fetcher: Arc<dyn JwksFetcher>) {
+        *self
+            .rt
+            .oauth
+            .jwks_fetcher
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(fetcher);
+    }
+
+    /// Forgets client assertions' `jti`s whose assertions have expired; returns how many.
+    pub async fn purge_client_assertions(&self) -> Result<u64> {
+        self.rt
+            .store
+            .client_assertion_jtis_purge(self.rt.now())
+            .await
+    }
+
     fn note_client_refusal(&self, client_id: &str, meta: &RequestMeta) {
         // Only ids of our format are named; anything else could be a secret pasted in the wrong field.
         let named =
@@ -105,7 +243,7 @@ impl Keyplane {
     /// client's when none are requested). Nothing is written to storage.
     pub async fn issue_token(
         &self,
-        auth: &ClientAuth,
+        auth: &ClientCredentials,
         scope: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<IssuedToken, OAuthError> {
@@ -142,7 +280,7 @@ impl Keyplane {
     /// RFC 7009: a client revokes one of its own tokens.
     pub async fn revoke_token(
         &self,
-        auth: &ClientAuth,
+        auth: &ClientCredentials,
         token: &str,
         meta: &RequestMeta,
     ) -> Result<RevokeOutcome, OAuthError> {

@@ -10,7 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use keyplane_core::domain::oauth::{ClientAuth, Introspection, OAuthError, RevokeOutcome};
+use keyplane_core::domain::client_auth::{AuthMethod, JWT_BEARER};
+use keyplane_core::domain::jose::JwsAlg;
+use keyplane_core::domain::oauth::{
+    ClientAssertion, ClientAuth, ClientCredentials, Endpoint, Introspection, OAuthError,
+    RevokeOutcome, INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_PATH,
+};
 use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
 use serde::Serialize;
@@ -79,6 +84,11 @@ fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Res
     )
 }
 
+const INVALID_CLIENT_DESCRIPTION: &str = "client authentication failed";
+/// The challenge of a failed HTTP Basic client authentication.
+pub const BASIC_CHALLENGE: &str =
+    "Basic realm=\"keyplane\", error=\"invalid_client\", error_description=\"client authentication failed\"";
+
 fn oauth_error(e: OAuthError) -> Response {
     match e {
         OAuthError::InvalidRequest(d) => error(StatusCode::BAD_REQUEST, "invalid_request", d),
@@ -86,15 +96,21 @@ fn oauth_error(e: OAuthError) -> Response {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "client authentication failed",
+                INVALID_CLIENT_DESCRIPTION,
             );
             if basic {
+                // RFC 6749 §5.2 asks for the scheme the client used; the error code and
+                // description in the challenge too (RFC 6750 §3 style), so a client that
+                // reads only the header (openid-client) still learns what went wrong.
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"keyplane\""),
+                    HeaderValue::from_static(BASIC_CHALLENGE),
                 );
             }
             r
+        }
+        OAuthError::InvalidClientAssertion(d) => {
+            error(StatusCode::UNAUTHORIZED, "invalid_client", d)
         }
         OAuthError::InvalidScope(d) => error(StatusCode::BAD_REQUEST, "invalid_scope", d),
         OAuthError::UnauthorizedClient(d) => {
@@ -160,11 +176,14 @@ struct OAuthForm {
     params: HashMap<String, String>,
     headers: HeaderMap,
     meta: RequestMeta,
+    /// The path it was posted to (an endpoint's canonical path or one of its aliases).
+    path: String,
 }
 
 async fn read_form(req: Request) -> Result<OAuthForm, Response> {
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);
+    let path = parts.uri.path().to_string();
     let ctype = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -193,6 +212,7 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
         params,
         headers: parts.headers,
         meta,
+        path,
     })
 }
 
@@ -234,12 +254,40 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
     Some(decode().ok_or(()))
 }
 
-/// The client's credentials from Basic or the form; both at once is `invalid_request`.
-fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
-    let post = match (
-        form.params.get("client_id"),
-        form.params.get("client_secret"),
-    ) {
+/// The client's credentials: a `client_assertion` (RFC 7521 §4.2), HTTP Basic, or an id and
+/// secret in the form. Two methods at once is `invalid_request` (RFC 6749 §2.3).
+fn client_auth(
+    form: &OAuthForm,
+    endpoint: Endpoint,
+) -> Result<Option<ClientCredentials>, OAuthError> {
+    let p = &form.params;
+    match (p.get("client_assertion_type"), p.get("client_assertion")) {
+        (None, None) => {}
+        (Some(kind), Some(assertion)) => {
+            if basic_credentials(&form.headers).is_some() || p.contains_key("client_secret") {
+                return Err(OAuthError::InvalidRequest(
+                    "use one client authentication method: a client assertion, HTTP Basic or client_id/client_secret in the body".into(),
+                ));
+            }
+            if kind != JWT_BEARER {
+                return Err(OAuthError::InvalidClientAssertion(format!(
+                    "`client_assertion_type` must be `{JWT_BEARER}`"
+                )));
+            }
+            return Ok(Some(ClientCredentials::Assertion(ClientAssertion {
+                client_id: p.get("client_id").cloned(),
+                assertion: assertion.clone(),
+                endpoint,
+                path: form.path.clone(),
+            })));
+        }
+        _ => {
+            return Err(OAuthError::InvalidRequest(
+                "`client_assertion` and `client_assertion_type` are sent together".into(),
+            ))
+        }
+    }
+    let post = match (p.get("client_id"), p.get("client_secret")) {
         (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
         (Some(_), None) | (None, Some(_)) => None,
         (None, None) => None,
@@ -248,20 +296,27 @@ fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
     // RFC 6749 §2.3.1 forbids two methods; a `client_id` in the form that names another client
     // than Basic does is a contradiction, not something to ignore. The same id is harmless
     // (some clients always send it, RFC 6749 §4.4 allows it with Basic).
-    if let (Some(Ok((basic_id, _))), Some(form_id)) = (&basic, form.params.get("client_id")) {
+    if let (Some(Ok((basic_id, _))), Some(form_id)) = (&basic, p.get("client_id")) {
         if basic_id != form_id {
             return Err(OAuthError::InvalidRequest(
                 "`client_id` in the form names another client than HTTP Basic does".into(),
             ));
         }
     }
+    let secret = |client_id, secret, basic| {
+        Ok(Some(ClientCredentials::Secret(ClientAuth {
+            client_id,
+            secret: SecretString::new(secret),
+            basic,
+        })))
+    };
     match (basic, post) {
         (Some(_), Some(_)) => Err(OAuthError::InvalidRequest(
             "use one client authentication method: HTTP Basic or client_id/client_secret in the body, not both".into(),
         )),
-        (Some(Ok((id, secret))), None) => Ok(Some(ClientAuth { client_id: id, secret: SecretString::new(secret), basic: true })),
+        (Some(Ok((id, s))), None) => secret(id, s, true),
         (Some(Err(())), None) => Err(OAuthError::InvalidClient { basic: true }),
-        (None, Some((id, secret))) => Ok(Some(ClientAuth { client_id: id, secret: SecretString::new(secret), basic: false })),
+        (None, Some((id, s))) => secret(id, s, false),
         (None, None) => Ok(None),
     }
 }
@@ -285,7 +340,7 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let auth = match client_auth(&form) {
+    let auth = match client_auth(&form, Endpoint::Token) {
         Ok(Some(a)) => a,
         Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
         Err(e) => return oauth_error(e),
@@ -397,7 +452,7 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let scope_org = match client_auth(&form) {
+    let scope_org = match client_auth(&form, Endpoint::Introspection) {
         Err(e) => return oauth_error(e),
         Ok(Some(auth)) => match s.app.authenticate_client(&auth, &form.meta).await {
             Ok(c) => Some(c.client.org_id.clone()),
@@ -442,7 +497,7 @@ pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let auth = match client_auth(&form) {
+    let auth = match client_auth(&form, Endpoint::Revocation) {
         Ok(Some(a)) => a,
         Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
         Err(e) => return oauth_error(e),
@@ -473,21 +528,30 @@ pub async fn metadata(State(s): State<AppState>) -> Response {
         .await
         .map(|x| x.into_iter().collect())
         .unwrap_or_default();
-    let methods = ["client_secret_basic", "client_secret_post"];
-    Json(serde_json::json!({
+    Json(metadata_document(&issuer, scopes)).into_response()
+}
+
+/// The RFC 8414 document for `issuer`: exactly the endpoints, grants, client authentication
+/// methods and assertion algorithms keyplane supports.
+pub fn metadata_document(issuer: &str, scopes: Vec<String>) -> serde_json::Value {
+    let methods: Vec<&str> = AuthMethod::ALL.iter().map(|m| m.as_str()).collect();
+    let algs: Vec<&str> = JwsAlg::ALL.iter().map(|a| a.as_str()).collect();
+    serde_json::json!({
         "issuer": issuer,
-        "token_endpoint": format!("{issuer}/v1/oauth/token"),
-        "introspection_endpoint": format!("{issuer}/v1/oauth/token/introspect"),
-        "revocation_endpoint": format!("{issuer}/v1/oauth/token/revoke"),
+        "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
+        "introspection_endpoint": format!("{issuer}{INTROSPECTION_PATH}"),
+        "revocation_endpoint": format!("{issuer}{REVOCATION_PATH}"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": ["token"],
         "scopes_supported": scopes,
         "token_endpoint_auth_methods_supported": methods,
+        "token_endpoint_auth_signing_alg_values_supported": algs,
         "introspection_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": algs,
         "revocation_endpoint_auth_methods_supported": methods,
-    }))
-    .into_response()
+        "revocation_endpoint_auth_signing_alg_values_supported": algs,
+    })
 }
 
 /// The public signing keys: the next one, the current one, and retired ones still in use.
