@@ -27,6 +27,12 @@ impl Keyplane {
     /// never per client id alone, so a caller with the right secret elsewhere is never locked out.
     fn client_throttle_keys(&self, client_id: &str, meta: &RequestMeta) -> [(String, u32); 2] {
         let ip = meta.addr_text().unwrap_or_default();
+        // The id is the caller's (a form field, or an unverified assertion's `sub`): only its
+        // first 128 characters make the key, so a flood of long ids keeps the table small.
+        let client_id = client_id
+            .char_indices()
+            .nth(128)
+            .map_or(client_id, |(i, _)| &client_id[..i]);
         let s = &self.rt.settings.oauth;
         [
             (

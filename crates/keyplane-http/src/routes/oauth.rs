@@ -331,9 +331,10 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
-/// The client-credentials grant. Client authentication by HTTP Basic or in the form.
+/// The client-credentials grant. Client authentication by HTTP Basic, by `client_id` and
+/// `client_secret` in the form, or (`private_key_jwt` clients) by a signed `client_assertion`.
 #[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=client_credentials, optional scope, optional client_id/client_secret"),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "grant_type=client_credentials, optional scope; client_id/client_secret (without HTTP Basic), or client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer with client_assertion (RFC 7523)"),
     responses((status = 200, body = TokenResponse), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody), (status = 429, body = OAuthErrorBody)))]
 pub async fn token(State(s): State<AppState>, req: Request) -> Response {
     let form = match read_form(req).await {
@@ -445,7 +446,7 @@ impl IntrospectionResponse {
 /// RFC 7662 introspection of an access token or API key. The caller authenticates as a client
 /// (Basic or form) or with a bearer credential allowed to introspect (`tokens:introspect`).
 #[utoipa::path(post, path = "/v1/oauth/token/introspect", tag = "oauth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token=..."),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "token=...; the client authenticates as at the token endpoint, or a bearer credential with tokens:introspect is used"),
     responses((status = 200, body = IntrospectionResponse), (status = 401, body = OAuthErrorBody)))]
 pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
     let form = match read_form(req).await {
@@ -490,7 +491,7 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
 /// RFC 7009 revocation: a client revokes one of its own access tokens. 200 with no body; for a
 /// token that does not exist, 200 with `{"error": "invalid_request", ...}` as seed 000 shows.
 #[utoipa::path(post, path = "/v1/oauth/token/revoke", tag = "oauth",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "token=..., optional token_type_hint"),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "token=..., optional token_type_hint; the client authenticates as at the token endpoint"),
     responses((status = 200, description = "revoked (no body), or the token does not exist (error body)"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
 pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
     let form = match read_form(req).await {
