@@ -263,7 +263,7 @@ check_json "seed000 metadata: response_types_supported" \
 check_json "seed000 metadata: scopes_supported has $READ_SCOPE and $WRITE_SCOPE" \
     'E["READ_SCOPE"] in j["scopes_supported"] and E["WRITE_SCOPE"] in j["scopes_supported"]'
 check_json "seed000 metadata: token_endpoint_auth_methods_supported" \
-    'j["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post"]'
+    'j["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post", "private_key_jwt"]'
 ADVERTISED_TOKEN_ENDPOINT=$(json_get "$BODY_FILE" 'j["token_endpoint"]')
 
 # --- Set the environment.

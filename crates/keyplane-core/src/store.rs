@@ -230,11 +230,12 @@ pub trait Store: Send + Sync + 'static {
     async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()>;
 
     // OAuth clients.
-    /// Inserts a client with its first secret. A name taken in the project is a conflict.
+    /// Inserts a client with its first secret (none for a `private_key_jwt` client). A name
+    /// taken in the project is a conflict.
     async fn client_create(
         &self,
         client: &OAuthClient,
-        secret: &ClientSecret,
+        secret: Option<&ClientSecret>,
         event: &NewEvent,
     ) -> Result<()>;
     /// A client and its secrets.
@@ -248,7 +249,9 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<OAuthClient>>;
     /// Writes the editable fields (name, description, scopes, TTL, format, algorithm, audience,
-    /// rotation policy) if the client is still at `client.version`; returns it as stored.
+    /// rotation policy, authentication method and keys) if the client is still at
+    /// `client.version`; returns it as stored. A client that now authenticates with
+    /// `private_key_jwt` keeps no secret: its secrets are deleted in the same transaction.
     async fn client_update(&self, client: &OAuthClient, event: &NewEvent) -> Result<OAuthClient>;
     /// Deletes a client (still at `version`) and its secrets.
     async fn client_delete(&self, client_id: &str, version: i64, event: &NewEvent) -> Result<()>;
@@ -300,6 +303,19 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
         event: &NewEvent,
     ) -> Result<()>;
+    /// Records the `jti` of a client assertion (`private_key_jwt`) until `expires_at`, when no
+    /// clock could still accept that assertion; false when the same client's `jti` is already
+    /// recorded and live — a replay, whichever node saw it first. Like use counts, this is a
+    /// record of use, not a change to a credential, so it has no activity event.
+    async fn client_assertion_jti_use(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Forgets assertion `jti`s past their expiry.
+    async fn client_assertion_jtis_purge(&self, now: OffsetDateTime) -> Result<u64>;
     /// Revoked tokens that have not expired yet.
     async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>>;
     /// Forgets revocations of tokens that have expired anyway.

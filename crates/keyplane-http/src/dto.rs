@@ -445,6 +445,16 @@ pub struct ClientView {
     pub signing_alg: Option<String>,
     pub audience: Option<String>,
     pub secret_rotation_days: Option<i64>,
+    /// How it authenticates (RFC 7591): `client_secret_basic`, `client_secret_post` (both take
+    /// its secret either way) or `private_key_jwt` (a signed assertion; no secrets).
+    pub token_endpoint_auth_method: String,
+    /// A `private_key_jwt` client's public keys (RFC 7591 `jwks`), as registered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// Where a `private_key_jwt` client publishes its public keys (RFC 7591 `jwks_uri`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
     pub created_at: String,
     pub created_by: String,
     pub secrets: Vec<ClientSecretView>,
@@ -495,20 +505,26 @@ impl ClientView {
             signing_alg: c.signing_alg.map(|a| a.as_str().to_string()),
             audience: c.audience,
             secret_rotation_days: c.secret_rotation_days,
+            token_endpoint_auth_method: c.auth_method.as_str().into(),
+            jwks: c.jwks.as_ref().map(|j| j.to_json()),
+            jwks_uri: c.jwks_uri,
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
         }
     }
 }
 
-/// A new client with its first secret: the only response that shows the secret.
+/// A new client with its first secret: the only response that shows the secret. A
+/// `private_key_jwt` client has none.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClientWithSecret {
     #[serde(flatten)]
     pub client: ClientView,
-    /// The secret. Store it now: it is not shown again.
-    pub client_secret: String,
-    pub secret_id: String,
+    /// The secret. Store it now: it is not shown again. Absent for `private_key_jwt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<String>,
     pub message: String,
 }
 
@@ -532,6 +548,14 @@ pub struct CreateClient {
     pub audience: Option<String>,
     /// Each secret's maximum age in days.
     pub secret_rotation_days: Option<i64>,
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt` (RFC 7591).
+    pub token_endpoint_auth_method: Option<String>,
+    /// For `private_key_jwt`: its public keys as a JWK set (EC P-256, OKP Ed25519 or RSA of at
+    /// least 2048 bits), checked now.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// For `private_key_jwt`, instead of `jwks`: an https URL where its JWK set is published.
+    pub jwks_uri: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -551,6 +575,17 @@ pub struct UpdateClient {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>)]
     pub secret_rotation_days: Option<Option<i64>>,
+    /// Switching to `private_key_jwt` deletes the client's secrets; switching away from it
+    /// drops its keys (add a secret afterwards).
+    pub token_endpoint_auth_method: Option<String>,
+    /// A JWK set, or `null`; setting it replaces `jwks_uri`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<Option<serde_json::Value>>,
+    /// An https URL, or `null`; setting it replaces `jwks`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub jwks_uri: Option<Option<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

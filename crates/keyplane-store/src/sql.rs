@@ -2,10 +2,12 @@
 
 use async_trait::async_trait;
 use keyplane_core::domain::activity::{event_hash, Checkpoint, GENESIS_HASH};
+use keyplane_core::domain::client_auth::AuthMethod;
 use keyplane_core::domain::clock::{from_ms, to_ms};
 use keyplane_core::domain::console::{ConsoleSession, PasswordLink};
 use keyplane_core::domain::error::{Error, Result};
 use keyplane_core::domain::ids::{DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
+use keyplane_core::domain::jose::JwkSet;
 use keyplane_core::domain::model::*;
 use keyplane_core::domain::perm::{MemberRole, Permission};
 use keyplane_core::domain::roles::builtin_roles;
@@ -82,7 +84,8 @@ macro_rules! lookup_select {
 macro_rules! client_cols {
     () => {
         "seq, client_id, org_id, project_id, owner_member_id, name, description, scopes, access_token_ttl_seconds, \
-         token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, disabled_at, version"
+         token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, disabled_at, version, \
+         token_endpoint_auth_method, jwks, jwks_uri"
     };
 }
 
@@ -233,6 +236,8 @@ macro_rules! impl_store {
                 let scopes: String = r.try_get("scopes").map_err(db_err)?;
                 let format: String = r.try_get("token_format").map_err(db_err)?;
                 let alg: Option<String> = r.try_get("signing_alg").map_err(db_err)?;
+                let method: String = r.try_get("token_endpoint_auth_method").map_err(db_err)?;
+                let jwks: Option<String> = r.try_get("jwks").map_err(db_err)?;
                 Ok(OAuthClient {
                     seq: r.try_get("seq").map_err(db_err)?,
                     client_id: r.try_get("client_id").map_err(db_err)?,
@@ -250,6 +255,12 @@ macro_rules! impl_store {
                     },
                     audience: r.try_get("audience").map_err(db_err)?,
                     secret_rotation_days: r.try_get("secret_rotation_days").map_err(db_err)?,
+                    auth_method: AuthMethod::parse(&method).ok_or_else(|| corrupt("client authentication method"))?,
+                    jwks: match jwks {
+                        Some(text) => Some(JwkSet::parse(text.as_bytes()).map_err(|_| corrupt("client JWK set"))?),
+                        None => None,
+                    },
+                    jwks_uri: r.try_get("jwks_uri").map_err(db_err)?,
                     not_before: opt_time(r.try_get("not_before").map_err(db_err)?),
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
                     created_by: r.try_get("created_by").map_err(db_err)?,
@@ -1042,13 +1053,14 @@ macro_rules! impl_store {
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn client_create(&self, c: &OAuthClient, secret: &ClientSecret, event: &NewEvent) -> Result<()> {
+            async fn client_create(&self, c: &OAuthClient, secret: Option<&ClientSecret>, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 Self::owner_exists(&mut tx, &c.org_id, c.owner_member_id.as_deref()).await?;
                 sqlx::query(
                     "INSERT INTO oauth_clients (client_id, org_id, project_id, owner_member_id, name, description, scopes, \
-                     access_token_ttl_seconds, token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                     access_token_ttl_seconds, token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, version, \
+                     token_endpoint_auth_method, jwks, jwks_uri) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
                 )
                 .bind(&c.client_id)
                 .bind(&c.org_id)
@@ -1066,10 +1078,15 @@ macro_rules! impl_store {
                 .bind(to_ms(c.created_at))
                 .bind(&c.created_by)
                 .bind(c.version)
+                .bind(c.auth_method.as_str())
+                .bind(c.jwks.as_ref().map(|j| j.to_json().to_string()))
+                .bind(&c.jwks_uri)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
-                Self::insert_secret(&mut tx, secret).await?;
+                if let Some(secret) = secret {
+                    Self::insert_secret(&mut tx, secret).await?;
+                }
                 Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
             }
@@ -1113,7 +1130,8 @@ macro_rules! impl_store {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 let done = sqlx::query(
                     "UPDATE oauth_clients SET name = $2, description = $3, scopes = $4, access_token_ttl_seconds = $5, \
-                     token_format = $6, signing_alg = $7, audience = $8, secret_rotation_days = $9, version = version + 1 \
+                     token_format = $6, signing_alg = $7, audience = $8, secret_rotation_days = $9, version = version + 1, \
+                     token_endpoint_auth_method = $11, jwks = $12, jwks_uri = $13 \
                      WHERE client_id = $1 AND version = $10",
                 )
                 .bind(&c.client_id)
@@ -1126,11 +1144,21 @@ macro_rules! impl_store {
                 .bind(&c.audience)
                 .bind(c.secret_rotation_days)
                 .bind(c.version)
+                .bind(c.auth_method.as_str())
+                .bind(c.jwks.as_ref().map(|j| j.to_json().to_string()))
+                .bind(&c.jwks_uri)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
                 if done.rows_affected() == 0 {
                     return Err(Error::VersionConflict("OAuth client"));
+                }
+                if !c.auth_method.uses_secret() {
+                    sqlx::query("DELETE FROM oauth_client_secrets WHERE client_id = $1")
+                        .bind(&c.client_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                 }
                 let row = sqlx::query(concat!("SELECT ", client_cols!(), " FROM oauth_clients WHERE client_id = $1"))
                     .bind(&c.client_id)
@@ -1332,6 +1360,33 @@ macro_rules! impl_store {
                 .map_err(db_err)?;
                 Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
                 tx.commit().await.map_err(db_err)
+            }
+
+            async fn client_assertion_jti_use(&self, client_id: &str, jti: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<bool> {
+                // A row whose assertion has expired (not purged yet) does not block a new one
+                // that happens to reuse its jti: it is taken over instead.
+                let done = sqlx::query(
+                    "INSERT INTO client_assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE client_assertion_jtis.expires_at <= $4",
+                )
+                .bind(client_id)
+                .bind(jti)
+                .bind(to_ms(expires_at))
+                .bind(to_ms(now))
+                .execute(self.w())
+                .await
+                .map_err(db_err)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn client_assertion_jtis_purge(&self, now: OffsetDateTime) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM client_assertion_jtis WHERE expires_at <= $1")
+                    .bind(to_ms(now))
+                    .execute(self.w())
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
             }
 
             async fn revoked_tokens(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>> {

@@ -99,6 +99,9 @@ fn client(name: &str, owner: Option<&str>) -> OAuthClient {
         signing_alg: None,
         audience: None,
         secret_rotation_days: None,
+        auth_method: keyplane_core::domain::client_auth::AuthMethod::ClientSecretBasic,
+        jwks: None,
+        jwks_uri: None,
         not_before: None,
         created_at: now(),
         created_by: "test".into(),
@@ -199,6 +202,8 @@ contract!(
     member_removal_takes_keys_clients_sessions_and_links,
     new_password_ends_only_that_members_sessions,
     activity_checkpoints_round_trip,
+    private_key_jwt_clients_keep_keys_and_no_secrets,
+    assertion_ids_are_single_use_until_they_expire,
 );
 
 /// An event recording a change in the default organization.
@@ -967,7 +972,7 @@ async fn changes_commit_with_their_event(s: Arc<dyn Store>) {
     let c = client("svc-client", Some(&m.id));
     s.client_create(
         &c,
-        &client_secret(&c.client_id, 1),
+        Some(&client_secret(&c.client_id, 1)),
         &ev("client.create", &c.client_id),
     )
     .await
@@ -1045,7 +1050,7 @@ async fn failed_changes_write_no_event(s: Arc<dyn Store>) {
         .unwrap();
     let c = client("cl", Some(&m.id));
     let cs1 = client_secret(&c.client_id, 1);
-    s.client_create(&c, &cs1, &ev("client.create", &c.client_id))
+    s.client_create(&c, Some(&cs1), &ev("client.create", &c.client_id))
         .await
         .unwrap();
     s.client_secret_add(
@@ -1267,7 +1272,7 @@ async fn versions_bump_by_one_and_stale_versions_are_refused(s: Arc<dyn Store>) 
     // OAuth clients and their secrets.
     let c = client("versioned", None);
     let cs1 = client_secret(&c.client_id, 1);
-    s.client_create(&c, &cs1, &ev("client.create", &c.client_id))
+    s.client_create(&c, Some(&cs1), &ev("client.create", &c.client_id))
         .await
         .unwrap();
     let (got, _) = s.client_get(&c.client_id).await.unwrap().unwrap();
@@ -1423,7 +1428,7 @@ async fn concurrent_rotations_from_one_version_one_wins(s: Arc<dyn Store>) {
     let c = client("raced", None);
     s.client_create(
         &c,
-        &client_secret(&c.client_id, 0),
+        Some(&client_secret(&c.client_id, 0)),
         &ev("client.create", &c.client_id),
     )
     .await
@@ -1529,7 +1534,7 @@ async fn member_removal_takes_keys_clients_sessions_and_links(s: Arc<dyn Store>)
         let c = client(name, Some(&gone.id));
         s.client_create(
             &c,
-            &client_secret(&c.client_id, 7),
+            Some(&client_secret(&c.client_id, 7)),
             &ev("client.create", &c.client_id),
         )
         .await
@@ -1541,7 +1546,7 @@ async fn member_removal_takes_keys_clients_sessions_and_links(s: Arc<dyn Store>)
     for c in &other_clients {
         s.client_create(
             c,
-            &client_secret(&c.client_id, 8),
+            Some(&client_secret(&c.client_id, 8)),
             &ev("client.create", &c.client_id),
         )
         .await
@@ -1778,4 +1783,104 @@ async fn activity_checkpoints_round_trip(s: Arc<dyn Store>) {
     assert_eq!(report.checked, 1);
     assert_eq!(before.0 + 1, head(&*s).await.0);
     assert_eq!(verify_chain(&*s).await, before.0 as u64 + 1);
+}
+
+/// A `private_key_jwt` client: stored without a secret, its JWK set and method read back as
+/// written; switching a secret client to it deletes its secrets in the same change.
+async fn private_key_jwt_clients_keep_keys_and_no_secrets(s: Arc<dyn Store>) {
+    use keyplane_core::domain::client_auth::AuthMethod;
+    use keyplane_core::domain::jose::JwkSet;
+    let set = JwkSet::from_json(&serde_json::json!({"keys": [{
+        "kty": "OKP", "crv": "Ed25519", "kid": "k1",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    }]}))
+    .unwrap();
+    let mut c = client("keyed", None);
+    c.auth_method = AuthMethod::PrivateKeyJwt;
+    c.jwks = Some(set.clone());
+    s.client_create(&c, None, &ev("client.create", &c.client_id))
+        .await
+        .unwrap();
+    let (got, secrets) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    assert!(secrets.is_empty());
+    assert_eq!(got.auth_method, AuthMethod::PrivateKeyJwt);
+    assert_eq!(got.jwks, Some(set.clone()));
+    assert_eq!(got.jwks_uri, None);
+
+    // Another client, with a secret, moves to a jwks_uri.
+    let mut d = client("was secret", None);
+    s.client_create(
+        &d,
+        Some(&client_secret(&d.client_id, 9)),
+        &ev("client.create", &d.client_id),
+    )
+    .await
+    .unwrap();
+    d.auth_method = AuthMethod::PrivateKeyJwt;
+    d.jwks_uri = Some("https://keys.example.com/jwks.json".into());
+    let stored = s
+        .client_update(&d, &ev("client.update", &d.client_id))
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 2);
+    let (got, secrets) = s.client_get(&d.client_id).await.unwrap().unwrap();
+    assert!(secrets.is_empty(), "its secret went with the switch");
+    assert_eq!(
+        got.jwks_uri.as_deref(),
+        Some("https://keys.example.com/jwks.json")
+    );
+    assert_eq!(got.auth_method, AuthMethod::PrivateKeyJwt);
+}
+
+/// The replay cache: a (client, jti) is accepted once until it expires, on any connection; an
+/// expired entry neither blocks a new assertion that reuses its jti nor outlives a purge.
+async fn assertion_ids_are_single_use_until_they_expire(s: Arc<dyn Store>) {
+    let t0 = now();
+    let later = t0 + time::Duration::seconds(120);
+    assert!(s
+        .client_assertion_jti_use("c1", "j1", later, t0)
+        .await
+        .unwrap());
+    assert!(!s
+        .client_assertion_jti_use("c1", "j1", later, t0)
+        .await
+        .unwrap());
+    // Another client may use the same jti.
+    assert!(s
+        .client_assertion_jti_use("c2", "j1", later, t0)
+        .await
+        .unwrap());
+    // Concurrent uses of one fresh jti: exactly one wins.
+    let tries = (0..8).map(|_| {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.client_assertion_jti_use("c1", "race", later, t0).await })
+    });
+    let mut won = 0;
+    for t in tries {
+        if t.await.unwrap().unwrap() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+    // Past its expiry it may be taken again (before or after the purge).
+    let after = later + time::Duration::seconds(1);
+    let next = after + time::Duration::seconds(120);
+    assert!(s
+        .client_assertion_jti_use("c1", "j1", next, after)
+        .await
+        .unwrap());
+    assert!(!s
+        .client_assertion_jti_use("c1", "j1", next, after)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.client_assertion_jtis_purge(after).await.unwrap(),
+        2,
+        "c2/j1 and c1/race"
+    );
+    assert_eq!(s.client_assertion_jtis_purge(after).await.unwrap(), 0);
+    assert!(!s
+        .client_assertion_jti_use("c1", "j1", next, after)
+        .await
+        .unwrap());
 }

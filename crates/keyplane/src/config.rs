@@ -142,6 +142,14 @@ pub struct OAuthFile {
     /// 0 turns automatic rotation off.
     pub signing_key_rotation_days: Option<i64>,
     pub default_access_token_ttl_seconds: Option<i64>,
+    /// The longest a `private_key_jwt` client assertion may live (default 300 s).
+    pub client_assertion_max_lifetime_seconds: Option<i64>,
+    /// A client's `jwks_uri` is fetched again for an unknown `kid` at most this often (30 s).
+    pub jwks_refetch_interval_seconds: Option<i64>,
+    /// A fetched `jwks_uri` document is used this long before it is fetched again (300 s).
+    pub jwks_max_age_seconds: Option<i64>,
+    /// Allow `http://` `jwks_uri`s on loopback hosts (tests and development; default false).
+    pub jwks_uri_allow_loopback_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -241,6 +249,10 @@ pub struct Config {
     pub signing_key_lead_seconds: i64,
     pub signing_key_rotation_days: Option<i64>,
     pub default_access_token_ttl_seconds: i64,
+    pub client_assertion_max_lifetime_seconds: i64,
+    pub jwks_refetch_interval_seconds: i64,
+    pub jwks_max_age_seconds: i64,
+    pub jwks_uri_allow_loopback_http: bool,
     /// The configuration file, where route rules are read from (again on reload).
     pub config_file: Option<PathBuf>,
     pub gateway_listen: Option<SocketAddr>,
@@ -337,6 +349,10 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_FORWARDED_HEADER",
     "KEYPLANE_AUTH_FAILURES_PER_MINUTE",
     "KEYPLANE_REFUSAL_EVENTS_PER_FLUSH",
+    "KEYPLANE_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS",
+    "KEYPLANE_JWKS_REFETCH_INTERVAL_SECONDS",
+    "KEYPLANE_JWKS_MAX_AGE_SECONDS",
+    "KEYPLANE_JWKS_URI_ALLOW_LOOPBACK_HTTP",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -620,6 +636,34 @@ impl Config {
         )?;
         let default_access_token_ttl_seconds =
             file.oauth.default_access_token_ttl_seconds.unwrap_or(3600);
+        let client_assertion_max_lifetime_seconds = num(
+            "KEYPLANE_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS",
+            file.oauth.client_assertion_max_lifetime_seconds,
+            300,
+        )?;
+        if !(10..=3600).contains(&client_assertion_max_lifetime_seconds) {
+            bail!("client_assertion_max_lifetime_seconds must be between 10 and 3600");
+        }
+        let jwks_refetch_interval_seconds = num(
+            "KEYPLANE_JWKS_REFETCH_INTERVAL_SECONDS",
+            file.oauth.jwks_refetch_interval_seconds,
+            30,
+        )?
+        .max(0);
+        let jwks_max_age_seconds = num(
+            "KEYPLANE_JWKS_MAX_AGE_SECONDS",
+            file.oauth.jwks_max_age_seconds,
+            300,
+        )?
+        .max(1);
+        let jwks_uri_allow_loopback_http = match env.get("KEYPLANE_JWKS_URI_ALLOW_LOOPBACK_HTTP") {
+            Some(v) => match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => bail!("KEYPLANE_JWKS_URI_ALLOW_LOOPBACK_HTTP must be true or false"),
+            },
+            None => file.oauth.jwks_uri_allow_loopback_http.unwrap_or(false),
+        };
         // Route rules are validated here too, so a bad rule stops the start with its line.
         read_rules(file_path.as_deref()).map_err(anyhow::Error::msg)?;
         let gateway_listen = gateway
@@ -767,6 +811,10 @@ impl Config {
             signing_key_lead_seconds,
             signing_key_rotation_days: (rotation > 0).then_some(rotation),
             default_access_token_ttl_seconds,
+            client_assertion_max_lifetime_seconds,
+            jwks_refetch_interval_seconds,
+            jwks_max_age_seconds,
+            jwks_uri_allow_loopback_http,
             config_file: file_path,
             gateway_listen,
             upstream,

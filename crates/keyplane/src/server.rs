@@ -90,15 +90,18 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
             aggregate_token_events: config.aggregate_token_events,
             signing_key_lead_seconds: config.signing_key_lead_seconds,
             signing_key_rotation_days: config.signing_key_rotation_days,
+            client_assertion_max_lifetime_seconds: config.client_assertion_max_lifetime_seconds,
+            jwks_refetch_interval_seconds: config.jwks_refetch_interval_seconds,
+            jwks_max_age_seconds: config.jwks_max_age_seconds,
+            jwks_uri_allow_loopback_http: config.jwks_uri_allow_loopback_http,
             ..OAuthSettings::default()
         },
     };
-    Ok(Arc::new(Keyplane::new(
-        store,
-        Arc::new(SystemClock),
-        pepper,
-        settings,
-    )))
+    let app = Keyplane::new(store, Arc::new(SystemClock), pepper, settings);
+    app.set_jwks_fetcher(Arc::new(
+        crate::jwks::HttpJwksFetcher::new().context("cannot build the jwks_uri HTTP client")?,
+    ));
+    Ok(Arc::new(app))
 }
 
 /// A server that is running.
@@ -349,9 +352,10 @@ pub fn admin_key_banner(key: &SecretString) -> String {
 }
 
 /// Once a minute: rotate due signing keys, warn about expiring client secrets, forget
-/// revocations of tokens that have expired anyway, reload what other nodes changed
-/// (a safety net behind NOTIFY), and verify the activity events appended since the last
-/// checkpoint (a broken chain is logged; a new checkpoint keeps API verifications short).
+/// revocations of tokens that have expired anyway and the `jti`s of expired client
+/// assertions, reload what other nodes changed (a safety net behind NOTIFY), and verify the
+/// activity events appended since the last checkpoint (a broken chain is logged; a new
+/// checkpoint keeps API verifications short).
 async fn maintain(app: &Keyplane) {
     let results = [
         ("rotate signing keys", app.rotate_due_signing_keys().await),
@@ -362,6 +366,10 @@ async fn maintain(app: &Keyplane) {
         (
             "purge expired revocations",
             app.purge_revocations().await.map(|_| ()),
+        ),
+        (
+            "purge expired client assertion ids",
+            app.purge_client_assertions().await.map(|_| ()),
         ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),

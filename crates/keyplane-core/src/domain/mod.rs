@@ -3,10 +3,12 @@
 
 pub mod activity;
 pub mod ceiling;
+pub mod client_auth;
 pub mod clock;
 pub mod console;
 pub mod error;
 pub mod ids;
+pub mod jose;
 pub mod model;
 pub mod oauth;
 pub mod path;

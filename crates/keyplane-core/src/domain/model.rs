@@ -211,6 +211,13 @@ pub struct OAuthClient {
     pub audience: Option<String>,
     /// Each secret's maximum age, when set.
     pub secret_rotation_days: Option<i64>,
+    /// How it authenticates (RFC 7591 `token_endpoint_auth_method`). A `private_key_jwt`
+    /// client has no secret and exactly one of `jwks` and `jwks_uri`; the others have neither.
+    pub auth_method: crate::domain::client_auth::AuthMethod,
+    /// Its public keys, registered inline (RFC 7591 `jwks`).
+    pub jwks: Option<crate::domain::jose::JwkSet>,
+    /// Where its public keys are published (RFC 7591 `jwks_uri`), fetched and cached.
+    pub jwks_uri: Option<String>,
     /// Tokens issued before this are refused (set when a secret is retired).
     pub not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,

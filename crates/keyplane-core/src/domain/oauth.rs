@@ -12,6 +12,10 @@ pub enum OAuthError {
     InvalidClient {
         basic: bool,
     },
+    /// A client assertion whose signature verified broke a rule (expired, replayed, wrong
+    /// audience, …): `invalid_client` with a description saying which, since only the holder
+    /// of the client's private key can get this far.
+    InvalidClientAssertion(String),
     InvalidScope(String),
     UnauthorizedClient(String),
     UnsupportedGrantType,
@@ -27,12 +31,68 @@ impl From<Error> for OAuthError {
     }
 }
 
+/// The canonical paths of the OAuth endpoints (the metadata names these under the issuer).
+pub const TOKEN_PATH: &str = "/v1/oauth/token";
+pub const INTROSPECTION_PATH: &str = "/v1/oauth/token/introspect";
+pub const REVOCATION_PATH: &str = "/v1/oauth/token/revoke";
+
+/// An OAuth endpoint that authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Introspection,
+    Revocation,
+}
+
+impl Endpoint {
+    /// Its canonical path (the one the metadata document names).
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Token => TOKEN_PATH,
+            Endpoint::Introspection => INTROSPECTION_PATH,
+            Endpoint::Revocation => REVOCATION_PATH,
+        }
+    }
+}
+
 /// How a client authenticated to an OAuth endpoint.
+#[derive(Clone)]
+pub enum ClientCredentials {
+    /// A secret, in HTTP Basic or in the form (`client_secret_basic`, `client_secret_post`).
+    Secret(ClientAuth),
+    /// A JWT signed with the client's key (`private_key_jwt`, RFC 7523 §2.2).
+    Assertion(ClientAssertion),
+}
+
+/// A client id and secret, as presented.
 #[derive(Clone)]
 pub struct ClientAuth {
     pub client_id: String,
     pub secret: SecretString,
     pub basic: bool,
+}
+
+/// `client_assertion` with `client_assertion_type` = [`crate::domain::client_auth::JWT_BEARER`].
+#[derive(Clone)]
+pub struct ClientAssertion {
+    /// `client_id` from the form, when sent (RFC 7521 §4.2: optional); it must name the client
+    /// the assertion is from.
+    pub client_id: Option<String>,
+    pub assertion: String,
+    /// The endpoint it was sent to, and the path it was sent on (an alias such as
+    /// `/v1beta/oauth/token` counts as that endpoint's URL too): `aud` may name either URL or
+    /// the issuer.
+    pub endpoint: Endpoint,
+    pub path: String,
+}
+
+impl std::fmt::Debug for ClientAssertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAssertion")
+            .field("client_id", &self.client_id)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A successful token response.

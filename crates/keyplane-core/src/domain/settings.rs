@@ -59,6 +59,17 @@ pub struct OAuthSettings {
     pub failures_per_client_and_address: u32,
     /// Failed client authentications allowed per minute from one address.
     pub failures_per_address: u32,
+    /// The longest a client assertion (`private_key_jwt`) may live: `exp` at most this long
+    /// after its `iat` and after now.
+    pub client_assertion_max_lifetime_seconds: i64,
+    /// Clock difference allowed on a client assertion's `exp`, `nbf` and `iat`.
+    pub client_assertion_leeway_seconds: i64,
+    /// A client's `jwks_uri` is fetched again for an unknown `kid` at most once per this.
+    pub jwks_refetch_interval_seconds: i64,
+    /// A fetched `jwks_uri` document is used this long before it is fetched again.
+    pub jwks_max_age_seconds: i64,
+    /// Whether a `jwks_uri` may be plain `http://` on a loopback host (tests, development).
+    pub jwks_uri_allow_loopback_http: bool,
 }
 
 impl Default for OAuthSettings {
@@ -76,6 +87,11 @@ impl Default for OAuthSettings {
             signing_key_rotation_days: Some(30),
             failures_per_client_and_address: 10,
             failures_per_address: 50,
+            client_assertion_max_lifetime_seconds: 300,
+            client_assertion_leeway_seconds: 60,
+            jwks_refetch_interval_seconds: 30,
+            jwks_max_age_seconds: 300,
+            jwks_uri_allow_loopback_http: false,
         }
     }
 }

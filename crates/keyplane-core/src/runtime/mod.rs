@@ -4,6 +4,7 @@
 //! cache invalidation). Imports `domain` and `store` only; never a use case.
 
 pub mod cache;
+pub mod client_keys;
 pub mod credentials;
 pub mod feed;
 pub mod oauth;

@@ -1,7 +1,10 @@
 //! Per-node OAuth state: the client cache, revoked token ids, the signing keyring, the sealer
-//! of opaque tokens, the client-authentication throttle and the counters flushed in batches.
+//! of opaque tokens, the client-authentication throttle, the counters flushed in batches, and
+//! the key sets fetched from clients' `jwks_uri`s.
 
+use crate::domain::client_auth::JwksFetcher;
 use crate::domain::clock::{from_ms, to_ms};
+use crate::domain::jose::JwkSet;
 use crate::domain::model::{ClientSecret, OAuthClient};
 use crate::domain::settings::OAuthSettings;
 use crate::domain::token::{Keyring, Sealer};
@@ -16,6 +19,8 @@ use time::OffsetDateTime;
 pub struct CachedClient {
     pub client: OAuthClient,
     pub secrets: Vec<CachedSecret>,
+    /// The client's inline `jwks`, shared by every check.
+    pub jwks: Option<Arc<JwkSet>>,
     /// Whether it is in the client cache: use counts on an entry that is not (its fill lost a
     /// race with an invalidation, or the cache is not trusted) are handed to the next flush
     /// at once, since no eviction will.
@@ -53,6 +58,7 @@ impl CachedClient {
             })
             .collect();
         Self {
+            jwks: client.jwks.clone().map(Arc::new),
             client,
             secrets,
             cached: std::sync::atomic::AtomicBool::new(false),
@@ -73,6 +79,37 @@ impl CachedClient {
     }
 }
 
+/// The key set fetched from one client's `jwks_uri`, and when it was fetched. An entry lives
+/// while its client is cached and unchanged (any change to the client drops it), so there is
+/// at most one per `private_key_jwt` client with a `jwks_uri`.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    pub url: String,
+    pub set: RwLock<Option<Arc<JwkSet>>>,
+    /// The last successful fetch (ms).
+    pub fetched_at_ms: AtomicI64,
+    /// The last attempt, successful or not (ms): attempts are at most one per refetch interval.
+    pub attempted_at_ms: AtomicI64,
+    /// Held while fetching, so concurrent requests for an unknown `kid` make one fetch.
+    pub fetching: tokio::sync::Mutex<()>,
+}
+
+impl RemoteJwks {
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            set: RwLock::new(None),
+            fetched_at_ms: AtomicI64::new(i64::MIN / 2),
+            attempted_at_ms: AtomicI64::new(i64::MIN / 2),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<JwkSet>> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Tokens issued per (client, minute): count, scopes, organization.
 type IssuedCounts = HashMap<(String, i64), (u64, BTreeSet<String>, String)>;
 
@@ -90,6 +127,10 @@ pub struct OAuthState {
     /// Use counts of secrets whose cached client was dropped before a flush.
     pub pending_uses: Mutex<Vec<(String, OffsetDateTime, i64)>>,
     pub issued: Mutex<IssuedCounts>,
+    /// Key sets fetched from clients' `jwks_uri`s, by client id.
+    pub remote_jwks: RwLock<HashMap<String, Arc<RemoteJwks>>>,
+    /// Fetches `jwks_uri` documents; without one, such clients cannot authenticate.
+    pub jwks_fetcher: RwLock<Option<Arc<dyn JwksFetcher>>>,
 }
 
 impl OAuthState {
@@ -108,6 +149,8 @@ impl OAuthState {
             failures: FailureThrottle::default(),
             pending_uses: Mutex::default(),
             issued: Mutex::default(),
+            remote_jwks: RwLock::default(),
+            jwks_fetcher: RwLock::new(None),
         }
     }
 
@@ -119,6 +162,10 @@ impl OAuthState {
             .unwrap_or_else(|e| e.into_inner())
             .remove(client_id);
         self.unknown_clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+        self.remote_jwks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(client_id);
@@ -137,6 +184,10 @@ impl OAuthState {
             .map(|(_, c)| c)
             .collect();
         self.unknown_clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.remote_jwks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

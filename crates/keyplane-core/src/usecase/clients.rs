@@ -4,9 +4,11 @@
 use super::{check_version, retry_on_conflict};
 use crate::app::Keyplane;
 use crate::domain::ceiling::{owners_only, within, Authority};
+use crate::domain::client_auth::{check_jwks_uri, AuthMethod};
 use crate::domain::clock::to_ms;
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::{is_id, new_id};
+use crate::domain::jose::JwkSet;
 use crate::domain::model::{ClientSecret, OAuthClient, TokenFormat};
 use crate::domain::oauth::{IssuedToken, OAuthError};
 use crate::domain::perm::{Permission, Principal};
@@ -33,6 +35,12 @@ pub struct NewClient {
     pub signing_alg: Option<String>,
     pub audience: Option<String>,
     pub secret_rotation_days: Option<i64>,
+    /// RFC 7591 `token_endpoint_auth_method`; `client_secret_basic` when absent.
+    pub token_endpoint_auth_method: Option<String>,
+    /// RFC 7591 `jwks`: the public keys of a `private_key_jwt` client, inline.
+    pub jwks: Option<serde_json::Value>,
+    /// RFC 7591 `jwks_uri`: where a `private_key_jwt` client publishes its public keys.
+    pub jwks_uri: Option<String>,
 }
 
 /// Changes to a client; `None` leaves a field as it is, `Some(None)` clears an optional one.
@@ -46,6 +54,9 @@ pub struct ClientPatch {
     pub signing_alg: Option<Option<String>>,
     pub audience: Option<Option<String>>,
     pub secret_rotation_days: Option<Option<i64>>,
+    pub token_endpoint_auth_method: Option<String>,
+    pub jwks: Option<Option<serde_json::Value>>,
+    pub jwks_uri: Option<Option<String>>,
 }
 
 impl Keyplane {
@@ -92,6 +103,80 @@ impl Keyplane {
         }
     }
 
+    /// Applies a requested authentication method and keys to `c`: a `private_key_jwt` client
+    /// ends with exactly one of `jwks` (checked key by key) and `jwks_uri` (https, or loopback
+    /// http where the deployment allows it); a secret client with neither. Setting one of the
+    /// two replaces the other; switching to a secret method drops them.
+    fn settle_client_keys(
+        &self,
+        c: &mut OAuthClient,
+        method: Option<&str>,
+        jwks: Option<Option<&serde_json::Value>>,
+        jwks_uri: Option<Option<&str>>,
+    ) -> Result<()> {
+        if let Some(m) = method {
+            c.auth_method = AuthMethod::parse(m).ok_or_else(|| {
+                Error::invalid(
+                    "token_endpoint_auth_method",
+                    "`token_endpoint_auth_method` must be `client_secret_basic`, `client_secret_post` or `private_key_jwt`",
+                )
+            })?;
+        }
+        if c.auth_method.uses_secret() {
+            for (field, given) in [
+                ("jwks", matches!(jwks, Some(Some(_)))),
+                ("jwks_uri", matches!(jwks_uri, Some(Some(_)))),
+            ] {
+                if given {
+                    return Err(Error::invalid(
+                        field,
+                        format!("`{field}` is for clients whose `token_endpoint_auth_method` is `private_key_jwt`"),
+                    ));
+                }
+            }
+            c.jwks = None;
+            c.jwks_uri = None;
+            return Ok(());
+        }
+        let allow_http = self.rt.settings.oauth.jwks_uri_allow_loopback_http;
+        match (jwks, jwks_uri) {
+            (Some(Some(_)), Some(Some(_))) => {
+                return Err(Error::invalid(
+                    "jwks_uri",
+                    "give `jwks` or `jwks_uri`, not both",
+                ))
+            }
+            (Some(set), uri) => {
+                c.jwks = set
+                    .map(|v| {
+                        JwkSet::from_json(v).map_err(|e| Error::invalid("jwks", e.to_string()))
+                    })
+                    .transpose()?;
+                if c.jwks.is_some() || uri == Some(None) {
+                    c.jwks_uri = None;
+                }
+            }
+            (None, Some(uri)) => {
+                c.jwks_uri = uri
+                    .map(|u| {
+                        check_jwks_uri(u, allow_http).map_err(|e| Error::invalid("jwks_uri", e))
+                    })
+                    .transpose()?;
+                if c.jwks_uri.is_some() {
+                    c.jwks = None;
+                }
+            }
+            (None, None) => {}
+        }
+        if c.jwks.is_none() && c.jwks_uri.is_none() {
+            return Err(Error::invalid(
+                "jwks",
+                "a `private_key_jwt` client needs its public keys: `jwks` (a JWK set) or `jwks_uri`",
+            ));
+        }
+        Ok(())
+    }
+
     fn new_secret(
         &self,
         client_id: &str,
@@ -114,12 +199,14 @@ impl Keyplane {
         (cs, secret)
     }
 
+    /// Registers a client. A secret client gets its first secret (shown once, returned here);
+    /// a `private_key_jwt` client gets none.
     pub async fn client_create(
         &self,
         p: &Principal,
         input: NewClient,
         meta: &RequestMeta,
-    ) -> Result<(OAuthClient, ClientSecret, SecretString)> {
+    ) -> Result<(OAuthClient, Option<(ClientSecret, SecretString)>)> {
         let rt = &self.rt;
         let access = p.access(input.org_id.as_deref(), Permission::ClientsManage)?;
         rt.existing_org(access.org_id()).await?;
@@ -152,18 +239,31 @@ impl Keyplane {
                 .transpose()?,
             audience: Self::check_audience(input.audience)?,
             secret_rotation_days: Self::check_rotation(input.secret_rotation_days)?,
+            auth_method: AuthMethod::ClientSecretBasic,
+            jwks: None,
+            jwks_uri: None,
             not_before: None,
             created_at: rt.now(),
             created_by: p.actor_label(),
             disabled_at: None,
             version: 1,
         };
+        let mut client = client;
+        self.settle_client_keys(
+            &mut client,
+            input.token_endpoint_auth_method.as_deref(),
+            input.jwks.as_ref().map(Some),
+            input.jwks_uri.as_deref().map(Some),
+        )?;
         within(
             &p.authority(),
             &rt.client_authority(&client).await?,
             "create this client",
         )?;
-        let (cs, secret) = self.new_secret(&client.client_id, None);
+        let first = client
+            .auth_method
+            .uses_secret()
+            .then(|| self.new_secret(&client.client_id, None));
         let event = rt.event(
             p,
             Some(&client.org_id),
@@ -172,14 +272,16 @@ impl Keyplane {
             meta,
             client_details(&client),
         );
-        rt.store.client_create(&client, &cs, &event).await?;
+        rt.store
+            .client_create(&client, first.as_ref().map(|(cs, _)| cs), &event)
+            .await?;
         rt.oauth.invalidate_client(&client.client_id);
         let (client, _) = rt
             .store
             .client_get(&client.client_id)
             .await?
             .ok_or(Error::NotFound("OAuth client"))?;
-        Ok((client, cs, secret))
+        Ok((client, first))
     }
 
     pub async fn client_list(
@@ -285,6 +387,12 @@ impl Keyplane {
         if let Some(r) = patch.secret_rotation_days {
             c.secret_rotation_days = Self::check_rotation(r)?;
         }
+        self.settle_client_keys(
+            &mut c,
+            patch.token_endpoint_auth_method.as_deref(),
+            patch.jwks.as_ref().map(Option::as_ref),
+            patch.jwks_uri.as_ref().map(Option::as_deref),
+        )?;
         within(
             &caller,
             &rt.client_authority(&c).await?,
@@ -301,6 +409,12 @@ impl Keyplane {
         let stored = rt.store.client_update(&c, &event).await?;
         rt.invalidate(Invalidation::Client(client_id.to_string()))
             .await?;
+        // A client that now uses private_key_jwt kept none of its secrets.
+        let secrets = if stored.auth_method.uses_secret() {
+            secrets
+        } else {
+            Vec::new()
+        };
         Ok((stored, secrets))
     }
 
@@ -393,6 +507,11 @@ impl Keyplane {
             &rt.client_authority(&c).await?,
             "add a secret to this client",
         )?;
+        if !c.auth_method.uses_secret() {
+            return Err(Error::Conflict(
+                "this client authenticates with `private_key_jwt` and has no secrets; set its `token_endpoint_auth_method` to a secret method first".into(),
+            ));
+        }
         let (cs, secret) = self.new_secret(client_id, None);
         let old_expire_at = old_expire_in.map(|g| rt.now() + g);
         let event = rt.event(
@@ -518,5 +637,9 @@ fn client_details(c: &OAuthClient) -> serde_json::Value {
         "signing_alg": c.signing_alg.map(|a| a.as_str()),
         "audience": c.audience,
         "secret_rotation_days": c.secret_rotation_days,
+        "token_endpoint_auth_method": c.auth_method.as_str(),
+        // The keys by RFC 7638 thumbprint: enough to tell which were registered.
+        "jwks_thumbprints": c.jwks.as_ref().map(|s| s.keys().iter().map(|k| k.thumbprint()).collect::<Vec<_>>()),
+        "jwks_uri": c.jwks_uri,
     })
 }

@@ -1,11 +1,19 @@
-//! [`Keyplane`] use cases of the OAuth 2.0 endpoints: client authentication (throttled), the
-//! client-credentials grant, introspection (RFC 7662) and revocation (RFC 7009).
+//! [`Keyplane`] use cases of the OAuth 2.0 endpoints: client authentication (throttled; by
+//! secret or by `private_key_jwt` assertion), the client-credentials grant, introspection
+//! (RFC 7662) and revocation (RFC 7009).
 
 use crate::app::Keyplane;
+use crate::domain::client_auth::{
+    check_assertion, claimed_client, AssertionError, AssertionPolicy, AuthMethod, JwksFetcher,
+};
 use crate::domain::clock::from_ms;
 use crate::domain::error::Result;
+use crate::domain::jose::{EcdsaForm, JoseError, JwkSet, Jws};
 use crate::domain::model::OAuthClient;
-use crate::domain::oauth::{ClientAuth, Introspection, IssuedToken, OAuthError, RevokeOutcome};
+use crate::domain::oauth::{
+    ClientAssertion, ClientAuth, ClientCredentials, Introspection, IssuedToken, OAuthError,
+    RevokeOutcome,
+};
 use crate::domain::perm::{Actor, Permission, Principal};
 use crate::domain::request::RequestMeta;
 use crate::domain::secret::ct_eq;
@@ -19,6 +27,12 @@ impl Keyplane {
     /// never per client id alone, so a caller with the right secret elsewhere is never locked out.
     fn client_throttle_keys(&self, client_id: &str, meta: &RequestMeta) -> [(String, u32); 2] {
         let ip = meta.throttle_addr();
+        // The id is the caller's (a form field, or an unverified assertion's `sub`): only its
+        // first 128 characters make the key, so a flood of long ids keeps the table small.
+        let client_id = client_id
+            .char_indices()
+            .nth(128)
+            .map_or(client_id, |(i, _)| &client_id[..i]);
         let s = &self.rt.settings.oauth;
         [
             (
@@ -29,38 +43,65 @@ impl Keyplane {
         ]
     }
 
-    /// Authenticates a client by id and secret: throttled per client id and address, never
-    /// by client id alone, so a caller with the right secret elsewhere is never locked out.
+    /// Authenticates a client by whichever method it presented, throttled per client id and
+    /// address, never by client id alone, so a caller with the right credential elsewhere is
+    /// never locked out.
     pub async fn authenticate_client(
+        &self,
+        creds: &ClientCredentials,
+        meta: &RequestMeta,
+    ) -> Result<Arc<CachedClient>, OAuthError> {
+        match creds {
+            ClientCredentials::Secret(auth) => self.authenticate_with_secret(auth, meta).await,
+            ClientCredentials::Assertion(a) => self.authenticate_with_assertion(a, meta).await,
+        }
+    }
+
+    /// `Some(seconds to wait)` when `client_id` from this address failed too often lately.
+    fn client_throttled(&self, client_id: &str, meta: &RequestMeta, now: i64) -> Option<u64> {
+        let failures = &self.rt.oauth.failures;
+        if failures.quiet(now) {
+            return None;
+        }
+        failures.blocked(&self.client_throttle_keys(client_id, meta), now)
+    }
+
+    /// Counts a failed client authentication and queues its aggregated refusal event.
+    fn client_failed(
+        &self,
+        client_id: &str,
+        known: Option<&CachedClient>,
+        meta: &RequestMeta,
+        now: i64,
+    ) {
+        let keys = self.client_throttle_keys(client_id, meta);
+        self.rt.oauth.failures.failed(&keys, now);
+        self.note_client_refusal(known, meta);
+    }
+
+    /// `client_secret_basic` / `client_secret_post`: the client's id and one of its live secrets.
+    async fn authenticate_with_secret(
         &self,
         auth: &ClientAuth,
         meta: &RequestMeta,
     ) -> Result<Arc<CachedClient>, OAuthError> {
         let rt = &self.rt;
         let now = rt.now_ms();
-        let keys = if rt.oauth.failures.quiet(now) {
-            None
-        } else {
-            Some(self.client_throttle_keys(&auth.client_id, meta))
-        };
-        if let Some(retry) = keys
-            .as_ref()
-            .and_then(|k| rt.oauth.failures.blocked(k, now))
-        {
+        if let Some(retry) = self.client_throttled(&auth.client_id, meta, now) {
             return Err(OAuthError::TooManyRequests(retry));
         }
         let fail = |this: &Self, known: Option<&CachedClient>| {
-            let keys = this.client_throttle_keys(&auth.client_id, meta);
-            this.rt.oauth.failures.failed(&keys, now);
-            this.note_client_refusal(known, meta);
+            this.client_failed(&auth.client_id, known, meta, now);
             Err(OAuthError::InvalidClient { basic: auth.basic })
         };
-        let Some(client) = rt.cached_client(&auth.client_id).await? else {
+        // A private_key_jwt client has no secret (and none is accepted for it).
+        let Some(client) = rt
+            .cached_client(&auth.client_id)
+            .await?
+            .filter(|c| c.is_enabled() && c.client.auth_method.uses_secret())
+        else {
             return fail(self, None);
         };
-        if !client.is_enabled() {
-            return fail(self, Some(&client));
-        }
         let secret = auth.secret.expose();
         if rt
             .settings
@@ -89,6 +130,123 @@ impl Keyplane {
         }
     }
 
+    /// `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): a JWT the client signed with
+    /// one of its registered keys. Until the signature verifies, every failure is the same bare
+    /// `invalid_client`; after it, the description says which rule the assertion broke (only
+    /// the key's holder can read that). The `jti` is recorded in storage last, so only a fully
+    /// valid assertion uses it up, and a replay is refused on every node.
+    async fn authenticate_with_assertion(
+        &self,
+        a: &ClientAssertion,
+        meta: &RequestMeta,
+    ) -> Result<Arc<CachedClient>, OAuthError> {
+        let rt = &self.rt;
+        let now = rt.now_ms();
+        let jws = Jws::parse(&a.assertion).ok();
+        let claimed = jws.as_ref().and_then(claimed_client);
+        let client_id = a
+            .client_id
+            .clone()
+            .or_else(|| claimed.clone())
+            .unwrap_or_default();
+        if let Some(retry) = self.client_throttled(&client_id, meta, now) {
+            return Err(OAuthError::TooManyRequests(retry));
+        }
+        let fail = |this: &Self, known: Option<&CachedClient>, e: OAuthError| {
+            this.client_failed(&client_id, known, meta, now);
+            Err(e)
+        };
+        let bare = OAuthError::InvalidClient { basic: false };
+        let Some(jws) = jws else {
+            return fail(self, None, bare);
+        };
+        // A `client_id` in the form must name the client the assertion is from.
+        if claimed.as_deref() != Some(client_id.as_str()) {
+            return fail(self, None, bare);
+        }
+        let Some(client) = rt
+            .cached_client(&client_id)
+            .await?
+            .filter(|c| c.is_enabled() && c.client.auth_method == AuthMethod::PrivateKeyJwt)
+        else {
+            return fail(self, None, bare);
+        };
+        let verify = |set: &Option<Arc<JwkSet>>| match set {
+            Some(set) => jws.verify_with_set(set, EcdsaForm::Any).map(|_| ()),
+            None => Err(JoseError::UnknownKey),
+        };
+        let mut verified = verify(&rt.client_key_set(&client, false).await);
+        // A key the cached set does not have (or, without a `kid`, no key that verifies): the
+        // client may have rotated its keys at its `jwks_uri`.
+        let may_be_new = match &verified {
+            Err(JoseError::UnknownKey) => true,
+            Err(JoseError::BadSignature) => jws.header().kid.is_none(),
+            _ => false,
+        };
+        if may_be_new && client.client.jwks_uri.is_some() {
+            verified = verify(&rt.client_key_set(&client, true).await);
+        }
+        if verified.is_err() {
+            return fail(self, Some(&client), bare);
+        }
+        let s = &rt.settings.oauth;
+        let issuer = s.issuer.as_str();
+        let audiences = [
+            issuer.to_string(),
+            format!("{issuer}{}", a.endpoint.path()),
+            format!("{issuer}{}", a.path),
+        ];
+        let policy = AssertionPolicy {
+            max_lifetime_seconds: s.client_assertion_max_lifetime_seconds,
+            leeway_seconds: s.client_assertion_leeway_seconds,
+        };
+        let checked = match check_assertion(&jws, &client_id, &audiences, now / 1000, policy) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(
+                    self,
+                    Some(&client),
+                    OAuthError::InvalidClientAssertion(e.description()),
+                )
+            }
+        };
+        let fresh = rt
+            .store
+            .client_assertion_jti_use(
+                &client_id,
+                &checked.jti,
+                from_ms(checked.keep_until_s.saturating_mul(1000)),
+                rt.now(),
+            )
+            .await?;
+        if !fresh {
+            return fail(
+                self,
+                Some(&client),
+                OAuthError::InvalidClientAssertion(AssertionError::Replayed.description()),
+            );
+        }
+        Ok(client)
+    }
+
+    /// Installs what fetches clients' `jwks_uri` documents (the binary's HTTP client).
+    pub fn set_jwks_fetcher(&self, fetcher: Arc<dyn JwksFetcher>) {
+        *self
+            .rt
+            .oauth
+            .jwks_fetcher
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(fetcher);
+    }
+
+    /// Forgets client assertions' `jti`s whose assertions have expired; returns how many.
+    pub async fn purge_client_assertions(&self) -> Result<u64> {
+        self.rt
+            .store
+            .client_assertion_jtis_purge(self.rt.now())
+            .await
+    }
+
     /// Only a client that exists is named (with its organization): an id the caller made up is
     /// not recorded, so it can neither multiply refusal events nor be a secret pasted in the
     /// wrong field.
@@ -105,7 +263,7 @@ impl Keyplane {
     /// client's when none are requested). Nothing is written to storage.
     pub async fn issue_token(
         &self,
-        auth: &ClientAuth,
+        auth: &ClientCredentials,
         scope: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<IssuedToken, OAuthError> {
@@ -142,7 +300,7 @@ impl Keyplane {
     /// RFC 7009: a client revokes one of its own tokens.
     pub async fn revoke_token(
         &self,
-        auth: &ClientAuth,
+        auth: &ClientCredentials,
         token: &str,
         meta: &RequestMeta,
     ) -> Result<RevokeOutcome, OAuthError> {

@@ -401,19 +401,25 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         signing_alg: None,
         audience: None,
         secret_rotation_days: opt_i64(f, "rotation_days"),
+        token_endpoint_auth_method: None,
+        jwks: None,
+        jwks_uri: None,
     };
-    let (client, _, secret_value) = s
+    let (client, first) = s
         .app
         .client_create(&p.signed.principal, input, &p.meta)
         .await
         .map_err(fail(p.js, back))?;
     let action = format!("/console/clients/{}/token", client.client_id);
+    let mut shown = vec![("Client ID", client.client_id)];
+    // The console registers secret clients; a private_key_jwt one (made through the API)
+    // would have no secret to show.
+    if let Some((_, secret_value)) = first {
+        shown.push(("Client secret", secret_value.expose().to_string()));
+    }
     Ok(secret(
         &format!("Service client “{}” created", client.name),
-        vec![
-            ("Client ID", client.client_id),
-            ("Client secret", secret_value.expose().to_string()),
-        ],
+        shown,
         Some(action),
     ))
 }
@@ -437,6 +443,9 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         signing_alg: None,
         audience: None,
         secret_rotation_days: Some(opt_i64(f, "rotation_days")),
+        token_endpoint_auth_method: None,
+        jwks: None,
+        jwks_uri: None,
     };
     s.app
         .client_update(&p.signed.principal, &id, patch, None, &p.meta)

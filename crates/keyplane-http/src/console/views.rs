@@ -262,8 +262,22 @@ pub struct SecretView {
     pub uses: i64,
 }
 
+/// One public key of a `private_key_jwt` client, as the panel lists it.
+pub struct ClientKeyView {
+    pub kid: String,
+    pub kty: &'static str,
+    pub alg: String,
+    /// RFC 7638 thumbprint: the key's own name, whatever its `kid`.
+    pub thumbprint: String,
+}
+
 pub struct ClientView {
     pub client_id: String,
+    /// RFC 7591 `token_endpoint_auth_method`.
+    pub auth_method: &'static str,
+    pub uses_secret: bool,
+    pub jwks_uri: Option<String>,
+    pub keys: Vec<ClientKeyView>,
     pub name: String,
     pub description: String,
     pub scopes: Vec<String>,
@@ -293,6 +307,24 @@ impl ClientView {
             },
             rotation_days: c.secret_rotation_days,
             format: c.token_format.as_str(),
+            auth_method: c.auth_method.as_str(),
+            uses_secret: c.auth_method.uses_secret(),
+            keys: c
+                .jwks
+                .as_ref()
+                .map(|set| {
+                    set.keys()
+                        .iter()
+                        .map(|k| ClientKeyView {
+                            kid: k.kid().unwrap_or("").to_string(),
+                            kty: k.kty_name(),
+                            alg: k.alg().map(|a| a.as_str().to_string()).unwrap_or_default(),
+                            thumbprint: k.thumbprint(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            jwks_uri: c.jwks_uri,
             client_id: c.client_id,
             name: c.name,
             description: c.description,

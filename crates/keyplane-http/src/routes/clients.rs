@@ -29,10 +29,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/oauth-clients/{client_id}/tokens", post(issue_token))
 }
 
+const NO_SECRET: &str = "This client authenticates with private_key_jwt: it has no secret. Sign client assertions with the private key of one of its registered public keys.";
+
 const SHOWN_ONCE: &str =
     "Store this client secret now: it is shown only once. keyplane keeps only a keyed hash of it.";
 
-/// Register a client-credentials client. The secret is in this response only.
+/// Register a client-credentials client. The secret is in this response only; a
+/// `private_key_jwt` client (RFC 7591 `token_endpoint_auth_method`, with `jwks` or `jwks_uri`)
+/// gets none.
 #[utoipa::path(post, path = "/v1/oauth-clients", operation_id = "oauth_clients_create", tag = "oauth-clients", request_body = CreateClient,
     responses((status = 201, body = ClientWithSecret, headers(("Cache-Control" = String, description = "`no-store`: the answer carries a secret"), ("Pragma" = String, description = "`no-cache`"))), (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem)),
     security(("bearer" = [])))]
@@ -53,16 +57,23 @@ pub async fn create(
         signing_alg: b.signing_alg,
         audience: b.audience,
         secret_rotation_days: b.secret_rotation_days,
+        token_endpoint_auth_method: b.token_endpoint_auth_method,
+        jwks: b.jwks,
+        jwks_uri: b.jwks_uri,
     };
-    let (client, cs, secret) = s.app.client_create(&c.principal, input, &c.meta).await?;
+    let (client, first) = s.app.client_create(&c.principal, input, &c.meta).await?;
     let secrets = s.app.client_get(&c.principal, &client.client_id).await?.1;
+    let (client_secret, secret_id, message) = match first {
+        Some((cs, secret)) => (Some(secret.expose().to_string()), Some(cs.id), SHOWN_ONCE),
+        None => (None, None, NO_SECRET),
+    };
     Ok(NoStore((
         StatusCode::CREATED,
         Json(ClientWithSecret {
             client: ClientView::new(client, secrets, s.app.now()),
-            client_secret: secret.expose().to_string(),
-            secret_id: cs.id,
-            message: SHOWN_ONCE.into(),
+            client_secret,
+            secret_id,
+            message: message.into(),
         }),
     )))
 }
@@ -121,7 +132,8 @@ pub async fn get_one(
     ))
 }
 
-/// Edit name, scopes, token lifetime, format, algorithm, audience or rotation policy.
+/// Edit name, scopes, token lifetime, format, algorithm, audience, rotation policy, or how the
+/// client authenticates (`token_endpoint_auth_method`, `jwks`, `jwks_uri`).
 #[utoipa::path(patch, path = "/v1/oauth-clients/{client_id}", operation_id = "oauth_clients_update", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateClient,
     responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 200, body = ClientView)), security(("bearer" = [])))]
 pub async fn update(
@@ -140,6 +152,9 @@ pub async fn update(
         signing_alg: b.signing_alg,
         audience: b.audience,
         secret_rotation_days: b.secret_rotation_days,
+        token_endpoint_auth_method: b.token_endpoint_auth_method,
+        jwks: b.jwks,
+        jwks_uri: b.jwks_uri,
     };
     let (cl, sec) = s
         .app

@@ -10,7 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use keyplane_core::domain::oauth::{ClientAuth, Introspection, OAuthError, RevokeOutcome};
+use keyplane_core::domain::client_auth::{AuthMethod, JWT_BEARER};
+use keyplane_core::domain::jose::JwsAlg;
+use keyplane_core::domain::oauth::{
+    ClientAssertion, ClientAuth, ClientCredentials, Endpoint, Introspection, OAuthError,
+    RevokeOutcome, INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_PATH,
+};
 use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
 use serde::Serialize;
@@ -103,6 +108,11 @@ pub fn error_response(status: StatusCode, error: &str, description: impl Into<St
     )
 }
 
+const INVALID_CLIENT_DESCRIPTION: &str = "client authentication failed";
+/// The challenge of a failed HTTP Basic client authentication.
+pub const BASIC_CHALLENGE: &str =
+    "Basic realm=\"keyplane\", error=\"invalid_client\", error_description=\"client authentication failed\"";
+
 fn oauth_error(e: OAuthError) -> Response {
     match e {
         OAuthError::InvalidRequest(d) => {
@@ -112,15 +122,21 @@ fn oauth_error(e: OAuthError) -> Response {
             let mut r = error_response(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "client authentication failed",
+                INVALID_CLIENT_DESCRIPTION,
             );
             if basic {
+                // RFC 6749 §5.2 asks for the scheme the client used; the error code and
+                // description in the challenge too (RFC 6750 §3 style), so a client that
+                // reads only the header (openid-client) still learns what went wrong.
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"keyplane\""),
+                    HeaderValue::from_static(BASIC_CHALLENGE),
                 );
             }
             r
+        }
+        OAuthError::InvalidClientAssertion(d) => {
+            error_response(StatusCode::UNAUTHORIZED, "invalid_client", d)
         }
         OAuthError::InvalidScope(d) => error_response(StatusCode::BAD_REQUEST, "invalid_scope", d),
         OAuthError::UnauthorizedClient(d) => {
@@ -188,6 +204,8 @@ struct OAuthForm {
     params: HashMap<String, String>,
     headers: HeaderMap,
     meta: RequestMeta,
+    /// The path it was posted to (an endpoint's canonical path or one of its aliases).
+    path: String,
 }
 
 /// The largest form the OAuth endpoints read.
@@ -196,6 +214,7 @@ const FORM_LIMIT: usize = 16 * 1024;
 async fn read_form(req: Request) -> Result<OAuthForm, Response> {
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);
+    let path = parts.uri.path().to_string();
     let ctype = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -226,6 +245,7 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
         params,
         headers: parts.headers,
         meta,
+        path,
     })
 }
 
@@ -267,12 +287,40 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
     Some(decode().ok_or(()))
 }
 
-/// The client's credentials from Basic or the form; both at once is `invalid_request`.
-fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
-    let post = match (
-        form.params.get("client_id"),
-        form.params.get("client_secret"),
-    ) {
+/// The client's credentials: a `client_assertion` (RFC 7521 §4.2), HTTP Basic, or an id and
+/// secret in the form. Two methods at once is `invalid_request` (RFC 6749 §2.3).
+fn client_auth(
+    form: &OAuthForm,
+    endpoint: Endpoint,
+) -> Result<Option<ClientCredentials>, OAuthError> {
+    let p = &form.params;
+    match (p.get("client_assertion_type"), p.get("client_assertion")) {
+        (None, None) => {}
+        (Some(kind), Some(assertion)) => {
+            if basic_credentials(&form.headers).is_some() || p.contains_key("client_secret") {
+                return Err(OAuthError::InvalidRequest(
+                    "use one client authentication method: a client assertion, HTTP Basic or client_id/client_secret in the body".into(),
+                ));
+            }
+            if kind != JWT_BEARER {
+                return Err(OAuthError::InvalidClientAssertion(format!(
+                    "`client_assertion_type` must be `{JWT_BEARER}`"
+                )));
+            }
+            return Ok(Some(ClientCredentials::Assertion(ClientAssertion {
+                client_id: p.get("client_id").cloned(),
+                assertion: assertion.clone(),
+                endpoint,
+                path: form.path.clone(),
+            })));
+        }
+        _ => {
+            return Err(OAuthError::InvalidRequest(
+                "`client_assertion` and `client_assertion_type` are sent together".into(),
+            ))
+        }
+    }
+    let post = match (p.get("client_id"), p.get("client_secret")) {
         (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
         (Some(_), None) | (None, Some(_)) => None,
         (None, None) => None,
@@ -281,20 +329,27 @@ fn client_auth(form: &OAuthForm) -> Result<Option<ClientAuth>, OAuthError> {
     // RFC 6749 §2.3.1 forbids two methods; a `client_id` in the form that names another client
     // than Basic does is a contradiction, not something to ignore. The same id is harmless
     // (some clients always send it, RFC 6749 §4.4 allows it with Basic).
-    if let (Some(Ok((basic_id, _))), Some(form_id)) = (&basic, form.params.get("client_id")) {
+    if let (Some(Ok((basic_id, _))), Some(form_id)) = (&basic, p.get("client_id")) {
         if basic_id != form_id {
             return Err(OAuthError::InvalidRequest(
                 "`client_id` in the form names another client than HTTP Basic does".into(),
             ));
         }
     }
+    let secret = |client_id, secret, basic| {
+        Ok(Some(ClientCredentials::Secret(ClientAuth {
+            client_id,
+            secret: SecretString::new(secret),
+            basic,
+        })))
+    };
     match (basic, post) {
         (Some(_), Some(_)) => Err(OAuthError::InvalidRequest(
             "use one client authentication method: HTTP Basic or client_id/client_secret in the body, not both".into(),
         )),
-        (Some(Ok((id, secret))), None) => Ok(Some(ClientAuth { client_id: id, secret: SecretString::new(secret), basic: true })),
+        (Some(Ok((id, s))), None) => secret(id, s, true),
         (Some(Err(())), None) => Err(OAuthError::InvalidClient { basic: true }),
-        (None, Some((id, secret))) => Ok(Some(ClientAuth { client_id: id, secret: SecretString::new(secret), basic: false })),
+        (None, Some((id, s))) => secret(id, s, false),
         (None, None) => Ok(None),
     }
 }
@@ -310,7 +365,8 @@ pub struct TokenResponse {
 }
 
 /// What the token endpoint takes (RFC 6749 §4.4.2), as `application/x-www-form-urlencoded`.
-/// The client authenticates by HTTP Basic or by `client_id` and `client_secret` here, not both.
+/// The client authenticates by HTTP Basic, by `client_id` and `client_secret` here, or with a
+/// `client_assertion` (RFC 7523) — one method only.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenRequest {
     pub grant_type: GrantType,
@@ -319,6 +375,11 @@ pub struct TokenRequest {
     /// With `client_secret`, instead of HTTP Basic (`client_secret_post`).
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`, with `client_assertion`
+    /// (`private_key_jwt`, RFC 7523 §2.2), instead of a secret.
+    pub client_assertion_type: Option<String>,
+    /// A JWT the client signed with one of its registered keys.
+    pub client_assertion: Option<String>,
 }
 
 /// The only grant keyplane's token endpoint issues for.
@@ -338,6 +399,11 @@ pub struct IntrospectionRequest {
     pub token_type_hint: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`, with `client_assertion`
+    /// (`private_key_jwt`, RFC 7523 §2.2), instead of a secret.
+    pub client_assertion_type: Option<String>,
+    /// A JWT the client signed with one of its registered keys.
+    pub client_assertion: Option<String>,
 }
 
 /// What revocation takes (RFC 7009 §2.1). The client authenticates by HTTP Basic or with
@@ -350,9 +416,15 @@ pub struct RevocationRequest {
     pub token_type_hint: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`, with `client_assertion`
+    /// (`private_key_jwt`, RFC 7523 §2.2), instead of a secret.
+    pub client_assertion_type: Option<String>,
+    /// A JWT the client signed with one of its registered keys.
+    pub client_assertion: Option<String>,
 }
 
-/// The client-credentials grant. Client authentication by HTTP Basic or in the form.
+/// The client-credentials grant. Client authentication by HTTP Basic, by `client_id` and
+/// `client_secret` in the form, or (`private_key_jwt` clients) by a signed `client_assertion`.
 #[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth", operation_id = "oauth_token",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = TokenResponse, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`")))),
@@ -362,7 +434,7 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let auth = match client_auth(&form) {
+    let auth = match client_auth(&form, Endpoint::Token) {
         Ok(Some(a)) => a,
         Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
         Err(e) => return oauth_error(e),
@@ -476,7 +548,7 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let scope_org = match client_auth(&form) {
+    let scope_org = match client_auth(&form, Endpoint::Introspection) {
         Err(e) => return oauth_error(e),
         Ok(Some(auth)) => match s.app.authenticate_client(&auth, &form.meta).await {
             Ok(c) => Some(c.client.org_id.clone()),
@@ -527,7 +599,7 @@ pub async fn revoke(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let auth = match client_auth(&form) {
+    let auth = match client_auth(&form, Endpoint::Revocation) {
         Ok(Some(a)) => a,
         Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
         Err(e) => return oauth_error(e),
@@ -562,10 +634,14 @@ pub struct AuthorizationServerMetadata {
     pub response_types_supported: Vec<String>,
     /// The union of the registered services' scopes.
     pub scopes_supported: Vec<String>,
-    /// `client_secret_basic`, `client_secret_post`
+    /// `client_secret_basic`, `client_secret_post`, `private_key_jwt`
     pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// The algorithms a `private_key_jwt` assertion may be signed with.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
     pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    pub introspection_endpoint_auth_signing_alg_values_supported: Vec<String>,
     pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    pub revocation_endpoint_auth_signing_alg_values_supported: Vec<String>,
 }
 
 /// RFC 8414 authorization server metadata.
@@ -579,21 +655,33 @@ pub async fn metadata(State(s): State<AppState>) -> Response {
         .await
         .map(|x| x.into_iter().collect())
         .unwrap_or_default();
-    let methods = || vec!["client_secret_basic".into(), "client_secret_post".into()];
-    Json(AuthorizationServerMetadata {
-        token_endpoint: format!("{issuer}/v1/oauth/token"),
-        introspection_endpoint: format!("{issuer}/v1/oauth/token/introspect"),
-        revocation_endpoint: format!("{issuer}/v1/oauth/token/revoke"),
+    Json(metadata_document(&issuer, scopes)).into_response()
+}
+
+/// The RFC 8414 document for `issuer`: exactly the endpoints, grants, client authentication
+/// methods and assertion algorithms keyplane supports.
+pub fn metadata_document(issuer: &str, scopes: Vec<String>) -> AuthorizationServerMetadata {
+    let methods: Vec<String> = AuthMethod::ALL
+        .iter()
+        .map(|m| m.as_str().to_string())
+        .collect();
+    let algs: Vec<String> = JwsAlg::ALL.iter().map(|a| a.as_str().to_string()).collect();
+    AuthorizationServerMetadata {
+        issuer: issuer.to_string(),
+        token_endpoint: format!("{issuer}{TOKEN_PATH}"),
+        introspection_endpoint: format!("{issuer}{INTROSPECTION_PATH}"),
+        revocation_endpoint: format!("{issuer}{REVOCATION_PATH}"),
         jwks_uri: format!("{issuer}/.well-known/jwks.json"),
-        issuer,
         grant_types_supported: vec!["client_credentials".into()],
         response_types_supported: vec!["token".into()],
         scopes_supported: scopes,
-        token_endpoint_auth_methods_supported: methods(),
-        introspection_endpoint_auth_methods_supported: methods(),
-        revocation_endpoint_auth_methods_supported: methods(),
-    })
-    .into_response()
+        token_endpoint_auth_methods_supported: methods.clone(),
+        token_endpoint_auth_signing_alg_values_supported: algs.clone(),
+        introspection_endpoint_auth_methods_supported: methods.clone(),
+        introspection_endpoint_auth_signing_alg_values_supported: algs.clone(),
+        revocation_endpoint_auth_methods_supported: methods,
+        revocation_endpoint_auth_signing_alg_values_supported: algs,
+    }
 }
 
 /// A JSON Web Key Set (RFC 7517 §5): the public signing keys.

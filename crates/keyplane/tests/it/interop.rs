@@ -58,7 +58,11 @@ async fn discover(app: &TestApp) -> Endpoints {
     let methods = meta["token_endpoint_auth_methods_supported"].clone();
     assert_eq!(
         methods,
-        json!(["client_secret_basic", "client_secret_post"])
+        json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt"
+        ])
     );
     assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
     let issuer = meta["issuer"].as_str().expect("issuer");

@@ -45,6 +45,8 @@ mod limits;
 mod nginx;
 mod nodes;
 mod oauth;
+mod pkjwt;
+mod pkjwt_interop;
 mod races;
 mod seed002;
 mod seeds;

@@ -221,7 +221,11 @@ async fn token_endpoint(app: TestApp) {
         if err == "invalid_client" {
             let challenge = a.header("www-authenticate");
             if auth.is_some() {
-                assert_eq!(challenge, Some("Basic realm=\"keyplane\""), "{what}");
+                assert_eq!(
+                    challenge,
+                    Some("Basic realm=\"keyplane\", error=\"invalid_client\", error_description=\"client authentication failed\""),
+                    "{what}"
+                );
             } else {
                 assert_eq!(challenge, None, "{what}");
             }
@@ -839,7 +843,7 @@ on_both!(
 /// policy allows, and the activity log and the metric warn a week ahead.
 async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
     use keyplane_core::domain::clock::ManualClock;
-    use keyplane_core::domain::oauth::{ClientAuth, OAuthError};
+    use keyplane_core::domain::oauth::{ClientAuth, ClientCredentials, OAuthError};
     use keyplane_core::domain::perm::Principal;
     use keyplane_core::domain::request::RequestMeta;
     use keyplane_core::usecase::clients::NewClient;
@@ -861,7 +865,7 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
     app.service_create(&admin, "ai-guard", None, vec![READ.into()], &meta)
         .await
         .unwrap();
-    let (client, _, secret) = app
+    let (client, first) = app
         .client_create(
             &admin,
             NewClient {
@@ -874,11 +878,12 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
         )
         .await
         .unwrap();
-    let auth = ClientAuth {
+    let secret = first.expect("a secret client has a secret").1;
+    let auth = ClientCredentials::Secret(ClientAuth {
         client_id: client.client_id.clone(),
         secret,
         basic: true,
-    };
+    });
     assert!(app.issue_token(&auth, None, &meta).await.is_ok());
     assert_eq!(
         app.warn_expiring_secrets().await.unwrap(),

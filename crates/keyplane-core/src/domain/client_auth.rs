@@ -1,0 +1,385 @@
+//! How an OAuth client proves who it is: its registered `token_endpoint_auth_method` (RFC 7591
+//! §2), the public keys of a `private_key_jwt` client (`jwks` or `jwks_uri`), and the rules a
+//! client assertion (RFC 7523 §3, OpenID Connect Core §9) must meet once its signature has been
+//! verified with [`crate::domain::jose`]. Pure: fetching a `jwks_uri` is behind
+//! [`JwksFetcher`], implemented by the binary.
+
+use crate::domain::jose::{JoseError, Jws};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// RFC 7521 §4.2's `client_assertion_type` for a JWT (RFC 7523 §2.2).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The longest `jti` kept in the replay cache.
+pub const MAX_JTI_LEN: usize = 256;
+/// The longest `jwks_uri`.
+pub const MAX_JWKS_URI_LEN: usize = 512;
+
+/// A client's registered authentication method (RFC 7591 §2 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// A secret in HTTP Basic (RFC 6749 §2.3.1), the RFC 7591 default.
+    ClientSecretBasic,
+    /// A secret in the form. keyplane has always taken a client's secret either way, and still
+    /// does: both secret methods name the same credential, and the registered value records
+    /// how the client means to send it.
+    ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2); the client has no secret.
+    PrivateKeyJwt,
+}
+
+impl AuthMethod {
+    pub const ALL: [AuthMethod; 3] = [
+        AuthMethod::ClientSecretBasic,
+        AuthMethod::ClientSecretPost,
+        AuthMethod::PrivateKeyJwt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Whether the client authenticates with a secret (and so has secrets).
+    pub fn uses_secret(self) -> bool {
+        !matches!(self, AuthMethod::PrivateKeyJwt)
+    }
+}
+
+/// Fetches a client's `jwks_uri`. The implementation must refuse anything but the URL it is
+/// given (no redirects), give up after a short timeout, and stop reading past
+/// [`crate::domain::jose::MAX_JWKS_BYTES`].
+#[async_trait]
+pub trait JwksFetcher: Send + Sync {
+    /// The document's bytes, or why it could not be had (logged, never shown to the caller).
+    async fn fetch(&self, url: &str) -> Result<Vec<u8>, String>;
+}
+
+/// Checks a `jwks_uri`: an absolute `https://` URL without credentials or fragment; `http://`
+/// only for a loopback host and only when `allow_loopback_http` (tests and development).
+pub fn check_jwks_uri(uri: &str, allow_loopback_http: bool) -> Result<String, String> {
+    let uri = uri.trim();
+    if uri.is_empty() || uri.len() > MAX_JWKS_URI_LEN {
+        return Err(format!(
+            "`jwks_uri` must be 1 to {MAX_JWKS_URI_LEN} characters"
+        ));
+    }
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) || uri.contains('#') {
+        return Err("`jwks_uri` must not contain spaces, control characters or a fragment".into());
+    }
+    let (scheme, rest) = uri
+        .split_once("://")
+        .ok_or_else(|| "`jwks_uri` must be an absolute https:// URL".to_string())?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err("`jwks_uri` must name a host, without credentials".into());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(uri.to_string()),
+        "http" if allow_loopback_http && is_loopback(host) => Ok(uri.to_string()),
+        "http" => Err(
+            "`jwks_uri` must be an https:// URL (plain http is allowed only for loopback hosts when the deployment enables it)"
+                .into(),
+        ),
+        _ => Err("`jwks_uri` must be an https:// URL".into()),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The limits a client assertion is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct AssertionPolicy {
+    /// The longest an assertion may live: `exp` at most this long after `iat` (and after now).
+    pub max_lifetime_seconds: i64,
+    /// Allowed clock difference for `exp`, `nbf` and `iat`.
+    pub leeway_seconds: i64,
+}
+
+/// Why a verified assertion was refused; each says what to fix (only its signer reads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssertionError {
+    Claims,
+    IssuerSubject,
+    Audience,
+    MissingExp,
+    Expired,
+    TooLongLived(i64),
+    NotYetValid,
+    IssuedInFuture,
+    MissingJti,
+    Replayed,
+}
+
+impl AssertionError {
+    pub fn description(&self) -> String {
+        match self {
+            AssertionError::Claims => "the client assertion's claims are not a JSON object of the expected types".into(),
+            AssertionError::IssuerSubject => "the client assertion's `iss` and `sub` must both be the client id".into(),
+            AssertionError::Audience => "the client assertion's `aud` must be the issuer or this endpoint's URL".into(),
+            AssertionError::MissingExp => "the client assertion has no `exp`".into(),
+            AssertionError::Expired => "the client assertion has expired".into(),
+            AssertionError::TooLongLived(max) => format!(
+                "the client assertion lives too long: `exp` may be at most {max} seconds after `iat` and now"
+            ),
+            AssertionError::NotYetValid => "the client assertion is not valid yet (`nbf`)".into(),
+            AssertionError::IssuedInFuture => "the client assertion's `iat` is in the future".into(),
+            AssertionError::MissingJti => format!(
+                "the client assertion needs a `jti` of 1 to {MAX_JTI_LEN} characters"
+            ),
+            AssertionError::Replayed => "the client assertion's `jti` has been used already".into(),
+        }
+    }
+}
+
+/// What a valid assertion leaves behind: its `jti`, to be refused until `keep_until_s`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedAssertion {
+    pub jti: String,
+    /// Seconds since the epoch: `exp` plus the leeway, when no clock could still accept it.
+    pub keep_until_s: i64,
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    iss: Option<Value>,
+    sub: Option<Value>,
+}
+
+/// The client an assertion claims to come from (`sub`, else `iss`), read before anything is
+/// verified: only to find whose keys to check it with.
+pub fn claimed_client(jws: &Jws) -> Option<String> {
+    let p: Peek = jws.claims().ok()?;
+    match (p.sub, p.iss) {
+        (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => Some(s),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<Audience>,
+    exp: Option<serde_json::Number>,
+    nbf: Option<serde_json::Number>,
+    iat: Option<serde_json::Number>,
+    jti: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn seconds(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.is_finite())
+            .map(|f| f.floor() as i64)
+    })
+}
+
+/// Checks the claims of an assertion whose signature `client_id`'s key verified: `iss` and
+/// `sub` are the client, `aud` names one of `audiences` (a string, or an array holding one),
+/// `exp` is present, not past and at most the policy's lifetime ahead, `nbf` and `iat` are not
+/// in the future, and there is a `jti`. Whether the `jti` is new is storage's to say.
+pub fn check_assertion(
+    jws: &Jws,
+    client_id: &str,
+    audiences: &[String],
+    now_s: i64,
+    policy: AssertionPolicy,
+) -> Result<CheckedAssertion, AssertionError> {
+    let c: Claims = jws
+        .claims()
+        .map_err(|_: JoseError| AssertionError::Claims)?;
+    if c.iss.as_deref() != Some(client_id) || c.sub.as_deref() != Some(client_id) {
+        return Err(AssertionError::IssuerSubject);
+    }
+    let ours = |a: &String| audiences.iter().any(|x| x == a);
+    let aud_ok = match &c.aud {
+        Some(Audience::One(a)) => ours(a),
+        Some(Audience::Many(list)) => list.len() <= 16 && list.iter().any(ours),
+        None => false,
+    };
+    if !aud_ok {
+        return Err(AssertionError::Audience);
+    }
+    let leeway = policy.leeway_seconds;
+    let exp = c
+        .exp
+        .as_ref()
+        .and_then(seconds)
+        .ok_or(AssertionError::MissingExp)?;
+    if exp + leeway <= now_s {
+        return Err(AssertionError::Expired);
+    }
+    let iat = match &c.iat {
+        Some(n) => Some(seconds(n).ok_or(AssertionError::Claims)?),
+        None => None,
+    };
+    if iat.is_some_and(|i| i > now_s + leeway) {
+        return Err(AssertionError::IssuedInFuture);
+    }
+    let max = policy.max_lifetime_seconds;
+    if exp - now_s > max + leeway || iat.is_some_and(|i| exp - i > max) {
+        return Err(AssertionError::TooLongLived(max));
+    }
+    if let Some(n) = &c.nbf {
+        if seconds(n).ok_or(AssertionError::Claims)? > now_s + leeway {
+            return Err(AssertionError::NotYetValid);
+        }
+    }
+    let jti = c
+        .jti
+        .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
+        .ok_or(AssertionError::MissingJti)?;
+    Ok(CheckedAssertion {
+        jti,
+        keep_until_s: exp + leeway,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    use serde_json::json;
+
+    const ID: &str = "kpc_client";
+    const POLICY: AssertionPolicy = AssertionPolicy {
+        max_lifetime_seconds: 300,
+        leeway_seconds: 60,
+    };
+
+    fn jws(claims: Value) -> Jws {
+        let token = format!(
+            "{}.{}.{}",
+            B64.encode(br#"{"alg":"ES256"}"#),
+            B64.encode(claims.to_string()),
+            B64.encode([1u8; 64])
+        );
+        Jws::parse(&token).unwrap()
+    }
+
+    fn check(claims: Value) -> Result<CheckedAssertion, AssertionError> {
+        let auds = vec!["https://as".to_string(), "https://as/token".to_string()];
+        check_assertion(&jws(claims), ID, &auds, 1000, POLICY)
+    }
+
+    fn good() -> Value {
+        json!({"iss": ID, "sub": ID, "aud": "https://as", "exp": 1060, "iat": 1000, "jti": "j1"})
+    }
+
+    fn with(k: &str, v: Value) -> Value {
+        let mut c = good();
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v;
+        }
+        c
+    }
+
+    #[test]
+    fn a_good_assertion_passes_and_is_kept_past_its_expiry() {
+        assert_eq!(
+            check(good()),
+            Ok(CheckedAssertion {
+                jti: "j1".into(),
+                keep_until_s: 1120
+            })
+        );
+        assert!(check(with("aud", json!("https://as/token"))).is_ok());
+        assert!(check(with("aud", json!(["https://other", "https://as"]))).is_ok());
+        assert!(check(with("iat", Value::Null)).is_ok());
+        assert!(check(with("exp", json!(1060.7))).is_ok());
+        assert!(check(with("nbf", json!(1050))).is_ok(), "within the leeway");
+        assert_eq!(claimed_client(&jws(good())).as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn each_broken_rule_is_named() {
+        use AssertionError::*;
+        let cases = [
+            (with("iss", json!("kpc_other")), IssuerSubject),
+            (with("sub", Value::Null), IssuerSubject),
+            (with("aud", json!("https://elsewhere")), Audience),
+            (with("aud", json!(["https://elsewhere"])), Audience),
+            (with("aud", Value::Null), Audience),
+            (with("exp", Value::Null), MissingExp),
+            (with("exp", json!(900)), Expired),
+            (with("exp", json!(1400)), TooLongLived(300)),
+            (
+                json!({"iss": ID, "sub": ID, "aud": "https://as", "exp": 1200, "iat": 800, "jti": "j"}),
+                TooLongLived(300),
+            ),
+            (with("nbf", json!(1100)), NotYetValid),
+            (with("iat", json!(1100)), IssuedInFuture),
+            (with("jti", Value::Null), MissingJti),
+            (with("jti", json!("")), MissingJti),
+            (with("jti", json!("x".repeat(MAX_JTI_LEN + 1))), MissingJti),
+            (with("exp", json!("1060")), Claims),
+        ];
+        for (claims, want) in cases {
+            assert_eq!(check(claims.clone()), Err(want), "{claims}");
+        }
+    }
+
+    #[test]
+    fn jwks_uris_are_https_or_opted_in_loopback() {
+        assert!(check_jwks_uri("https://keys.example.com/jwks.json", false).is_ok());
+        for ok in [
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/k",
+        ] {
+            assert!(check_jwks_uri(ok, true).is_ok(), "{ok}");
+            assert!(check_jwks_uri(ok, false).is_err(), "{ok}");
+        }
+        for bad in [
+            "http://keys.example.com/jwks",
+            "http://10.0.0.1/jwks",
+            "ftp://x/y",
+            "https://user:pw@host/jwks",
+            "https:///jwks",
+            "https://host/jwks#frag",
+            "https://host/a b",
+            "keys.example.com/jwks",
+            "",
+        ] {
+            assert!(check_jwks_uri(bad, true).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auth_methods_round_trip() {
+        for m in AuthMethod::ALL {
+            assert_eq!(AuthMethod::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(AuthMethod::parse("client_secret_jwt"), None);
+        assert!(!AuthMethod::PrivateKeyJwt.uses_secret());
+    }
+}
