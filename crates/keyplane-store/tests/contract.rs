@@ -102,6 +102,7 @@ fn client(name: &str, owner: Option<&str>) -> OAuthClient {
         auth_method: keyplane_core::domain::client_auth::AuthMethod::ClientSecretBasic,
         jwks: None,
         jwks_uri: None,
+        federated_credentials: Vec::new(),
         not_before: None,
         created_at: now(),
         created_by: "test".into(),
