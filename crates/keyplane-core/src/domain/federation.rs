@@ -127,9 +127,11 @@ pub fn parse_credentials(
         let subject = field(item, "subject", i)?;
         let subject_pattern = field(item, "subject_pattern", i)?;
         match (&subject, &subject_pattern) {
-            (Some(_), Some(_)) | (None, None) => return Err(format!(
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(format!(
                 "`federated_credentials[{i}]` needs exactly one of `subject` and `subject_pattern`"
-            )),
+            ))
+            }
             (None, Some(p)) if p.chars().all(|c| c == '*') => {
                 return Err(format!(
                     "`federated_credentials[{i}].subject_pattern` must have characters besides `*`"

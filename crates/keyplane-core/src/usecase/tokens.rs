@@ -69,11 +69,13 @@ impl Keyplane {
                 Ok((self.authenticate_with_secret(auth, meta).await?, None))
             }
             ClientCredentials::Assertion(a) => {
+                // A platform token: neither its `iss` nor its `sub` is the client id (an
+                // assertion with just one of them wrong is a broken `private_key_jwt` one).
                 let federated = a.client_id.as_deref().is_some_and(|id| {
-                    Jws::parse(&a.assertion)
-                        .ok()
-                        .and_then(|j| claimed_issuer(&j))
-                        .is_some_and(|iss| iss != id)
+                    Jws::parse(&a.assertion).ok().is_some_and(|j| {
+                        claimed_issuer(&j).is_some_and(|iss| iss != id)
+                            && claimed_client(&j).as_deref() != Some(id)
+                    })
                 });
                 if federated {
                     let (c, who) = self.authenticate_federated(a, meta).await?;
