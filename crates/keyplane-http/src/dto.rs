@@ -455,6 +455,11 @@ pub struct ClientView {
     /// Where a `private_key_jwt` client publishes its public keys (RFC 7591 `jwks_uri`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
+    /// The external issuers whose tokens a `private_key_jwt` client may trade for its own
+    /// (workload identity federation): each `issuer`, `subject` or `subject_pattern`, `audience`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub federated_credentials: Vec<serde_json::Value>,
     pub created_at: String,
     pub created_by: String,
     pub secrets: Vec<ClientSecretView>,
@@ -508,6 +513,11 @@ impl ClientView {
             token_endpoint_auth_method: c.auth_method.as_str().into(),
             jwks: c.jwks.as_ref().map(|j| j.to_json()),
             jwks_uri: c.jwks_uri,
+            federated_credentials: c
+                .federated_credentials
+                .iter()
+                .map(|f| serde_json::to_value(f).unwrap_or_default())
+                .collect(),
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
         }
@@ -556,6 +566,10 @@ pub struct CreateClient {
     pub jwks: Option<serde_json::Value>,
     /// For `private_key_jwt`, instead of `jwks`: an https URL where its JWK set is published.
     pub jwks_uri: Option<String>,
+    /// For `private_key_jwt`: external OIDC issuers whose tokens it may trade for its own, each
+    /// `{"issuer", "subject" | "subject_pattern", "audience"}` (workload identity federation).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub federated_credentials: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -586,6 +600,10 @@ pub struct UpdateClient {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub jwks_uri: Option<Option<String>>,
+    /// Replaces the external issuers it trusts; `null` or `[]` removes them all.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub federated_credentials: Option<Option<serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

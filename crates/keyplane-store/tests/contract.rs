@@ -102,6 +102,7 @@ fn client(name: &str, owner: Option<&str>) -> OAuthClient {
         auth_method: keyplane_core::domain::client_auth::AuthMethod::ClientSecretBasic,
         jwks: None,
         jwks_uri: None,
+        federated_credentials: Vec::new(),
         not_before: None,
         created_at: now(),
         created_by: "test".into(),
@@ -1830,6 +1831,37 @@ async fn private_key_jwt_clients_keep_keys_and_no_secrets(s: Arc<dyn Store>) {
         Some("https://keys.example.com/jwks.json")
     );
     assert_eq!(got.auth_method, AuthMethod::PrivateKeyJwt);
+    assert!(got.federated_credentials.is_empty());
+
+    // Federated credentials (workload identity federation) round-trip, and clear.
+    let mut d = got;
+    d.federated_credentials = vec![
+        keyplane_core::domain::federation::FederatedCredential {
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            subject: Some("repo:acme/app:ref:refs/heads/main".into()),
+            subject_pattern: None,
+            audience: "https://keyplane.example".into(),
+        },
+        keyplane_core::domain::federation::FederatedCredential {
+            issuer: "https://k8s.example".into(),
+            subject: None,
+            subject_pattern: Some("system:serviceaccount:jobs:*".into()),
+            audience: "keyplane".into(),
+        },
+    ];
+    let stored = s
+        .client_update(&d, &ev("client.update", &d.client_id))
+        .await
+        .unwrap();
+    assert_eq!(stored.federated_credentials, d.federated_credentials);
+    let (mut got, _) = s.client_get(&d.client_id).await.unwrap().unwrap();
+    assert_eq!(got.federated_credentials, d.federated_credentials);
+    got.federated_credentials.clear();
+    s.client_update(&got, &ev("client.update", &got.client_id))
+        .await
+        .unwrap();
+    let (got, _) = s.client_get(&d.client_id).await.unwrap().unwrap();
+    assert!(got.federated_credentials.is_empty());
 }
 
 /// The replay cache: a (client, jti) is accepted once until it expires, on any connection; an

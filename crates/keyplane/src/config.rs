@@ -144,6 +144,7 @@ pub struct OAuthFile {
     pub default_access_token_ttl_seconds: Option<i64>,
     /// The longest a `private_key_jwt` client assertion may live (default 300 s).
     pub client_assertion_max_lifetime_seconds: Option<i64>,
+    pub federated_token_max_lifetime_seconds: Option<i64>,
     /// A client's `jwks_uri` is fetched again for an unknown `kid` at most this often (30 s).
     pub jwks_refetch_interval_seconds: Option<i64>,
     /// A fetched `jwks_uri` document is used this long before it is fetched again (300 s).
@@ -250,6 +251,8 @@ pub struct Config {
     pub signing_key_rotation_days: Option<i64>,
     pub default_access_token_ttl_seconds: i64,
     pub client_assertion_max_lifetime_seconds: i64,
+    /// The longest a federated (platform) token may live.
+    pub federated_token_max_lifetime_seconds: i64,
     pub jwks_refetch_interval_seconds: i64,
     pub jwks_max_age_seconds: i64,
     pub jwks_uri_allow_loopback_http: bool,
@@ -644,6 +647,14 @@ impl Config {
         if !(10..=3600).contains(&client_assertion_max_lifetime_seconds) {
             bail!("client_assertion_max_lifetime_seconds must be between 10 and 3600");
         }
+        let federated_token_max_lifetime_seconds = num(
+            "KEYPLANE_FEDERATED_TOKEN_MAX_LIFETIME_SECONDS",
+            file.oauth.federated_token_max_lifetime_seconds,
+            3600,
+        )?;
+        if !(60..=86_400).contains(&federated_token_max_lifetime_seconds) {
+            bail!("federated_token_max_lifetime_seconds must be between 60 and 86400");
+        }
         let jwks_refetch_interval_seconds = num(
             "KEYPLANE_JWKS_REFETCH_INTERVAL_SECONDS",
             file.oauth.jwks_refetch_interval_seconds,
@@ -812,6 +823,7 @@ impl Config {
             signing_key_rotation_days: (rotation > 0).then_some(rotation),
             default_access_token_ttl_seconds,
             client_assertion_max_lifetime_seconds,
+            federated_token_max_lifetime_seconds,
             jwks_refetch_interval_seconds,
             jwks_max_age_seconds,
             jwks_uri_allow_loopback_http,

@@ -7,6 +7,7 @@ pub mod client_auth;
 pub mod clock;
 pub mod console;
 pub mod error;
+pub mod federation;
 pub mod ids;
 pub mod jose;
 pub mod model;

@@ -218,6 +218,9 @@ pub struct OAuthClient {
     pub jwks: Option<crate::domain::jose::JwkSet>,
     /// Where its public keys are published (RFC 7591 `jwks_uri`), fetched and cached.
     pub jwks_uri: Option<String>,
+    /// External issuers whose tokens it may trade for its own (workload identity federation);
+    /// only a `private_key_jwt` client has any.
+    pub federated_credentials: Vec<crate::domain::federation::FederatedCredential>,
     /// Tokens issued before this are refused (set when a secret is retired).
     pub not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,

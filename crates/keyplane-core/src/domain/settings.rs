@@ -70,6 +70,9 @@ pub struct OAuthSettings {
     pub jwks_max_age_seconds: i64,
     /// Whether a `jwks_uri` may be plain `http://` on a loopback host (tests, development).
     pub jwks_uri_allow_loopback_http: bool,
+    /// The longest a federated (platform) token may live: `exp` at most this long after its
+    /// `iat` and after now.
+    pub federated_token_max_lifetime_seconds: i64,
 }
 
 impl Default for OAuthSettings {
@@ -92,6 +95,7 @@ impl Default for OAuthSettings {
             jwks_refetch_interval_seconds: 30,
             jwks_max_age_seconds: 300,
             jwks_uri_allow_loopback_http: false,
+            federated_token_max_lifetime_seconds: 3600,
         }
     }
 }

@@ -272,6 +272,24 @@ impl Runtime {
         client: &CachedClient,
         scope: Option<&str>,
     ) -> Result<IssuedToken, OAuthError> {
+        let issued = self.mint_quietly(client, scope)?;
+        let scopes: Vec<String> = issued
+            .scope
+            .split(' ')
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect();
+        self.note_issued(&client.client, &scopes);
+        Ok(issued)
+    }
+
+    /// [`Self::mint`] without counting the token in the per-minute issuance aggregate (the
+    /// caller records its own event).
+    pub fn mint_quietly(
+        &self,
+        client: &CachedClient,
+        scope: Option<&str>,
+    ) -> Result<IssuedToken, OAuthError> {
         let c = &client.client;
         let scopes: Vec<String> = match scope {
             None => c.scopes.clone(),
@@ -328,7 +346,6 @@ impl Runtime {
                 )
             }
         };
-        self.note_issued(c, &scopes);
         Ok(IssuedToken {
             access_token,
             expires_in: ttl,

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod client_keys;
 pub mod credentials;
 pub mod feed;
+pub mod issuer_keys;
 pub mod oauth;
 pub mod reach;
 pub mod refusals;

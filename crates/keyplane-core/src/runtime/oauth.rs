@@ -129,6 +129,9 @@ pub struct OAuthState {
     pub issued: Mutex<IssuedCounts>,
     /// Key sets fetched from clients' `jwks_uri`s, by client id.
     pub remote_jwks: RwLock<HashMap<String, Arc<RemoteJwks>>>,
+    /// Key sets of external issuers (workload identity federation), by issuer; `url` is the
+    /// issuer. Only issuers some client trusts get an entry.
+    pub issuer_keys: RwLock<HashMap<String, Arc<RemoteJwks>>>,
     /// Fetches `jwks_uri` documents; without one, such clients cannot authenticate.
     pub jwks_fetcher: RwLock<Option<Arc<dyn JwksFetcher>>>,
 }
@@ -150,6 +153,7 @@ impl OAuthState {
             pending_uses: Mutex::default(),
             issued: Mutex::default(),
             remote_jwks: RwLock::default(),
+            issuer_keys: RwLock::default(),
             jwks_fetcher: RwLock::new(None),
         }
     }

@@ -7,6 +7,7 @@ use crate::domain::ceiling::{owners_only, within, Authority};
 use crate::domain::client_auth::{check_jwks_uri, AuthMethod};
 use crate::domain::clock::to_ms;
 use crate::domain::error::{Error, Result};
+use crate::domain::federation::parse_credentials;
 use crate::domain::ids::{is_id, new_id};
 use crate::domain::jose::JwkSet;
 use crate::domain::model::{ClientSecret, OAuthClient, TokenFormat};
@@ -41,6 +42,8 @@ pub struct NewClient {
     pub jwks: Option<serde_json::Value>,
     /// RFC 7591 `jwks_uri`: where a `private_key_jwt` client publishes its public keys.
     pub jwks_uri: Option<String>,
+    /// Workload identity federation: the external issuers whose tokens it trades (a JSON array).
+    pub federated_credentials: Option<serde_json::Value>,
 }
 
 /// Changes to a client; `None` leaves a field as it is, `Some(None)` clears an optional one.
@@ -57,6 +60,8 @@ pub struct ClientPatch {
     pub token_endpoint_auth_method: Option<String>,
     pub jwks: Option<Option<serde_json::Value>>,
     pub jwks_uri: Option<Option<String>>,
+    /// Replaces the list (`null` or `[]` clears it).
+    pub federated_credentials: Option<Option<serde_json::Value>>,
 }
 
 impl Keyplane {
@@ -113,6 +118,7 @@ impl Keyplane {
         method: Option<&str>,
         jwks: Option<Option<&serde_json::Value>>,
         jwks_uri: Option<Option<&str>>,
+        federated: Option<Option<&serde_json::Value>>,
     ) -> Result<()> {
         if let Some(m) = method {
             c.auth_method = AuthMethod::parse(m).ok_or_else(|| {
@@ -126,6 +132,10 @@ impl Keyplane {
             for (field, given) in [
                 ("jwks", matches!(jwks, Some(Some(_)))),
                 ("jwks_uri", matches!(jwks_uri, Some(Some(_)))),
+                (
+                    "federated_credentials",
+                    matches!(federated, Some(Some(v)) if v.as_array().is_none_or(|a| !a.is_empty())),
+                ),
             ] {
                 if given {
                     return Err(Error::invalid(
@@ -136,9 +146,17 @@ impl Keyplane {
             }
             c.jwks = None;
             c.jwks_uri = None;
+            c.federated_credentials = Vec::new();
             return Ok(());
         }
         let allow_http = self.rt.settings.oauth.jwks_uri_allow_loopback_http;
+        if let Some(f) = federated {
+            c.federated_credentials = match f {
+                Some(v) => parse_credentials(v, allow_http)
+                    .map_err(|e| Error::invalid("federated_credentials", e))?,
+                None => Vec::new(),
+            };
+        }
         match (jwks, jwks_uri) {
             (Some(Some(_)), Some(Some(_))) => {
                 return Err(Error::invalid(
@@ -168,10 +186,10 @@ impl Keyplane {
             }
             (None, None) => {}
         }
-        if c.jwks.is_none() && c.jwks_uri.is_none() {
+        if c.jwks.is_none() && c.jwks_uri.is_none() && c.federated_credentials.is_empty() {
             return Err(Error::invalid(
                 "jwks",
-                "a `private_key_jwt` client needs its public keys: `jwks` (a JWK set) or `jwks_uri`",
+                "a `private_key_jwt` client needs its public keys: `jwks` (a JWK set) or `jwks_uri`, or external issuers it trusts (`federated_credentials`)",
             ));
         }
         Ok(())
@@ -242,6 +260,7 @@ impl Keyplane {
             auth_method: AuthMethod::ClientSecretBasic,
             jwks: None,
             jwks_uri: None,
+            federated_credentials: Vec::new(),
             not_before: None,
             created_at: rt.now(),
             created_by: p.actor_label(),
@@ -254,6 +273,7 @@ impl Keyplane {
             input.token_endpoint_auth_method.as_deref(),
             input.jwks.as_ref().map(Some),
             input.jwks_uri.as_deref().map(Some),
+            input.federated_credentials.as_ref().map(Some),
         )?;
         within(
             &p.authority(),
@@ -392,6 +412,7 @@ impl Keyplane {
             patch.token_endpoint_auth_method.as_deref(),
             patch.jwks.as_ref().map(Option::as_ref),
             patch.jwks_uri.as_ref().map(Option::as_deref),
+            patch.federated_credentials.as_ref().map(Option::as_ref),
         )?;
         within(
             &caller,
@@ -641,5 +662,6 @@ fn client_details(c: &OAuthClient) -> serde_json::Value {
         // The keys by RFC 7638 thumbprint: enough to tell which were registered.
         "jwks_thumbprints": c.jwks.as_ref().map(|s| s.keys().iter().map(|k| k.thumbprint()).collect::<Vec<_>>()),
         "jwks_uri": c.jwks_uri,
+        "federated_credentials": c.federated_credentials,
     })
 }

@@ -8,6 +8,9 @@ use crate::domain::client_auth::{
 };
 use crate::domain::clock::from_ms;
 use crate::domain::error::Result;
+use crate::domain::federation::{
+    check_federated, claimed_issuer, replay_scope, FederatedIdentity, FederationError,
+};
 use crate::domain::jose::{EcdsaForm, JoseError, JwkSet, Jws};
 use crate::domain::model::OAuthClient;
 use crate::domain::oauth::{
@@ -51,10 +54,130 @@ impl Keyplane {
         creds: &ClientCredentials,
         meta: &RequestMeta,
     ) -> Result<Arc<CachedClient>, OAuthError> {
+        Ok(self.authenticate_client_as(creds, meta).await?.0)
+    }
+
+    /// [`Self::authenticate_client`], with the external identity when the client proved itself
+    /// with a federated (platform) token.
+    pub async fn authenticate_client_as(
+        &self,
+        creds: &ClientCredentials,
+        meta: &RequestMeta,
+    ) -> Result<(Arc<CachedClient>, Option<FederatedIdentity>), OAuthError> {
         match creds {
-            ClientCredentials::Secret(auth) => self.authenticate_with_secret(auth, meta).await,
-            ClientCredentials::Assertion(a) => self.authenticate_with_assertion(a, meta).await,
+            ClientCredentials::Secret(auth) => {
+                Ok((self.authenticate_with_secret(auth, meta).await?, None))
+            }
+            ClientCredentials::Assertion(a) => {
+                // A platform token: neither its `iss` nor its `sub` is the client id (an
+                // assertion with just one of them wrong is a broken `private_key_jwt` one).
+                let federated = a.client_id.as_deref().is_some_and(|id| {
+                    Jws::parse(&a.assertion).ok().is_some_and(|j| {
+                        claimed_issuer(&j).is_some_and(|iss| iss != id)
+                            && claimed_client(&j).as_deref() != Some(id)
+                    })
+                });
+                if federated {
+                    let (c, who) = self.authenticate_federated(a, meta).await?;
+                    Ok((c, Some(who)))
+                } else {
+                    Ok((self.authenticate_with_assertion(a, meta).await?, None))
+                }
+            }
         }
+    }
+
+    /// Workload identity federation: `client_id` in the form, and as the assertion a token from
+    /// an external issuer the client trusts, signed with one of the issuer's keys (discovery →
+    /// `jwks_uri`), whose `sub` and `aud` one of the client's federated credentials accepts,
+    /// live, not too long-lived, and never used before on any node. Like `private_key_jwt`,
+    /// failures before the signature verifies are bare.
+    async fn authenticate_federated(
+        &self,
+        a: &ClientAssertion,
+        meta: &RequestMeta,
+    ) -> Result<(Arc<CachedClient>, FederatedIdentity), OAuthError> {
+        let rt = &self.rt;
+        let now = rt.now_ms();
+        let client_id = a.client_id.clone().unwrap_or_default();
+        if let Some(retry) = self.client_throttled(&client_id, meta, now) {
+            return Err(OAuthError::TooManyRequests(retry));
+        }
+        let fail = |this: &Self, known: Option<&CachedClient>, e: OAuthError| {
+            this.client_failed(&client_id, known, meta, now);
+            Err(e)
+        };
+        let bare = OAuthError::InvalidClient { basic: false };
+        let Some(jws) = Jws::parse(&a.assertion).ok() else {
+            return fail(self, None, bare);
+        };
+        let Some(issuer) = claimed_issuer(&jws) else {
+            return fail(self, None, bare);
+        };
+        let Some(client) = rt
+            .cached_client(&client_id)
+            .await?
+            .filter(|c| c.is_enabled() && c.client.auth_method == AuthMethod::PrivateKeyJwt)
+        else {
+            return fail(self, None, bare);
+        };
+        let creds: Vec<_> = client
+            .client
+            .federated_credentials
+            .iter()
+            .filter(|f| f.issuer == issuer)
+            .collect();
+        if creds.is_empty() {
+            return fail(self, Some(&client), bare);
+        }
+        let verify = |set: &Option<Arc<JwkSet>>| match set {
+            Some(set) => jws.verify_with_set(set, EcdsaForm::Any).map(|_| ()),
+            None => Err(JoseError::UnknownKey),
+        };
+        let mut verified = verify(&rt.issuer_key_set(&issuer, false).await);
+        let may_be_new = match &verified {
+            Err(JoseError::UnknownKey) => true,
+            Err(JoseError::BadSignature) => jws.header().kid.is_none(),
+            _ => false,
+        };
+        if may_be_new {
+            verified = verify(&rt.issuer_key_set(&issuer, true).await);
+        }
+        if verified.is_err() {
+            return fail(self, Some(&client), bare);
+        }
+        let s = &rt.settings.oauth;
+        let policy = AssertionPolicy {
+            max_lifetime_seconds: s.federated_token_max_lifetime_seconds,
+            leeway_seconds: s.client_assertion_leeway_seconds,
+        };
+        let who = match check_federated(&jws, &a.assertion, &creds, now / 1000, policy) {
+            Ok(w) => w,
+            Err(e) => {
+                return fail(
+                    self,
+                    Some(&client),
+                    OAuthError::InvalidClientAssertion(e.description()),
+                )
+            }
+        };
+        let fresh = rt
+            .store
+            .client_assertion_jti_use(
+                &replay_scope(&who.iss),
+                &who.replay_key,
+                from_ms(who.keep_until_s.saturating_mul(1000)),
+                rt.now(),
+            )
+            .await?;
+        if !fresh {
+            return fail(
+                self,
+                Some(&client),
+                OAuthError::InvalidClientAssertion(FederationError::Replayed.description()),
+            );
+        }
+        Ok((client, who))
     }
 
     /// `Some(seconds to wait)` when `client_id` from this address failed too often lately.
@@ -267,8 +390,28 @@ impl Keyplane {
         scope: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<IssuedToken, OAuthError> {
-        let client = self.authenticate_client(auth, meta).await?;
-        self.rt.mint(&client, scope)
+        let (client, federated) = self.authenticate_client_as(auth, meta).await?;
+        let Some(who) = federated else {
+            return self.rt.mint(&client, scope);
+        };
+        // A federated issuance is its own event (not the per-minute aggregate), naming the
+        // external identity; only a valid, never-used platform token gets this far.
+        let issued = self.rt.mint_quietly(&client, scope)?;
+        let c = &client.client;
+        let event = self.rt.event(
+            &client_principal(c),
+            Some(&c.org_id),
+            "access_token.issue",
+            Some(&c.client_id),
+            meta,
+            serde_json::json!({
+                "scope": issued.scope,
+                "via": "federation",
+                "federated": { "iss": who.iss, "sub": who.sub },
+            }),
+        );
+        self.rt.store.activity_append(&[event]).await?;
+        Ok(issued)
     }
 
     /// RFC 7662. The caller is a client or a principal allowed to introspect; the answer is

@@ -404,6 +404,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         token_endpoint_auth_method: None,
         jwks: None,
         jwks_uri: None,
+        federated_credentials: None,
     };
     let (client, first) = s
         .app
@@ -446,6 +447,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         token_endpoint_auth_method: None,
         jwks: None,
         jwks_uri: None,
+        federated_credentials: None,
     };
     s.app
         .client_update(&p.signed.principal, &id, patch, None, &p.meta)

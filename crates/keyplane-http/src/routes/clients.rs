@@ -60,6 +60,7 @@ pub async fn create(
         token_endpoint_auth_method: b.token_endpoint_auth_method,
         jwks: b.jwks,
         jwks_uri: b.jwks_uri,
+        federated_credentials: b.federated_credentials,
     };
     let (client, first) = s.app.client_create(&c.principal, input, &c.meta).await?;
     let secrets = s.app.client_get(&c.principal, &client.client_id).await?.1;
@@ -155,6 +156,7 @@ pub async fn update(
         token_endpoint_auth_method: b.token_endpoint_auth_method,
         jwks: b.jwks,
         jwks_uri: b.jwks_uri,
+        federated_credentials: b.federated_credentials,
     };
     let (cl, sec) = s
         .app

@@ -36,6 +36,7 @@ mod contract;
 mod crash;
 mod edge;
 mod errors;
+mod federation;
 mod files;
 mod gateway;
 mod interop;
