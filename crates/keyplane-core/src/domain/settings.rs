@@ -70,6 +70,12 @@ pub struct OAuthSettings {
     pub jwks_max_age_seconds: i64,
     /// Whether a `jwks_uri` may be plain `http://` on a loopback host (tests, development).
     pub jwks_uri_allow_loopback_http: bool,
+    /// DPoP (RFC 9449): a proof's `iat` may be at most this many seconds from now.
+    pub dpop_iat_window_seconds: i64,
+    /// DPoP §8: whether every proof must carry a server nonce (`DPoP-Nonce`).
+    pub dpop_require_nonce: bool,
+    /// How long one DPoP nonce is issued; a nonce is accepted for two such periods.
+    pub dpop_nonce_period_seconds: i64,
 }
 
 impl Default for OAuthSettings {
@@ -92,6 +98,9 @@ impl Default for OAuthSettings {
             jwks_refetch_interval_seconds: 30,
             jwks_max_age_seconds: 300,
             jwks_uri_allow_loopback_http: false,
+            dpop_iat_window_seconds: 60,
+            dpop_require_nonce: false,
+            dpop_nonce_period_seconds: 300,
         }
     }
 }

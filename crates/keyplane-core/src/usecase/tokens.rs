@@ -7,6 +7,7 @@ use crate::domain::client_auth::{
     check_assertion, claimed_client, AssertionError, AssertionPolicy, AuthMethod, JwksFetcher,
 };
 use crate::domain::clock::from_ms;
+use crate::domain::dpop::{DpopError, DpopRequest};
 use crate::domain::error::Result;
 use crate::domain::jose::{EcdsaForm, JoseError, JwkSet, Jws};
 use crate::domain::model::OAuthClient;
@@ -266,9 +267,27 @@ impl Keyplane {
         auth: &ClientCredentials,
         scope: Option<&str>,
         meta: &RequestMeta,
+        dpop: Option<&DpopRequest<'_>>,
     ) -> Result<IssuedToken, OAuthError> {
         let client = self.authenticate_client(auth, meta).await?;
-        self.rt.mint(&client, scope)
+        // The proof is checked only for an authenticated client, so nobody else can fill the
+        // replay cache; with one, the token is bound to the proof's key (RFC 9449 §5).
+        let jkt = match dpop {
+            None => None,
+            Some(d) => match self
+                .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), None)
+                .await
+            {
+                Ok(p) => Some(p.jkt),
+                Err(DpopError::UseNonce) => {
+                    return Err(OAuthError::UseDpopNonce(
+                        self.dpop_nonce().unwrap_or_default(),
+                    ))
+                }
+                Err(e) => return Err(OAuthError::InvalidDpopProof(e.description())),
+            },
+        };
+        self.rt.mint(&client, scope, jkt)
     }
 
     /// RFC 7662. The caller is a client or a principal allowed to introspect; the answer is
