@@ -657,3 +657,67 @@ async fn a_dpop_proof_used_on_one_node_is_refused_on_the_other() {
         assert_eq!(answer(check(y, &p)).await.status, StatusCode::UNAUTHORIZED);
     }
 }
+
+/// Behind the real nginx (`auth_request`, `X-Original-URI`, `X-Forwarded-Host`/`-Proto`): a
+/// good proof for nginx's URL passes once; a replay, the token as Bearer, and proofs for
+/// another URL or method are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_behind_nginx() {
+    let Some(nginx) = crate::nginx::nginx_or_skip("the nginx DPoP test") else {
+        return;
+    };
+    let dir = keyplane_testkit::TempDir::new();
+    let up = upstream().await;
+    let cfg = dir.path().join("keyplane.toml");
+    std::fs::write(&cfg, "# rules come later\n").unwrap();
+    let app = keyplane_testkit::spawn_app_with(
+        keyplane_testkit::Backend::Sqlite,
+        Options::default().env("KEYPLANE_CONFIG", cfg.to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    with_rules(&app, dir.path()).await;
+    let (_nginx, front) = crate::nginx::start_nginx(&nginx, dir.path(), &app.base, &up).await;
+    let key = TestKey::es256("k");
+    let t = bound_token(&app, &key, "jwt").await;
+    let htu = format!("{front}{GUARD}");
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "recipe": "pangea_prompt_guard"});
+    let send = |scheme: &str, p: Option<String>| {
+        let mut r = app
+            .http
+            .post(format!("{htu}?x=1"))
+            .header(header::AUTHORIZATION, format!("{scheme} {t}"))
+            .json(&body);
+        if let Some(p) = p {
+            r = r.header("DPoP", p);
+        }
+        r
+    };
+    let p = proof(&key, "POST", &htu, Some(&t));
+    let a = answer(send("DPoP", Some(p.clone()))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        answer(send("DPoP", Some(p))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        answer(send("Bearer", None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let other_url = proof(&key, "POST", &format!("{front}/v1/other"), Some(&t));
+    assert_eq!(
+        answer(send("DPoP", Some(other_url))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let other_method = proof(&key, "GET", &htu, Some(&t));
+    assert_eq!(
+        answer(send("DPoP", Some(other_method))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let direct = proof(&key, "POST", &format!("{}{GUARD}", app.base), Some(&t));
+    assert_eq!(
+        answer(send("DPoP", Some(direct))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
