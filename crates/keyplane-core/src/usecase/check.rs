@@ -94,9 +94,10 @@ impl Keyplane {
                 let refusal = |e: DpopError| DpopRefusal {
                     error: e.code(),
                     description: e.description(),
-                    nonce: self.dpop_nonce(),
+                    nonce: self.rt.dpop_nonce(),
                 };
                 let proof = self
+                    .rt
                     .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), Some(token))
                     .await
                     .map_err(refusal)?;

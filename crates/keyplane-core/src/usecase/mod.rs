@@ -13,7 +13,6 @@ pub mod api_keys;
 pub mod check;
 pub mod clients;
 pub mod console;
-pub mod dpop;
 pub mod members;
 pub mod operations;
 pub mod orgs;

@@ -275,13 +275,14 @@ impl Keyplane {
         let jkt = match dpop {
             None => None,
             Some(d) => match self
+                .rt
                 .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), None)
                 .await
             {
                 Ok(p) => Some(p.jkt),
                 Err(DpopError::UseNonce) => {
                     return Err(OAuthError::UseDpopNonce(
-                        self.dpop_nonce().unwrap_or_default(),
+                        self.rt.dpop_nonce().unwrap_or_default(),
                     ))
                 }
                 Err(e) => return Err(OAuthError::InvalidDpopProof(e.description())),

@@ -1,8 +1,8 @@
-//! [`Keyplane`] use cases of DPoP (RFC 9449): checking a proof against its request (every
+//! The runtime's DPoP (shared by the token endpoint's and the resource checks' use cases) (RFC 9449): checking a proof against its request (every
 //! §4.3 check), recording its `jti` so it is refused on every node that shares the database,
 //! and the stateless nonces of §8.
 
-use crate::app::Keyplane;
+use super::Runtime;
 use crate::domain::clock::from_ms;
 use crate::domain::dpop::{
     check_proof, nonce_input, nonce_text, CheckedProof, DpopError, ProofPolicy, ProofRequest,
@@ -12,31 +12,30 @@ use crate::domain::dpop::{
 /// `jti`s: a thumbprint never looks like a client id).
 const JTI_NAMESPACE: &str = "dpop:";
 
-impl Keyplane {
+impl Runtime {
     fn nonce_slot(&self, now_ms: i64) -> i64 {
-        now_ms / 1000 / self.rt.settings.oauth.dpop_nonce_period_seconds.max(1)
+        now_ms / 1000 / self.settings.oauth.dpop_nonce_period_seconds.max(1)
     }
 
     fn nonce_for_slot(&self, slot: i64) -> String {
-        nonce_text(&self.rt.pepper.digest(&nonce_input(slot)).0)
+        nonce_text(&self.pepper.digest(&nonce_input(slot)).0)
     }
 
     /// The current DPoP nonce when the deployment requires nonces: derived from the pepper and
     /// the time, so every node issues and accepts the same ones without storage.
     pub fn dpop_nonce(&self) -> Option<String> {
-        self.rt
-            .settings
+        self.settings
             .oauth
             .dpop_require_nonce
-            .then(|| self.nonce_for_slot(self.nonce_slot(self.rt.now_ms())))
+            .then(|| self.nonce_for_slot(self.nonce_slot(self.now_ms())))
     }
 
     fn nonce_ok(&self, nonce: Option<&str>) -> bool {
-        if !self.rt.settings.oauth.dpop_require_nonce {
+        if !self.settings.oauth.dpop_require_nonce {
             return true;
         }
         let Some(nonce) = nonce else { return false };
-        let slot = self.nonce_slot(self.rt.now_ms());
+        let slot = self.nonce_slot(self.now_ms());
         [slot, slot - 1].into_iter().any(|s| {
             crate::domain::secret::ct_eq(nonce.as_bytes(), self.nonce_for_slot(s).as_bytes())
         })
@@ -58,8 +57,8 @@ impl Keyplane {
             [one] => *one,
             _ => return Err(DpopError::Multiple),
         };
-        let s = &self.rt.settings.oauth;
-        let now_ms = self.rt.now_ms();
+        let s = &self.settings.oauth;
+        let now_ms = self.now_ms();
         let req = ProofRequest {
             htm,
             htus,
@@ -76,13 +75,12 @@ impl Keyplane {
         // No clock accepts the proof once its `iat` is a window older than now.
         let keep_until_ms = (checked.iat.max(now_ms / 1000) + s.dpop_iat_window_seconds + 1) * 1000;
         let fresh = self
-            .rt
             .store
             .client_assertion_jti_use(
                 &format!("{JTI_NAMESPACE}{}", checked.jkt),
                 &checked.jti,
                 from_ms(keep_until_ms),
-                self.rt.now(),
+                self.now(),
             )
             .await
             .map_err(|e| {
