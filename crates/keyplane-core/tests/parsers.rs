@@ -49,6 +49,7 @@ fn claims(j: &str) -> JwtClaims {
         jti: j.into(),
         client_id: "kpc_x".into(),
         scope: "a b".into(),
+        cnf: None,
     }
 }
 
@@ -90,7 +91,7 @@ proptest! {
         at in 0usize..400, with in "[A-Za-z0-9_\\-]",
     ) {
         let sealer = sealer();
-        let claims = OpaqueClaims { c, s, i, e: i + 1, j: "j".into() };
+        let claims = OpaqueClaims { c, s, i, e: i + 1, j: "j".into(), k: None };
         let token = sealer.seal(&claims);
         prop_assert_eq!(sealer.open(&token), Some(claims));
         if let Some(bad) = mutate(&token, at, with.chars().next().unwrap()) {

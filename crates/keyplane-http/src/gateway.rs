@@ -4,7 +4,7 @@
 //! The rules see the normalized path (`keyplane_core::domain::path`) and the upstream is sent
 //! exactly that path: an ambiguous one is answered 400 and never forwarded.
 
-use crate::auth::{bearer, request_meta};
+use crate::auth::request_meta;
 use crate::routes::authz::{ambiguous_path, identity_headers, respond};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -119,9 +119,21 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         Ok(p) => p,
         Err(e) => return ambiguous_path(e),
     };
+    let (is_dpop, token) = match crate::dpop::authorization(&parts.headers) {
+        Some((d, t)) => (d, Some(t)),
+        None => (false, None),
+    };
+    // `htu` is this gateway's URL as the caller addressed it: `Host`, and the forwarded
+    // scheme and host only when a trusted proxy sent them.
+    let trusted = parts
+        .extensions
+        .get::<crate::edge::FromTrustedProxy>()
+        .is_some();
+    let dpop = is_dpop
+        .then(|| crate::dpop::dpop_request(&parts.headers, parts.method.as_str(), &path, trusted));
     let (verdict, required) = gw
         .app
-        .check_request(bearer(&parts.headers), parts.method.as_str(), &path, &meta)
+        .check_request(token, dpop.as_ref(), parts.method.as_str(), &path, &meta)
         .await;
     let identity = match verdict {
         Verdict::Allow(identity) => identity,

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod console;
+pub mod dpop;
 pub mod dto;
 pub mod edge;
 pub mod error;

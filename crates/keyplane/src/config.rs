@@ -151,6 +151,10 @@ pub struct OAuthFile {
     pub jwks_max_age_seconds: Option<i64>,
     /// Allow `http://` `jwks_uri`s on loopback hosts (tests and development; default false).
     pub jwks_uri_allow_loopback_http: Option<bool>,
+    /// DPoP: a proof's `iat` may be at most this many seconds from now (60).
+    pub dpop_iat_window_seconds: Option<i64>,
+    /// DPoP §8: require a server nonce in every proof (false).
+    pub dpop_require_nonce: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -256,6 +260,8 @@ pub struct Config {
     pub jwks_refetch_interval_seconds: i64,
     pub jwks_max_age_seconds: i64,
     pub jwks_uri_allow_loopback_http: bool,
+    pub dpop_iat_window_seconds: i64,
+    pub dpop_require_nonce: bool,
     /// The configuration file, where route rules are read from (again on reload).
     pub config_file: Option<PathBuf>,
     pub gateway_listen: Option<SocketAddr>,
@@ -675,6 +681,22 @@ impl Config {
             },
             None => file.oauth.jwks_uri_allow_loopback_http.unwrap_or(false),
         };
+        let dpop_iat_window_seconds = num(
+            "KEYPLANE_DPOP_IAT_WINDOW_SECONDS",
+            file.oauth.dpop_iat_window_seconds,
+            60,
+        )?;
+        if !(5..=600).contains(&dpop_iat_window_seconds) {
+            bail!("dpop_iat_window_seconds must be between 5 and 600");
+        }
+        let dpop_require_nonce = match env.get("KEYPLANE_DPOP_REQUIRE_NONCE") {
+            Some(v) => match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => bail!("KEYPLANE_DPOP_REQUIRE_NONCE must be true or false"),
+            },
+            None => file.oauth.dpop_require_nonce.unwrap_or(false),
+        };
         // Route rules are validated here too, so a bad rule stops the start with its line.
         read_rules(file_path.as_deref()).map_err(anyhow::Error::msg)?;
         let gateway_listen = gateway
@@ -827,6 +849,8 @@ impl Config {
             jwks_refetch_interval_seconds,
             jwks_max_age_seconds,
             jwks_uri_allow_loopback_http,
+            dpop_iat_window_seconds,
+            dpop_require_nonce,
             config_file: file_path,
             gateway_listen,
             upstream,

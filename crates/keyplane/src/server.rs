@@ -95,6 +95,8 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
             jwks_refetch_interval_seconds: config.jwks_refetch_interval_seconds,
             jwks_max_age_seconds: config.jwks_max_age_seconds,
             jwks_uri_allow_loopback_http: config.jwks_uri_allow_loopback_http,
+            dpop_iat_window_seconds: config.dpop_iat_window_seconds,
+            dpop_require_nonce: config.dpop_require_nonce,
             ..OAuthSettings::default()
         },
     };

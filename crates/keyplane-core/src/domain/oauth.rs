@@ -16,6 +16,10 @@ pub enum OAuthError {
     /// audience, …): `invalid_client` with a description saying which, since only the holder
     /// of the client's private key can get this far.
     InvalidClientAssertion(String),
+    /// DPoP (RFC 9449 §5): the proof is missing or invalid (`invalid_dpop_proof`).
+    InvalidDpopProof(String),
+    /// DPoP §8: the proof must carry this server nonce (`use_dpop_nonce`, `DPoP-Nonce`).
+    UseDpopNonce(String),
     InvalidScope(String),
     UnauthorizedClient(String),
     UnsupportedGrantType,
@@ -99,6 +103,8 @@ impl std::fmt::Debug for ClientAssertion {
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
     pub access_token: String,
+    /// `Bearer`, or `DPoP` for a token bound to a key (RFC 9449 §5).
+    pub token_type: &'static str,
     pub expires_in: i64,
     pub scope: String,
 }
@@ -119,6 +125,8 @@ pub struct Introspection {
     pub aud: Option<String>,
     pub org_id: String,
     pub project_id: String,
+    /// DPoP: the thumbprint of the key the token is bound to (`cnf.jkt`).
+    pub jkt: Option<String>,
 }
 
 /// A verified access token, for `/v1/authz` and the management API.
@@ -131,6 +139,8 @@ pub struct TokenIdentity {
     pub owner_member_id: Option<String>,
     pub scopes: Vec<String>,
     pub scopes_joined: String,
+    /// DPoP: the thumbprint of the key the token is bound to.
+    pub jkt: Option<String>,
 }
 
 /// The outcome of a revocation request.

@@ -73,6 +73,12 @@ pub struct OAuthSettings {
     /// The longest a federated (platform) token may live: `exp` at most this long after its
     /// `iat` and after now.
     pub federated_token_max_lifetime_seconds: i64,
+    /// DPoP (RFC 9449): a proof's `iat` may be at most this many seconds from now.
+    pub dpop_iat_window_seconds: i64,
+    /// DPoP §8: whether every proof must carry a server nonce (`DPoP-Nonce`).
+    pub dpop_require_nonce: bool,
+    /// How long one DPoP nonce is issued; a nonce is accepted for two such periods.
+    pub dpop_nonce_period_seconds: i64,
 }
 
 impl Default for OAuthSettings {
@@ -96,6 +102,9 @@ impl Default for OAuthSettings {
             jwks_max_age_seconds: 300,
             jwks_uri_allow_loopback_http: false,
             federated_token_max_lifetime_seconds: 3600,
+            dpop_iat_window_seconds: 60,
+            dpop_require_nonce: false,
+            dpop_nonce_period_seconds: 300,
         }
     }
 }

@@ -107,6 +107,9 @@ pub struct OpaqueClaims {
     pub e: i64,
     /// token id
     pub j: String,
+    /// DPoP (RFC 9449): the thumbprint of the key the token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<String>,
 }
 
 /// Seals and opens opaque access tokens: `prefix` + base64url(nonce ‖ ciphertext) + CRC32.
@@ -166,6 +169,15 @@ pub struct JwtClaims {
     pub jti: String,
     pub client_id: String,
     pub scope: String,
+    /// DPoP (RFC 9449 §6.1): the key the token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// RFC 7800 `cnf` with RFC 9449's `jkt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub jkt: String,
 }
 
 enum Signer {
@@ -468,6 +480,7 @@ mod tests {
             i: 1,
             e: 2,
             j: "j".into(),
+            k: None,
         };
         let t = s.seal(&claims);
         assert!(t.starts_with("kpt_"));
@@ -495,6 +508,7 @@ mod tests {
                 jti: "j".into(),
                 client_id: "s".into(),
                 scope: "x".into(),
+                cnf: None,
             };
             let t = Keyring::sign_jwt(&key, &claims);
             let ring = Keyring::new(vec![key]);

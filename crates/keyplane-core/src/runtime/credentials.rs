@@ -13,7 +13,7 @@ use crate::domain::oauth::{Introspection, IssuedToken, OAuthError, TokenIdentity
 use crate::domain::perm::PermSet;
 use crate::domain::request::{Refusal, RequestMeta};
 use crate::domain::secret::{random_id_text, Digest, FormatError};
-use crate::domain::token::{JwtClaims, Keyring, OpaqueClaims};
+use crate::domain::token::{Confirmation, JwtClaims, Keyring, OpaqueClaims};
 use crate::store::KeyLookup;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -75,6 +75,8 @@ pub enum Verdict {
     InsufficientScope(Identity),
     /// The credential is good but no route rule allows the request.
     NoRule(Identity),
+    /// DPoP (RFC 9449 §7): a bound token without a valid proof, or the `DPoP` scheme misused.
+    Dpop(crate::domain::dpop::DpopRefusal),
 }
 
 impl Runtime {
@@ -271,8 +273,9 @@ impl Runtime {
         &self,
         client: &CachedClient,
         scope: Option<&str>,
+        jkt: Option<String>,
     ) -> Result<IssuedToken, OAuthError> {
-        let issued = self.mint_quietly(client, scope)?;
+        let issued = self.mint_quietly(client, scope, jkt)?;
         let scopes: Vec<String> = issued
             .scope
             .split(' ')
@@ -289,6 +292,7 @@ impl Runtime {
         &self,
         client: &CachedClient,
         scope: Option<&str>,
+        jkt: Option<String>,
     ) -> Result<IssuedToken, OAuthError> {
         let c = &client.client;
         let scopes: Vec<String> = match scope {
@@ -314,6 +318,7 @@ impl Runtime {
         let ttl = c.access_token_ttl_seconds;
         let exp_ms = now_ms + ttl * 1000;
         let jti = random_id_text(22);
+        let token_type = if jkt.is_some() { "DPoP" } else { "Bearer" };
         let access_token = match c.token_format {
             TokenFormat::Opaque => self.oauth.sealer.seal(&OpaqueClaims {
                 c: c.client_id.clone(),
@@ -321,6 +326,7 @@ impl Runtime {
                 i: iat_ms,
                 e: exp_ms,
                 j: jti,
+                k: jkt,
             }),
             TokenFormat::Jwt => {
                 let alg = c.signing_alg.unwrap_or(self.settings.oauth.default_alg);
@@ -342,12 +348,14 @@ impl Runtime {
                         jti,
                         client_id: c.client_id.clone(),
                         scope: scope.clone(),
+                        cnf: jkt.map(|jkt| Confirmation { jkt }),
                     },
                 )
             }
         };
         Ok(IssuedToken {
             access_token,
+            token_type,
             expires_in: ttl,
             scope,
         })
@@ -370,7 +378,7 @@ impl Runtime {
         token: &str,
     ) -> Option<(Arc<CachedClient>, Introspection)> {
         let now_ms = self.now_ms();
-        let (client_id, jti, iat_ms, exp_ms, nbf_ms, scope, aud) =
+        let (client_id, jti, iat_ms, exp_ms, nbf_ms, scope, aud, jkt) =
             if crate::domain::token::looks_like_jwt(token) {
                 let c = self.oauth.keyring().verify_jwt(token)?;
                 if c.iss != self.settings.oauth.issuer {
@@ -384,10 +392,11 @@ impl Runtime {
                     c.nbf * 1000,
                     c.scope,
                     Some(c.aud),
+                    c.cnf.map(|c| c.jkt),
                 )
             } else {
                 let c = self.oauth.sealer.open(token)?;
-                (c.c, c.j, c.i, c.e, c.i, c.s, None)
+                (c.c, c.j, c.i, c.e, c.i, c.s, None, c.k)
             };
         if exp_ms <= now_ms || nbf_ms > now_ms + 60_000 || self.oauth.is_revoked(&jti) {
             return None;
@@ -418,6 +427,7 @@ impl Runtime {
             aud,
             org_id: c.org_id.clone(),
             project_id: c.project_id.clone(),
+            jkt,
         };
         Some((client, info))
     }
@@ -439,6 +449,7 @@ impl Runtime {
             owner_member_id: client.client.owner_member_id.clone(),
             scopes_joined: scopes.join(" "),
             scopes,
+            jkt: info.jkt,
         })
     }
 
@@ -469,6 +480,7 @@ impl Runtime {
             aud: None,
             org_id: key.org_id().to_string(),
             project_id: key.project_id().to_string(),
+            jkt: None,
         })
     }
 }

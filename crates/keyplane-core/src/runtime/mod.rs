@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod client_keys;
 pub mod credentials;
+pub mod dpop;
 pub mod feed;
 pub mod issuer_keys;
 pub mod oauth;

@@ -2,6 +2,7 @@
 //! (`/v1/authz`, the gateway, by route rules) and for the management API (`authenticate`).
 
 use crate::app::Keyplane;
+use crate::domain::dpop::{DpopError, DpopRefusal, DpopRequest};
 use crate::domain::error::{Error, Result};
 use crate::domain::path::NormalPath;
 use crate::domain::perm::{Actor, PermSet, Principal};
@@ -15,9 +16,14 @@ use std::sync::Arc;
 
 impl Keyplane {
     /// Checks a bearer credential for a platform API, requiring every scope in `required`.
+    ///
+    /// With `dpop` (the request came as `Authorization: DPoP <token>`), the token must be bound
+    /// to a key and come with a valid proof of it for this request (RFC 9449 §7); a bound token
+    /// without it (as `Bearer`) is refused.
     pub async fn check<S: AsRef<str>>(
         &self,
         token: Option<&str>,
+        dpop: Option<&DpopRequest<'_>>,
         required: &[S],
         meta: &RequestMeta,
     ) -> Verdict {
@@ -26,6 +32,11 @@ impl Keyplane {
             return Verdict::Refuse(Refusal::Missing);
         };
         let identity = if self.rt.settings.api_key_format.claims(token) {
+            if dpop.is_some() {
+                return Verdict::Dpop(DpopRefusal::token(
+                    "only an access token can be DPoP-bound; send an API key as Bearer",
+                ));
+            }
             let key = match self.rt.resolve_key_raw(token).await {
                 Ok(Some(k)) => k,
                 Ok(None) => return self.rt.refuse(Refusal::Unknown, None, meta),
@@ -38,7 +49,14 @@ impl Keyplane {
             Identity::Key(key)
         } else if self.rt.is_access_token_shaped(token) {
             match self.rt.token_identity(token).await {
-                Some(t) => Identity::Token(Arc::new(t)),
+                Some(t) => {
+                    if let Err(r) = self.check_binding(token, t.jkt.as_deref(), dpop).await {
+                        self.rt
+                            .queue_refusal(r.error, Some(t.client_id.clone()), meta);
+                        return Verdict::Dpop(r);
+                    }
+                    Identity::Token(Arc::new(t))
+                }
                 None => return self.rt.refuse(Refusal::Unknown, None, meta),
             }
         } else {
@@ -56,6 +74,45 @@ impl Keyplane {
         }
     }
 
+    /// RFC 9449 §7: a bound token needs the `DPoP` scheme and a proof of its key for this
+    /// request; an unbound one must not claim the `DPoP` scheme.
+    async fn check_binding(
+        &self,
+        token: &str,
+        jkt: Option<&str>,
+        dpop: Option<&DpopRequest<'_>>,
+    ) -> Result<(), DpopRefusal> {
+        match (jkt, dpop) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(DpopRefusal::token(
+                "the access token is DPoP-bound: send it as `Authorization: DPoP` with a proof",
+            )),
+            (None, Some(_)) => Err(DpopRefusal::token(
+                "the access token is not DPoP-bound; send it as Bearer",
+            )),
+            (Some(jkt), Some(d)) => {
+                let refusal = |e: DpopError| DpopRefusal {
+                    error: e.code(),
+                    description: e.description(),
+                    nonce: self.rt.dpop_nonce(),
+                };
+                let proof = self
+                    .rt
+                    .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), Some(token))
+                    .await
+                    .map_err(refusal)?;
+                if !ct_eq(proof.jkt.as_bytes(), jkt.as_bytes()) {
+                    return Err(DpopRefusal {
+                        error: "invalid_dpop_proof",
+                        description: "the DPoP proof is signed by another key than the one the access token is bound to".into(),
+                        nonce: None,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks a credential for a request to the platform's APIs by the route rules: the rule
     /// matching `method` and `path` says which scopes it needs (also returned). The path is a
     /// [`NormalPath`]: the caller normalized it (and refused an ambiguous one) first, and the
@@ -63,14 +120,17 @@ impl Keyplane {
     pub async fn check_request(
         &self,
         token: Option<&str>,
+        dpop: Option<&DpopRequest<'_>>,
         method: &str,
         path: &NormalPath<'_>,
         meta: &RequestMeta,
     ) -> (Verdict, Vec<String>) {
         let rules = self.rules();
         match rules.decide(method, path) {
-            Decision::Require(scopes) => (self.check(token, scopes, meta).await, scopes.to_vec()),
-            Decision::Deny => match self.check::<&str>(token, &[], meta).await {
+            Decision::Require(scopes) => {
+                (self.check(token, dpop, scopes, meta).await, scopes.to_vec())
+            }
+            Decision::Deny => match self.check::<&str>(token, dpop, &[], meta).await {
                 Verdict::Allow(i) => (Verdict::NoRule(i), vec![]),
                 other => (other, vec![]),
             },
@@ -177,6 +237,13 @@ impl Keyplane {
         }
         if self.rt.is_access_token_shaped(token) {
             return match self.rt.token_identity(token).await {
+                // A DPoP-bound token is not a bearer credential: the management API takes none.
+                Some(t) if t.jkt.is_some() => {
+                    self.rt.queue_refusal("invalid_token", None, meta);
+                    Err(Error::Unauthenticated(
+                        "a DPoP-bound access token cannot be used as a bearer credential".into(),
+                    ))
+                }
                 Some(t) => Ok(Principal {
                     actor: Actor::Client {
                         client_id: t.client_id.clone(),

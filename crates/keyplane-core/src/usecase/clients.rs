@@ -631,7 +631,7 @@ impl Keyplane {
             .await?
             .filter(|c| c.is_enabled())
             .ok_or(Error::NotFound("OAuth client"))?;
-        let issued = rt.mint(&cached, scope).map_err(|e| match e {
+        let issued = rt.mint(&cached, scope, None).map_err(|e| match e {
             OAuthError::InvalidScope(m) => Error::invalid("scope", m),
             _ => Error::Storage("no signing key is active".into()),
         })?;

@@ -7,6 +7,7 @@ use crate::domain::client_auth::{
     check_assertion, claimed_client, AssertionError, AssertionPolicy, AuthMethod, JwksFetcher,
 };
 use crate::domain::clock::from_ms;
+use crate::domain::dpop::{DpopError, DpopRequest};
 use crate::domain::error::Result;
 use crate::domain::federation::{
     check_federated, claimed_issuer, replay_scope, FederatedIdentity, FederationError,
@@ -389,14 +390,33 @@ impl Keyplane {
         auth: &ClientCredentials,
         scope: Option<&str>,
         meta: &RequestMeta,
+        dpop: Option<&DpopRequest<'_>>,
     ) -> Result<IssuedToken, OAuthError> {
         let (client, federated) = self.authenticate_client_as(auth, meta).await?;
+        // The proof is checked only for an authenticated client, so nobody else can fill the
+        // replay cache; with one, the token is bound to the proof's key (RFC 9449 §5).
+        let jkt = match dpop {
+            None => None,
+            Some(d) => match self
+                .rt
+                .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), None)
+                .await
+            {
+                Ok(p) => Some(p.jkt),
+                Err(DpopError::UseNonce) => {
+                    return Err(OAuthError::UseDpopNonce(
+                        self.rt.dpop_nonce().unwrap_or_default(),
+                    ))
+                }
+                Err(e) => return Err(OAuthError::InvalidDpopProof(e.description())),
+            },
+        };
         let Some(who) = federated else {
-            return self.rt.mint(&client, scope);
+            return self.rt.mint(&client, scope, jkt);
         };
         // A federated issuance is its own event (not the per-minute aggregate), naming the
         // external identity; only a valid, never-used platform token gets this far.
-        let issued = self.rt.mint_quietly(&client, scope)?;
+        let issued = self.rt.mint_quietly(&client, scope, jkt)?;
         let c = &client.client;
         let event = self.rt.event(
             &client_principal(c),

@@ -1,7 +1,7 @@
 //! Forward auth: `/v1/authz` answers whether a bearer credential may make a request.
 //! 200 with identity headers, or 401/403 with an RFC 6750 challenge.
 
-use crate::auth::{bearer, request_meta};
+use crate::auth::request_meta;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
@@ -169,13 +169,21 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
 pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Response {
     let (parts, _body) = req.into_parts();
     let meta = request_meta(&parts);
-    let token = bearer(&parts.headers);
+    let (is_dpop, token) = match crate::dpop::authorization(&parts.headers) {
+        Some((d, t)) => (d, Some(t)),
+        None => (false, None),
+    };
     let explicit =
         parts.uri.path() == "/v1/authz" && parts.uri.query().is_some_and(|q| q.contains("scope="));
     if !explicit {
         match original_request(&parts) {
             Some(Ok((method, path))) => {
-                let (verdict, required) = s.app.check_request(token, method, &path, &meta).await;
+                let dpop =
+                    is_dpop.then(|| crate::dpop::dpop_request(&parts.headers, method, &path, true));
+                let (verdict, required) = s
+                    .app
+                    .check_request(token, dpop.as_ref(), method, &path, &meta)
+                    .await;
                 return respond(verdict, &required);
             }
             Some(Err(e)) => return e.into_response(),
@@ -183,13 +191,39 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
         }
     }
     let required = required_scopes(parts.uri.query());
-    respond(s.app.check(token, &required, &meta).await, &required)
+    // Without an original request (the `?scope=` form), a DPoP proof can name only the
+    // original URL in `X-Original-URL`, with the method in `X-Original-Method` (else GET).
+    let original_url_path = parts
+        .headers
+        .get("x-original-url")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|u| u.split_once("://"))
+        .map(|(_, rest)| {
+            let rest = rest.split(['?', '#']).next().unwrap_or("");
+            rest.find('/').map_or("/", |i| &rest[i..])
+        })
+        .and_then(|p| NormalPath::parse(p).ok());
+    let method = header(&parts, &ORIGINAL_METHOD).unwrap_or("GET");
+    let dpop = match (is_dpop, &original_url_path) {
+        (false, _) => None,
+        (true, Some(p)) => Some(crate::dpop::dpop_request(&parts.headers, method, p, true)),
+        (true, None) => Some(keyplane_core::domain::dpop::DpopRequest {
+            proofs: vec![],
+            htm: method,
+            htus: vec![],
+        }),
+    };
+    respond(
+        s.app.check(token, dpop.as_ref(), &required, &meta).await,
+        &required,
+    )
 }
 
 /// The answer for a verdict: 200 with identity headers, or 401/403 with an RFC 6750 challenge.
 pub fn respond<S: AsRef<str>>(verdict: Verdict, required: &[S]) -> Response {
     match verdict {
         Verdict::Allow(k) => allowed(&k),
+        Verdict::Dpop(r) => crate::dpop::challenge(&r),
         Verdict::NoRule(_) => challenge(
             StatusCode::FORBIDDEN,
             "Bearer realm=\"keyplane\", error=\"insufficient_scope\", error_description=\"no route rule allows this request\"".into(),

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use keyplane_core::domain::client_auth::{AuthMethod, JWT_BEARER};
+use keyplane_core::domain::dpop::DpopRequest;
 use keyplane_core::domain::jose::JwsAlg;
 use keyplane_core::domain::oauth::{
     ClientAssertion, ClientAuth, ClientCredentials, Endpoint, Introspection, OAuthError,
@@ -108,6 +109,10 @@ pub fn error_response(status: StatusCode, error: &str, description: impl Into<St
     )
 }
 
+/// RFC 9449's headers.
+pub const DPOP: header::HeaderName = header::HeaderName::from_static("dpop");
+pub const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
+
 const INVALID_CLIENT_DESCRIPTION: &str = "client authentication failed";
 /// The challenge of a failed HTTP Basic client authentication.
 pub const BASIC_CHALLENGE: &str =
@@ -137,6 +142,20 @@ fn oauth_error(e: OAuthError) -> Response {
         }
         OAuthError::InvalidClientAssertion(d) => {
             error_response(StatusCode::UNAUTHORIZED, "invalid_client", d)
+        }
+        OAuthError::InvalidDpopProof(d) => {
+            error_response(StatusCode::BAD_REQUEST, "invalid_dpop_proof", d)
+        }
+        OAuthError::UseDpopNonce(nonce) => {
+            let mut r = error_response(
+                StatusCode::BAD_REQUEST,
+                "use_dpop_nonce",
+                "the authorization server requires a nonce in DPoP proofs (the `DPoP-Nonce` header)",
+            );
+            if let Ok(v) = HeaderValue::from_str(&nonce) {
+                r.headers_mut().insert(DPOP_NONCE, v);
+            }
+            r
         }
         OAuthError::InvalidScope(d) => error_response(StatusCode::BAD_REQUEST, "invalid_scope", d),
         OAuthError::UnauthorizedClient(d) => {
@@ -358,7 +377,7 @@ fn client_auth(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
-    /// Always `Bearer`.
+    /// `Bearer`, or `DPoP` for a token bound to the key of the request's DPoP proof.
     pub token_type: String,
     pub expires_in: i64,
     pub scope: String,
@@ -430,6 +449,19 @@ pub struct RevocationRequest {
     responses((status = 200, body = TokenResponse, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`")))),
     security(("client_basic" = []), ()))]
 pub async fn token(State(s): State<AppState>, req: Request) -> Response {
+    // DPoP (RFC 9449 §5): a proof binds the token to its key; `htu` is this endpoint's URL
+    // under the issuer (at the path the client used, or the canonical one).
+    let proofs: Vec<String> = req
+        .headers()
+        .get_all(DPOP)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .collect();
+    let issuer = &s.app.settings().oauth.issuer;
+    let htus = vec![
+        format!("{issuer}{}", req.uri().path()),
+        format!("{issuer}{TOKEN_PATH}"),
+    ];
     let form = match read_form(req).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -448,18 +480,24 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Some("client_credentials") => {}
         Some(_) => return oauth_error(OAuthError::UnsupportedGrantType),
     }
-    match s
+    let dpop = DpopRequest {
+        proofs: proofs.iter().map(String::as_str).collect(),
+        htm: "POST",
+        htus,
+    };
+    let issued = s
         .app
         .issue_token(
             &auth,
             form.params.get("scope").map(String::as_str),
             &form.meta,
+            (!proofs.is_empty()).then_some(&dpop),
         )
-        .await
-    {
+        .await;
+    match issued {
         Ok(t) => json_no_store(&TokenResponse {
             access_token: t.access_token,
-            token_type: "Bearer".into(),
+            token_type: t.token_type.into(),
             expires_in: t.expires_in,
             scope: t.scope,
         }),
@@ -496,6 +534,15 @@ pub struct IntrospectionResponse {
     /// `access_token` or `api_key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_type: Option<&'static str>,
+    /// DPoP (RFC 9449 §6.2): the thumbprint of the key a bound token is bound to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// RFC 7800 confirmation: `jkt`, the RFC 7638 thumbprint of the DPoP key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Confirmation {
+    pub jkt: String,
 }
 
 impl IntrospectionResponse {
@@ -514,6 +561,7 @@ impl IntrospectionResponse {
             username: None,
             scope: None,
             credential_type: None,
+            cnf: None,
         }
     }
 
@@ -528,10 +576,11 @@ impl IntrospectionResponse {
             iat: Some(i.iat),
             jti: Some(i.jti),
             client_id: i.client_id,
-            token_type: Some("Bearer"),
+            token_type: Some(if i.jkt.is_some() { "DPoP" } else { "Bearer" }),
             username: Some(i.username),
             scope: Some(i.scope),
             credential_type: Some(i.credential_type),
+            cnf: i.jkt.map(|jkt| Confirmation { jkt }),
         }
     }
 }
@@ -642,6 +691,8 @@ pub struct AuthorizationServerMetadata {
     pub introspection_endpoint_auth_signing_alg_values_supported: Vec<String>,
     pub revocation_endpoint_auth_methods_supported: Vec<String>,
     pub revocation_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    /// The algorithms a DPoP proof may be signed with (RFC 9449 §5.1).
+    pub dpop_signing_alg_values_supported: Vec<String>,
 }
 
 /// RFC 8414 authorization server metadata.
@@ -680,7 +731,8 @@ pub fn metadata_document(issuer: &str, scopes: Vec<String>) -> AuthorizationServ
         introspection_endpoint_auth_methods_supported: methods.clone(),
         introspection_endpoint_auth_signing_alg_values_supported: algs.clone(),
         revocation_endpoint_auth_methods_supported: methods,
-        revocation_endpoint_auth_signing_alg_values_supported: algs,
+        revocation_endpoint_auth_signing_alg_values_supported: algs.clone(),
+        dpop_signing_alg_values_supported: algs,
     }
 }
 

@@ -17,7 +17,7 @@ fn nginx_binary() -> Option<String> {
         .map(|p| p.to_string())
 }
 
-struct Nginx(Child);
+pub(crate) struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -60,6 +60,10 @@ http {{
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-URI $request_uri;
             proxy_set_header X-Original-Method $request_method;
+            # DPoP: the proof's `htu` is the URL the caller used (the DPoP header itself goes
+            # with the subrequest's other headers).
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
         }}
         location / {{
             auth_request /_keyplane_authz;
@@ -84,7 +88,7 @@ http {{
 
 /// Starts nginx with [`config`] in `dir/nginx`, and waits until it answers. Returns the guard
 /// that stops it and its base URL.
-async fn start_nginx(
+pub(crate) async fn start_nginx(
     binary: &str,
     dir: &std::path::Path,
     keyplane: &str,
@@ -117,7 +121,7 @@ async fn start_nginx(
     (guard, front)
 }
 
-fn nginx_or_skip(what: &str) -> Option<String> {
+pub(crate) fn nginx_or_skip(what: &str) -> Option<String> {
     let found = nginx_binary();
     if found.is_none() {
         let _ = writeln!(
