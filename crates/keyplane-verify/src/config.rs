@@ -43,6 +43,10 @@ pub(crate) struct Settings {
     pub jwks_max_age: Duration,
     pub leeway: Duration,
     pub realm: Option<String>,
+    /// The public base URLs of this resource server (DPoP `htu`), without a trailing `/`.
+    pub public_urls: Vec<String>,
+    pub dpop_iat_window: Duration,
+    pub dpop_replay_capacity: usize,
 }
 
 /// Builds a [`Verifier`]. Start with [`Verifier::builder`].
@@ -80,6 +84,9 @@ impl VerifierBuilder {
                 jwks_max_age: Duration::from_secs(300),
                 leeway: Duration::from_secs(5),
                 realm: None,
+                public_urls: Vec::new(),
+                dpop_iat_window: Duration::from_secs(60),
+                dpop_replay_capacity: 100_000,
             },
             opaque_token_prefix: "kpt_".into(),
             http: None,
@@ -193,6 +200,34 @@ impl VerifierBuilder {
         self
     }
 
+    /// The public base URL of this resource server, as clients address it (e.g.
+    /// `https://api.example.com`, or `https://example.com/api` behind a proxy that strips
+    /// `/api`): a DPoP proof's `htu` must be this URL followed by the request's path. Scheme and
+    /// host are compared case-insensitively, default ports dropped, query and fragment ignored.
+    /// May be called more than once (several names for one server). Without it, requests with
+    /// the `DPoP` scheme are refused (`invalid_dpop_proof`), since the URL cannot be known.
+    pub fn public_url(mut self, url: &str) -> Self {
+        self.settings
+            .public_urls
+            .push(url.trim_end_matches('/').to_string());
+        self
+    }
+
+    /// How far a DPoP proof's `iat` may be from now, either way (default 60 s). Proofs' `jti`s
+    /// are remembered that long after their `iat`.
+    pub fn dpop_iat_window(mut self, window: Duration) -> Self {
+        self.settings.dpop_iat_window = window;
+        self
+    }
+
+    /// The most DPoP proof `jti`s remembered at once (default 100 000). When that many live
+    /// proofs were seen within the `iat` window, new ones are refused (503) until room frees,
+    /// rather than forgetting old ones (which would let them be replayed).
+    pub fn dpop_replay_capacity(mut self, entries: usize) -> Self {
+        self.settings.dpop_replay_capacity = entries;
+        self
+    }
+
     /// The HTTP client for discovery, JWKS and introspection (default: one with a 5 s timeout
     /// and no redirects). Bring your own for proxies, custom roots or TLS settings.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
@@ -207,6 +242,11 @@ impl VerifierBuilder {
         for url in std::iter::once(&s.issuer).chain(s.reach_at.as_ref()) {
             if !is_http_url(url) {
                 return Err(BuildError::NotAUrl(url.clone()));
+            }
+        }
+        for url in &s.public_urls {
+            if !is_http_url(url) || url.contains(['?', '#']) {
+                return Err(BuildError::PublicUrl(url.clone()));
             }
         }
         if s.introspect_jwts && s.introspection.is_none() {

@@ -21,6 +21,10 @@ pub enum AuthError {
     /// 401 `invalid_token`: malformed, forged, expired, revoked or unknown.
     #[error("the credential is not valid: {0}")]
     InvalidToken(InvalidReason),
+    /// 401 `invalid_dpop_proof` with a `DPoP` challenge (RFC 9449 §7.1): the request uses the
+    /// `DPoP` scheme with a DPoP-bound token, but its proof is missing, repeated or wrong.
+    #[error("the DPoP proof is not valid: {0}")]
+    InvalidDpopProof(ProofReason),
     /// 403 `insufficient_scope`, naming the scope the request needs.
     #[error("the credential lacks the scope {0:?}")]
     InsufficientScope(String),
@@ -70,13 +74,70 @@ pub enum InvalidReason {
     /// An opaque token or API key, but no introspection credentials are configured.
     #[error("opaque credentials are not accepted (no introspection credentials configured)")]
     NotAccepted,
+    /// A DPoP-bound token (`cnf.jkt`) presented as `Bearer` (RFC 9449 §7.1): answered with a
+    /// `DPoP` challenge.
+    #[error("a DPoP-bound token presented as Bearer")]
+    DpopBound,
+    /// A token that is not DPoP-bound presented with the `DPoP` scheme.
+    #[error("a token that is not DPoP-bound presented with the DPoP scheme")]
+    NotDpopBound,
+}
+
+/// Why a DPoP proof (RFC 9449 §4.3) was refused. Logged; the client only learns "invalid".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProofReason {
+    /// No `DPoP` header.
+    #[error("no DPoP header")]
+    Missing,
+    /// More than one `DPoP` header.
+    #[error("more than one DPoP header")]
+    Multiple,
+    /// Not a compact JWS of JSON objects, or too long.
+    #[error("malformed")]
+    Malformed,
+    /// `typ` is not `dpop+jwt`.
+    #[error("typ is not dpop+jwt")]
+    Type,
+    /// `alg` is not ES256, EdDSA, RS256 or PS256.
+    #[error("unsupported algorithm")]
+    Algorithm,
+    /// No `jwk`, a private one, or one that does not fit `alg`.
+    #[error("missing, private or unusable jwk")]
+    Jwk,
+    /// The signature does not verify with the header's `jwk`.
+    #[error("bad signature")]
+    Signature,
+    /// `jti`, `htm`, `htu` or `iat` missing or of the wrong type.
+    #[error("missing or malformed claims")]
+    Claims,
+    /// `htm` is not the request's method.
+    #[error("htm is not the request's method")]
+    Htm,
+    /// `htu` is not the request's URL (or no public URL is configured).
+    #[error("htu is not the request's URL")]
+    Htu,
+    /// `iat` is outside the window.
+    #[error("iat outside the window")]
+    Iat,
+    /// `ath` is missing or not the hash of the access token.
+    #[error("ath does not match the access token")]
+    Ath,
+    /// The `jti` was seen already within the window.
+    #[error("replayed jti")]
+    Replayed,
+    /// The proof's key is not the one the token is bound to (`cnf.jkt`).
+    #[error("the proof's key is not the token's")]
+    KeyMismatch,
 }
 
 impl AuthError {
     /// The HTTP status this refusal answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::Missing | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            AuthError::Missing | AuthError::InvalidToken(_) | AuthError::InvalidDpopProof(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             AuthError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AuthError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -89,6 +150,7 @@ impl AuthError {
             AuthError::Missing | AuthError::Unavailable(_) => None,
             AuthError::InvalidRequest(_) => Some("invalid_request"),
             AuthError::InvalidToken(_) => Some("invalid_token"),
+            AuthError::InvalidDpopProof(_) => Some("invalid_dpop_proof"),
             AuthError::InsufficientScope(_) => Some("insufficient_scope"),
         }
     }
@@ -99,13 +161,29 @@ impl AuthError {
             AuthError::Missing => "a bearer credential is required",
             AuthError::InvalidRequest(_) => "the Authorization header is malformed",
             AuthError::InvalidToken(InvalidReason::Expired) => "the credential expired",
+            AuthError::InvalidToken(InvalidReason::DpopBound) => {
+                "the token is DPoP-bound: send it with the DPoP scheme and a proof"
+            }
+            AuthError::InvalidToken(InvalidReason::NotDpopBound) => {
+                "the token is not DPoP-bound: send it with the Bearer scheme"
+            }
             AuthError::InvalidToken(_) => "the credential is invalid, revoked or unknown",
+            AuthError::InvalidDpopProof(_) => "the DPoP proof is missing or invalid",
             AuthError::InsufficientScope(_) => "the credential lacks the scope this request needs",
             AuthError::Unavailable(_) => "the credential could not be checked; try again later",
         }
     }
 
-    /// The `WWW-Authenticate` value (RFC 6750 §3), or `None` for a 503.
+    /// Whether the challenge uses the `DPoP` scheme (RFC 9449 §7.1) rather than `Bearer`: for
+    /// a bad proof, and for a DPoP-bound token presented as `Bearer`.
+    pub fn is_dpop_challenge(&self) -> bool {
+        matches!(
+            self,
+            AuthError::InvalidDpopProof(_) | AuthError::InvalidToken(InvalidReason::DpopBound)
+        )
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750 §3, RFC 9449 §7.1), or `None` for a 503.
     pub fn www_authenticate(&self, realm: Option<&str>) -> Option<HeaderValue> {
         if matches!(self, AuthError::Unavailable(_)) {
             return None;
@@ -121,10 +199,16 @@ impl AuthError {
         if let AuthError::InsufficientScope(s) = self {
             params.push(format!("scope=\"{}\"", quotable(s)));
         }
-        let value = if params.is_empty() {
-            "Bearer".to_string()
+        let scheme = if self.is_dpop_challenge() {
+            params.push(format!("algs=\"{}\"", crate::dpop::ALGS));
+            "DPoP"
         } else {
-            format!("Bearer {}", params.join(", "))
+            "Bearer"
+        };
+        let value = if params.is_empty() {
+            scheme.to_string()
+        } else {
+            format!("{scheme} {}", params.join(", "))
         };
         // `quotable` leaves printable ASCII only, so this cannot fail.
         HeaderValue::from_str(&value).ok()
@@ -173,6 +257,10 @@ pub enum BuildError {
     /// No audience would accept no JWT at all.
     #[error("at least one audience is needed")]
     NoAudience,
+    /// A public URL of the resource server (for DPoP's `htu`) is not an absolute http(s) URL
+    /// without query or fragment.
+    #[error("{0:?} is not a usable public URL")]
+    PublicUrl(String),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
@@ -204,6 +292,18 @@ mod tests {
             "Bearer realm=\"r\", error=\"insufficient_scope\", error_description=\"the credential lacks the scope this request needs\", scope=\"ai-guard:read\""
         );
         assert_eq!(challenge(AuthError::Unavailable("x".into()), None), "");
+        assert_eq!(
+            challenge(AuthError::InvalidToken(InvalidReason::DpopBound), None),
+            "DPoP error=\"invalid_token\", error_description=\"the token is DPoP-bound: send it with the DPoP scheme and a proof\", algs=\"ES256 EdDSA RS256 PS256\""
+        );
+        assert!(
+            challenge(AuthError::InvalidDpopProof(ProofReason::Htu), Some("r"))
+                .starts_with("DPoP realm=\"r\", error=\"invalid_dpop_proof\"")
+        );
+        assert!(
+            challenge(AuthError::InvalidToken(InvalidReason::NotDpopBound), None)
+                .starts_with("Bearer error=\"invalid_token\"")
+        );
         let r: Response<()> = AuthError::InvalidRequest("twice").to_response(None);
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(r.headers()[header::WWW_AUTHENTICATE]

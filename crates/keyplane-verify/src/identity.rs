@@ -54,6 +54,10 @@ pub struct Identity {
     pub credential_id: Option<String>,
     /// The client's or key's display name (`username` in an introspection answer).
     pub name: Option<String>,
+    /// `cnf.jkt`: the RFC 7638 thumbprint of the key a DPoP-bound token (RFC 9449 §6) is
+    /// bound to. The layer only accepts such a token with the `DPoP` scheme and a proof
+    /// signed by that key; `None` for a token that is not bound (and for API keys).
+    pub confirmation_jkt: Option<String>,
 }
 
 impl Identity {
@@ -71,6 +75,7 @@ impl Identity {
             expires_at: None,
             credential_id: None,
             name: None,
+            confirmation_jkt: None,
         }
     }
 

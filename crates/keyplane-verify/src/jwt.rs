@@ -131,6 +131,16 @@ struct AccessTokenClaims {
     jti: String,
     #[serde(default)]
     scope: Option<String>,
+    /// RFC 7800 / RFC 9449 §6.1: `{"jkt": …}` for a DPoP-bound token.
+    #[serde(default)]
+    cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim, as far as DPoP goes.
+#[derive(Deserialize)]
+pub(crate) struct Confirmation {
+    #[serde(default)]
+    pub jkt: Option<String>,
 }
 
 /// Verifies `token` (whose header [`header`] accepted with `alg`) with `key`: signature,
@@ -177,6 +187,7 @@ pub(crate) fn verify(
         expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(c.exp)),
         credential_id: Some(c.jti),
         name: None,
+        confirmation_jkt: c.cnf.and_then(|c| c.jkt),
     })
 }
 

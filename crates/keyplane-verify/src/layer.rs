@@ -112,7 +112,11 @@ where
             if let Some(r) = realm {
                 req.extensions_mut().insert(Realm(Arc::from(r)));
             }
-            match layer.verifier.authenticate(req.headers()).await {
+            let verdict = layer
+                .verifier
+                .authenticate_request(req.method(), req.uri(), req.headers())
+                .await;
+            match verdict {
                 Ok(identity) => {
                     if let Some(missing) = identity.missing_scope(&layer.required_scopes) {
                         return Ok(

@@ -61,6 +61,7 @@
 
 mod cache;
 mod config;
+mod dpop;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -70,7 +71,7 @@ mod layer;
 mod verifier;
 
 pub use config::VerifierBuilder;
-pub use error::{AuthError, BuildError, InvalidReason};
+pub use error::{AuthError, BuildError, InvalidReason, ProofReason};
 #[cfg(feature = "axum")]
 pub use extract::{AuthRejection, RequireScope, Scope};
 pub use identity::{CredentialKind, Identity};

@@ -3,11 +3,12 @@
 
 use crate::cache::{key_of, TtlCache};
 use crate::config::{IntrospectionAuth, Settings, VerifierBuilder};
-use crate::error::{AuthError, InvalidReason};
+use crate::dpop::{self, ProofRequest, ReplayCache};
+use crate::error::{AuthError, InvalidReason, ProofReason};
 use crate::identity::{split_scopes, CredentialKind, Identity};
-use crate::jwt::{self, KeySet, PublicKey};
+use crate::jwt::{self, Confirmation, KeySet, PublicKey};
 use http::header::{ACCEPT, AUTHORIZATION};
-use http::HeaderMap;
+use http::{HeaderMap, Method, Uri};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -43,6 +44,9 @@ struct Inner {
     positive: TtlCache<Arc<Identity>>,
     negative: TtlCache<InvalidReason>,
     warned_not_accepted: AtomicBool,
+    /// The `jti`s of accepted DPoP proofs (per process: see [`ReplayCache`]).
+    replay: ReplayCache,
+    warned_no_public_url: AtomicBool,
 }
 
 #[derive(Default)]
@@ -85,6 +89,10 @@ struct IntrospectionAnswer {
     username: Option<String>,
     /// keyplane's extension: `access_token` or `api_key`.
     credential_type: Option<String>,
+    /// `DPoP` for a DPoP-bound token (RFC 9449 §6.2), else `Bearer`.
+    token_type: Option<String>,
+    /// `{"jkt": …}` for a DPoP-bound token.
+    cnf: Option<Confirmation>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +118,7 @@ impl Verifier {
     }
 
     pub(crate) fn from_settings(s: Settings, http: reqwest::Client) -> Self {
+        let s_replay_capacity = s.dpop_replay_capacity;
         Self {
             inner: Arc::new(Inner {
                 positive: TtlCache::new(s.cache_capacity),
@@ -121,6 +130,8 @@ impl Verifier {
                 keys: RwLock::new(Arc::new(Jwks::default())),
                 jwks_fetch: tokio::sync::Mutex::new(None),
                 warned_not_accepted: AtomicBool::new(false),
+                replay: ReplayCache::new(s_replay_capacity),
+                warned_no_public_url: AtomicBool::new(false),
             }),
         }
     }
@@ -149,11 +160,114 @@ impl Verifier {
     }
 
     /// Verifies the bearer credential of a request's headers (RFC 6750 §2.1).
+    ///
+    /// Headers alone do not say which request a DPoP proof must be for: a DPoP-bound token is
+    /// refused here whatever its scheme. Use [`authenticate_request`](Self::authenticate_request)
+    /// (as [`VerifyLayer`](crate::VerifyLayer) does) to accept `Authorization: DPoP`.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
-        self.verify(bearer(headers)?).await
+        self.authenticate_with(None, headers).await
     }
 
-    /// Verifies one bearer credential.
+    /// Verifies the credential of a request: `Authorization: Bearer <token>` for a token that
+    /// is not DPoP-bound, or `Authorization: DPoP <token>` with exactly one `DPoP` header
+    /// holding a valid proof (RFC 9449 §4.3, §7) for this method and URL (the configured
+    /// [`public_url`](VerifierBuilder::public_url) followed by `uri`'s path), signed by the key
+    /// the token is bound to (`cnf.jkt`), and not seen before within the `iat` window.
+    pub async fn authenticate_request(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Identity, AuthError> {
+        self.authenticate_with(Some((method, uri)), headers).await
+    }
+
+    async fn authenticate_with(
+        &self,
+        req: Option<(&Method, &Uri)>,
+        headers: &HeaderMap,
+    ) -> Result<Identity, AuthError> {
+        let (is_dpop, token) = credential(headers)?;
+        if !is_dpop {
+            let id = self.verify(token).await?;
+            if id.confirmation_jkt.is_some() {
+                tracing::debug!(target: "keyplane_verify", "a DPoP-bound token presented as Bearer: refused");
+                return Err(AuthError::InvalidToken(InvalidReason::DpopBound));
+            }
+            return Ok(id);
+        }
+        // The proof first: it costs no network call.
+        let proof = self.check_proof(req, headers, token).inspect_err(|e| {
+            tracing::debug!(target: "keyplane_verify", why = %e, "DPoP proof refused");
+        })?;
+        let id = self.verify(token).await?;
+        let Some(jkt) = id.confirmation_jkt.as_deref() else {
+            tracing::debug!(target: "keyplane_verify", "a token that is not DPoP-bound presented with the DPoP scheme: refused");
+            return Err(AuthError::InvalidToken(InvalidReason::NotDpopBound));
+        };
+        if jkt != proof.jkt {
+            tracing::debug!(target: "keyplane_verify", "the DPoP proof's key is not the one the token is bound to");
+            return Err(AuthError::InvalidDpopProof(ProofReason::KeyMismatch));
+        }
+        // Remembered until its `iat` leaves the window.
+        let left = proof.iat + self.inner.s.dpop_iat_window.as_secs() as i64 - unix_now();
+        let now = Instant::now();
+        let until = now + Duration::from_secs(left.max(0) as u64 + 1);
+        match self.inner.replay.insert(&proof.jkt, &proof.jti, until, now) {
+            Ok(true) => Ok(id),
+            Ok(false) => {
+                tracing::debug!(target: "keyplane_verify", "a DPoP proof replayed: refused");
+                Err(AuthError::InvalidDpopProof(ProofReason::Replayed))
+            }
+            Err(()) => Err(AuthError::Unavailable(
+                "the DPoP replay cache is full (see dpop_replay_capacity)".into(),
+            )),
+        }
+    }
+
+    fn check_proof(
+        &self,
+        req: Option<(&Method, &Uri)>,
+        headers: &HeaderMap,
+        token: &str,
+    ) -> Result<dpop::CheckedProof, AuthError> {
+        let s = &self.inner.s;
+        let mut proofs = headers.get_all("dpop").iter();
+        let proof = match (proofs.next(), proofs.next()) {
+            (None, _) => return Err(AuthError::InvalidDpopProof(ProofReason::Missing)),
+            (Some(_), Some(_)) => return Err(AuthError::InvalidDpopProof(ProofReason::Multiple)),
+            (Some(p), None) => p
+                .to_str()
+                .map_err(|_| AuthError::InvalidDpopProof(ProofReason::Malformed))?,
+        };
+        let Some((method, uri)) = req else {
+            return Err(AuthError::InvalidDpopProof(ProofReason::Htu));
+        };
+        if s.public_urls.is_empty() {
+            if !self
+                .inner
+                .warned_no_public_url
+                .swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(target: "keyplane_verify", "a request used the DPoP scheme, but no public URL is configured to check its proof's htu against: refusing it (configure public_url)");
+            }
+            return Err(AuthError::InvalidDpopProof(ProofReason::Htu));
+        }
+        let path = uri.path();
+        let path = if path.is_empty() { "/" } else { path };
+        let req = ProofRequest {
+            htm: method.as_str(),
+            htus: s.public_urls.iter().map(|u| format!("{u}{path}")).collect(),
+            access_token: token,
+            now_s: unix_now(),
+            iat_window: s.dpop_iat_window,
+        };
+        dpop::check_proof(proof, &req).map_err(AuthError::InvalidDpopProof)
+    }
+
+    /// Verifies one bearer credential: its signature or introspection, not how it was
+    /// presented. A DPoP-bound token's [`Identity::confirmation_jkt`] is set; checking its
+    /// proof is [`authenticate_request`](Self::authenticate_request)'s job.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let result = if !is_b64token(token) {
             Err(AuthError::InvalidToken(InvalidReason::Malformed))
@@ -468,6 +582,14 @@ impl Verifier {
             _ if token.starts_with(s.api_key_prefix.as_str()) => CredentialKind::ApiKey,
             _ => CredentialKind::OpaqueAccessToken,
         };
+        let confirmation_jkt = a.cnf.and_then(|c| c.jkt);
+        if a.token_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("dpop"))
+            && confirmation_jkt.is_none()
+        {
+            return Err(InvalidReason::Claims);
+        }
         let subject = a
             .sub
             .or_else(|| a.client_id.clone())
@@ -482,13 +604,15 @@ impl Verifier {
                 .map(|e| SystemTime::UNIX_EPOCH + Duration::from_secs(e.max(0) as u64)),
             credential_id: a.jti,
             name: a.username,
+            confirmation_jkt,
         })
     }
 }
 
-/// The bearer credential of a request (RFC 6750 §2.1): one `Authorization` header with the
-/// `Bearer` scheme (any case). Another scheme counts as no bearer credential.
-pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+/// The credential of a request: one `Authorization` header with the `Bearer` scheme (RFC 6750
+/// §2.1) or the `DPoP` scheme (RFC 9449 §7.1), any case; `true` for `DPoP`. Another scheme
+/// counts as no credential.
+pub(crate) fn credential(headers: &HeaderMap) -> Result<(bool, &str), AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(AuthError::Missing);
@@ -502,10 +626,14 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
         .to_str()
         .map_err(|_| AuthError::InvalidRequest("the Authorization header is not ASCII"))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let is_dpop = if scheme.eq_ignore_ascii_case("bearer") {
+        false
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        true
+    } else {
         return Err(AuthError::Missing);
-    }
-    Ok(rest.trim_matches(' '))
+    };
+    Ok((is_dpop, rest.trim_matches(' ')))
 }
 
 /// RFC 6750 §2.1 `b64token`, and no longer than the verifier reads.
@@ -544,13 +672,20 @@ mod tests {
 
     #[test]
     fn the_bearer_credential_is_read_strictly() {
-        assert_eq!(bearer(&headers(&[])), Err(AuthError::Missing));
-        assert_eq!(bearer(&headers(&["Basic abc"])), Err(AuthError::Missing));
-        assert_eq!(bearer(&headers(&["Bearer kp_1"])), Ok("kp_1"));
-        assert_eq!(bearer(&headers(&["bearer  kp_1 "])), Ok("kp_1"));
-        assert_eq!(bearer(&headers(&["Bearer"])), Ok(""));
+        assert_eq!(credential(&headers(&[])), Err(AuthError::Missing));
+        assert_eq!(
+            credential(&headers(&["Basic abc"])),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(credential(&headers(&["Bearer kp_1"])), Ok((false, "kp_1")));
+        assert_eq!(
+            credential(&headers(&["bearer  kp_1 "])),
+            Ok((false, "kp_1"))
+        );
+        assert_eq!(credential(&headers(&["dpop kpt_1"])), Ok((true, "kpt_1")));
+        assert_eq!(credential(&headers(&["Bearer"])), Ok((false, "")));
         assert!(matches!(
-            bearer(&headers(&["Bearer a", "Bearer b"])),
+            credential(&headers(&["Bearer a", "Bearer b"])),
             Err(AuthError::InvalidRequest(_))
         ));
         assert!(is_b64token("kp_abc") && is_b64token("eyJ.eyJ.x-_") && is_b64token("a+/=="));
