@@ -735,3 +735,352 @@ mod tests {
         );
     }
 }
+
+/// The DPoP rules end to end through [`Verifier::authenticate_request`], with a JWKS put in
+/// place of a fetched one (no issuer).
+#[cfg(test)]
+mod dpop_tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    use http::HeaderValue;
+    use jsonwebtoken::{EncodingKey, Header};
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use serde_json::{json, Value};
+
+    const ISS: &str = "https://auth.example";
+    const API: &str = "https://API.example:443";
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    enum Key {
+        Ec(EcdsaKeyPair),
+        Ed(Ed25519KeyPair),
+    }
+
+    impl Key {
+        fn ec() -> Key {
+            let rng = SystemRandom::new();
+            let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            Key::Ec(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng)
+                    .unwrap(),
+            )
+        }
+
+        fn ed() -> Key {
+            let der = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+            Key::Ed(Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap())
+        }
+
+        fn alg(&self) -> &'static str {
+            match self {
+                Key::Ec(_) => "ES256",
+                Key::Ed(_) => "EdDSA",
+            }
+        }
+
+        fn jwk(&self) -> Value {
+            match self {
+                Key::Ec(k) => {
+                    let p = k.public_key().as_ref();
+                    json!({"kty": "EC", "crv": "P-256", "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])})
+                }
+                Key::Ed(k) => {
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode(k.public_key().as_ref())})
+                }
+            }
+        }
+
+        fn jkt(&self) -> String {
+            dpop::thumbprint(&self.jwk()).unwrap()
+        }
+
+        fn sign(&self, msg: &[u8]) -> Vec<u8> {
+            match self {
+                Key::Ec(k) => k.sign(&SystemRandom::new(), msg).unwrap().as_ref().to_vec(),
+                Key::Ed(k) => k.sign(msg).as_ref().to_vec(),
+            }
+        }
+    }
+
+    fn jws(key: &Key, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = key.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig))
+    }
+
+    fn proof_parts(key: &Key, htm: &str, htu: &str, token: &str) -> (Value, Value) {
+        (
+            json!({"typ": "dpop+jwt", "alg": key.alg(), "jwk": key.jwk()}),
+            json!({"jti": format!("p{}", NEXT.fetch_add(1, Ordering::Relaxed)), "htm": htm, "htu": htu,
+                   "iat": unix_now(), "ath": dpop::ath(token)}),
+        )
+    }
+
+    fn proof(key: &Key, htm: &str, htu: &str, token: &str) -> String {
+        let (h, c) = proof_parts(key, htm, htu, token);
+        jws(key, &h, &c)
+    }
+
+    /// A verifier trusting `issuer`'s key, and a signer for access tokens.
+    fn setup() -> (Verifier, impl Fn(Option<&str>) -> String) {
+        let rng = SystemRandom::new();
+        let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
+        let p = pair.public_key().as_ref();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "k1",
+            "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])});
+        let v = Verifier::builder(ISS)
+            .public_url("https://api.example/")
+            .build()
+            .unwrap();
+        *v.inner.keys.write().unwrap() = Arc::new(Jwks {
+            set: KeySet::parse(&json!({ "keys": [jwk] })).unwrap(),
+            fetched_at: Some(Instant::now()),
+        });
+        let enc = EncodingKey::from_ec_der(der.as_ref());
+        let mint = move |jkt: Option<&str>| loop {
+            let mut h = Header::new(jsonwebtoken::Algorithm::ES256);
+            h.typ = Some("at+jwt".into());
+            h.kid = Some("k1".into());
+            let now = unix_now();
+            let mut c = json!({"iss": ISS, "aud": ISS, "sub": "kpc_1", "client_id": "kpc_1",
+                "exp": now + 600, "iat": now, "jti": "t1", "scope": "a:read"});
+            if let Some(j) = jkt {
+                c["cnf"] = json!({ "jkt": j });
+            }
+            let t = jsonwebtoken::encode(&h, &c, &enc).unwrap();
+            // The verifier takes low-s ES256 tokens only; ring signs either.
+            let sig = B64.decode(t.rsplit('.').next().unwrap()).unwrap();
+            if sig[32] < 0x7f {
+                return t;
+            }
+        };
+        (v, mint)
+    }
+
+    fn request(scheme: &str, token: &str, proofs: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("{scheme} {token}")).unwrap(),
+        );
+        for p in proofs {
+            h.append("dpop", HeaderValue::from_str(p).unwrap());
+        }
+        h
+    }
+
+    async fn call(
+        v: &Verifier,
+        method: &str,
+        uri: &str,
+        h: &HeaderMap,
+    ) -> Result<Identity, AuthError> {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        v.authenticate_request(&m, &uri.parse().unwrap(), h).await
+    }
+
+    fn bad(r: ProofReason) -> Result<Identity, AuthError> {
+        Err(AuthError::InvalidDpopProof(r))
+    }
+
+    #[tokio::test]
+    async fn a_bound_token_needs_the_dpop_scheme_and_a_proof_by_its_key() {
+        let (v, mint) = setup();
+        let key = Key::ec();
+        let token = mint(Some(&key.jkt()));
+        let htu = format!("{API}/v1/things");
+        let uri = "/v1/things?page=2";
+
+        // Accepted: the identity says what the token is bound to.
+        let p = proof(&key, "POST", &htu, &token);
+        let id = call(&v, "POST", uri, &request("DPoP", &token, &[&p]))
+            .await
+            .unwrap();
+        assert_eq!(id.confirmation_jkt.as_deref(), Some(key.jkt().as_str()));
+        // The same proof again: replayed.
+        assert_eq!(
+            call(&v, "POST", uri, &request("DPoP", &token, &[&p])).await,
+            bad(ProofReason::Replayed)
+        );
+
+        // As Bearer (with or without a proof), and through `authenticate`.
+        let e = call(&v, "POST", uri, &request("Bearer", &token, &[])).await;
+        assert_eq!(e, Err(AuthError::InvalidToken(InvalidReason::DpopBound)));
+        assert!(e.unwrap_err().is_dpop_challenge());
+        let p = proof(&key, "POST", &htu, &token);
+        assert_eq!(
+            call(&v, "POST", uri, &request("Bearer", &token, &[&p])).await,
+            Err(AuthError::InvalidToken(InvalidReason::DpopBound))
+        );
+        assert!(v
+            .authenticate(&request("DPoP", &token, &[&p]))
+            .await
+            .is_err());
+
+        // Missing and repeated proofs.
+        assert_eq!(
+            call(&v, "POST", uri, &request("DPoP", &token, &[])).await,
+            bad(ProofReason::Missing)
+        );
+        let (p1, p2) = (
+            proof(&key, "POST", &htu, &token),
+            proof(&key, "POST", &htu, &token),
+        );
+        assert_eq!(
+            call(&v, "POST", uri, &request("DPoP", &token, &[&p1, &p2])).await,
+            bad(ProofReason::Multiple)
+        );
+
+        let check = |h: Value, c: Value, k: &Key| jws(k, &h, &c);
+        let base = || proof_parts(&key, "POST", &htu, &token);
+        let cases: Vec<(String, ProofReason)> = vec![
+            {
+                let (mut h, c) = base();
+                h["typ"] = json!("JWT");
+                (check(h, c, &key), ProofReason::Type)
+            },
+            {
+                let (h, c) = base();
+                let good = check(h, c, &key);
+                let (head, _) = good.rsplit_once('.').unwrap();
+                (
+                    format!("{head}.{}", B64.encode([7u8; 64])),
+                    ProofReason::Signature,
+                )
+            },
+            {
+                let (mut h, c) = base();
+                h["jwk"]["d"] = json!(B64.encode([1u8; 32]));
+                (check(h, c, &key), ProofReason::Jwk)
+            },
+            {
+                let (mut h, c) = base();
+                h["alg"] = json!("HS256");
+                (check(h, c, &key), ProofReason::Algorithm)
+            },
+            {
+                let (h, mut c) = base();
+                c["htm"] = json!("GET");
+                (check(h, c, &key), ProofReason::Htm)
+            },
+            {
+                let (h, mut c) = base();
+                c["htu"] = json!(format!("{API}/v1/other"));
+                (check(h, c, &key), ProofReason::Htu)
+            },
+            {
+                let (h, mut c) = base();
+                c["htu"] = json!("http://api.example/v1/things");
+                (check(h, c, &key), ProofReason::Htu)
+            },
+            {
+                let (h, mut c) = base();
+                c["iat"] = json!(unix_now() - 120);
+                (check(h, c, &key), ProofReason::Iat)
+            },
+            {
+                let (h, mut c) = base();
+                c["ath"] = json!(dpop::ath("another token"));
+                (check(h, c, &key), ProofReason::Ath)
+            },
+            {
+                let (h, mut c) = base();
+                c.as_object_mut().unwrap().remove("jti");
+                (check(h, c, &key), ProofReason::Claims)
+            },
+        ];
+        for (p, why) in cases {
+            assert_eq!(
+                call(&v, "POST", uri, &request("DPoP", &token, &[&p])).await,
+                bad(why),
+                "{why:?}"
+            );
+        }
+
+        // A valid proof, by another key than the token's.
+        let other = Key::ed();
+        let p = proof(&other, "POST", &htu, &token);
+        assert_eq!(
+            call(&v, "POST", uri, &request("DPoP", &token, &[&p])).await,
+            bad(ProofReason::KeyMismatch)
+        );
+        // ... which the token bound to it takes (EdDSA; scheme and host in any case).
+        let token2 = mint(Some(&other.jkt()));
+        let p = proof(&other, "POST", "https://api.EXAMPLE/v1/things", &token2);
+        assert!(call(&v, "POST", uri, &request("dpop", &token2, &[&p]))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unbound_token_is_bearer_only() {
+        let (v, mint) = setup();
+        let key = Key::ec();
+        let token = mint(None);
+        let id = call(&v, "GET", "/x", &request("Bearer", &token, &[]))
+            .await
+            .unwrap();
+        assert_eq!(id.confirmation_jkt, None);
+        let p = proof(&key, "GET", &format!("{API}/x"), &token);
+        assert_eq!(
+            call(&v, "GET", "/x", &request("DPoP", &token, &[&p])).await,
+            Err(AuthError::InvalidToken(InvalidReason::NotDpopBound))
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_public_url_the_dpop_scheme_is_refused() {
+        let (v, mint) = setup();
+        let v = Verifier::from_settings(
+            Settings {
+                public_urls: Vec::new(),
+                ..v.settings().clone()
+            },
+            reqwest::Client::new(),
+        );
+        let key = Key::ec();
+        let token = mint(Some(&key.jkt()));
+        let p = proof(&key, "GET", &format!("{API}/x"), &token);
+        assert_eq!(
+            call(&v, "GET", "/x", &request("DPoP", &token, &[&p])).await,
+            bad(ProofReason::Htu)
+        );
+    }
+
+    #[test]
+    fn introspection_answers_carry_the_binding() {
+        let v = Verifier::builder(ISS).build().unwrap();
+        let answer = |extra: Value| -> IntrospectionAnswer {
+            let mut a = json!({"active": true, "sub": "kpc_1", "client_id": "kpc_1", "scope": "a"});
+            a.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(a).unwrap()
+        };
+        let id = v
+            .interpret(
+                answer(json!({"token_type": "DPoP", "cnf": {"jkt": "abc"}})),
+                "kpt_1",
+                None,
+            )
+            .unwrap();
+        assert_eq!(id.confirmation_jkt.as_deref(), Some("abc"));
+        let id = v
+            .interpret(answer(json!({"token_type": "Bearer"})), "kpt_1", None)
+            .unwrap();
+        assert_eq!(id.confirmation_jkt, None);
+        assert_eq!(
+            v.interpret(answer(json!({"token_type": "DPoP"})), "kpt_1", None)
+                .err(),
+            Some(InvalidReason::Claims)
+        );
+    }
+}
