@@ -721,3 +721,84 @@ async fn dpop_behind_nginx() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// keyplane-verify in front of a resource server (the example `resource-server`): a DPoP-bound
+/// JWT from keyplane works only as `Authorization: DPoP` with a proof for that very request;
+/// as a Bearer, with a replayed proof, or with a proof for another URL or method it is refused.
+async fn verify_layer(app: TestApp) {
+    app.service("ai-guard", &[READ]).await;
+    let key = TestKey::es256("rs");
+    let token = bound_token(&app, &key, "jwt").await;
+    let issuer = app
+        .get("/.well-known/oauth-authorization-server", "")
+        .await
+        .json()["issuer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let verifier = keyplane_verify::Verifier::builder(&issuer)
+        .reach_at(&app.base)
+        .public_url(&base)
+        .build()
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, resource_server::app(verifier)).await });
+    let http = keyplane_testkit::reqwest::Client::new();
+    let url = format!("{base}{GUARD}");
+    let call = |scheme: &'static str, proof: Option<String>| {
+        let mut req = http
+            .post(&url)
+            .header(header::AUTHORIZATION, format!("{scheme} {token}"))
+            .json(&json!({
+                "messages": [{ "role": "user", "content": "hello" }],
+                "recipe": "pangea_prompt_guard"
+            }));
+        if let Some(p) = proof {
+            req = req.header("DPoP", p);
+        }
+        answer(req)
+    };
+
+    let good = proof(&key, "POST", &url, Some(&token));
+    let a = call("DPoP", Some(good.clone())).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    // The same proof again: a replay.
+    let a = call("DPoP", Some(good)).await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "replayed proof: {}",
+        a.text
+    );
+    // As a Bearer, with or without a proof: the binding is the point.
+    let a = call("Bearer", None).await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "bound token as Bearer: {}",
+        a.text
+    );
+    assert!(challenge(&a).starts_with("DPoP"), "{}", challenge(&a));
+    let a = call("Bearer", Some(proof(&key, "POST", &url, Some(&token)))).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // A proof for another URL, another method, another key, or without `ath`.
+    for bad in [
+        proof(&key, "POST", &format!("{base}/v1/other"), Some(&token)),
+        proof(&key, "GET", &url, Some(&token)),
+        proof(&TestKey::es256("thief"), "POST", &url, Some(&token)),
+        proof(&key, "POST", &url, None),
+    ] {
+        let a = call("DPoP", Some(bad)).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
+        assert!(
+            challenge(&a).contains("invalid_dpop_proof"),
+            "{}",
+            challenge(&a)
+        );
+    }
+    // And a fresh good proof still works.
+    let a = call("DPoP", Some(proof(&key, "POST", &url, Some(&token)))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+}
+on_both!(dpop_through_keyplane_verify, verify_layer);
