@@ -185,11 +185,23 @@ struct Claims {
     jti: Option<String>,
 }
 
+/// A token's `aud`: one string or an array of them (RFC 7519 §4.1.3).
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Audience {
+pub enum Audience {
     One(String),
     Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `aud` names an audience `ours` accepts (an array of at most 16).
+    pub fn names(aud: &Option<Audience>, ours: impl Fn(&str) -> bool) -> bool {
+        match aud {
+            Some(Audience::One(a)) => ours(a),
+            Some(Audience::Many(list)) => list.len() <= 16 && list.iter().any(|a| ours(a)),
+            None => false,
+        }
+    }
 }
 
 fn seconds(n: &serde_json::Number) -> Option<i64> {
@@ -198,6 +210,64 @@ fn seconds(n: &serde_json::Number) -> Option<i64> {
             .filter(|f| f.is_finite())
             .map(|f| f.floor() as i64)
     })
+}
+
+/// Why a signed token's times were refused (client assertions and federated tokens alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeError {
+    Claims,
+    MissingExp,
+    Expired,
+    TooLongLived(i64),
+    NotYetValid,
+    IssuedInFuture,
+}
+
+/// The time rules every signed token keyplane accepts from another party meets: `exp` present
+/// and not past, at most the policy's lifetime ahead of now and of `iat`, `nbf` and `iat` not
+/// in the future (each with the policy's leeway). Returns `exp`.
+pub fn check_times(
+    exp: Option<&serde_json::Number>,
+    nbf: Option<&serde_json::Number>,
+    iat: Option<&serde_json::Number>,
+    now_s: i64,
+    policy: AssertionPolicy,
+) -> Result<i64, TimeError> {
+    let leeway = policy.leeway_seconds;
+    let exp = exp.and_then(seconds).ok_or(TimeError::MissingExp)?;
+    if exp + leeway <= now_s {
+        return Err(TimeError::Expired);
+    }
+    let iat = match iat {
+        Some(n) => Some(seconds(n).ok_or(TimeError::Claims)?),
+        None => None,
+    };
+    if iat.is_some_and(|i| i > now_s + leeway) {
+        return Err(TimeError::IssuedInFuture);
+    }
+    let max = policy.max_lifetime_seconds;
+    if exp - now_s > max + leeway || iat.is_some_and(|i| exp - i > max) {
+        return Err(TimeError::TooLongLived(max));
+    }
+    if let Some(n) = nbf {
+        if seconds(n).ok_or(TimeError::Claims)? > now_s + leeway {
+            return Err(TimeError::NotYetValid);
+        }
+    }
+    Ok(exp)
+}
+
+impl From<TimeError> for AssertionError {
+    fn from(e: TimeError) -> Self {
+        match e {
+            TimeError::Claims => AssertionError::Claims,
+            TimeError::MissingExp => AssertionError::MissingExp,
+            TimeError::Expired => AssertionError::Expired,
+            TimeError::TooLongLived(max) => AssertionError::TooLongLived(max),
+            TimeError::NotYetValid => AssertionError::NotYetValid,
+            TimeError::IssuedInFuture => AssertionError::IssuedInFuture,
+        }
+    }
 }
 
 /// Checks the claims of an assertion whose signature `client_id`'s key verified: `iss` and
@@ -217,40 +287,17 @@ pub fn check_assertion(
     if c.iss.as_deref() != Some(client_id) || c.sub.as_deref() != Some(client_id) {
         return Err(AssertionError::IssuerSubject);
     }
-    let ours = |a: &String| audiences.iter().any(|x| x == a);
-    let aud_ok = match &c.aud {
-        Some(Audience::One(a)) => ours(a),
-        Some(Audience::Many(list)) => list.len() <= 16 && list.iter().any(ours),
-        None => false,
-    };
-    if !aud_ok {
+    if !Audience::names(&c.aud, |a| audiences.iter().any(|x| x == a)) {
         return Err(AssertionError::Audience);
     }
     let leeway = policy.leeway_seconds;
-    let exp = c
-        .exp
-        .as_ref()
-        .and_then(seconds)
-        .ok_or(AssertionError::MissingExp)?;
-    if exp + leeway <= now_s {
-        return Err(AssertionError::Expired);
-    }
-    let iat = match &c.iat {
-        Some(n) => Some(seconds(n).ok_or(AssertionError::Claims)?),
-        None => None,
-    };
-    if iat.is_some_and(|i| i > now_s + leeway) {
-        return Err(AssertionError::IssuedInFuture);
-    }
-    let max = policy.max_lifetime_seconds;
-    if exp - now_s > max + leeway || iat.is_some_and(|i| exp - i > max) {
-        return Err(AssertionError::TooLongLived(max));
-    }
-    if let Some(n) = &c.nbf {
-        if seconds(n).ok_or(AssertionError::Claims)? > now_s + leeway {
-            return Err(AssertionError::NotYetValid);
-        }
-    }
+    let exp = check_times(
+        c.exp.as_ref(),
+        c.nbf.as_ref(),
+        c.iat.as_ref(),
+        now_s,
+        policy,
+    )?;
     let jti = c
         .jti
         .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)

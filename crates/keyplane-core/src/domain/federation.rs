@@ -6,7 +6,9 @@
 //! recognised as federated because its `iss` is not the client id. Pure: fetching the issuer's
 //! discovery document and keys is the runtime's (through the binary's fetcher).
 
-use crate::domain::client_auth::{check_jwks_uri, AssertionPolicy, MAX_JTI_LEN};
+use crate::domain::client_auth::{
+    check_jwks_uri, check_times, AssertionPolicy, Audience, TimeError, MAX_JTI_LEN,
+};
 use crate::domain::jose::{JoseError, Jws};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -210,19 +212,17 @@ struct Claims {
     jti: Option<Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-fn seconds(n: &serde_json::Number) -> Option<i64> {
-    n.as_i64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.is_finite())
-            .map(|f| f.floor() as i64)
-    })
+impl From<TimeError> for FederationError {
+    fn from(e: TimeError) -> Self {
+        match e {
+            TimeError::Claims => FederationError::Claims,
+            TimeError::MissingExp => FederationError::MissingExp,
+            TimeError::Expired => FederationError::Expired,
+            TimeError::TooLongLived(max) => FederationError::TooLongLived(max),
+            TimeError::NotYetValid => FederationError::NotYetValid,
+            TimeError::IssuedInFuture => FederationError::IssuedInFuture,
+        }
+    }
 }
 
 /// The issuer a token claims (`iss`), read before anything is verified.
@@ -261,39 +261,20 @@ pub fn check_federated(
     if matching.is_empty() {
         return Err(FederationError::Subject);
     }
-    let has = |want: &str| match &c.aud {
-        Some(Audience::One(a)) => a == want,
-        Some(Audience::Many(l)) => l.len() <= 16 && l.iter().any(|a| a == want),
-        None => false,
-    };
-    if !matching.iter().any(|f| has(&f.audience)) {
+    if !matching
+        .iter()
+        .any(|f| Audience::names(&c.aud, |a| a == f.audience))
+    {
         return Err(FederationError::Audience);
     }
     let leeway = policy.leeway_seconds;
-    let exp = c
-        .exp
-        .as_ref()
-        .and_then(seconds)
-        .ok_or(FederationError::MissingExp)?;
-    if exp + leeway <= now_s {
-        return Err(FederationError::Expired);
-    }
-    let iat = match &c.iat {
-        Some(n) => Some(seconds(n).ok_or(FederationError::Claims)?),
-        None => None,
-    };
-    if iat.is_some_and(|i| i > now_s + leeway) {
-        return Err(FederationError::IssuedInFuture);
-    }
-    let max = policy.max_lifetime_seconds;
-    if exp - now_s > max + leeway || iat.is_some_and(|i| exp - i > max) {
-        return Err(FederationError::TooLongLived(max));
-    }
-    if let Some(n) = &c.nbf {
-        if seconds(n).ok_or(FederationError::Claims)? > now_s + leeway {
-            return Err(FederationError::NotYetValid);
-        }
-    }
+    let exp = check_times(
+        c.exp.as_ref(),
+        c.nbf.as_ref(),
+        c.iat.as_ref(),
+        now_s,
+        policy,
+    )?;
     let replay_key = match c.jti {
         Some(Value::String(j)) if !j.is_empty() && j.len() <= MAX_JTI_LEN => j,
         _ => {
