@@ -100,6 +100,8 @@ pub enum Invalidation {
     Token(String, i64),
     /// The signing keys changed.
     SigningKeys,
+    /// A service's resource URIs (or description) changed.
+    Services,
     /// Not a change, and never published: the store's feed of other nodes' changes is down, so
     /// changes may be missed from now on (the runtime bounds how long caches are trusted).
     FeedLost,
@@ -144,6 +146,8 @@ pub trait Store: Send + Sync + 'static {
     // Services (deployment-wide).
     async fn service_create(&self, service: &Service, event: &NewEvent) -> Result<()>;
     async fn service_list(&self) -> Result<Vec<Service>>;
+    /// Writes a service's description and resource URIs (`NotFound` for an unknown id).
+    async fn service_update(&self, service: &Service, event: &NewEvent) -> Result<()>;
 
     // Members.
     async fn member_create(&self, member: &Member, event: &NewEvent) -> Result<()>;

@@ -5,7 +5,7 @@
 
 use keyplane_core::domain::secret::SecretFormat;
 use keyplane_core::domain::token::{
-    generate_pkcs8, Alg, JwtClaims, Keyring, OpaqueClaims, Sealer, SigningKey,
+    generate_pkcs8, Alg, Audience, JwtClaims, Keyring, OpaqueClaims, Sealer, SigningKey,
 };
 use proptest::prelude::*;
 
@@ -42,7 +42,7 @@ fn claims(j: &str) -> JwtClaims {
     JwtClaims {
         iss: "https://issuer.example".into(),
         sub: "kpc_x".into(),
-        aud: "https://issuer.example".into(),
+        aud: Audience::one("https://issuer.example".into()),
         exp: 2_000_000_000,
         iat: 1_700_000_000,
         nbf: 1_700_000_000,
@@ -50,6 +50,9 @@ fn claims(j: &str) -> JwtClaims {
         client_id: "kpc_x".into(),
         scope: "a b".into(),
         cnf: None,
+        act: None,
+        subject_credentials: None,
+        federated: None,
     }
 }
 
@@ -91,7 +94,7 @@ proptest! {
         at in 0usize..400, with in "[A-Za-z0-9_\\-]",
     ) {
         let sealer = sealer();
-        let claims = OpaqueClaims { c, s, i, e: i + 1, j: "j".into(), k: None };
+        let claims = OpaqueClaims { c, s, i, e: i + 1, j: "j".into(), k: None, a: vec![], d: None, f: None };
         let token = sealer.seal(&claims);
         prop_assert_eq!(sealer.open(&token), Some(claims));
         if let Some(bad) = mutate(&token, at, with.chars().next().unwrap()) {

@@ -96,6 +96,8 @@ pub struct ServiceView {
     pub name: String,
     pub description: String,
     pub scopes: Vec<String>,
+    /// Its resource URIs (RFC 8707).
+    pub resources: Vec<String>,
     pub created_at: String,
 }
 
@@ -106,6 +108,7 @@ impl From<Service> for ServiceView {
             name: s.name,
             description: s.description,
             scopes: s.scopes,
+            resources: s.resources,
             created_at: rfc3339(s.created_at),
         }
     }
@@ -119,6 +122,19 @@ pub struct CreateService {
     pub description: Option<String>,
     /// e.g. `["ai-guard:read", "ai-guard:write"]`
     pub scopes: Vec<String>,
+    /// Its resource URIs (RFC 8707), e.g. `["https://guard.example.com"]`: tokens requested
+    /// with `resource=` name them in `aud`, and access tokens need one of them in their
+    /// audience to use this service's scopes at `/v1/authz` and the gateway.
+    #[serde(default)]
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateService {
+    pub description: Option<String>,
+    /// Replaces its resource URIs (`[]`: none, so no audience is checked for its scopes).
+    pub resources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -228,6 +244,9 @@ pub struct ApiKeyView {
     pub deactivated_at: Option<String>,
     /// The service this key is the default token of.
     pub default_for_service: Option<String>,
+    /// The OAuth clients that may exchange this key for a token that acts for its holder
+    /// (RFC 8693 token exchange).
+    pub may_act: Vec<String>,
 }
 
 impl ApiKeyView {
@@ -257,6 +276,7 @@ impl ApiKeyView {
             is_active: k.is_active,
             deactivated_at: rfc3339_opt(k.deactivated_at),
             default_for_service: k.default_for_service,
+            may_act: k.may_act,
         }
     }
 }
@@ -288,6 +308,10 @@ pub struct CreateApiKey {
     pub expires_at: Option<String>,
     /// Mark the key the default token of this service (taking the mark from any other key).
     pub default_for_service: Option<String>,
+    /// OAuth clients of the organization that may exchange this key (RFC 8693) for a
+    /// short-lived token acting for its holder; none by default.
+    #[serde(default)]
+    pub may_act: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -305,6 +329,8 @@ pub struct UpdateApiKey {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub default_for_service: Option<Option<String>>,
+    /// Replaces the clients that may act for the key's holder (`[]`: none).
+    pub may_act: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -460,6 +486,9 @@ pub struct ClientView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
     pub federated_credentials: Vec<serde_json::Value>,
+    /// The OAuth clients that may exchange this client's access tokens for tokens acting for
+    /// it (RFC 8693 token exchange).
+    pub may_act: Vec<String>,
     pub created_at: String,
     pub created_by: String,
     pub secrets: Vec<ClientSecretView>,
@@ -518,6 +547,7 @@ impl ClientView {
                 .iter()
                 .map(|f| serde_json::to_value(f).unwrap_or_default())
                 .collect(),
+            may_act: c.may_act,
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
         }
@@ -570,6 +600,10 @@ pub struct CreateClient {
     /// `{"issuer", "subject" | "subject_pattern", "audience"}` (workload identity federation).
     #[schema(value_type = Option<Vec<Object>>)]
     pub federated_credentials: Option<serde_json::Value>,
+    /// OAuth clients of the organization that may exchange this client's access tokens
+    /// (RFC 8693) for short-lived tokens acting for it; none by default.
+    #[serde(default)]
+    pub may_act: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -604,6 +638,8 @@ pub struct UpdateClient {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub federated_credentials: Option<Option<serde_json::Value>>,
+    /// Replaces the clients that may act for it (`[]`: none).
+    pub may_act: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

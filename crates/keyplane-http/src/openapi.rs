@@ -362,7 +362,7 @@ impl Modify for Aliases {
         keys::create, keys::list, keys::get_one, keys::update, keys::delete_key, keys::revoke, keys::copy, keys::regenerate,
         keys::seed_list, keys::seed_create, keys::seed_deactivate,
         mgmt::org_create, mgmt::org_list, mgmt::project_create, mgmt::project_list,
-        mgmt::service_create, mgmt::service_list,
+        mgmt::service_create, mgmt::service_list, mgmt::service_update,
         mgmt::member_create, mgmt::member_list, mgmt::member_get, mgmt::member_update, mgmt::member_delete,
         mgmt::role_create, mgmt::role_list, mgmt::whoami, mgmt::routes_list, mgmt::routes_reload,
         activity::query, activity::verify,
@@ -373,11 +373,11 @@ impl Modify for Aliases {
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
-        SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, MemberView,
+        SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, UpdateService, MemberView,
         CreateMember, UpdateMember, RoleView, CreateRole, EventView, VerifyView, BrokenView, WhoAmI,
         mgmt::RulesView, mgmt::RuleView, ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,
         IssueClientToken, IssuedTokenView, oauth::TokenRequest, oauth::GrantType, oauth::IntrospectionRequest, oauth::RevocationRequest,
-        oauth::TokenResponse, oauth::IntrospectionResponse, oauth::OAuthErrorBody, oauth::AuthorizationServerMetadata,
+        oauth::TokenResponse, oauth::IntrospectionResponse, oauth::AudienceValue, oauth::OAuthErrorBody, oauth::AuthorizationServerMetadata,
         oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView))
 )]
 pub struct ApiDoc;

@@ -63,7 +63,7 @@ macro_rules! key_cols {
     () => {
         "k.seq, k.id, k.org_id, k.project_id, k.owner_member_id, k.name, k.description, k.scopes, \
          k.roles, k.start, k.created_at, k.created_by, k.expires_at, k.last_used_at, k.is_active, \
-         k.deactivated_at, k.default_for_service, k.version"
+         k.deactivated_at, k.default_for_service, k.version, k.may_act"
     };
 }
 
@@ -85,7 +85,7 @@ macro_rules! client_cols {
     () => {
         "seq, client_id, org_id, project_id, owner_member_id, name, description, scopes, access_token_ttl_seconds, \
          token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, disabled_at, version, \
-         token_endpoint_auth_method, jwks, jwks_uri, federated_credentials"
+         token_endpoint_auth_method, jwks, jwks_uri, federated_credentials, may_act"
     };
 }
 
@@ -160,6 +160,7 @@ macro_rules! impl_store {
                     name: r.try_get("name").map_err(db_err)?,
                     description: r.try_get("description").map_err(db_err)?,
                     scopes: from_json(&scopes)?,
+                    resources: from_json(&r.try_get::<String, _>("resources").map_err(db_err)?)?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
                 })
             }
@@ -228,6 +229,7 @@ macro_rules! impl_store {
                     is_active: r.try_get("is_active").map_err(db_err)?,
                     deactivated_at: opt_time(r.try_get("deactivated_at").map_err(db_err)?),
                     default_for_service: r.try_get("default_for_service").map_err(db_err)?,
+                    may_act: from_json(&r.try_get::<String, _>("may_act").map_err(db_err)?)?,
                     version: r.try_get("version").map_err(db_err)?,
                 })
             }
@@ -266,6 +268,7 @@ macro_rules! impl_store {
                         Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("federated credentials"))?,
                         None => Vec::new(),
                     },
+                    may_act: from_json(&r.try_get::<String, _>("may_act").map_err(db_err)?)?,
                     not_before: opt_time(r.try_get("not_before").map_err(db_err)?),
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
                     created_by: r.try_get("created_by").map_err(db_err)?,
@@ -408,6 +411,17 @@ macro_rules! impl_store {
                     Some(_) => Ok(()),
                     None => Err(Error::invalid("owner_member_id", "no such member in this organization")),
                 }
+            }
+
+            /// Who may act for the client (RFC 8693), written with the client's row.
+            async fn set_may_act(conn: &mut $conn, c: &OAuthClient) -> Result<()> {
+                sqlx::query("UPDATE oauth_clients SET may_act = $2 WHERE client_id = $1")
+                    .bind(&c.client_id)
+                    .bind(to_json(&c.may_act))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
             }
 
             async fn key_digests(
@@ -580,12 +594,13 @@ macro_rules! impl_store {
 
             async fn service_create(&self, s: &Service, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
-                sqlx::query("INSERT INTO services (id, name, description, scopes, created_at) VALUES ($1, $2, $3, $4, $5)")
+                sqlx::query("INSERT INTO services (id, name, description, scopes, created_at, resources) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(&s.id)
                     .bind(&s.name)
                     .bind(&s.description)
                     .bind(to_json(&s.scopes))
                     .bind(to_ms(s.created_at))
+                    .bind(to_json(&s.resources))
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| unique_or(e, || format!("a service named `{}` already exists", s.name)))?;
@@ -593,8 +608,24 @@ macro_rules! impl_store {
                 tx.commit().await.map_err(db_err)
             }
 
+            async fn service_update(&self, s: &Service, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                let done = sqlx::query("UPDATE services SET description = $2, resources = $3 WHERE id = $1")
+                    .bind(&s.id)
+                    .bind(&s.description)
+                    .bind(to_json(&s.resources))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::NotFound("service"));
+                }
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
+            }
+
             async fn service_list(&self) -> Result<Vec<Service>> {
-                let rows = sqlx::query("SELECT id, name, description, scopes, created_at FROM services ORDER BY name")
+                let rows = sqlx::query("SELECT id, name, description, scopes, created_at, resources FROM services ORDER BY name")
                     .fetch_all(self.r())
                     .await
                     .map_err(db_err)?;
@@ -791,8 +822,8 @@ macro_rules! impl_store {
                 }
                 sqlx::query(
                     "INSERT INTO api_keys (id, org_id, project_id, owner_member_id, name, description, scopes, roles, \
-                     start, created_at, created_by, expires_at, last_used_at, is_active, deactivated_at, default_for_service, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, $13, NULL, $14, $15)",
+                     start, created_at, created_by, expires_at, last_used_at, is_active, deactivated_at, default_for_service, version, may_act) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, $13, NULL, $14, $15, $16)",
                 )
                 .bind(&key.id)
                 .bind(&key.org_id)
@@ -809,6 +840,7 @@ macro_rules! impl_store {
                 .bind(key.is_active)
                 .bind(&key.default_for_service)
                 .bind(key.version)
+                .bind(to_json(&key.may_act))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -885,7 +917,7 @@ macro_rules! impl_store {
                 }
                 sqlx::query(
                     "UPDATE api_keys SET name = $2, description = $3, scopes = $4, roles = $5, expires_at = $6, \
-                     default_for_service = $7 WHERE id = $1",
+                     default_for_service = $7, may_act = $8 WHERE id = $1",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -894,6 +926,7 @@ macro_rules! impl_store {
                 .bind(to_json(&key.roles))
                 .bind(key.expires_at.map(to_ms))
                 .bind(&key.default_for_service)
+                .bind(to_json(&key.may_act))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -1090,6 +1123,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
+                Self::set_may_act(&mut tx, c).await?;
                 if let Some(secret) = secret {
                     Self::insert_secret(&mut tx, secret).await?;
                 }
@@ -1160,6 +1194,7 @@ macro_rules! impl_store {
                 if done.rows_affected() == 0 {
                     return Err(Error::VersionConflict("OAuth client"));
                 }
+                Self::set_may_act(&mut tx, c).await?;
                 if !c.auth_method.uses_secret() {
                     sqlx::query("DELETE FROM oauth_client_secrets WHERE client_id = $1")
                         .bind(&c.client_id)
@@ -1852,6 +1887,7 @@ impl PgStore {
         let payloads: Vec<String> = match change {
             Invalidation::All => vec!["all".into()],
             Invalidation::SigningKeys => vec!["keys".into()],
+            Invalidation::Services => vec!["services".into()],
             Invalidation::Client(id) => vec![format!("c:{id}")],
             Invalidation::Token(jti, exp) => vec![format!("t:{exp}:{jti}")],
             Invalidation::Digests(d) => d
@@ -1947,6 +1983,9 @@ fn parse_payload(payload: &str) -> Invalidation {
     }
     if payload == "keys" {
         return Invalidation::SigningKeys;
+    }
+    if payload == "services" {
+        return Invalidation::Services;
     }
     if let Some(id) = payload.strip_prefix("c:") {
         return Invalidation::Client(id.to_string());

@@ -45,6 +45,7 @@ fn key(org: &str, project: &str, owner: Option<&str>) -> ApiKey {
         is_active: true,
         deactivated_at: None,
         default_for_service: None,
+        may_act: vec!["kpc_actor".into()],
         seq: 0,
         version: 1,
     }
@@ -103,6 +104,7 @@ fn client(name: &str, owner: Option<&str>) -> OAuthClient {
         jwks: None,
         jwks_uri: None,
         federated_credentials: Vec::new(),
+        may_act: vec!["kpc_a".into(), "kpc_b".into()],
         not_before: None,
         created_at: now(),
         created_by: "test".into(),
@@ -390,6 +392,7 @@ async fn names_are_unique(s: Arc<dyn Store>) {
         name: "ai-guard".into(),
         description: String::new(),
         scopes: vec!["ai-guard:read".into()],
+        resources: vec!["https://guard.example.com".into()],
         created_at: now(),
     };
     s.service_create(&svc, &ev("service.create", &svc.id))
@@ -404,10 +407,30 @@ async fn names_are_unique(s: Arc<dyn Store>) {
             .await,
         Err(Error::Conflict(_))
     ));
-    assert_eq!(s.service_list().await.unwrap(), vec![svc]);
+    assert_eq!(s.service_list().await.unwrap(), vec![svc.clone()]);
     assert_eq!(s.org_list().await.unwrap().len(), 2);
     // Only the three changes that committed are in the chain.
     assert_eq!(verify_chain(&*s).await, 3);
+    // A service's description and resource URIs change; an unknown one is NotFound.
+    let changed = Service {
+        description: "guards prompts".into(),
+        resources: vec![],
+        ..svc.clone()
+    };
+    s.service_update(&changed, &ev("service.update", &svc.id))
+        .await
+        .unwrap();
+    assert_eq!(s.service_list().await.unwrap(), vec![changed.clone()]);
+    let ghost = Service {
+        id: new_id("svc"),
+        ..changed
+    };
+    assert!(matches!(
+        s.service_update(&ghost, &ev("service.update", &ghost.id))
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(verify_chain(&*s).await, 4);
 }
 
 async fn keys_round_trip_and_paginate(s: Arc<dyn Store>) {

@@ -77,6 +77,16 @@ pub enum ServicesCommand {
         scopes: Vec<String>,
         #[arg(long)]
         description: Option<String>,
+        /// A resource URI of the service (RFC 8707; repeat for more).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+    },
+    /// Set a service's resource URIs (RFC 8707); none clears them.
+    SetResources {
+        id: String,
+        /// A resource URI (repeat for more).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
     },
     /// List services.
     List,
@@ -317,25 +327,36 @@ pub async fn services(args: &ClientArgs, cmd: ServicesCommand) -> Result<()> {
         let rows: Vec<Vec<String>> = items
             .iter()
             .map(|s| {
-                ["id", "name", "scopes", "description"]
+                ["id", "name", "scopes", "resources", "description"]
                     .iter()
                     .map(|f| strs(s, f))
                     .collect()
             })
             .collect();
-        table(&["ID", "NAME", "SCOPES", "DESCRIPTION"], &rows)
+        table(&["ID", "NAME", "SCOPES", "RESOURCES", "DESCRIPTION"], &rows)
     };
     match cmd {
         ServicesCommand::Create {
             name,
             scopes,
             description,
+            resources,
         } => {
             let v = c
                 .call(
                     Method::POST,
                     "/v1/services",
-                    Some(json!({ "name": name, "scopes": scopes, "description": description })),
+                    Some(json!({ "name": name, "scopes": scopes, "description": description, "resources": resources })),
+                )
+                .await?;
+            print(args, &v, |v| rows(std::slice::from_ref(v)));
+        }
+        ServicesCommand::SetResources { id, resources } => {
+            let v = c
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/services/{id}"),
+                    Some(json!({ "resources": resources })),
                 )
                 .await?;
             print(args, &v, |v| rows(std::slice::from_ref(v)));

@@ -145,6 +145,8 @@ pub struct OAuthFile {
     /// The longest a `private_key_jwt` client assertion may live (default 300 s).
     pub client_assertion_max_lifetime_seconds: Option<i64>,
     pub federated_token_max_lifetime_seconds: Option<i64>,
+    /// The longest a token obtained by token exchange lives (default 300 s).
+    pub exchanged_token_max_ttl_seconds: Option<i64>,
     /// A client's `jwks_uri` is fetched again for an unknown `kid` at most this often (30 s).
     pub jwks_refetch_interval_seconds: Option<i64>,
     /// A fetched `jwks_uri` document is used this long before it is fetched again (300 s).
@@ -257,6 +259,8 @@ pub struct Config {
     pub client_assertion_max_lifetime_seconds: i64,
     /// The longest a federated (platform) token may live.
     pub federated_token_max_lifetime_seconds: i64,
+    /// The longest a token obtained by token exchange lives.
+    pub exchanged_token_max_ttl_seconds: i64,
     pub jwks_refetch_interval_seconds: i64,
     pub jwks_max_age_seconds: i64,
     pub jwks_uri_allow_loopback_http: bool,
@@ -661,6 +665,14 @@ impl Config {
         if !(60..=86_400).contains(&federated_token_max_lifetime_seconds) {
             bail!("federated_token_max_lifetime_seconds must be between 60 and 86400");
         }
+        let exchanged_token_max_ttl_seconds = num(
+            "KEYPLANE_EXCHANGED_TOKEN_MAX_TTL_SECONDS",
+            file.oauth.exchanged_token_max_ttl_seconds,
+            300,
+        )?;
+        if !(10..=86_400).contains(&exchanged_token_max_ttl_seconds) {
+            bail!("exchanged_token_max_ttl_seconds must be between 10 and 86400");
+        }
         let jwks_refetch_interval_seconds = num(
             "KEYPLANE_JWKS_REFETCH_INTERVAL_SECONDS",
             file.oauth.jwks_refetch_interval_seconds,
@@ -846,6 +858,7 @@ impl Config {
             default_access_token_ttl_seconds,
             client_assertion_max_lifetime_seconds,
             federated_token_max_lifetime_seconds,
+            exchanged_token_max_ttl_seconds,
             jwks_refetch_interval_seconds,
             jwks_max_age_seconds,
             jwks_uri_allow_loopback_http,

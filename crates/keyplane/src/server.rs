@@ -92,6 +92,7 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
             signing_key_rotation_days: config.signing_key_rotation_days,
             client_assertion_max_lifetime_seconds: config.client_assertion_max_lifetime_seconds,
             federated_token_max_lifetime_seconds: config.federated_token_max_lifetime_seconds,
+            exchanged_token_max_ttl_seconds: config.exchanged_token_max_ttl_seconds,
             jwks_refetch_interval_seconds: config.jwks_refetch_interval_seconds,
             jwks_max_age_seconds: config.jwks_max_age_seconds,
             jwks_uri_allow_loopback_http: config.jwks_uri_allow_loopback_http,

@@ -16,6 +16,7 @@ pub mod oauth;
 pub mod path;
 pub mod perm;
 pub mod request;
+pub mod resource;
 pub mod roles;
 pub mod routes;
 pub mod secret;

@@ -28,6 +28,10 @@ pub struct Service {
     pub name: String,
     pub description: String,
     pub scopes: Vec<String>,
+    /// Its resource URIs (RFC 8707): a token requested for one of them names it in `aud`,
+    /// and, when there are any, an access token needs one of them in its audience to be
+    /// accepted for the service's scopes at `/v1/authz` and the gateway.
+    pub resources: Vec<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -83,6 +87,8 @@ pub struct ApiKey {
     pub deactivated_at: Option<OffsetDateTime>,
     /// The service this key is the default token of, if any (at most one per project and service).
     pub default_for_service: Option<String>,
+    /// The OAuth clients that may act for this key's holder (RFC 8693 token exchange).
+    pub may_act: Vec<String>,
     /// Ordering for cursor pagination.
     pub seq: i64,
     /// Bumped by every change: concurrent changes are detected, and it is the `ETag`.
@@ -221,6 +227,9 @@ pub struct OAuthClient {
     /// External issuers whose tokens it may trade for its own (workload identity federation);
     /// only a `private_key_jwt` client has any.
     pub federated_credentials: Vec<crate::domain::federation::FederatedCredential>,
+    /// The OAuth clients that may exchange this client's access tokens for tokens that act
+    /// for it (RFC 8693 delegation; `may_act` in RFC 8693 §4.4's sense). Empty: nobody.
+    pub may_act: Vec<String>,
     /// Tokens issued before this are refused (set when a secret is retired).
     pub not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,

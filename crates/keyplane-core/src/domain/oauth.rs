@@ -3,6 +3,7 @@
 
 use crate::domain::error::Error;
 use crate::domain::secret::SecretString;
+use crate::domain::token::{Act, Delegation, FederatedRef, SubjectCredential};
 
 /// Errors of the OAuth endpoints (RFC 6749 §5.2, RFC 7009, RFC 7662).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub enum OAuthError {
     /// DPoP §8: the proof must carry this server nonce (`use_dpop_nonce`, `DPoP-Nonce`).
     UseDpopNonce(String),
     InvalidScope(String),
+    /// RFC 8707 §2 / RFC 8693 §2.2.2: a `resource` (or `audience`) the token cannot be for.
+    InvalidTarget(String),
     UnauthorizedClient(String),
     UnsupportedGrantType,
     /// Too many failed authentications; retry after this many seconds.
@@ -107,6 +110,8 @@ pub struct IssuedToken {
     pub token_type: &'static str,
     pub expires_in: i64,
     pub scope: String,
+    /// Token exchange (RFC 8693 §2.2.1): what was issued.
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// A verified access token, or an API key, as introspection reports it.
@@ -122,7 +127,14 @@ pub struct Introspection {
     pub scope: String,
     /// `access_token` or `api_key`.
     pub credential_type: &'static str,
-    pub aud: Option<String>,
+    /// The audience (an access token always has one; an API key none).
+    pub aud: Vec<String>,
+    /// Token exchange: who acts for `sub` (RFC 8693 §4.1).
+    pub act: Option<Act>,
+    /// Workload identity federation: the external identity behind the token.
+    pub federated: Option<FederatedRef>,
+    /// Token exchange: the credentials an exchanged token was made from (not reported).
+    pub subject_credentials: Vec<SubjectCredential>,
     pub org_id: String,
     pub project_id: String,
     /// DPoP: the thumbprint of the key the token is bound to (`cnf.jkt`).
@@ -132,7 +144,12 @@ pub struct Introspection {
 /// A verified access token, for `/v1/authz` and the management API.
 #[derive(Debug)]
 pub struct TokenIdentity {
+    /// The client the token was issued to (for an exchanged token: the actor).
     pub client_id: String,
+    /// Whom it is for: the client, or for an exchanged token the subject credential's holder.
+    pub sub: String,
+    pub aud: Vec<String>,
+    pub act: Option<Act>,
     pub jti: String,
     pub org_id: String,
     pub project_id: String,
@@ -149,4 +166,48 @@ pub enum RevokeOutcome {
     Revoked,
     /// Not a token of ours at all (seed 000 answers this with an error body).
     Unknown,
+}
+
+/// What a token is minted with, beyond its client.
+#[derive(Debug, Default)]
+pub struct MintRequest<'a> {
+    /// The `scope` parameter (`None`: every scope allowed).
+    pub scope: Option<&'a str>,
+    /// The `resource`s named (RFC 8707), each with the scopes of the service it belongs to.
+    pub targets: Vec<(String, Vec<String>)>,
+    /// DPoP: the thumbprint of the key the token is bound to.
+    pub jkt: Option<String>,
+    pub federated: Option<FederatedRef>,
+    pub exchange: Option<ExchangeBounds>,
+}
+
+/// Token exchange (RFC 8693): what the subject credential allows, which the token never exceeds.
+#[derive(Debug)]
+pub struct ExchangeBounds {
+    pub delegation: Delegation,
+    /// The subject credential's scopes.
+    pub scopes: Vec<String>,
+    /// The subject credential's audience when it was requested for resources (empty: it is for
+    /// any service its scopes allow).
+    pub audience: Vec<String>,
+    /// When the subject credential expires (ms; `None`: it does not).
+    pub expires_at_ms: Option<i64>,
+}
+
+/// RFC 8693's grant type and the token types keyplane takes and issues.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// A token exchange request (RFC 8693 §2.1), as sent.
+#[derive(Debug, Default)]
+pub struct ExchangeRequest<'a> {
+    pub subject_token: Option<&'a str>,
+    pub subject_token_type: Option<&'a str>,
+    pub actor_token: Option<&'a str>,
+    pub actor_token_type: Option<&'a str>,
+    pub requested_token_type: Option<&'a str>,
+    pub scope: Option<&'a str>,
+    /// `resource` and `audience` values (both name registered resource URIs here).
+    pub resources: Vec<String>,
 }

@@ -49,6 +49,8 @@ pub enum Refusal {
     Unknown,
     Revoked,
     Expired,
+    /// An access token whose audience is not the service the request is for (RFC 8707).
+    Audience,
 }
 
 impl Refusal {
@@ -59,6 +61,7 @@ impl Refusal {
             Refusal::Unknown => "unknown",
             Refusal::Revoked => "revoked",
             Refusal::Expired => "expired",
+            Refusal::Audience => "wrong_audience",
         }
     }
     pub fn describe(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Refusal {
             Refusal::Unknown => "the credential is not recognised",
             Refusal::Revoked => "the credential has been revoked",
             Refusal::Expired => "the credential has expired",
+            Refusal::Audience => "the access token is not for this service (its audience names none of the service's resource URIs)",
         }
     }
 }

@@ -73,6 +73,9 @@ pub struct OAuthSettings {
     /// The longest a federated (platform) token may live: `exp` at most this long after its
     /// `iat` and after now.
     pub federated_token_max_lifetime_seconds: i64,
+    /// Token exchange (RFC 8693): the longest an exchanged token lives (never past its subject
+    /// credential, nor past the acting client's own token lifetime).
+    pub exchanged_token_max_ttl_seconds: i64,
     /// DPoP (RFC 9449): a proof's `iat` may be at most this many seconds from now.
     pub dpop_iat_window_seconds: i64,
     /// DPoP §8: whether every proof must carry a server nonce (`DPoP-Nonce`).
@@ -102,6 +105,7 @@ impl Default for OAuthSettings {
             jwks_max_age_seconds: 300,
             jwks_uri_allow_loopback_http: false,
             federated_token_max_lifetime_seconds: 3600,
+            exchanged_token_max_ttl_seconds: 300,
             dpop_iat_window_seconds: 60,
             dpop_require_nonce: false,
             dpop_nonce_period_seconds: 300,

@@ -110,6 +110,101 @@ pub struct OpaqueClaims {
     /// DPoP (RFC 9449): the thumbprint of the key the token is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<String>,
+    /// The audience when the token was requested for resources (RFC 8707); empty: the
+    /// client's configured audience, else the issuer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub a: Vec<String>,
+    /// Delegation (RFC 8693): whom the token is for, who acts, and the credential it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d: Option<Delegation>,
+    /// The external identity a federated client proved itself with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f: Option<FederatedRef>,
+}
+
+/// RFC 8693 §4.1 `act`: the party acting, with earlier actors nested (least recent deepest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Act>>,
+}
+
+impl Act {
+    /// The actors from the current one to the first.
+    pub fn chain(&self) -> impl Iterator<Item = &Act> {
+        std::iter::successors(Some(self), |a| a.act.as_deref())
+    }
+}
+
+/// The credential an exchanged token acts for: it lives only as long as that credential does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SubjectCredential {
+    /// An access token of ours (its `jti`, client and issue time, for revocation and the
+    /// client's not-before).
+    AccessToken {
+        jti: String,
+        client_id: String,
+        iat: i64,
+    },
+    /// An API key, by id.
+    ApiKey { id: String },
+}
+
+/// What a token obtained by token exchange carries about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    /// The subject (`sub`): the subject credential's holder.
+    pub sub: String,
+    pub act: Act,
+    /// The credentials it was exchanged from, the original first (then, for an exchanged
+    /// token exchanged again, each intermediate token): it is live only while all of them are.
+    pub subject_credentials: Vec<SubjectCredential>,
+}
+
+/// The external (platform) identity behind a federated client's token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederatedRef {
+    pub iss: String,
+    pub sub: String,
+}
+
+/// A JWT `aud`: one audience as a string, several as an array (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Audience(pub Vec<String>);
+
+impl Audience {
+    pub fn one(aud: String) -> Self {
+        Self(vec![aud])
+    }
+    pub fn contains(&self, aud: &str) -> bool {
+        self.0.iter().any(|a| a == aud)
+    }
+}
+
+impl Serialize for Audience {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(a) => Audience(vec![a]),
+            OneOrMany::Many(v) => Audience(v),
+        })
+    }
 }
 
 /// Seals and opens opaque access tokens: `prefix` + base64url(nonce ‖ ciphertext) + CRC32.
@@ -162,7 +257,7 @@ impl Sealer {
 pub struct JwtClaims {
     pub iss: String,
     pub sub: String,
-    pub aud: String,
+    pub aud: Audience,
     pub exp: i64,
     pub iat: i64,
     pub nbf: i64,
@@ -172,6 +267,15 @@ pub struct JwtClaims {
     /// DPoP (RFC 9449 §6.1): the key the token is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// Token exchange (RFC 8693 §4.1): who acts for `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Act>,
+    /// Token exchange: the credentials the token acts for (it ends with any of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_credentials: Option<Vec<SubjectCredential>>,
+    /// Workload identity federation: the external identity the client proved itself with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated: Option<FederatedRef>,
 }
 
 /// RFC 7800 `cnf` with RFC 9449's `jkt`.
@@ -481,8 +585,32 @@ mod tests {
             e: 2,
             j: "j".into(),
             k: None,
+            a: vec![],
+            d: None,
+            f: None,
         };
         let t = s.seal(&claims);
+        // Delegation, audience and federation survive the seal too.
+        let full = OpaqueClaims {
+            a: vec!["https://a.example".into()],
+            d: Some(Delegation {
+                sub: "kpc_u".into(),
+                act: Act {
+                    sub: "kpc_b".into(),
+                    act: Some(Box::new(Act {
+                        sub: "kpc_a".into(),
+                        act: None,
+                    })),
+                },
+                subject_credentials: vec![SubjectCredential::ApiKey { id: "key_1".into() }],
+            }),
+            f: Some(FederatedRef {
+                iss: "https://issuer".into(),
+                sub: "repo:x".into(),
+            }),
+            ..claims.clone()
+        };
+        assert_eq!(s.open(&s.seal(&full)), Some(full));
         assert!(t.starts_with("kpt_"));
         assert_eq!(s.open(&t), Some(claims.clone()));
         let mut bad = t.clone().into_bytes();
@@ -501,7 +629,7 @@ mod tests {
             let claims = JwtClaims {
                 iss: "i".into(),
                 sub: "s".into(),
-                aud: "a".into(),
+                aud: Audience::one("a".into()),
                 exp: 2,
                 iat: 1,
                 nbf: 1,
@@ -509,8 +637,22 @@ mod tests {
                 client_id: "s".into(),
                 scope: "x".into(),
                 cnf: None,
+                act: None,
+                subject_credentials: None,
+                federated: None,
             };
             let t = Keyring::sign_jwt(&key, &claims);
+            // One audience is a string, several an array; both read back.
+            let payload = |t: &str| -> serde_json::Value {
+                serde_json::from_slice(&B64.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap()
+            };
+            assert_eq!(payload(&t)["aud"], "a");
+            let many = JwtClaims {
+                aud: Audience(vec!["a".into(), "b".into()]),
+                ..claims.clone()
+            };
+            let tm = Keyring::sign_jwt(&key, &many);
+            assert_eq!(payload(&tm)["aud"], serde_json::json!(["a", "b"]));
             let ring = Keyring::new(vec![key]);
             assert_eq!(ring.verify_jwt(&t), Some(claims));
             assert!(looks_like_jwt(&t));

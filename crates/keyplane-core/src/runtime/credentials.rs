@@ -9,11 +9,14 @@ use super::Runtime;
 use crate::domain::clock::to_ms;
 use crate::domain::error::Result;
 use crate::domain::model::{OAuthClient, TokenFormat};
-use crate::domain::oauth::{Introspection, IssuedToken, OAuthError, TokenIdentity};
+use crate::domain::oauth::{Introspection, IssuedToken, MintRequest, OAuthError, TokenIdentity};
 use crate::domain::perm::PermSet;
 use crate::domain::request::{Refusal, RequestMeta};
+use crate::domain::resource::{grant, TargetError};
 use crate::domain::secret::{random_id_text, Digest, FormatError};
-use crate::domain::token::{Confirmation, JwtClaims, Keyring, OpaqueClaims};
+use crate::domain::token::{
+    Audience, Confirmation, Delegation, FederatedRef, JwtClaims, Keyring, OpaqueClaims,
+};
 use crate::store::KeyLookup;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -27,11 +30,19 @@ pub enum Identity {
 }
 
 impl Identity {
-    /// The member who owns it, or else the key id or the client id.
+    /// The member who owns it, or else the key id or the client id (for an exchanged token:
+    /// the subject it acts for).
     pub fn subject(&self) -> &str {
         match self {
             Identity::Key(k) => k.owner_member_id.as_deref().unwrap_or(&k.key_id),
-            Identity::Token(t) => &t.client_id,
+            Identity::Token(t) => &t.sub,
+        }
+    }
+    /// Who acts for the subject (an exchanged token's `act.sub`).
+    pub fn actor(&self) -> Option<&str> {
+        match self {
+            Identity::Key(_) => None,
+            Identity::Token(t) => t.act.as_ref().map(|a| a.sub.as_str()),
         }
     }
     pub fn scopes(&self) -> &[String] {
@@ -272,10 +283,9 @@ impl Runtime {
     pub fn mint(
         &self,
         client: &CachedClient,
-        scope: Option<&str>,
-        jkt: Option<String>,
+        req: MintRequest<'_>,
     ) -> Result<IssuedToken, OAuthError> {
-        let issued = self.mint_quietly(client, scope, jkt)?;
+        let issued = self.mint_quietly(client, req)?;
         let scopes: Vec<String> = issued
             .scope
             .split(' ')
@@ -291,34 +301,50 @@ impl Runtime {
     pub fn mint_quietly(
         &self,
         client: &CachedClient,
-        scope: Option<&str>,
-        jkt: Option<String>,
+        req: MintRequest<'_>,
     ) -> Result<IssuedToken, OAuthError> {
         let c = &client.client;
-        let scopes: Vec<String> = match scope {
+        // An exchanged token holds at most what both the actor and the subject hold.
+        let allowed: Vec<String> = match &req.exchange {
             None => c.scopes.clone(),
-            Some(s) => {
-                let mut out = BTreeSet::new();
-                for x in s.split(' ').filter(|x| !x.is_empty()) {
-                    if !c.scopes.iter().any(|y| y == x) {
-                        return Err(OAuthError::InvalidScope(format!(
-                            "the client may not request the scope `{x}`"
-                        )));
-                    }
-                    out.insert(x.to_string());
-                }
-                out.into_iter().collect()
-            }
+            Some(x) => c
+                .scopes
+                .iter()
+                .filter(|s| x.scopes.contains(s))
+                .cloned()
+                .collect(),
         };
-        let scope = scopes.join(" ");
+        let grant = grant(&allowed, req.scope, &req.targets).map_err(|e| match e {
+            TargetError::Scope(d) => OAuthError::InvalidScope(d),
+            TargetError::Target(d) => OAuthError::InvalidTarget(d),
+        })?;
+        let mut audience = grant.audience;
+        if let Some(x) = req.exchange.as_ref().filter(|x| !x.audience.is_empty()) {
+            if audience.is_empty() {
+                audience = x.audience.clone();
+            } else if let Some(wider) = audience.iter().find(|a| !x.audience.contains(a)) {
+                return Err(OAuthError::InvalidTarget(format!(
+                    "the subject token is not for `{wider}`: an exchanged token's audience stays within the subject token's"
+                )));
+            }
+        }
+        let scope = grant.scopes.join(" ");
         let now_ms = to_ms(self.now());
         // Never issued before the client's not-before (a whole second after a secret was
         // retired): a token obtained right after a retirement must not be born dead.
         let iat_ms = now_ms.max(c.not_before.map(to_ms).unwrap_or(i64::MIN));
-        let ttl = c.access_token_ttl_seconds;
-        let exp_ms = now_ms + ttl * 1000;
+        let mut exp_ms = now_ms + c.access_token_ttl_seconds * 1000;
+        if let Some(x) = &req.exchange {
+            exp_ms =
+                exp_ms.min(now_ms + self.settings.oauth.exchanged_token_max_ttl_seconds * 1000);
+            if let Some(until) = x.expires_at_ms {
+                exp_ms = exp_ms.min(until);
+            }
+        }
+        let ttl = (exp_ms - now_ms) / 1000;
         let jti = random_id_text(22);
-        let token_type = if jkt.is_some() { "DPoP" } else { "Bearer" };
+        let token_type = if req.jkt.is_some() { "DPoP" } else { "Bearer" };
+        let delegation = req.exchange.map(|x| x.delegation);
         let access_token = match c.token_format {
             TokenFormat::Opaque => self.oauth.sealer.seal(&OpaqueClaims {
                 c: c.client_id.clone(),
@@ -326,7 +352,10 @@ impl Runtime {
                 i: iat_ms,
                 e: exp_ms,
                 j: jti,
-                k: jkt,
+                k: req.jkt,
+                a: audience,
+                d: delegation,
+                f: req.federated,
             }),
             TokenFormat::Jwt => {
                 let alg = c.signing_alg.unwrap_or(self.settings.oauth.default_alg);
@@ -336,19 +365,31 @@ impl Runtime {
                     OAuthError::Server
                 })?;
                 let issuer = &self.settings.oauth.issuer;
+                let aud = if audience.is_empty() {
+                    Audience::one(c.audience.clone().unwrap_or_else(|| issuer.clone()))
+                } else {
+                    Audience(audience)
+                };
+                let (sub, act, subject_credentials) = match delegation {
+                    Some(d) => (d.sub, Some(d.act), Some(d.subject_credentials)),
+                    None => (c.client_id.clone(), None, None),
+                };
                 Keyring::sign_jwt(
                     key,
                     &JwtClaims {
                         iss: issuer.clone(),
-                        sub: c.client_id.clone(),
-                        aud: c.audience.clone().unwrap_or_else(|| issuer.clone()),
+                        sub,
+                        aud,
                         exp: exp_ms / 1000,
                         iat: iat_ms / 1000,
                         nbf: iat_ms / 1000,
                         jti,
                         client_id: c.client_id.clone(),
                         scope: scope.clone(),
-                        cnf: jkt.map(|jkt| Confirmation { jkt }),
+                        cnf: req.jkt.map(|jkt| Confirmation { jkt }),
+                        act,
+                        subject_credentials,
+                        federated: req.federated,
                     },
                 )
             }
@@ -358,6 +399,7 @@ impl Runtime {
             token_type,
             expires_in: ttl,
             scope,
+            issued_token_type: None,
         })
     }
 
@@ -372,62 +414,103 @@ impl Runtime {
     }
 
     /// Reads an access token of ours (opaque or JWT) and checks it is live: signature or seal,
-    /// expiry, revocation, the client still existing and not having cut it off.
+    /// expiry, revocation, the client still existing and not having cut it off, and for an
+    /// exchanged token its subject credential still live.
     pub async fn verify_access_token(
         &self,
         token: &str,
     ) -> Option<(Arc<CachedClient>, Introspection)> {
         let now_ms = self.now_ms();
-        let (client_id, jti, iat_ms, exp_ms, nbf_ms, scope, aud, jkt) =
-            if crate::domain::token::looks_like_jwt(token) {
-                let c = self.oauth.keyring().verify_jwt(token)?;
-                if c.iss != self.settings.oauth.issuer {
+        let t = if crate::domain::token::looks_like_jwt(token) {
+            let c = self.oauth.keyring().verify_jwt(token)?;
+            if c.iss != self.settings.oauth.issuer {
+                return None;
+            }
+            let delegation = match (c.act, c.subject_credentials) {
+                (Some(act), Some(subject_credentials)) => Some(Delegation {
+                    sub: c.sub,
+                    act,
+                    subject_credentials,
+                }),
+                (None, None) => None,
+                _ => return None,
+            };
+            Verified {
+                client_id: c.client_id,
+                jti: c.jti,
+                iat_ms: c.iat * 1000,
+                exp_ms: c.exp * 1000,
+                nbf_ms: c.nbf * 1000,
+                scope: c.scope,
+                aud: c.aud.0,
+                jkt: c.cnf.map(|c| c.jkt),
+                delegation,
+                federated: c.federated,
+            }
+        } else {
+            let c = self.oauth.sealer.open(token)?;
+            Verified {
+                client_id: c.c,
+                jti: c.j,
+                iat_ms: c.i,
+                exp_ms: c.e,
+                nbf_ms: c.i,
+                scope: c.s,
+                aud: c.a,
+                jkt: c.k,
+                delegation: c.d,
+                federated: c.f,
+            }
+        };
+        if t.exp_ms <= now_ms || t.nbf_ms > now_ms + 60_000 || self.oauth.is_revoked(&t.jti) {
+            return None;
+        }
+        let client = self.cached_client(&t.client_id).await.ok().flatten()?;
+        if t.iat_ms < client.not_before_ms() {
+            return None;
+        }
+        if let Some(d) = &t.delegation {
+            if d.subject_credentials.is_empty() {
+                return None;
+            }
+            for sc in &d.subject_credentials {
+                if !self.subject_credential_live(sc).await {
                     return None;
                 }
-                (
-                    c.client_id,
-                    c.jti,
-                    c.iat * 1000,
-                    c.exp * 1000,
-                    c.nbf * 1000,
-                    c.scope,
-                    Some(c.aud),
-                    c.cnf.map(|c| c.jkt),
-                )
-            } else {
-                let c = self.oauth.sealer.open(token)?;
-                (c.c, c.j, c.i, c.e, c.i, c.s, None, c.k)
-            };
-        if exp_ms <= now_ms || nbf_ms > now_ms + 60_000 || self.oauth.is_revoked(&jti) {
-            return None;
-        }
-        let client = self.cached_client(&client_id).await.ok().flatten()?;
-        if iat_ms < client.not_before_ms() {
-            return None;
+            }
         }
         let c = &client.client;
-        // Opaque tokens name their audience through their client, as JWTs do in `aud`.
-        let aud = aud.or_else(|| {
-            Some(
-                c.audience
-                    .clone()
-                    .unwrap_or_else(|| self.settings.oauth.issuer.clone()),
-            )
-        });
+        // Opaque tokens not requested for resources name their audience through their client,
+        // as JWTs do in `aud`.
+        let aud = if t.aud.is_empty() {
+            vec![c
+                .audience
+                .clone()
+                .unwrap_or_else(|| self.settings.oauth.issuer.clone())]
+        } else {
+            t.aud
+        };
+        let (sub, act, subject_credentials) = match t.delegation {
+            Some(d) => (d.sub, Some(d.act), d.subject_credentials),
+            None => (t.client_id.clone(), None, vec![]),
+        };
         let info = Introspection {
-            sub: client_id.clone(),
-            client_id: Some(client_id),
-            exp: Some(exp_ms / 1000),
-            iat: iat_ms / 1000,
-            nbf: nbf_ms / 1000,
-            jti,
+            sub,
+            client_id: Some(t.client_id),
+            exp: Some(t.exp_ms / 1000),
+            iat: t.iat_ms / 1000,
+            nbf: t.nbf_ms / 1000,
+            jti: t.jti,
             username: c.name.clone(),
-            scope,
+            scope: t.scope,
             credential_type: "access_token",
             aud,
             org_id: c.org_id.clone(),
             project_id: c.project_id.clone(),
-            jkt,
+            jkt: t.jkt,
+            act,
+            federated: t.federated,
+            subject_credentials,
         };
         Some((client, info))
     }
@@ -442,7 +525,10 @@ impl Runtime {
             .map(str::to_string)
             .collect();
         Some(TokenIdentity {
-            client_id: info.sub,
+            client_id: info.client_id.unwrap_or_default(),
+            sub: info.sub,
+            aud: info.aud,
+            act: info.act,
             jti: info.jti,
             org_id: info.org_id,
             project_id: info.project_id,
@@ -477,12 +563,29 @@ impl Runtime {
             username: key.name.to_string(),
             scope: key.scopes_joined().to_string(),
             credential_type: "api_key",
-            aud: None,
+            aud: vec![],
             org_id: key.org_id().to_string(),
             project_id: key.project_id().to_string(),
             jkt: None,
+            act: None,
+            federated: None,
+            subject_credentials: vec![],
         })
     }
+}
+
+/// An access token's claims, whichever its form.
+struct Verified {
+    client_id: String,
+    jti: String,
+    iat_ms: i64,
+    exp_ms: i64,
+    nbf_ms: i64,
+    scope: String,
+    aud: Vec<String>,
+    jkt: Option<String>,
+    delegation: Option<Delegation>,
+    federated: Option<FederatedRef>,
 }
 
 /// Precomputes what the hot path needs from one storage read.

@@ -6,12 +6,14 @@
 pub mod cache;
 pub mod client_keys;
 pub mod credentials;
+pub mod delegation;
 pub mod dpop;
 pub mod feed;
 pub mod issuer_keys;
 pub mod oauth;
 pub mod reach;
 pub mod refusals;
+pub mod services;
 pub mod throttle;
 
 use crate::domain::clock::Clock;
@@ -48,6 +50,10 @@ pub struct Runtime {
     pub(crate) checks: AtomicU64,
     pub(crate) rules: RwLock<Arc<RuleSet>>,
     pub(crate) rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
+    /// Services by resource URI and scope (RFC 8707).
+    pub(crate) services: services::ServiceCache,
+    /// The states of API keys that exchanged tokens act for.
+    pub(crate) subject_keys: delegation::SubjectKeys,
     /// Held for a whole flush, so when a flush returns every earlier use is written even if
     /// the periodic flush was already under way.
     pub(crate) flushing: tokio::sync::Mutex<()>,
@@ -76,6 +82,8 @@ impl Runtime {
             checks: AtomicU64::new(0),
             rules: Default::default(),
             rules_source: Mutex::new(None),
+            services: Default::default(),
+            subject_keys: Default::default(),
             flushing: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
         }
@@ -137,14 +145,22 @@ impl Runtime {
     /// Applies a change to this node's caches (made here, or learned from another node).
     pub fn apply_invalidation(&self, change: &Invalidation) {
         match change {
-            Invalidation::Digests(d) => self.cache.invalidate(d),
+            Invalidation::Digests(d) => {
+                self.cache.invalidate(d);
+                if !d.is_empty() {
+                    self.subject_keys.clear();
+                }
+            }
             Invalidation::All => {
                 self.cache.clear();
                 self.oauth.clear();
+                self.services.clear();
+                self.subject_keys.clear();
             }
             Invalidation::Client(id) => self.oauth.invalidate_client(id),
             Invalidation::Token(jti, exp) => self.oauth.note_revoked(jti.clone(), *exp),
             Invalidation::SigningKeys => {}
+            Invalidation::Services => self.services.clear(),
             Invalidation::FeedLost => {
                 tracing::warn!(
                     bound_seconds = self.settings.stale_serve_seconds,
@@ -156,6 +172,8 @@ impl Runtime {
                 // Anything may have changed while the feed was down.
                 self.cache.clear();
                 self.oauth.clear();
+                self.services.clear();
+                self.subject_keys.clear();
                 self.feed.restored();
             }
         }

@@ -110,6 +110,32 @@ impl Runtime {
             .ok_or(Error::NotFound("organization"))
     }
 
+    /// A `may_act` list (RFC 8693 delegation): existing OAuth clients of the organization,
+    /// each once, at most 32.
+    pub async fn check_may_act(&self, org_id: &str, ids: Vec<String>) -> Result<Vec<String>> {
+        if ids.len() > 32 {
+            return Err(Error::invalid(
+                "may_act",
+                "`may_act` names at most 32 clients",
+            ));
+        }
+        let mut out = std::collections::BTreeSet::new();
+        for id in ids {
+            let known = self
+                .cached_client(&id)
+                .await?
+                .is_some_and(|c| c.client.org_id == org_id);
+            if !known {
+                return Err(Error::invalid(
+                    "may_act",
+                    format!("`{id}` is not an OAuth client of this organization"),
+                ));
+            }
+            out.insert(id);
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// The project a credential goes in: the one named (it must belong to the organization),
     /// or the organization's default project.
     pub async fn project_in(&self, org_id: &str, project_id: Option<&str>) -> Result<Project> {

@@ -30,6 +30,8 @@ pub struct NewApiKey {
     /// With no `owner_member_id`, make a project service token even when a member creates it
     /// (a copy of a service token stays one). Only org-wide managers may.
     pub service_token: bool,
+    /// The OAuth clients that may act for the key's holder (RFC 8693 token exchange).
+    pub may_act: Vec<String>,
 }
 
 /// Changes to an API key; `None` leaves a field as it is.
@@ -43,6 +45,8 @@ pub struct ApiKeyPatch {
     pub expires_at: Option<Option<OffsetDateTime>>,
     /// `Some(None)` removes the default mark.
     pub default_for_service: Option<Option<String>>,
+    /// Replaces who may act for the key's holder (`[]`: nobody).
+    pub may_act: Option<Vec<String>>,
 }
 
 impl Keyplane {
@@ -147,6 +151,7 @@ impl Keyplane {
             is_active: true,
             deactivated_at: None,
             default_for_service,
+            may_act: rt.check_may_act(access.org_id(), input.may_act).await?,
             seq: 0,
             version: 1,
         };
@@ -273,6 +278,9 @@ impl Keyplane {
         if let Some(s) = &patch.scopes {
             key.scopes = rt.check_scopes(s.clone()).await?;
         }
+        if let Some(m) = &patch.may_act {
+            key.may_act = rt.check_may_act(&key.org_id, m.clone()).await?;
+        }
         let roles = rt
             .roles_named(&key.org_id, patch.roles.as_ref().unwrap_or(&key.roles))
             .await?;
@@ -339,6 +347,7 @@ impl Keyplane {
             expires_at: key.expires_at.filter(|e| *e > self.rt.now()),
             default_for_service: None,
             service_token: key.owner_member_id.is_none(),
+            may_act: key.may_act.clone(),
         };
         self.api_key_create(p, input, meta).await
     }
@@ -495,5 +504,6 @@ fn key_details(k: &ApiKey) -> serde_json::Value {
         "owner_member_id": k.owner_member_id,
         "expires_at": k.expires_at.map(to_ms),
         "default_for_service": k.default_for_service,
+        "may_act": k.may_act,
     })
 }

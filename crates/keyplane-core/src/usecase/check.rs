@@ -63,15 +63,35 @@ impl Keyplane {
             return self.rt.refuse(Refusal::Malformed, None, meta);
         };
         let scopes = identity.scopes();
-        if required.iter().all(|s| {
+        if !required.iter().all(|s| {
             scopes
                 .binary_search_by(|x| x.as_str().cmp(s.as_ref()))
                 .is_ok()
         }) {
-            Verdict::Allow(identity)
-        } else {
-            Verdict::InsufficientScope(identity)
+            return Verdict::InsufficientScope(identity);
         }
+        // RFC 8707: for a scope of a service that declares resource URIs, an access token must
+        // have been issued for one of them. API keys are bound by their scopes alone.
+        if let Identity::Token(t) = &identity {
+            if !required.is_empty() {
+                let allowed = match self.rt.services().await {
+                    Ok(idx) => idx.audience_allows(&t.aud, required),
+                    Err(e) => {
+                        tracing::error!(error = %e, "storage failed while reading services");
+                        false
+                    }
+                };
+                if !allowed {
+                    self.rt.queue_refusal(
+                        Refusal::Audience.as_str(),
+                        Some(t.client_id.clone()),
+                        meta,
+                    );
+                    return Verdict::Refuse(Refusal::Audience);
+                }
+            }
+        }
+        Verdict::Allow(identity)
     }
 
     /// RFC 9449 §7: a bound token needs the `DPoP` scheme and a proof of its key for this

@@ -11,7 +11,7 @@ use crate::domain::federation::parse_credentials;
 use crate::domain::ids::{is_id, new_id};
 use crate::domain::jose::JwkSet;
 use crate::domain::model::{ClientSecret, OAuthClient, TokenFormat};
-use crate::domain::oauth::{IssuedToken, OAuthError};
+use crate::domain::oauth::{IssuedToken, MintRequest, OAuthError};
 use crate::domain::perm::{Permission, Principal};
 use crate::domain::request::{
     clean_description, clean_name, page_limit, paginate, parse_cursor, Page, RequestMeta,
@@ -44,6 +44,8 @@ pub struct NewClient {
     pub jwks_uri: Option<String>,
     /// Workload identity federation: the external issuers whose tokens it trades (a JSON array).
     pub federated_credentials: Option<serde_json::Value>,
+    /// The clients that may exchange this client's tokens to act for it (RFC 8693).
+    pub may_act: Vec<String>,
 }
 
 /// Changes to a client; `None` leaves a field as it is, `Some(None)` clears an optional one.
@@ -62,6 +64,8 @@ pub struct ClientPatch {
     pub jwks_uri: Option<Option<String>>,
     /// Replaces the list (`null` or `[]` clears it).
     pub federated_credentials: Option<Option<serde_json::Value>>,
+    /// Replaces who may act for the client (`[]`: nobody).
+    pub may_act: Option<Vec<String>>,
 }
 
 impl Keyplane {
@@ -261,6 +265,7 @@ impl Keyplane {
             jwks: None,
             jwks_uri: None,
             federated_credentials: Vec::new(),
+            may_act: rt.check_may_act(access.org_id(), input.may_act).await?,
             not_before: None,
             created_at: rt.now(),
             created_by: p.actor_label(),
@@ -406,6 +411,9 @@ impl Keyplane {
         }
         if let Some(r) = patch.secret_rotation_days {
             c.secret_rotation_days = Self::check_rotation(r)?;
+        }
+        if let Some(m) = patch.may_act {
+            c.may_act = rt.check_may_act(&c.org_id, m).await?;
         }
         self.settle_client_keys(
             &mut c,
@@ -631,7 +639,11 @@ impl Keyplane {
             .await?
             .filter(|c| c.is_enabled())
             .ok_or(Error::NotFound("OAuth client"))?;
-        let issued = rt.mint(&cached, scope, None).map_err(|e| match e {
+        let req = MintRequest {
+            scope,
+            ..Default::default()
+        };
+        let issued = rt.mint(&cached, req).map_err(|e| match e {
             OAuthError::InvalidScope(m) => Error::invalid("scope", m),
             _ => Error::Storage("no signing key is active".into()),
         })?;
@@ -663,5 +675,6 @@ fn client_details(c: &OAuthClient) -> serde_json::Value {
         "jwks_thumbprints": c.jwks.as_ref().map(|s| s.keys().iter().map(|k| k.thumbprint()).collect::<Vec<_>>()),
         "jwks_uri": c.jwks_uri,
         "federated_credentials": c.federated_credentials,
+        "may_act": c.may_act,
     })
 }

@@ -6,7 +6,38 @@ use crate::domain::ids::new_id;
 use crate::domain::model::Service;
 use crate::domain::perm::Principal;
 use crate::domain::request::{clean_description, clean_name, valid_scope_name, RequestMeta};
+use crate::domain::resource::parse_resource;
+use crate::store::Invalidation;
 use std::collections::BTreeSet;
+
+/// Resource URIs: valid (RFC 8707 §2), at most 16, and none another service declares.
+fn check_resources(
+    resources: Vec<String>,
+    existing: &[Service],
+    this: Option<&str>,
+) -> Result<Vec<String>> {
+    if resources.len() > 16 {
+        return Err(Error::invalid(
+            "resources",
+            "a service declares at most 16 resource URIs",
+        ));
+    }
+    let mut out = BTreeSet::new();
+    for r in resources {
+        let uri = parse_resource(&r).map_err(|e| Error::invalid("resources", e))?;
+        if let Some(other) = existing
+            .iter()
+            .find(|s| Some(s.id.as_str()) != this && s.resources.contains(&uri))
+        {
+            return Err(Error::Conflict(format!(
+                "the resource URI `{uri}` already belongs to the service `{}`",
+                other.name
+            )));
+        }
+        out.insert(uri);
+    }
+    Ok(out.into_iter().collect())
+}
 
 impl Keyplane {
     pub async fn service_create(
@@ -15,6 +46,7 @@ impl Keyplane {
         name: &str,
         description: Option<&str>,
         scopes: Vec<String>,
+        resources: Vec<String>,
         meta: &RequestMeta,
     ) -> Result<Service> {
         if !p.is_admin_key() {
@@ -45,14 +77,9 @@ impl Keyplane {
             }
             set.insert(s);
         }
-        let taken: BTreeSet<String> = self
-            .rt
-            .store
-            .service_list()
-            .await?
-            .into_iter()
-            .flat_map(|s| s.scopes)
-            .collect();
+        let existing = self.rt.store.service_list().await?;
+        let resources = check_resources(resources, &existing, None)?;
+        let taken: BTreeSet<String> = existing.into_iter().flat_map(|s| s.scopes).collect();
         if let Some(dup) = set.iter().find(|s| taken.contains(*s)) {
             return Err(Error::Conflict(format!(
                 "scope `{dup}` already belongs to another service"
@@ -63,6 +90,7 @@ impl Keyplane {
             name,
             description: clean_description(description)?,
             scopes: set.into_iter().collect(),
+            resources,
             created_at: self.rt.now(),
         };
         let event = self.rt.event(
@@ -71,9 +99,49 @@ impl Keyplane {
             "service.create",
             Some(&service.id),
             meta,
-            serde_json::json!({ "name": service.name, "scopes": service.scopes }),
+            serde_json::json!({ "name": service.name, "scopes": service.scopes, "resources": service.resources }),
         );
         self.rt.store.service_create(&service, &event).await?;
+        self.rt.invalidate(Invalidation::Services).await?;
+        Ok(service)
+    }
+
+    /// Changes a service's description or its resource URIs (RFC 8707). Declaring resource
+    /// URIs makes `/v1/authz` and the gateway require, for the service's scopes, an access
+    /// token whose audience names one of them; every node learns it at once.
+    pub async fn service_update(
+        &self,
+        p: &Principal,
+        id: &str,
+        description: Option<&str>,
+        resources: Option<Vec<String>>,
+        meta: &RequestMeta,
+    ) -> Result<Service> {
+        if !p.is_admin_key() {
+            return Err(Error::Forbidden(
+                "only the admin key may change services".into(),
+            ));
+        }
+        let existing = self.rt.store.service_list().await?;
+        let Some(mut service) = existing.iter().find(|s| s.id == id).cloned() else {
+            return Err(Error::NotFound("service"));
+        };
+        if let Some(d) = description {
+            service.description = clean_description(Some(d))?;
+        }
+        if let Some(r) = resources {
+            service.resources = check_resources(r, &existing, Some(id))?;
+        }
+        let event = self.rt.event(
+            p,
+            None,
+            "service.update",
+            Some(&service.id),
+            meta,
+            serde_json::json!({ "name": service.name, "resources": service.resources }),
+        );
+        self.rt.store.service_update(&service, &event).await?;
+        self.rt.invalidate(Invalidation::Services).await?;
         Ok(service)
     }
 

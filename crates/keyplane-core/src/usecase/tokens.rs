@@ -15,12 +15,14 @@ use crate::domain::federation::{
 use crate::domain::jose::{EcdsaForm, JoseError, JwkSet, Jws};
 use crate::domain::model::OAuthClient;
 use crate::domain::oauth::{
-    ClientAssertion, ClientAuth, ClientCredentials, Introspection, IssuedToken, OAuthError,
-    RevokeOutcome,
+    ClientAssertion, ClientAuth, ClientCredentials, ExchangeBounds, ExchangeRequest, Introspection,
+    IssuedToken, MintRequest, OAuthError, RevokeOutcome, ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE,
 };
 use crate::domain::perm::{Actor, Permission, Principal};
 use crate::domain::request::RequestMeta;
+use crate::domain::resource::parse_resource;
 use crate::domain::secret::ct_eq;
+use crate::domain::token::{Act, Delegation, FederatedRef, SubjectCredential};
 use crate::runtime::oauth::CachedClient;
 use crate::store::Invalidation;
 use std::sync::atomic::Ordering;
@@ -384,39 +386,42 @@ impl Keyplane {
     }
 
     /// The client-credentials grant: a token for exactly the requested scopes (all of the
-    /// client's when none are requested). Nothing is written to storage.
+    /// client's when none are requested), for the requested resources (RFC 8707) when any are
+    /// named. Nothing is written to storage (but a federated issuance's event).
     pub async fn issue_token(
         &self,
         auth: &ClientCredentials,
         scope: Option<&str>,
+        resources: &[String],
         meta: &RequestMeta,
         dpop: Option<&DpopRequest<'_>>,
     ) -> Result<IssuedToken, OAuthError> {
         let (client, federated) = self.authenticate_client_as(auth, meta).await?;
-        // The proof is checked only for an authenticated client, so nobody else can fill the
-        // replay cache; with one, the token is bound to the proof's key (RFC 9449 §5).
-        let jkt = match dpop {
-            None => None,
-            Some(d) => match self
-                .rt
-                .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), None)
-                .await
-            {
-                Ok(p) => Some(p.jkt),
-                Err(DpopError::UseNonce) => {
-                    return Err(OAuthError::UseDpopNonce(
-                        self.rt.dpop_nonce().unwrap_or_default(),
-                    ))
-                }
-                Err(e) => return Err(OAuthError::InvalidDpopProof(e.description())),
-            },
-        };
+        let jkt = self.dpop_key(dpop).await?;
+        let targets = self.targets(resources).await?;
         let Some(who) = federated else {
-            return self.rt.mint(&client, scope, jkt);
+            let req = MintRequest {
+                scope,
+                targets,
+                jkt,
+                ..Default::default()
+            };
+            return self.rt.mint(&client, req);
         };
         // A federated issuance is its own event (not the per-minute aggregate), naming the
-        // external identity; only a valid, never-used platform token gets this far.
-        let issued = self.rt.mint_quietly(&client, scope, jkt)?;
+        // external identity, which the token carries too; only a valid, never-used platform
+        // token gets this far.
+        let req = MintRequest {
+            scope,
+            targets,
+            jkt,
+            federated: Some(FederatedRef {
+                iss: who.iss.clone(),
+                sub: who.sub.clone(),
+            }),
+            exchange: None,
+        };
+        let issued = self.rt.mint_quietly(&client, req)?;
         let c = &client.client;
         let event = self.rt.event(
             &client_principal(c),
@@ -432,6 +437,253 @@ impl Keyplane {
         );
         self.rt.store.activity_append(&[event]).await?;
         Ok(issued)
+    }
+
+    /// A DPoP proof on a token request, checked only for an authenticated client (so nobody
+    /// else can fill the replay cache): the thumbprint the token is bound to (RFC 9449 §5).
+    async fn dpop_key(&self, dpop: Option<&DpopRequest<'_>>) -> Result<Option<String>, OAuthError> {
+        let Some(d) = dpop else { return Ok(None) };
+        match self
+            .rt
+            .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), None)
+            .await
+        {
+            Ok(p) => Ok(Some(p.jkt)),
+            Err(DpopError::UseNonce) => Err(OAuthError::UseDpopNonce(
+                self.rt.dpop_nonce().unwrap_or_default(),
+            )),
+            Err(e) => Err(OAuthError::InvalidDpopProof(e.description())),
+        }
+    }
+
+    /// RFC 8707: each `resource` must be a registered service's resource URI; with its scopes.
+    async fn targets(
+        &self,
+        resources: &[String],
+    ) -> Result<Vec<(String, Vec<String>)>, OAuthError> {
+        if resources.is_empty() {
+            return Ok(vec![]);
+        }
+        if resources.len() > 16 {
+            return Err(OAuthError::InvalidTarget(
+                "at most 16 resources may be requested at once".into(),
+            ));
+        }
+        let index = self.rt.services().await?;
+        let mut out = Vec::with_capacity(resources.len());
+        for r in resources {
+            let uri = parse_resource(r).map_err(|e| {
+                OAuthError::InvalidTarget(format!("`resource` is not a valid resource URI: {e}"))
+            })?;
+            let Some(scopes) = index.scopes_of_resource(&uri) else {
+                return Err(OAuthError::InvalidTarget(format!(
+                    "no service is registered for the resource `{uri}`"
+                )));
+            };
+            out.push((uri, scopes.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Token exchange (RFC 8693) for delegation: the authenticated client (the actor) trades a
+    /// credential keyplane issued (the subject: an access token or an API key) for a short-lived
+    /// token that acts for the subject, with the actor in `act`. Only when the subject's
+    /// credential names the actor in its `may_act`, in the same organization; the token never
+    /// holds a scope or audience the subject (or the actor) lacks, never outlives the subject
+    /// credential, and dies with it.
+    pub async fn exchange_token(
+        &self,
+        auth: &ClientCredentials,
+        x: &ExchangeRequest<'_>,
+        meta: &RequestMeta,
+        dpop: Option<&DpopRequest<'_>>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let (client, _) = self.authenticate_client_as(auth, meta).await?;
+        let invalid = |d: &str| Err(OAuthError::InvalidRequest(d.into()));
+        let (Some(subject_token), Some(subject_type)) = (x.subject_token, x.subject_token_type)
+        else {
+            return invalid("`subject_token` and `subject_token_type` are required");
+        };
+        if subject_type != ACCESS_TOKEN_TYPE && subject_type != JWT_TOKEN_TYPE {
+            return invalid(&format!(
+                "`subject_token_type` must be `{ACCESS_TOKEN_TYPE}` (an access token or an API key of this server) or `{JWT_TOKEN_TYPE}`"
+            ));
+        }
+        if x.requested_token_type
+            .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+        {
+            return invalid(&format!("only `{ACCESS_TOKEN_TYPE}` can be requested"));
+        }
+        match (x.actor_token, x.actor_token_type) {
+            (None, None) => {}
+            (Some(t), Some(kind)) if kind == ACCESS_TOKEN_TYPE || kind == JWT_TOKEN_TYPE => {
+                // The actor token proves the actor too: a live token of the authenticated client.
+                let ok = self.rt.verify_access_token(t).await.is_some_and(|(c, i)| {
+                    c.client.client_id == client.client.client_id && i.act.is_none()
+                });
+                if !ok {
+                    return invalid(
+                        "`actor_token` is not a live access token of the authenticated client",
+                    );
+                }
+            }
+            (Some(_), Some(_)) => {
+                return invalid(&format!("`actor_token_type` must be `{ACCESS_TOKEN_TYPE}`"))
+            }
+            _ => return invalid("`actor_token` and `actor_token_type` are sent together"),
+        }
+        let jkt = self.dpop_key(dpop).await?;
+        let subject = self.exchange_subject(subject_token, subject_type).await;
+        let Some(subject) = subject else {
+            return invalid("`subject_token` is not a live credential of this server");
+        };
+        let actor = &client.client;
+        // Not in the actor's organization, or not naming it in `may_act`: the same answer, so
+        // an actor learns nothing about credentials it may not use.
+        if subject.org_id != actor.org_id || !subject.may_act.iter().any(|a| *a == actor.client_id)
+        {
+            return invalid(
+                "the subject credential does not allow this client to act for it (`may_act`)",
+            );
+        }
+        // A DPoP-bound subject token is exchanged only by the holder of its key, and the new
+        // token is bound to the same key.
+        if let Some(bound) = &subject.jkt {
+            if jkt.as_deref() != Some(bound.as_str()) {
+                return Err(OAuthError::InvalidDpopProof(
+                    "the subject token is DPoP-bound: the exchange needs a DPoP proof signed with its key".into(),
+                ));
+            }
+        }
+        let targets = self.targets(&x.resources).await?;
+        let act = Act {
+            sub: actor.client_id.clone(),
+            act: subject.act.map(Box::new),
+        };
+        let details_act = serde_json::to_value(&act).unwrap_or_default();
+        let req = MintRequest {
+            scope: x.scope,
+            targets,
+            jkt,
+            federated: None,
+            exchange: Some(ExchangeBounds {
+                delegation: Delegation {
+                    sub: subject.sub.clone(),
+                    act,
+                    subject_credentials: subject.credentials,
+                },
+                scopes: subject.scopes,
+                audience: subject.audience,
+                expires_at_ms: subject.expires_at_ms,
+            }),
+        };
+        let mut issued = self.rt.mint_quietly(&client, req)?;
+        issued.issued_token_type = Some(ACCESS_TOKEN_TYPE);
+        let event = self.rt.event(
+            &client_principal(actor),
+            Some(&actor.org_id),
+            "access_token.exchange",
+            Some(&actor.client_id),
+            meta,
+            serde_json::json!({
+                "subject": subject.sub,
+                "subject_credential": subject.credential_label,
+                "actor": actor.client_id,
+                "act": details_act,
+                "scope": issued.scope,
+                "expires_in": issued.expires_in,
+            }),
+        );
+        self.rt.store.activity_append(&[event]).await?;
+        Ok(issued)
+    }
+
+    /// The subject of a token exchange: a live access token or API key of ours, with who may
+    /// act for it.
+    async fn exchange_subject(&self, token: &str, kind: &str) -> Option<ExchangeSubject> {
+        let rt = &self.rt;
+        if rt.settings.api_key_format.claims(token) {
+            if kind != ACCESS_TOKEN_TYPE {
+                return None;
+            }
+            let key = rt.resolve_key_raw(token).await.ok().flatten()?;
+            rt.evaluate(&key).ok()?;
+            let stored = rt.store.api_key_get(&key.key_id).await.ok().flatten()?;
+            return Some(ExchangeSubject {
+                sub: key
+                    .owner_member_id
+                    .as_deref()
+                    .unwrap_or(&key.key_id)
+                    .to_string(),
+                org_id: key.org_id().to_string(),
+                scopes: key.scopes().to_vec(),
+                audience: vec![],
+                expires_at_ms: key.expires_at_ms,
+                may_act: stored.may_act,
+                jkt: None,
+                act: None,
+                credential_label: key.key_id.to_string(),
+                credentials: vec![SubjectCredential::ApiKey {
+                    id: key.key_id.to_string(),
+                }],
+            });
+        }
+        if kind == JWT_TOKEN_TYPE && !crate::domain::token::looks_like_jwt(token) {
+            return None;
+        }
+        let (client, info) = rt.verify_access_token(token).await?;
+        let this = SubjectCredential::AccessToken {
+            jti: info.jti.clone(),
+            client_id: client.client.client_id.clone(),
+            iat: info.iat,
+        };
+        // An exchanged token exchanged again: the policy is the original credential's, and the
+        // new token depends on every credential of the chain.
+        let (may_act, credentials) = match info.subject_credentials.first() {
+            None => (client.client.may_act.clone(), vec![this]),
+            Some(original) => {
+                let may_act = match original {
+                    SubjectCredential::ApiKey { id } => {
+                        rt.store.api_key_get(id).await.ok().flatten()?.may_act
+                    }
+                    SubjectCredential::AccessToken { client_id, .. } => rt
+                        .cached_client(client_id)
+                        .await
+                        .ok()
+                        .flatten()?
+                        .client
+                        .may_act
+                        .clone(),
+                };
+                let mut all = info.subject_credentials.clone();
+                all.push(this);
+                (may_act, all)
+            }
+        };
+        // The issuer as audience means "any service its scopes allow": no restriction.
+        let issuer = &rt.settings.oauth.issuer;
+        let audience = if info.aud.iter().any(|a| a == issuer) {
+            vec![]
+        } else {
+            info.aud.clone()
+        };
+        Some(ExchangeSubject {
+            sub: info.sub,
+            org_id: info.org_id,
+            scopes: info
+                .scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            audience,
+            expires_at_ms: info.exp.map(|e| e * 1000),
+            may_act,
+            jkt: info.jkt,
+            act: info.act,
+            credential_label: info.jti,
+            credentials,
+        })
     }
 
     /// RFC 7662. The caller is a client or a principal allowed to introspect; the answer is
@@ -508,6 +760,21 @@ impl Keyplane {
             .await?;
         Ok(RevokeOutcome::Revoked)
     }
+}
+
+/// A token exchange's subject, resolved.
+struct ExchangeSubject {
+    sub: String,
+    org_id: String,
+    scopes: Vec<String>,
+    audience: Vec<String>,
+    expires_at_ms: Option<i64>,
+    may_act: Vec<String>,
+    jkt: Option<String>,
+    act: Option<Act>,
+    /// The key id or the token's `jti`, for the activity log.
+    credential_label: String,
+    credentials: Vec<SubjectCredential>,
 }
 
 fn client_principal(c: &OAuthClient) -> Principal {

@@ -252,6 +252,7 @@ pub async fn service_create(State(s): State<AppState>, p: Posted) -> Answer {
             f.get("name").unwrap_or(""),
             f.get("description"),
             scopes,
+            vec![],
             &p.meta,
         )
         .await
@@ -292,6 +293,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
         expires_at: expiry(&s, f, p.js)?,
         default_for_service: f.get("default_for_service").map(str::to_string),
         service_token: f.checked("service_token"),
+        may_act: vec![],
     };
     if input.name.is_none() {
         return Err(Fail {
@@ -330,6 +332,7 @@ pub async fn key_edit(State(s): State<AppState>, Path(id): Path<String>, p: Post
         roles: Some(f.all("roles")),
         expires_at,
         default_for_service: Some(f.get("default_for_service").map(str::to_string)),
+        may_act: None,
     };
     s.app
         .api_key_update(&p.signed.principal, &id, patch, None, &p.meta)
@@ -405,6 +408,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         jwks: None,
         jwks_uri: None,
         federated_credentials: None,
+        may_act: vec![],
     };
     let (client, first) = s
         .app
@@ -448,6 +452,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         jwks: None,
         jwks_uri: None,
         federated_credentials: None,
+        may_act: None,
     };
     s.app
         .client_update(&p.signed.principal, &id, patch, None, &p.meta)

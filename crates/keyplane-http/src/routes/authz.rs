@@ -131,6 +131,8 @@ pub const SCOPES: HeaderName = HeaderName::from_static("x-keyplane-scopes");
 pub const ORG: HeaderName = HeaderName::from_static("x-keyplane-org");
 pub const PROJECT: HeaderName = HeaderName::from_static("x-keyplane-project");
 pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-keyplane-credential-id");
+/// Token exchange (RFC 8693): the client acting for the subject (the token's `act.sub`).
+pub const ACTOR: HeaderName = HeaderName::from_static("x-keyplane-actor");
 
 /// Required scopes from `?scope=a%20b` (space-delimited, may repeat): borrowed from the query
 /// unless a value was escaped.
@@ -161,7 +163,7 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
 #[utoipa::path(get, path = "/v1/authz", operation_id = "authz_check", tag = "forward-auth",
     params(("scope" = Option<String>, Query, description = "space-delimited scopes the request needs")),
     responses(
-        (status = 200, description = "allowed; identity in X-Keyplane-Subject, -Scopes, -Org, -Project, -Credential-Id"),
+        (status = 200, description = "allowed; identity in X-Keyplane-Subject, -Scopes, -Org, -Project, -Credential-Id, and for a token obtained by token exchange X-Keyplane-Actor (the acting client; the subject is whom it acts for)"),
         (status = 400, description = "the original request's path is ambiguous (e.g. %2e%2e, %2F, a backslash, '//'), or two forms name different requests", content_type = "application/problem+json"),
         (status = 401, description = "missing, malformed, unknown, revoked or expired credential (`invalid_token`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge"))),
         (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge")))),
@@ -270,6 +272,7 @@ pub fn identity_headers(k: &Identity) -> impl Iterator<Item = (HeaderName, Heade
         (ORG, org),
         (PROJECT, project),
         (CREDENTIAL_ID, text(k.credential_id())),
+        (ACTOR, k.actor().and_then(text)),
     ]
     .into_iter()
     .filter_map(|(name, value)| Some((name, value?)))

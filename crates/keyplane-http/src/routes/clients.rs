@@ -61,6 +61,7 @@ pub async fn create(
         jwks: b.jwks,
         jwks_uri: b.jwks_uri,
         federated_credentials: b.federated_credentials,
+        may_act: b.may_act,
     };
     let (client, first) = s.app.client_create(&c.principal, input, &c.meta).await?;
     let secrets = s.app.client_get(&c.principal, &client.client_id).await?.1;
@@ -157,6 +158,7 @@ pub async fn update(
         jwks: b.jwks,
         jwks_uri: b.jwks_uri,
         federated_credentials: b.federated_credentials,
+        may_act: b.may_act,
     };
     let (cl, sec) = s
         .app

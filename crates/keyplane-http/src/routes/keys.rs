@@ -72,6 +72,7 @@ pub async fn create(
         expires_at,
         default_for_service: b.default_for_service,
         service_token: false,
+        may_act: b.may_act,
     };
     let (k, secret) = s.app.api_key_create(&c.principal, input, &c.meta).await?;
     Ok(NoStore((
@@ -158,6 +159,7 @@ pub async fn update(
         roles: b.roles,
         expires_at,
         default_for_service: b.default_for_service,
+        may_act: b.may_act,
     };
     let k = s
         .app

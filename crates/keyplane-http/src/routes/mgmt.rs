@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orgs", get(org_list).post(org_create))
         .route("/v1/projects", get(project_list).post(project_create))
         .route("/v1/services", get(service_list).post(service_create))
+        .route("/v1/services/{id}", patch(service_update))
         .route("/v1/members", get(member_list).post(member_create))
         .route(
             "/v1/members/{id}",
@@ -111,10 +112,36 @@ pub async fn service_create(
             &b.name,
             b.description.as_deref(),
             b.scopes,
+            b.resources,
             &c.meta,
         )
         .await?;
     Ok((StatusCode::CREATED, Json(svc.into())))
+}
+
+/// Change a service's description or resource URIs (admin key only). Declaring resource URIs
+/// (RFC 8707) makes `/v1/authz` and the gateway accept, for the service's scopes, only access
+/// tokens issued for one of them.
+#[utoipa::path(patch, path = "/v1/services/{id}", operation_id = "services_update", tag = "services", request_body = UpdateService,
+    params(("id" = String, Path)),
+    responses((status = 200, body = ServiceView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem)), security(("bearer" = [])))]
+pub async fn service_update(
+    State(s): State<AppState>,
+    c: Caller,
+    AppPath(id): AppPath<String>,
+    AppJson(b): AppJson<UpdateService>,
+) -> ApiResult<Json<ServiceView>> {
+    let svc = s
+        .app
+        .service_update(
+            &c.principal,
+            &id,
+            b.description.as_deref(),
+            b.resources,
+            &c.meta,
+        )
+        .await?;
+    Ok(Json(svc.into()))
 }
 
 /// The platform's services and their scopes.

@@ -14,8 +14,8 @@ use keyplane_core::domain::client_auth::{AuthMethod, JWT_BEARER};
 use keyplane_core::domain::dpop::DpopRequest;
 use keyplane_core::domain::jose::JwsAlg;
 use keyplane_core::domain::oauth::{
-    ClientAssertion, ClientAuth, ClientCredentials, Endpoint, Introspection, OAuthError,
-    RevokeOutcome, INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_PATH,
+    ClientAssertion, ClientAuth, ClientCredentials, Endpoint, ExchangeRequest, Introspection,
+    OAuthError, RevokeOutcome, INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_EXCHANGE, TOKEN_PATH,
 };
 use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
@@ -158,13 +158,16 @@ fn oauth_error(e: OAuthError) -> Response {
             r
         }
         OAuthError::InvalidScope(d) => error_response(StatusCode::BAD_REQUEST, "invalid_scope", d),
+        OAuthError::InvalidTarget(d) => {
+            error_response(StatusCode::BAD_REQUEST, "invalid_target", d)
+        }
         OAuthError::UnauthorizedClient(d) => {
             error_response(StatusCode::BAD_REQUEST, "unauthorized_client", d)
         }
         OAuthError::UnsupportedGrantType => error_response(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "only grant_type=client_credentials is supported",
+            "grant_type must be `client_credentials` or `urn:ietf:params:oauth:grant-type:token-exchange`",
         ),
         // `slow_down` is the device flow's code (RFC 8628 §3.5), not one the token endpoint may
         // answer; what is refused here is client authentication, so `invalid_client`.
@@ -221,6 +224,8 @@ async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, ()
 /// `invalid_request` (RFC 6749 §3.2: "parameters MUST NOT be included more than once").
 struct OAuthForm {
     params: HashMap<String, String>,
+    /// `resource` (RFC 8707) and `audience` (RFC 8693) values, which may repeat.
+    targets: Vec<String>,
     headers: HeaderMap,
     meta: RequestMeta,
     /// The path it was posted to (an endpoint's canonical path or one of its aliases).
@@ -259,9 +264,11 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
             "the form is not UTF-8".into(),
         )));
     };
-    let params = parse_form(text).map_err(|e| oauth_error(OAuthError::InvalidRequest(e)))?;
+    let (params, targets) =
+        parse_form(text).map_err(|e| oauth_error(OAuthError::InvalidRequest(e)))?;
     Ok(OAuthForm {
         params,
+        targets,
         headers: parts.headers,
         meta,
         path,
@@ -269,20 +276,26 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
 }
 
 /// The pairs of an OAuth form, strictly: every escape well formed, every value UTF-8, no
-/// parameter twice (RFC 6749 §3.2: "parameters MUST NOT be included more than once").
-fn parse_form(text: &str) -> Result<HashMap<String, String>, String> {
+/// parameter twice (RFC 6749 §3.2: "parameters MUST NOT be included more than once") but
+/// `resource` (RFC 8707 §2) and `audience` (RFC 8693 §2.1), which are returned apart.
+fn parse_form(text: &str) -> Result<(HashMap<String, String>, Vec<String>), String> {
     let mut params = HashMap::with_capacity(4);
+    let mut targets = Vec::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = |_| "the form has a malformed %-escape or is not UTF-8".to_string();
         let k = crate::auth::form_unescape(k).map_err(bad)?.into_owned();
+        if k == "resource" || k == "audience" {
+            targets.push(crate::auth::form_unescape(v).map_err(bad)?.into_owned());
+            continue;
+        }
         if params.contains_key(&k) {
             return Err(format!("the parameter `{k}` is repeated"));
         }
         let v = crate::auth::form_unescape(v).map_err(bad)?.into_owned();
         params.insert(k, v);
     }
-    Ok(params)
+    Ok((params, targets))
 }
 
 /// RFC 6749 §2.3.1: the id and secret in Basic are each form-urlencoded before joining.
@@ -381,6 +394,9 @@ pub struct TokenResponse {
     pub token_type: String,
     pub expires_in: i64,
     pub scope: String,
+    /// Token exchange (RFC 8693 §2.2.1): `urn:ietf:params:oauth:token-type:access_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<String>,
 }
 
 /// What the token endpoint takes (RFC 6749 §4.4.2), as `application/x-www-form-urlencoded`.
@@ -399,13 +415,30 @@ pub struct TokenRequest {
     pub client_assertion_type: Option<String>,
     /// A JWT the client signed with one of its registered keys.
     pub client_assertion: Option<String>,
+    /// RFC 8707: a registered service's resource URI; repeatable. The token's `aud` is the
+    /// resource(s), and its scopes are narrowed to their services'. `audience` is taken as a
+    /// synonym (RFC 8693; some clients send it with client credentials).
+    pub resource: Option<Vec<String>>,
+    pub audience: Option<Vec<String>>,
+    /// Token exchange (RFC 8693 §2.1): an access token or API key of this server.
+    pub subject_token: Option<String>,
+    /// `urn:ietf:params:oauth:token-type:access_token` (or `…:jwt` for a JWT access token).
+    pub subject_token_type: Option<String>,
+    /// Token exchange: a live access token of the authenticated client (optional).
+    pub actor_token: Option<String>,
+    pub actor_token_type: Option<String>,
+    /// Token exchange: `urn:ietf:params:oauth:token-type:access_token` (the default).
+    pub requested_token_type: Option<String>,
 }
 
-/// The only grant keyplane's token endpoint issues for.
+/// The grants keyplane's token endpoint issues for.
 #[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
 pub enum GrantType {
+    #[serde(rename = "client_credentials")]
     ClientCredentials,
+    /// RFC 8693 token exchange (delegation: the token acts for the subject token's holder).
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    TokenExchange,
 }
 
 /// What introspection takes (RFC 7662 §2.1). The caller authenticates as a client (HTTP Basic
@@ -471,35 +504,46 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
         Err(e) => return oauth_error(e),
     };
-    match form.params.get("grant_type").map(String::as_str) {
+    let exchange = match form.params.get("grant_type").map(String::as_str) {
         None => {
             return oauth_error(OAuthError::InvalidRequest(
                 "the parameter `grant_type` is missing".into(),
             ))
         }
-        Some("client_credentials") => {}
+        Some("client_credentials") => false,
+        Some(TOKEN_EXCHANGE) => true,
         Some(_) => return oauth_error(OAuthError::UnsupportedGrantType),
-    }
+    };
     let dpop = DpopRequest {
         proofs: proofs.iter().map(String::as_str).collect(),
         htm: "POST",
         htus,
     };
-    let issued = s
-        .app
-        .issue_token(
-            &auth,
-            form.params.get("scope").map(String::as_str),
-            &form.meta,
-            (!proofs.is_empty()).then_some(&dpop),
-        )
-        .await;
+    let dpop = (!proofs.is_empty()).then_some(&dpop);
+    let p = |k: &str| form.params.get(k).map(String::as_str);
+    let issued = if exchange {
+        let x = ExchangeRequest {
+            subject_token: p("subject_token"),
+            subject_token_type: p("subject_token_type"),
+            actor_token: p("actor_token"),
+            actor_token_type: p("actor_token_type"),
+            requested_token_type: p("requested_token_type"),
+            scope: p("scope"),
+            resources: form.targets.clone(),
+        };
+        s.app.exchange_token(&auth, &x, &form.meta, dpop).await
+    } else {
+        s.app
+            .issue_token(&auth, p("scope"), &form.targets, &form.meta, dpop)
+            .await
+    };
     match issued {
         Ok(t) => json_no_store(&TokenResponse {
             access_token: t.access_token,
             token_type: t.token_type.into(),
             expires_in: t.expires_in,
             scope: t.scope,
+            issued_token_type: t.issued_token_type.map(str::to_string),
         }),
         Err(e) => oauth_error(e),
     }
@@ -513,8 +557,9 @@ pub struct IntrospectionResponse {
     pub iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// One audience as a string, several as an array.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<AudienceValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -537,6 +582,34 @@ pub struct IntrospectionResponse {
     /// DPoP (RFC 9449 §6.2): the thumbprint of the key a bound token is bound to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// Token exchange (RFC 8693 §4.1): who acts for `sub` (`{"sub": …}`, earlier actors
+    /// nested in `act`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub act: Option<serde_json::Value>,
+    /// Workload identity federation: the external identity (`iss`, `sub`) the client proved
+    /// itself with when the token was issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub federated: Option<serde_json::Value>,
+}
+
+/// A JWT-style `aud`: a string, or an array of strings.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AudienceValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl AudienceValue {
+    fn of(mut aud: Vec<String>) -> Option<Self> {
+        match aud.len() {
+            0 => None,
+            1 => aud.pop().map(AudienceValue::One),
+            _ => Some(AudienceValue::Many(aud)),
+        }
+    }
 }
 
 /// RFC 7800 confirmation: `jkt`, the RFC 7638 thumbprint of the DPoP key.
@@ -562,6 +635,8 @@ impl IntrospectionResponse {
             scope: None,
             credential_type: None,
             cnf: None,
+            act: None,
+            federated: None,
         }
     }
 
@@ -570,7 +645,7 @@ impl IntrospectionResponse {
             active: true,
             iss: Some(issuer.to_string()),
             sub: Some(i.sub),
-            aud: i.aud,
+            aud: AudienceValue::of(i.aud),
             exp: i.exp,
             nbf: Some(i.nbf),
             iat: Some(i.iat),
@@ -581,6 +656,8 @@ impl IntrospectionResponse {
             scope: Some(i.scope),
             credential_type: Some(i.credential_type),
             cnf: i.jkt.map(|jkt| Confirmation { jkt }),
+            act: i.act.and_then(|a| serde_json::to_value(a).ok()),
+            federated: i.federated.and_then(|f| serde_json::to_value(f).ok()),
         }
     }
 }
@@ -677,7 +754,7 @@ pub struct AuthorizationServerMetadata {
     pub introspection_endpoint: String,
     pub revocation_endpoint: String,
     pub jwks_uri: String,
-    /// `["client_credentials"]`
+    /// `["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]`
     pub grant_types_supported: Vec<String>,
     /// `["token"]`
     pub response_types_supported: Vec<String>,
@@ -723,7 +800,7 @@ pub fn metadata_document(issuer: &str, scopes: Vec<String>) -> AuthorizationServ
         introspection_endpoint: format!("{issuer}{INTROSPECTION_PATH}"),
         revocation_endpoint: format!("{issuer}{REVOCATION_PATH}"),
         jwks_uri: format!("{issuer}/.well-known/jwks.json"),
-        grant_types_supported: vec!["client_credentials".into()],
+        grant_types_supported: vec!["client_credentials".into(), TOKEN_EXCHANGE.into()],
         response_types_supported: vec!["token".into()],
         scopes_supported: scopes,
         token_endpoint_auth_methods_supported: methods.clone(),
@@ -801,12 +878,14 @@ mod tests {
         /// comes back exactly.
         #[test]
         fn forms_round_trip(pairs in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{0,24}", 0..6)) {
+            prop_assume!(!pairs.contains_key("resource") && !pairs.contains_key("audience"));
             let mut ser = form_urlencoded::Serializer::new(String::new());
             for (k, v) in &pairs {
                 ser.append_pair(k, v);
             }
             let text = ser.finish();
-            let parsed = parse_form(&text).unwrap();
+            let (parsed, targets) = parse_form(&text).unwrap();
+            prop_assert!(targets.is_empty());
             prop_assert_eq!(parsed.len(), pairs.len());
             for (k, v) in &pairs {
                 prop_assert_eq!(parsed.get(k), Some(v));
@@ -820,8 +899,18 @@ mod tests {
 
         #[test]
         fn repeated_parameters_are_refused(k in "[a-z]{1,8}", a in "[a-z]{0,8}", b in "[a-z]{0,8}") {
+            prop_assume!(k != "resource" && k != "audience");
             let text = format!("{k}={a}&{k}={b}");
             prop_assert!(parse_form(&text).is_err());
+        }
+
+        /// `resource` and `audience` repeat (RFC 8707 §2, RFC 8693 §2.1), in order.
+        #[test]
+        fn targets_repeat(a in "[a-z]{1,8}", b in "[a-z]{1,8}") {
+            let text = format!("resource={a}&grant_type=x&audience={b}&resource={a}");
+            let (params, targets) = parse_form(&text).unwrap();
+            prop_assert_eq!(params.len(), 1);
+            prop_assert_eq!(targets, vec![a.clone(), b, a]);
         }
 
         /// A `%` not followed by two hexadecimal digits is refused, wherever it is.

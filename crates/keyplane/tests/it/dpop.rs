@@ -327,7 +327,7 @@ async fn with_rules(app: &TestApp, dir: &std::path::Path) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 
-async fn spawn_with_gateway(
+pub(crate) async fn spawn_with_gateway(
     backend: keyplane_testkit::Backend,
     dir: &std::path::Path,
     extra: &[(&str, &str)],

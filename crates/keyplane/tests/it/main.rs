@@ -34,6 +34,7 @@ mod ceiling;
 mod console;
 mod contract;
 mod crash;
+mod delegation;
 mod dpop;
 mod edge;
 mod errors;

@@ -862,7 +862,7 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
     app.ensure_signing_keys().await.unwrap();
     let admin = Principal::admin();
     let meta = RequestMeta::default();
-    app.service_create(&admin, "ai-guard", None, vec![READ.into()], &meta)
+    app.service_create(&admin, "ai-guard", None, vec![READ.into()], vec![], &meta)
         .await
         .unwrap();
     let (client, first) = app
@@ -884,7 +884,7 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
         secret,
         basic: true,
     });
-    assert!(app.issue_token(&auth, None, &meta, None).await.is_ok());
+    assert!(app.issue_token(&auth, None, &[], &meta, None).await.is_ok());
     assert_eq!(
         app.warn_expiring_secrets().await.unwrap(),
         0,
@@ -913,14 +913,16 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
     assert_eq!(events.items.len(), 1);
     assert!(events.items[0].details.contains(&client.client_id));
     assert!(
-        app.issue_token(&auth, None, &meta, None).await.is_ok(),
+        app.issue_token(&auth, None, &[], &meta, None).await.is_ok(),
         "still good before its maximum age"
     );
 
     // Past ten days it is refused.
     clock.advance(time::Duration::days(6) + time::Duration::minutes(1));
     assert_eq!(
-        app.issue_token(&auth, None, &meta, None).await.unwrap_err(),
+        app.issue_token(&auth, None, &[], &meta, None)
+            .await
+            .unwrap_err(),
         OAuthError::InvalidClient { basic: true }
     );
 }
