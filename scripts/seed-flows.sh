@@ -256,8 +256,9 @@ check_json "seed000 metadata: introspection_endpoint" \
     'j["introspection_endpoint"] == E["ISSUER"] + "/v1/oauth/token/introspect"'
 check_json "seed000 metadata: revocation_endpoint" \
     'j["revocation_endpoint"] == E["ISSUER"] + "/v1/oauth/token/revoke"'
+# The seed's grant plus token exchange (RFC 8693), which keyplane also issues for.
 check_json "seed000 metadata: grant_types_supported" \
-    'j["grant_types_supported"] == ["client_credentials"]'
+    'j["grant_types_supported"] == ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]'
 check_json "seed000 metadata: response_types_supported" \
     'j["response_types_supported"] == ["token"]'
 check_json "seed000 metadata: scopes_supported has $READ_SCOPE and $WRITE_SCOPE" \

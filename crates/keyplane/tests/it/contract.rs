@@ -87,6 +87,7 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/members"),
     ("GET", "/v1/members/{id}"),
     ("PATCH", "/v1/members/{id}"),
+    ("PATCH", "/v1/services/{id}"),
     ("DELETE", "/v1/members/{id}"),
     ("GET", "/v1/roles"),
     ("POST", "/v1/roles"),

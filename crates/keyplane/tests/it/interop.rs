@@ -64,7 +64,13 @@ async fn discover(app: &TestApp) -> Endpoints {
             "private_key_jwt"
         ])
     );
-    assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        meta["grant_types_supported"],
+        json!([
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
+    );
     let issuer = meta["issuer"].as_str().expect("issuer");
     let at = |field: &str| {
         let url = meta[field].as_str().unwrap_or_else(|| panic!("{field}"));
