@@ -58,6 +58,9 @@ pub struct Identity {
     /// bound to. The layer only accepts such a token with the `DPoP` scheme and a proof
     /// signed by that key; `None` for a token that is not bound (and for API keys).
     pub confirmation_jkt: Option<String>,
+    /// `act.sub`: for a token obtained by token exchange (RFC 8693), the client acting for
+    /// `subject`; `None` otherwise.
+    pub actor: Option<String>,
 }
 
 impl Identity {
@@ -76,6 +79,7 @@ impl Identity {
             credential_id: None,
             name: None,
             confirmation_jkt: None,
+            actor: None,
         }
     }
 

@@ -134,6 +134,15 @@ struct AccessTokenClaims {
     /// RFC 7800 / RFC 9449 §6.1: `{"jkt": …}` for a DPoP-bound token.
     #[serde(default)]
     cnf: Option<Confirmation>,
+    /// RFC 8693 §4.1: who acts for `sub` (a token obtained by token exchange).
+    #[serde(default)]
+    act: Option<Act>,
+}
+
+/// The `act` claim: the current actor (earlier ones, nested, are not needed here).
+#[derive(Deserialize)]
+pub(crate) struct Act {
+    pub sub: String,
 }
 
 /// The `cnf` claim, as far as DPoP goes.
@@ -188,6 +197,7 @@ pub(crate) fn verify(
         credential_id: Some(c.jti),
         name: None,
         confirmation_jkt: c.cnf.and_then(|c| c.jkt),
+        actor: c.act.map(|a| a.sub),
     })
 }
 
@@ -371,8 +381,17 @@ mod tests {
             assert_eq!(id.kind, CredentialKind::JwtAccessToken);
             assert_eq!(id.credential_id.as_deref(), Some("j1"));
             assert!(id.expires_at.unwrap() > SystemTime::now());
+            assert_eq!(id.actor, None);
         }
         let ok = |t: &str| check(t, &set, &s);
+        // A token obtained by token exchange (RFC 8693): `act.sub` is the actor.
+        let mut exchanged = claims();
+        exchanged["sub"] = json!("kpc_user");
+        exchanged["client_id"] = json!("kpc_agent");
+        exchanged["act"] = json!({"sub": "kpc_agent", "act": {"sub": "kpc_first"}});
+        let id = ok(&sign(&es, Some("at+jwt"), &exchanged)).unwrap();
+        assert_eq!(id.subject, "kpc_user");
+        assert_eq!(id.actor.as_deref(), Some("kpc_agent"));
         assert!(ok(&sign(&es, Some("application/AT+JWT"), &claims())).is_ok());
 
         let with = |k: &str, v: Value| {

@@ -93,6 +93,8 @@ struct IntrospectionAnswer {
     token_type: Option<String>,
     /// `{"jkt": …}` for a DPoP-bound token.
     cnf: Option<Confirmation>,
+    /// RFC 8693 §4.1: who acts for `sub`.
+    act: Option<jwt::Act>,
 }
 
 #[derive(Deserialize)]
@@ -605,6 +607,7 @@ impl Verifier {
             credential_id: a.jti,
             name: a.username,
             confirmation_jkt,
+            actor: a.act.map(|a| a.sub),
         })
     }
 }

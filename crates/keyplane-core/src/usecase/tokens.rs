@@ -540,8 +540,7 @@ impl Keyplane {
         let actor = &client.client;
         // Not in the actor's organization, or not naming it in `may_act`: the same answer, so
         // an actor learns nothing about credentials it may not use.
-        if subject.org_id != actor.org_id || !subject.may_act.iter().any(|a| *a == actor.client_id)
-        {
+        if subject.org_id != actor.org_id || !subject.may_act.contains(&actor.client_id) {
             return invalid(
                 "the subject credential does not allow this client to act for it (`may_act`)",
             );
