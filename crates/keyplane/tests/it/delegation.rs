@@ -728,3 +728,62 @@ async fn a_subject_revoked_on_one_node_ends_the_exchanged_token_on_the_other() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A DPoP-bound subject token is exchanged only with a proof of its key, and the exchanged
+/// token is bound to that key too.
+async fn exchange_bound(app: TestApp) {
+    use crate::dpop::{jkt, proof, token as dpop_token, token_url};
+    use crate::pkjwt::TestKey;
+    service(&app, "docs", &["docs:read"], &[]).await;
+    let agent = client(&app, &["docs:read"], "jwt", json!({})).await;
+    let user = client(&app, &["docs:read"], "jwt", json!({"may_act": [agent.0]})).await;
+    let key = TestKey::es256("k");
+    let url = token_url(&app);
+    let a = dpop_token(&app, &user.0, &user.1, &[&proof(&key, "POST", &url, None)]).await;
+    assert_eq!(a.json()["token_type"], "DPoP", "{}", a.text);
+    let bound = a.json()["access_token"].as_str().unwrap().to_string();
+
+    let send = |proof: Option<String>| {
+        let http = app.http.clone();
+        let url = url.clone();
+        let agent = agent.clone();
+        let body = exchange_form(&bound, "");
+        async move {
+            let mut r = http
+                .post(url)
+                .basic_auth(&agent.0, Some(&agent.1))
+                .header(header::CONTENT_TYPE, FORM)
+                .body(body);
+            if let Some(p) = proof {
+                r = r.header("DPoP", p);
+            }
+            let resp = r.send().await.unwrap();
+            Answer {
+                status: resp.status(),
+                headers: resp.headers().clone(),
+                text: resp.text().await.unwrap(),
+            }
+        }
+    };
+    // Without a proof, or with another key's: refused.
+    let a = send(None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert_eq!(error_of(&a), "invalid_dpop_proof");
+    let other = TestKey::ed25519("o");
+    let a = send(Some(proof(&other, "POST", &url, None))).await;
+    assert_eq!(error_of(&a), "invalid_dpop_proof", "{}", a.text);
+    // With the subject's key: a token bound to the same key, acting for the user.
+    let a = send(Some(proof(&key, "POST", &url, None))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["token_type"], "DPoP");
+    let t = a.json()["access_token"].as_str().unwrap().to_string();
+    let c = claims(&t);
+    assert_eq!(c["cnf"]["jkt"], jkt(&key).as_str());
+    assert_eq!(c["act"]["sub"], agent.0.as_str());
+    // As Bearer it is refused, like any bound token.
+    assert_eq!(
+        app.authz(Some(&t), Some("docs:read")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+on_both!(token_exchange_dpop_bound_subject, exchange_bound);

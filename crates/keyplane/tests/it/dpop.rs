@@ -28,7 +28,7 @@ fn public_jwk(key: &TestKey) -> Value {
     jwk
 }
 
-fn jkt(key: &TestKey) -> String {
+pub(crate) fn jkt(key: &TestKey) -> String {
     Jwk::from_json(&public_jwk(key)).unwrap().thumbprint()
 }
 
@@ -49,7 +49,7 @@ fn parts(key: &TestKey, htm: &str, htu: &str, token: Option<&str>) -> (Value, Va
     (header, claims)
 }
 
-fn proof(key: &TestKey, htm: &str, htu: &str, token: Option<&str>) -> String {
+pub(crate) fn proof(key: &TestKey, htm: &str, htu: &str, token: Option<&str>) -> String {
     let (h, c) = parts(key, htm, htu, token);
     key.sign(h, &c)
 }
@@ -80,7 +80,7 @@ async fn answer(r: keyplane_testkit::reqwest::RequestBuilder) -> Answer {
 }
 
 /// `POST /v1/oauth/token` by `client_secret_post`, with these `DPoP` headers.
-async fn token(app: &TestApp, id: &str, secret: &str, proofs: &[&str]) -> Answer {
+pub(crate) async fn token(app: &TestApp, id: &str, secret: &str, proofs: &[&str]) -> Answer {
     let mut r = app
         .http
         .post(format!("{}/v1/oauth/token", app.base))
@@ -94,7 +94,7 @@ async fn token(app: &TestApp, id: &str, secret: &str, proofs: &[&str]) -> Answer
     answer(r).await
 }
 
-fn token_url(app: &TestApp) -> String {
+pub(crate) fn token_url(app: &TestApp) -> String {
     format!("{}/v1/oauth/token", app.base)
 }
 
