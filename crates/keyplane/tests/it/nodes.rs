@@ -225,11 +225,13 @@ async fn a_node_cut_off_from_its_database_serves_its_cache_for_a_bounded_time() 
         "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
     ))
     .await;
+    // The node's bound starts when it notices its connections end, which can be before the
+    // terminating statement returns here: the test's clock starts before, never after.
+    let cut_at = Instant::now();
     as_pg_admin(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
     ))
     .await;
-    let cut_at = Instant::now();
 
     // Within the bound: degraded, still answering from its cache.
     let text = ready_status(&app, "degraded", Duration::from_secs(2)).await;
