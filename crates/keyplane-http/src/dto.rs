@@ -6,8 +6,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+/// RFC 3339, UTC, milliseconds: every timestamp keyplane answers has this form.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    keyplane_core::domain::clock::rfc3339(t)
 }
 
 pub fn rfc3339_opt(t: Option<OffsetDateTime>) -> Option<String> {

@@ -1064,8 +1064,8 @@ macro_rules! impl_store {
             }
 
             async fn api_keys_touch(&self, used: &[(String, OffsetDateTime)]) -> Result<()> {
-                // One statement per 500 keys used at the same time (a flush stamps them all
-                // with one time), instead of one per key: a busy node touches thousands of keys
+                // One statement per 500 keys used in the same second (the runtime rounds uses
+                // to the second and sorts them), instead of one per key: a busy node touches thousands of keys
                 // a second, on the same core that answers checks.
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 let mut rest = used;

@@ -137,7 +137,7 @@ type GroupKey = (String, String, String);
 pub struct KeyCache {
     shards: Vec<RwLock<Shard>>,
     epoch: AtomicU64,
-    used: Mutex<Vec<Arc<CachedKey>>>,
+    used: Mutex<Vec<(Arc<CachedKey>, i64)>>,
     groups: Mutex<HashMap<GroupKey, Weak<KeyGroup>>>,
 }
 
@@ -246,25 +246,33 @@ impl KeyCache {
     }
 
     /// Notes a successful use; the key is queued once per flush interval.
-    pub fn mark_used(&self, k: &Arc<CachedKey>) {
+    /// Notes a use of `k`: the first one since the last flush is kept with its time (`now_ms`
+    /// is read only then), so `last_used_at` is a time the key was used — never the flush's,
+    /// which could come after a revocation.
+    pub fn mark_used(&self, k: &Arc<CachedKey>, now_ms: impl FnOnce() -> i64) {
         if !k.used.swap(true, Ordering::Relaxed) {
+            let at = now_ms();
             self.used
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::clone(k));
+                .push((Arc::clone(k), at));
         }
     }
 
-    /// Takes the keys used since the last call.
-    pub fn take_used(&self) -> Vec<String> {
+    /// Takes the keys used since the last call, each with the time of its first use since
+    /// then, in whole seconds (ms), oldest first: keys used in the same second are written
+    /// together.
+    pub fn take_used(&self) -> Vec<(String, i64)> {
         let drained = std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()));
-        drained
+        let mut out: Vec<(String, i64)> = drained
             .into_iter()
-            .map(|k| {
+            .map(|(k, at)| {
                 k.used.store(false, Ordering::Relaxed);
-                k.key_id.to_string()
+                (k.key_id.to_string(), at - at.rem_euclid(1000))
             })
-            .collect()
+            .collect();
+        out.sort_by_key(|(_, at)| *at);
+        out
     }
 
     /// Number of cached keys and unknown digests (for metrics and tests).
@@ -330,11 +338,11 @@ mod tests {
     fn usage_is_queued_once_per_flush() {
         let c = KeyCache::default();
         let k = key_at(&c, "k", Digest([1; 32]));
-        c.mark_used(&k);
-        c.mark_used(&k);
-        assert_eq!(c.take_used(), vec!["k".to_string()]);
+        c.mark_used(&k, || 5_250);
+        c.mark_used(&k, || panic!("the clock is read once per flush window"));
+        assert_eq!(c.take_used(), vec![("k".to_string(), 5_000)]);
         assert!(c.take_used().is_empty());
-        c.mark_used(&k);
+        c.mark_used(&k, || 7_000);
         assert_eq!(c.take_used().len(), 1);
     }
 

@@ -3,7 +3,7 @@
 use super::{check_version, retry_on_conflict};
 use crate::app::Keyplane;
 use crate::domain::ceiling::{owners_only, within, Authority};
-use crate::domain::clock::to_ms;
+use crate::domain::clock::rfc3339;
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::new_id;
 use crate::domain::model::{ApiKey, KeySecret, Role};
@@ -502,7 +502,7 @@ fn key_details(k: &ApiKey) -> serde_json::Value {
         "roles": k.roles,
         "project_id": k.project_id,
         "owner_member_id": k.owner_member_id,
-        "expires_at": k.expires_at.map(to_ms),
+        "expires_at": k.expires_at.map(rfc3339),
         "default_for_service": k.default_for_service,
         "may_act": k.may_act,
     })

@@ -45,7 +45,7 @@ impl Keyplane {
             if let Err(r) = self.rt.evaluate(&key) {
                 return self.rt.refuse(r, Some(&key), meta);
             }
-            self.rt.cache.mark_used(&key);
+            self.rt.cache.mark_used(&key, || self.rt.now_ms());
             Identity::Key(key)
         } else if self.rt.is_access_token_shaped(token) {
             match self.rt.token_identity(token).await {
@@ -242,7 +242,7 @@ impl Keyplane {
                 self.rt.note_refusal(r, Some(&key), meta);
                 return Err(Error::Unauthenticated(r.describe().into()));
             }
-            self.rt.cache.mark_used(&key);
+            self.rt.cache.mark_used(&key, || self.rt.now_ms());
             return Ok(Principal {
                 actor: Actor::ApiKey {
                     key_id: key.key_id.to_string(),

@@ -10,7 +10,7 @@
 
 use crate::app::Keyplane;
 use crate::domain::ceiling::{within, Authority};
-use crate::domain::clock::to_ms;
+use crate::domain::clock::rfc3339;
 use crate::domain::console::{
     ConsoleSession, PasswordLink, SignInAttempt, SignedIn, VerifiedMember, LINK_TTL, SESSION_TTL,
 };
@@ -361,7 +361,7 @@ impl Keyplane {
             "member.password_link",
             Some(&m.id),
             meta,
-            serde_json::json!({ "expires_at": to_ms(link.expires_at) }),
+            serde_json::json!({ "expires_at": rfc3339(link.expires_at) }),
         );
         self.rt.store.console_link_create(&link, &event).await?;
         Ok((token, link))

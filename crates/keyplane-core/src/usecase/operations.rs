@@ -3,6 +3,7 @@
 //! warnings, and readiness.
 
 use crate::app::Keyplane;
+use crate::domain::clock::rfc3339;
 use crate::domain::clock::{from_ms, to_ms};
 use crate::domain::error::Result;
 use crate::domain::ids::new_id;
@@ -33,9 +34,8 @@ impl Keyplane {
     async fn flush_locked(&self) -> Result<()> {
         let used = self.rt.cache.take_used();
         if !used.is_empty() {
-            let now = self.rt.now();
             let batch: Vec<(String, OffsetDateTime)> =
-                used.into_iter().map(|id| (id, now)).collect();
+                used.into_iter().map(|(id, at)| (id, from_ms(at))).collect();
             self.rt.store.api_keys_touch(&batch).await?;
         }
         let batch = self.rt.refusals.take(self.rt.now());
@@ -145,7 +145,7 @@ impl Keyplane {
             if due <= horizon {
                 let event = self.rt.system_event(
                     "client_secret.expiring",
-                    serde_json::json!({ "client_id": c.client_id, "secret_id": s.id, "refused_from": to_ms(due) }),
+                    serde_json::json!({ "client_id": c.client_id, "secret_id": s.id, "refused_from": rfc3339(due) }),
                 );
                 self.rt
                     .store
@@ -200,7 +200,5 @@ impl Keyplane {
 }
 
 fn rfc3339_minute(m: i64) -> String {
-    from_ms(m * 60_000)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::domain::clock::rfc3339(from_ms(m * 60_000))
 }

@@ -2,6 +2,7 @@
 //! of the revoked-token list every node keeps.
 
 use crate::app::Keyplane;
+use crate::domain::clock::rfc3339;
 use crate::domain::clock::to_ms;
 use crate::domain::error::Result;
 use crate::domain::model::StoredSigningKey;
@@ -72,7 +73,7 @@ impl Keyplane {
             activates_at + time::Duration::seconds(self.rt.settings.oauth.max_ttl_seconds);
         let event = self.rt.system_event(
             "signing_key.create",
-            serde_json::json!({ "kid": kid, "alg": alg.as_str(), "activates_at": to_ms(activates_at) }),
+            serde_json::json!({ "kid": kid, "alg": alg.as_str(), "activates_at": rfc3339(activates_at) }),
         );
         self.rt
             .store

@@ -1,6 +1,7 @@
 //! API keys end to end: shown once, checked by `/v1/authz`, refused the moment they stop being good.
 
 use keyplane_testkit::{json, reqwest::StatusCode, TestApp};
+use serde_json::Value;
 
 async fn lifecycle(app: TestApp) {
     let admin = app.admin_key.clone();
@@ -243,3 +244,53 @@ async fn regenerate_and_expiry(app: TestApp) {
     assert_ne!(c.json()["key"], newer.as_str());
 }
 on_both!(regenerate_grace_and_expiry, regenerate_and_expiry);
+
+/// `last_used_at` is a time the key was used, never the later flush's (which could come after
+/// a revocation); every timestamp is RFC 3339 in UTC with milliseconds, activity details too.
+async fn used_before_revoked(app: TestApp) {
+    let admin = app.admin_key.clone();
+    app.service("ai-guard", &["ai-guard:read"]).await;
+    let (id, key) = app
+        .key(
+            &admin,
+            json!({"scopes": ["ai-guard:read"], "expires_at": "2999-01-01T00:00:00+02:00"}),
+        )
+        .await;
+    assert_eq!(app.authz(Some(&key), None).await.status, StatusCode::OK);
+    // Revoked after the use; the flush (which writes last-used times) only comes later.
+    let r = app
+        .post(&format!("/v1/api-keys/{id}/revoke"), &admin, json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.flush().await;
+    let k = app.get(&format!("/v1/api-keys/{id}"), &admin).await.json();
+    let ms_utc = |v: &Value| {
+        let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
+        assert!(
+            s.len() == 24 && s.ends_with('Z') && s.as_bytes()[19] == b'.',
+            "not RFC 3339 UTC with milliseconds: {s}"
+        );
+        s.to_string()
+    };
+    let used = ms_utc(&k["last_used_at"]);
+    let revoked = ms_utc(&k["deactivated_at"]);
+    assert!(used < revoked, "used {used}, revoked {revoked}");
+    ms_utc(&k["created_at"]);
+    assert_eq!(ms_utc(&k["expires_at"]), "2998-12-31T22:00:00.000Z");
+    let events = app
+        .get(
+            &format!("/v1/activity?target={id}&action=api_key.create"),
+            &admin,
+        )
+        .await
+        .json();
+    let e = &events["items"][0];
+    ms_utc(&e["at"]);
+    assert_eq!(
+        ms_utc(&e["details"]["expires_at"]),
+        "2998-12-31T22:00:00.000Z"
+    );
+    let services = app.get("/v1/services", &admin).await.json();
+    ms_utc(&services["items"][0]["created_at"]);
+}
+on_both!(last_used_is_a_time_of_use, used_before_revoked);
