@@ -460,6 +460,9 @@ pub struct ClientView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
     pub federated_credentials: Vec<serde_json::Value>,
+    /// RFC 9449 §5.2: when true the client always uses DPoP, and the token endpoint refuses
+    /// its token requests that carry no `DPoP` proof (`invalid_dpop_proof`).
+    pub dpop_bound_access_tokens: bool,
     pub created_at: String,
     pub created_by: String,
     pub secrets: Vec<ClientSecretView>,
@@ -518,6 +521,7 @@ impl ClientView {
                 .iter()
                 .map(|f| serde_json::to_value(f).unwrap_or_default())
                 .collect(),
+            dpop_bound_access_tokens: c.dpop_bound_access_tokens,
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
         }
@@ -570,6 +574,9 @@ pub struct CreateClient {
     /// `{"issuer", "subject" | "subject_pattern", "audience"}` (workload identity federation).
     #[schema(value_type = Option<Vec<Object>>)]
     pub federated_credentials: Option<serde_json::Value>,
+    /// RFC 9449 §5.2: `true` makes the token endpoint refuse this client's token requests
+    /// without a `DPoP` proof; `false` (the default) lets it choose per request.
+    pub dpop_bound_access_tokens: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -604,6 +611,11 @@ pub struct UpdateClient {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub federated_credentials: Option<Option<serde_json::Value>>,
+    /// RFC 9449 §5.2: `true` requires a `DPoP` proof on every token request of this client;
+    /// `false` or `null` (the default) makes it optional. Takes effect on every node at once.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<bool>)]
+    pub dpop_bound_access_tokens: Option<Option<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -221,6 +221,10 @@ pub struct OAuthClient {
     /// External issuers whose tokens it may trade for its own (workload identity federation);
     /// only a `private_key_jwt` client has any.
     pub federated_credentials: Vec<crate::domain::federation::FederatedCredential>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`: the client always uses DPoP, so the token
+    /// endpoint refuses its token requests that carry no `DPoP` proof (and the management API
+    /// issues it no unbound token).
+    pub dpop_bound_access_tokens: bool,
     /// Tokens issued before this are refused (set when a secret is retired).
     pub not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,

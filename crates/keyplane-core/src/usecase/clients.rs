@@ -44,6 +44,8 @@ pub struct NewClient {
     pub jwks_uri: Option<String>,
     /// Workload identity federation: the external issuers whose tokens it trades (a JSON array).
     pub federated_credentials: Option<serde_json::Value>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`; `false` when absent.
+    pub dpop_bound_access_tokens: Option<bool>,
 }
 
 /// Changes to a client; `None` leaves a field as it is, `Some(None)` clears an optional one.
@@ -62,6 +64,8 @@ pub struct ClientPatch {
     pub jwks_uri: Option<Option<String>>,
     /// Replaces the list (`null` or `[]` clears it).
     pub federated_credentials: Option<Option<serde_json::Value>>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`.
+    pub dpop_bound_access_tokens: Option<bool>,
 }
 
 impl Keyplane {
@@ -261,6 +265,7 @@ impl Keyplane {
             jwks: None,
             jwks_uri: None,
             federated_credentials: Vec::new(),
+            dpop_bound_access_tokens: input.dpop_bound_access_tokens.unwrap_or(false),
             not_before: None,
             created_at: rt.now(),
             created_by: p.actor_label(),
@@ -406,6 +411,9 @@ impl Keyplane {
         }
         if let Some(r) = patch.secret_rotation_days {
             c.secret_rotation_days = Self::check_rotation(r)?;
+        }
+        if let Some(d) = patch.dpop_bound_access_tokens {
+            c.dpop_bound_access_tokens = d;
         }
         self.settle_client_keys(
             &mut c,
@@ -626,6 +634,13 @@ impl Keyplane {
             &rt.client_authority(&c).await?,
             "issue a token for this client",
         )?;
+        // RFC 9449 §5.2: such a client's tokens are all DPoP-bound, and only the client holds
+        // the key a token would be bound to, so no unbound token is made for it here.
+        if c.dpop_bound_access_tokens {
+            return Err(Error::Conflict(
+                "this client requires DPoP-bound access tokens (`dpop_bound_access_tokens`): it obtains them itself at the token endpoint, with a DPoP proof made with its own key".into(),
+            ));
+        }
         let cached = rt
             .cached_client(client_id)
             .await?
@@ -663,5 +678,6 @@ fn client_details(c: &OAuthClient) -> serde_json::Value {
         "jwks_thumbprints": c.jwks.as_ref().map(|s| s.keys().iter().map(|k| k.thumbprint()).collect::<Vec<_>>()),
         "jwks_uri": c.jwks_uri,
         "federated_credentials": c.federated_credentials,
+        "dpop_bound_access_tokens": c.dpop_bound_access_tokens,
     })
 }

@@ -396,6 +396,15 @@ impl Keyplane {
         // The proof is checked only for an authenticated client, so nobody else can fill the
         // replay cache; with one, the token is bound to the proof's key (RFC 9449 §5).
         let jkt = match dpop {
+            // RFC 9449 §5.2: a client registered with `dpop_bound_access_tokens` is refused
+            // every token request without a proof (`invalid_dpop_proof`, §5: the proof this
+            // request needed is not valid because it is absent). Checked only once the client
+            // has authenticated, so nobody else learns which clients require DPoP.
+            None if client.client.dpop_bound_access_tokens => {
+                return Err(OAuthError::InvalidDpopProof(
+                    "this client must use DPoP (its `dpop_bound_access_tokens` is true): send a `DPoP` header with a proof for this request".into(),
+                ))
+            }
             None => None,
             Some(d) => match self
                 .rt

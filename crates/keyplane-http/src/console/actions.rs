@@ -405,6 +405,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         jwks: None,
         jwks_uri: None,
         federated_credentials: None,
+        dpop_bound_access_tokens: None,
     };
     let (client, first) = s
         .app
@@ -448,6 +449,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         jwks: None,
         jwks_uri: None,
         federated_credentials: None,
+        dpop_bound_access_tokens: None,
     };
     s.app
         .client_update(&p.signed.principal, &id, patch, None, &p.meta)
