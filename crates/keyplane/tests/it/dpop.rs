@@ -327,11 +327,13 @@ async fn with_rules(app: &TestApp, dir: &std::path::Path) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 
-async fn spawn_with_gateway(
+/// A server with the gateway in front of the example upstream and the route rules; the app and
+/// the upstream's address.
+pub(crate) async fn spawn_with_gateway(
     backend: keyplane_testkit::Backend,
     dir: &std::path::Path,
     extra: &[(&str, &str)],
-) -> Option<TestApp> {
+) -> Option<(TestApp, String)> {
     let up = upstream().await;
     let config = dir.join("keyplane.toml");
     std::fs::write(&config, "# rules come later\n").unwrap();
@@ -344,7 +346,7 @@ async fn spawn_with_gateway(
     }
     let app = keyplane_testkit::spawn_app_with(backend, opts).await?;
     with_rules(&app, dir).await;
-    Some(app)
+    Some((app, up))
 }
 
 /// The nginx form: `X-Original-URI`/`-Method`; `htu` from `Host` (keyplane's own address here).
@@ -370,7 +372,7 @@ fn challenge(a: &Answer) -> String {
 
 async fn resources(backend: keyplane_testkit::Backend) {
     let dir = keyplane_testkit::TempDir::new();
-    let Some(app) = spawn_with_gateway(backend, dir.path(), &[]).await else {
+    let Some((app, _)) = spawn_with_gateway(backend, dir.path(), &[]).await else {
         return;
     };
     let key = TestKey::es256("k");
