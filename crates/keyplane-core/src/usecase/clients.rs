@@ -174,8 +174,17 @@ impl Keyplane {
                         JwkSet::from_json(v).map_err(|e| Error::invalid("jwks", e.to_string()))
                     })
                     .transpose()?;
-                if c.jwks.is_some() || uri == Some(None) {
-                    c.jwks_uri = None;
+                match uri {
+                    // `jwks: null` with a `jwks_uri` (both values at once were refused above).
+                    Some(Some(u)) => {
+                        c.jwks_uri = Some(
+                            check_jwks_uri(u, allow_http)
+                                .map_err(|e| Error::invalid("jwks_uri", e))?,
+                        )
+                    }
+                    Some(None) => c.jwks_uri = None,
+                    None if c.jwks.is_some() => c.jwks_uri = None,
+                    None => {}
                 }
             }
             (None, Some(uri)) => {

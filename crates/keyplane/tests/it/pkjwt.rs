@@ -367,6 +367,33 @@ async fn registration(app: TestApp) {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert!(a.json().get("jwks").is_none(), "{}", a.text);
+    // An explicit `null` for the one and a value for the other: the value is taken, both ways.
+    for (body, kept) in [
+        (
+            json!({"jwks": {"keys": [ed.public_jwk()]}, "jwks_uri": null}),
+            "jwks",
+        ),
+        (
+            json!({"jwks": null, "jwks_uri": "https://keys.example.com/third.json"}),
+            "jwks_uri",
+        ),
+    ] {
+        let a =
+            crate::support::patch(&app, &format!("/v1/oauth-clients/{sid}"), &admin, body).await;
+        assert_eq!(a.status, StatusCode::OK, "{kept}: {}", a.text);
+        let v = a.json();
+        let other = if kept == "jwks" { "jwks_uri" } else { "jwks" };
+        assert!(
+            v.get(kept).is_some() && v.get(other).is_none(),
+            "{kept}: {v}"
+        );
+    }
+    assert_eq!(
+        app.get(&format!("/v1/oauth-clients/{sid}"), &admin)
+            .await
+            .json()["jwks_uri"],
+        "https://keys.example.com/third.json"
+    );
     let a = crate::support::patch(
         &app,
         &format!("/v1/oauth-clients/{sid}"),
