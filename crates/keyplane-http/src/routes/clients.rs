@@ -58,9 +58,11 @@ pub async fn create(
         audience: b.audience,
         secret_rotation_days: b.secret_rotation_days,
         token_endpoint_auth_method: b.token_endpoint_auth_method,
-        jwks: b.jwks,
+        // The body's types are checked as it is read (an object, an array), so a request that
+        // breaks the document is 422 before anything else, an `If-Match` included.
+        jwks: b.jwks.map(serde_json::Value::Object),
         jwks_uri: b.jwks_uri,
-        federated_credentials: b.federated_credentials,
+        federated_credentials: b.federated_credentials.map(serde_json::Value::Array),
         dpop_bound_access_tokens: b.dpop_bound_access_tokens,
     };
     let (client, first) = s.app.client_create(&c.principal, input, &c.meta).await?;
@@ -156,9 +158,11 @@ pub async fn update(
         audience: b.audience,
         secret_rotation_days: b.secret_rotation_days,
         token_endpoint_auth_method: b.token_endpoint_auth_method,
-        jwks: b.jwks,
+        jwks: b.jwks.map(|j| j.map(serde_json::Value::Object)),
         jwks_uri: b.jwks_uri,
-        federated_credentials: b.federated_credentials,
+        federated_credentials: b
+            .federated_credentials
+            .map(|f| f.map(serde_json::Value::Array)),
         // `null` is the RFC 9449 default, `false`.
         dpop_bound_access_tokens: b.dpop_bound_access_tokens.map(|d| d.unwrap_or(false)),
     };

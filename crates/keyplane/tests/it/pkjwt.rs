@@ -394,6 +394,28 @@ async fn registration(app: TestApp) {
             .json()["jwks_uri"],
         "https://keys.example.com/third.json"
     );
+    // A body whose types break the document (a JWK set is an object, the credentials an array)
+    // is refused as it is read: 422, before a stale If-Match is compared.
+    for body in [
+        json!({"jwks": ["not", "a", "set"]}),
+        json!({"federated_credentials": {"issuer": "https://example.com"}}),
+    ] {
+        let a = app
+            .http
+            .patch(format!("{}/v1/oauth-clients/{sid}", app.base))
+            .bearer_auth(&admin)
+            .header("If-Match", "\"999\"")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(
+            a.headers()["content-type"],
+            "application/problem+json",
+            "{body}"
+        );
+    }
     let a = crate::support::patch(
         &app,
         &format!("/v1/oauth-clients/{sid}"),
