@@ -116,6 +116,40 @@ async function closeSecretDialog(page, secrets) {
   assert.equal(storage, 0, "the console writes nothing to web storage");
 }
 
+const b64u = (b) => Buffer.from(b).toString("base64url");
+
+/** A compact JWS: Ed25519 (EdDSA) or ES256 (raw r||s, as JOSE wants). */
+function jws(header, claims, key) {
+  const input = b64u(JSON.stringify(header)) + "." + b64u(JSON.stringify(claims));
+  const sig = header.alg === "EdDSA"
+    ? crypto.sign(null, Buffer.from(input), key)
+    : crypto.sign("sha256", Buffer.from(input), { key, dsaEncoding: "ieee-p1363" });
+  return input + "." + b64u(sig);
+}
+
+/** A DPoP proof (RFC 9449) for POST `htu` with an ES256 key pair. */
+function dpopProof(pair, htu) {
+  const jwk = pair.publicKey.export({ format: "jwk" });
+  return jws({ typ: "dpop+jwt", alg: "ES256", jwk },
+    { jti: crypto.randomUUID(), htm: "POST", htu, iat: Math.floor(Date.now() / 1000) }, pair.privateKey);
+}
+
+/** The client-credentials grant with a private_key_jwt assertion, and a DPoP proof if given. */
+function tokenWithAssertion(meta, clientId, key, proof) {
+  const now = Math.floor(Date.now() / 1000);
+  const assertion = jws({ alg: "EdDSA", typ: "JWT" },
+    { iss: clientId, sub: clientId, aud: meta.issuer, iat: now, exp: now + 60, jti: crypto.randomUUID() }, key);
+  return fetch(meta.token_endpoint, {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded", ...(proof ? { DPoP: proof } : {}) },
+    body: new URLSearchParams({
+      grant_type: "client_credentials",
+      client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+      client_assertion: assertion,
+    }).toString(),
+  });
+}
+
 test("the web console, end to end in headless Chromium", { timeout: 180000 }, async (t) => {
   assert.ok(fs.existsSync(BIN), `no keyplane binary at ${BIN}`);
   const server = await startServer();
@@ -131,9 +165,9 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
   const watch = (page, who) => {
     page.on("pageerror", (e) => problems.push(`${who}: script error: ${e.message}`));
     page.on("console", (m) => {
-      // A refused request shows up as a console error too: the wrong admin key (401) and the
-      // CSRF step (403) make one on purpose.
-      if (m.type() === "error" && !/status of 40[13]/.test(m.text())) {
+      // A refused request shows up as a console error too: the wrong admin key (401), the
+      // CSRF step (403) and the client forms' bad input (422) make one on purpose.
+      if (m.type() === "error" && !/status of (40[13]|422)/.test(m.text())) {
         problems.push(`${who}: console error: ${m.text()}`);
       }
     });
@@ -291,6 +325,8 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       assert.equal(body.client_id, clientId);
       assert.equal(body.scope, "ai-guard:read");
       assert.equal((await authz(token, "ai-guard:read")).status, 200);
+      state.clientId = clientId;
+      state.clientSecret = secret;
       await closeSecretDialog(page, [secret, token]);
       // The details panel: configuration and the secret's age.
       await navigated(page, () => page.click('a:text("My Service Client")'));
@@ -300,6 +336,188 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await navigated(page, () => page.click("text=Update configuration"));
       assert.match(await page.textContent('tr[data-client-id] >> nth=0'), /15 minutes/);
       await shot(page, "09-client-details");
+    });
+
+    await t.test("a private_key_jwt client that requires DPoP: bad input, creation, and use", async () => {
+      const meta = await (await fetch(server.base + "/.well-known/oauth-authorization-server")).json();
+      const signer = crypto.generateKeyPairSync("ed25519");
+      const pub = signer.publicKey.export({ format: "jwk" });
+      state.signer = signer;
+      state.meta = meta;
+      await page.goto(server.base + "/console/clients");
+      await page.click("#create-client");
+      const dialog = page.locator("#create-client-dialog");
+      // The key fields belong to private_key_jwt: hidden until it is chosen.
+      assert.equal(await page.isVisible("#n-keys"), false);
+      await page.fill("#client-name", "Signer");
+      await dialog.getByLabel("ai-guard:read").check();
+      await page.selectOption("#n-method", "private_key_jwt");
+      await page.locator("#n-keys").waitFor({ state: "visible" });
+      const error = dialog.locator(".form-error:not([hidden])");
+
+      // Not JSON: said where it happened, and nothing typed is lost.
+      await page.fill("#n-jwks", "{not json");
+      await page.click("#create-client-dialog button[type=submit]");
+      await error.waitFor({ state: "visible" });
+      assert.match(await error.textContent(), /not valid JSON/);
+      // Shown next to the field at fault.
+      assert.equal(await dialog.locator("[data-field-error] + #n-jwks").count(), 1);
+      assert.equal(await page.getAttribute("#n-jwks", "aria-invalid"), "true");
+      assert.equal(await page.inputValue("#client-name"), "Signer");
+      assert.equal(await page.inputValue("#n-jwks"), "{not json");
+      assert.equal(await page.inputValue("#n-method"), "private_key_jwt");
+
+      // A private key is refused: only the public half is registered.
+      const priv = JSON.stringify(signer.privateKey.export({ format: "jwk" }));
+      await page.fill("#n-jwks", priv);
+      await page.click("#create-client-dialog button[type=submit]");
+      await page.waitForFunction(() => /private/i.test(document.querySelector("#create-client-dialog [data-field-error]")?.textContent));
+      assert.equal(await error.count(), 1);
+      assert.equal(await page.inputValue("#n-jwks"), priv);
+      assert.equal(await page.inputValue("#client-name"), "Signer");
+      await shot(page, "15-client-bad-key");
+
+      // The public JWK alone (taken as a set of one), and DPoP required.
+      await page.fill("#n-jwks", JSON.stringify({ ...pub, kid: "signer-1" }));
+      await page.check("#n-dpop");
+      await page.click("#create-client-dialog button[type=submit]");
+      const clientId = await readSecretDialog(page, "Client ID");
+      assert.match(await readSecretDialog(page, "Authentication"), /private_key_jwt: no secret/);
+      assert.equal(await page.locator('#secret-dialog code[data-secret-label="Client secret"]').count(), 0);
+      // No "create access token": its tokens are bound to a key only the client holds.
+      assert.equal(await page.isVisible("#secret-token-action"), false);
+      await closeSecretDialog(page, []);
+      state.signerId = clientId;
+
+      const row = page.locator(`tr[data-client-id="${clientId}"]`);
+      assert.match(await row.textContent(), /DPoP required/);
+      await row.locator("summary").click();
+      assert.equal(await row.getByRole("button", { name: "Create access token" }).count(), 0);
+
+      // The panel: method, DPoP, and the key by its RFC 7638 thumbprint.
+      await navigated(page, () => page.click('a:text("Signer")'));
+      await page.locator("#client-details").waitFor();
+      assert.equal((await page.textContent("[data-testid=auth-method]")).trim(), "private_key_jwt");
+      assert.match(await page.textContent("[data-testid=dpop]"), /^Required/);
+      const thumbprint = crypto.createHash("sha256")
+        .update(JSON.stringify({ crv: pub.crv, kty: pub.kty, x: pub.x }))
+        .digest("base64url");
+      const keys = await page.textContent("#client-keys-table");
+      assert.ok(keys.includes(thumbprint) && keys.includes("signer-1"), keys);
+      await shot(page, "16-client-private-key-jwt");
+
+      // What the API says, and what the token endpoint does with it.
+      const view = await (await fetch(`${server.base}/v1/oauth-clients/${clientId}`, {
+        headers: { Authorization: "Bearer " + server.adminKey },
+      })).json();
+      assert.equal(view.token_endpoint_auth_method, "private_key_jwt");
+      assert.equal(view.dpop_bound_access_tokens, true);
+      assert.deepEqual(view.jwks.keys.map((k) => k.kid), ["signer-1"]);
+      const noProof = await tokenWithAssertion(meta, clientId, signer.privateKey, null);
+      assert.equal(noProof.status, 400);
+      assert.equal((await noProof.json()).error, "invalid_dpop_proof");
+      const dpopKey = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" });
+      const bound = await tokenWithAssertion(meta, clientId, signer.privateKey, dpopProof(dpopKey, meta.token_endpoint));
+      assert.equal(bound.status, 200);
+      assert.equal((await bound.json()).token_type, "DPoP");
+    });
+
+    await t.test("change how a client authenticates in its panel", async () => {
+      const form = page.locator("#client-auth-form");
+      const error = form.locator(".form-error:not([hidden])");
+      const view = async () => (await fetch(`${server.base}/v1/oauth-clients/${state.signerId}`, {
+        headers: { Authorization: "Bearer " + server.adminKey },
+      })).json();
+      // Both jwks and jwks_uri: refused, both kept.
+      await page.fill("#a-jwks-uri", "https://keys.example.com/jwks.json");
+      await form.locator("button[type=submit]").click();
+      await error.waitFor({ state: "visible" });
+      assert.match(await error.textContent(), /not both/);
+      assert.equal(await page.inputValue("#a-jwks-uri"), "https://keys.example.com/jwks.json");
+      assert.ok((await page.inputValue("#a-jwks")).includes("signer-1"));
+      // Only the URL.
+      await page.fill("#a-jwks", "");
+      await navigated(page, () => form.locator("button[type=submit]").click());
+      assert.equal((await page.textContent("[data-testid=jwks-uri]")).trim(), "https://keys.example.com/jwks.json");
+      let v = await view();
+      assert.equal(v.jwks_uri, "https://keys.example.com/jwks.json");
+      assert.equal(v.jwks, undefined);
+
+      // Trusted issuers: a plain-http issuer is refused with what was typed kept.
+      const rows = form.locator("[data-row]");
+      await rows.nth(0).getByLabel("Issuer").fill("http://token.actions.githubusercontent.com");
+      await rows.nth(0).getByLabel("Subject match").selectOption("subject_pattern");
+      await rows.nth(0).getByLabel("Subject", { exact: true }).fill("repo:acme/app:*");
+      await rows.nth(0).getByLabel("Audience").fill("https://keyplane.example");
+      await form.locator("button[type=submit]").click();
+      await page.waitForFunction(() => /issuer/.test(document.querySelector("#client-auth-form [data-field-error]")?.textContent));
+      assert.match(await error.textContent(), /https/);
+      // The row's issuer is the field marked.
+      assert.equal(await rows.nth(0).getByLabel("Issuer").getAttribute("aria-invalid"), "true");
+      assert.equal(await rows.nth(0).getByLabel("Subject", { exact: true }).inputValue(), "repo:acme/app:*");
+      await rows.nth(0).getByLabel("Issuer").fill("https://token.actions.githubusercontent.com");
+      await form.getByRole("button", { name: "Add a trusted issuer" }).click();
+      await rows.nth(1).getByLabel("Issuer").fill("https://k8s.example");
+      await rows.nth(1).getByLabel("Subject", { exact: true }).fill("system:serviceaccount:jobs:nightly");
+      await rows.nth(1).getByLabel("Audience").fill("keyplane");
+      // And DPoP is no longer required.
+      await page.uncheck("#a-dpop");
+      await shot(page, "17-client-auth-form");
+      await navigated(page, () => form.locator("button[type=submit]").click());
+      const table = await page.textContent("#client-federated-table");
+      for (const s of ["https://token.actions.githubusercontent.com", "matches", "repo:acme/app:*",
+        "https://keyplane.example", "https://k8s.example", "system:serviceaccount:jobs:nightly"]) {
+        assert.ok(table.includes(s), `${s} in ${table}`);
+      }
+      assert.match(await page.textContent("[data-testid=dpop]"), /^Optional/);
+      v = await view();
+      assert.equal(v.dpop_bound_access_tokens, false);
+      assert.deepEqual(v.federated_credentials, [
+        { issuer: "https://token.actions.githubusercontent.com", subject_pattern: "repo:acme/app:*", audience: "https://keyplane.example" },
+        { issuer: "https://k8s.example", subject: "system:serviceaccount:jobs:nightly", audience: "keyplane" },
+      ]);
+      await shot(page, "18-client-federated");
+      // The form shows what is stored: remove the first issuer.
+      await form.locator("[data-row]").nth(0).getByRole("button", { name: "Remove" }).click();
+      await navigated(page, () => form.locator("button[type=submit]").click());
+      v = await view();
+      assert.deepEqual(v.federated_credentials.map((f) => f.issuer), ["https://k8s.example"]);
+
+      // To a secret method: the key fields go away, and so do its keys and issuers.
+      await page.selectOption("#a-method", "client_secret_post");
+      assert.equal(await page.isVisible("#a-keys"), false);
+      await navigated(page, () => form.locator("button[type=submit]").click());
+      assert.equal((await page.textContent("[data-testid=auth-method]")).trim(), "client_secret_post");
+      assert.match(await page.textContent("#secrets-table"), /No secrets/);
+      v = await view();
+      assert.equal(v.jwks_uri, undefined);
+      assert.equal(v.federated_credentials, undefined);
+    });
+
+    await t.test("require DPoP for a secret client in its panel", async () => {
+      const basic = "Basic " + Buffer.from(`${state.clientId}:${state.clientSecret}`).toString("base64");
+      const token = (headers = {}) => fetch(state.meta.token_endpoint, {
+        method: "POST",
+        headers: { Authorization: basic, "Content-Type": "application/x-www-form-urlencoded", ...headers },
+        body: "grant_type=client_credentials",
+      });
+      assert.equal((await token()).status, 200);
+      await page.goto(`${server.base}/console/clients?selected=${state.clientId}`);
+      await page.locator("#client-details").waitFor();
+      await page.locator("details.edit-auth summary").click();
+      await page.check("#a-dpop");
+      await navigated(page, () => page.locator("#client-auth-form button[type=submit]").click());
+      assert.match(await page.textContent("[data-testid=dpop]"), /^Required/);
+      const refused = await token();
+      assert.equal(refused.status, 400);
+      assert.equal((await refused.json()).error, "invalid_dpop_proof");
+      const key = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" });
+      const bound = await token({ DPoP: dpopProof(key, state.meta.token_endpoint) });
+      assert.equal((await bound.json()).token_type, "DPoP");
+      // The row menu no longer offers a bearer token for it.
+      const row = page.locator(`tr[data-client-id="${state.clientId}"]`);
+      await row.locator("summary").click();
+      assert.equal(await row.getByRole("button", { name: "Create access token" }).count(), 0);
     });
 
     await t.test("a member signs in through a one-time link and sees only their own keys", async () => {

@@ -61,9 +61,44 @@
   }
 
   // ----- errors, shown where they happened -----
+  // The input a field's error is about: by name, or for a repeated row's field
+  // (`federated_credentials[1].audience`) that input of the row, counting filled rows only, as
+  // the server does.
+  function fieldInput(form, message, field) {
+    if (!field) return null;
+    const direct = form.querySelector('[name="' + field + '"]');
+    if (direct) return direct;
+    const m = /federated_credentials\[(\d+)\](?:\.(\w+))?/.exec(message);
+    if (field !== "federated_credentials" || !m) return null;
+    const filled = Array.from(form.querySelectorAll("[data-row]")).filter(function (row) {
+      return Array.from(row.querySelectorAll("input")).some(function (i) { return i.value.trim() !== ""; });
+    });
+    const row = filled[Number(m[1])];
+    if (!row) return null;
+    const name = { issuer: "fc_issuer", subject: "fc_subject", subject_pattern: "fc_subject", audience: "fc_audience" }[m[2]];
+    return row.querySelector('[name="' + (name || "fc_issuer") + '"]');
+  }
+
   function showError(form, message, field) {
+    form.querySelectorAll("[data-field-error]").forEach(function (el) { el.remove(); });
+    form.querySelectorAll("[aria-invalid]").forEach(function (el) { el.removeAttribute("aria-invalid"); });
     let box = form.querySelector(".form-error") ||
       (form.parentElement && form.parentElement.querySelector(":scope > .form-error"));
+    const input = fieldInput(form, message, field);
+    if (input && !input.closest("[hidden]")) {
+      // Next to the field at fault, so it is seen however long the form is.
+      const near = document.createElement("p");
+      near.className = "form-error";
+      near.setAttribute("role", "alert");
+      near.setAttribute("data-field-error", "");
+      near.textContent = message;
+      (input.closest("[data-row]") || input).before(near);
+      if (box) box.hidden = true;
+      input.setAttribute("aria-invalid", "true");
+      input.focus({ preventScroll: true });
+      near.scrollIntoView({ block: "center" });
+      return;
+    }
     if (!box) {
       box = document.getElementById("page-error");
       if (!box) {
@@ -76,14 +111,7 @@
     }
     box.textContent = message;
     box.hidden = false;
-    form.querySelectorAll("[aria-invalid]").forEach(function (el) { el.removeAttribute("aria-invalid"); });
-    if (field) {
-      const input = form.querySelector('[name="' + field + '"]');
-      if (input) {
-        input.setAttribute("aria-invalid", "true");
-        input.focus();
-      }
-    }
+    box.scrollIntoView({ block: "nearest" });
   }
 
   async function post(url, body) {
@@ -233,16 +261,64 @@
     }
   }
 
+  // ----- a client's authentication fields -----
+  // The key fields belong to private_key_jwt only: with a secret method they are hidden and
+  // disabled (so they are not sent), and come back as they were when it is chosen again.
+  function syncAuthFields(select) {
+    const form = select.form;
+    form.querySelectorAll("fieldset[data-for-method]").forEach(function (fs) {
+      const on = fs.getAttribute("data-for-method") === select.value;
+      fs.hidden = !on;
+      fs.disabled = !on;
+    });
+  }
+
+  function addRow(rows) {
+    const all = rows.querySelectorAll("[data-row]");
+    const last = all[all.length - 1];
+    const row = last.cloneNode(true);
+    row.querySelectorAll("input").forEach(function (i) { i.value = ""; i.removeAttribute("aria-invalid"); });
+    row.querySelectorAll("select").forEach(function (s) { s.selectedIndex = 0; });
+    last.after(row);
+    row.querySelector("input").focus();
+  }
+
+  function removeRow(row) {
+    const rows = row.closest("[data-rows]");
+    if (rows.querySelectorAll("[data-row]").length > 1) {
+      row.remove();
+    } else {
+      row.querySelectorAll("input").forEach(function (i) { i.value = ""; });
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
     wireSecretDialog();
     welcomeToken();
+
+    document.querySelectorAll("select[data-auth-method]").forEach(function (sel) {
+      syncAuthFields(sel);
+      sel.addEventListener("change", function () { syncAuthFields(sel); });
+    });
 
     document.addEventListener("click", function (ev) {
       const opener = ev.target.closest("[data-open]");
       if (opener) {
         ev.preventDefault();
         openDialog(opener.getAttribute("data-open"));
+        return;
+      }
+      const adder = ev.target.closest("[data-add-row]");
+      if (adder) {
+        ev.preventDefault();
+        addRow(adder.closest("[data-rows]"));
+        return;
+      }
+      const remover = ev.target.closest("[data-remove-row]");
+      if (remover) {
+        ev.preventDefault();
+        removeRow(remover.closest("[data-row]"));
         return;
       }
       const closer = ev.target.closest("[data-close]");

@@ -490,6 +490,9 @@ pub struct ClientView {
     /// The OAuth clients that may exchange this client's access tokens for tokens acting for
     /// it (RFC 8693 token exchange).
     pub may_act: Vec<String>,
+    /// RFC 9449 §5.2: when true the client always uses DPoP, and the token endpoint refuses
+    /// its token requests that carry no `DPoP` proof (`invalid_dpop_proof`).
+    pub dpop_bound_access_tokens: bool,
     pub created_at: String,
     pub created_by: String,
     pub secrets: Vec<ClientSecretView>,
@@ -549,6 +552,7 @@ impl ClientView {
                 .map(|f| serde_json::to_value(f).unwrap_or_default())
                 .collect(),
             may_act: c.may_act,
+            dpop_bound_access_tokens: c.dpop_bound_access_tokens,
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
         }
@@ -594,13 +598,16 @@ pub struct CreateClient {
     /// For `private_key_jwt`: its public keys as a JWK set (EC P-256, OKP Ed25519 or RSA of at
     /// least 2048 bits), checked now.
     #[schema(value_type = Option<Object>)]
-    pub jwks: Option<serde_json::Value>,
+    pub jwks: Option<serde_json::Map<String, serde_json::Value>>,
     /// For `private_key_jwt`, instead of `jwks`: an https URL where its JWK set is published.
     pub jwks_uri: Option<String>,
     /// For `private_key_jwt`: external OIDC issuers whose tokens it may trade for its own, each
     /// `{"issuer", "subject" | "subject_pattern", "audience"}` (workload identity federation).
     #[schema(value_type = Option<Vec<Object>>)]
-    pub federated_credentials: Option<serde_json::Value>,
+    pub federated_credentials: Option<Vec<serde_json::Value>>,
+    /// RFC 9449 §5.2: `true` makes the token endpoint refuse this client's token requests
+    /// without a `DPoP` proof; `false` (the default) lets it choose per request.
+    pub dpop_bound_access_tokens: Option<bool>,
     /// OAuth clients of the organization that may exchange this client's access tokens
     /// (RFC 8693) for short-lived tokens acting for it; none by default.
     #[serde(default)]
@@ -630,7 +637,7 @@ pub struct UpdateClient {
     /// A JWK set, or `null`; setting it replaces `jwks_uri`.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Object>)]
-    pub jwks: Option<Option<serde_json::Value>>,
+    pub jwks: Option<Option<serde_json::Map<String, serde_json::Value>>>,
     /// An https URL, or `null`; setting it replaces `jwks`.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
@@ -638,7 +645,12 @@ pub struct UpdateClient {
     /// Replaces the external issuers it trusts; `null` or `[]` removes them all.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Vec<Object>>)]
-    pub federated_credentials: Option<Option<serde_json::Value>>,
+    pub federated_credentials: Option<Option<Vec<serde_json::Value>>>,
+    /// RFC 9449 §5.2: `true` requires a `DPoP` proof on every token request of this client;
+    /// `false` or `null` (the default) makes it optional. Takes effect on every node at once.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<bool>)]
+    pub dpop_bound_access_tokens: Option<Option<bool>>,
     /// Replaces the clients that may act for it (`[]`: none).
     pub may_act: Option<Vec<String>>,
 }

@@ -85,7 +85,7 @@ macro_rules! client_cols {
     () => {
         "seq, client_id, org_id, project_id, owner_member_id, name, description, scopes, access_token_ttl_seconds, \
          token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, disabled_at, version, \
-         token_endpoint_auth_method, jwks, jwks_uri, federated_credentials, may_act"
+         token_endpoint_auth_method, jwks, jwks_uri, federated_credentials, dpop_bound_access_tokens, may_act"
     };
 }
 
@@ -269,6 +269,7 @@ macro_rules! impl_store {
                         None => Vec::new(),
                     },
                     may_act: from_json(&r.try_get::<String, _>("may_act").map_err(db_err)?)?,
+                    dpop_bound_access_tokens: r.try_get("dpop_bound_access_tokens").map_err(db_err)?,
                     not_before: opt_time(r.try_get("not_before").map_err(db_err)?),
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
                     created_by: r.try_get("created_by").map_err(db_err)?,
@@ -1097,8 +1098,8 @@ macro_rules! impl_store {
                 sqlx::query(
                     "INSERT INTO oauth_clients (client_id, org_id, project_id, owner_member_id, name, description, scopes, \
                      access_token_ttl_seconds, token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, version, \
-                     token_endpoint_auth_method, jwks, jwks_uri, federated_credentials) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                     token_endpoint_auth_method, jwks, jwks_uri, federated_credentials, dpop_bound_access_tokens) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
                 )
                 .bind(&c.client_id)
                 .bind(&c.org_id)
@@ -1120,6 +1121,7 @@ macro_rules! impl_store {
                 .bind(c.jwks.as_ref().map(|j| j.to_json().to_string()))
                 .bind(&c.jwks_uri)
                 .bind((!c.federated_credentials.is_empty()).then(|| serde_json::to_string(&c.federated_credentials).expect("credentials serialize")))
+                .bind(c.dpop_bound_access_tokens)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;
@@ -1171,7 +1173,8 @@ macro_rules! impl_store {
                 let done = sqlx::query(
                     "UPDATE oauth_clients SET name = $2, description = $3, scopes = $4, access_token_ttl_seconds = $5, \
                      token_format = $6, signing_alg = $7, audience = $8, secret_rotation_days = $9, version = version + 1, \
-                     token_endpoint_auth_method = $11, jwks = $12, jwks_uri = $13, federated_credentials = $14 \
+                     token_endpoint_auth_method = $11, jwks = $12, jwks_uri = $13, federated_credentials = $14, \
+                     dpop_bound_access_tokens = $15 \
                      WHERE client_id = $1 AND version = $10",
                 )
                 .bind(&c.client_id)
@@ -1188,6 +1191,7 @@ macro_rules! impl_store {
                 .bind(c.jwks.as_ref().map(|j| j.to_json().to_string()))
                 .bind(&c.jwks_uri)
                 .bind((!c.federated_credentials.is_empty()).then(|| serde_json::to_string(&c.federated_credentials).expect("credentials serialize")))
+                .bind(c.dpop_bound_access_tokens)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique_or(e, || format!("a client named `{}` already exists in this project", c.name)))?;

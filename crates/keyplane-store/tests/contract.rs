@@ -105,6 +105,7 @@ fn client(name: &str, owner: Option<&str>) -> OAuthClient {
         jwks_uri: None,
         federated_credentials: Vec::new(),
         may_act: vec!["kpc_a".into(), "kpc_b".into()],
+        dpop_bound_access_tokens: false,
         not_before: None,
         created_at: now(),
         created_by: "test".into(),
@@ -207,6 +208,7 @@ contract!(
     activity_checkpoints_round_trip,
     private_key_jwt_clients_keep_keys_and_no_secrets,
     assertion_ids_are_single_use_until_they_expire,
+    dpop_requirement_round_trips,
 );
 
 /// An event recording a change in the default organization.
@@ -1885,6 +1887,61 @@ async fn private_key_jwt_clients_keep_keys_and_no_secrets(s: Arc<dyn Store>) {
         .unwrap();
     let (got, _) = s.client_get(&d.client_id).await.unwrap().unwrap();
     assert!(got.federated_credentials.is_empty());
+}
+
+/// RFC 9449 §5.2 `dpop_bound_access_tokens`: false unless set, written at creation and by an
+/// update, read back by `client_get` and `client_list`, and cleared again; each change bumps
+/// the version and is recorded with its event.
+async fn dpop_requirement_round_trips(s: Arc<dyn Store>) {
+    let plain = client("plain", None);
+    s.client_create(&plain, None, &ev("client.create", &plain.client_id))
+        .await
+        .unwrap();
+    let (got, _) = s.client_get(&plain.client_id).await.unwrap().unwrap();
+    assert!(!got.dpop_bound_access_tokens, "false unless set");
+
+    let mut c = client("dpop only", None);
+    c.dpop_bound_access_tokens = true;
+    s.client_create(&c, None, &ev("client.create", &c.client_id))
+        .await
+        .unwrap();
+    let (got, _) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    assert!(got.dpop_bound_access_tokens);
+    let listed = s
+        .client_list(&KeyFilter::new(&admin_access(), None, true), None, 10)
+        .await
+        .unwrap();
+    let flags: Vec<(String, bool)> = listed
+        .iter()
+        .map(|c| (c.name.clone(), c.dpop_bound_access_tokens))
+        .collect();
+    assert!(flags.contains(&("plain".into(), false)), "{flags:?}");
+    assert!(flags.contains(&("dpop only".into(), true)), "{flags:?}");
+
+    let mut off = got;
+    off.dpop_bound_access_tokens = false;
+    let e = ev("client.update", &off.client_id);
+    let stored = s.client_update(&off, &e).await.unwrap();
+    assert!(!stored.dpop_bound_access_tokens);
+    assert_eq!(stored.version, off.version + 1);
+    assert_recorded(&*s, &e).await;
+    let (mut got, _) = s.client_get(&off.client_id).await.unwrap().unwrap();
+    assert!(!got.dpop_bound_access_tokens);
+    got.dpop_bound_access_tokens = true;
+    let stored = s
+        .client_update(&got, &ev("client.update", &got.client_id))
+        .await
+        .unwrap();
+    assert!(stored.dpop_bound_access_tokens);
+    // A stale version changes nothing.
+    let mut stale = got.clone();
+    stale.dpop_bound_access_tokens = false;
+    assert!(is_version_conflict(
+        &s.client_update(&stale, &ev("client.update", &stale.client_id))
+            .await
+    ));
+    let (got, _) = s.client_get(&stale.client_id).await.unwrap().unwrap();
+    assert!(got.dpop_bound_access_tokens);
 }
 
 /// The replay cache: a (client, jti) is accepted once until it expires, on any connection; an

@@ -230,6 +230,10 @@ pub struct OAuthClient {
     /// The OAuth clients that may exchange this client's access tokens for tokens that act
     /// for it (RFC 8693 delegation; `may_act` in RFC 8693 §4.4's sense). Empty: nobody.
     pub may_act: Vec<String>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`: the client always uses DPoP, so the token
+    /// endpoint refuses its token requests that carry no `DPoP` proof (and the management API
+    /// issues it no unbound token).
+    pub dpop_bound_access_tokens: bool,
     /// Tokens issued before this are refused (set when a secret is retired).
     pub not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,

@@ -46,6 +46,8 @@ pub struct NewClient {
     pub federated_credentials: Option<serde_json::Value>,
     /// The clients that may exchange this client's tokens to act for it (RFC 8693).
     pub may_act: Vec<String>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`; `false` when absent.
+    pub dpop_bound_access_tokens: Option<bool>,
 }
 
 /// Changes to a client; `None` leaves a field as it is, `Some(None)` clears an optional one.
@@ -66,6 +68,8 @@ pub struct ClientPatch {
     pub federated_credentials: Option<Option<serde_json::Value>>,
     /// Replaces who may act for the client (`[]`: nobody).
     pub may_act: Option<Vec<String>>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`.
+    pub dpop_bound_access_tokens: Option<bool>,
 }
 
 impl Keyplane {
@@ -174,8 +178,17 @@ impl Keyplane {
                         JwkSet::from_json(v).map_err(|e| Error::invalid("jwks", e.to_string()))
                     })
                     .transpose()?;
-                if c.jwks.is_some() || uri == Some(None) {
-                    c.jwks_uri = None;
+                match uri {
+                    // `jwks: null` with a `jwks_uri` (both values at once were refused above).
+                    Some(Some(u)) => {
+                        c.jwks_uri = Some(
+                            check_jwks_uri(u, allow_http)
+                                .map_err(|e| Error::invalid("jwks_uri", e))?,
+                        )
+                    }
+                    Some(None) => c.jwks_uri = None,
+                    None if c.jwks.is_some() => c.jwks_uri = None,
+                    None => {}
                 }
             }
             (None, Some(uri)) => {
@@ -266,6 +279,7 @@ impl Keyplane {
             jwks_uri: None,
             federated_credentials: Vec::new(),
             may_act: rt.check_may_act(access.org_id(), input.may_act).await?,
+            dpop_bound_access_tokens: input.dpop_bound_access_tokens.unwrap_or(false),
             not_before: None,
             created_at: rt.now(),
             created_by: p.actor_label(),
@@ -414,6 +428,9 @@ impl Keyplane {
         }
         if let Some(m) = patch.may_act {
             c.may_act = rt.check_may_act(&c.org_id, m).await?;
+        }
+        if let Some(d) = patch.dpop_bound_access_tokens {
+            c.dpop_bound_access_tokens = d;
         }
         self.settle_client_keys(
             &mut c,
@@ -634,6 +651,13 @@ impl Keyplane {
             &rt.client_authority(&c).await?,
             "issue a token for this client",
         )?;
+        // RFC 9449 §5.2: such a client's tokens are all DPoP-bound, and only the client holds
+        // the key a token would be bound to, so no unbound token is made for it here.
+        if c.dpop_bound_access_tokens {
+            return Err(Error::Conflict(
+                "this client requires DPoP-bound access tokens (`dpop_bound_access_tokens`): it obtains them itself at the token endpoint, with a DPoP proof made with its own key".into(),
+            ));
+        }
         let cached = rt
             .cached_client(client_id)
             .await?
@@ -676,5 +700,6 @@ fn client_details(c: &OAuthClient) -> serde_json::Value {
         "jwks_uri": c.jwks_uri,
         "federated_credentials": c.federated_credentials,
         "may_act": c.may_act,
+        "dpop_bound_access_tokens": c.dpop_bound_access_tokens,
     })
 }

@@ -397,7 +397,7 @@ impl Keyplane {
         dpop: Option<&DpopRequest<'_>>,
     ) -> Result<IssuedToken, OAuthError> {
         let (client, federated) = self.authenticate_client_as(auth, meta).await?;
-        let jkt = self.dpop_key(dpop).await?;
+        let jkt = self.dpop_key(&client, dpop).await?;
         let targets = self.targets(resources).await?;
         let Some(who) = federated else {
             let req = MintRequest {
@@ -441,8 +441,23 @@ impl Keyplane {
 
     /// A DPoP proof on a token request, checked only for an authenticated client (so nobody
     /// else can fill the replay cache): the thumbprint the token is bound to (RFC 9449 §5).
-    async fn dpop_key(&self, dpop: Option<&DpopRequest<'_>>) -> Result<Option<String>, OAuthError> {
-        let Some(d) = dpop else { return Ok(None) };
+    async fn dpop_key(
+        &self,
+        client: &CachedClient,
+        dpop: Option<&DpopRequest<'_>>,
+    ) -> Result<Option<String>, OAuthError> {
+        let Some(d) = dpop else {
+            // RFC 9449 §5.2: a client registered with `dpop_bound_access_tokens` is refused
+            // every token request without a proof (`invalid_dpop_proof`, §5: the proof this
+            // request needed is not valid because it is absent). Checked only once the client
+            // has authenticated, so nobody else learns which clients require DPoP.
+            if client.client.dpop_bound_access_tokens {
+                return Err(OAuthError::InvalidDpopProof(
+                    "this client must use DPoP (its `dpop_bound_access_tokens` is true): send a `DPoP` header with a proof for this request".into(),
+                ));
+            }
+            return Ok(None);
+        };
         match self
             .rt
             .check_dpop_proof(&d.proofs, d.htm, d.htus.clone(), None)
@@ -532,7 +547,7 @@ impl Keyplane {
             }
             _ => return invalid("`actor_token` and `actor_token_type` are sent together"),
         }
-        let jkt = self.dpop_key(dpop).await?;
+        let jkt = self.dpop_key(&client, dpop).await?;
         let subject = self.exchange_subject(subject_token, subject_type).await;
         let Some(subject) = subject else {
             return invalid("`subject_token` is not a live credential of this server");

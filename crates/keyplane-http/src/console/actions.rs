@@ -388,10 +388,97 @@ fn opt_i64(f: &FormData, name: &str) -> Option<i64> {
     f.get(name).and_then(|v| v.parse().ok())
 }
 
+/// What a client form says about how the client authenticates (RFC 7591 names). `None`: the
+/// form did not carry that field (the key fields are disabled, so not sent, while a secret
+/// method is chosen).
+struct AuthFields {
+    method: Option<String>,
+    jwks: Option<Option<serde_json::Value>>,
+    jwks_uri: Option<Option<String>>,
+    federated: Option<Option<serde_json::Value>>,
+    dpop: bool,
+}
+
+fn invalid_field(js: bool, back: &str, field: &str, message: String) -> Fail {
+    Fail {
+        field: Some(field.into()),
+        ..Fail::msg(js, back, StatusCode::UNPROCESSABLE_ENTITY, &message)
+    }
+}
+
+/// Reads the authentication fields; the checks are the use case's, except that the JWK set
+/// must be JSON (a lone JWK is taken as a set of one).
+fn auth_fields(f: &FormData, js: bool, back: &str) -> Result<AuthFields, Fail> {
+    let jwks = if f.has("jwks") {
+        Some(match f.get("jwks") {
+            None => None,
+            Some(text) => {
+                let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                    invalid_field(
+                        js,
+                        back,
+                        "jwks",
+                        format!("The public keys (jwks) are not valid JSON: {e}. Paste a JWK set, {{\"keys\": [...]}}, or one public JWK."),
+                    )
+                })?;
+                Some(if v.get("kty").is_some() && v.get("keys").is_none() {
+                    json!({ "keys": [v] })
+                } else {
+                    v
+                })
+            }
+        })
+    } else {
+        None
+    };
+    let jwks_uri = f
+        .has("jwks_uri")
+        .then(|| f.get("jwks_uri").map(str::to_string));
+    let federated = if f.has("fc_issuer") {
+        let (issuers, kinds, subjects, audiences) = (
+            f.column("fc_issuer"),
+            f.column("fc_kind"),
+            f.column("fc_subject"),
+            f.column("fc_audience"),
+        );
+        let rows: Vec<serde_json::Value> = (0..issuers.len())
+            .filter_map(|i| {
+                fn at<'a>(c: &[&'a str], i: usize) -> &'a str {
+                    c.get(i).copied().unwrap_or("")
+                }
+                let (issuer, subject, audience) =
+                    (at(&issuers, i), at(&subjects, i), at(&audiences, i));
+                if issuer.is_empty() && subject.is_empty() && audience.is_empty() {
+                    return None;
+                }
+                let kind = if at(&kinds, i) == "subject_pattern" {
+                    "subject_pattern"
+                } else {
+                    "subject"
+                };
+                let mut row = json!({ "issuer": issuer, "audience": audience });
+                row[kind] = json!(subject);
+                Some(row)
+            })
+            .collect();
+        Some((!rows.is_empty()).then_some(serde_json::Value::Array(rows)))
+    } else {
+        None
+    };
+    Ok(AuthFields {
+        method: f.get("token_endpoint_auth_method").map(str::to_string),
+        jwks,
+        jwks_uri,
+        federated,
+        dpop: f.checked("dpop_bound_access_tokens"),
+    })
+}
+
 pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
     let back = "/console/clients";
     let (org, project) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
     let f = &p.form;
+    let auth = auth_fields(f, p.js, back)?;
     let input = NewClient {
         org_id: Some(org),
         project_id: Some(project),
@@ -404,10 +491,11 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         signing_alg: None,
         audience: None,
         secret_rotation_days: opt_i64(f, "rotation_days"),
-        token_endpoint_auth_method: None,
-        jwks: None,
-        jwks_uri: None,
-        federated_credentials: None,
+        token_endpoint_auth_method: auth.method,
+        jwks: auth.jwks.flatten(),
+        jwks_uri: auth.jwks_uri.flatten(),
+        federated_credentials: auth.federated.flatten(),
+        dpop_bound_access_tokens: Some(auth.dpop),
         may_act: vec![],
     };
     let (client, first) = s
@@ -415,17 +503,23 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         .client_create(&p.signed.principal, input, &p.meta)
         .await
         .map_err(fail(p.js, back))?;
-    let action = format!("/console/clients/{}/token", client.client_id);
+    // A client that requires DPoP gets no token from the console: it is bound to a key only
+    // the client holds.
+    let action = (!client.dpop_bound_access_tokens)
+        .then(|| format!("/console/clients/{}/token", client.client_id));
     let mut shown = vec![("Client ID", client.client_id)];
-    // The console registers secret clients; a private_key_jwt one (made through the API)
-    // would have no secret to show.
-    if let Some((_, secret_value)) = first {
-        shown.push(("Client secret", secret_value.expose().to_string()));
+    match first {
+        Some((_, secret_value)) => shown.push(("Client secret", secret_value.expose().to_string())),
+        // A private_key_jwt client has no secret to show.
+        None => shown.push((
+            "Authentication",
+            "private_key_jwt: no secret; it signs client assertions with its private key".into(),
+        )),
     }
     Ok(secret(
         &format!("Service client “{}” created", client.name),
         shown,
-        Some(action),
+        action,
     ))
 }
 
@@ -453,6 +547,33 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         jwks_uri: None,
         federated_credentials: None,
         may_act: None,
+        dpop_bound_access_tokens: None,
+    };
+    s.app
+        .client_update(&p.signed.principal, &id, patch, None, &p.meta)
+        .await
+        .map_err(fail(p.js, &back))?;
+    Ok(done(p.js, &back))
+}
+
+/// Changes how a client authenticates: method, keys, trusted issuers, and the DPoP requirement.
+pub async fn client_auth(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = client_back(&id);
+    let auth = auth_fields(&p.form, p.js, &back)?;
+    // The form shows the whole state: an empty key field means none. Only one of `jwks` and
+    // `jwks_uri` is passed when one is filled in, since setting either replaces the other.
+    let (jwks, jwks_uri) = match (auth.jwks, auth.jwks_uri) {
+        (Some(Some(set)), Some(None)) => (Some(Some(set)), None),
+        (Some(None), Some(Some(uri))) => (None, Some(Some(uri))),
+        other => other,
+    };
+    let patch = ClientPatch {
+        token_endpoint_auth_method: auth.method,
+        jwks,
+        jwks_uri,
+        federated_credentials: auth.federated,
+        dpop_bound_access_tokens: Some(auth.dpop),
+        ..ClientPatch::default()
     };
     s.app
         .client_update(&p.signed.principal, &id, patch, None, &p.meta)

@@ -79,6 +79,7 @@ pub fn router() -> Router<AppState> {
             get(pages::clients).post(actions::client_create),
         )
         .route("/console/clients/{id}/edit", post(actions::client_edit))
+        .route("/console/clients/{id}/auth", post(actions::client_auth))
         .route(
             "/console/clients/{id}/secrets",
             post(actions::client_secret_add),
@@ -215,6 +216,18 @@ impl FormData {
     }
     pub fn checked(&self, name: &str) -> bool {
         self.get(name).is_some()
+    }
+    /// Whether the form has the field at all (a disabled field is not sent).
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+    /// Every value of `name`, trimmed, blanks kept: repeated rows of fields line up by index.
+    pub fn column(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .collect()
     }
 }
 

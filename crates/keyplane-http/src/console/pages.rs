@@ -299,6 +299,8 @@ pub async fn clients(
     let services = s.app.service_list(p).await.map_err(fail)?;
     Ok(html(&ClientsPage {
         layout,
+        methods: AUTH_METHODS.to_vec(),
+        no_federated: Vec::new(),
         clients: page
             .items
             .into_iter()

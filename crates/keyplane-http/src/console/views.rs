@@ -271,6 +271,31 @@ pub struct ClientKeyView {
     pub thumbprint: String,
 }
 
+/// One external identity a client trusts (workload identity federation).
+pub struct FederatedView {
+    pub issuer: String,
+    /// `subject` (exact) or `subject_pattern`.
+    pub kind: &'static str,
+    pub subject: String,
+    pub audience: String,
+}
+
+/// The RFC 7591 authentication methods the console offers, with words for each.
+pub const AUTH_METHODS: [(&str, &str); 3] = [
+    (
+        "client_secret_basic",
+        "Client secret, in HTTP Basic (client_secret_basic)",
+    ),
+    (
+        "client_secret_post",
+        "Client secret, in the form (client_secret_post)",
+    ),
+    (
+        "private_key_jwt",
+        "Signed assertion with a private key (private_key_jwt)",
+    ),
+];
+
 pub struct ClientView {
     pub client_id: String,
     /// RFC 7591 `token_endpoint_auth_method`.
@@ -278,6 +303,11 @@ pub struct ClientView {
     pub uses_secret: bool,
     pub jwks_uri: Option<String>,
     pub keys: Vec<ClientKeyView>,
+    /// The registered JWK set as pretty JSON, for editing (empty when none).
+    pub jwks_json: String,
+    pub federated: Vec<FederatedView>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`.
+    pub dpop_required: bool,
     pub name: String,
     pub description: String,
     pub scopes: Vec<String>,
@@ -324,6 +354,30 @@ impl ClientView {
                         .collect()
                 })
                 .unwrap_or_default(),
+            jwks_json: c
+                .jwks
+                .as_ref()
+                .and_then(|j| serde_json::to_string_pretty(&j.to_json()).ok())
+                .unwrap_or_default(),
+            federated: c
+                .federated_credentials
+                .iter()
+                .map(|f| FederatedView {
+                    issuer: f.issuer.clone(),
+                    kind: if f.subject.is_some() {
+                        "subject"
+                    } else {
+                        "subject_pattern"
+                    },
+                    subject: f
+                        .subject
+                        .clone()
+                        .or_else(|| f.subject_pattern.clone())
+                        .unwrap_or_default(),
+                    audience: f.audience.clone(),
+                })
+                .collect(),
+            dpop_required: c.dpop_bound_access_tokens,
             jwks_uri: c.jwks_uri,
             client_id: c.client_id,
             name: c.name,
@@ -361,12 +415,19 @@ impl ClientView {
     pub fn rotation_is(&self, d: &i64) -> bool {
         self.rotation_days == Some(*d)
     }
+    /// Whether the management API may issue it a token (not when it requires DPoP).
+    pub fn can_issue(&self) -> bool {
+        !self.dpop_required
+    }
 }
 
 #[derive(Template)]
 #[template(path = "console/clients.html")]
 pub struct ClientsPage {
     pub layout: Layout,
+    pub methods: Vec<(&'static str, &'static str)>,
+    /// No trusted issuers yet (the create dialog's).
+    pub no_federated: Vec<FederatedView>,
     pub clients: Vec<ClientView>,
     pub services: Vec<ServiceScopes>,
     pub next: Option<String>,

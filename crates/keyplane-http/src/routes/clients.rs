@@ -58,9 +58,12 @@ pub async fn create(
         audience: b.audience,
         secret_rotation_days: b.secret_rotation_days,
         token_endpoint_auth_method: b.token_endpoint_auth_method,
-        jwks: b.jwks,
+        // The body's types are checked as it is read (an object, an array), so a request that
+        // breaks the document is 422 before anything else, an `If-Match` included.
+        jwks: b.jwks.map(serde_json::Value::Object),
         jwks_uri: b.jwks_uri,
-        federated_credentials: b.federated_credentials,
+        federated_credentials: b.federated_credentials.map(serde_json::Value::Array),
+        dpop_bound_access_tokens: b.dpop_bound_access_tokens,
         may_act: b.may_act,
     };
     let (client, first) = s.app.client_create(&c.principal, input, &c.meta).await?;
@@ -134,8 +137,9 @@ pub async fn get_one(
     ))
 }
 
-/// Edit name, scopes, token lifetime, format, algorithm, audience, rotation policy, or how the
-/// client authenticates (`token_endpoint_auth_method`, `jwks`, `jwks_uri`).
+/// Edit name, scopes, token lifetime, format, algorithm, audience, rotation policy, how the
+/// client authenticates (`token_endpoint_auth_method`, `jwks`, `jwks_uri`,
+/// `federated_credentials`), or whether it must use DPoP (`dpop_bound_access_tokens`).
 #[utoipa::path(patch, path = "/v1/oauth-clients/{client_id}", operation_id = "oauth_clients_update", tag = "oauth-clients", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "Only if the resource is still at this entity tag (its `ETag`); otherwise 412")), request_body = UpdateClient,
     responses((status = 403, body = crate::error::Problem, description = "beyond the caller's ceiling"), (status = 412, body = crate::error::Problem, description = "If-Match names an older version"), (status = 200, body = ClientView)), security(("bearer" = [])))]
 pub async fn update(
@@ -155,9 +159,13 @@ pub async fn update(
         audience: b.audience,
         secret_rotation_days: b.secret_rotation_days,
         token_endpoint_auth_method: b.token_endpoint_auth_method,
-        jwks: b.jwks,
+        jwks: b.jwks.map(|j| j.map(serde_json::Value::Object)),
         jwks_uri: b.jwks_uri,
-        federated_credentials: b.federated_credentials,
+        federated_credentials: b
+            .federated_credentials
+            .map(|f| f.map(serde_json::Value::Array)),
+        // `null` is the RFC 9449 default, `false`.
+        dpop_bound_access_tokens: b.dpop_bound_access_tokens.map(|d| d.unwrap_or(false)),
         may_act: b.may_act,
     };
     let (cl, sec) = s
@@ -227,9 +235,10 @@ pub async fn retire_secret(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Issue an access token for the client (the console's "create access token").
+/// Issue an access token for the client (the console's "create access token"). Not for a
+/// client with `dpop_bound_access_tokens` (409): its tokens are bound to a key only it holds.
 #[utoipa::path(post, path = "/v1/oauth-clients/{client_id}/tokens", operation_id = "oauth_clients_tokens_issue", tag = "oauth-clients", params(("client_id" = String, Path)), request_body = Option<IssueClientToken>,
-    responses((status = 201, body = IssuedTokenView, headers(("Cache-Control" = String, description = "`no-store`: the answer carries an access token"), ("Pragma" = String, description = "`no-cache`")))), security(("bearer" = [])))]
+    responses((status = 409, body = crate::error::Problem, description = "The client requires DPoP-bound access tokens (`dpop_bound_access_tokens`)"), (status = 201, body = IssuedTokenView, headers(("Cache-Control" = String, description = "`no-store`: the answer carries an access token"), ("Pragma" = String, description = "`no-cache`")))), security(("bearer" = [])))]
 pub async fn issue_token(
     State(s): State<AppState>,
     c: Caller,

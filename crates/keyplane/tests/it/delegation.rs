@@ -319,7 +319,8 @@ on_both!(resource_indicators, resources);
 /// The gateway checks the audience too, from the rule's scope's service.
 async fn gateway_audience(backend: keyplane_testkit::Backend) {
     let dir = keyplane_testkit::TempDir::new();
-    let Some(app) = crate::dpop::spawn_with_gateway(backend, dir.path(), &[]).await else {
+    let Some((app, _upstream)) = crate::dpop::spawn_with_gateway(backend, dir.path(), &[]).await
+    else {
         return;
     };
     let gw = app.gateway_base().unwrap();

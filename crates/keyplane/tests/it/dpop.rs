@@ -327,11 +327,13 @@ async fn with_rules(app: &TestApp, dir: &std::path::Path) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 
+/// A server with the gateway in front of the example upstream and the route rules; the app and
+/// the upstream's address.
 pub(crate) async fn spawn_with_gateway(
     backend: keyplane_testkit::Backend,
     dir: &std::path::Path,
     extra: &[(&str, &str)],
-) -> Option<TestApp> {
+) -> Option<(TestApp, String)> {
     let up = upstream().await;
     let config = dir.join("keyplane.toml");
     std::fs::write(&config, "# rules come later\n").unwrap();
@@ -344,7 +346,7 @@ pub(crate) async fn spawn_with_gateway(
     }
     let app = keyplane_testkit::spawn_app_with(backend, opts).await?;
     with_rules(&app, dir).await;
-    Some(app)
+    Some((app, up))
 }
 
 /// The nginx form: `X-Original-URI`/`-Method`; `htu` from `Host` (keyplane's own address here).
@@ -370,7 +372,7 @@ fn challenge(a: &Answer) -> String {
 
 async fn resources(backend: keyplane_testkit::Backend) {
     let dir = keyplane_testkit::TempDir::new();
-    let Some(app) = spawn_with_gateway(backend, dir.path(), &[]).await else {
+    let Some((app, _)) = spawn_with_gateway(backend, dir.path(), &[]).await else {
         return;
     };
     let key = TestKey::es256("k");
@@ -802,3 +804,295 @@ async fn verify_layer(app: TestApp) {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 }
 on_both!(dpop_through_keyplane_verify, verify_layer);
+
+// ----- clients that must use DPoP (RFC 9449 §5.2 `dpop_bound_access_tokens`) -----
+
+async fn patch_client(app: &TestApp, id: &str, body: Value) -> Answer {
+    app.call(
+        Method::PATCH,
+        &format!("/v1/oauth-clients/{id}"),
+        Some(&app.admin_key.clone()),
+        Some(body),
+    )
+    .await
+}
+
+/// A secret client made with these extra fields; its id and secret.
+async fn client_with(app: &TestApp, extra: Value) -> (String, String, Value) {
+    let mut body = json!({"name": format!("dpop {}", random_base62(6)), "scopes": [READ], "token_format": "jwt"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let a = app
+        .post("/v1/oauth-clients", &app.admin_key.clone(), body)
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let v = a.json();
+    (
+        v["client_id"].as_str().unwrap().into(),
+        v["client_secret"].as_str().unwrap_or_default().into(),
+        v,
+    )
+}
+
+/// The `invalid_dpop_proof` a required client gets for a request without a proof.
+fn assert_proof_required(a: &Answer) {
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    let v = a.json();
+    assert_eq!(v["error"], "invalid_dpop_proof", "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("dpop_bound_access_tokens"),
+        "{v}"
+    );
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+}
+
+/// A client registered with `dpop_bound_access_tokens: true` gets a bound token with a proof
+/// and is refused without one (after it authenticated: a wrong secret is still
+/// `invalid_client`); the management API issues it no unbound token; PATCH turns the
+/// requirement off and on again with effect on the very next request; the setting is shown,
+/// defaults to false, is type-checked, and is in the activity log.
+async fn required(app: TestApp) {
+    app.service("ai-guard", &[READ]).await;
+    let admin = app.admin_key.clone();
+    let key = TestKey::es256("k");
+    let url = token_url(&app);
+
+    // Not required unless asked for.
+    let (_, _, plain) = client_with(&app, json!({})).await;
+    assert_eq!(plain["dpop_bound_access_tokens"], false, "{plain}");
+
+    let (id, secret, made) = client_with(&app, json!({"dpop_bound_access_tokens": true})).await;
+    assert_eq!(made["dpop_bound_access_tokens"], true, "{made}");
+    let got = app.get(&format!("/v1/oauth-clients/{id}"), &admin).await;
+    assert_eq!(got.json()["dpop_bound_access_tokens"], true, "{}", got.text);
+    let listed = app.get("/v1/oauth-clients?limit=100", &admin).await.json();
+    let row = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["dpop_bound_access_tokens"], true);
+
+    // Without a proof: refused, saying why. With one: a DPoP-bound token.
+    assert_proof_required(&token(&app, &id, &secret, &[]).await);
+    let ok = token(&app, &id, &secret, &[&proof(&key, "POST", &url, None)]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    assert_eq!(ok.json()["token_type"], "DPoP");
+    let t = ok.json()["access_token"].as_str().unwrap().to_string();
+    let c: Value =
+        serde_json::from_slice(&B64.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(c["cnf"]["jkt"], jkt(&key), "{c}");
+    // A bad proof is still a bad proof.
+    let (h, mut c) = parts(&key, "POST", &url, None);
+    c["htm"] = json!("GET");
+    let bad = token(&app, &id, &secret, &[&key.sign(h, &c)]).await;
+    assert_eq!(bad.json()["error"], "invalid_dpop_proof", "{}", bad.text);
+    // Client authentication comes first: a wrong secret learns nothing about DPoP.
+    let wrong = token(&app, &id, &format!("{secret}x"), &[]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.text);
+    assert_eq!(wrong.json()["error"], "invalid_client");
+
+    // The management API (the console's "create access token") makes it no bearer token.
+    let issued = app
+        .post(&format!("/v1/oauth-clients/{id}/tokens"), &admin, json!({}))
+        .await;
+    assert_eq!(issued.status, StatusCode::CONFLICT, "{}", issued.text);
+    assert_eq!(
+        issued.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(issued.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("dpop_bound_access_tokens"));
+
+    // PATCH: off, then on again, each effective on the next request.
+    let off = patch_client(&app, &id, json!({"dpop_bound_access_tokens": false})).await;
+    assert_eq!(off.status, StatusCode::OK, "{}", off.text);
+    assert_eq!(off.json()["dpop_bound_access_tokens"], false);
+    let bearer = token(&app, &id, &secret, &[]).await;
+    assert_eq!(bearer.status, StatusCode::OK, "{}", bearer.text);
+    assert_eq!(bearer.json()["token_type"], "Bearer");
+    let on = patch_client(&app, &id, json!({"dpop_bound_access_tokens": true})).await;
+    assert_eq!(on.json()["dpop_bound_access_tokens"], true, "{}", on.text);
+    assert_proof_required(&token(&app, &id, &secret, &[]).await);
+    // Other edits keep it; `null` is the default, false.
+    let renamed = patch_client(&app, &id, json!({"description": "still DPoP"})).await;
+    assert_eq!(renamed.json()["dpop_bound_access_tokens"], true);
+    assert_proof_required(&token(&app, &id, &secret, &[]).await);
+    let null = patch_client(&app, &id, json!({"dpop_bound_access_tokens": null})).await;
+    assert_eq!(
+        null.json()["dpop_bound_access_tokens"],
+        false,
+        "{}",
+        null.text
+    );
+    assert_eq!(token(&app, &id, &secret, &[]).await.status, StatusCode::OK);
+
+    // Not a boolean: a problem, nothing changed.
+    for bad in [json!("yes"), json!(1)] {
+        let a = patch_client(&app, &id, json!({"dpop_bound_access_tokens": bad})).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+        assert_eq!(a.header("content-type"), Some("application/problem+json"));
+        let a = app
+            .post(
+                "/v1/oauth-clients",
+                &admin,
+                json!({"name": "bad dpop", "scopes": [READ], "dpop_bound_access_tokens": bad}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    }
+
+    // The activity log records the setting with the client's other settings.
+    let events = app
+        .get(
+            &format!("/v1/activity?action=oauth_client.update&target={id}"),
+            &admin,
+        )
+        .await
+        .json();
+    let flags: Vec<Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["details"]["dpop_bound_access_tokens"].clone())
+        .collect();
+    assert!(
+        flags.contains(&json!(true)) && flags.contains(&json!(false)),
+        "{events}"
+    );
+}
+on_both!(dpop_required_by_the_client, required);
+
+/// A `private_key_jwt` client that requires DPoP: its assertion alone is refused; with a proof
+/// it gets a bound token; and with nonces required, a request without any proof is told it
+/// needs a proof (`invalid_dpop_proof`), not a nonce.
+async fn required_with_assertions(app: TestApp) {
+    assertion_flow(app, false).await
+}
+
+async fn required_with_nonces(app: TestApp) {
+    assertion_flow(app, true).await
+}
+
+async fn assertion_flow(app: TestApp, nonce_required: bool) {
+    app.service("ai-guard", &[READ]).await;
+    let signer = TestKey::ed25519("a1");
+    let (id, _, made) = client_with(
+        &app,
+        json!({
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [signer.public_jwk()]},
+            "dpop_bound_access_tokens": true,
+        }),
+    )
+    .await;
+    assert_eq!(made["dpop_bound_access_tokens"], true);
+    let url = token_url(&app);
+    let request = |proof: Option<String>| {
+        let mut r = app
+            .http
+            .post(&url)
+            .header(header::CONTENT_TYPE, FORM)
+            .body(format!(
+                "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={}",
+                signer.assertion(&id, &url, "EdDSA")
+            ));
+        if let Some(p) = proof {
+            r = r.header("DPoP", p);
+        }
+        answer(r)
+    };
+    assert_proof_required(&request(None).await);
+    let key = TestKey::es256("p");
+    let mut a = request(Some(proof(&key, "POST", &url, None))).await;
+    if nonce_required {
+        assert_eq!(a.json()["error"], "use_dpop_nonce", "{}", a.text);
+        let nonce = a.header("dpop-nonce").unwrap().to_string();
+        let (h, mut c) = parts(&key, "POST", &url, None);
+        c["nonce"] = json!(nonce);
+        a = request(Some(key.sign(h, &c))).await;
+    }
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["token_type"], "DPoP");
+}
+
+on_both!(dpop_required_with_private_key_jwt, required_with_assertions);
+on_both!(
+    dpop_required_with_nonces,
+    required_with_nonces,
+    keyplane_testkit::Options::default().env("KEYPLANE_DPOP_REQUIRE_NONCE", "true")
+);
+
+/// Two nodes on one PostgreSQL database: turning `dpop_bound_access_tokens` on or off on one
+/// node takes effect there on the next request and on the other within a second (its client
+/// cache is invalidated through the database's change feed), in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_requirement_set_on_one_node_holds_on_the_other_within_a_second() {
+    const ISSUER: &str = "https://auth.keyplane.test";
+    let opts = Options::default().env("KEYPLANE_ISSUER", ISSUER);
+    let Some(a) = keyplane_testkit::spawn_app_with(keyplane_testkit::Backend::Postgres, opts).await
+    else {
+        return;
+    };
+    let b = a.spawn_second_node().await;
+    a.service("ai-guard", &[READ]).await;
+    let (id, secret) = client(&a, "opaque").await;
+    // Both nodes have the client cached, requirement off.
+    for node in [&a, &b] {
+        for _ in 0..2 {
+            let t = token(node, &id, &secret, &[]).await;
+            assert_eq!(t.json()["token_type"], "Bearer", "{}", t.text);
+        }
+    }
+    let key = TestKey::ed25519("k");
+    let url = format!("{ISSUER}/v1/oauth/token");
+    for (on, here, there) in [(true, &a, &b), (false, &b, &a), (true, &b, &a)] {
+        let r = patch_client(here, &id, json!({"dpop_bound_access_tokens": on})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let started = std::time::Instant::now();
+        let took_effect = |t: &Answer| {
+            if on {
+                t.status == StatusCode::BAD_REQUEST
+            } else {
+                t.status == StatusCode::OK
+            }
+        };
+        let t = token(here, &id, &secret, &[]).await;
+        assert!(
+            took_effect(&t),
+            "the node that changed it, on={on}: {}",
+            t.text
+        );
+        if on {
+            assert_proof_required(&t);
+        }
+        loop {
+            let t = token(there, &id, &secret, &[]).await;
+            if took_effect(&t) {
+                if on {
+                    assert_proof_required(&t);
+                }
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "the other node still answers {} a second after the change (on={on})",
+                t.text
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // With a proof, both nodes issue a bound token either way.
+        for node in [here, there] {
+            let t = token(node, &id, &secret, &[&proof(&key, "POST", &url, None)]).await;
+            assert_eq!(t.json()["token_type"], "DPoP", "{}", t.text);
+        }
+    }
+}

@@ -72,6 +72,10 @@ http {{
             auth_request_set $kp_org $upstream_http_x_keyplane_org;
             auth_request_set $kp_project $upstream_http_x_keyplane_project;
             auth_request_set $kp_credential $upstream_http_x_keyplane_credential_id;
+            # DPoP nonces (RFC 9449 §8): a refusal asking for one carries it in DPoP-Nonce,
+            # which auth_request does not pass on by itself (only WWW-Authenticate).
+            auth_request_set $kp_dpop_nonce $upstream_http_dpop_nonce;
+            add_header DPoP-Nonce $kp_dpop_nonce always;
             # Whatever the caller sent under these names is replaced by the verified identity.
             proxy_set_header X-Keyplane-Subject $kp_subject;
             proxy_set_header X-Keyplane-Scopes $kp_scopes;

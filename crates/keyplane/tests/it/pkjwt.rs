@@ -367,6 +367,55 @@ async fn registration(app: TestApp) {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert!(a.json().get("jwks").is_none(), "{}", a.text);
+    // An explicit `null` for the one and a value for the other: the value is taken, both ways.
+    for (body, kept) in [
+        (
+            json!({"jwks": {"keys": [ed.public_jwk()]}, "jwks_uri": null}),
+            "jwks",
+        ),
+        (
+            json!({"jwks": null, "jwks_uri": "https://keys.example.com/third.json"}),
+            "jwks_uri",
+        ),
+    ] {
+        let a =
+            crate::support::patch(&app, &format!("/v1/oauth-clients/{sid}"), &admin, body).await;
+        assert_eq!(a.status, StatusCode::OK, "{kept}: {}", a.text);
+        let v = a.json();
+        let other = if kept == "jwks" { "jwks_uri" } else { "jwks" };
+        assert!(
+            v.get(kept).is_some() && v.get(other).is_none(),
+            "{kept}: {v}"
+        );
+    }
+    assert_eq!(
+        app.get(&format!("/v1/oauth-clients/{sid}"), &admin)
+            .await
+            .json()["jwks_uri"],
+        "https://keys.example.com/third.json"
+    );
+    // A body whose types break the document (a JWK set is an object, the credentials an array)
+    // is refused as it is read: 422, before a stale If-Match is compared.
+    for body in [
+        json!({"jwks": ["not", "a", "set"]}),
+        json!({"federated_credentials": {"issuer": "https://example.com"}}),
+    ] {
+        let a = app
+            .http
+            .patch(format!("{}/v1/oauth-clients/{sid}", app.base))
+            .bearer_auth(&admin)
+            .header("If-Match", "\"999\"")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(
+            a.headers()["content-type"],
+            "application/problem+json",
+            "{body}"
+        );
+    }
     let a = crate::support::patch(
         &app,
         &format!("/v1/oauth-clients/{sid}"),

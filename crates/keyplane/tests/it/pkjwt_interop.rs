@@ -2,6 +2,9 @@
 //! (npm, `interop-tests/openid-client-pkjwt.mjs`) and Authlib (PyPI,
 //! `interop-tests/authlib_pkjwt.py`), each generating its own keys, discovering keyplane's
 //! metadata, and getting, introspecting and revoking tokens with its own client assertions.
+//! And DPoP with openid-client (`interop-tests/openid-client-dpop.mjs`): clients that require
+//! it, bound tokens from its DPoP handle, `fetchProtectedResource` through the gateway and
+//! nginx's `auth_request`, with and without server nonces.
 //! `scripts/ensure-interop.sh` installs both (CI runs it); without them these tests say
 //! SKIPPED and pass.
 
@@ -28,12 +31,23 @@ fn skipped(what: &str) {
 
 /// Runs `program args` with the server's address and admin key; its stdout's JSON lines.
 async fn run(app: &TestApp, program: &Path, args: &[PathBuf]) -> Vec<Value> {
+    run_with(app, program, args, &[]).await
+}
+
+/// [`run`], with more environment.
+async fn run_with(
+    app: &TestApp,
+    program: &Path,
+    args: &[PathBuf],
+    env: &[(&str, &str)],
+) -> Vec<Value> {
     let child = tokio::process::Command::new(program)
         .args(args)
         .current_dir(interop_dir())
         .env("KEYPLANE_BASE", &app.base)
         .env("KEYPLANE_ADMIN_KEY", &app.admin_key)
         .env("KEYPLANE_SCOPE", READ)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -88,15 +102,26 @@ fn check_flows(who: &str, results: &[Value], algs: &[&str]) {
     }
 }
 
-async fn openid_client(app: TestApp) {
-    let dir = interop_dir();
-    if std::process::Command::new("node")
+/// Whether node and openid-client are installed (else says SKIPPED).
+fn openid_client_ready(what: &str) -> bool {
+    let ok = std::process::Command::new("node")
         .arg("--version")
         .output()
-        .is_err()
-        || !dir.join("node_modules/openid-client/package.json").exists()
-    {
-        skipped("the openid-client interoperability test (node or interop-tests/node_modules is missing)");
+        .is_ok()
+        && interop_dir()
+            .join("node_modules/openid-client/package.json")
+            .exists();
+    if !ok {
+        skipped(&format!(
+            "{what} (node or interop-tests/node_modules is missing)"
+        ));
+    }
+    ok
+}
+
+async fn openid_client(app: TestApp) {
+    let dir = interop_dir();
+    if !openid_client_ready("the openid-client interoperability test") {
         return;
     }
     app.service("ai-guard", &[READ]).await;
@@ -172,3 +197,134 @@ async fn authlib(app: TestApp) {
     }
 }
 on_both!(authlib_private_key_jwt, authlib);
+
+// ----- DPoP (RFC 9449) with openid-client -----
+
+/// openid-client's DPoP (`getDPoPHandle` with a `randomDPoPKeyPair` key) against keyplane,
+/// `interop-tests/openid-client-dpop.mjs`: clients registered with `dpop_bound_access_tokens`
+/// are refused without a proof; with the handle they get DPoP-bound tokens (`cnf.jkt` the
+/// handle's key) and call a protected resource with `fetchProtectedResource` — through
+/// keyplane's gateway, and through nginx's `auth_request` to `/v1/authz` when nginx is
+/// installed — while the same token as a plain Bearer is refused. With `nonces`, keyplane
+/// requires DPoP nonces, and openid-client's one retry on `use_dpop_nonce` (with the
+/// `DPoP-Nonce` it was given) must succeed at the token endpoint and at each resource.
+async fn openid_client_dpop(backend: keyplane_testkit::Backend, nonces: bool) {
+    if !openid_client_ready("the openid-client DPoP interoperability test") {
+        return;
+    }
+    let dir = keyplane_testkit::TempDir::new();
+    let extra: &[(&str, &str)] = if nonces {
+        &[("KEYPLANE_DPOP_REQUIRE_NONCE", "true")]
+    } else {
+        &[]
+    };
+    let Some((app, upstream)) = crate::dpop::spawn_with_gateway(backend, dir.path(), extra).await
+    else {
+        return;
+    };
+    let guard = "/v1/text/guard";
+    let mut resources = serde_json::Map::new();
+    resources.insert(
+        "gateway".into(),
+        json!(format!("{}{guard}", app.gateway_base().unwrap())),
+    );
+    let nginx = crate::nginx::nginx_or_skip("the openid-client DPoP test through nginx");
+    let _nginx = match &nginx {
+        Some(binary) => {
+            let (running, front) =
+                crate::nginx::start_nginx(binary, dir.path(), &app.base, &upstream).await;
+            resources.insert("nginx".into(), json!(format!("{front}{guard}")));
+            Some(running)
+        }
+        None => None,
+    };
+    let resources = Value::Object(resources).to_string();
+    let results = run_with(
+        &app,
+        Path::new("node"),
+        &[interop_dir().join("openid-client-dpop.mjs")],
+        &[("KEYPLANE_RESOURCES", &resources)],
+    )
+    .await;
+    // With nonces the first answer of each exchange asks for one (400 at the token endpoint,
+    // 401 at a resource), and openid-client's retry with it succeeds.
+    let (token_answers, resource_answers) = if nonces {
+        (json!([400, 200]), json!([401, 200]))
+    } else {
+        (json!([200]), json!([200]))
+    };
+    let cases: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["case"] == "dpop" || r["case"] == "dpop_private_key_jwt")
+        .collect();
+    let algs: Vec<&str> = cases.iter().map(|r| r["alg"].as_str().unwrap()).collect();
+    assert_eq!(
+        algs,
+        ["ES256", "Ed25519", "RS256", "PS256", "ES256"],
+        "{results:?}"
+    );
+    for r in cases {
+        let alg = &r["alg"];
+        assert_eq!(r["ok"], true, "{alg}: {r}");
+        if r["case"] == "dpop" {
+            assert_eq!(r["registered_required"], true, "{r}");
+            assert_eq!(r["advertised"], true, "{alg}: {r}");
+        }
+        // Without a proof: openid-client reads keyplane's error code.
+        assert_eq!(
+            r["without_proof"]["error"], "invalid_dpop_proof",
+            "{alg}: {r}"
+        );
+        assert_eq!(r["without_proof"]["status"], 400, "{alg}: {r}");
+        // With the handle: a DPoP-bound token (openid-client lower-cases the type).
+        assert!(
+            r["token_type"]
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case("DPoP")),
+            "{alg}: {r}"
+        );
+        assert_eq!(r["scope"], READ, "{alg}: {r}");
+        assert_eq!(r["jkt_matches"], true, "{alg}: {r}");
+        assert_eq!(r["token_answers"], token_answers, "{alg}: {r}");
+        let names: Vec<&String> = r["resources"].as_object().unwrap().keys().collect();
+        assert_eq!(names.len(), 1 + usize::from(nginx.is_some()), "{r}");
+        for (name, res) in r["resources"].as_object().unwrap() {
+            assert_eq!(res["status"], 200, "{alg} via {name}: {res}");
+            assert_eq!(res["upstream_json"], true, "{alg} via {name}: {res}");
+            assert_eq!(res["answers"], resource_answers, "{alg} via {name}: {res}");
+            // The handle kept the nonce: the next request needs no retry.
+            assert_eq!(res["second_status"], 200, "{alg} via {name}: {res}");
+            assert_eq!(
+                res["second_answers"],
+                json!([200]),
+                "{alg} via {name}: {res}"
+            );
+            // The bound token as Bearer: refused with a challenge openid-client reads.
+            assert_eq!(res["bearer"]["status"], 401, "{alg} via {name}: {res}");
+            assert_eq!(
+                res["bearer"]["error"], "invalid_token",
+                "{alg} via {name}: {res}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_dpop_sqlite() {
+    openid_client_dpop(keyplane_testkit::Backend::Sqlite, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_dpop_postgres() {
+    openid_client_dpop(keyplane_testkit::Backend::Postgres, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_dpop_with_nonces_sqlite() {
+    openid_client_dpop(keyplane_testkit::Backend::Sqlite, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_dpop_with_nonces_postgres() {
+    openid_client_dpop(keyplane_testkit::Backend::Postgres, true).await;
+}
