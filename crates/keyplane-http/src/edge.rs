@@ -253,6 +253,10 @@ impl TrustedProxies {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
+/// Present on a request that came over a TLS connection to keyplane's own listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverTls;
+
 /// Present on a request whose TCP peer is a trusted proxy (its forwarding headers were read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FromTrustedProxy;
@@ -445,6 +449,7 @@ where
                 }
             }
         };
+        let is_tls = matches!(stream, Stream::Tls(_));
         // The first request's head is due from here: the accept, or the end of the handshake.
         let clock = Arc::new(ConnClock::new());
         let io = TokioIo::new(Watched {
@@ -453,6 +458,7 @@ where
         });
         let cfg = Arc::clone(&self.config);
         let svc = PerRequest {
+            tls: is_tls,
             service: self.service,
             config: Arc::clone(&self.config),
             peer: self.peer,
@@ -716,6 +722,8 @@ impl AsyncWrite for Watched {
 /// Turns each request of a connection into one for the tower service: the connection's peer
 /// and the client address as extensions, the body under its deadline, the answer counted.
 struct PerRequest<S> {
+    /// Whether the connection is TLS.
+    tls: bool,
     service: S,
     config: Arc<EdgeConfig>,
     peer: SocketAddr,
@@ -745,6 +753,9 @@ where
         );
         parts.extensions.insert(ConnectInfo(self.peer));
         parts.extensions.insert(ClientAddr(client));
+        if self.tls {
+            parts.extensions.insert(OverTls);
+        }
         if !self.config.trusted_proxies.is_empty()
             && self.config.trusted_proxies.contains(self.peer.ip())
         {

@@ -142,8 +142,11 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         .extensions
         .get::<crate::edge::FromTrustedProxy>()
         .is_some();
-    let dpop = is_dpop
-        .then(|| crate::dpop::dpop_request(&parts.headers, parts.method.as_str(), &path, trusted));
+    // A gateway listener with TLS is addressed as https://.
+    let tls = parts.extensions.get::<crate::edge::OverTls>().is_some();
+    let dpop = is_dpop.then(|| {
+        crate::dpop::dpop_request(&parts.headers, parts.method.as_str(), &path, trusted, tls)
+    });
     let (verdict, required) = gw
         .app
         .check_request(token, dpop.as_ref(), parts.method.as_str(), &path, &meta)

@@ -862,3 +862,68 @@ async fn a_refused_upstream_certificate_is_logged_with_the_reason() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A DPoP proof sent through a gateway with TLS names its `https://` URL: accepted; one naming
+/// the `http://` URL is refused. Over the API's own TLS the console's cookies are `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_through_a_tls_gateway_and_secure_console_cookies() {
+    let ca = Ca::new("dpop");
+    let dir = TempDir::new();
+    let certs = TempDir::new();
+    let (cert, key) = write_leaf(certs.path(), &ca.local());
+    let app = crate::dpop::spawn_with_gateway(
+        Backend::Sqlite,
+        dir.path(),
+        &[
+            ("KEYPLANE_GATEWAY_TLS_CERT", cert.to_str().unwrap()),
+            ("KEYPLANE_GATEWAY_TLS_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await
+    .unwrap();
+    let dpop_key = crate::pkjwt::TestKey::es256("k1");
+    let token = crate::dpop::bound_token(&app, &dpop_key, "jwt").await;
+    let gw = app.gateway_base().unwrap();
+    assert!(gw.starts_with("https://"), "{gw}");
+    let url = format!("{gw}/v1/text/guard");
+    let client = client_trusting(&ca);
+    for (htu, expected) in [
+        (url.clone(), StatusCode::OK),
+        (url.replace("https://", "http://"), StatusCode::UNAUTHORIZED),
+    ] {
+        let r = client
+            .post(&url)
+            .header("Authorization", format!("DPoP {token}"))
+            .header(
+                "DPoP",
+                crate::dpop::proof(&dpop_key, "POST", &htu, Some(&token)),
+            )
+            .json(&json!({ "messages": [{ "role": "user", "content": "hi" }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected, "htu {htu}");
+    }
+    drop(app);
+
+    // The console over the API's own TLS.
+    let (cert, key) = write_leaf(certs.path(), &ca.local());
+    let mut app = spawn_app_with(Backend::Sqlite, tls_options(&cert, &key))
+        .await
+        .unwrap();
+    app.http = client_trusting(&ca);
+    let a = app
+        .call(reqwest::Method::GET, "/console/sign-in", None, None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let cookies: Vec<&str> = a
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(!cookies.is_empty());
+    for c in cookies {
+        assert!(c.ends_with("; Secure"), "{c}");
+    }
+}
