@@ -42,8 +42,10 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The origins (`scheme://host`) the request may have been addressed to. `forwarded`: whether
 /// the `X-Original-URL` and `X-Forwarded-*` headers of the caller are to be read (forward auth,
-/// where the caller is the proxy; the gateway reads them only from a trusted proxy).
-pub fn origins(headers: &HeaderMap, forwarded: bool) -> Vec<String> {
+/// where the caller is the proxy; the gateway reads them only from a trusted proxy). `tls`:
+/// whether the request reached keyplane's own listener over TLS (the scheme when no forwarded
+/// one is read).
+pub fn origins(headers: &HeaderMap, forwarded: bool, tls: bool) -> Vec<String> {
     let mut out = Vec::with_capacity(2);
     if forwarded {
         if let Some(url) = text(headers, "x-original-url") {
@@ -53,10 +55,11 @@ pub fn origins(headers: &HeaderMap, forwarded: bool) -> Vec<String> {
             }
         }
     }
+    let own = if tls { "https" } else { "http" };
     let proto = if forwarded {
-        text(headers, "x-forwarded-proto").unwrap_or("http")
+        text(headers, "x-forwarded-proto").unwrap_or(own)
     } else {
-        "http"
+        own
     };
     let host = forwarded
         .then(|| text(headers, "x-forwarded-host"))
@@ -74,6 +77,7 @@ pub fn dpop_request<'a>(
     method: &'a str,
     path: &NormalPath<'_>,
     forwarded: bool,
+    tls: bool,
 ) -> DpopRequest<'a> {
     DpopRequest {
         proofs: headers
@@ -82,7 +86,7 @@ pub fn dpop_request<'a>(
             .map(|v| v.to_str().unwrap_or(""))
             .collect(),
         htm: method,
-        htus: origins(headers, forwarded)
+        htus: origins(headers, forwarded, tls)
             .into_iter()
             .map(|o| format!("{o}{}", path.as_str()))
             .collect(),

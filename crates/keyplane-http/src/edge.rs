@@ -2,6 +2,10 @@
 //! reads requests, so that what a caller can hold open costs a bounded amount of time and file
 //! descriptors before anything is authenticated, and where the real client address is decided.
 //!
+//! - **TLS** (when a listener has a certificate): the handshake must finish within its own
+//!   deadline, counted from the accept, while the connection holds its slot; one that does not
+//!   (a client that connects and sends nothing, or stalls half-way) is closed. The request
+//!   head's deadline starts once the handshake is done.
 //! - **Connection cap**: at most [`EdgeConfig::max_connections`] client connections across the
 //!   listeners that share one [`ConnectionLimit`]; past it, new connections wait in the
 //!   operating system's listen backlog (they are not accepted, and not refused) until one closes.
@@ -36,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::rustls;
 
 // ----- configuration -----
 
@@ -78,6 +83,8 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     pub trusted_proxies: TrustedProxies,
     pub forwarded_header: ForwardedHeader,
+    /// Time for a TLS handshake, from the accept (listeners with TLS only).
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -89,6 +96,7 @@ impl Default for EdgeConfig {
             max_connections: 10_000,
             trusted_proxies: TrustedProxies::default(),
             forwarded_header: ForwardedHeader::default(),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -245,6 +253,10 @@ impl TrustedProxies {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
+/// Present on a request that came over a TLS connection to keyplane's own listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverTls;
+
 /// Present on a request whose TCP peer is a trusted proxy (its forwarding headers were read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FromTrustedProxy;
@@ -320,12 +332,14 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 
 /// Serves `service` on `listener` until `shutdown` resolves; then stops accepting, lets
 /// requests in flight finish (idle connections are closed at once) and returns once every
-/// connection has closed.
+/// connection has closed. With `tls`, every connection starts with a TLS handshake
+/// (under [`EdgeConfig::tls_handshake_timeout`]).
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     config: Arc<EdgeConfig>,
     limit: ConnectionLimit,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -335,6 +349,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a sender; when all are gone, `recv` answers `None`.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -363,6 +378,7 @@ where
             service: service.clone(),
             config: Arc::clone(&config),
             peer,
+            tls: tls.clone(),
         };
         let stop = stop_rx.clone();
         let open = open_tx.clone();
@@ -391,6 +407,7 @@ struct Connection<S> {
     service: S,
     config: Arc<EdgeConfig>,
     peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl<S> Connection<S>
@@ -403,6 +420,37 @@ where
 {
     async fn run(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
         let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Plain(stream),
+            Some(acceptor) => {
+                if *stop.borrow() {
+                    return;
+                }
+                // The handshake has a deadline of its own: a client that connects and then
+                // sends nothing (or stalls half-way) gives its slot back when it passes.
+                let handshake = tokio::time::timeout(
+                    self.config.tls_handshake_timeout,
+                    acceptor.accept(stream),
+                );
+                tokio::select! {
+                    r = handshake => match r {
+                        Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %self.peer, "closing a connection: the TLS handshake did not finish in time");
+                            return;
+                        }
+                    },
+                    // Shutting down: a handshake under way is abandoned.
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        let is_tls = matches!(stream, Stream::Tls(_));
+        // The first request's head is due from here: the accept, or the end of the handshake.
         let clock = Arc::new(ConnClock::new());
         let io = TokioIo::new(Watched {
             inner: stream,
@@ -410,6 +458,7 @@ where
         });
         let cfg = Arc::clone(&self.config);
         let svc = PerRequest {
+            tls: is_tls,
             service: self.service,
             config: Arc::clone(&self.config),
             peer: self.peer,
@@ -551,9 +600,73 @@ impl ConnClock {
     }
 }
 
-/// The socket, reporting reads and blocked writes to the connection's clock.
+/// A connection's byte stream: the socket, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The connection's stream, reporting reads and blocked writes to the connection's clock.
 struct Watched {
-    inner: TcpStream,
+    inner: Stream,
     clock: Arc<ConnClock>,
 }
 
@@ -609,6 +722,8 @@ impl AsyncWrite for Watched {
 /// Turns each request of a connection into one for the tower service: the connection's peer
 /// and the client address as extensions, the body under its deadline, the answer counted.
 struct PerRequest<S> {
+    /// Whether the connection is TLS.
+    tls: bool,
     service: S,
     config: Arc<EdgeConfig>,
     peer: SocketAddr,
@@ -638,6 +753,9 @@ where
         );
         parts.extensions.insert(ConnectInfo(self.peer));
         parts.extensions.insert(ClientAddr(client));
+        if self.tls {
+            parts.extensions.insert(OverTls);
+        }
         if !self.config.trusted_proxies.is_empty()
             && self.config.trusted_proxies.contains(self.peer.ip())
         {

@@ -3,6 +3,8 @@
 //! `X-Keyplane-*` headers are stripped and the verified identity added; bodies stream both ways.
 //! The rules see the normalized path (`keyplane_core::domain::path`) and the upstream is sent
 //! exactly that path: an ambiguous one is answered 400 and never forwarded.
+//! An `https://` upstream is reached over TLS with its certificate checked against the Mozilla
+//! roots, or only against a configured CA; one that fails the check is answered 502.
 
 use crate::auth::request_meta;
 use crate::routes::authz::{ambiguous_path, identity_headers, respond};
@@ -12,6 +14,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body_util::{BodyExt, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -25,8 +28,11 @@ use std::time::Duration;
 /// How the gateway behaves.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// `http://host:port` (a base path is allowed and prefixed to every request's path).
+    /// `http://host:port` or `https://host:port` (a base path is allowed and prefixed to every
+    /// request's path).
     pub upstream: Uri,
+    /// How an `https://` upstream is checked ([`crate::tls::client_config`]).
+    pub upstream_tls: crate::tls::rustls::ClientConfig,
     /// Time to the upstream's response headers before answering 504.
     pub upstream_timeout: Duration,
     /// Largest request body forwarded.
@@ -38,7 +44,7 @@ pub struct GatewayConfig {
 #[derive(Clone)]
 struct Gateway {
     app: Arc<Keyplane>,
-    client: Client<HttpConnector, Limited<Body>>,
+    client: Client<HttpsConnector<HttpConnector>, Limited<Body>>,
     config: Arc<GatewayConfig>,
 }
 
@@ -68,6 +74,13 @@ pub fn router(app: Arc<Keyplane>, config: GatewayConfig) -> Router {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    // The TLS layer speaks TLS for https:// and passes http:// through.
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.upstream_tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     // Connections to the upstream are pooled and reused.
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
@@ -129,8 +142,11 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         .extensions
         .get::<crate::edge::FromTrustedProxy>()
         .is_some();
-    let dpop = is_dpop
-        .then(|| crate::dpop::dpop_request(&parts.headers, parts.method.as_str(), &path, trusted));
+    // A gateway listener with TLS is addressed as https://.
+    let tls = parts.extensions.get::<crate::edge::OverTls>().is_some();
+    let dpop = is_dpop.then(|| {
+        crate::dpop::dpop_request(&parts.headers, parts.method.as_str(), &path, trusted, tls)
+    });
     let (verdict, required) = gw
         .app
         .check_request(token, dpop.as_ref(), parts.method.as_str(), &path, &meta)
@@ -251,6 +267,18 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                     format!(
                         "the request body exceeds {} bytes",
                         gw.config.max_body_bytes
+                    ),
+                );
+            }
+            if let Some(why) = crate::tls::refusal(&e) {
+                tracing::warn!(upstream = %gw.config.upstream, reason = %why, "the upstream's TLS connection was refused: nothing was forwarded");
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-tls",
+                    "Upstream TLS failed",
+                    format!(
+                        "the upstream {} could not be reached over TLS: {why}",
+                        gw.config.upstream
                     ),
                 );
             }

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod no_store;
 pub mod openapi;
 pub mod routes;
+pub mod tls;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -107,6 +108,7 @@ pub async fn serve(
     state: AppState,
     edge: Arc<edge::EdgeConfig>,
     limit: edge::ConnectionLimit,
+    tls: Option<Arc<tls::rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let rest = tower::ServiceBuilder::new()
@@ -121,7 +123,7 @@ pub async fn serve(
         rest: tower::util::BoxCloneSyncService::new(rest),
         state,
     };
-    edge::serve(listener, service, edge, limit, shutdown).await
+    edge::serve(listener, service, edge, limit, tls, shutdown).await
 }
 
 /// The span of a request the router answers: its method, URI and client address.

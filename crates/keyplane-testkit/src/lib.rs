@@ -233,7 +233,8 @@ impl TestApp {
         let running = server::start(&config, std::future::pending())
             .await
             .expect("start keyplane");
-        self.base = format!("http://{}", running.addr);
+        // https:// when the configuration gives the API listener a certificate.
+        self.base = running.base_url();
         self.running = Some(running);
     }
 
@@ -284,10 +285,7 @@ impl TestApp {
 
     /// The gateway's base URL, when the configuration runs one.
     pub fn gateway_base(&self) -> Option<String> {
-        self.running
-            .as_ref()?
-            .gateway_addr
-            .map(|a| format!("http://{a}"))
+        self.running.as_ref()?.gateway_url()
     }
 
     pub fn backend(&self) -> Backend {

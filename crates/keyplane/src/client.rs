@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The server's URL.
+    /// The server's URL (http:// or https://).
     #[arg(
         long,
         env = "KEYPLANE_URL",
@@ -16,6 +16,10 @@ pub struct ClientArgs {
     /// The admin key or an API key.
     #[arg(long, env = "KEYPLANE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// URL, besides the Mozilla roots
+    /// (e.g. the CA of a private deployment). Server certificates are always checked.
+    #[arg(long, env = "KEYPLANE_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -92,6 +96,25 @@ pub enum ServicesCommand {
     List,
 }
 
+/// The CLI's HTTP client: rustls with the Mozilla roots, plus the CAs of `ca_cert`.
+fn http_client(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client> {
+    let mut builder =
+        reqwest::Client::builder().user_agent(concat!("keyplane-cli/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+        // Parsed here first, so a file without a certificate is named rather than ignored.
+        keyplane_http::tls::certificates(&pem, &path.display().to_string())
+            .map_err(anyhow::Error::msg)?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM certificate file", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().context("cannot build the HTTP client")
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -106,7 +129,7 @@ impl Client {
             );
         };
         Ok(Self {
-            http: reqwest::Client::new(),
+            http: http_client(args.ca_cert.as_deref())?,
             base: args.url.trim_end_matches('/').to_string(),
             token,
         })

@@ -25,6 +25,11 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// The public URL of this deployment (`iss` of tokens, base of the metadata's endpoints).
     pub issuer: Option<String>,
+    /// TLS on the API listener: a PEM certificate chain and its PEM private key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Time for a TLS handshake (every listener with TLS).
+    pub tls_handshake_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub prefixes: Prefixes,
     #[serde(default)]
@@ -35,7 +40,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub authz: AuthzFile,
     pub gateway_listen: Option<String>,
+    /// TLS on the gateway listener.
+    pub gateway_tls_cert: Option<PathBuf>,
+    pub gateway_tls_key: Option<PathBuf>,
     pub upstream: Option<String>,
+    /// The CA (PEM) an https:// upstream's certificate must chain to, instead of the Mozilla roots.
+    pub upstream_ca_cert: Option<PathBuf>,
     #[serde(default)]
     pub gateway: GatewayFile,
     /// Time for a request's line and headers (every listener).
@@ -224,6 +234,13 @@ pub struct EdgeFlags {
     pub refusal_events_per_flush: Option<usize>,
 }
 
+/// A listener's certificate chain and private key (PEM files, read at start and on reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The validated configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -251,6 +268,13 @@ pub struct Config {
     pub issuer: String,
     /// Whether the issuer was configured; otherwise it follows the address actually bound.
     pub issuer_explicit: bool,
+    /// TLS on the API listener.
+    pub tls: Option<TlsFiles>,
+    /// TLS on the gateway listener.
+    pub gateway_tls: Option<TlsFiles>,
+    pub tls_handshake_timeout_seconds: u64,
+    /// The CA an https:// upstream must chain to (else the Mozilla roots).
+    pub upstream_ca_cert: Option<PathBuf>,
     pub signing_alg: String,
     pub aggregate_token_events: bool,
     pub signing_key_lead_seconds: i64,
@@ -294,6 +318,7 @@ impl Config {
             max_connections: self.max_connections,
             trusted_proxies: self.trusted_proxies.clone(),
             forwarded_header: self.forwarded_header,
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_seconds),
         }
     }
 }
@@ -347,6 +372,13 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_CLIENT_SECRET_PREFIX",
     "KEYPLANE_ACCESS_TOKEN_PREFIX",
     "KEYPLANE_ISSUER",
+    "KEYPLANE_TLS_CERT",
+    "KEYPLANE_TLS_KEY",
+    "KEYPLANE_TLS_HANDSHAKE_TIMEOUT_SECONDS",
+    "KEYPLANE_GATEWAY_TLS_CERT",
+    "KEYPLANE_GATEWAY_TLS_KEY",
+    "KEYPLANE_UPSTREAM_CA_CERT",
+    "KEYPLANE_CA_CERT",
     "KEYPLANE_SIGNING_ALG",
     "KEYPLANE_TOKEN_EVENTS",
     "KEYPLANE_SIGNING_KEY_LEAD_SECONDS",
@@ -602,11 +634,45 @@ impl Config {
                 }
             }
         }
+        let tls_pair = |what: &str,
+                        cert_var: &str,
+                        key_var: &str,
+                        cert: Option<PathBuf>,
+                        key: Option<PathBuf>|
+         -> Result<Option<TlsFiles>> {
+            let cert = env.get(cert_var).map(PathBuf::from).or(cert);
+            let key = env.get(key_var).map(PathBuf::from).or(key);
+            match (cert, key) {
+                (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+                (None, None) => Ok(None),
+                (Some(_), None) => bail!(
+                    "TLS on the {what} needs a private key too: {cert_var} (or its TOML key) is set, {key_var} is not"
+                ),
+                (None, Some(_)) => bail!(
+                    "TLS on the {what} needs a certificate too: {key_var} (or its TOML key) is set, {cert_var} is not"
+                ),
+            }
+        };
+        let tls = tls_pair(
+            "API listener",
+            "KEYPLANE_TLS_CERT",
+            "KEYPLANE_TLS_KEY",
+            file.tls_cert.clone(),
+            file.tls_key.clone(),
+        )?;
+        let gateway_tls = tls_pair(
+            "gateway listener",
+            "KEYPLANE_GATEWAY_TLS_CERT",
+            "KEYPLANE_GATEWAY_TLS_KEY",
+            file.gateway_tls_cert.clone(),
+            file.gateway_tls_key.clone(),
+        )?;
         let issuer_explicit = env.contains_key("KEYPLANE_ISSUER") || file.issuer.is_some();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let issuer = pick(
             "KEYPLANE_ISSUER",
             file.issuer.clone(),
-            &format!("http://{listen}"),
+            &format!("{scheme}://{listen}"),
         );
         let issuer = issuer.trim_end_matches('/').to_string();
         if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
@@ -730,9 +796,23 @@ impl Config {
             let uri: axum::http::Uri = u
                 .parse()
                 .with_context(|| format!("upstream {u:?} is not a URL"))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                bail!("upstream {u:?} must be an http:// URL with a host (TLS to the upstream is not supported)");
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+                bail!("upstream {u:?} must be an http:// or https:// URL with a host");
             }
+        }
+        let upstream_ca_cert = env
+            .get("KEYPLANE_UPSTREAM_CA_CERT")
+            .map(PathBuf::from)
+            .or(file.upstream_ca_cert.clone());
+        if upstream_ca_cert.is_some()
+            && !upstream
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            bail!("upstream_ca_cert (KEYPLANE_UPSTREAM_CA_CERT) is set, but the upstream is not an https:// URL");
+        }
+        if gateway_tls.is_some() && gateway_listen.is_none() {
+            bail!("gateway_tls_cert and gateway_tls_key are set, but the gateway does not run (no gateway_listen)");
         }
         if gateway_listen.is_some() != upstream.is_some() {
             bail!("the gateway needs both a listen address (--gateway-listen) and an upstream (--upstream)");
@@ -824,6 +904,12 @@ impl Config {
         if refusal_events_per_flush == 0 {
             bail!("refusal_events_per_flush must be at least 1");
         }
+        let tls_handshake_timeout_seconds = seconds(
+            None,
+            "KEYPLANE_TLS_HANDSHAKE_TIMEOUT_SECONDS",
+            file.tls_handshake_timeout_seconds,
+            10,
+        )?;
         Ok(Config {
             header_read_timeout_seconds,
             request_body_timeout_seconds,
@@ -851,6 +937,10 @@ impl Config {
             access_token_prefix,
             issuer,
             issuer_explicit,
+            tls,
+            gateway_tls,
+            tls_handshake_timeout_seconds,
+            upstream_ca_cert,
             signing_alg,
             aggregate_token_events,
             signing_key_lead_seconds,
@@ -1035,6 +1125,93 @@ mod tests {
                 Config::load(&ConfigFlags::default(), None, &env(&[bad])).is_err(),
                 "{bad:?} was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs_and_set_the_scheme() {
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert!(c.tls.is_none() && c.gateway_tls.is_none());
+        assert_eq!(c.issuer, "http://127.0.0.1:8780");
+        assert_eq!(c.tls_handshake_timeout_seconds, 10);
+
+        let e = env(&[
+            ("KEYPLANE_TLS_CERT", "/etc/keyplane/cert.pem"),
+            ("KEYPLANE_TLS_KEY", "/etc/keyplane/key.pem"),
+            ("KEYPLANE_TLS_HANDSHAKE_TIMEOUT_SECONDS", "3"),
+        ]);
+        let c = Config::load(&ConfigFlags::default(), None, &e).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "/etc/keyplane/cert.pem".into(),
+                key: "/etc/keyplane/key.pem".into()
+            })
+        );
+        assert_eq!(c.issuer, "https://127.0.0.1:8780");
+        assert_eq!(c.edge().tls_handshake_timeout.as_secs(), 3);
+
+        let dir = std::env::temp_dir().join(format!("kp-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyplane.toml");
+        std::fs::write(
+            &file,
+            "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\ngateway_listen = \"127.0.0.1:0\"\n\
+             upstream = \"https://api.internal:8443\"\nupstream_ca_cert = \"/ca.pem\"\n\
+             gateway_tls_cert = \"/gc.pem\"\ngateway_tls_key = \"/gk.pem\"\n",
+        )
+        .unwrap();
+        let flags = ConfigFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&flags, None, &env(&[])).unwrap();
+        assert_eq!(c.tls.unwrap().key, PathBuf::from("/k.pem"));
+        assert_eq!(c.gateway_tls.unwrap().cert, PathBuf::from("/gc.pem"));
+        assert_eq!(c.upstream_ca_cert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.upstream.as_deref(), Some("https://api.internal:8443"));
+
+        for (bad, why) in [
+            (
+                vec![("KEYPLANE_TLS_CERT", "/c.pem")],
+                "needs a private key too",
+            ),
+            (
+                vec![("KEYPLANE_TLS_KEY", "/k.pem")],
+                "needs a certificate too",
+            ),
+            (
+                vec![
+                    ("KEYPLANE_GATEWAY_TLS_CERT", "/c.pem"),
+                    ("KEYPLANE_GATEWAY_TLS_KEY", "/k.pem"),
+                ],
+                "the gateway does not run",
+            ),
+            (
+                vec![
+                    ("KEYPLANE_GATEWAY_LISTEN", "127.0.0.1:0"),
+                    ("KEYPLANE_UPSTREAM", "http://127.0.0.1:9000"),
+                    ("KEYPLANE_UPSTREAM_CA_CERT", "/ca.pem"),
+                ],
+                "not an https:// URL",
+            ),
+            (
+                vec![
+                    ("KEYPLANE_GATEWAY_LISTEN", "127.0.0.1:0"),
+                    ("KEYPLANE_UPSTREAM", "ftp://127.0.0.1:9000"),
+                ],
+                "http:// or https://",
+            ),
+            (
+                vec![("KEYPLANE_TLS_HANDSHAKE_TIMEOUT_SECONDS", "0")],
+                "at least 1 second",
+            ),
+        ] {
+            let e = Config::load(&ConfigFlags::default(), None, &env(&bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"))
+                .to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
         }
     }
 

@@ -113,6 +113,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where the gateway listens, when it runs.
     pub gateway_addr: Option<SocketAddr>,
+    /// Whether the API listener speaks TLS.
+    pub tls: bool,
+    /// Whether the gateway listener speaks TLS.
+    pub gateway_tls: bool,
     pub app: Arc<Keyplane>,
     /// The admin key generated on this first start, if one was.
     pub generated_admin_key: Option<SecretString>,
@@ -121,6 +125,21 @@ pub struct Running {
 }
 
 impl Running {
+    /// The API's base URL: `https://ADDR` with TLS, else `http://ADDR`.
+    pub fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
+    }
+
+    /// The gateway's base URL, when it runs.
+    pub fn gateway_url(&self) -> Option<String> {
+        let scheme = if self.gateway_tls { "https" } else { "http" };
+        self.gateway_addr.map(|a| format!("{scheme}://{a}"))
+    }
+
     /// Stops accepting, waits for requests in flight, flushes, and returns.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -140,6 +159,34 @@ pub async fn start(
     config: &Config,
     external: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running> {
+    // Certificates and the upstream's CA first: a bad file stops the start before anything
+    // is bound or written.
+    let api_cert = config
+        .tls
+        .as_ref()
+        .map(|f| crate::tls::ListenerCert::load("API", f))
+        .transpose()?;
+    let gateway_cert = config
+        .gateway_tls
+        .as_ref()
+        .map(|f| crate::tls::ListenerCert::load("gateway", f))
+        .transpose()?;
+    let api_tls = api_cert.as_ref().map(|c| c.server_config()).transpose()?;
+    let gateway_tls = gateway_cert
+        .as_ref()
+        .map(|c| c.server_config())
+        .transpose()?;
+    let certificates = crate::tls::Certificates(api_cert.into_iter().chain(gateway_cert).collect());
+    let upstream_tls = match &config.upstream_ca_cert {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the upstream CA file {}", path.display()))?;
+            keyplane_http::tls::client_config(Some((&pem, &path.display().to_string())))
+        }
+        None => keyplane_http::tls::client_config(None),
+    }
+    .map_err(anyhow::Error::msg)
+    .context("TLS to the upstream")?;
     // Bind first, so a derived issuer names the port actually bound (port 0 in tests).
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -147,7 +194,8 @@ pub async fn start(
     let bound = listener.local_addr()?;
     let mut config = config.clone();
     if !config.issuer_explicit {
-        config.issuer = format!("http://{bound}");
+        let scheme = if api_tls.is_some() { "https" } else { "http" };
+        config.issuer = format!("{scheme}://{bound}");
         if bound.ip().is_unspecified() {
             tracing::warn!(issuer = %config.issuer, "the issuer is derived from an unspecified address: set KEYPLANE_ISSUER to the URL callers use");
         }
@@ -242,7 +290,8 @@ pub async fn start(
         })
     };
 
-    let reloader = tokio::spawn(reload_rules_on_sighup(Arc::clone(&app)));
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), certificates.clone()));
+    let cert_watcher = tokio::spawn(certificates.watch(crate::tls::POLL_INTERVAL));
 
     // Every listener is served by the connection edge: timeouts, the client address, and one
     // cap on client connections shared by the API and the gateway.
@@ -265,18 +314,20 @@ pub async fn start(
                 upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
                 max_body_bytes: config.gateway_max_body_bytes,
                 max_header_bytes: config.gateway_max_header_bytes,
+                upstream_tls,
             };
             let gl = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for the gateway"))?;
             gateway_addr = Some(gl.local_addr()?);
-            tracing::info!(addr = %gl.local_addr()?, upstream = %upstream, "gateway is listening");
+            tracing::info!(addr = %gl.local_addr()?, upstream = %upstream, tls = gateway_tls.is_some(), "gateway is listening");
             let router = keyplane_http::gateway::router(Arc::clone(&app), gateway_config);
             let (tx, rx) = oneshot::channel::<()>();
             let edge = Arc::clone(&edge);
             let limit = limit.clone();
+            let tls = gateway_tls.clone();
             let task = tokio::spawn(async move {
-                keyplane_http::edge::serve(gl, router, edge, limit, async move {
+                keyplane_http::edge::serve(gl, router, edge, limit, tls, async move {
                     let _ = rx.await;
                 })
                 .await
@@ -290,8 +341,9 @@ pub async fn start(
         app: Arc::clone(&app),
     };
     let app_for_task = Arc::clone(&app);
+    let tls = api_tls.is_some();
     let task = tokio::spawn(async move {
-        let served = keyplane_http::serve(listener, state, edge, limit, shutdown).await;
+        let served = keyplane_http::serve(listener, state, edge, limit, api_tls, shutdown).await;
         if let Some(stop) = gateway_stop {
             let _ = stop.send(());
         }
@@ -299,6 +351,7 @@ pub async fn start(
             let _ = t.await;
         }
         reloader.abort();
+        cert_watcher.abort();
         maintenance.abort();
         preloader.stop();
         let _ = flusher_stop.send(());
@@ -313,10 +366,12 @@ pub async fn start(
         tracing::info!("stopped cleanly");
         Ok(())
     });
-    tracing::info!(%addr, storage = app.backend(), "keyplane is listening");
+    tracing::info!(%addr, storage = app.backend(), tls, "keyplane is listening");
     Ok(Running {
         addr,
         gateway_addr,
+        tls,
+        gateway_tls: gateway_tls.is_some(),
         app,
         generated_admin_key,
         stop: Some(stop_tx),
@@ -389,7 +444,6 @@ async fn maintain(app: &Keyplane) {
     }
 }
 
-/// Reloads the route rules on SIGHUP; invalid rules are logged and the old ones kept.
 /// Reads active keys into the cache in the background; a new run replaces one under way.
 struct Preloader {
     app: Arc<Keyplane>,
@@ -431,7 +485,9 @@ impl Preloader {
     }
 }
 
-async fn reload_rules_on_sighup(app: Arc<Keyplane>) {
+/// On SIGHUP: reloads the route rules (invalid rules are logged and the old ones kept) and the
+/// listeners' certificates (the same: a bad file is logged, the certificate in use stays).
+async fn reload_on_sighup(app: Arc<Keyplane>, certificates: crate::tls::Certificates) {
     #[cfg(unix)]
     {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -439,6 +495,10 @@ async fn reload_rules_on_sighup(app: Arc<Keyplane>) {
             return;
         };
         while hup.recv().await.is_some() {
+            if !certificates.is_empty() {
+                let certificates = certificates.clone();
+                let _ = tokio::task::spawn_blocking(move || certificates.reload_all()).await;
+            }
             match app.reload_rules().await {
                 Ok(n) => tracing::info!(rules = n, "route rules reloaded"),
                 Err(e) => {
@@ -448,5 +508,8 @@ async fn reload_rules_on_sighup(app: Arc<Keyplane>) {
         }
     }
     #[cfg(not(unix))]
-    std::future::pending::<()>().await
+    {
+        let _ = (app, certificates);
+        std::future::pending::<()>().await
+    }
 }

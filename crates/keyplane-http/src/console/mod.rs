@@ -106,8 +106,27 @@ pub fn router() -> Router<AppState> {
 /// may show what only this session may see).
 async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
     let is_asset = req.uri().path().starts_with("/console/assets/");
+    let tls = req.extensions().get::<crate::edge::OverTls>().is_some();
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    // Over keyplane's own TLS, every cookie is `Secure` (behind a proxy, `X-Forwarded-Proto`
+    // says so to `set_cookie`).
+    if tls {
+        let cookies: Vec<HeaderValue> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| match v.to_str() {
+                Ok(s) if !s.contains("; Secure") => {
+                    HeaderValue::from_str(&format!("{s}; Secure")).unwrap_or_else(|_| v.clone())
+                }
+                _ => v.clone(),
+            })
+            .collect();
+        h.remove(header::SET_COOKIE);
+        for c in cookies {
+            h.append(header::SET_COOKIE, c);
+        }
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),

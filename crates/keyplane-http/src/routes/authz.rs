@@ -180,8 +180,8 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
     if !explicit {
         match original_request(&parts) {
             Some(Ok((method, path))) => {
-                let dpop =
-                    is_dpop.then(|| crate::dpop::dpop_request(&parts.headers, method, &path, true));
+                let dpop = is_dpop
+                    .then(|| crate::dpop::dpop_request(&parts.headers, method, &path, true, false));
                 let (verdict, required) = s
                     .app
                     .check_request(token, dpop.as_ref(), method, &path, &meta)
@@ -208,7 +208,13 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
     let method = header(&parts, &ORIGINAL_METHOD).unwrap_or("GET");
     let dpop = match (is_dpop, &original_url_path) {
         (false, _) => None,
-        (true, Some(p)) => Some(crate::dpop::dpop_request(&parts.headers, method, p, true)),
+        (true, Some(p)) => Some(crate::dpop::dpop_request(
+            &parts.headers,
+            method,
+            p,
+            true,
+            false,
+        )),
         (true, None) => Some(keyplane_core::domain::dpop::DpopRequest {
             proofs: vec![],
             htm: method,

@@ -98,7 +98,7 @@ pub(crate) fn token_url(app: &TestApp) -> String {
     format!("{}/v1/oauth/token", app.base)
 }
 
-async fn bound_token(app: &TestApp, key: &TestKey, format: &str) -> String {
+pub(crate) async fn bound_token(app: &TestApp, key: &TestKey, format: &str) -> String {
     let (id, secret) = client(app, format).await;
     let a = token(
         app,

@@ -55,5 +55,6 @@ mod seed002;
 mod seeds;
 mod strict;
 mod support;
+mod tls;
 mod verify;
 mod visibility;
