@@ -871,7 +871,7 @@ async fn dpop_through_a_tls_gateway_and_secure_console_cookies() {
     let dir = TempDir::new();
     let certs = TempDir::new();
     let (cert, key) = write_leaf(certs.path(), &ca.local());
-    let app = crate::dpop::spawn_with_gateway(
+    let (app, _upstream) = crate::dpop::spawn_with_gateway(
         Backend::Sqlite,
         dir.path(),
         &[
