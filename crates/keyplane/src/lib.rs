@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod config;
+pub mod declare;
 pub mod jwks;
 pub mod server;
