@@ -11,6 +11,7 @@
 //! applied. Route rules (`[[routes]]`) are read by [`crate::config::FileRules`] after this.
 
 use anyhow::{anyhow, bail, Context, Result};
+use keyplane_core::domain::declared::{ApplyItem, ApplyReport, ConfigApplier};
 use keyplane_core::domain::perm::Principal;
 use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
@@ -230,6 +231,81 @@ impl Report {
             changed = self.changes(),
             "declared objects applied"
         );
+    }
+}
+
+impl Report {
+    /// The core's form of the report (the management API's answer).
+    pub fn to_core(&self) -> ApplyReport {
+        ApplyReport {
+            file: self.file.display().to_string(),
+            dry_run: self.dry_run,
+            items: self
+                .items
+                .iter()
+                .map(|i| {
+                    let (change, fields) = match &i.change {
+                        Change::Create => ("create", vec![]),
+                        Change::Update(f) => ("update", f.clone()),
+                        Change::Unchanged => ("unchanged", vec![]),
+                    };
+                    ApplyItem {
+                        kind: i.kind.to_string(),
+                        name: i.name.clone(),
+                        line: i.line,
+                        change: change.to_string(),
+                        fields,
+                    }
+                })
+                .collect(),
+            secrets_written: self
+                .secrets_written
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        }
+    }
+}
+
+/// What `POST /v1/admin/config/apply` (and so `keyplane apply`) runs in the server: the
+/// declarations of the text sent (named by `file`), or of the server's own configuration file.
+/// After applying the server's own file, its route rules are read again too.
+pub struct FileApplier {
+    pub app: std::sync::Weak<Keyplane>,
+    pub config_file: Option<PathBuf>,
+}
+
+#[async_trait::async_trait]
+impl ConfigApplier for FileApplier {
+    async fn apply(
+        &self,
+        file: Option<String>,
+        text: Option<String>,
+        dry_run: bool,
+    ) -> std::result::Result<ApplyReport, String> {
+        let app = self.app.upgrade().ok_or("the server is stopping")?;
+        let path = file
+            .map(PathBuf::from)
+            .or_else(|| self.config_file.clone())
+            .ok_or("no configuration file: send its text, or start keyplane with --config")?;
+        let report = match text {
+            Some(t) => apply_text(&app, &path, &t, dry_run).await,
+            None => apply_file(&app, &path, dry_run).await,
+        }
+        .map_err(|e| format!("{e:#}"))?;
+        if !dry_run {
+            report.log();
+            if self.config_file.as_deref() == Some(path.as_path()) {
+                app.reload_rules().await.map_err(|e| {
+                    format!(
+                        "{}
+the declarations were applied, but the route rules are not valid and the previous ones stay in force: {e}",
+                        report.render()
+                    )
+                })?;
+            }
+        }
+        Ok(report.to_core())
     }
 }
 

@@ -171,6 +171,10 @@ pub async fn start(
         }
     };
     let generated_admin_key = app.bootstrap(supplied.as_ref()).await?;
+    app.set_config_applier(Arc::new(crate::declare::FileApplier {
+        app: Arc::downgrade(&app),
+        config_file: config.config_file.clone(),
+    }));
 
     // Active keys are read into the cache in the background, at start and again whenever the
     // whole cache is dropped (a resync after the change feed reconnects): the node is ready at

@@ -6,6 +6,7 @@
 use crate::app::Keyplane;
 use crate::domain::ceiling::within;
 use crate::domain::clock::to_ms;
+use crate::domain::declared::{ApplyReport, ConfigApplier};
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::new_id;
 use crate::domain::model::ClientSecret;
@@ -14,8 +15,47 @@ use crate::domain::request::RequestMeta;
 use crate::domain::secret::SecretString;
 use crate::runtime::oauth::ceil_to_second;
 use crate::store::Invalidation;
+use std::sync::Arc;
 
 impl Keyplane {
+    /// Registers what applies configuration files (the binary's `declare` module).
+    pub fn set_config_applier(&self, applier: Arc<dyn ConfigApplier>) {
+        *self
+            .rt
+            .config_applier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(applier);
+    }
+
+    /// Applies a configuration file's declarations, or says what applying would change
+    /// (`keyplane apply`, `POST /v1/admin/config/apply`): the admin key only.
+    pub async fn config_apply(
+        &self,
+        p: &Principal,
+        file: Option<String>,
+        text: Option<String>,
+        dry_run: bool,
+    ) -> Result<ApplyReport> {
+        if !p.is_admin_key() {
+            return Err(Error::Forbidden(
+                "only the admin key may apply configuration".into(),
+            ));
+        }
+        let applier = self
+            .rt
+            .config_applier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Error::Conflict("this server does not apply configuration files".into())
+            })?;
+        applier
+            .apply(file, text, dry_run)
+            .await
+            .map_err(|e| Error::invalid("config", e))
+    }
+
     /// A new client secret in this deployment's format, for a declared client whose secret
     /// keyplane generates (the binary writes it to the operator's file, once).
     pub fn declared_secret_generate(&self) -> SecretString {

@@ -144,6 +144,27 @@ async fn actions_after(app: &TestApp, seq: i64) -> Vec<String> {
         .collect()
 }
 
+/// `keyplane apply --config FILE [--dry-run]`, the binary, against the running server; its
+/// standard output.
+async fn cli_apply(app: &TestApp, config: &Path, dry_run: bool) -> String {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyplane"));
+    cmd.arg("apply")
+        .arg("--config")
+        .arg(config)
+        .args(["--url", &app.base])
+        .env("KEYPLANE_TOKEN", &app.admin_key);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "keyplane apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -230,17 +251,14 @@ async fn declared_first_start(backend: Backend) {
     assert_ne!(changed, DECLARED);
     std::fs::write(&config, &changed).unwrap();
     let before = head(&app).await;
-    let plan = keyplane::declare::apply_file(app.app(), &config, true)
-        .await
-        .unwrap();
-    let text = plan.render();
+    let text = cli_apply(&app, &config, true).await;
     assert!(
         text.contains("update (scopes) client acme/payments/guard-caller"),
         "{text}"
     );
     assert!(text.contains("create     service billing"), "{text}");
     assert!(text.contains("unchanged  org acme"), "{text}");
-    assert_eq!(plan.changes(), 2, "{text}");
+    assert!(text.contains("would change 2"), "{text}");
     let after = actions_after(&app, before).await;
     assert!(
         after.iter().all(|a| a == "access_token.issue"),
@@ -251,10 +269,8 @@ async fn declared_first_start(backend: Backend) {
         StatusCode::BAD_REQUEST
     );
     // … and applying makes it.
-    let done = keyplane::declare::apply_file(app.app(), &config, false)
-        .await
-        .unwrap();
-    assert_eq!(done.changes(), 2, "{}", done.render());
+    let done = cli_apply(&app, &config, false).await;
+    assert!(done.contains("changed 2"), "{done}");
     let (status, t) = token(&app, &id, secret.expose(), "ai-guard:write").await;
     assert_eq!(status, StatusCode::OK);
     // The upstream's own answer (it has no DELETE): the gateway let the request through.
@@ -264,10 +280,33 @@ async fn declared_first_start(backend: Backend) {
     );
     // Applying again changes nothing.
     let before = head(&app).await;
-    let again = keyplane::declare::apply_file(app.app(), &config, false)
-        .await
-        .unwrap();
-    assert_eq!(again.changes(), 0, "{}", again.render());
+    let again = cli_apply(&app, &config, false).await;
+    assert!(again.contains("changed 0"), "{again}");
+    // Through the API: an invalid file is a 422 naming file, line, table and field; the admin
+    // key only.
+    let bad = app
+        .post(
+            "/v1/admin/config/apply",
+            &app.admin_key,
+            json!({ "config": "\n[[roles]]\nname = \"R\"\nscopes = [\"nope:x\"]\n", "file": "/etc/k.toml", "dry_run": true }),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text);
+    assert!(
+        bad.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("/etc/k.toml:2: [[roles]] \"default/R\": scopes:"),
+        "{}",
+        bad.text
+    );
+    // And so does a start on the changed file.
+    app.restart().await;
+    let after = actions_after(&app, before).await;
+    assert!(
+        after.iter().all(|a| a == "access_token.issue"),
+        "a start after apply wrote: {after:?}"
+    );
     let after = actions_after(&app, before).await;
     assert!(
         after.iter().all(|a| a == "access_token.issue"),
