@@ -364,7 +364,7 @@ impl Modify for Aliases {
         mgmt::org_create, mgmt::org_list, mgmt::project_create, mgmt::project_list,
         mgmt::service_create, mgmt::service_list, mgmt::service_update,
         mgmt::member_create, mgmt::member_list, mgmt::member_get, mgmt::member_update, mgmt::member_delete,
-        mgmt::role_create, mgmt::role_list, mgmt::whoami, mgmt::routes_list, mgmt::routes_reload,
+        mgmt::role_create, mgmt::role_list, mgmt::whoami, mgmt::routes_list, mgmt::routes_reload, mgmt::config_apply,
         activity::query, activity::verify,
         authz::authz,
         clients::create, clients::list, clients::get_one, clients::update, clients::remove,
@@ -375,7 +375,7 @@ impl Modify for Aliases {
     components(schemas(Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
         SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, UpdateService, MemberView,
         CreateMember, UpdateMember, RoleView, CreateRole, EventView, VerifyView, BrokenView, WhoAmI,
-        mgmt::RulesView, mgmt::RuleView, ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,
+        mgmt::RulesView, mgmt::RuleView, mgmt::ConfigApplyRequest, mgmt::ConfigApplyView, mgmt::ConfigApplyItemView, ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,
         IssueClientToken, IssuedTokenView, oauth::TokenRequest, oauth::GrantType, oauth::IntrospectionRequest, oauth::RevocationRequest,
         oauth::TokenResponse, oauth::IntrospectionResponse, oauth::AudienceValue, oauth::OAuthErrorBody, oauth::AuthorizationServerMetadata,
         oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView))

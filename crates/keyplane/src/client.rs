@@ -395,6 +395,52 @@ pub async fn services(args: &ClientArgs, cmd: ServicesCommand) -> Result<()> {
     Ok(())
 }
 
+/// `keyplane apply --config FILE [--dry-run]`: sends the file to the server, which applies its
+/// declarations (`POST /v1/admin/config/apply`), and prints what changed.
+pub async fn apply(args: &ClientArgs, file: &std::path::Path, dry_run: bool) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the configuration file {}", file.display()))?;
+    let path = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let c = Client::new(args)?;
+    let v = c
+        .call(
+            reqwest::Method::POST,
+            "/v1/admin/config/apply",
+            Some(json!({ "config": text, "file": path.display().to_string(), "dry_run": dry_run })),
+        )
+        .await?;
+    print(args, &v, |v| {
+        let mut out = String::new();
+        for i in v["items"].as_array().into_iter().flatten() {
+            let change = match i["change"].as_str().unwrap_or("") {
+                "update" => format!("update ({})", strs(i, "fields").replace(' ', ", ")),
+                other => other.to_string(),
+            };
+            out.push_str(&format!(
+                "{change:<10} {} {} (line {})\n",
+                strs(i, "kind"),
+                strs(i, "name"),
+                strs(i, "line")
+            ));
+        }
+        out.push_str(&format!(
+            "{}: {} declared object(s), {} {}",
+            strs(v, "file"),
+            v["items"].as_array().map_or(0, Vec::len),
+            if dry_run { "would change" } else { "changed" },
+            strs(v, "changes")
+        ));
+        for f in v["secrets_written"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\nwrote a generated client secret to {} (mode 0600)",
+                f.as_str().unwrap_or("")
+            ));
+        }
+        out
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

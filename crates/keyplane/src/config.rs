@@ -34,6 +34,19 @@ pub struct FileConfig {
     pub prefixes: Prefixes,
     #[serde(default)]
     pub oauth: OAuthFile,
+    /// Declared objects, applied at start and by `keyplane apply` (see `declare.rs`).
+    #[serde(default)]
+    pub orgs: Vec<crate::declare::OrgDecl>,
+    #[serde(default)]
+    pub projects: Vec<crate::declare::ProjectDecl>,
+    #[serde(default)]
+    pub services: Vec<crate::declare::ServiceDecl>,
+    #[serde(default)]
+    pub roles: Vec<crate::declare::RoleDecl>,
+    #[serde(default)]
+    pub members: Vec<crate::declare::MemberDecl>,
+    #[serde(default)]
+    pub clients: Vec<crate::declare::ClientDecl>,
     /// Route rules for forward auth and the gateway (`[[routes]]`).
     #[serde(default)]
     pub routes: Vec<toml::Spanned<RouteFile>>,

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod declare;
 pub mod jwks;
 pub mod server;
 pub mod tls;

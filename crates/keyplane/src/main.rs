@@ -62,6 +62,20 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Apply the organizations, projects, services, roles, members and OAuth clients a
+    /// configuration file declares, through a running server (admin key; see
+    /// docs/configuration.md). Prints create/update/unchanged per object.
+    Apply {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The configuration file (TOML). Secret files it names are read and written by the
+        /// server, on its machine.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// API keys, through a running server.
     Keys {
         #[command(flatten)]
@@ -223,6 +237,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing("text");
             let config = Config::load(&config, None, &env_map())?;
             backup(&config, &output, force).await
+        }
+        Command::Apply {
+            client,
+            config,
+            dry_run,
+        } => {
+            keyplane::client::apply(&client, &config, dry_run).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keys { client, command } => {
             keyplane::client::keys(&client, command).await?;

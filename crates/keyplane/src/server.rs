@@ -203,19 +203,26 @@ pub async fn start(
     let config = &config;
     let app = build(config).await?;
     let supplied = config.admin_key.clone().map(SecretString::new);
+    // Everything that can refuse the start comes before the admin key is settled, so a refused
+    // first start generates (and stores) no admin key it could not show.
+    let prepared = prepare(&app, config).await;
+    let gateway_listener = match prepared {
+        Ok(()) => bind_gateway(config).await,
+        Err(e) => Err(e),
+    };
+    let gateway_listener = match gateway_listener {
+        Ok(l) => l,
+        Err(e) => {
+            let hint = admin_key_hint(&app, supplied.is_some()).await;
+            let _ = app.close_storage().await;
+            return Err(anyhow::anyhow!("{e:#}\n{hint}"));
+        }
+    };
     let generated_admin_key = app.bootstrap(supplied.as_ref()).await?;
-    app.ensure_signing_keys().await?;
-    app.reload_revocations().await?;
-    let rules = app
-        .set_rules_source(Arc::new(crate::config::FileRules(
-            config.config_file.clone(),
-        )))
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("the route rules are not valid")?;
-    if rules > 0 {
-        tracing::info!(rules, "route rules loaded");
-    }
+    app.set_config_applier(Arc::new(crate::declare::FileApplier {
+        app: Arc::downgrade(&app),
+        config_file: config.config_file.clone(),
+    }));
 
     // Active keys are read into the cache in the background, at start and again whenever the
     // whole cache is dropped (a resync after the change feed reconnects): the node is ready at
@@ -307,8 +314,8 @@ pub async fn start(
 
     // The gateway listens beside the API and stops with it.
     let mut gateway_addr = None;
-    let (gateway_stop, gateway_task) = match (&config.gateway_listen, &config.upstream) {
-        (Some(addr), Some(upstream)) => {
+    let (gateway_stop, gateway_task) = match (gateway_listener, &config.upstream) {
+        (Some(gl), Some(upstream)) => {
             let gateway_config = keyplane_http::gateway::GatewayConfig {
                 upstream: upstream.parse().context("the upstream URL")?,
                 upstream_timeout: Duration::from_millis(config.upstream_timeout_ms),
@@ -316,9 +323,6 @@ pub async fn start(
                 max_header_bytes: config.gateway_max_header_bytes,
                 upstream_tls,
             };
-            let gl = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for the gateway"))?;
             gateway_addr = Some(gl.local_addr()?);
             tracing::info!(addr = %gl.local_addr()?, upstream = %upstream, tls = gateway_tls.is_some(), "gateway is listening");
             let router = keyplane_http::gateway::router(Arc::clone(&app), gateway_config);
@@ -377,6 +381,68 @@ pub async fn start(
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// The steps of a start that can refuse it, in dependency order: the defaults, the objects the
+/// configuration file declares, signing keys, revocations, and last the route rules (which may
+/// name the scopes of services declared in the same file).
+async fn prepare(app: &Arc<Keyplane>, config: &Config) -> Result<()> {
+    app.ensure_defaults().await?;
+    if let Some(path) = &config.config_file {
+        let report = crate::declare::apply_file(app, path, false)
+            .await
+            .with_context(|| {
+                format!(
+                    "the objects declared in {} were not applied",
+                    path.display()
+                )
+            })?;
+        report.log();
+    }
+    app.ensure_signing_keys().await?;
+    app.reload_revocations().await?;
+    let rules = app
+        .set_rules_source(Arc::new(crate::config::FileRules(
+            config.config_file.clone(),
+        )))
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("the route rules are not valid")?;
+    if rules > 0 {
+        tracing::info!(rules, "route rules loaded");
+    }
+    Ok(())
+}
+
+/// Binds the gateway's listener, when one is configured (before the admin key is settled: an
+/// address in use refuses the start).
+async fn bind_gateway(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+    match (&config.gateway_listen, &config.upstream) {
+        (Some(addr), Some(upstream)) => {
+            let _: axum::http::Uri = upstream.parse().context("the upstream URL")?;
+            let gl = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the gateway"))?;
+            Ok(Some(gl))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What a refused start says about the admin key, so nobody is left without one.
+async fn admin_key_hint(app: &Keyplane, supplied: bool) -> String {
+    if supplied {
+        return "keyplane did not start; the admin key you supplied is unchanged".into();
+    }
+    match app.admin_key_exists().await {
+        Ok(false) => "keyplane did not start and generated no admin key: the first start that \
+                      succeeds generates one and prints it"
+            .into(),
+        _ => "keyplane did not start; this deployment's admin key is unchanged. If you never saw \
+              it or lost it, `keyplane admin-key rotate` (with the same --config or \
+              KEYPLANE_DATABASE) prints a new one"
+            .into(),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -6,6 +6,7 @@ pub mod ceiling;
 pub mod client_auth;
 pub mod clock;
 pub mod console;
+pub mod declared;
 pub mod dpop;
 pub mod error;
 pub mod federation;

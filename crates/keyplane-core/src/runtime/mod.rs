@@ -50,6 +50,8 @@ pub struct Runtime {
     pub(crate) checks: AtomicU64,
     pub(crate) rules: RwLock<Arc<RuleSet>>,
     pub(crate) rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
+    /// Applies the configuration file's declarations (registered by the binary).
+    pub(crate) config_applier: Mutex<Option<Arc<dyn crate::domain::declared::ConfigApplier>>>,
     /// Services by resource URI and scope (RFC 8707).
     pub(crate) services: services::ServiceCache,
     /// The states of API keys that exchanged tokens act for.
@@ -82,6 +84,7 @@ impl Runtime {
             checks: AtomicU64::new(0),
             rules: Default::default(),
             rules_source: Mutex::new(None),
+            config_applier: Mutex::new(None),
             services: Default::default(),
             subject_keys: Default::default(),
             flushing: tokio::sync::Mutex::new(()),

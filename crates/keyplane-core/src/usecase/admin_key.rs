@@ -63,6 +63,11 @@ impl Keyplane {
         }
     }
 
+    /// Whether the deployment has an admin key (generated or supplied) yet.
+    pub async fn admin_key_exists(&self) -> Result<bool> {
+        Ok(self.rt.store.admin_key_get().await?.is_some())
+    }
+
     /// Replaces the admin key; the old one is refused from now on.
     pub async fn rotate_admin_key(&self) -> Result<SecretString> {
         let rt = &self.rt;

@@ -13,6 +13,7 @@ pub mod api_keys;
 pub mod check;
 pub mod clients;
 pub mod console;
+pub mod declared;
 pub mod members;
 pub mod operations;
 pub mod orgs;

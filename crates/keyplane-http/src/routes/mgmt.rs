@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
             "/v1/admin/routes/reload",
             axum::routing::post(routes_reload),
         )
+        .route("/v1/admin/config/apply", axum::routing::post(config_apply))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -353,4 +354,76 @@ pub async fn routes_reload(State(s): State<AppState>, c: Caller) -> ApiResult<Js
         .await
         .map_err(|e| keyplane_core::Error::invalid("routes", e))?;
     Ok(Json(rules_view(&s)))
+}
+
+/// A configuration file to apply (`keyplane apply`).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigApplyRequest {
+    /// The file's TOML text; omitted: the server's own configuration file is read.
+    pub config: Option<String>,
+    /// The file's path, for messages and for relative `secret_file`s (read and written on the
+    /// server's machine).
+    pub file: Option<String>,
+    /// Only say what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What applying did, or would do, to each declared object.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ConfigApplyView {
+    pub file: String,
+    pub dry_run: bool,
+    /// How many objects are (or would be) created or updated.
+    pub changes: usize,
+    pub items: Vec<ConfigApplyItemView>,
+    /// Files a generated client secret was written to (mode 0600, on the server's machine).
+    pub secrets_written: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ConfigApplyItemView {
+    /// `org`, `project`, `service`, `role`, `member` or `client`.
+    pub kind: String,
+    pub name: String,
+    /// The line of the file where it is declared.
+    pub line: usize,
+    /// `create`, `update` or `unchanged`.
+    pub change: String,
+    /// The fields an update changes.
+    pub fields: Vec<String>,
+}
+
+/// Applies the organizations, projects, services, roles, members and OAuth clients a
+/// configuration file declares, or with `dry_run` says what would change (admin key only).
+/// Idempotent; an invalid file is refused with the file, line, table and field at fault (422),
+/// and an error part-way says what was already applied.
+#[utoipa::path(post, path = "/v1/admin/config/apply", operation_id = "admin_config_apply", tag = "configuration", request_body = ConfigApplyRequest, responses((status = 200, body = ConfigApplyView), (status = 422, body = crate::error::Problem)), security(("bearer" = [])))]
+pub async fn config_apply(
+    State(s): State<AppState>,
+    c: Caller,
+    crate::error::AppJson(body): crate::error::AppJson<ConfigApplyRequest>,
+) -> ApiResult<Json<ConfigApplyView>> {
+    let r = s
+        .app
+        .config_apply(&c.principal, body.file, body.config, body.dry_run)
+        .await?;
+    Ok(Json(ConfigApplyView {
+        changes: r.items.iter().filter(|i| i.change != "unchanged").count(),
+        file: r.file,
+        dry_run: r.dry_run,
+        items: r
+            .items
+            .into_iter()
+            .map(|i| ConfigApplyItemView {
+                kind: i.kind,
+                name: i.name,
+                line: i.line,
+                change: i.change,
+                fields: i.fields,
+            })
+            .collect(),
+        secrets_written: r.secrets_written,
+    }))
 }

@@ -94,6 +94,7 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/v1/me"),
     ("GET", "/v1/admin/routes"),
     ("POST", "/v1/admin/routes/reload"),
+    ("POST", "/v1/admin/config/apply"),
     ("GET", "/v1/activity"),
     ("GET", "/v1/activity/verify"),
     ("POST", "/v1/oauth-clients"),

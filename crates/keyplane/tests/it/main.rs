@@ -34,6 +34,7 @@ mod ceiling;
 mod console;
 mod contract;
 mod crash;
+mod declare;
 mod delegation;
 mod dpop;
 mod edge;
