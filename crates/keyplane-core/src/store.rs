@@ -11,6 +11,7 @@
 use crate::domain::activity::Checkpoint;
 use crate::domain::console::{ConsoleSession, PasswordLink};
 use crate::domain::error::Result;
+use crate::domain::managed::{ManagedKind, ManagedObject};
 use crate::domain::model::{
     ApiKey, ClientSecret, Event, KeySecret, Member, NewEvent, OAuthClient, Org, Project, Role,
     Service, StoredSigningKey,
@@ -146,6 +147,19 @@ pub trait Store: Send + Sync + 'static {
     // Services (deployment-wide).
     async fn service_create(&self, service: &Service, event: &NewEvent) -> Result<()>;
     async fn service_list(&self) -> Result<Vec<Service>>;
+
+    // Configuration-managed objects (`crate::domain::managed`).
+    /// Every object a configuration file declares.
+    async fn managed_list(&self) -> Result<Vec<ManagedObject>>;
+    /// Marks an object as managed (`managed_by: Some`) or no longer (`None`), with its event.
+    async fn managed_set(
+        &self,
+        kind: ManagedKind,
+        id: &str,
+        managed_by: Option<&str>,
+        now: OffsetDateTime,
+        event: &NewEvent,
+    ) -> Result<()>;
     /// Writes a service's description and resource URIs (`NotFound` for an unknown id).
     async fn service_update(&self, service: &Service, event: &NewEvent) -> Result<()>;
 

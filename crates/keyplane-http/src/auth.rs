@@ -5,6 +5,7 @@ use crate::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use keyplane_core::domain::managed::{ConfigWrite, OVERRIDE_HEADER};
 use keyplane_core::domain::perm::Principal;
 use keyplane_core::domain::request::RequestMeta;
 use std::borrow::Cow;
@@ -37,6 +38,16 @@ pub fn request_meta(parts: &Parts) -> RequestMeta {
                     .map(|c| c.0.ip())
             }),
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        config: config_write(&parts.headers),
+    }
+}
+
+/// `Keyplane-Override-Config: true` lets a management request change an object the
+/// configuration file declares (`keyplane_core::domain::managed`); any other value does not.
+fn config_write(headers: &HeaderMap) -> ConfigWrite {
+    match headers.get(OVERRIDE_HEADER) {
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"true") => ConfigWrite::Override,
+        _ => ConfigWrite::Refuse,
     }
 }
 

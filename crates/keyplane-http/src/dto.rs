@@ -46,6 +46,10 @@ pub struct List<T: ToSchema> {
 pub struct OrgView {
     pub id: String,
     pub name: String,
+    /// `config` when keyplane's configuration file declares it: the API then refuses to change
+    /// it unless the request sends `Keyplane-Override-Config: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
     pub created_at: String,
 }
 
@@ -55,6 +59,7 @@ impl From<Org> for OrgView {
             id: o.id,
             name: o.name,
             created_at: rfc3339(o.created_at),
+            managed_by: o.managed_by,
         }
     }
 }
@@ -70,6 +75,10 @@ pub struct ProjectView {
     pub id: String,
     pub org_id: String,
     pub name: String,
+    /// `config` when keyplane's configuration file declares it: the API then refuses to change
+    /// it unless the request sends `Keyplane-Override-Config: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
     pub created_at: String,
 }
 
@@ -80,6 +89,7 @@ impl From<Project> for ProjectView {
             org_id: p.org_id,
             name: p.name,
             created_at: rfc3339(p.created_at),
+            managed_by: p.managed_by,
         }
     }
 }
@@ -99,6 +109,10 @@ pub struct ServiceView {
     pub scopes: Vec<String>,
     /// Its resource URIs (RFC 8707).
     pub resources: Vec<String>,
+    /// `config` when keyplane's configuration file declares it: the API then refuses to change
+    /// it unless the request sends `Keyplane-Override-Config: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
     pub created_at: String,
 }
 
@@ -111,6 +125,7 @@ impl From<Service> for ServiceView {
             scopes: s.scopes,
             resources: s.resources,
             created_at: rfc3339(s.created_at),
+            managed_by: s.managed_by,
         }
     }
 }
@@ -146,6 +161,10 @@ pub struct MemberView {
     pub name: String,
     /// `owner`, `admin` or `member`
     pub role: String,
+    /// `config` when keyplane's configuration file declares it: the API then refuses to change
+    /// it unless the request sends `Keyplane-Override-Config: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
     pub created_at: String,
 }
 
@@ -158,6 +177,7 @@ impl From<Member> for MemberView {
             name: m.name,
             role: m.role.as_str().into(),
             created_at: rfc3339(m.created_at),
+            managed_by: m.managed_by,
         }
     }
 }
@@ -187,6 +207,10 @@ pub struct RoleView {
     pub description: String,
     pub permissions: Vec<String>,
     pub scopes: Vec<String>,
+    /// `config` when keyplane's configuration file declares it: the API then refuses to change
+    /// it unless the request sends `Keyplane-Override-Config: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
     pub built_in: bool,
 }
 
@@ -204,6 +228,7 @@ impl From<Role> for RoleView {
                 .map(|p| p.as_str().to_string())
                 .collect(),
             scopes: r.scopes,
+            managed_by: r.managed_by,
         }
     }
 }
@@ -495,6 +520,10 @@ pub struct ClientView {
     pub dpop_bound_access_tokens: bool,
     pub created_at: String,
     pub created_by: String,
+    /// `config` when keyplane's configuration file declares it: the API then refuses to change
+    /// it unless the request sends `Keyplane-Override-Config: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
     pub secrets: Vec<ClientSecretView>,
 }
 
@@ -555,6 +584,7 @@ impl ClientView {
             dpop_bound_access_tokens: c.dpop_bound_access_tokens,
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
+            managed_by: c.managed_by,
         }
     }
 }

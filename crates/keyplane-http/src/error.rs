@@ -106,6 +106,12 @@ impl From<Error> for ApiError {
             Error::Conflict(why) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", why)
             }
+            e @ Error::ManagedByConfig(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "managed-by-config",
+                "Managed by configuration",
+                e.to_string(),
+            ),
             e @ Error::PreconditionFailed(_) => ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",

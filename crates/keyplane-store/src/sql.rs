@@ -8,6 +8,7 @@ use keyplane_core::domain::console::{ConsoleSession, PasswordLink};
 use keyplane_core::domain::error::{Error, Result};
 use keyplane_core::domain::ids::{DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
 use keyplane_core::domain::jose::JwkSet;
+use keyplane_core::domain::managed::{ManagedKind, ManagedObject};
 use keyplane_core::domain::model::*;
 use keyplane_core::domain::perm::{MemberRole, Permission};
 use keyplane_core::domain::roles::builtin_roles;
@@ -111,6 +112,7 @@ macro_rules! impl_store {
                     id: r.try_get("id").map_err(db_err)?,
                     name: r.try_get("name").map_err(db_err)?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    managed_by: None,
                 })
             }
 
@@ -120,6 +122,7 @@ macro_rules! impl_store {
                     org_id: r.try_get("org_id").map_err(db_err)?,
                     name: r.try_get("name").map_err(db_err)?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    managed_by: None,
                 })
             }
 
@@ -132,6 +135,7 @@ macro_rules! impl_store {
                     name: r.try_get("name").map_err(db_err)?,
                     role: MemberRole::parse(&role).ok_or_else(|| corrupt("member role"))?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    managed_by: None,
                     version: r.try_get("version").map_err(db_err)?,
                 })
             }
@@ -150,6 +154,7 @@ macro_rules! impl_store {
                         .collect::<Result<_>>()?,
                     scopes: from_json(&scopes)?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    managed_by: None,
                 })
             }
 
@@ -162,6 +167,7 @@ macro_rules! impl_store {
                     scopes: from_json(&scopes)?,
                     resources: from_json(&r.try_get::<String, _>("resources").map_err(db_err)?)?,
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
+                    managed_by: None,
                 })
             }
 
@@ -274,6 +280,7 @@ macro_rules! impl_store {
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
                     created_by: r.try_get("created_by").map_err(db_err)?,
                     disabled_at: opt_time(r.try_get("disabled_at").map_err(db_err)?),
+                    managed_by: None,
                     version: r.try_get("version").map_err(db_err)?,
                 })
             }
@@ -631,6 +638,46 @@ macro_rules! impl_store {
                     .await
                     .map_err(db_err)?;
                 rows.iter().map(Self::service_row).collect()
+            }
+
+            async fn managed_list(&self) -> Result<Vec<ManagedObject>> {
+                let rows = sqlx::query("SELECT kind, object_id, managed_by FROM config_managed ORDER BY kind, object_id")
+                    .fetch_all(self.r())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let kind: String = r.try_get("kind").map_err(db_err)?;
+                        Ok(ManagedObject {
+                            kind: ManagedKind::parse(&kind).ok_or_else(|| corrupt("managed object kind"))?,
+                            id: r.try_get("object_id").map_err(db_err)?,
+                            managed_by: r.try_get("managed_by").map_err(db_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn managed_set(&self, kind: ManagedKind, id: &str, managed_by: Option<&str>, now: OffsetDateTime, event: &NewEvent) -> Result<()> {
+                let mut tx = self.w().begin().await.map_err(db_err)?;
+                match managed_by {
+                    Some(by) => sqlx::query("INSERT INTO config_managed (kind, object_id, managed_by, marked_at) VALUES ($1, $2, $3, $4) \
+                                             ON CONFLICT (kind, object_id) DO UPDATE SET managed_by = excluded.managed_by")
+                        .bind(kind.as_str())
+                        .bind(id)
+                        .bind(by)
+                        .bind(to_ms(now))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?,
+                    None => sqlx::query("DELETE FROM config_managed WHERE kind = $1 AND object_id = $2")
+                        .bind(kind.as_str())
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?,
+                };
+                Self::append_in(&mut tx, std::slice::from_ref(event)).await?;
+                tx.commit().await.map_err(db_err)
             }
 
             async fn member_create(&self, m: &Member, event: &NewEvent) -> Result<()> {

@@ -75,6 +75,7 @@ fn secret(key_id: &str, n: u8) -> KeySecret {
 
 fn member(email: &str, role: MemberRole) -> Member {
     Member {
+        managed_by: None,
         id: new_id("mem"),
         org_id: DEFAULT_ORG_ID.into(),
         email: email.into(),
@@ -87,6 +88,7 @@ fn member(email: &str, role: MemberRole) -> Member {
 
 fn client(name: &str, owner: Option<&str>) -> OAuthClient {
     OAuthClient {
+        managed_by: None,
         seq: 0,
         client_id: new_id("cli"),
         org_id: DEFAULT_ORG_ID.into(),
@@ -327,11 +329,13 @@ async fn defaults_exist(s: Arc<dyn Store>) {
 
 async fn names_are_unique(s: Arc<dyn Store>) {
     let org = Org {
+        managed_by: None,
         id: new_id("org"),
         name: "acme".into(),
         created_at: now(),
     };
     let prj = Project {
+        managed_by: None,
         id: new_id("prj"),
         org_id: org.id.clone(),
         name: "default".into(),
@@ -341,11 +345,13 @@ async fn names_are_unique(s: Arc<dyn Store>) {
         .await
         .unwrap();
     let dup = Org {
+        managed_by: None,
         id: new_id("org"),
         name: "acme".into(),
         created_at: now(),
     };
     let prj2 = Project {
+        managed_by: None,
         id: new_id("prj"),
         org_id: dup.id.clone(),
         name: "default".into(),
@@ -364,6 +370,7 @@ async fn names_are_unique(s: Arc<dyn Store>) {
     assert!(matches!(
         s.project_create(
             &Project {
+                managed_by: None,
                 id: new_id("prj"),
                 org_id: org.id.clone(),
                 name: "default".into(),
@@ -390,6 +397,7 @@ async fn names_are_unique(s: Arc<dyn Store>) {
         Err(Error::Conflict(_))
     ));
     let svc = Service {
+        managed_by: None,
         id: new_id("svc"),
         name: "ai-guard".into(),
         description: String::new(),
@@ -753,6 +761,7 @@ async fn lookup_carries_owner_role_and_roles(s: Arc<dyn Store>) {
         .await
         .unwrap();
     let role = Role {
+        managed_by: None,
         id: new_id("role"),
         org_id: Some(DEFAULT_ORG_ID.into()),
         name: "READER".into(),

@@ -416,11 +416,14 @@ pub async fn apply(args: &ClientArgs, file: &std::path::Path, dry_run: bool) -> 
                 "update" => format!("update ({})", strs(i, "fields").replace(' ', ", ")),
                 other => other.to_string(),
             };
+            let at = match i["line"].as_u64() {
+                Some(0) | None => "(no longer declared)".to_string(),
+                Some(n) => format!("(line {n})"),
+            };
             out.push_str(&format!(
-                "{change:<10} {} {} (line {})\n",
+                "{change:<10} {} {} {at}\n",
                 strs(i, "kind"),
                 strs(i, "name"),
-                strs(i, "line")
             ));
         }
         out.push_str(&format!(

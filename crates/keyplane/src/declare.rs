@@ -12,6 +12,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use keyplane_core::domain::declared::{ApplyItem, ApplyReport, ConfigApplier};
+use keyplane_core::domain::federation::FederatedCredential;
+use keyplane_core::domain::managed::{ConfigWrite, ManagedKind};
 use keyplane_core::domain::perm::Principal;
 use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
@@ -110,6 +112,18 @@ pub struct ClientDecl {
     /// When `secret_file` does not exist, generate a secret and write it there (mode 0600), once.
     #[serde(default)]
     pub generate_secret: bool,
+    /// RFC 9449 §5.2: the client always uses DPoP (absent: false).
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
+    /// External issuers whose tokens a `private_key_jwt` client may trade for its own
+    /// (`[[clients.federated_credentials]]` with `issuer`, `subject` or `subject_pattern`,
+    /// `audience`).
+    #[serde(default)]
+    pub federated_credentials: Vec<toml::Value>,
+    /// The clients that may exchange this client's tokens (RFC 8693): names of clients of the
+    /// same organization declared in this file, or client ids.
+    #[serde(default)]
+    pub may_act: Vec<String>,
 }
 
 /// The declarations of one configuration file.
@@ -154,8 +168,11 @@ pub enum Change {
 pub struct Item {
     pub kind: &'static str,
     pub name: String,
+    /// 0: not declared in the file (an object the file no longer declares).
     pub line: usize,
     pub change: Change,
+    /// The object, once it exists (a dry run of a creation: `None`).
+    pub id: Option<(ManagedKind, String)>,
 }
 
 impl std::fmt::Display for Item {
@@ -165,6 +182,13 @@ impl std::fmt::Display for Item {
             Change::Update(fields) => format!("update ({})", fields.join(", ")),
             Change::Unchanged => "unchanged".to_string(),
         };
+        if self.line == 0 {
+            return write!(
+                f,
+                "{what:<10} {} {} (no longer declared)",
+                self.kind, self.name
+            );
+        }
         write!(
             f,
             "{what:<10} {} {} (line {})",
@@ -415,6 +439,7 @@ impl<'a> Run<'a> {
             meta: RequestMeta {
                 client_addr: None,
                 user_agent: Some(axum::http::HeaderValue::from_static("keyplane-config")),
+                config: ConfigWrite::Declaration,
             },
             file,
             text,
@@ -441,17 +466,67 @@ impl<'a> Run<'a> {
 
     fn push(
         &mut self,
-        kind: &'static str,
+        kind: ManagedKind,
+        id: Option<String>,
         name: String,
         span: std::ops::Range<usize>,
         change: Change,
     ) {
         self.report.items.push(Item {
-            kind,
+            kind: kind.as_str(),
             name,
             line: line_of(self.text, span),
             change,
+            id: id.map(|id| (kind, id)),
         });
+    }
+
+    /// Marks every declared object `managed_by: config`, and unmarks those the file no longer
+    /// declares (an object that was deleted meanwhile is only unmarked).
+    async fn mark(&mut self) -> Result<()> {
+        let marked: BTreeSet<(ManagedKind, String)> = self
+            .app
+            .config_managed_list(&self.admin)
+            .await?
+            .into_iter()
+            .map(|m| (m.kind, m.id))
+            .collect();
+        let mut declared = BTreeSet::new();
+        for item in &mut self.report.items {
+            let Some(id) = item.id.clone() else { continue };
+            declared.insert(id.clone());
+            if marked.contains(&id) {
+                continue;
+            }
+            if !self.dry_run {
+                self.app
+                    .config_mark(&self.admin, id.0, &id.1, true, &self.meta)
+                    .await?;
+            }
+            item.change = match std::mem::replace(&mut item.change, Change::Unchanged) {
+                Change::Unchanged => Change::Update(vec!["managed_by".into()]),
+                Change::Update(mut f) => {
+                    f.push("managed_by".into());
+                    Change::Update(f)
+                }
+                Change::Create => Change::Create,
+            };
+        }
+        for (kind, id) in marked.difference(&declared) {
+            if !self.dry_run {
+                self.app
+                    .config_mark(&self.admin, *kind, id, false, &self.meta)
+                    .await?;
+            }
+            self.report.items.push(Item {
+                kind: kind.as_str(),
+                name: id.clone(),
+                line: 0,
+                change: Change::Update(vec!["managed_by".into()]),
+                id: None,
+            });
+        }
+        Ok(())
     }
 
     async fn run(&mut self, decl: &Declarations) -> Result<Report> {
@@ -461,6 +536,7 @@ impl<'a> Run<'a> {
         self.roles(decl).await?;
         self.members(decl).await?;
         self.clients(decl).await?;
+        self.mark().await?;
         Ok(self.report.clone())
     }
 
@@ -497,7 +573,8 @@ impl<'a> Run<'a> {
                 self.orgs.insert(o.name.clone(), id);
                 Change::Create
             };
-            self.push("org", o.name.clone(), span, change);
+            let id = self.orgs.get(&o.name).cloned().flatten();
+            self.push(ManagedKind::Org, id, o.name.clone(), span, change);
         }
         // Every organization has a `default` project.
         let orgs: Vec<(String, Option<String>)> = self
@@ -531,6 +608,7 @@ impl<'a> Run<'a> {
             }
             let org_id = self.org_id(&p.org, &at)?;
             let key = (p.org.clone(), p.name.clone());
+            let key2 = key.clone();
             let change = if self.projects.contains_key(&key) {
                 Change::Unchanged
             } else {
@@ -547,7 +625,8 @@ impl<'a> Run<'a> {
                 self.projects.insert(key, id);
                 Change::Create
             };
-            self.push("project", label, span, change);
+            let id = self.projects.get(&key2).cloned().flatten();
+            self.push(ManagedKind::Project, id, label, span, change);
         }
         Ok(())
     }
@@ -570,20 +649,27 @@ impl<'a> Run<'a> {
                     .map_err(|e| anyhow!("{at}: resources: {e}"))?;
                 resources.insert(uri);
             }
+            let mut id = existing
+                .iter()
+                .find(|x| x.name == s.name)
+                .map(|x| x.id.clone());
             let change = match existing.iter().find(|x| x.name == s.name) {
                 None => {
                     if !self.dry_run {
-                        self.app
-                            .service_create(
-                                &self.admin,
-                                &s.name,
-                                Some(&s.description),
-                                s.scopes.clone(),
-                                s.resources.clone(),
-                                &self.meta,
-                            )
-                            .await
-                            .with_context(|| at.clone())?;
+                        id = Some(
+                            self.app
+                                .service_create(
+                                    &self.admin,
+                                    &s.name,
+                                    Some(&s.description),
+                                    s.scopes.clone(),
+                                    s.resources.clone(),
+                                    &self.meta,
+                                )
+                                .await
+                                .with_context(|| at.clone())?
+                                .id,
+                        );
                     }
                     Change::Create
                 }
@@ -624,7 +710,7 @@ impl<'a> Run<'a> {
                 }
             };
             self.scopes.extend(s.scopes.iter().cloned());
-            self.push("service", s.name.clone(), span, change);
+            self.push(ManagedKind::Service, id, s.name.clone(), span, change);
         }
         Ok(())
     }
@@ -656,6 +742,7 @@ impl<'a> Run<'a> {
                     .find(|x| x.name.eq_ignore_ascii_case(&r.name)),
                 None => None,
             };
+            let mut id = existing.as_ref().map(|x| x.id.clone());
             let change = match existing {
                 Some(x) if x.org_id.is_none() => {
                     bail!("{at}: name: {:?} is a built-in role", x.name)
@@ -685,25 +772,28 @@ impl<'a> Run<'a> {
                 }
                 None => {
                     if let (Some(org_id), false) = (&org_id, self.dry_run) {
-                        self.app
-                            .role_create(
-                                &self.admin,
-                                NewRole {
-                                    org_id: Some(org_id.clone()),
-                                    name: r.name.clone(),
-                                    description: Some(r.description.clone()),
-                                    permissions: r.permissions.clone(),
-                                    scopes: r.scopes.clone(),
-                                },
-                                &self.meta,
-                            )
-                            .await
-                            .with_context(|| at.clone())?;
+                        id = Some(
+                            self.app
+                                .role_create(
+                                    &self.admin,
+                                    NewRole {
+                                        org_id: Some(org_id.clone()),
+                                        name: r.name.clone(),
+                                        description: Some(r.description.clone()),
+                                        permissions: r.permissions.clone(),
+                                        scopes: r.scopes.clone(),
+                                    },
+                                    &self.meta,
+                                )
+                                .await
+                                .with_context(|| at.clone())?
+                                .id,
+                        );
                     }
                     Change::Create
                 }
             };
-            self.push("role", label, span, change);
+            self.push(ManagedKind::Role, id, label, span, change);
         }
         Ok(())
     }
@@ -731,6 +821,7 @@ impl<'a> Run<'a> {
                     .find(|x| x.email == email),
                 None => None,
             };
+            let mut id = existing.as_ref().map(|x| x.id.clone());
             let change = match existing {
                 Some(x) if x.role.as_str() == m.role => Change::Unchanged,
                 Some(x) => {
@@ -744,22 +835,25 @@ impl<'a> Run<'a> {
                 }
                 None => {
                     if let (Some(org_id), false) = (&org_id, self.dry_run) {
-                        self.app
-                            .member_create(
-                                &self.admin,
-                                Some(org_id),
-                                &email,
-                                m.name.as_deref(),
-                                &m.role,
-                                &self.meta,
-                            )
-                            .await
-                            .with_context(|| at.clone())?;
+                        id = Some(
+                            self.app
+                                .member_create(
+                                    &self.admin,
+                                    Some(org_id),
+                                    &email,
+                                    m.name.as_deref(),
+                                    &m.role,
+                                    &self.meta,
+                                )
+                                .await
+                                .with_context(|| at.clone())?
+                                .id,
+                        );
                     }
                     Change::Create
                 }
             };
-            self.push("member", label, span, change);
+            self.push(ManagedKind::Member, id, label, span, change);
         }
         Ok(())
     }
@@ -862,6 +956,14 @@ impl<'a> Run<'a> {
                 .map(serde_json::to_value)
                 .transpose()
                 .map_err(|e| anyhow!("{at}: jwks: {e}"))?;
+            let federated: Vec<FederatedCredential> = c
+                .federated_credentials
+                .iter()
+                .map(|v| v.clone().try_into())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| anyhow!("{at}: federated_credentials: {e}"))?;
+            let federated_json =
+                serde_json::to_value(&federated).map_err(|e| anyhow!("{at}: {e}"))?;
             let existing = match (&org_id, &project_id) {
                 (Some(o), Some(p)) => self.find_client(o, p, &c.name).await?,
                 _ => None,
@@ -907,6 +1009,14 @@ impl<'a> Run<'a> {
                     if method != x.auth_method.as_str() {
                         fields.push("token_endpoint_auth_method");
                         patch.token_endpoint_auth_method = Some(method.clone());
+                    }
+                    if c.dpop_bound_access_tokens != x.dpop_bound_access_tokens {
+                        fields.push("dpop_bound_access_tokens");
+                        patch.dpop_bound_access_tokens = Some(c.dpop_bound_access_tokens);
+                    }
+                    if federated != x.federated_credentials {
+                        fields.push("federated_credentials");
+                        patch.federated_credentials = Some(Some(federated_json.clone()));
                     }
                     if !uses_secret {
                         if c.jwks_uri != x.jwks_uri {
@@ -973,9 +1083,10 @@ impl<'a> Run<'a> {
                                     token_endpoint_auth_method: Some(method.clone()),
                                     jwks: jwks.clone(),
                                     jwks_uri: c.jwks_uri.clone(),
-                                    federated_credentials: None,
+                                    federated_credentials: (!federated.is_empty())
+                                        .then(|| federated_json.clone()),
                                     may_act: vec![],
-                                    dpop_bound_access_tokens: None,
+                                    dpop_bound_access_tokens: Some(c.dpop_bound_access_tokens),
                                 },
                                 &self.meta,
                             )
@@ -1012,7 +1123,89 @@ impl<'a> Run<'a> {
                     };
                 }
             }
-            self.push("client", label, span, change);
+            self.push(ManagedKind::Client, client_id, label, span, change);
+        }
+        self.may_act(decl).await
+    }
+
+    /// `may_act`, once every declared client exists: names resolve to the ids of clients of
+    /// the same organization declared in this file.
+    async fn may_act(&mut self, decl: &Declarations) -> Result<()> {
+        let ids: HashMap<(String, String), Option<String>> = decl
+            .clients
+            .iter()
+            .zip(self.report.items.iter().filter(|i| i.kind == "client"))
+            .map(|(d, item)| {
+                let c = d.get_ref();
+                (
+                    (c.org.clone(), c.name.clone()),
+                    item.id.as_ref().map(|(_, id)| id.clone()),
+                )
+            })
+            .collect();
+        let first_client = self
+            .report
+            .items
+            .iter()
+            .position(|i| i.kind == "client")
+            .unwrap_or(0);
+        for (n, d) in decl.clients.iter().enumerate() {
+            let (span, c) = (d.span(), d.get_ref());
+            let label = format!("{}/{}/{}", c.org, c.project, c.name);
+            let at = self.at(span, "clients", &label);
+            let mut want = BTreeSet::new();
+            for name in &c.may_act {
+                match ids.get(&(c.org.clone(), name.clone())) {
+                    Some(Some(id)) => {
+                        want.insert(id.clone());
+                    }
+                    // Declared, to be created by this run (a dry run).
+                    Some(None) => {
+                        want.insert(format!("(new) {name}"));
+                    }
+                    None if name.contains('_') => {
+                        want.insert(name.clone());
+                    }
+                    None => bail!(
+                        "{at}: may_act: {name:?} is neither a client declared in {:?} nor a client id",
+                        c.org
+                    ),
+                }
+            }
+            let item = first_client + n;
+            let Some((_, id)) = self.report.items[item].id.clone() else {
+                continue;
+            };
+            let stored: BTreeSet<String> = self
+                .app
+                .client_get(&self.admin, &id)
+                .await?
+                .0
+                .may_act
+                .into_iter()
+                .collect();
+            if stored == want {
+                continue;
+            }
+            if !self.dry_run {
+                let patch = ClientPatch {
+                    may_act: Some(want.into_iter().collect()),
+                    ..Default::default()
+                };
+                self.app
+                    .client_update(&self.admin, &id, patch, None, &self.meta)
+                    .await
+                    .with_context(|| at.clone())?;
+            }
+            let it = &mut self.report.items[item];
+            it.change = match std::mem::replace(&mut it.change, Change::Unchanged) {
+                Change::Unchanged => Change::Update(vec!["may_act".into()]),
+                Change::Update(mut f) => {
+                    f.push("may_act".into());
+                    Change::Update(f)
+                }
+                Change::Create => Change::Create,
+            };
         }
         Ok(())
     }

@@ -20,6 +20,10 @@ pub enum Error {
     /// A uniqueness rule (a name already taken).
     #[error("{0}")]
     Conflict(String),
+    /// The object is declared in the configuration file (`domain::managed`): changing it through
+    /// the API needs `Keyplane-Override-Config: true`.
+    #[error("this {0} is managed by the configuration file: change it there and run `keyplane apply` (or restart), or send `Keyplane-Override-Config: true` to change it here anyway (the next apply puts the file's values back)")]
+    ManagedByConfig(&'static str),
     /// The caller asked for a version (`If-Match`) and the resource has changed since.
     #[error("the {0} changed since the version given in If-Match; read it again")]
     PreconditionFailed(&'static str),

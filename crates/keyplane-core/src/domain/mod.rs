@@ -12,6 +12,7 @@ pub mod error;
 pub mod federation;
 pub mod ids;
 pub mod jose;
+pub mod managed;
 pub mod model;
 pub mod oauth;
 pub mod path;

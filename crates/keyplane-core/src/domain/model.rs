@@ -9,6 +9,8 @@ use time::OffsetDateTime;
 pub struct Org {
     pub id: String,
     pub name: String,
+    /// `config` when a configuration file declares it (see `domain::managed`).
+    pub managed_by: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -17,6 +19,8 @@ pub struct Project {
     pub id: String,
     pub org_id: String,
     pub name: String,
+    /// `config` when a configuration file declares it (see `domain::managed`).
+    pub managed_by: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -32,6 +36,8 @@ pub struct Service {
     /// and, when there are any, an access token needs one of them in its audience to be
     /// accepted for the service's scopes at `/v1/authz` and the gateway.
     pub resources: Vec<String>,
+    /// `config` when a configuration file declares it (see `domain::managed`).
+    pub managed_by: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -43,6 +49,8 @@ pub struct Member {
     pub name: String,
     pub role: MemberRole,
     pub created_at: OffsetDateTime,
+    /// `config` when a configuration file declares it (see `domain::managed`).
+    pub managed_by: Option<String>,
     /// Bumped by every change (the `ETag`).
     pub version: i64,
 }
@@ -57,6 +65,8 @@ pub struct Role {
     pub description: String,
     pub permissions: Vec<Permission>,
     pub scopes: Vec<String>,
+    /// `config` when a configuration file declares it (see `domain::managed`).
+    pub managed_by: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -240,6 +250,8 @@ pub struct OAuthClient {
     pub created_by: String,
     /// Set when the member who owned it was removed: it authenticates nowhere and its tokens stop.
     pub disabled_at: Option<OffsetDateTime>,
+    /// `config` when a configuration file declares it (see `domain::managed`).
+    pub managed_by: Option<String>,
     /// Bumped by every change to the client or its secrets (the `ETag`).
     pub version: i64,
 }

@@ -10,6 +10,8 @@ use crate::domain::error::{Error, Result};
 pub struct RequestMeta {
     pub client_addr: Option<std::net::IpAddr>,
     pub user_agent: Option<http::HeaderValue>,
+    /// Whether configuration-managed objects may be changed (`domain::managed`).
+    pub config: crate::domain::managed::ConfigWrite,
 }
 
 impl RequestMeta {

@@ -17,6 +17,7 @@ pub fn builtin_roles(now: OffsetDateTime) -> Vec<Role> {
         permissions,
         scopes: vec![],
         created_at: now,
+        managed_by: None,
     };
     vec![
         role(

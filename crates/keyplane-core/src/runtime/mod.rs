@@ -10,6 +10,7 @@ pub mod delegation;
 pub mod dpop;
 pub mod feed;
 pub mod issuer_keys;
+pub mod managed;
 pub mod oauth;
 pub mod reach;
 pub mod refusals;
@@ -125,7 +126,10 @@ impl Runtime {
             outcome: Outcome::Success,
             client_addr: meta.addr_text(),
             user_agent: meta.agent_text(),
-            details,
+            details: match meta.config {
+                crate::domain::managed::ConfigWrite::Override => with_override(details),
+                _ => details,
+            },
         }
     }
 
@@ -189,5 +193,17 @@ impl Runtime {
             self.store.publish(&change).await?;
         }
         Ok(())
+    }
+}
+
+/// An event of a request that sent `Keyplane-Override-Config: true` says so.
+fn with_override(details: serde_json::Value) -> serde_json::Value {
+    match details {
+        serde_json::Value::Object(mut m) => {
+            m.insert("config_override".into(), serde_json::Value::Bool(true));
+            serde_json::Value::Object(m)
+        }
+        serde_json::Value::Null => serde_json::json!({ "config_override": true }),
+        other => serde_json::json!({ "config_override": true, "details": other }),
     }
 }

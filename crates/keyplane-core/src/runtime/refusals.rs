@@ -163,6 +163,7 @@ mod tests {
         RequestMeta {
             client_addr: Some(addr.parse().unwrap()),
             user_agent: Some(http::HeaderValue::from_str(agent).unwrap()),
+            ..Default::default()
         }
     }
 

@@ -121,6 +121,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             resources: resources.iter().map(|s| s.to_string()).collect(),
             created_at: time::OffsetDateTime::UNIX_EPOCH,
+            managed_by: None,
         }
     }
 

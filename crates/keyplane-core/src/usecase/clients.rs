@@ -10,6 +10,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::federation::parse_credentials;
 use crate::domain::ids::{is_id, new_id};
 use crate::domain::jose::JwkSet;
+use crate::domain::managed::ManagedKind;
 use crate::domain::model::{ClientSecret, OAuthClient, TokenFormat};
 use crate::domain::oauth::{IssuedToken, MintRequest, OAuthError};
 use crate::domain::perm::{Permission, Principal};
@@ -284,6 +285,7 @@ impl Keyplane {
             created_at: rt.now(),
             created_by: p.actor_label(),
             disabled_at: None,
+            managed_by: None,
             version: 1,
         };
         let mut client = client;
@@ -343,7 +345,8 @@ impl Keyplane {
             .store
             .client_list(&filter, parse_cursor(cursor)?, limit + 1)
             .await?;
-        let page = paginate(clients, limit, |c| c.seq);
+        let mut page = paginate(clients, limit, |c| c.seq);
+        rt.fill_managed(&mut page.items).await?;
         let mut items = Vec::new();
         for c in page.items {
             let secrets = rt
@@ -366,6 +369,9 @@ impl Keyplane {
         client_id: &str,
     ) -> Result<(OAuthClient, Vec<ClientSecret>)> {
         let (c, s, _) = self.rt.client_in_reach(p, client_id).await?;
+        let mut one = [c];
+        self.rt.fill_managed(&mut one).await?;
+        let [c] = one;
         Ok((c, s))
     }
 
@@ -401,6 +407,8 @@ impl Keyplane {
             &rt.client_authority(&c).await?,
             "change this client",
         )?;
+        rt.guard_managed(ManagedKind::Client, client_id, "OAuth client", meta)
+            .await?;
         let patch = patch.clone();
         if let Some(n) = patch.name {
             c.name = clean_name("name", &n)?;
@@ -500,6 +508,8 @@ impl Keyplane {
             &Authority::of_client(owner, &[]),
             "delete this client",
         )?;
+        rt.guard_managed(ManagedKind::Client, client_id, "OAuth client", meta)
+            .await?;
         let event = rt.event(
             p,
             Some(&c.org_id),
@@ -553,6 +563,8 @@ impl Keyplane {
             &rt.client_authority(&c).await?,
             "add a secret to this client",
         )?;
+        rt.guard_managed(ManagedKind::Client, client_id, "OAuth client", meta)
+            .await?;
         if !c.auth_method.uses_secret() {
             return Err(Error::Conflict(
                 "this client authenticates with `private_key_jwt` and has no secrets; set its `token_endpoint_auth_method` to a secret method first".into(),
@@ -612,6 +624,8 @@ impl Keyplane {
             &rt.client_authority(&c).await?,
             "retire a secret of this client",
         )?;
+        rt.guard_managed(ManagedKind::Client, client_id, "OAuth client", meta)
+            .await?;
         if !is_id("sec", secret_id) {
             return Err(Error::NotFound("client secret"));
         }

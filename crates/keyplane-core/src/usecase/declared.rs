@@ -9,6 +9,7 @@ use crate::domain::clock::to_ms;
 use crate::domain::declared::{ApplyReport, ConfigApplier};
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::new_id;
+use crate::domain::managed::{ManagedKind, ManagedObject, MANAGED_BY_CONFIG};
 use crate::domain::model::ClientSecret;
 use crate::domain::perm::Principal;
 use crate::domain::request::RequestMeta;
@@ -54,6 +55,56 @@ impl Keyplane {
             .apply(file, text, dry_run)
             .await
             .map_err(|e| Error::invalid("config", e))
+    }
+
+    /// Every object a configuration file declares (the admin key only).
+    pub async fn config_managed_list(&self, p: &Principal) -> Result<Vec<ManagedObject>> {
+        if !p.is_admin_key() {
+            return Err(Error::Forbidden(
+                "only the admin key may apply configuration".into(),
+            ));
+        }
+        self.rt.store.managed_list().await
+    }
+
+    /// Marks an object as declared by the configuration file (`managed_by: config`), or no
+    /// longer; recorded as `config.manage` / `config.unmanage`.
+    pub async fn config_mark(
+        &self,
+        p: &Principal,
+        kind: ManagedKind,
+        id: &str,
+        managed: bool,
+        meta: &RequestMeta,
+    ) -> Result<()> {
+        if !p.is_admin_key() {
+            return Err(Error::Forbidden(
+                "only the admin key may apply configuration".into(),
+            ));
+        }
+        let action = if managed {
+            "config.manage"
+        } else {
+            "config.unmanage"
+        };
+        let event = self.rt.event(
+            p,
+            None,
+            action,
+            Some(id),
+            meta,
+            serde_json::json!({ "kind": kind.as_str(), "managed_by": managed.then_some(MANAGED_BY_CONFIG) }),
+        );
+        self.rt
+            .store
+            .managed_set(
+                kind,
+                id,
+                managed.then_some(MANAGED_BY_CONFIG),
+                self.rt.now(),
+                &event,
+            )
+            .await
     }
 
     /// A new client secret in this deployment's format, for a declared client whose secret

@@ -5,6 +5,7 @@ use crate::app::Keyplane;
 use crate::domain::ceiling::{owners_only, within, Authority};
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::{is_id, new_id};
+use crate::domain::managed::ManagedKind;
 use crate::domain::model::Member;
 use crate::domain::perm::{MemberRole, Permission, Principal};
 use crate::domain::request::{clean_name, RequestMeta};
@@ -50,6 +51,7 @@ impl Keyplane {
             email,
             role,
             created_at: rt.now(),
+            managed_by: None,
             version: 1,
         };
         let event = rt.event(
@@ -67,15 +69,13 @@ impl Keyplane {
     pub async fn member_list(&self, p: &Principal, org_id: Option<&str>) -> Result<Vec<Member>> {
         let org = p.org_for(org_id)?;
         self.rt.existing_org(&org).await?;
-        let members = self.rt.store.member_list(&org).await?;
-        if p.permissions.has(Permission::MembersManage) {
-            return Ok(members);
+        let mut members = self.rt.store.member_list(&org).await?;
+        if !p.permissions.has(Permission::MembersManage) {
+            // A member sees themself only.
+            members.retain(|m| Some(m.id.as_str()) == p.member_id());
         }
-        // A member sees themself only.
-        Ok(members
-            .into_iter()
-            .filter(|m| Some(m.id.as_str()) == p.member_id())
-            .collect())
+        self.rt.fill_managed(&mut members).await?;
+        Ok(members)
     }
 
     pub async fn member_get(&self, p: &Principal, id: &str) -> Result<Member> {
@@ -93,6 +93,9 @@ impl Keyplane {
             || p.access_in(m.org_id.clone(), Permission::MembersManage)
                 .is_ok()
         {
+            let mut one = [m];
+            self.rt.fill_managed(&mut one).await?;
+            let [m] = one;
             Ok(m)
         } else {
             Err(Error::NotFound("member"))
@@ -133,6 +136,8 @@ impl Keyplane {
             "change this member's role",
         )?;
         within(&caller, &Authority::of_member(role), "give this role")?;
+        rt.guard_managed(ManagedKind::Member, id, "member", meta)
+            .await?;
         let event = rt.event(
             p,
             Some(&m.org_id),
@@ -177,6 +182,8 @@ impl Keyplane {
             &Authority::of_member(m.role),
             "remove this member",
         )?;
+        rt.guard_managed(ManagedKind::Member, id, "member", meta)
+            .await?;
         let event = rt.event(
             p,
             Some(&m.org_id),

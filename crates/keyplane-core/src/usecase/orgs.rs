@@ -19,12 +19,14 @@ impl Keyplane {
             id: new_id("org"),
             name: clean_name("name", name)?,
             created_at: now,
+            managed_by: None,
         };
         let project = Project {
             id: new_id("prj"),
             org_id: org.id.clone(),
             name: "default".into(),
             created_at: now,
+            managed_by: None,
         };
         let event = self.rt.event(
             p,
@@ -40,10 +42,13 @@ impl Keyplane {
 
     /// Every organization for the admin key; one's own otherwise.
     pub async fn org_list(&self, p: &Principal) -> Result<Vec<Org>> {
-        if p.is_admin_key() {
-            return self.rt.store.org_list().await;
-        }
-        let own = p.org_for(None)?;
-        Ok(self.rt.store.org_get(&own).await?.into_iter().collect())
+        let mut orgs = if p.is_admin_key() {
+            self.rt.store.org_list().await?
+        } else {
+            let own = p.org_for(None)?;
+            self.rt.store.org_get(&own).await?.into_iter().collect()
+        };
+        self.rt.fill_managed(&mut orgs).await?;
+        Ok(orgs)
     }
 }

@@ -22,6 +22,7 @@ impl Keyplane {
             org_id: access.org_id().to_string(),
             name: clean_name("name", name)?,
             created_at: self.rt.now(),
+            managed_by: None,
         };
         let event = self.rt.event(
             p,
@@ -38,6 +39,8 @@ impl Keyplane {
     pub async fn project_list(&self, p: &Principal, org_id: Option<&str>) -> Result<Vec<Project>> {
         let org = p.org_for(org_id)?;
         self.rt.existing_org(&org).await?;
-        self.rt.store.project_list(&org).await
+        let mut projects = self.rt.store.project_list(&org).await?;
+        self.rt.fill_managed(&mut projects).await?;
+        Ok(projects)
     }
 }

@@ -57,6 +57,7 @@ impl Keyplane {
             permissions: set.iter().collect(),
             scopes: self.rt.check_scopes(input.scopes).await?,
             created_at: self.rt.now(),
+            managed_by: None,
         };
         within(
             &p.authority(),
@@ -95,6 +96,8 @@ impl Keyplane {
     pub async fn role_list(&self, p: &Principal, org_id: Option<&str>) -> Result<Vec<Role>> {
         let org = p.org_for(org_id)?;
         self.rt.existing_org(&org).await?;
-        self.rt.store.role_list(&org).await
+        let mut roles = self.rt.store.role_list(&org).await?;
+        self.rt.fill_managed(&mut roles).await?;
+        Ok(roles)
     }
 }

@@ -3,6 +3,7 @@
 use crate::app::Keyplane;
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::new_id;
+use crate::domain::managed::ManagedKind;
 use crate::domain::model::Service;
 use crate::domain::perm::Principal;
 use crate::domain::request::{clean_description, clean_name, valid_scope_name, RequestMeta};
@@ -92,6 +93,7 @@ impl Keyplane {
             scopes: set.into_iter().collect(),
             resources,
             created_at: self.rt.now(),
+            managed_by: None,
         };
         let event = self.rt.event(
             p,
@@ -126,6 +128,9 @@ impl Keyplane {
         let Some(mut service) = existing.iter().find(|s| s.id == id).cloned() else {
             return Err(Error::NotFound("service"));
         };
+        self.rt
+            .guard_managed(ManagedKind::Service, id, "service", meta)
+            .await?;
         if let Some(d) = description {
             service.description = clean_description(Some(d))?;
         }
@@ -142,11 +147,16 @@ impl Keyplane {
         );
         self.rt.store.service_update(&service, &event).await?;
         self.rt.invalidate(Invalidation::Services).await?;
+        let mut one = [service];
+        self.rt.fill_managed(&mut one).await?;
+        let [service] = one;
         Ok(service)
     }
 
     pub async fn service_list(&self, _p: &Principal) -> Result<Vec<Service>> {
-        self.rt.store.service_list().await
+        let mut services = self.rt.store.service_list().await?;
+        self.rt.fill_managed(&mut services).await?;
+        Ok(services)
     }
 
     /// Every registered scope (the metadata's `scopes_supported`).

@@ -462,3 +462,394 @@ async fn a_refused_first_start_does_not_lose_the_admin_key_sqlite() {
 async fn a_refused_first_start_does_not_lose_the_admin_key_postgres() {
     admin_key_never_lost(Backend::Postgres).await;
 }
+
+/// A management request with or without `Keyplane-Override-Config: true`.
+async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+    override_config: bool,
+) -> (StatusCode, serde_json::Value) {
+    let mut r = app
+        .http
+        .request(method.parse().unwrap(), format!("{}{path}", app.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    if override_config {
+        r = r.header("Keyplane-Override-Config", "true");
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+fn by_name<'a>(list: &'a serde_json::Value, field: &str, name: &str) -> &'a serde_json::Value {
+    list["items"]
+        .as_array()
+        .or(list.as_array())
+        .unwrap()
+        .iter()
+        .find(|x| x[field] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
+async fn managed_objects(backend: Backend) {
+    let dir = TempDir::new();
+    let secret = SecretFormat::new("kps_").unwrap().generate();
+    std::fs::write(dir.path().join("guard-caller.secret"), secret.expose()).unwrap();
+    let config = dir.path().join("keyplane.toml");
+    std::fs::write(&config, DECLARED).unwrap();
+    let up = upstream().await;
+    let Some(app) = keyplane_testkit::spawn_app_with(
+        backend,
+        Options::default()
+            .env("KEYPLANE_CONFIG", config.to_str().unwrap())
+            .env("KEYPLANE_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("KEYPLANE_UPSTREAM", &up),
+    )
+    .await
+    else {
+        return;
+    };
+    let admin = app.admin_key.clone();
+    let org = org_id(&app).await;
+
+    // Every declared object says it is managed; one made through the API does not.
+    app.service("billing", &["billing:read"]).await;
+    let services = app.get("/v1/services", &admin).await.json();
+    let guard_svc = by_name(&services, "name", "ai-guard").clone();
+    assert_eq!(guard_svc["managed_by"], "config", "{services}");
+    assert!(by_name(&services, "name", "billing")["managed_by"].is_null());
+    let orgs = app.get("/v1/orgs", &admin).await.json();
+    assert_eq!(by_name(&orgs, "name", "acme")["managed_by"], "config");
+    assert!(by_name(&orgs, "name", "default")["managed_by"].is_null());
+    let projects = app
+        .get(&format!("/v1/projects?org_id={org}"), &admin)
+        .await
+        .json();
+    assert_eq!(
+        by_name(&projects, "name", "payments")["managed_by"],
+        "config"
+    );
+    assert!(by_name(&projects, "name", "default")["managed_by"].is_null());
+    let roles = app
+        .get(&format!("/v1/roles?org_id={org}"), &admin)
+        .await
+        .json();
+    assert_eq!(
+        by_name(&roles, "name", "GUARD-READER")["managed_by"],
+        "config"
+    );
+    let members = app
+        .get(&format!("/v1/members?org_id={org}"), &admin)
+        .await
+        .json();
+    let ana = by_name(&members, "email", "ana@example.com").clone();
+    assert_eq!(ana["managed_by"], "config");
+    let cid = client_id(&app, "guard-caller").await;
+    let client = app
+        .get(&format!("/v1/oauth-clients/{cid}"), &admin)
+        .await
+        .json();
+    assert_eq!(client["managed_by"], "config", "{client}");
+    let secret_id = client["secrets"][0]["id"].as_str().unwrap().to_string();
+    let svc_path = format!("/v1/services/{}", guard_svc["id"].as_str().unwrap());
+    let ana_path = format!("/v1/members/{}", ana["id"].as_str().unwrap());
+    let client_path = format!("/v1/oauth-clients/{cid}");
+
+    // Every change through the API is refused with the way out, and changes nothing — even
+    // for the admin key, and whatever the header's other values.
+    let changes: Vec<(&str, String, Option<serde_json::Value>)> = vec![
+        (
+            "PATCH",
+            svc_path.clone(),
+            Some(json!({ "description": "changed" })),
+        ),
+        ("PATCH", ana_path.clone(), Some(json!({ "role": "member" }))),
+        ("DELETE", ana_path.clone(), None),
+        (
+            "PATCH",
+            client_path.clone(),
+            Some(json!({ "scopes": ["ai-guard:write"] })),
+        ),
+        ("POST", format!("{client_path}/secrets"), Some(json!({}))),
+        ("DELETE", format!("{client_path}/secrets/{secret_id}"), None),
+        ("DELETE", client_path.clone(), None),
+    ];
+    for (method, path, body) in &changes {
+        let (status, v) = send(&app, method, path, &admin, body.clone(), false).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{method} {path}: {v}");
+        assert!(
+            v["type"].as_str().unwrap().ends_with("managed-by-config"),
+            "{v}"
+        );
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Keyplane-Override-Config: true"),
+            "{v}"
+        );
+    }
+    let mut r = app
+        .http
+        .patch(format!("{}{svc_path}", app.base))
+        .bearer_auth(&admin)
+        .header("Keyplane-Override-Config", "yes")
+        .json(&json!({ "description": "changed" }));
+    r = r.header("Content-Type", "application/json");
+    assert_eq!(r.send().await.unwrap().status(), StatusCode::CONFLICT);
+    let (status, _) = token(&app, &cid, secret.expose(), "ai-guard:read").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the refused changes changed nothing"
+    );
+    let members = app
+        .get(&format!("/v1/members?org_id={org}"), &admin)
+        .await
+        .json();
+    assert_eq!(
+        by_name(&members, "email", "ana@example.com")["role"],
+        "admin"
+    );
+
+    // Another organization's key learns nothing: out of reach answers like an unknown id.
+    let other = app
+        .post("/v1/orgs", &admin, json!({ "name": "other" }))
+        .await
+        .json();
+    let other_org = other["id"].as_str().unwrap();
+    let (_, other_key) = app
+        .key(
+            &admin,
+            json!({ "org_id": other_org, "name": "x", "roles": ["ORG-ADMIN"] }),
+        )
+        .await;
+    let (status, _) = send(
+        &app,
+        "PATCH",
+        &client_path,
+        &other_key,
+        Some(json!({ "description": "x" })),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(&app, "DELETE", &ana_path, &other_key, None, false).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // With the header the change is made, and its event says it overrode the file.
+    let (status, v) = send(
+        &app,
+        "PATCH",
+        &svc_path,
+        &admin,
+        Some(json!({ "description": "changed" })),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["description"], "changed");
+    assert_eq!(v["managed_by"], "config", "still managed");
+    app.flush().await;
+    let events = app.get("/v1/activity?limit=20", &admin).await.json();
+    let update = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "service.update")
+        .unwrap_or_else(|| panic!("no service.update in {events}"));
+    assert_eq!(update["details"]["config_override"], true, "{update}");
+
+    // The next apply puts the file's value back.
+    let text = cli_apply(&app, &config, false).await;
+    assert!(
+        text.contains("update (description) service ai-guard"),
+        "{text}"
+    );
+    let services = app.get("/v1/services", &admin).await.json();
+    assert_eq!(
+        by_name(&services, "name", "ai-guard")["description"],
+        "AI Guard"
+    );
+
+    // An object the file no longer declares is no longer managed: the API changes it freely.
+    let without = DECLARED.replace(
+        "[[members]]\norg = \"acme\"\nemail = \"ana@example.com\"\nrole = \"admin\"\n",
+        "",
+    );
+    assert_ne!(without, DECLARED);
+    std::fs::write(&config, &without).unwrap();
+    let text = cli_apply(&app, &config, true).await;
+    assert!(text.contains("(no longer declared)"), "{text}");
+    let (status, _) = send(
+        &app,
+        "PATCH",
+        &ana_path,
+        &admin,
+        Some(json!({ "role": "member" })),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "a dry run unmarks nothing");
+    let text = cli_apply(&app, &config, false).await;
+    assert!(text.contains("update (managed_by) member"), "{text}");
+    let (status, v) = send(
+        &app,
+        "PATCH",
+        &ana_path,
+        &admin,
+        Some(json!({ "role": "member" })),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["managed_by"].is_null(), "{v}");
+    let again = cli_apply(&app, &config, false).await;
+    assert!(again.contains("changed 0"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_objects_are_managed_and_refuse_api_changes_sqlite() {
+    managed_objects(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_objects_are_managed_and_refuse_api_changes_postgres() {
+    managed_objects(Backend::Postgres).await;
+}
+
+/// `dpop_bound_access_tokens`, `federated_credentials` and `may_act` (by the name of a client
+/// declared in the same file) are declarable, and applying them twice changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_identity_settings_are_declarable() {
+    let dir = TempDir::new();
+    let config = dir.path().join("keyplane.toml");
+    let text = r#"
+[[services]]
+name = "mcp"
+scopes = ["mcp:read"]
+
+[[clients]]
+name = "user-app"
+scopes = ["mcp:read"]
+secret_file = "user-app.secret"
+generate_secret = true
+may_act = ["agent"]
+
+[[clients]]
+name = "agent"
+scopes = ["mcp:read"]
+secret_file = "agent.secret"
+generate_secret = true
+dpop_bound_access_tokens = true
+
+[[clients]]
+name = "ci"
+scopes = ["mcp:read"]
+token_endpoint_auth_method = "private_key_jwt"
+
+[[clients.federated_credentials]]
+issuer = "https://token.actions.githubusercontent.com"
+subject_pattern = "repo:acme/*:ref:refs/heads/main"
+audience = "https://keyplane.example"
+"#;
+    std::fs::write(&config, text).unwrap();
+    let Some(app) = keyplane_testkit::spawn_app_with(
+        Backend::Sqlite,
+        Options::default().env("KEYPLANE_CONFIG", config.to_str().unwrap()),
+    )
+    .await
+    else {
+        return;
+    };
+    let admin = app.admin_key.clone();
+    let list = app.get("/v1/oauth-clients", &admin).await.json();
+    let agent = by_name(&list, "name", "agent").clone();
+    let user_app = by_name(&list, "name", "user-app").clone();
+    let ci = by_name(&list, "name", "ci").clone();
+    assert_eq!(agent["dpop_bound_access_tokens"], true, "{agent}");
+    assert_eq!(user_app["dpop_bound_access_tokens"], false);
+    assert_eq!(
+        user_app["may_act"],
+        json!([agent["client_id"]]),
+        "{user_app}"
+    );
+    assert_eq!(ci["token_endpoint_auth_method"], "private_key_jwt");
+    assert_eq!(
+        ci["federated_credentials"],
+        json!([{
+            "issuer": "https://token.actions.githubusercontent.com",
+            "subject_pattern": "repo:acme/*:ref:refs/heads/main",
+            "audience": "https://keyplane.example"
+        }]),
+        "{ci}"
+    );
+    // The agent must present a DPoP proof: a plain token request is refused.
+    let secret = std::fs::read_to_string(dir.path().join("agent.secret")).unwrap();
+    let (status, _) = token(
+        &app,
+        agent["client_id"].as_str().unwrap(),
+        secret.trim(),
+        "mcp:read",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Unchanged file: nothing to do. A change to each is found and applied.
+    assert!(cli_apply(&app, &config, false).await.contains("changed 0"));
+    let changed = text
+        .replace("dpop_bound_access_tokens = true", "")
+        .replace("may_act = [\"agent\"]", "may_act = []")
+        .replace("refs/heads/main", "refs/heads/release");
+    std::fs::write(&config, &changed).unwrap();
+    let plan = cli_apply(&app, &config, true).await;
+    assert!(
+        plan.contains("update (may_act) client default/default/user-app"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("update (dpop_bound_access_tokens) client default/default/agent"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("update (federated_credentials) client default/default/ci"),
+        "{plan}"
+    );
+    assert!(cli_apply(&app, &config, false).await.contains("changed 3"));
+    let list = app.get("/v1/oauth-clients", &admin).await.json();
+    assert_eq!(by_name(&list, "name", "user-app")["may_act"], json!([]));
+    assert_eq!(
+        by_name(&list, "name", "agent")["dpop_bound_access_tokens"],
+        false
+    );
+    assert_eq!(
+        by_name(&list, "name", "ci")["federated_credentials"][0]["subject_pattern"],
+        "repo:acme/*:ref:refs/heads/release"
+    );
+    assert!(cli_apply(&app, &config, false).await.contains("changed 0"));
+
+    // A may_act that names nothing is refused, naming the file and line.
+    std::fs::write(
+        &config,
+        text.replace("may_act = [\"agent\"]", "may_act = [\"nobody\"]"),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyplane"))
+        .args(["apply", "--dry-run", "--config"])
+        .arg(&config)
+        .args(["--url", &app.base])
+        .env("KEYPLANE_TOKEN", &admin)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may_act: \"nobody\""), "{err}");
+}
