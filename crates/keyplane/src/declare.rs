@@ -415,6 +415,8 @@ impl<'a> Run<'a> {
             meta: RequestMeta {
                 client_addr: None,
                 user_agent: Some(axum::http::HeaderValue::from_static("keyplane-config")),
+                // Through `POST /v1/admin/config/apply`: that request's id.
+                request_id: keyplane_http::observe::current_request_id(),
             },
             file,
             text,

@@ -125,7 +125,7 @@ impl Runtime {
             outcome: Outcome::Success,
             client_addr: meta.addr_text(),
             user_agent: meta.agent_text(),
-            details,
+            details: meta.details(details),
         }
     }
 
