@@ -61,7 +61,15 @@ impl Keyplane {
     }
     /// Applies a change learned from another node.
     pub fn apply_invalidation(&self, change: &Invalidation) {
+        if !matches!(change, Invalidation::FeedLost | Invalidation::FeedRestored) {
+            self.rt.feed.changed(self.rt.now_ms());
+        }
         self.rt.apply_invalidation(change)
+    }
+    /// When the last change from another node arrived through the change feed (ms since the
+    /// epoch), if one has since start.
+    pub fn feed_last_change_ms(&self) -> Option<i64> {
+        self.rt.feed.last_change_ms()
     }
     /// Calls `on_change` for every change another node publishes.
     pub fn subscribe_changes(&self, on_change: Arc<dyn Fn(Invalidation) + Send + Sync>) {

@@ -22,9 +22,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Client address and user agent, for the activity log and the throttles. The address is the
-/// one the connection edge decided ([`crate::edge::ClientAddr`]: the peer, or the client a
-/// trusted proxy names), else the TCP peer's.
+/// Client address, user agent and request id, for the activity log and the throttles. The
+/// address is the one the connection edge decided ([`crate::edge::ClientAddr`]: the peer, or
+/// the client a trusted proxy names), else the TCP peer's; the id is the edge's too.
 pub fn request_meta(parts: &Parts) -> RequestMeta {
     RequestMeta {
         client_addr: parts
@@ -38,6 +38,10 @@ pub fn request_meta(parts: &Parts) -> RequestMeta {
                     .map(|c| c.0.ip())
             }),
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        request_id: parts
+            .extensions
+            .get::<keyplane_core::domain::request::RequestId>()
+            .copied(),
         config: config_write(&parts.headers),
     }
 }

@@ -21,6 +21,10 @@
 //!   of `X-Forwarded-For` (or RFC 7239 `Forwarded`, one of the two, configured) that is not
 //!   itself a trusted proxy. Requests carry it as [`ClientAddr`]; every throttle, event and log
 //!   line uses it.
+//! - **Request id**: the `X-Request-Id` a trusted proxy sent (when it is a plain one of at most
+//!   64 characters), else one made here ([`crate::observe::RequestIds`]). Requests carry it as a
+//!   [`RequestId`] extension; it is the current one while the request is answered (every log
+//!   line written then names it), and every answer carries it in `X-Request-Id`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
@@ -85,6 +89,8 @@ pub struct EdgeConfig {
     pub forwarded_header: ForwardedHeader,
     /// Time for a TLS handshake, from the accept (listeners with TLS only).
     pub tls_handshake_timeout: Duration,
+    /// Makes the ids of requests that come without a trusted one.
+    pub request_ids: Arc<crate::observe::RequestIds>,
 }
 
 impl Default for EdgeConfig {
@@ -97,6 +103,7 @@ impl Default for EdgeConfig {
             trusted_proxies: TrustedProxies::default(),
             forwarded_header: ForwardedHeader::default(),
             tls_handshake_timeout: Duration::from_secs(10),
+            request_ids: Arc::default(),
         }
     }
 }
@@ -756,11 +763,13 @@ where
         if self.tls {
             parts.extensions.insert(OverTls);
         }
-        if !self.config.trusted_proxies.is_empty()
-            && self.config.trusted_proxies.contains(self.peer.ip())
-        {
+        let trusted = !self.config.trusted_proxies.is_empty()
+            && self.config.trusted_proxies.contains(self.peer.ip());
+        if trusted {
             parts.extensions.insert(FromTrustedProxy);
         }
+        let id = self.config.request_ids.for_request(&parts.headers, trusted);
+        parts.extensions.insert(id);
         // A request without a body (most of them: every GET) pays for no deadline at all.
         let (body, timed_out) = if incoming.is_end_stream() {
             (Body::new(incoming), None)
@@ -779,14 +788,18 @@ where
         let clock = Arc::clone(&self.clock);
         let body_timeout = self.config.body_timeout;
         Box::pin(async move {
-            let resp = match call.await {
+            let resp = match crate::observe::with_request_id(id, call).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            let resp = match timed_out {
+            let mut resp = match timed_out {
                 Some(flag) if flag.load(Ordering::Acquire) => body_timed_out(body_timeout),
                 _ => resp,
             };
+            resp.headers_mut().insert(
+                crate::observe::X_REQUEST_ID,
+                crate::observe::header_value(&id),
+            );
             Ok(resp.map(|inner| CountedBody {
                 inner,
                 clock: Some(clock),

@@ -5,6 +5,9 @@
 //! exactly that path: an ambiguous one is answered 400 and never forwarded.
 //! An `https://` upstream is reached over TLS with its certificate checked against the Mozilla
 //! roots, or only against a configured CA; one that fails the check is answered 502.
+//! The upstream gets the request's id in `X-Request-Id` (the caller's own only when a trusted
+//! proxy sent it), and, for a traced request, the gateway's span as `traceparent`. Requests are
+//! counted under `route="gateway"`: `allowed` when forwarded, whatever the upstream answered.
 
 use crate::auth::request_meta;
 use crate::routes::authz::{ambiguous_path, identity_headers, respond};
@@ -44,9 +47,13 @@ pub struct GatewayConfig {
 #[derive(Clone)]
 struct Gateway {
     app: Arc<Keyplane>,
+    obs: Arc<crate::observe::Observer>,
     client: Client<HttpsConnector<HttpConnector>, Limited<Body>>,
     config: Arc<GatewayConfig>,
 }
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -70,7 +77,11 @@ fn problem(
 }
 
 /// The gateway's router: every path goes to the upstream once the credential passes.
-pub fn router(app: Arc<Keyplane>, config: GatewayConfig) -> Router {
+pub fn router(
+    app: Arc<Keyplane>,
+    obs: Arc<crate::observe::Observer>,
+    config: GatewayConfig,
+) -> Router {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -87,6 +98,7 @@ pub fn router(app: Arc<Keyplane>, config: GatewayConfig) -> Router {
         .build(connector);
     Router::new().fallback(proxy).with_state(Gateway {
         app,
+        obs,
         client,
         config: Arc::new(config),
     })
@@ -97,9 +109,38 @@ fn header_bytes(h: &HeaderMap) -> usize {
 }
 
 async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
+    use crate::observe::{Outcome, Route};
+    let started = std::time::Instant::now();
+    let span = gw.obs.start_span(Route::Gateway, &req);
+    let traceparent = span.as_ref().and_then(|s| s.traceparent());
+    let (resp, forwarded) = match forward(&gw, req, traceparent).await {
+        Ok(resp) => (resp, true),
+        Err(resp) => (resp, false),
+    };
+    let outcome = if forwarded {
+        Outcome::Allowed
+    } else {
+        Outcome::of_response(&resp)
+    };
+    gw.obs
+        .requests
+        .observe(Route::Gateway, outcome, started.elapsed());
+    if let Some(span) = span {
+        span.end(resp.status(), outcome);
+    }
+    resp
+}
+
+/// Checks the request and forwards it: `Ok` with the upstream's answer, or `Err` with
+/// keyplane's own (a refusal, a request that cannot be forwarded, an upstream that failed).
+async fn forward(
+    gw: &Gateway,
+    req: Request,
+    traceparent: Option<HeaderValue>,
+) -> Result<Response, Response> {
     let (mut parts, body) = req.into_parts();
     if header_bytes(&parts.headers) > gw.config.max_header_bytes {
-        return problem(
+        return Err(problem(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers-too-large",
             "Request headers too large",
@@ -107,7 +148,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                 "the request's headers exceed {} bytes",
                 gw.config.max_header_bytes
             ),
-        );
+        ));
     }
     if parts
         .headers
@@ -115,7 +156,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|n| n > gw.config.max_body_bytes)
     {
-        return problem(
+        return Err(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
             "Payload too large",
@@ -123,14 +164,14 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                 "the request body exceeds {} bytes",
                 gw.config.max_body_bytes
             ),
-        );
+        ));
     }
     let meta = request_meta(&parts);
     // One path: the rules match the normalized path, and that path (with the caller's query)
     // is what the upstream gets; a path that could be read two ways is refused.
     let path = match NormalPath::parse(parts.uri.path()) {
         Ok(p) => p,
-        Err(e) => return ambiguous_path(e),
+        Err(e) => return Err(ambiguous_path(e)),
     };
     let (is_dpop, token) = match crate::dpop::authorization(&parts.headers) {
         Some((d, t)) => (d, Some(t)),
@@ -154,7 +195,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
     let identity = match verdict {
         Verdict::Allow(identity) => identity,
         // A request whose credential failed is never forwarded.
-        other => return respond(other, &required),
+        other => return Err(respond(other, &required)),
     };
 
     // Headers: nothing connection-specific, nothing the caller claims about itself.
@@ -216,6 +257,26 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         headers.insert("x-forwarded-host", host);
     }
     headers.remove(header::HOST);
+    // The request's id as the edge decided it: a caller's own `X-Request-Id` is replaced
+    // unless a trusted proxy sent it (then it is the same).
+    match parts
+        .extensions
+        .get::<keyplane_core::domain::request::RequestId>()
+    {
+        Some(id) => {
+            headers.insert(
+                crate::observe::X_REQUEST_ID,
+                crate::observe::header_value(id),
+            );
+        }
+        None => {
+            headers.remove(crate::observe::X_REQUEST_ID);
+        }
+    }
+    if let Some(tp) = traceparent {
+        headers.insert(TRACEPARENT, tp);
+        headers.remove(TRACESTATE);
+    }
 
     let upstream = &gw.config.upstream;
     let target = upstream_target(upstream.path(), &path, parts.uri.query());
@@ -232,12 +293,12 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
     {
         Ok(u) => u,
         Err(_) => {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "bad-request",
                 "Bad request",
                 "the request path cannot be forwarded".into(),
-            )
+            ))
         }
     };
     parts.uri = uri;
@@ -245,7 +306,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
         axum::http::Request::from_parts(parts, Limited::new(body, gw.config.max_body_bytes));
 
     match tokio::time::timeout(gw.config.upstream_timeout, gw.client.request(upstream_req)).await {
-        Err(_) => problem(
+        Err(_) => Err(problem(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream-timeout",
             "Upstream timed out",
@@ -254,13 +315,13 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                 gw.config.upstream,
                 gw.config.upstream_timeout.as_millis()
             ),
-        ),
+        )),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
                 .map(|s| s.to_string().contains("length limit exceeded"))
                 .unwrap_or(false);
             if too_large {
-                return problem(
+                return Err(problem(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too-large",
                     "Payload too large",
@@ -268,11 +329,11 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                         "the request body exceeds {} bytes",
                         gw.config.max_body_bytes
                     ),
-                );
+                ));
             }
             if let Some(why) = crate::tls::refusal(&e) {
                 tracing::warn!(upstream = %gw.config.upstream, reason = %why, "the upstream's TLS connection was refused: nothing was forwarded");
-                return problem(
+                return Err(problem(
                     StatusCode::BAD_GATEWAY,
                     "upstream-tls",
                     "Upstream TLS failed",
@@ -280,10 +341,10 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                         "the upstream {} could not be reached over TLS: {why}",
                         gw.config.upstream
                     ),
-                );
+                ));
             }
             tracing::warn!(error = %e, upstream = %gw.config.upstream, "upstream request failed");
-            problem(
+            Err(problem(
                 StatusCode::BAD_GATEWAY,
                 "upstream-unavailable",
                 "Upstream unavailable",
@@ -292,14 +353,17 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                     gw.config.upstream,
                     describe(&e)
                 ),
-            )
+            ))
         }
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             for name in HOP_BY_HOP {
                 parts.headers.remove(name);
             }
-            Response::from_parts(parts, Body::new(body.map_err(axum::Error::new)))
+            Ok(Response::from_parts(
+                parts,
+                Body::new(body.map_err(axum::Error::new)),
+            ))
         }
     }
 }

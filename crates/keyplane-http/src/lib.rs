@@ -9,7 +9,9 @@ pub mod edge;
 pub mod error;
 pub mod etag;
 pub mod gateway;
+pub mod metrics;
 pub mod no_store;
+pub mod observe;
 pub mod openapi;
 pub mod routes;
 pub mod tls;
@@ -38,6 +40,18 @@ pub const HEADER_LIMIT: usize = 32 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub app: Arc<Keyplane>,
+    /// Request metrics, traces and what `/metrics` shows of the build.
+    pub obs: Arc<observe::Observer>,
+}
+
+impl AppState {
+    /// The state of a server without traces, `/metrics` on the API listener.
+    pub fn new(app: Arc<Keyplane>) -> Self {
+        Self {
+            app,
+            obs: Arc::new(observe::Observer::default()),
+        }
+    }
 }
 
 /// Every route of the HTTP interface. [`serve`] wraps it in the layers that apply to all of
@@ -142,6 +156,28 @@ fn request_span(req: &axum::extract::Request) -> tracing::Span {
     )
 }
 
+/// Serves `/metrics`, `/healthz` and `/readyz` on a listener of their own (`metrics_listen`),
+/// with its own small connection cap, so a flood on the API cannot keep a scrape out.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    edge: Arc<edge::EdgeConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = routes::ops::metrics_router()
+        .fallback(error::fallback)
+        .with_state(state);
+    edge::serve(
+        listener,
+        router,
+        edge,
+        edge::ConnectionLimit::new(64),
+        None,
+        shutdown,
+    )
+    .await
+}
+
 /// Answers the hot routes before the router: `/v1/authz` (every request to a protected API),
 /// and `POST /v1/oauth/token` and `POST /v1/oauth/token/introspect`. They skip the route table,
 /// the per-route service wrappers, their futures and the per-request tracing span (their
@@ -149,6 +185,9 @@ fn request_span(req: &axum::extract::Request) -> tracing::Span {
 /// (other methods, the seed documents' paths, `/v1/authz/{*original}` for Envoy) goes to the
 /// router, traced and with the body limit, unchanged. The token endpoints read at most 16 KiB
 /// of form themselves.
+///
+/// Every request, hot or not, is timed into its route group's histogram by outcome
+/// ([`observe`]), and traced when traces are on and it is sampled.
 #[derive(Clone)]
 struct HotRoutes {
     state: AppState,
@@ -175,31 +214,63 @@ impl tower::Service<axum::extract::Request> for HotRoutes {
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
         use axum::extract::State;
+        let started = std::time::Instant::now();
+        let route = observe::Route::of(req.uri().path());
+        let obs = Arc::clone(&self.state.obs);
+        let span = obs.start_span(route, &req);
         if let Some(refused) = over_limits(&req) {
-            return Box::pin(std::future::ready(Ok(refused)));
+            return Box::pin(async move { Ok(observed(&obs, route, started, span, refused)) });
         }
         let post = req.method() == axum::http::Method::POST;
         match (post, req.uri().path()) {
             (_, "/v1/authz") => {
                 let state = self.state.clone();
-                Box::pin(async move { Ok(routes::authz::authz(State(state), req).await) })
+                Box::pin(async move {
+                    let resp = routes::authz::authz(State(state), req).await;
+                    Ok(observed(&obs, route, started, span, resp))
+                })
             }
             (true, "/v1/oauth/token") => {
                 let state = self.state.clone();
-                Box::pin(async move { Ok(routes::oauth::token(State(state), req).await) })
+                Box::pin(async move {
+                    let resp = routes::oauth::token(State(state), req).await;
+                    Ok(observed(&obs, route, started, span, resp))
+                })
             }
             (true, "/v1/oauth/token/introspect") => {
                 let state = self.state.clone();
-                Box::pin(async move { Ok(routes::oauth::introspect(State(state), req).await) })
+                Box::pin(async move {
+                    let resp = routes::oauth::introspect(State(state), req).await;
+                    Ok(observed(&obs, route, started, span, resp))
+                })
             }
             (_, path) => {
                 let rest = self.rest.clone();
                 let path = path.to_string();
                 Box::pin(async move {
                     let resp = tower::ServiceExt::oneshot(rest, req).await?;
-                    Ok(error::fill_empty_error(&path, resp))
+                    let resp = error::fill_empty_error(&path, resp);
+                    Ok(observed(&obs, route, started, span, resp))
                 })
             }
         }
     }
+}
+
+/// Records an answered request: its latency in its (route, outcome) histogram, and its span's
+/// end when it was traced.
+#[inline]
+pub(crate) fn observed(
+    obs: &observe::Observer,
+    route: observe::Route,
+    started: std::time::Instant,
+    span: Option<Box<dyn observe::RequestSpan>>,
+    resp: axum::response::Response,
+) -> axum::response::Response {
+    let outcome = observe::Outcome::of_response(&resp);
+    obs.requests.observe(route, outcome, started.elapsed());
+    if let Some(span) = span {
+        span.end(resp.status(), outcome);
+    }
+    resp
 }

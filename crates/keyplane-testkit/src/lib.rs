@@ -288,6 +288,12 @@ impl TestApp {
         self.running.as_ref()?.gateway_url()
     }
 
+    /// The metrics listener's base URL, when the configuration sets `metrics_listen`.
+    pub fn metrics_base(&self) -> Option<String> {
+        let addr = self.running.as_ref()?.metrics_addr?;
+        Some(format!("http://{addr}"))
+    }
+
     pub fn backend(&self) -> Backend {
         self.db.backend
     }

@@ -77,6 +77,129 @@ pub struct FileConfig {
     pub auth_failures_per_minute: Option<u32>,
     /// Distinct refusal events written per flush; the rest are counted in one more.
     pub refusal_events_per_flush: Option<usize>,
+    /// Serve `/metrics` (with `/healthz`, `/readyz`) on this address instead of the API's.
+    pub metrics_listen: Option<String>,
+    /// OpenTelemetry traces (`[otel]`).
+    #[serde(default)]
+    pub otel: OtelFile,
+}
+
+/// `[otel]`: traces over OTLP/HTTP, off unless `endpoint` is set.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelFile {
+    /// The collector's base URL (`/v1/traces` is added), e.g. `http://127.0.0.1:4318`.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`.
+    pub protocol: Option<String>,
+    /// `service.name` of the spans (default `keyplane`).
+    pub service_name: Option<String>,
+    /// The share of requests answered by the router that are traced (default 1).
+    pub sample_ratio: Option<f64>,
+    /// The share of `/v1/authz`, token, introspection and gateway requests traced (default 0).
+    pub hot_sample_ratio: Option<f64>,
+}
+
+/// How traces are exported (see `telemetry.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtelConfig {
+    /// The collector's base URL.
+    pub endpoint: String,
+    pub protocol: OtelProtocol,
+    pub service_name: String,
+    pub sample_ratio: f64,
+    pub hot_sample_ratio: f64,
+}
+
+impl OtelConfig {
+    /// Where spans are sent: the endpoint with `/v1/traces` (unless it ends so already).
+    pub fn traces_url(&self) -> String {
+        let base = self.endpoint.trim_end_matches('/');
+        if base.ends_with("/v1/traces") {
+            base.to_string()
+        } else {
+            format!("{base}/v1/traces")
+        }
+    }
+}
+
+/// The OTLP/HTTP encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtelProtocol {
+    HttpProtobuf,
+    HttpJson,
+}
+
+impl OtelProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtelProtocol::HttpProtobuf => "http/protobuf",
+            OtelProtocol::HttpJson => "http/json",
+        }
+    }
+}
+
+/// `metrics_listen` and `[otel]`, from the environment and the file.
+fn observability(
+    file: &FileConfig,
+    env: &HashMap<String, String>,
+) -> Result<(Option<SocketAddr>, Option<OtelConfig>)> {
+    let metrics_listen = env
+        .get("KEYPLANE_METRICS_LISTEN")
+        .cloned()
+        .or(file.metrics_listen.clone())
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| {
+            a.parse::<SocketAddr>().with_context(|| {
+                format!("metrics_listen {a:?} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+            })
+        })
+        .transpose()?;
+    let o = &file.otel;
+    let text = |var: &str, file: &Option<String>| {
+        env.get(var)
+            .cloned()
+            .or(file.clone())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let Some(endpoint) = text("KEYPLANE_OTEL_ENDPOINT", &o.endpoint) else {
+        return Ok((metrics_listen, None));
+    };
+    let uri: axum::http::Uri = endpoint
+        .parse()
+        .with_context(|| format!("otel.endpoint {endpoint:?} is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        bail!("otel.endpoint {endpoint:?} must be an http:// or https:// URL with a host (OTLP over HTTP; gRPC is not supported)");
+    }
+    let protocol = match text("KEYPLANE_OTEL_PROTOCOL", &o.protocol).as_deref() {
+        None | Some("http/protobuf") => OtelProtocol::HttpProtobuf,
+        Some("http/json") => OtelProtocol::HttpJson,
+        Some(other) => bail!("otel.protocol must be `http/protobuf` or `http/json`, not {other:?}"),
+    };
+    let ratio = |var: &str, file: Option<f64>, default: f64| -> Result<f64> {
+        let v = match env.get(var) {
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("{var} must be a number from 0 to 1"))?,
+            None => file.unwrap_or(default),
+        };
+        if !(0.0..=1.0).contains(&v) {
+            bail!("{var} (or its setting) must be from 0 to 1, not {v}");
+        }
+        Ok(v)
+    };
+    Ok((
+        metrics_listen,
+        Some(OtelConfig {
+            endpoint,
+            protocol,
+            service_name: text("KEYPLANE_OTEL_SERVICE_NAME", &o.service_name)
+                .unwrap_or_else(|| "keyplane".into()),
+            sample_ratio: ratio("KEYPLANE_OTEL_SAMPLE_RATIO", o.sample_ratio, 1.0)?,
+            hot_sample_ratio: ratio("KEYPLANE_OTEL_HOT_SAMPLE_RATIO", o.hot_sample_ratio, 0.0)?,
+        }),
+    ))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +441,10 @@ pub struct Config {
     pub forwarded_header: keyplane_http::edge::ForwardedHeader,
     pub auth_failures_per_minute: u32,
     pub refusal_events_per_flush: usize,
+    /// `/metrics` on a listener of its own (else on the API listener).
+    pub metrics_listen: Option<SocketAddr>,
+    /// OpenTelemetry traces, when an endpoint is configured.
+    pub otel: Option<OtelConfig>,
 }
 
 impl Config {
@@ -332,6 +459,7 @@ impl Config {
             trusted_proxies: self.trusted_proxies.clone(),
             forwarded_header: self.forwarded_header,
             tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_seconds),
+            ..Default::default()
         }
     }
 }
@@ -411,6 +539,14 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_JWKS_REFETCH_INTERVAL_SECONDS",
     "KEYPLANE_JWKS_MAX_AGE_SECONDS",
     "KEYPLANE_JWKS_URI_ALLOW_LOOPBACK_HTTP",
+    "KEYPLANE_METRICS_TOKEN",
+    "KEYPLANE_METRICS_TOKEN_FILE",
+    "KEYPLANE_METRICS_LISTEN",
+    "KEYPLANE_OTEL_ENDPOINT",
+    "KEYPLANE_OTEL_PROTOCOL",
+    "KEYPLANE_OTEL_SERVICE_NAME",
+    "KEYPLANE_OTEL_SAMPLE_RATIO",
+    "KEYPLANE_OTEL_HOT_SAMPLE_RATIO",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -472,6 +608,7 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let (metrics_listen, otel) = observability(&file, env)?;
 
         let listen = listen_flag
             .map(str::to_string)
@@ -924,6 +1061,8 @@ impl Config {
             10,
         )?;
         Ok(Config {
+            metrics_listen,
+            otel,
             header_read_timeout_seconds,
             request_body_timeout_seconds,
             idle_timeout_seconds,

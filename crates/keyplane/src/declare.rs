@@ -440,6 +440,8 @@ impl<'a> Run<'a> {
                 client_addr: None,
                 user_agent: Some(axum::http::HeaderValue::from_static("keyplane-config")),
                 config: ConfigWrite::Declaration,
+                // Through `POST /v1/admin/config/apply`: that request's id.
+                request_id: keyplane_http::observe::current_request_id(),
             },
             file,
             text,

@@ -6,4 +6,5 @@ pub mod config;
 pub mod declare;
 pub mod jwks;
 pub mod server;
+pub mod telemetry;
 pub mod tls;

@@ -117,6 +117,8 @@ pub struct Running {
     pub tls: bool,
     /// Whether the gateway listener speaks TLS.
     pub gateway_tls: bool,
+    /// Where `/metrics` listens, when it has a listener of its own (`metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub app: Arc<Keyplane>,
     /// The admin key generated on this first start, if one was.
     pub generated_admin_key: Option<SecretString>,
@@ -187,6 +189,9 @@ pub async fn start(
     }
     .map_err(anyhow::Error::msg)
     .context("TLS to the upstream")?;
+    // Traces, when configured: a bad exporter setting stops the start here too.
+    let build_info = build_info();
+    let traces = crate::telemetry::Traces::start(config, &build_info)?;
     // Bind first, so a derived issuer names the port actually bound (port 0 in tests).
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -206,11 +211,14 @@ pub async fn start(
     // Everything that can refuse the start comes before the admin key is settled, so a refused
     // first start generates (and stores) no admin key it could not show.
     let prepared = prepare(&app, config).await;
-    let gateway_listener = match prepared {
-        Ok(()) => bind_gateway(config).await,
+    let listeners = match prepared {
+        Ok(()) => match bind_gateway(config).await {
+            Ok(g) => bind_metrics(config).await.map(|m| (g, m)),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
-    let gateway_listener = match gateway_listener {
+    let (gateway_listener, metrics_listener) = match listeners {
         Ok(l) => l,
         Err(e) => {
             let hint = admin_key_hint(&app, supplied.is_some()).await;
@@ -312,6 +320,16 @@ pub async fn start(
         );
     }
 
+    let observer = Arc::new(keyplane_http::observe::Observer {
+        tracing: traces
+            .as_ref()
+            .zip(config.otel.as_ref())
+            .map(|(t, c)| t.tracing(c)),
+        build: build_info,
+        metrics_on_api: metrics_listener.is_none(),
+        ..Default::default()
+    });
+
     // The gateway listens beside the API and stops with it.
     let mut gateway_addr = None;
     let (gateway_stop, gateway_task) = match (gateway_listener, &config.upstream) {
@@ -325,7 +343,11 @@ pub async fn start(
             };
             gateway_addr = Some(gl.local_addr()?);
             tracing::info!(addr = %gl.local_addr()?, upstream = %upstream, tls = gateway_tls.is_some(), "gateway is listening");
-            let router = keyplane_http::gateway::router(Arc::clone(&app), gateway_config);
+            let router = keyplane_http::gateway::router(
+                Arc::clone(&app),
+                Arc::clone(&observer),
+                gateway_config,
+            );
             let (tx, rx) = oneshot::channel::<()>();
             let edge = Arc::clone(&edge);
             let limit = limit.clone();
@@ -343,16 +365,40 @@ pub async fn start(
 
     let state = AppState {
         app: Arc::clone(&app),
+        obs: Arc::clone(&observer),
+    };
+    // `/metrics` on a listener of its own, when configured; it stops with the API.
+    let mut metrics_addr = None;
+    let (metrics_stop, metrics_task) = match metrics_listener {
+        Some(ml) => {
+            metrics_addr = Some(ml.local_addr()?);
+            tracing::info!(addr = %ml.local_addr()?, "metrics are served on their own listener");
+            let (tx, rx) = oneshot::channel::<()>();
+            let state = state.clone();
+            let edge = Arc::clone(&edge);
+            let task = tokio::spawn(async move {
+                keyplane_http::serve_metrics(ml, state, edge, async move {
+                    let _ = rx.await;
+                })
+                .await
+            });
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
     };
     let app_for_task = Arc::clone(&app);
     let tls = api_tls.is_some();
     let task = tokio::spawn(async move {
         let served = keyplane_http::serve(listener, state, edge, limit, api_tls, shutdown).await;
-        if let Some(stop) = gateway_stop {
+        for stop in [gateway_stop, metrics_stop].into_iter().flatten() {
             let _ = stop.send(());
         }
-        if let Some(t) = gateway_task {
+        for t in [gateway_task, metrics_task].into_iter().flatten() {
             let _ = t.await;
+        }
+        if let Some(traces) = traces {
+            // The exporter waits for its last batch on its own thread.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         }
         reloader.abort();
         cert_watcher.abort();
@@ -376,6 +422,7 @@ pub async fn start(
         gateway_addr,
         tls,
         gateway_tls: gateway_tls.is_some(),
+        metrics_addr,
         app,
         generated_admin_key,
         stop: Some(stop_tx),
@@ -426,6 +473,29 @@ async fn bind_gateway(config: &Config) -> Result<Option<tokio::net::TcpListener>
             Ok(Some(gl))
         }
         _ => Ok(None),
+    }
+}
+
+/// Binds the metrics listener, when `metrics_listen` is set.
+async fn bind_metrics(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+    match config.metrics_listen {
+        Some(addr) => Ok(Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The build `keyplane_build_info` names: this version, and the commit and compiler the build
+/// script found (`KEYPLANE_COMMIT` at build time; `rustc --version`).
+pub fn build_info() -> keyplane_http::observe::BuildInfo {
+    let known = |v: Option<&'static str>| v.filter(|v| !v.is_empty()).map(str::to_string);
+    keyplane_http::observe::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: known(option_env!("KEYPLANE_BUILD_COMMIT")),
+        rustc: known(option_env!("KEYPLANE_BUILD_RUSTC")),
     }
 }
 

@@ -4,17 +4,81 @@
 use crate::domain::error::{Error, Result};
 
 /// Where a request came from, for the activity log. Cheap to build on every request: the
-/// address is a value and the `User-Agent` shares the request's buffer; both become text only
-/// when an event is recorded.
+/// address and the request id are values and the `User-Agent` shares the request's buffer; all
+/// become text only when an event is recorded.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub client_addr: Option<std::net::IpAddr>,
     pub user_agent: Option<http::HeaderValue>,
     /// Whether configuration-managed objects may be changed (`domain::managed`).
     pub config: crate::domain::managed::ConfigWrite,
+    /// The request's id (`X-Request-Id`), recorded in the details of every event it causes.
+    pub request_id: Option<RequestId>,
+}
+
+/// A request's id, as answered in `X-Request-Id` and written in logs and activity events: the
+/// one a trusted proxy sent, or one keyplane made. At most [`RequestId::MAX_LEN`] characters
+/// from a small set (letters, digits and `-_.:;+/=@`), so it is safe in a header, a log line
+/// and JSON as it is. Held inline (no allocation), since every request has one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId {
+    len: u8,
+    buf: [u8; RequestId::MAX_LEN],
+}
+
+impl RequestId {
+    /// The longest id taken from a proxy; a longer one is replaced by one made here.
+    pub const MAX_LEN: usize = 64;
+
+    /// `text` as a request id, if it is 1 to [`Self::MAX_LEN`] allowed characters.
+    pub fn parse(text: &[u8]) -> Option<Self> {
+        let ok = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:;+/=@".contains(b);
+        if text.is_empty() || text.len() > Self::MAX_LEN || !text.iter().all(ok) {
+            return None;
+        }
+        let mut buf = [0u8; Self::MAX_LEN];
+        buf[..text.len()].copy_from_slice(text);
+        Some(Self {
+            len: text.len() as u8,
+            buf,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (see `parse`).
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl RequestMeta {
+    /// An event's details with this request's id added as `request_id` (when it has one).
+    /// Details are an object, or nothing (`null`), which becomes an object.
+    pub fn details(&self, details: serde_json::Value) -> serde_json::Value {
+        let Some(id) = &self.request_id else {
+            return details;
+        };
+        match details {
+            serde_json::Value::Object(mut m) => {
+                m.insert("request_id".into(), id.as_str().into());
+                serde_json::Value::Object(m)
+            }
+            serde_json::Value::Null => serde_json::json!({ "request_id": id.as_str() }),
+            other => other,
+        }
+    }
+
     /// The client's address as text, for events and throttling keys.
     pub fn addr_text(&self) -> Option<String> {
         self.client_addr.map(|a| a.to_string())
@@ -190,6 +254,39 @@ pub fn paginate<T>(mut items: Vec<T>, limit: i64, seq: impl Fn(&T) -> i64) -> Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_short_and_plain() {
+        let id = RequestId::parse(b"f3b1c2d4-0a1b-4c5d-8e9f-0123456789ab").unwrap();
+        assert_eq!(id.as_str(), "f3b1c2d4-0a1b-4c5d-8e9f-0123456789ab");
+        assert!(RequestId::parse(&[b'a'; RequestId::MAX_LEN]).is_some());
+        for bad in [
+            &b""[..],
+            &[b'a'; RequestId::MAX_LEN + 1][..],
+            b"has space",
+            b"quote\"",
+            b"new\nline",
+            b"esc\x1b[31m",
+            b"back\\slash",
+            "caf\u{e9}".as_bytes(),
+        ] {
+            assert!(RequestId::parse(bad).is_none(), "{bad:?} accepted");
+        }
+        let meta = RequestMeta {
+            request_id: Some(id),
+            ..Default::default()
+        };
+        assert_eq!(
+            meta.details(serde_json::json!({"reason": "x"})),
+            serde_json::json!({"reason": "x", "request_id": id.as_str()})
+        );
+        assert_eq!(
+            meta.details(serde_json::Value::Null),
+            serde_json::json!({"request_id": id.as_str()})
+        );
+        let none = RequestMeta::default();
+        assert_eq!(none.details(serde_json::json!({})), serde_json::json!({}));
+    }
 
     #[test]
     fn names_are_nfc_and_visible() {

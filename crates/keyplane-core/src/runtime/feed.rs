@@ -20,6 +20,8 @@ pub struct FeedHealth {
     /// When the feed was lost (ms since the epoch, by the node's clock), or [`LIVE`].
     lost_at_ms: AtomicI64,
     stale_serve_ms: i64,
+    /// When the last change from another node arrived (ms since the epoch), or 0.
+    last_change_ms: AtomicI64,
 }
 
 /// The feed's state, as reported to operators.
@@ -60,7 +62,18 @@ impl FeedHealth {
             lost_at_ms: AtomicI64::new(LIVE),
             stale_serve_ms: i64::try_from(stale_serve_seconds.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            last_change_ms: AtomicI64::new(0),
         }
+    }
+
+    /// Notes that a change from another node arrived at `now_ms`.
+    pub fn changed(&self, now_ms: i64) {
+        self.last_change_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the last change from another node arrived (ms since the epoch), if one has.
+    pub fn last_change_ms(&self) -> Option<i64> {
+        Some(self.last_change_ms.load(Ordering::Relaxed)).filter(|ms| *ms != 0)
     }
 
     /// Notes that the feed went down at `now_ms`; a loss already noted keeps its first time.

@@ -126,10 +126,10 @@ impl Runtime {
             outcome: Outcome::Success,
             client_addr: meta.addr_text(),
             user_agent: meta.agent_text(),
-            details: match meta.config {
+            details: meta.details(match meta.config {
                 crate::domain::managed::ConfigWrite::Override => with_override(details),
                 _ => details,
-            },
+            }),
         }
     }
 

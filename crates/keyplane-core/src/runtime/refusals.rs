@@ -6,7 +6,8 @@
 //! is named only when it exists (a revoked or expired key, a known client), so the caller cannot
 //! vary it either. At most `cap` aggregates are kept per flush interval; refusals past the cap
 //! are only counted, in one more event (`details.reason = "flood"`), so no flood grows the
-//! activity chain faster than `cap + 1` events per flush.
+//! activity chain faster than `cap + 1` events per flush. An aggregate names the id of the first
+//! request it counts (`details.request_id`).
 
 use crate::domain::ids::new_id;
 use crate::domain::model::{NewEvent, Outcome};
@@ -28,6 +29,8 @@ struct Aggregate {
     event: NewEvent,
     count: u64,
     agents: HashSet<u64>,
+    /// The first request's id.
+    request_id: Option<crate::domain::request::RequestId>,
 }
 
 #[derive(Default)]
@@ -111,6 +114,7 @@ impl Refusals {
                 event,
                 count: 1,
                 agents: agent.into_iter().collect(),
+                request_id: r.meta.request_id,
             },
         );
     }
@@ -123,11 +127,15 @@ impl Refusals {
             .into_iter()
             .map(|((_, reason, ..), a)| {
                 let mut e = a.event;
-                e.details = serde_json::json!({
+                let first = RequestMeta {
+                    request_id: a.request_id,
+                    ..RequestMeta::default()
+                };
+                e.details = first.details(serde_json::json!({
                     "reason": reason,
                     "count": a.count,
                     "user_agents": a.agents.len(),
-                });
+                }));
                 e
             })
             .collect();

@@ -26,7 +26,7 @@ impl Keyplane {
                 outcome: Outcome::Denied,
                 client_addr: meta.addr_text(),
                 user_agent: meta.agent_text(),
-                details: serde_json::json!({ "reason": why }),
+                details: meta.details(serde_json::json!({ "reason": why })),
             }])
             .await;
         if let Err(e) = result {

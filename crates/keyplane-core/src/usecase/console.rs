@@ -46,7 +46,7 @@ fn console_event(
         outcome,
         client_addr: meta.addr_text(),
         user_agent: meta.agent_text(),
-        details,
+        details: meta.details(details),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::auth::request_meta;
 use crate::error::ApiError;
+use crate::observe::{mark_refused, Reason};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -48,26 +49,32 @@ impl IntoResponse for Ambiguous {
     fn into_response(self) -> Response {
         match self {
             Ambiguous::Path(e) => ambiguous_path(e),
-            Ambiguous::Conflict => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "ambiguous-request",
-                "Ambiguous original request",
-                "X-Original-URI/-Method, X-Forwarded-Uri/-Method and the path after /v1/authz name different requests",
-            )
-            .into_response(),
+            Ambiguous::Conflict => mark_refused(
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "ambiguous-request",
+                    "Ambiguous original request",
+                    "X-Original-URI/-Method, X-Forwarded-Uri/-Method and the path after /v1/authz name different requests",
+                )
+                .into_response(),
+                Reason::AmbiguousRequest,
+            ),
         }
     }
 }
 
 /// 400 problem+json for a path that could be read more than one way.
 pub fn ambiguous_path(e: PathError) -> Response {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "ambiguous-path",
-        "Ambiguous request path",
-        e.to_string(),
+    mark_refused(
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous-path",
+            "Ambiguous request path",
+            e.to_string(),
+        )
+        .into_response(),
+        Reason::AmbiguousRequest,
     )
-    .into_response()
 }
 
 /// The path of a header's request target (`/path?query`), normalized. The query is not looked
@@ -227,8 +234,20 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
     )
 }
 
-/// The answer for a verdict: 200 with identity headers, or 401/403 with an RFC 6750 challenge.
+/// The answer for a verdict: 200 with identity headers, or 401/403 with an RFC 6750 challenge
+/// (marked with the refusal's reason for the request metrics).
 pub fn respond<S: AsRef<str>>(verdict: Verdict, required: &[S]) -> Response {
+    let reason = match &verdict {
+        Verdict::Allow(k) => return allowed(k),
+        Verdict::Dpop(_) => Reason::Dpop,
+        Verdict::NoRule(_) => Reason::NoRule,
+        Verdict::Refuse(r) => Reason::of_refusal(*r),
+        Verdict::InsufficientScope(_) => Reason::InsufficientScope,
+    };
+    mark_refused(refusal(verdict, required), reason)
+}
+
+fn refusal<S: AsRef<str>>(verdict: Verdict, required: &[S]) -> Response {
     match verdict {
         Verdict::Allow(k) => allowed(&k),
         Verdict::Dpop(r) => crate::dpop::challenge(&r),

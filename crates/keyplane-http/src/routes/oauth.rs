@@ -95,9 +95,10 @@ fn no_store(mut resp: Response) -> Response {
     resp
 }
 
-/// An RFC 6749 §5.2 error answer, never cached.
+/// An RFC 6749 §5.2 error answer, never cached; a 4xx is marked with its code's reason for
+/// the request metrics.
 pub fn error_response(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
-    no_store(
+    let resp = no_store(
         (
             status,
             Json(OAuthErrorBody {
@@ -106,7 +107,12 @@ pub fn error_response(status: StatusCode, error: &str, description: impl Into<St
             }),
         )
             .into_response(),
-    )
+    );
+    if status.is_client_error() {
+        let reason = crate::observe::Reason::of_oauth(status, error);
+        return crate::observe::mark_refused(resp, reason);
+    }
+    resp
 }
 
 /// RFC 9449's headers.

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use keyplane_core::domain::secret::ct_eq;
-use keyplane_core::runtime::feed::FeedStatus;
 use keyplane_core::usecase::operations::Readiness;
 
 pub fn router() -> Router<AppState> {
@@ -17,6 +16,19 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+}
+
+/// The routes of the metrics listener (`metrics_listen`): `/metrics`, and the health checks.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_only))
+}
+
+/// `/metrics` on the metrics listener.
+async fn metrics_only(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    scrape(&s, &headers)
 }
 
 /// The process is up.
@@ -69,11 +81,19 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus metrics. Open unless a metrics token is configured (`KEYPLANE_METRICS_TOKEN`),
-/// then only for `Authorization: Bearer <token>`.
+/// Prometheus metrics (text format 0.0.4; see docs/operations.md for the list). Open unless a
+/// metrics token is configured (`KEYPLANE_METRICS_TOKEN`), then only for
+/// `Authorization: Bearer <token>`. With `metrics_listen` set, answered there instead (404 here).
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain"), (status = 401, body = crate::error::Problem, description = "a metrics token is configured and was not presented")))]
+    responses((status = 200, content_type = "text/plain"), (status = 401, body = crate::error::Problem, description = "a metrics token is configured and was not presented"), (status = 404, body = crate::error::Problem, description = "`/metrics` is served on its own listener (`metrics_listen`)")))]
 pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if !s.obs.metrics_on_api {
+        return crate::error::fallback().await.into_response();
+    }
+    scrape(&s, &headers)
+}
+
+fn scrape(s: &AppState, headers: &HeaderMap) -> Response {
     if let Some(want) = &s.app.settings().metrics_token {
         let got = headers
             .get(header::AUTHORIZATION)
@@ -91,41 +111,11 @@ pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response 
             return e.into_response();
         }
     }
-    metrics_text(&s).into_response()
-}
-
-fn metrics_text(s: &AppState) -> impl IntoResponse {
-    let (keys, unknown) = s.app.cache().len();
-    let feed = s.app.feed_status();
-    let body = format!(
-        "# HELP keyplane_credential_checks_total Credential checks answered since start.\n\
-         # TYPE keyplane_credential_checks_total counter\n\
-         keyplane_credential_checks_total {}\n\
-         # HELP keyplane_cache_keys Credentials held in the cache.\n\
-         # TYPE keyplane_cache_keys gauge\n\
-         keyplane_cache_keys {keys}\n\
-         # HELP keyplane_cache_unknown Digests remembered as unknown (negative cache).\n\
-         # TYPE keyplane_cache_unknown gauge\n\
-         keyplane_cache_unknown {unknown}\n\
-         # HELP keyplane_client_secrets_expiring Client secrets that their rotation policy refuses within 7 days.\n\
-         # TYPE keyplane_client_secrets_expiring gauge\n\
-         keyplane_client_secrets_expiring {}\n\
-         # HELP keyplane_storage_feed_up Whether changes made on other nodes arrive (1), or the database connection is down (0).\n\
-         # TYPE keyplane_storage_feed_up gauge\n\
-         keyplane_storage_feed_up {}\n\
-         # HELP keyplane_storage_feed_down_seconds How long the database connection has been down (0 while up).\n\
-         # TYPE keyplane_storage_feed_down_seconds gauge\n\
-         keyplane_storage_feed_down_seconds {:.3}\n\
-         # HELP keyplane_cache_trusted Whether cached credentials are served (0 once the connection has been down longer than the bound).\n\
-         # TYPE keyplane_cache_trusted gauge\n\
-         keyplane_cache_trusted {}\n",
-        s.app.checks(),
-        s.app.secrets_expiring_soon(),
-        u8::from(feed == FeedStatus::Live),
-        feed.lost_for_ms() as f64 / 1e3,
-        u8::from(feed.cache_trusted()),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::exposition(&s.app, &s.obs),
+    )
+        .into_response()
 }
 
 /// This document: the OpenAPI 3.1 description of keyplane's HTTP interface.

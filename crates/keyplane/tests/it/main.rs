@@ -46,6 +46,7 @@ mod interop;
 mod keys;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod nginx;
 mod nodes;
 mod oauth;
