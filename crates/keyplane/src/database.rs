@@ -96,7 +96,12 @@ pub async fn require_existing(config: &Config, create: bool, pepper: bool) -> Re
 /// `keyplane serve --no-migrate`, before anything else is touched (the pepper, the admin key):
 /// the database exists and lacks no migration this binary has.
 pub async fn require_migrated(config: &Config) -> Result<()> {
-    if let Some(path) = keyplane_store::files::sqlite_file(&config.database) {
+    let file = config
+        .database
+        .starts_with("sqlite:")
+        .then(|| keyplane_store::files::sqlite_file(&config.database))
+        .flatten();
+    if let Some(path) = file {
         if !path.exists() {
             let shown = std::path::absolute(&path).unwrap_or(path);
             bail!(

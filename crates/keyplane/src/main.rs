@@ -367,7 +367,7 @@ mod tests {
                 if sub.get_about().is_none() && sub.get_long_about().is_none() {
                     missing.push(p.clone());
                 }
-                walk(sub, &p, &mut missing);
+                walk(sub, &p, missing);
             }
         }
         let cmd = Cli::command();

@@ -39,7 +39,7 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:8780",
         value_name = "URL",
         global = true,
-        help_heading = "Server"
+        help_heading = "Server and output"
     )]
     pub url: String,
     /// The credential to act with: the admin key or an API key (never shown in help or logs).
@@ -49,7 +49,7 @@ pub struct ClientArgs {
         hide_env_values = true,
         value_name = "SECRET",
         global = true,
-        help_heading = "Server"
+        help_heading = "Server and output"
     )]
     pub token: Option<String>,
     /// A PEM file of CA certificates to trust for an https:// URL, besides the Mozilla roots
@@ -60,11 +60,11 @@ pub struct ClientArgs {
         hide_env_values = true,
         value_name = "FILE",
         global = true,
-        help_heading = "Server"
+        help_heading = "Server and output"
     )]
     pub ca_cert: Option<std::path::PathBuf>,
     /// Print the API's JSON answer exactly, instead of a table.
-    #[arg(long, global = true, help_heading = "Server")]
+    #[arg(long, global = true, help_heading = "Server and output")]
     pub json: bool,
 }
 

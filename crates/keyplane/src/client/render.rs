@@ -56,10 +56,10 @@ pub fn rows(items: &[Value], columns: &[(&str, &str)]) -> String {
 
 /// One object as `field  value` lines, in the given order; nested objects as compact JSON.
 pub fn details(v: &Value, fields: &[&str]) -> String {
-    let width = fields.iter().map(|f| f.len()).max().unwrap_or(0);
-    fields
-        .iter()
-        .filter(|f| v.get(**f).is_some())
+    let present: Vec<&&str> = fields.iter().filter(|f| v.get(**f).is_some()).collect();
+    let width = present.iter().map(|f| f.len()).max().unwrap_or(0);
+    present
+        .into_iter()
         .map(|f| {
             let value = match v.get(*f) {
                 Some(Value::Object(_)) => v[*f].to_string(),

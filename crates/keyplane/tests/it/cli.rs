@@ -359,7 +359,9 @@ async fn every_network_subcommand() {
             .status,
         StatusCode::OK
     );
-    // --json prints the API's answer exactly.
+    // --json prints the API's answer exactly (last-used times written first, so both reads
+    // see the same).
+    app.flush().await;
     let raw = app
         .get(&format!("/v1/api-keys/{k1_id}"), &app.admin_key)
         .await
@@ -751,9 +753,13 @@ async fn completion_scripts() {
             "keyplane",
             "clients",
             "add-secret",
+            "retire-secret",
+            "set-role",
             "migrate",
-            "--no-migrate",
-            "--ca-cert",
+            "completion",
+            "no-migrate",
+            "ca-cert",
+            "if-match",
         ] {
             assert!(script.contains(word), "{shell}: no {word} in the script");
         }
