@@ -95,6 +95,12 @@ pub fn verify_report(v: &Value) -> String {
 }
 
 pub async fn query(args: &ClientArgs, cmd: ActivityCommand) -> Result<bool> {
+    if matches!(cmd, ActivityCommand::Verify(_)) && args.token.is_none() {
+        anyhow::bail!(
+            "no credential: pass --token or set KEYPLANE_TOKEN to verify through a running \
+             server, or pass --local (or --database/--config) to verify the database directly"
+        );
+    }
     let c = Client::new(args)?;
     match cmd {
         ActivityCommand::Query {
