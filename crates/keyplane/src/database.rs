@@ -279,7 +279,18 @@ pub async fn migrate(args: &DatabaseArgs, status_only: bool, json_out: bool) -> 
     // --create, as for every database command.
     let sqlite_missing = url.starts_with("sqlite:")
         && keyplane_store::files::sqlite_file(url).is_some_and(|p| !p.exists());
-    if sqlite_missing && (status_only || !args.create) {
+    if sqlite_missing && status_only {
+        let path = keyplane_store::files::sqlite_file(url).unwrap_or_default();
+        let shown = std::path::absolute(&path).unwrap_or(path);
+        bail!(
+            "there is no keyplane database at {} (working directory {}).\n\
+             Name the deployment's database with {WHERE}; `keyplane migrate --create` makes a \
+             new one. Nothing was created.",
+            shown.display(),
+            cwd()
+        );
+    }
+    if sqlite_missing && !args.create {
         require_existing(&config, false, false).await?;
     }
     let opened = || format!("cannot open the database {}", redact_url(url));

@@ -21,13 +21,15 @@ use std::process::ExitCode;
     long_about = "The credential plane of an API platform: API keys, OAuth 2.0 clients and \
                   access tokens, forward auth, and a tamper-evident activity log.\n\n\
                   `keyplane serve` runs the server. The network commands (keys, clients, \
-                  members, orgs, projects, roles, services, activity, routes, whoami, apply) \
+                  members, orgs, projects, roles, services, activity, routes, whoami, \
+                  introspect, apply) \
                   talk to a running server with --url and --token (or KEYPLANE_URL and \
                   KEYPLANE_TOKEN); --json prints the API's answer exactly. The database \
                   commands (migrate, admin-key, signing-key, backup, activity verify --local) \
                   open the database directly and never create one unless given --create.\n\n\
                   Exit status: 0 success, 1 a check failed (a broken activity chain, pending \
-                  migrations for `migrate --status`), 2 an error.",
+                  migrations for `migrate --status`, an inactive token for `introspect`), 2 an \
+                  error.",
     after_help = "See `keyplane help <command>` for a command's options."
 )]
 struct Cli {
@@ -171,6 +173,17 @@ enum Command {
     Whoami {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Whether an access token or API key is active, and what it carries (RFC 7662
+    /// introspection; needs tokens:introspect, which the admin key holds). Exits 1 when it is
+    /// not active.
+    Introspect {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The token; read from standard input when omitted or `-` (keeps it out of the shell's
+        /// history and the process list).
+        #[arg(value_name = "TOKEN")]
+        subject: Option<String>,
     },
     /// Print a shell completion script (bash, zsh or fish).
     ///
@@ -317,6 +330,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Services { client, command } => done(client::services(&client, command).await),
         Command::Routes { client, command } => done(client::routes(&client, command).await),
         Command::Whoami { client } => done(client::whoami(&client).await),
+        Command::Introspect { client, subject } => {
+            Ok(if client::introspect(&client, subject).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Activity {
             client,
             command: ActivityCommand::Verify(v),

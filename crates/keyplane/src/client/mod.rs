@@ -203,6 +203,29 @@ impl Client {
         Ok(Answer { text, value, etag })
     }
 
+    /// A form POST (the OAuth endpoints take forms, not JSON).
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Result<Answer> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .form(form)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach keyplane at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{}", problem(status, &value));
+        }
+        Ok(Answer {
+            text,
+            value,
+            etag: None,
+        })
+    }
+
     pub async fn get(&self, path: &str, query: &Query) -> Result<Answer> {
         self.send(Method::GET, path, query, None, None).await
     }
@@ -476,6 +499,51 @@ pub async fn whoami(args: &ClientArgs) -> Result<()> {
         ],
     );
     Ok(())
+}
+
+/// `keyplane introspect [TOKEN]`: RFC 7662 introspection of an access token or API key, with a
+/// credential that holds `tokens:introspect` (the admin key does). The token is read from
+/// standard input when not given (or `-`), so it need not appear in the shell's history.
+pub async fn introspect(args: &ClientArgs, token: Option<String>) -> Result<bool> {
+    let token = match token.filter(|t| t != "-") {
+        Some(t) => t,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the token from standard input")?;
+            line.trim().to_string()
+        }
+    };
+    if token.is_empty() {
+        bail!("no token to introspect: give it as an argument or on standard input");
+    }
+    let c = Client::new(args)?;
+    let a = c
+        .post_form("/v1/oauth/token/introspect", &[("token", &token)])
+        .await?;
+    c.print(&a, |v| {
+        render::details(
+            v,
+            &[
+                "active",
+                "token_type",
+                "client_id",
+                "sub",
+                "username",
+                "scope",
+                "aud",
+                "iss",
+                "iat",
+                "nbf",
+                "exp",
+                "jti",
+                "act",
+                "cnf",
+            ],
+        )
+    });
+    Ok(a.value["active"] == true)
 }
 
 #[cfg(test)]

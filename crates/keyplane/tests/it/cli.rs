@@ -38,6 +38,32 @@ async fn run_in(dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Outp
     }
 }
 
+/// Runs `keyplane ARGS` with `input` on its standard input (blocking: the input is small).
+fn with_stdin(args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
+    use std::io::Write;
+    let mut c = std::process::Command::new(BIN);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("KEYPLANE_") {
+            c.env_remove(k);
+        }
+    }
+    let mut child = c
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keyplane");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("keyplane output")
+}
+
 /// The network commands' environment for `app`: its URL and admin key.
 struct Cli<'a> {
     app: &'a TestApp,
@@ -386,8 +412,22 @@ async fn every_network_subcommand() {
     assert_eq!(k1b["name"], "k1b");
     assert_eq!(k1b["scopes"], json!(["billing:read", "billing:write"]));
     assert_eq!(k1b["expires_at"], "2099-01-01T00:00:00.000Z");
-    let k1c = cli.json(&["keys", "update", &k1_id, "--no-expiry"]).await;
+    let k1c = cli
+        .json(&[
+            "keys",
+            "update",
+            &k1_id,
+            "--no-expiry",
+            "--default-for-service",
+            "billing",
+        ])
+        .await;
     assert!(k1c["expires_at"].is_null(), "{k1c}");
+    assert_eq!(k1c["default_for_service"], "billing", "{k1c}");
+    let k1c = cli
+        .json(&["keys", "update", &k1_id, "--no-default-for-service"])
+        .await;
+    assert!(k1c["default_for_service"].is_null(), "{k1c}");
     let copy = cli.json(&["keys", "copy", &k1_id, "--name", "k2"]).await;
     let k2_id = s(&copy, "id");
     assert_eq!(copy["scopes"], k1b["scopes"]);
@@ -621,10 +661,30 @@ async fn every_network_subcommand() {
     assert_eq!(issued["scope"], "billing:read");
     let issued_token = s(&issued, "access_token");
     assert_eq!(introspect(&app, &issued_token).await["active"], true);
+    // introspect: the token as an argument, or on standard input (out of the shell history).
+    let seen = cli.json(&["introspect", &issued_token]).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["client_id"], svc_id.as_str());
+    let piped = with_stdin(
+        &["introspect", "--json"],
+        &[
+            ("KEYPLANE_URL", &app.base),
+            ("KEYPLANE_TOKEN", &app.admin_key),
+        ],
+        &format!("{issued_token}\n"),
+    );
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    let piped: Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(piped["active"], true, "{piped}");
     // Delete: its tokens stop working; with --json nothing is printed (the API answers 204).
     let out = cli.ok(&["clients", "delete", &svc_id, "--json"]).await;
     assert!(out.is_empty(), "{out}");
     assert_eq!(introspect(&app, &issued_token).await["active"], false);
+    // An inactive token: `{"active": false}`, exit 1.
+    let out = cli.run(&["introspect", &issued_token, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, json!({"active": false}));
     let err = cli.fails(&["clients", "get", &svc_id]).await;
     assert!(err.contains("404"), "{err}");
 
@@ -823,6 +883,7 @@ async fn help_names_variables_without_values() {
         "activity",
         "routes",
         "whoami",
+        "introspect",
         "completion",
         "admin-key",
         "signing-key",
