@@ -401,10 +401,9 @@ mod tests {
         assert!(s.problem().unwrap().contains("0001_foundation"));
     }
 
-    #[test]
-    fn states_are_told_apart() {
-        let m = migrator("postgres");
-        let mut applied: Vec<Applied> = m
+    /// This binary's migrations, recorded as applied.
+    fn all_applied(backend: &str) -> Vec<Applied> {
+        migrator(backend)
             .iter()
             .map(|m| Applied {
                 version: m.version,
@@ -413,23 +412,20 @@ mod tests {
                 success: true,
                 at: "2026-01-01T00:00:00.000Z".into(),
             })
-            .collect();
-        let all = compare("postgres", Some(std::mem::take(&mut applied)));
+            .collect()
+    }
+
+    #[test]
+    fn states_are_told_apart() {
+        let all = compare("postgres", Some(all_applied("postgres")));
         assert!(all.is_current() && !all.is_empty_database());
+        assert_eq!(all.migrations[0].name, "0001_foundation");
+
         // A newer version's migration is allowed; a changed or failed one is not.
-        let mut rows: Vec<Applied> = m
-            .iter()
-            .map(|m| Applied {
-                version: m.version,
-                description: m.description.to_string(),
-                checksum: m.checksum.to_vec(),
-                success: true,
-                at: String::new(),
-            })
-            .collect();
+        let mut rows = all_applied("postgres");
         rows.push(Applied {
             version: 9999,
-            description: "future".into(),
+            description: "from the future".into(),
             checksum: vec![1],
             success: true,
             at: String::new(),
@@ -437,18 +433,9 @@ mod tests {
         let s = compare("postgres", Some(rows));
         assert!(s.is_current());
         assert_eq!(s.migrations.last().unwrap().state, State::Unknown);
-        assert_eq!(s.migrations.last().unwrap().name, "9999_future");
+        assert_eq!(s.migrations.last().unwrap().name, "9999_from_the_future");
 
-        let mut rows: Vec<Applied> = m
-            .iter()
-            .map(|m| Applied {
-                version: m.version,
-                description: m.description.to_string(),
-                checksum: m.checksum.to_vec(),
-                success: true,
-                at: String::new(),
-            })
-            .collect();
+        let mut rows = all_applied("postgres");
         rows[0].checksum = vec![0];
         rows[1].success = false;
         rows.pop();
