@@ -775,6 +775,43 @@ async fn every_network_subcommand() {
     assert_eq!(local["intact"], true, "{local}");
     assert!(local["checked"].as_u64().unwrap() > 20, "{local}");
 
+    // signing-key rotate, on the database: the new key is published in the JWKS.
+    let out = run_in(
+        None,
+        &[
+            "signing-key",
+            "rotate",
+            "--database",
+            &app.db.url,
+            "--alg",
+            "EdDSA",
+            "--lead-seconds",
+            "0",
+        ],
+        &[("KEYPLANE_PEPPER", app.pepper.as_str())],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kid = text(&out.stdout).trim().to_string();
+    assert!(!kid.is_empty());
+    app.app().reload_signing_keys().await.unwrap();
+    let jwks = app
+        .call(
+            keyplane_testkit::reqwest::Method::GET,
+            "/.well-known/jwks.json",
+            None,
+            None,
+        )
+        .await
+        .json();
+    let published: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["kid"].as_str())
+        .collect();
+    assert!(published.contains(&kid.as_str()), "{kid} not in {jwks}");
+
     // routes
     let rules = cli.json(&["routes", "show"]).await;
     assert_eq!(rules["rules"][0]["path"], "/docs/*", "{rules}");
