@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod files;
+pub mod migrations;
 mod sql;
 
 use keyplane_core::domain::error::Error;
@@ -16,15 +17,22 @@ use keyplane_core::store::Store;
 use std::sync::Arc;
 
 pub use backup::{backup_sqlite, BackupError, Snapshot};
+pub use migrations::Migrations;
 pub use sql::{PgStore, SqliteStore, NOTIFY_CHANNEL};
 
 /// Opens the store a database URL names: `sqlite://path` (created when missing) or
 /// `postgres://...`, and applies its migrations.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, Error> {
+    open_with(url, Migrations::Apply).await
+}
+
+/// [`open`], with a choice about migrations: apply them, or refuse a database that lacks one
+/// (`keyplane serve --no-migrate`).
+pub async fn open_with(url: &str, migrations: Migrations) -> Result<Arc<dyn Store>, Error> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+        Ok(Arc::new(SqliteStore::open_with(url, migrations).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PgStore::open(url).await?))
+        Ok(Arc::new(PgStore::open_with(url, migrations).await?))
     } else {
         Err(Error::invalid(
             "database",

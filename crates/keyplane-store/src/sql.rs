@@ -1814,6 +1814,11 @@ impl SqliteStore {
     /// migrations. The file and its `-wal` and `-shm` are readable by their owner only (see
     /// [`crate::files`]); a missing folder is created 0700.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, crate::Migrations::Apply).await
+    }
+
+    /// [`SqliteStore::open`], applying the migrations or only checking that none is missing.
+    pub async fn open_with(url: &str, migrations: crate::Migrations) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::invalid("database", format!("bad SQLite URL: {e}")))?
             .create_if_missing(true)
@@ -1823,6 +1828,15 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let file = crate::files::sqlite_file(url);
         if let Some(path) = &file {
+            if migrations == crate::Migrations::RequireApplied && !path.exists() {
+                return Err(Error::invalid(
+                    "database",
+                    format!(
+                        "--no-migrate: there is no database at {}; create it with `keyplane migrate --create` (same --database/--config), or start without --no-migrate",
+                        path.display()
+                    ),
+                ));
+            }
             crate::files::prepare_sqlite_file(path).map_err(|e| file_err(path, e))?;
         }
         let write = SqlitePoolOptions::new()
@@ -1830,10 +1844,7 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(db_err)?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&write)
-            .await
-            .map_err(|e| Error::Storage(Box::new(e)))?;
+        crate::migrations::ensure_sqlite(&write, migrations).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts.read_only(true))
@@ -1913,16 +1924,18 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, crate::Migrations::Apply).await
+    }
+
+    /// [`PgStore::open`], applying the migrations or only checking that none is missing.
+    pub async fn open_with(url: &str, migrations: crate::Migrations) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
             .map_err(db_err)?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::Storage(Box::new(e)))?;
+        crate::migrations::ensure_pg(&pool, migrations).await?;
         Ok(Self { pool })
     }
 

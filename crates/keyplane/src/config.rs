@@ -318,13 +318,15 @@ pub struct Prefixes {
 /// Flags that override everything else.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ConfigFlags {
-    /// A TOML configuration file.
+    /// A TOML configuration file (or KEYPLANE_CONFIG).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Database URL: sqlite://PATH (default sqlite://keyplane.db) or postgres://...
+    /// Database URL: sqlite://PATH or postgres://... (or KEYPLANE_DATABASE, or `database` in
+    /// the file; default sqlite://keyplane.db in the working directory).
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
-    /// Where a generated pepper is kept (default: the SQLite file's folder, else the working directory).
+    /// Where a generated pepper is kept (or KEYPLANE_DATA_DIR; default: the SQLite file's
+    /// folder, else the working directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -445,6 +447,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// OpenTelemetry traces, when an endpoint is configured.
     pub otel: Option<OtelConfig>,
+    /// Apply pending migrations when opening the database (default), or refuse a database
+    /// that lacks one (`keyplane serve --no-migrate`).
+    pub migrations: keyplane_store::Migrations,
 }
 
 impl Config {
@@ -1063,6 +1068,7 @@ impl Config {
         Ok(Config {
             metrics_listen,
             otel,
+            migrations: keyplane_store::Migrations::Apply,
             header_read_timeout_seconds,
             request_body_timeout_seconds,
             idle_timeout_seconds,

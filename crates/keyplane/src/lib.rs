@@ -1,8 +1,10 @@
-//! The keyplane binary's library half: configuration, the server assembly and the CLI client.
-//! `main.rs` is thin glue over these, and the test kit starts servers through `server::start`.
+//! The keyplane binary's library half: configuration, the server assembly, the CLI's network
+//! commands (`client`) and its database commands (`database`). `main.rs` is thin glue over
+//! these, and the test kit starts servers through `server::start`.
 
 pub mod client;
 pub mod config;
+pub mod database;
 pub mod declare;
 pub mod jwks;
 pub mod server;

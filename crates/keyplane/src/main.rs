@@ -1,9 +1,13 @@
 //! `keyplane`: the server and its command line.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use keyplane::client::{ClientArgs, KeysCommand, ServicesCommand};
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
+use keyplane::client::{
+    self, ActivityCommand, ClientArgs, ClientsCommand, KeysCommand, MembersCommand, OrgsCommand,
+    ProjectsCommand, RolesCommand, RoutesCommand, ServicesCommand,
+};
 use keyplane::config::{Config, ConfigFlags};
+use keyplane::database::{self, DatabaseArgs};
 use keyplane::server;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +17,20 @@ use std::process::ExitCode;
 #[command(
     name = "keyplane",
     version,
-    about = "The credential plane of an API platform"
+    about = "The credential plane of an API platform",
+    long_about = "The credential plane of an API platform: API keys, OAuth 2.0 clients and \
+                  access tokens, forward auth, and a tamper-evident activity log.\n\n\
+                  `keyplane serve` runs the server. The network commands (keys, clients, \
+                  members, orgs, projects, roles, services, activity, routes, whoami, \
+                  introspect, apply) \
+                  talk to a running server with --url and --token (or KEYPLANE_URL and \
+                  KEYPLANE_TOKEN); --json prints the API's answer exactly. The database \
+                  commands (migrate, admin-key, signing-key, backup, activity verify --local) \
+                  open the database directly and never create one unless given --create.\n\n\
+                  Exit status: 0 success, 1 a check failed (a broken activity chain, pending \
+                  migrations for `migrate --status`, an inactive token for `introspect`), 2 an \
+                  error.",
+    after_help = "See `keyplane help <command>` for a command's options."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,13 +43,30 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigFlags,
-        /// Address to listen on (default 127.0.0.1:8780).
+        /// Address to listen on (or KEYPLANE_LISTEN; default 127.0.0.1:8780).
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<String>,
         #[command(flatten)]
         gateway: keyplane::config::GatewayFlags,
         #[command(flatten)]
         edge: keyplane::config::EdgeFlags,
+        /// Apply no migration at start; refuse to start if one is pending (for rolling
+        /// upgrades: run `keyplane migrate` once, then start every node with --no-migrate).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply the database's pending migrations and exit; --status only lists them (works on
+    /// the database directly).
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// List every migration, applied or pending, and change nothing. Exits 1 when one is
+        /// pending (or failed, or changed), 0 when the database is up to date.
+        #[arg(long)]
+        status: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// The admin key (works on the database directly).
     AdminKey {
@@ -43,11 +77,6 @@ enum Command {
     SigningKey {
         #[command(subcommand)]
         command: SigningKeyCommand,
-    },
-    /// The activity log (works on the database directly).
-    Activity {
-        #[command(subcommand)]
-        command: ActivityCommand,
     },
     /// Write a consistent copy of the SQLite database, also while the server runs (works on
     /// the database directly; for PostgreSQL use pg_dump: see docs/operations.md).
@@ -83,12 +112,88 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Services, through a running server.
+    /// OAuth 2.0 clients, their secrets and tokens, through a running server.
+    Clients {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Members of an organization, through a running server.
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+    /// Organizations, through a running server.
+    Orgs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// Projects of an organization, through a running server.
+    Projects {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ProjectsCommand,
+    },
+    /// Roles: named sets of permissions and scopes, through a running server.
+    Roles {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: RolesCommand,
+    },
+    /// Services of the platform and their scopes, through a running server.
     Services {
         #[command(flatten)]
         client: ClientArgs,
         #[command(subcommand)]
         command: ServicesCommand,
+    },
+    /// The activity log: query it through a running server; verify it there or on the
+    /// database directly.
+    Activity {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ActivityCommand,
+    },
+    /// Route rules of forward auth and the gateway, through a running server (admin key).
+    Routes {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
+    /// Who the credential is: kind, organization, permissions, scopes (GET /v1/me).
+    Whoami {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Whether an access token or API key is active, and what it carries (RFC 7662
+    /// introspection; needs tokens:introspect, which the admin key holds). Exits 1 when it is
+    /// not active.
+    Introspect {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The token; read from standard input when omitted or `-` (keeps it out of the shell's
+        /// history and the process list).
+        #[arg(value_name = "TOKEN")]
+        subject: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh or fish).
+    ///
+    /// Install it with `keyplane completion bash > /etc/bash_completion.d/keyplane`,
+    /// `keyplane completion zsh > "${fpath[1]}/_keyplane"` or
+    /// `keyplane completion fish > ~/.config/fish/completions/keyplane.fish`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -97,32 +202,23 @@ enum AdminKeyCommand {
     /// Replace the admin key; prints the new one once. The old one is refused from now on.
     Rotate {
         #[command(flatten)]
-        config: ConfigFlags,
+        database: DatabaseArgs,
     },
 }
 
 #[derive(Subcommand)]
 enum SigningKeyCommand {
     /// Add a new signing key: published at once in the JWKS, signing after the lead time.
+    /// Prints its key id.
     Rotate {
         #[command(flatten)]
-        config: ConfigFlags,
+        database: DatabaseArgs,
         /// `ES256` or `EdDSA` (default: the deployment's algorithm).
-        #[arg(long)]
+        #[arg(long, value_parser = ["ES256", "EdDSA"])]
         alg: Option<String>,
         /// Seconds the new key is published before it signs (default: the configured lead).
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         lead_seconds: Option<i64>,
-    },
-}
-
-#[derive(Subcommand)]
-enum ActivityCommand {
-    /// Check that no event was edited, deleted or reordered: the whole chain from its first
-    /// event, through every checkpoint. Exits 1 if the chain is broken.
-    Verify {
-        #[command(flatten)]
-        config: ConfigFlags,
     },
 }
 
@@ -146,6 +242,11 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A network command that succeeded.
+fn done(r: Result<()>) -> Result<ExitCode> {
+    r.map(|()| ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve {
@@ -153,6 +254,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             gateway,
             edge,
+            no_migrate,
         } => {
             let env = env_map();
             let log_format = env
@@ -160,7 +262,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .cloned()
                 .unwrap_or_else(|| "text".into());
             init_tracing(&log_format);
-            let config = Config::load_serve(&config, listen.as_deref(), &gateway, &edge, &env)?;
+            let mut config = Config::load_serve(&config, listen.as_deref(), &gateway, &edge, &env)?;
+            if no_migrate {
+                database::require_migrated(&config).await?;
+                config.migrations = keyplane_store::Migrations::RequireApplied;
+            }
             let running = server::start(&config, server::shutdown_signal()).await?;
             if let Some(key) = &running.generated_admin_key {
                 eprintln!("{}", server::admin_key_banner(key));
@@ -168,57 +274,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             running.wait().await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::AdminKey {
-            command: AdminKeyCommand::Rotate { config },
+        Command::Migrate {
+            database,
+            status,
+            json,
         } => {
             init_tracing("text");
-            let config = Config::load(&config, None, &env_map())?;
-            let app = server::build(&config).await?;
-            app.bootstrap(None).await?;
-            let key = app
-                .rotate_admin_key()
-                .await
-                .context("cannot rotate the admin key")?;
-            app.close_storage().await?;
-            eprintln!("{}", server::admin_key_banner(&key));
-            Ok(ExitCode::SUCCESS)
+            database::migrate(&database, status, json).await
+        }
+        Command::AdminKey {
+            command: AdminKeyCommand::Rotate { database },
+        } => {
+            init_tracing("text");
+            database::admin_key_rotate(&database).await
         }
         Command::SigningKey {
             command:
                 SigningKeyCommand::Rotate {
-                    config,
+                    database,
                     alg,
                     lead_seconds,
                 },
         } => {
             init_tracing("text");
-            let config = Config::load(&config, None, &env_map())?;
-            let alg = keyplane_core::domain::token::Alg::parse(
-                alg.as_deref().unwrap_or(&config.signing_alg),
-            )
-            .context("--alg must be ES256 or EdDSA")?;
-            let app = server::build(&config).await?;
-            app.ensure_defaults().await?;
-            app.ensure_signing_keys().await?;
-            let kid = app.rotate_signing_key(alg, lead_seconds).await?;
-            app.close_storage().await?;
-            println!("{kid}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Activity {
-            command: ActivityCommand::Verify { config },
-        } => {
-            init_tracing("text");
-            let config = Config::load(&config, None, &env_map())?;
-            let app = server::build(&config).await?;
-            let report = app.verify_chain().await?;
-            app.close_storage().await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(if report.intact {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            database::signing_key_rotate(&database, alg.as_deref(), lead_seconds).await
         }
         Command::Backup {
             config,
@@ -226,64 +305,86 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             force,
         } => {
             init_tracing("text");
-            let config = Config::load(&config, None, &env_map())?;
-            backup(&config, &output, force).await
+            database::backup(&config, &output, force).await
         }
         Command::Apply {
             client,
             config,
             dry_run,
-        } => {
-            keyplane::client::apply(&client, &config, dry_run).await?;
-            Ok(ExitCode::SUCCESS)
+        } => done(client::apply(&client, &config, dry_run).await),
+        Command::Keys { client, command } => done(client::keys(&client, command).await),
+        Command::Clients { client, command } => done(client::clients(&client, command).await),
+        Command::Members { client, command } => done(client::members(&client, command).await),
+        Command::Orgs { client, command } => done(client::orgs(&client, command).await),
+        Command::Projects { client, command } => done(client::projects(&client, command).await),
+        Command::Roles { client, command } => done(client::roles(&client, command).await),
+        Command::Services { client, command } => done(client::services(&client, command).await),
+        Command::Routes { client, command } => done(client::routes(&client, command).await),
+        Command::Whoami { client } => done(client::whoami(&client).await),
+        Command::Introspect { client, subject } => {
+            Ok(if client::introspect(&client, subject).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Keys { client, command } => {
-            keyplane::client::keys(&client, command).await?;
-            Ok(ExitCode::SUCCESS)
+        Command::Activity {
+            client,
+            command: ActivityCommand::Verify(v),
+        } if v.is_local() => {
+            init_tracing("text");
+            database::activity_verify(&v.database, client.json).await
         }
-        Command::Services { client, command } => {
-            keyplane::client::services(&client, command).await?;
+        Command::Activity { client, command } => Ok(if client::activity(&client, command).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "keyplane", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// `keyplane backup`: SQLite's `VACUUM INTO`, a consistent snapshot even while a server writes.
-/// PostgreSQL has its own tool, and keyplane does not pretend to be it.
-async fn backup(config: &Config, output: &std::path::Path, force: bool) -> Result<ExitCode> {
-    if !config.database.starts_with("sqlite:") {
-        anyhow::bail!(
-            "keyplane backup copies SQLite databases only, and this deployment uses PostgreSQL.\n\
-             Back it up with pg_dump, which takes a consistent snapshot while keyplane runs:\n\n    \
-             pg_dump --format=custom --file=keyplane.dump \"$KEYPLANE_DATABASE\"\n\n\
-             and restore into a new, empty database with\n\n    \
-             pg_restore --no-owner --dbname=\"$NEW_DATABASE_URL\" keyplane.dump\n\n\
-             Keep the pepper with the dump: without it no credential in it can be checked.\n\
-             See docs/operations.md."
-        );
-    }
-    let snapshot = match keyplane_store::backup_sqlite(&config.database, output, force).await {
-        Ok(s) => s,
-        Err(keyplane_store::BackupError::Exists(p)) => {
-            anyhow::bail!("{} already exists; pass --force to replace it", p.display())
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand, option and argument says what it is in `--help`, and no environment
+    /// variable's value is shown there (an empty `[env: KEYPLANE_URL=]`, or a secret).
+    #[test]
+    fn every_command_and_option_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+                if arg.get_env().is_some() && !arg.is_hide_env_values_set() {
+                    missing.push(format!("{path} {id}: shows its environment value"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
         }
-        Err(e) => return Err(e).context("no backup was written"),
-    };
-    let pepper = if config.pepper.is_some() {
-        "the pepper this deployment is given (KEYPLANE_PEPPER, KEYPLANE_PEPPER_FILE or pepper_file)"
-            .to_string()
-    } else {
-        config
-            .data_dir
-            .join("keyplane.pepper")
-            .display()
-            .to_string()
-    };
-    println!(
-        "wrote {} ({} bytes): a consistent copy of {}\nkeep it with {pepper}: without the pepper no credential in the copy can be checked",
-        snapshot.output.display(),
-        snapshot.bytes,
-        snapshot.database.display()
-    );
-    Ok(ExitCode::SUCCESS)
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "keyplane", &mut missing);
+        assert!(missing.is_empty(), "without a description: {missing:#?}");
+    }
 }

@@ -68,7 +68,7 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 /// Builds the use cases on the configured storage.
 pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
     let pepper = load_pepper(config)?;
-    let store = keyplane_store::open(&config.database)
+    let store = keyplane_store::open_with(&config.database, config.migrations)
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&config.database)))?;
     let format = |p: &str| SecretFormat::new(p).map_err(anyhow::Error::msg);

@@ -148,11 +148,22 @@ impl Server {
     /// [`Server::start`] on another database URL than the test database's own (another file in
     /// its folder, say).
     pub(crate) async fn start_at(db: &TestDb, url: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_with(db, url, &[], env).await
+    }
+
+    /// [`Server::start_at`] with more arguments to `keyplane serve` (`--no-migrate`, say).
+    pub(crate) async fn start_with(
+        db: &TestDb,
+        url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             let listen = format!("127.0.0.1:{}", free_port());
             let mut c = keyplane(Some(db));
             c.args(["serve", "--listen", &listen, "--database", url])
+                .args(args)
                 .envs(env.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
@@ -925,7 +936,7 @@ async fn sql(db: &TestDb, statement: &str, bind: Option<&str>) -> u64 {
 async fn verify_cli(db: &TestDb) -> (Option<i32>, Value) {
     let out = cli(
         Some(db),
-        &["activity", "verify", "--database", &db.url],
+        &["activity", "verify", "--database", &db.url, "--json"],
         &[],
     )
     .await;
@@ -1119,9 +1130,12 @@ async fn cli_client() {
         &[],
     )
     .await);
+    // The API's answer: a list page, `items` and `next_cursor`.
     let services: Value = serde_json::from_str(&out).expect("services JSON");
-    assert_eq!(services.as_array().expect("array").len(), 1, "{services}");
-    assert_eq!(services[0]["name"], "ai-guard");
+    let items = services["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{services}");
+    assert_eq!(items[0]["name"], "ai-guard");
+    assert!(services["next_cursor"].is_null(), "{services}");
 
     // Create with --json: the secret is in the output, once.
     let out = ok(&cli(

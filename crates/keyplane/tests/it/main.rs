@@ -31,6 +31,7 @@ macro_rules! on_both {
 mod activity;
 mod binary;
 mod ceiling;
+mod cli;
 mod console;
 mod contract;
 mod crash;

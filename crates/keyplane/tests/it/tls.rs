@@ -572,6 +572,56 @@ async fn the_cli_over_https_with_ca_cert() {
     let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(key["key"].as_str().unwrap().starts_with("kp_"));
 
+    // Every network command group goes through the same client: each works over HTTPS with
+    // the CA, and none without it.
+    let config = write(dir.path(), "keyplane.toml", "# nothing declared\n");
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["whoami"],
+        vec!["orgs", "list"],
+        vec!["projects", "list"],
+        vec!["members", "list"],
+        vec!["roles", "list"],
+        vec!["services", "list"],
+        vec!["keys", "list"],
+        vec!["clients", "list"],
+        vec!["activity", "query", "--limit", "1"],
+        vec!["activity", "verify"],
+        vec!["routes", "show"],
+        vec!["apply", "--config", config, "--dry-run"],
+    ] {
+        let with_ca = [args.clone(), vec!["--json"]].concat();
+        let out = crate::binary::cli(
+            None,
+            &with_ca,
+            &[
+                ("KEYPLANE_URL", &base),
+                ("KEYPLANE_TOKEN", &admin),
+                ("KEYPLANE_CA_CERT", ca_path),
+            ],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            crate::binary::text(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: no JSON ({e})"));
+        let out = crate::binary::cli(
+            None,
+            &args,
+            &[("KEYPLANE_URL", &base), ("KEYPLANE_TOKEN", &admin)],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(2), "{args:?} without the CA");
+        assert!(
+            crate::binary::text(&out.stderr).contains("certificate"),
+            "{args:?}: {}",
+            crate::binary::text(&out.stderr)
+        );
+    }
+
     // No CA: refused, saying so.
     let out = crate::binary::cli(
         None,
