@@ -241,11 +241,11 @@ fn without_le(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     l
 }
 
+/// One histogram series: its buckets (upper bound, cumulative count), `_sum` and `_count`.
+type HistogramSeries = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+
 fn check_histogram(name: &str, f: &Family) -> Result<(), String> {
-    let mut series: BTreeMap<
-        BTreeMap<String, String>,
-        (Vec<(f64, f64)>, Option<f64>, Option<f64>),
-    > = BTreeMap::new();
+    let mut series: BTreeMap<BTreeMap<String, String>, HistogramSeries> = BTreeMap::new();
     for s in &f.samples {
         let entry = series.entry(without_le(&s.labels)).or_default();
         if s.name == format!("{name}_bucket") {
