@@ -40,6 +40,7 @@ mod delegation;
 mod dpop;
 mod edge;
 mod errors;
+mod expiry;
 mod federation;
 mod files;
 mod gateway;
