@@ -99,6 +99,7 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
             jwks_uri_allow_loopback_http: config.jwks_uri_allow_loopback_http,
             dpop_iat_window_seconds: config.dpop_iat_window_seconds,
             dpop_require_nonce: config.dpop_require_nonce,
+            registration: config.registration.clone(),
             ..OAuthSettings::default()
         },
     };

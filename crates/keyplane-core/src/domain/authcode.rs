@@ -82,6 +82,16 @@ pub struct RefreshToken {
     pub used_at: Option<OffsetDateTime>,
 }
 
+/// What redeeming a code found (expiry is the caller's to check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeUse {
+    /// Not redeemed until now (and now marked redeemed).
+    Fresh(AuthCode),
+    /// Redeemed before: a replay.
+    Reused(AuthCode),
+    Unknown,
+}
+
 /// What redeeming a refresh token found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshUse {

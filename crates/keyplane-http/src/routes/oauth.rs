@@ -164,6 +164,7 @@ fn oauth_error(e: OAuthError) -> Response {
             r
         }
         OAuthError::InvalidScope(d) => error_response(StatusCode::BAD_REQUEST, "invalid_scope", d),
+        OAuthError::InvalidGrant(d) => error_response(StatusCode::BAD_REQUEST, "invalid_grant", d),
         OAuthError::InvalidTarget(d) => {
             error_response(StatusCode::BAD_REQUEST, "invalid_target", d)
         }
@@ -173,7 +174,7 @@ fn oauth_error(e: OAuthError) -> Response {
         OAuthError::UnsupportedGrantType => error_response(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "grant_type must be `client_credentials` or `urn:ietf:params:oauth:grant-type:token-exchange`",
+            "grant_type must be `client_credentials`, `authorization_code`, `refresh_token` or `urn:ietf:params:oauth:grant-type:token-exchange`",
         ),
         // `slow_down` is the device flow's code (RFC 8628 §3.5), not one the token endpoint may
         // answer; what is refused here is client authentication, so `invalid_client`.

@@ -15,6 +15,8 @@ CREATE TABLE oauth_apps (
     auth_method     TEXT NOT NULL,
     jwks            TEXT,
     jwks_uri        TEXT,
+    -- A registered confidential client's secret, by its HMAC digest.
+    secret_digest   BYTEA,
     document        TEXT NOT NULL,          -- the metadata as registered or fetched (JSON)
     created_at      BIGINT NOT NULL,
     fetched_at      BIGINT,
