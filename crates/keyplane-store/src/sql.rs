@@ -1,7 +1,7 @@
 //! The SQL behind the store, written once and stamped out per backend by `impl_store!`.
 
-use async_trait::async_trait;
 use crate::authcode::split_scopes;
+use async_trait::async_trait;
 use keyplane_core::domain::activity::{event_hash, Checkpoint, GENESIS_HASH};
 use keyplane_core::domain::apps::{AppAuth, AppClient, AppKind};
 use keyplane_core::domain::authcode::{AuthCode, CodeUse, Grant, RefreshToken, RefreshUse};

@@ -986,7 +986,9 @@ impl Config {
                     }
                     Registration::Token(keyplane_core::domain::secret::SecretString::new(token))
                 }
-                other => bail!("oauth.registration must be \"off\", \"open\" or \"token\", not {other:?}"),
+                other => bail!(
+                    "oauth.registration must be \"off\", \"open\" or \"token\", not {other:?}"
+                ),
             }
         };
         // Route rules are validated here too, so a bad rule stops the start with its line.

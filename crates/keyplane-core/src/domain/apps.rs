@@ -213,7 +213,15 @@ pub fn check_metadata(doc: &Value, kind: AppKind) -> Result<AppMetadata, Metadat
     let https = |field: &str| -> Result<Option<String>, MetadataError> {
         match text(field)? {
             None => Ok(None),
-            Some(u) if u.len() <= MAX_URI_LEN && u.starts_with("https://") && !u.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"') => Ok(Some(u)),
+            Some(u)
+                if u.len() <= MAX_URI_LEN
+                    && u.starts_with("https://")
+                    && !u
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '"') =>
+            {
+                Ok(Some(u))
+            }
             Some(_) => Err(meta_err(format!(
                 "`{field}` must be an https:// URL of at most {MAX_URI_LEN} characters"
             ))),
@@ -252,10 +260,18 @@ mod tests {
         assert_eq!(m.name, "Claude");
         assert_eq!(m.redirect_uris.len(), 2);
         // RFC 7591's default for a registered client.
-        let m = check_metadata(&json!({"redirect_uris": ["https://a.example/cb"]}), AppKind::Registered).unwrap();
+        let m = check_metadata(
+            &json!({"redirect_uris": ["https://a.example/cb"]}),
+            AppKind::Registered,
+        )
+        .unwrap();
         assert_eq!(m.auth_method, AppAuth::ClientSecretBasic);
         // A document's client is public by default, and may not claim a secret.
-        let m = check_metadata(&json!({"redirect_uris": ["https://a.example/cb"]}), AppKind::Metadata).unwrap();
+        let m = check_metadata(
+            &json!({"redirect_uris": ["https://a.example/cb"]}),
+            AppKind::Metadata,
+        )
+        .unwrap();
         assert_eq!(m.auth_method, AppAuth::None);
         assert!(check_metadata(
             &json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "client_secret_post"}),
@@ -269,13 +285,34 @@ mod tests {
         let cases = [
             (json!({}), "invalid_redirect_uri"),
             (json!({"redirect_uris": []}), "invalid_redirect_uri"),
-            (json!({"redirect_uris": ["http://evil.example/cb"]}), "invalid_redirect_uri"),
-            (json!({"redirect_uris": ["https://a.example/cb#x"]}), "invalid_redirect_uri"),
-            (json!({"redirect_uris": ["https://a.example/cb"], "grant_types": ["client_credentials"]}), "invalid_client_metadata"),
-            (json!({"redirect_uris": ["https://a.example/cb"], "response_types": ["token"]}), "invalid_client_metadata"),
-            (json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"}), "invalid_client_metadata"),
-            (json!({"redirect_uris": ["https://a.example/cb"], "logo_uri": "javascript:alert(1)"}), "invalid_client_metadata"),
-            (json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x\u{7}"}), "invalid_client_metadata"),
+            (
+                json!({"redirect_uris": ["http://evil.example/cb"]}),
+                "invalid_redirect_uri",
+            ),
+            (
+                json!({"redirect_uris": ["https://a.example/cb#x"]}),
+                "invalid_redirect_uri",
+            ),
+            (
+                json!({"redirect_uris": ["https://a.example/cb"], "grant_types": ["client_credentials"]}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a.example/cb"], "response_types": ["token"]}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a.example/cb"], "logo_uri": "javascript:alert(1)"}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x\u{7}"}),
+                "invalid_client_metadata",
+            ),
             (json!([1]), "invalid_client_metadata"),
         ];
         for (doc, code) in cases {

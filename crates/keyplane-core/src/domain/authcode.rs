@@ -245,13 +245,27 @@ impl UriParts {
         if authority.is_empty() || authority.contains('@') {
             return None;
         }
-        let host = if authority.starts_with('[') {
+        let (host, port) = if authority.starts_with('[') {
             let close = authority.find(']')?;
-            &authority[..=close]
+            let rest = &authority[close + 1..];
+            let port = match rest.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if rest.is_empty() => None,
+                None => return None,
+            };
+            (&authority[..=close], port)
         } else {
-            authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
         };
-        if host.is_empty() {
+        // A port is digits (`127.0.0.1:9.evil.example` is no loopback address).
+        if host.is_empty()
+            || port.is_some_and(|p| {
+                p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())
+            })
+        {
             return None;
         }
         Some(UriParts {
@@ -273,9 +287,7 @@ pub fn check_state(state: Option<&str>) -> Result<(), String> {
         Some(s) if s.len() > MAX_STATE_LEN => {
             Err(format!("`state` is longer than {MAX_STATE_LEN} characters"))
         }
-        Some(s) if s.chars().any(char::is_control) => {
-            Err("`state` has control characters".into())
-        }
+        Some(s) if s.chars().any(char::is_control) => Err("`state` has control characters".into()),
         _ => Ok(()),
     }
 }
@@ -354,6 +366,9 @@ mod tests {
             "https://app.example.com/c b",
             "http://127.0.0.1.evil.com/cb",
             "http://localhost.evil.com/cb",
+            "http://127.0.0.1:9.evil.com/cb",
+            "http://127.0.0.1:/cb",
+            "http://[::1]x/cb",
         ] {
             assert!(check_redirect_uri(bad).is_err(), "{bad}");
         }
@@ -365,24 +380,52 @@ mod tests {
             "https://app.example.com/callback".to_string(),
             "http://127.0.0.1/cb".to_string(),
         ];
-        assert!(redirect_uri_matches(&reg, "https://app.example.com/callback"));
-        assert!(!redirect_uri_matches(&reg, "https://app.example.com/callback/"));
-        assert!(!redirect_uri_matches(&reg, "https://app.example.com/callback?x=1"));
-        assert!(!redirect_uri_matches(&reg, "https://app.example.com:444/callback"));
-        assert!(!redirect_uri_matches(&reg, "https://evil.example.com/callback"));
-        assert!(!redirect_uri_matches(&reg, "HTTPS://app.example.com/callbacK"));
+        assert!(redirect_uri_matches(
+            &reg,
+            "https://app.example.com/callback"
+        ));
+        assert!(!redirect_uri_matches(
+            &reg,
+            "https://app.example.com/callback/"
+        ));
+        assert!(!redirect_uri_matches(
+            &reg,
+            "https://app.example.com/callback?x=1"
+        ));
+        assert!(!redirect_uri_matches(
+            &reg,
+            "https://app.example.com:444/callback"
+        ));
+        assert!(!redirect_uri_matches(
+            &reg,
+            "https://evil.example.com/callback"
+        ));
+        assert!(!redirect_uri_matches(
+            &reg,
+            "HTTPS://app.example.com/callbacK"
+        ));
         assert!(redirect_uri_matches(&reg, "http://127.0.0.1:51234/cb"));
         assert!(!redirect_uri_matches(&reg, "http://127.0.0.1:51234/cb2"));
         assert!(!redirect_uri_matches(&reg, "http://localhost:51234/cb"));
+        assert!(!redirect_uri_matches(
+            &reg,
+            "http://127.0.0.1:1.evil.example/cb"
+        ));
         // A non-loopback registered URI never matches another port.
         let reg = vec!["https://app.example.com:8443/cb".to_string()];
-        assert!(!redirect_uri_matches(&reg, "https://app.example.com:9443/cb"));
+        assert!(!redirect_uri_matches(
+            &reg,
+            "https://app.example.com:9443/cb"
+        ));
     }
 
     #[test]
     fn responses_are_encoded() {
         assert_eq!(
-            redirect_with("https://a.example/cb", &[("code", "x y"), ("state", "s&t=1")]),
+            redirect_with(
+                "https://a.example/cb",
+                &[("code", "x y"), ("state", "s&t=1")]
+            ),
             "https://a.example/cb?code=x+y&state=s%26t%3D1"
         );
         assert_eq!(

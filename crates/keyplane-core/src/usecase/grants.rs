@@ -231,7 +231,10 @@ impl Keyplane {
         let issuer = &rt.settings.oauth.issuer;
         let state_ok = check_state(q.state.as_deref()).is_ok();
         let back = |error: &str, description: String| {
-            let mut params = vec![("error", error), ("error_description", description.as_str())];
+            let mut params = vec![
+                ("error", error),
+                ("error_description", description.as_str()),
+            ];
             if let (true, Some(s)) = (state_ok, q.state.as_deref()) {
                 params.push(("state", s));
             }
@@ -464,7 +467,10 @@ impl Keyplane {
     }
 
     /// A DPoP proof on the token request: the key's thumbprint.
-    async fn grant_dpop(&self, dpop: Option<&DpopRequest<'_>>) -> Result<Option<String>, OAuthError> {
+    async fn grant_dpop(
+        &self,
+        dpop: Option<&DpopRequest<'_>>,
+    ) -> Result<Option<String>, OAuthError> {
         let Some(d) = dpop else {
             return Ok(None);
         };
@@ -496,8 +502,15 @@ impl Keyplane {
             Ok(Some(g)) => Some(g.org_id),
             _ => None,
         };
-        let event = crate::domain::model::NewEvent { org_id: org, ..event };
-        match rt.store.grant_revoke(grant_id, rt.now(), reason, &event).await {
+        let event = crate::domain::model::NewEvent {
+            org_id: org,
+            ..event
+        };
+        match rt
+            .store
+            .grant_revoke(grant_id, rt.now(), reason, &event)
+            .await
+        {
             Ok(_) => {
                 if let Err(e) = rt.invalidate(Invalidation::Grants).await {
                     tracing::error!(error = %e, "cannot tell other nodes of a revoked grant");
@@ -529,7 +542,11 @@ impl Keyplane {
         };
         let jkt = self.grant_dpop(dpop).await?;
         let invalid = |d: &str| Err(OAuthError::InvalidGrant(d.into()));
-        let stored = match rt.store.code_redeem(&rt.pepper.digest(code), rt.now()).await? {
+        let stored = match rt
+            .store
+            .code_redeem(&rt.pepper.digest(code), rt.now())
+            .await?
+        {
             CodeUse::Unknown => return invalid("the authorization code is not valid"),
             CodeUse::Reused(c) => {
                 self.revoke_for_reuse(&c.grant_id, "code_reuse", meta).await;
@@ -591,7 +608,9 @@ impl Keyplane {
         let rt = &self.rt;
         let app = self.authenticate_app(creds, meta).await?;
         let Some(refresh_token) = refresh_token else {
-            return Err(OAuthError::InvalidRequest("`refresh_token` is required".into()));
+            return Err(OAuthError::InvalidRequest(
+                "`refresh_token` is required".into(),
+            ));
         };
         let jkt = self.grant_dpop(dpop).await?;
         let invalid = |d: &str| Err(OAuthError::InvalidGrant(d.into()));
@@ -599,7 +618,8 @@ impl Keyplane {
         let stored = match rt.store.refresh_redeem(&digest, rt.now()).await? {
             RefreshUse::Unknown => return invalid("the refresh token is not valid"),
             RefreshUse::Reused(t) => {
-                self.revoke_for_reuse(&t.grant_id, "refresh_token_reuse", meta).await;
+                self.revoke_for_reuse(&t.grant_id, "refresh_token_reuse", meta)
+                    .await;
                 return invalid(
                     "the refresh token was already used: the grant is revoked, sign in again",
                 );
@@ -719,7 +739,9 @@ impl Keyplane {
             meta,
             json!({ "reason": reason, "client_id": g.client_id, "member_id": g.member_id }),
         );
-        rt.store.grant_revoke(&g.id, rt.now(), reason, &event).await?;
+        rt.store
+            .grant_revoke(&g.id, rt.now(), reason, &event)
+            .await?;
         rt.invalidate(Invalidation::Grants).await?;
         Ok(rt.store.grant_get(&g.id).await?.unwrap_or(g))
     }

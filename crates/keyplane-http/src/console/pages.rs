@@ -126,6 +126,7 @@ pub(crate) fn sign_in_page(
     notice: Option<String>,
     email: String,
     mode: &'static str,
+    next: Option<String>,
 ) -> Response {
     let (csrf, set) = pre_session(s, headers);
     let mut resp = html(&SignInPage {
@@ -134,6 +135,7 @@ pub(crate) fn sign_in_page(
         notice,
         email,
         mode,
+        next,
     });
     if let Some(c) = set.and_then(|c| c.parse().ok()) {
         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -145,6 +147,9 @@ pub(crate) fn sign_in_page(
 pub struct SignInQuery {
     #[serde(default)]
     pub done: Option<String>,
+    /// Where to go once signed in: only the authorize page (an app asking for access).
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 pub async fn sign_in(
@@ -157,7 +162,22 @@ pub async fn sign_in(
         Some("out") => Some("You have signed out.".into()),
         _ => None,
     };
-    sign_in_page(&s, &headers, None, notice, String::new(), "admin")
+    let next = q
+        .next
+        .as_deref()
+        .and_then(super::authorize::safe_next)
+        .map(str::to_string);
+    let (notice, mode) = match &next {
+        Some(_) => (
+            Some(
+                "An application asks for access on your behalf: sign in as a member to review it."
+                    .into(),
+            ),
+            "member",
+        ),
+        None => (notice, "admin"),
+    };
+    sign_in_page(&s, &headers, None, notice, String::new(), mode, next)
 }
 
 pub async fn welcome(State(s): State<AppState>, headers: HeaderMap) -> Response {

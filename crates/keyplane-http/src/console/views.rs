@@ -112,6 +112,8 @@ pub struct SignInPage {
     pub notice: Option<String>,
     pub email: String,
     pub mode: &'static str,
+    /// Back to the authorize page after signing in.
+    pub next: Option<String>,
 }
 
 #[derive(Template)]

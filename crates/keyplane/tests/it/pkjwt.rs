@@ -1066,7 +1066,8 @@ async fn metadata(app: TestApp) {
         v,
         serde_json::to_value(keyplane_http::routes::oauth::metadata_document(
             &issuer(&app),
-            vec![READ.into()]
+            vec![READ.into()],
+            false
         ))
         .unwrap()
     );
@@ -1079,6 +1080,7 @@ fn metadata_document_matches_the_committed_one() {
     let generated = serde_json::to_string_pretty(&keyplane_http::routes::oauth::metadata_document(
         "https://keyplane.example.com",
         vec!["ai-guard:read".into(), "ai-guard:write".into()],
+        false,
     ))
     .unwrap()
         + "\n";
