@@ -77,6 +77,14 @@ pub struct AppCredentials {
     pub basic: bool,
 }
 
+/// `grant_type=authorization_code`'s parameters, as sent.
+#[derive(Debug, Default)]
+pub struct CodeRedemption<'a> {
+    pub code: Option<&'a str>,
+    pub redirect_uri: Option<&'a str>,
+    pub code_verifier: Option<&'a str>,
+}
+
 /// A token response of the authorization-code grant: the access token and its refresh token.
 #[derive(Debug)]
 pub struct GrantTokens {
@@ -526,16 +534,15 @@ impl Keyplane {
     pub async fn token_by_code(
         &self,
         creds: &AppCredentials,
-        code: Option<&str>,
-        redirect_uri: Option<&str>,
-        verifier: Option<&str>,
+        r: &CodeRedemption<'_>,
         resources: &[String],
         dpop: Option<&DpopRequest<'_>>,
         meta: &RequestMeta,
     ) -> Result<GrantTokens, OAuthError> {
         let rt = &self.rt;
         let app = self.authenticate_app(creds, meta).await?;
-        let (Some(code), Some(verifier)) = (code, verifier) else {
+        let (Some(code), Some(verifier), redirect_uri) = (r.code, r.code_verifier, r.redirect_uri)
+        else {
             return Err(OAuthError::InvalidRequest(
                 "`code` and `code_verifier` are required".into(),
             ));

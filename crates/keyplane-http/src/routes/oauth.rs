@@ -19,7 +19,7 @@ use keyplane_core::domain::oauth::{
 };
 use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
-use keyplane_core::usecase::grants::AppCredentials;
+use keyplane_core::usecase::grants::{AppCredentials, CodeRedemption};
 use serde::Serialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
@@ -626,9 +626,11 @@ async fn app_grant(
         s.app
             .token_by_code(
                 &creds,
-                p("code"),
-                p("redirect_uri"),
-                p("code_verifier"),
+                &CodeRedemption {
+                    code: p("code"),
+                    redirect_uri: p("redirect_uri"),
+                    code_verifier: p("code_verifier"),
+                },
                 &form.targets,
                 dpop,
                 &form.meta,
