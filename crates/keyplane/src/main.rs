@@ -28,7 +28,8 @@ use std::process::ExitCode;
                   commands (migrate, admin-key, signing-key, backup, activity verify --local) \
                   open the database directly and never create one unless given --create.\n\n\
                   Exit status: 0 success, 1 a check failed (a broken activity chain, pending \
-                  migrations for `migrate --status`, an inactive token for `introspect`), 2 an \
+                  migrations for `migrate --status`, an inactive token for `introspect`, a server not \
+                  ready for `healthcheck`), 2 an \
                   error.",
     after_help = "See `keyplane help <command>` for a command's options."
 )]
@@ -185,6 +186,12 @@ enum Command {
         #[arg(value_name = "TOKEN")]
         subject: Option<String>,
     },
+    /// Ask a running server's /readyz; exit 0 when it is ready, 1 otherwise, with one line on
+    /// stderr (for a container HEALTHCHECK: needs no curl, opens no database).
+    Healthcheck {
+        #[command(flatten)]
+        args: keyplane::healthcheck::HealthcheckArgs,
+    },
     /// Print a shell completion script (bash, zsh or fish).
     ///
     /// Install it with `keyplane completion bash > /etc/bash_completion.d/keyplane`,
@@ -340,6 +347,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } else {
             ExitCode::from(1)
         }),
+        Command::Healthcheck { args } => {
+            let (ready, line) = keyplane::healthcheck::check(&args, &env_map()).await;
+            eprintln!("{line}");
+            Ok(if ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "keyplane", &mut std::io::stdout());
