@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(
             default_url(
                 None,
-                &env(&[("KEYPLANE_LISTEN", "[::]:9000"), ("KEYPLANE_TLS_CERT", "/c")])
+                &env(&[
+                    ("KEYPLANE_LISTEN", "[::]:9000"),
+                    ("KEYPLANE_TLS_CERT", "/c")
+                ])
             )
             .unwrap(),
             "https://[::1]:9000/readyz"

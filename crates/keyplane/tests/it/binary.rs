@@ -1297,7 +1297,10 @@ async fn healthcheck_exit_status() {
     .await;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains(&format!("http://127.0.0.1:{port}/readyz")), "{err}");
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{port}/readyz")),
+        "{err}"
+    );
     // … or of the configuration file's `listen`.
     let file = db.dir.path().join("keyplane.toml");
     std::fs::write(&file, format!("listen = \"127.0.0.1:{port}\"\n")).expect("write config");
@@ -1319,7 +1322,8 @@ async fn healthcheck_exit_status() {
         let (mut sock, _) = listener.accept().await.expect("accept");
         let mut buf = [0u8; 4096];
         let _ = sock.read(&mut buf).await;
-        let body = r#"{"status":"unavailable","storage":"postgres","detail":"storage does not answer"}"#;
+        let body =
+            r#"{"status":"unavailable","storage":"postgres","detail":"storage does not answer"}"#;
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
