@@ -26,7 +26,9 @@ use std::process::ExitCode;
                   talk to a running server with --url and --token (or KEYPLANE_URL and \
                   KEYPLANE_TOKEN); --json prints the API's answer exactly. The database \
                   commands (migrate, admin-key, signing-key, backup, activity verify --local) \
-                  open the database directly and never create one unless given --create.\n\n\
+                  open the database directly and never create one unless given --create. \
+                  `keyplane healthcheck` asks a running server's /readyz (for container \
+                  health checks).\n\n\
                   Exit status: 0 success, 1 a check failed (a broken activity chain, pending \
                   migrations for `migrate --status`, an inactive token for `introspect`, a server not \
                   ready for `healthcheck`), 2 an \

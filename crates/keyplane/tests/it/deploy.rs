@@ -509,8 +509,7 @@ fn the_containerfile_is_what_keyplane_reads() {
     // The final image: distroless, non-root, the state in a volume, the healthcheck keyplane's.
     let last_from = file
         .lines()
-        .filter(|l| l.starts_with("FROM "))
-        .last()
+        .rfind(|l| l.starts_with("FROM "))
         .expect("a FROM");
     assert_eq!(
         last_from.trim(),
