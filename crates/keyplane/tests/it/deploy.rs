@@ -556,6 +556,82 @@ fn the_containerfile_is_what_keyplane_reads() {
     }
 }
 
+/// The dependency layer copies every manifest the workspace needs: its COPY instructions and its
+/// RUN script (with `cargo build` replaced by `cargo metadata --locked --offline`, which resolves
+/// the workspace and the lock file without compiling) succeed on a copy of the repository's
+/// files. A crate added to the workspace but not to the Containerfile fails here.
+#[test]
+fn the_containerfile_dependency_layer_resolves() {
+    let file = read("Containerfile");
+    let out = dependency_layer(&file);
+    assert!(
+        out.status.success(),
+        "the dependency layer does not resolve: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // The check can fail: without one member's manifest the workspace does not resolve.
+    let out = dependency_layer(&file.replace(
+        "COPY examples/resource-server/Cargo.toml examples/resource-server/\n",
+        "",
+    ));
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("resource-server"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Runs the dependency layer of `file` in a folder of its own (see above).
+fn dependency_layer(file: &str) -> std::process::Output {
+    let joined = file.replace("\\\n", " ");
+    let lines: Vec<&str> = joined.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "WORKDIR /src")
+        .expect("WORKDIR /src in the builder");
+    let run = start
+        + lines[start..]
+            .iter()
+            .position(|l| l.starts_with("RUN "))
+            .expect("the dependency layer's RUN");
+    let dir = TempDir::new();
+    let mut copied = 0;
+    for line in &lines[start + 1..run] {
+        let Some(rest) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split_whitespace().collect();
+        let (dest, sources) = parts.split_last().expect("COPY SRC... DEST");
+        let dest = dir.path().join(dest);
+        std::fs::create_dir_all(&dest).unwrap();
+        for src in sources {
+            let from = repo_root().join(src);
+            let name = Path::new(src).file_name().expect("a file");
+            std::fs::copy(&from, dest.join(name)).unwrap_or_else(|e| panic!("COPY {src}: {e}"));
+            copied += 1;
+        }
+    }
+    assert!(copied >= 9, "{copied} files copied");
+    let build = "cargo build --release --locked -p keyplane";
+    let script = lines[run].trim_start_matches("RUN ");
+    assert!(script.contains(build), "{script}");
+    let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let script = script.replace(
+        build,
+        &format!(
+            "cargo metadata --locked --offline --format-version 1 --filter-platform {target} >/dev/null"
+        ),
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run the dependency layer's script")
+}
+
 #[test]
 fn the_containerfile_passes_hadolint() {
     let Some(hadolint) = deploy_tool("hadolint", "the Containerfile lint") else {
