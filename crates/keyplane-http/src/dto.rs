@@ -330,8 +330,11 @@ pub struct CreateApiKey {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub roles: Vec<String>,
-    /// RFC 3339; absent means the key does not expire.
-    pub expires_at: Option<String>,
+    /// RFC 3339; `null` means the key never expires; absent means the deployment's default
+    /// (`api_key_default_ttl_days`, 90 days unless configured).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<Option<String>>,
     /// Mark the key the default token of this service (taking the mark from any other key).
     pub default_for_service: Option<String>,
     /// OAuth clients of the organization that may exchange this key (RFC 8693) for a

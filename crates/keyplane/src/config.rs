@@ -19,6 +19,8 @@ pub struct FileConfig {
     /// A file holding the token `/metrics` requires (when set).
     pub metrics_token_file: Option<PathBuf>,
     pub max_active_keys_per_org: Option<i64>,
+    /// Days a new API key lives when its creator names no expiry (0: never expires).
+    pub api_key_default_ttl_days: Option<i64>,
     pub flush_interval_ms: Option<u64>,
     pub stale_serve_seconds: Option<u64>,
     pub cache_preload: Option<bool>,
@@ -392,6 +394,8 @@ pub struct Config {
     /// The token `/metrics` requires, if any (never printed); without it `/metrics` is open.
     pub metrics_token: Option<String>,
     pub max_active_keys_per_org: Option<i64>,
+    /// Days a new API key lives when its creator names no expiry; `None`: never.
+    pub api_key_default_ttl_days: Option<i64>,
     pub flush_interval_ms: u64,
     /// How long cached credentials are served after the database connection drops.
     pub stale_serve_seconds: u64,
@@ -482,6 +486,7 @@ impl std::fmt::Debug for Config {
                 &self.metrics_token.as_ref().map(|_| "<redacted>"),
             )
             .field("max_active_keys_per_org", &self.max_active_keys_per_org)
+            .field("api_key_default_ttl_days", &self.api_key_default_ttl_days)
             .finish_non_exhaustive()
     }
 }
@@ -509,6 +514,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_PEPPER",
     "KEYPLANE_PEPPER_FILE",
     "KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG",
+    "KEYPLANE_API_KEY_DEFAULT_TTL_DAYS",
     "KEYPLANE_FLUSH_INTERVAL_MS",
     "KEYPLANE_STALE_SERVE_SECONDS",
     "KEYPLANE_CACHE_PRELOAD",
@@ -718,6 +724,21 @@ impl Config {
         .or(Some(50));
         // 0 (or less) means no limit.
         let max_active_keys_per_org = max_active_keys_per_org.filter(|n| *n > 0);
+
+        let api_key_default_ttl_days = match env.get("KEYPLANE_API_KEY_DEFAULT_TTL_DAYS") {
+            Some(v) => v
+                .parse::<i64>()
+                .context("KEYPLANE_API_KEY_DEFAULT_TTL_DAYS must be a number of days (0: never)")?,
+            None => file
+                .api_key_default_ttl_days
+                .unwrap_or(keyplane_core::domain::settings::DEFAULT_API_KEY_TTL_DAYS),
+        };
+        if !(0..=36_500).contains(&api_key_default_ttl_days) {
+            bail!(
+                "api_key_default_ttl_days must be between 0 (keys never expire) and 36500, not {api_key_default_ttl_days}"
+            );
+        }
+        let api_key_default_ttl_days = Some(api_key_default_ttl_days).filter(|d| *d > 0);
 
         let flush_interval_ms = match env.get("KEYPLANE_FLUSH_INTERVAL_MS") {
             Some(v) => v
@@ -1090,6 +1111,7 @@ impl Config {
             pepper,
             metrics_token,
             max_active_keys_per_org,
+            api_key_default_ttl_days,
             flush_interval_ms: flush_interval_ms.max(10),
             stale_serve_seconds,
             cache_preload,
@@ -1152,6 +1174,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn api_key_default_expiry() {
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert_eq!(c.api_key_default_ttl_days, Some(90));
+        let var = "KEYPLANE_API_KEY_DEFAULT_TTL_DAYS";
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[(var, "0")])).unwrap();
+        assert_eq!(c.api_key_default_ttl_days, None, "0 means never");
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[(var, "30")])).unwrap();
+        assert_eq!(c.api_key_default_ttl_days, Some(30));
+        for bad in ["-1", "36501", "ninety"] {
+            let err =
+                Config::load(&ConfigFlags::default(), None, &env(&[(var, bad)])).expect_err(bad);
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("api_key_default_ttl_days") || msg.contains(var),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         api_key_format: format(&config.api_key_prefix)?,
         admin_key_format: format(&config.admin_key_prefix)?,
         max_active_keys_per_org: config.max_active_keys_per_org,
+        api_key_default_ttl_days: config.api_key_default_ttl_days,
         stale_serve_seconds: config.stale_serve_seconds,
         auth_failures_per_minute: config.auth_failures_per_minute,
         refusal_events_per_flush: config.refusal_events_per_flush,

@@ -4,6 +4,9 @@
 use crate::domain::secret::{SecretFormat, SecretString};
 use crate::domain::token::Alg;
 
+/// Days an API key lives when its creator names no expiry, unless configured otherwise.
+pub const DEFAULT_API_KEY_TTL_DAYS: i64 = 90;
+
 /// Settings the use cases need; the binary builds them from its configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -11,6 +14,8 @@ pub struct Settings {
     pub admin_key_format: SecretFormat,
     /// Active API keys allowed per organization; `None` means no limit.
     pub max_active_keys_per_org: Option<i64>,
+    /// Days a new API key lives when its creator names no expiry; `None`: such keys never expire.
+    pub api_key_default_ttl_days: Option<i64>,
     pub oauth: OAuthSettings,
     /// How long cached credentials are still served after the change feed from storage is
     /// lost (see the runtime's feed).
@@ -29,6 +34,7 @@ impl Default for Settings {
             api_key_format: SecretFormat::new("kp_").expect("valid"),
             admin_key_format: SecretFormat::new("kpa_").expect("valid"),
             max_active_keys_per_org: Some(50),
+            api_key_default_ttl_days: Some(DEFAULT_API_KEY_TTL_DAYS),
             oauth: Default::default(),
             stale_serve_seconds: 60,
             auth_failures_per_minute: 20,

@@ -6,7 +6,7 @@
 //! negative shard fills and is cleared). A fill that raced with an invalidation is dropped: each
 //! fill carries the epoch read before its storage lookup, and any invalidation bumps the epoch.
 //!
-//! Memory per key is kept small (about 200 bytes with a million keys, see BENCHMARKS.md): a
+//! Memory per key is kept small (about 290 bytes with a million keys, measured in BENCHMARKS.md): a
 //! shard's table holds one pointer per key (the digest lives in the entry it points to), and
 //! what many keys share (organization, project, scopes and their header values) is one
 //! [`KeyGroup`] interned here.

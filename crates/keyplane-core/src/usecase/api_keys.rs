@@ -25,13 +25,24 @@ pub struct NewApiKey {
     pub description: Option<String>,
     pub scopes: Vec<String>,
     pub roles: Vec<String>,
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Expiry,
     pub default_for_service: Option<String>,
     /// With no `owner_member_id`, make a project service token even when a member creates it
     /// (a copy of a service token stays one). Only org-wide managers may.
     pub service_token: bool,
     /// The OAuth clients that may act for the key's holder (RFC 8693 token exchange).
     pub may_act: Vec<String>,
+}
+
+/// When a new key stops working.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Expiry {
+    /// The deployment's default (`api_key_default_ttl_days`, 90 days unless configured).
+    #[default]
+    Default,
+    /// Never: the caller asked for a key without an expiry.
+    Never,
+    At(OffsetDateTime),
 }
 
 /// Changes to an API key; `None` leaves a field as it is.
@@ -107,7 +118,15 @@ impl Keyplane {
             )
             .await?;
         let now = rt.now();
-        if let Some(exp) = input.expires_at {
+        let expires_at = match input.expires_at {
+            Expiry::Default => rt
+                .settings
+                .api_key_default_ttl_days
+                .map(|d| now + time::Duration::days(d)),
+            Expiry::Never => None,
+            Expiry::At(t) => Some(t),
+        };
+        if let Some(exp) = expires_at {
             if exp <= now {
                 return Err(Error::invalid(
                     "expires_at",
@@ -146,7 +165,7 @@ impl Keyplane {
             start: self.key_start(&secret),
             created_at: now,
             created_by: p.actor_label(),
-            expires_at: input.expires_at,
+            expires_at,
             last_used_at: None,
             is_active: true,
             deactivated_at: None,
@@ -344,7 +363,12 @@ impl Keyplane {
             description: Some(key.description.clone()),
             scopes: key.scopes.clone(),
             roles: key.roles.clone(),
-            expires_at: key.expires_at.filter(|e| *e > self.rt.now()),
+            // The same expiry while it is ahead; an expired key's copy gets the default.
+            expires_at: match key.expires_at {
+                None => Expiry::Never,
+                Some(e) if e > self.rt.now() => Expiry::At(e),
+                Some(_) => Expiry::Default,
+            },
             default_for_service: None,
             service_token: key.owner_member_id.is_none(),
             may_act: key.may_act.clone(),

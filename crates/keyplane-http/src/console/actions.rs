@@ -16,7 +16,7 @@ use axum::{Extension, Json};
 use keyplane_core::domain::clock::to_ms;
 use keyplane_core::domain::console::{check_password_rules, hash_password, SESSION_TTL};
 use keyplane_core::runtime::throttle::sign_in_keys;
-use keyplane_core::usecase::api_keys::{ApiKeyPatch, NewApiKey};
+use keyplane_core::usecase::api_keys::{ApiKeyPatch, Expiry, NewApiKey};
 use keyplane_core::usecase::clients::{ClientPatch, NewClient};
 use keyplane_core::Error;
 use serde_json::json;
@@ -290,7 +290,14 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
         description: f.get("description").map(str::to_string),
         scopes: f.all("scopes"),
         roles: f.all("roles"),
-        expires_at: expiry(&s, f, p.js)?,
+        // No choice sent (a scripted form): the deployment's default, as through the API.
+        expires_at: match f.get("expires") {
+            None => Expiry::Default,
+            Some(_) => match expiry(&s, f, p.js)? {
+                Some(t) => Expiry::At(t),
+                None => Expiry::Never,
+            },
+        },
         default_for_service: f.get("default_for_service").map(str::to_string),
         service_token: f.checked("service_token"),
         may_act: vec![],

@@ -279,6 +279,7 @@ pub async fn keys(
             .collect(),
         next: page.next_cursor,
         can_service_token: sess.signed.member.is_some() && perms.has(Permission::KeysManage),
+        expiry_choices: super::views::expiry_choices(s.app.settings().api_key_default_ttl_days),
     }))
 }
 

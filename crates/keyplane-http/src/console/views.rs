@@ -250,6 +250,44 @@ pub struct KeysPage {
     pub roles: Vec<RoleView>,
     pub next: Option<String>,
     pub can_service_token: bool,
+    /// The create dialog's expiry choices, the deployment's default selected.
+    pub expiry_choices: Vec<ExpiryChoice>,
+}
+
+/// One `<option>` of the create dialog's expiry list.
+pub struct ExpiryChoice {
+    /// `never`, or a number of days.
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+/// The create dialog's expiry choices: never, a week, a month, a quarter and a year, and the
+/// deployment's default wherever it falls, which is selected (`None`: never).
+pub fn expiry_choices(default_days: Option<i64>) -> Vec<ExpiryChoice> {
+    let mut days = vec![7, 30, 90, 365];
+    if let Some(d) = default_days {
+        if !days.contains(&d) {
+            days.push(d);
+            days.sort_unstable();
+        }
+    }
+    let never = ExpiryChoice {
+        value: "never".into(),
+        label: "Never".into(),
+        selected: default_days.is_none(),
+    };
+    std::iter::once(never)
+        .chain(days.into_iter().map(|d| ExpiryChoice {
+            value: d.to_string(),
+            label: match d {
+                1 => "Tomorrow".into(),
+                365 => "In a year".into(),
+                d => format!("In {d} days"),
+            },
+            selected: default_days == Some(d),
+        }))
+        .collect()
 }
 
 pub struct SecretView {

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use keyplane_core::usecase::api_keys::{ApiKeyPatch, NewApiKey};
+use keyplane_core::usecase::api_keys::{ApiKeyPatch, Expiry, NewApiKey};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -56,11 +56,11 @@ pub async fn create(
     c: Caller,
     AppJson(b): AppJson<CreateApiKey>,
 ) -> ApiResult<NoStore<(StatusCode, Json<ApiKeyWithSecret>)>> {
-    let expires_at = b
-        .expires_at
-        .as_deref()
-        .map(|t| parse_time("expires_at", t))
-        .transpose()?;
+    let expires_at = match b.expires_at {
+        None => Expiry::Default,
+        Some(None) => Expiry::Never,
+        Some(Some(t)) => Expiry::At(parse_time("expires_at", &t)?),
+    };
     let input = NewApiKey {
         org_id: b.org_id,
         project_id: b.project_id,

@@ -22,10 +22,13 @@ pub enum KeysCommand {
         /// A role the key carries, e.g. ORG-ADMIN (repeat for more).
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
-        /// When the key stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z); without it the
-        /// server's default applies.
+        /// When the key stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z, or `never`); without
+        /// it the server's default applies (`api_key_default_ttl_days`, 90 days unless configured).
         #[arg(long, value_name = "TIME")]
         expires_at: Option<String>,
+        /// Never expire (the same as `--expires-at never`).
+        #[arg(long, conflicts_with = "expires_at")]
+        no_expiry: bool,
         /// The organization (the admin key's choice; others act in their own).
         #[arg(long, value_name = "ID")]
         org_id: Option<String>,
@@ -86,7 +89,7 @@ pub enum KeysCommand {
         /// Take every role away.
         #[arg(long, conflicts_with = "roles")]
         no_roles: bool,
-        /// A new expiry (RFC 3339).
+        /// A new expiry (RFC 3339, or `never`).
         #[arg(long, value_name = "TIME")]
         expires_at: Option<String>,
         /// Never expire.
@@ -190,19 +193,24 @@ pub async fn run(args: &ClientArgs, cmd: KeysCommand) -> Result<()> {
             scopes,
             roles,
             expires_at,
+            no_expiry,
             org_id,
             project_id,
             owner_member_id,
             default_for_service,
             may_act,
         } => {
+            let never = no_expiry || expires_at.as_deref() == Some("never");
             let body = object(vec![
                 ("scopes", Some(json!(scopes))),
                 ("roles", Some(json!(roles))),
                 ("may_act", (!may_act.is_empty()).then(|| json!(may_act))),
                 ("name", s(name)),
                 ("description", s(description)),
-                ("expires_at", s(expires_at)),
+                (
+                    "expires_at",
+                    value_or_null(s(expires_at.filter(|_| !never)), never),
+                ),
                 ("org_id", s(org_id)),
                 ("project_id", s(project_id)),
                 ("owner_member_id", s(owner_member_id)),
@@ -248,13 +256,17 @@ pub async fn run(args: &ClientArgs, cmd: KeysCommand) -> Result<()> {
             no_may_act,
             if_match,
         } => {
+            let never = no_expiry || expires_at.as_deref() == Some("never");
             let body = object(vec![
                 ("name", s(name)),
                 ("description", s(description)),
                 ("scopes", list_or_clear(scopes, no_scopes)),
                 ("roles", list_or_clear(roles, no_roles)),
                 ("may_act", list_or_clear(may_act, no_may_act)),
-                ("expires_at", value_or_null(s(expires_at), no_expiry)),
+                (
+                    "expires_at",
+                    value_or_null(s(expires_at.filter(|_| !never)), never),
+                ),
                 (
                     "default_for_service",
                     value_or_null(s(default_for_service), no_default_for_service),

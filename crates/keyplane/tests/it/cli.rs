@@ -65,13 +65,13 @@ fn with_stdin(args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
 }
 
 /// The network commands' environment for `app`: its URL and admin key.
-struct Cli<'a> {
+pub(crate) struct Cli<'a> {
     app: &'a TestApp,
     token: String,
 }
 
 impl<'a> Cli<'a> {
-    fn admin(app: &'a TestApp) -> Self {
+    pub(crate) fn admin(app: &'a TestApp) -> Self {
         Cli {
             app,
             token: app.admin_key.clone(),
@@ -112,7 +112,7 @@ impl<'a> Cli<'a> {
     }
 
     /// Runs a command with `--json` that must succeed; its stdout parsed.
-    async fn json(&self, args: &[&str]) -> Value {
+    pub(crate) async fn json(&self, args: &[&str]) -> Value {
         let args = [args, &["--json"]].concat();
         let out = self.ok(&args).await;
         serde_json::from_str(&out).unwrap_or_else(|e| {
@@ -124,7 +124,7 @@ impl<'a> Cli<'a> {
     }
 
     /// Runs a command that must fail with exit status 2; its stderr.
-    async fn fails(&self, args: &[&str]) -> String {
+    pub(crate) async fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
         assert_eq!(
             out.status.code(),

@@ -41,6 +41,7 @@ mod deploy;
 mod dpop;
 mod edge;
 mod errors;
+mod expiry;
 mod federation;
 mod files;
 mod gateway;
