@@ -963,7 +963,10 @@ export interface components {
             /** @description Mark the key the default token of this service (taking the mark from any other key). */
             default_for_service?: string | null;
             description?: string | null;
-            /** @description RFC 3339; absent means the key does not expire. */
+            /**
+             * @description RFC 3339; `null` means the key never expires; absent means the deployment's default
+             *     (`api_key_default_ttl_days`, 90 days unless configured).
+             */
             expires_at?: string | null;
             /**
              * @description OAuth clients of the organization that may exchange this key (RFC 8693) for a
