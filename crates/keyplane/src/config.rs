@@ -1150,6 +1150,23 @@ impl Config {
     }
 }
 
+/// The log format, read before logging starts: `KEYPLANE_LOG_FORMAT`, else `log_format` of the
+/// configuration file (`--config` or `KEYPLANE_CONFIG`), else `text`. A file that cannot be read
+/// here is left to [`Config::load`], which reports it.
+pub fn log_format_early(flags: &ConfigFlags, env: &HashMap<String, String>) -> String {
+    if let Some(f) = env.get("KEYPLANE_LOG_FORMAT") {
+        return f.clone();
+    }
+    let path = flags
+        .config
+        .clone()
+        .or_else(|| env.get("KEYPLANE_CONFIG").map(PathBuf::from));
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .and_then(|t| t.get("log_format")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "text".into())
+}
+
 fn default_data_dir(database: &str) -> PathBuf {
     if let Some(rest) = database
         .strip_prefix("sqlite://")
@@ -1452,6 +1469,29 @@ mod tests {
             &env(&[("KEYPLANE_ADMIN_KEY", generated.expose())])
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_log_format_comes_from_the_file_too() {
+        let flags = ConfigFlags::default();
+        assert_eq!(log_format_early(&flags, &env(&[])), "text");
+        let dir = std::env::temp_dir().join(format!("kp-log-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyplane.toml");
+        std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+        let flags = ConfigFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(log_format_early(&flags, &env(&[])), "json");
+        let by_env = env(&[("KEYPLANE_CONFIG", file.to_str().unwrap())]);
+        assert_eq!(log_format_early(&ConfigFlags::default(), &by_env), "json");
+        // The environment over the file.
+        assert_eq!(
+            log_format_early(&flags, &env(&[("KEYPLANE_LOG_FORMAT", "text")])),
+            "text"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

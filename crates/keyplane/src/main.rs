@@ -266,11 +266,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_migrate,
         } => {
             let env = env_map();
-            let log_format = env
-                .get("KEYPLANE_LOG_FORMAT")
-                .cloned()
-                .unwrap_or_else(|| "text".into());
-            init_tracing(&log_format);
+            // Logging starts before the configuration is loaded (so its warnings are logged),
+            // and follows `log_format` of the file too, not only KEYPLANE_LOG_FORMAT.
+            init_tracing(&keyplane::config::log_format_early(&config, &env));
             let mut config = Config::load_serve(&config, listen.as_deref(), &gateway, &edge, &env)?;
             if no_migrate {
                 database::require_migrated(&config).await?;

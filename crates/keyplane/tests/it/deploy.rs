@@ -1059,6 +1059,15 @@ async fn two_replicas_from_the_manifests_share_postgres() {
         let ready = r.get("/readyz", "unused").await.json();
         assert_eq!(ready["status"], "ready", "replica {i}: {ready}");
         assert_eq!(ready["storage"], "postgres", "replica {i}: {ready}");
+        // The ConfigMap's `log_format = "json"` applies: every log line is a JSON object.
+        let logs = r.stderr_text();
+        assert!(logs.lines().count() > 1, "{logs}");
+        for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                serde_json::from_str::<Value>(line).is_ok_and(|v| v.is_object()),
+                "replica {i} logged a line that is not JSON: {line}"
+            );
+        }
         // The Secret's admin key is the admin key of both (none was generated).
         let me = r.get("/v1/me", &admin_key).await;
         assert_eq!(me.status, StatusCode::OK, "replica {i}: {}", me.text);
