@@ -510,7 +510,8 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-const KNOWN_ENV: &[&str] = &[
+/// Every `KEYPLANE_*` variable keyplane reads; any other earns a warning at start.
+pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_CONFIG",
     "KEYPLANE_LISTEN",
     "KEYPLANE_DATABASE",
@@ -525,6 +526,7 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_OAUTH_REGISTRATION_TOKEN",
     "KEYPLANE_FLUSH_INTERVAL_MS",
     "KEYPLANE_STALE_SERVE_SECONDS",
+    "KEYPLANE_CACHE_PRELOAD",
     "KEYPLANE_LOG",
     "KEYPLANE_LOG_FORMAT",
     "KEYPLANE_API_KEY_PREFIX",
@@ -556,6 +558,10 @@ const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_AUTH_FAILURES_PER_MINUTE",
     "KEYPLANE_REFUSAL_EVENTS_PER_FLUSH",
     "KEYPLANE_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS",
+    "KEYPLANE_FEDERATED_TOKEN_MAX_LIFETIME_SECONDS",
+    "KEYPLANE_EXCHANGED_TOKEN_MAX_TTL_SECONDS",
+    "KEYPLANE_DPOP_IAT_WINDOW_SECONDS",
+    "KEYPLANE_DPOP_REQUIRE_NONCE",
     "KEYPLANE_JWKS_REFETCH_INTERVAL_SECONDS",
     "KEYPLANE_JWKS_MAX_AGE_SECONDS",
     "KEYPLANE_JWKS_URI_ALLOW_LOOPBACK_HTTP",
@@ -1185,6 +1191,23 @@ impl Config {
     }
 }
 
+/// The log format, read before logging starts: `KEYPLANE_LOG_FORMAT`, else `log_format` of the
+/// configuration file (`--config` or `KEYPLANE_CONFIG`), else `text`. A file that cannot be read
+/// here is left to [`Config::load`], which reports it.
+pub fn log_format_early(flags: &ConfigFlags, env: &HashMap<String, String>) -> String {
+    if let Some(f) = env.get("KEYPLANE_LOG_FORMAT") {
+        return f.clone();
+    }
+    let path = flags
+        .config
+        .clone()
+        .or_else(|| env.get("KEYPLANE_CONFIG").map(PathBuf::from));
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .and_then(|t| t.get("log_format")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "text".into())
+}
+
 fn default_data_dir(database: &str) -> PathBuf {
     if let Some(rest) = database
         .strip_prefix("sqlite://")
@@ -1487,6 +1510,29 @@ mod tests {
             &env(&[("KEYPLANE_ADMIN_KEY", generated.expose())])
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_log_format_comes_from_the_file_too() {
+        let flags = ConfigFlags::default();
+        assert_eq!(log_format_early(&flags, &env(&[])), "text");
+        let dir = std::env::temp_dir().join(format!("kp-log-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyplane.toml");
+        std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+        let flags = ConfigFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(log_format_early(&flags, &env(&[])), "json");
+        let by_env = env(&[("KEYPLANE_CONFIG", file.to_str().unwrap())]);
+        assert_eq!(log_format_early(&ConfigFlags::default(), &by_env), "json");
+        // The environment over the file.
+        assert_eq!(
+            log_format_early(&flags, &env(&[("KEYPLANE_LOG_FORMAT", "text")])),
+            "text"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod database;
 pub mod declare;
+pub mod healthcheck;
 pub mod jwks;
 pub mod server;
 pub mod telemetry;

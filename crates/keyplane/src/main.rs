@@ -26,9 +26,12 @@ use std::process::ExitCode;
                   talk to a running server with --url and --token (or KEYPLANE_URL and \
                   KEYPLANE_TOKEN); --json prints the API's answer exactly. The database \
                   commands (migrate, admin-key, signing-key, backup, activity verify --local) \
-                  open the database directly and never create one unless given --create.\n\n\
+                  open the database directly and never create one unless given --create. \
+                  `keyplane healthcheck` asks a running server's /readyz (for container \
+                  health checks).\n\n\
                   Exit status: 0 success, 1 a check failed (a broken activity chain, pending \
-                  migrations for `migrate --status`, an inactive token for `introspect`), 2 an \
+                  migrations for `migrate --status`, an inactive token for `introspect`, a server not \
+                  ready for `healthcheck`), 2 an \
                   error.",
     after_help = "See `keyplane help <command>` for a command's options."
 )]
@@ -185,6 +188,12 @@ enum Command {
         #[arg(value_name = "TOKEN")]
         subject: Option<String>,
     },
+    /// Ask a running server's /readyz; exit 0 when it is ready, 1 otherwise, with one line on
+    /// stderr (for a container HEALTHCHECK: needs no curl, opens no database).
+    Healthcheck {
+        #[command(flatten)]
+        args: keyplane::healthcheck::HealthcheckArgs,
+    },
     /// Print a shell completion script (bash, zsh or fish).
     ///
     /// Install it with `keyplane completion bash > /etc/bash_completion.d/keyplane`,
@@ -257,11 +266,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_migrate,
         } => {
             let env = env_map();
-            let log_format = env
-                .get("KEYPLANE_LOG_FORMAT")
-                .cloned()
-                .unwrap_or_else(|| "text".into());
-            init_tracing(&log_format);
+            // Logging starts before the configuration is loaded (so its warnings are logged),
+            // and follows `log_format` of the file too, not only KEYPLANE_LOG_FORMAT.
+            init_tracing(&keyplane::config::log_format_early(&config, &env));
             let mut config = Config::load_serve(&config, listen.as_deref(), &gateway, &edge, &env)?;
             if no_migrate {
                 database::require_migrated(&config).await?;
@@ -340,6 +347,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } else {
             ExitCode::from(1)
         }),
+        Command::Healthcheck { args } => {
+            let (ready, line) = keyplane::healthcheck::check(&args, &env_map()).await;
+            eprintln!("{line}");
+            Ok(if ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "keyplane", &mut std::io::stdout());

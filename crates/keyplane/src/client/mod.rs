@@ -87,7 +87,7 @@ impl Paging {
 }
 
 /// The CLI's HTTP client: rustls with the Mozilla roots, plus the CAs of `ca_cert`.
-fn http_client(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client> {
+pub(crate) fn http_client(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client> {
     let mut builder =
         reqwest::Client::builder().user_agent(concat!("keyplane-cli/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_cert {

@@ -1266,3 +1266,97 @@ async fn cli_client() {
         stopped.stderr
     );
 }
+
+// ----- keyplane healthcheck -----
+
+/// `keyplane healthcheck` (the container's HEALTHCHECK): 0 and a `ready` line for a server that
+/// is ready — asked at `--url`, or at the port the configuration names — and 1 with a line that
+/// says why for a server that answers 503 and for a port nothing listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exit_status() {
+    let db = TestDb::fresh(Backend::Sqlite).await.expect("sqlite");
+    let server = Server::start(&db, &[]).await;
+
+    let out = cli(None, &["healthcheck", "--url", &server.base], &[]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("ready") && err.contains("answered 200 (ready)") && !err.contains("not ready"),
+        "{err}"
+    );
+
+    // No --url: the port of KEYPLANE_LISTEN, on the loopback address when it listens on all.
+    let port = server.base.rsplit(':').next().expect("port");
+    let everywhere = format!("0.0.0.0:{port}");
+    let out = cli(
+        None,
+        &["healthcheck"],
+        &[("KEYPLANE_LISTEN", everywhere.as_str())],
+    )
+    .await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{port}/readyz")),
+        "{err}"
+    );
+    // … or of the configuration file's `listen`.
+    let file = db.dir.path().join("keyplane.toml");
+    std::fs::write(&file, format!("listen = \"127.0.0.1:{port}\"\n")).expect("write config");
+    let out = cli(
+        None,
+        &["healthcheck", "--config", file.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // A server that answers 503 (what /readyz says when storage is gone).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let unready = format!("http://{}", listener.local_addr().expect("addr"));
+    let answering = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = sock.read(&mut buf).await;
+        let body =
+            r#"{"status":"unavailable","storage":"postgres","detail":"storage does not answer"}"#;
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(answer.as_bytes()).await.expect("write");
+    });
+    let out = cli(None, &["healthcheck", "--url", &unready], &[]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("not ready")
+            && err.contains("answered 503")
+            && err.contains("unavailable: storage does not answer"),
+        "{err}"
+    );
+    answering.await.expect("the 503 server");
+
+    // Nothing listening: 1, and the line names the URL and the refusal.
+    let nothing = format!("http://127.0.0.1:{}", free_port());
+    let out = cli(
+        None,
+        &["healthcheck", "--url", &nothing, "--timeout", "2"],
+        &[],
+    )
+    .await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("not ready") && err.contains(&format!("{nothing}/readyz")),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connect"), "{err}");
+    server.terminate().await;
+}

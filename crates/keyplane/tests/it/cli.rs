@@ -926,6 +926,7 @@ async fn help_names_variables_without_values() {
         "signing-key",
         "backup",
         "apply",
+        "healthcheck",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(cmd)),

@@ -977,3 +977,55 @@ async fn dpop_through_a_tls_gateway_and_secure_console_cookies() {
         assert!(c.ends_with("; Secure"), "{c}");
     }
 }
+
+/// `keyplane healthcheck` over HTTPS: ready with `--ca-cert`, also at the default URL that
+/// `KEYPLANE_TLS_CERT` makes `https://`; not ready (1, naming the certificate problem) without
+/// the CA, since the server's certificate is always checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_over_https() {
+    let ca = Ca::new("healthcheck");
+    let dir = TempDir::new();
+    let (cert, key) = write_leaf(dir.path(), &ca.local());
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let app = spawn_app_with(Backend::Sqlite, tls_options(&cert, &key))
+        .await
+        .unwrap();
+    let ca_path = ca_file.to_str().unwrap();
+    let base = app.base.clone();
+    assert!(base.starts_with("https://"), "{base}");
+
+    let out = crate::binary::cli(
+        None,
+        &["healthcheck", "--url", &base, "--ca-cert", ca_path],
+        &[],
+    )
+    .await;
+    let err = crate::binary::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("answered 200 (ready)"), "{err}");
+
+    // The default URL: the configured port, https:// because a certificate is configured.
+    let listen = base.trim_start_matches("https://").to_string();
+    let out = crate::binary::cli(
+        None,
+        &["healthcheck", "--ca-cert", ca_path],
+        &[
+            ("KEYPLANE_LISTEN", listen.as_str()),
+            ("KEYPLANE_TLS_CERT", cert.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let err = crate::binary::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&format!("https://{listen}/readyz")), "{err}");
+
+    // Without the CA the certificate is not trusted: not ready, and the line says why.
+    let out = crate::binary::cli(None, &["healthcheck", "--url", &base], &[]).await;
+    let err = crate::binary::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not ready") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
