@@ -122,6 +122,9 @@ impl Modify for ErrorAnswers {
             for (method, op) in operations_mut(item) {
                 if management {
                     management_errors(method, op);
+                } else if path == oauth::REGISTER_PATH {
+                    // RFC 7591's own errors, as annotated: never cached either.
+                    no_store_errors(op);
                 } else if oauth_endpoint && method == "post" {
                     oauth_errors(op);
                 }
@@ -199,6 +202,20 @@ fn management_errors(method: &str, op: &mut Operation) {
         "500",
         problem("An internal error; the cause is in the server's log"),
     );
+}
+
+/// Every error answer of `op` says `Cache-Control: no-store` and `Pragma: no-cache`.
+fn no_store_errors(op: &mut Operation) {
+    for (status, r) in op.responses.responses.iter_mut() {
+        if let (RefOr::T(r), true) = (r, status.starts_with('4') || status.starts_with('5')) {
+            r.headers
+                .entry("Cache-Control".into())
+                .or_insert_with(|| string_header("`no-store`"));
+            r.headers
+                .entry("Pragma".into())
+                .or_insert_with(|| string_header("`no-cache`"));
+        }
+    }
 }
 
 fn oauth_errors(op: &mut Operation) {

@@ -310,6 +310,9 @@ pub struct OAuthFile {
     pub registration: Option<String>,
     /// The file holding the initial access token `registration = "token"` requires.
     pub registration_token_file: Option<PathBuf>,
+    /// Fetch client ID metadata documents over http:// from loopback addresses (development;
+    /// default false: https:// from public addresses only).
+    pub client_metadata_allow_loopback: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -439,6 +442,7 @@ pub struct Config {
     pub dpop_require_nonce: bool,
     /// Dynamic client registration (never printed: it may hold the initial access token).
     pub registration: keyplane_core::domain::settings::Registration,
+    pub client_metadata_allow_loopback: bool,
     /// The configuration file, where route rules are read from (again on reload).
     pub config_file: Option<PathBuf>,
     pub gateway_listen: Option<SocketAddr>,
@@ -524,6 +528,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_API_KEY_DEFAULT_TTL_DAYS",
     "KEYPLANE_OAUTH_REGISTRATION",
     "KEYPLANE_OAUTH_REGISTRATION_TOKEN",
+    "KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK",
     "KEYPLANE_FLUSH_INTERVAL_MS",
     "KEYPLANE_STALE_SERVE_SECONDS",
     "KEYPLANE_CACHE_PRELOAD",
@@ -966,6 +971,15 @@ impl Config {
             },
             None => file.oauth.dpop_require_nonce.unwrap_or(false),
         };
+        let client_metadata_allow_loopback =
+            match env.get("KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK") {
+                Some(v) => match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK must be true or false"),
+                },
+                None => file.oauth.client_metadata_allow_loopback.unwrap_or(false),
+            };
         let registration = {
             use keyplane_core::domain::settings::Registration;
             let mode = env
@@ -1181,6 +1195,7 @@ impl Config {
             dpop_iat_window_seconds,
             dpop_require_nonce,
             registration,
+            client_metadata_allow_loopback,
             config_file: file_path,
             gateway_listen,
             upstream,

@@ -5633,62 +5633,6 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description No credential, or one that is malformed, unknown, revoked or expired */
-            401: {
-                headers: {
-                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
-                    "WWW-Authenticate"?: string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description The credential lacks the permission, or the change is beyond its ceiling */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description No such resource, or one this credential may not see (the two answer alike) */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description A field or query parameter breaks a rule; `field` names it */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description An internal error; the cause is in the server's log */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
-            };
         };
     };
     oauth_register: {
@@ -5713,6 +5657,7 @@ export interface operations {
                     "application/json": components["schemas"]["RegisteredApp"];
                 };
             };
+            /** @description `invalid_redirect_uri` or `invalid_client_metadata` (RFC 7591 §3.2.2), or a body that is not JSON */
             400: {
                 headers: {
                     /** @description `no-store` */
@@ -5725,6 +5670,7 @@ export interface operations {
                     "application/json": components["schemas"]["OAuthErrorBody"];
                 };
             };
+            /** @description `invalid_token`: registration wants the initial access token (`oauth.registration = "token"`) */
             401: {
                 headers: {
                     /** @description `no-store` */
@@ -5737,7 +5683,7 @@ export interface operations {
                     "application/json": components["schemas"]["OAuthErrorBody"];
                 };
             };
-            /** @description Registration is off */
+            /** @description `invalid_request`: registration is off on this deployment */
             404: {
                 headers: {
                     /** @description `no-store` */
@@ -5746,38 +5692,12 @@ export interface operations {
                     Pragma?: string;
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["OAuthErrorBody"];
+                };
             };
-            /** @description `invalid_request`: the form is larger than 16 KiB */
+            /** @description `invalid_client_metadata`: the body is larger than 16 KiB */
             413: {
-                headers: {
-                    /** @description `no-store` */
-                    "Cache-Control"?: string;
-                    /** @description `no-cache` */
-                    Pragma?: string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["OAuthErrorBody"];
-                };
-            };
-            /** @description `invalid_client`: too many failed client authentications from this address */
-            429: {
-                headers: {
-                    /** @description `no-store` */
-                    "Cache-Control"?: string;
-                    /** @description `no-cache` */
-                    Pragma?: string;
-                    /** @description Seconds to wait before trying again */
-                    "Retry-After"?: string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["OAuthErrorBody"];
-                };
-            };
-            /** @description `server_error`; the cause is in the server's log */
-            500: {
                 headers: {
                     /** @description `no-store` */
                     "Cache-Control"?: string;

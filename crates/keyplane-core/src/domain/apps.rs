@@ -3,10 +3,96 @@
 //! metadata document (CIMD). Both ask people for access (the authorization-code grant); an
 //! operator can block one. Pure: the metadata's rules.
 
-use crate::domain::authcode::{check_redirect_uri, MAX_REDIRECT_URIS};
+use crate::domain::authcode::{check_redirect_uri, MAX_CLIENT_ID_LEN, MAX_REDIRECT_URIS};
 use crate::domain::secret::Digest;
+use async_trait::async_trait;
 use serde_json::Value;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
+
+/// How long a fetched client ID metadata document is used before it is fetched again (at the
+/// next authorization request; the token endpoint uses what was stored).
+pub const METADATA_MAX_AGE: Duration = Duration::hours(1);
+
+/// Fetches a client ID metadata document. The implementation must not follow redirects, must
+/// give up after a short timeout, must stop reading past [`MAX_METADATA_BYTES`], and must not
+/// connect to private or internal addresses (the URL is the requester's choice).
+#[async_trait]
+pub trait MetadataFetcher: Send + Sync {
+    /// The document's bytes, or why it could not be had.
+    async fn fetch(&self, url: &str) -> Result<Vec<u8>, String>;
+}
+
+/// Whether `client_id` is a client ID metadata document URL keyplane will fetch: `https://`
+/// with a host and a path (not just `/`), no fragment, no user information, no `.`/`..`
+/// segments (draft-ietf-oauth-client-id-metadata-document §3); `http://` on a loopback host
+/// only when `allow_loopback_http` (tests and development).
+pub fn check_client_id_url(url: &str, allow_loopback_http: bool) -> Result<(), String> {
+    if url.len() > MAX_CLIENT_ID_LEN || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the client id is not a usable URL".into());
+    }
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "the client id is not a URL".to_string())?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        return Err("the client id URL must name a host, without user information".into());
+    }
+    if url.contains('#') {
+        return Err("the client id URL has no fragment".into());
+    }
+    let path = tail.split('?').next().unwrap_or("");
+    if path.len() <= 1 {
+        return Err(
+            "the client id URL must have a path (e.g. https://app.example/client.json)".into(),
+        );
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("the client id URL has no `.` or `..` segments".into());
+    }
+    let host = if authority.starts_with('[') {
+        authority
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('[')
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let loopback = host == "127.0.0.1" || host == "::1" || host.eq_ignore_ascii_case("localhost");
+    match scheme {
+        "https" => Ok(()),
+        "http" if allow_loopback_http && loopback => Ok(()),
+        _ => Err("a client id URL must be https://".into()),
+    }
+}
+
+/// Checks a fetched client ID metadata document against the URL it came from: its
+/// `client_id` must be that URL exactly, it holds no secret, and its metadata passes
+/// [`check_metadata`] for a public client.
+pub fn check_document(url: &str, body: &[u8]) -> Result<(AppMetadata, Value), MetadataError> {
+    if body.len() > MAX_METADATA_BYTES {
+        return Err(meta_err(format!(
+            "the client metadata document is larger than {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|_| meta_err("the client metadata document is not JSON"))?;
+    if doc.get("client_id").and_then(Value::as_str) != Some(url) {
+        return Err(meta_err(
+            "the document's `client_id` is not the URL it was fetched from",
+        ));
+    }
+    for field in ["client_secret", "client_secret_expires_at"] {
+        if doc.get(field).is_some() {
+            return Err(meta_err(format!(
+                "a client metadata document must not hold `{field}`"
+            )));
+        }
+    }
+    let m = check_metadata(&doc, AppKind::Metadata)?;
+    Ok((m, doc))
+}
 
 /// The largest client metadata accepted (a registration request or a fetched document).
 pub const MAX_METADATA_BYTES: usize = 5 * 1024;
@@ -240,6 +326,38 @@ pub fn check_metadata(doc: &Value, kind: AppKind) -> Result<AppMetadata, Metadat
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn client_id_urls() {
+        assert!(check_client_id_url("https://app.example/client.json", false).is_ok());
+        assert!(check_client_id_url("http://127.0.0.1:8080/c.json", true).is_ok());
+        for bad in [
+            "http://app.example/client.json",
+            "http://127.0.0.1:8080/c.json",
+            "https://app.example",
+            "https://app.example/",
+            "https://user@app.example/c.json",
+            "https://app.example/c.json#x",
+            "https://app.example/a/../c.json",
+            "ftp://app.example/c.json",
+        ] {
+            assert!(check_client_id_url(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn documents_must_name_their_url() {
+        let url = "https://app.example/client.json";
+        let good = json!({ "client_id": url, "client_name": "App", "redirect_uris": ["https://app.example/cb"] });
+        let (m, _) = check_document(url, good.to_string().as_bytes()).unwrap();
+        assert_eq!(m.auth_method, AppAuth::None);
+        let liar = json!({ "client_id": "https://other.example/client.json", "redirect_uris": ["https://app.example/cb"] });
+        assert!(check_document(url, liar.to_string().as_bytes()).is_err());
+        let secret = json!({ "client_id": url, "client_secret": "x", "redirect_uris": ["https://app.example/cb"] });
+        assert!(check_document(url, secret.to_string().as_bytes()).is_err());
+        assert!(check_document(url, &vec![b' '; MAX_METADATA_BYTES + 1]).is_err());
+        assert!(check_document(url, b"not json").is_err());
+    }
 
     #[test]
     fn registration_metadata() {

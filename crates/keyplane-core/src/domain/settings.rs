@@ -90,6 +90,9 @@ pub struct OAuthSettings {
     pub dpop_nonce_period_seconds: i64,
     /// RFC 7591 dynamic client registration at `/v1/oauth/register`.
     pub registration: Registration,
+    /// Client ID metadata documents may be fetched over `http://` from loopback addresses
+    /// (tests and development); otherwise only `https://` from public addresses.
+    pub client_metadata_allow_loopback: bool,
 }
 
 /// Who may register an app (RFC 7591) at `/v1/oauth/register`.
@@ -130,6 +133,7 @@ impl Default for OAuthSettings {
             dpop_require_nonce: false,
             dpop_nonce_period_seconds: 300,
             registration: Registration::Off,
+            client_metadata_allow_loopback: false,
         }
     }
 }

@@ -5,7 +5,10 @@
 //! revoked; apps blocked by the operator.
 
 use crate::app::Keyplane;
-use crate::domain::apps::{check_metadata, AppAuth, AppClient, AppKind, MAX_METADATA_BYTES};
+use crate::domain::apps::{
+    check_client_id_url, check_document, check_metadata, AppAuth, AppClient, AppKind,
+    MetadataFetcher, MAX_METADATA_BYTES, METADATA_MAX_AGE,
+};
 use crate::domain::authcode::{
     check_code_challenge, check_state, code_expiry, redirect_uri_matches, redirect_with,
     scope_list, verifier_matches, AuthCode, CodeUse, Grant, RefreshToken, RefreshUse,
@@ -23,6 +26,7 @@ use crate::domain::secret::{ct_eq, random_id_text, SecretString};
 use crate::domain::settings::Registration;
 use crate::store::Invalidation;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// An authorization request's parameters, as sent (RFC 6749 §4.1.1, RFC 7636, RFC 8707).
 #[derive(Debug, Default, Clone)]
@@ -207,18 +211,31 @@ impl Keyplane {
         if client_id.len() > MAX_CLIENT_ID_LEN {
             return Err(AuthorizeError::Page("The client id is too long.".into()));
         }
-        let app = match rt.store.app_get(client_id).await {
-            Ok(Some(a)) => a,
-            Ok(None) => {
-                return Err(AuthorizeError::Page(
-                    "This application is not known to keyplane: it has not registered, and its client id is not a client ID metadata document keyplane can use.".into(),
-                ))
-            }
+        let stored = match rt.store.app_get(client_id).await {
+            Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "storage failed on the authorization endpoint");
                 return Err(AuthorizeError::Page(
                     "keyplane cannot answer right now; try again in a moment.".into(),
                 ));
+            }
+        };
+        let is_url = client_id.starts_with("https://") || client_id.starts_with("http://");
+        let app = match stored {
+            // A blocked app stays blocked, whatever its document says now.
+            Some(a) if a.blocked_at.is_some() => a,
+            Some(a)
+                if a.kind == AppKind::Metadata
+                    && a.fetched_at.is_none_or(|t| t + METADATA_MAX_AGE <= rt.now()) =>
+            {
+                self.metadata_app(client_id, Some(a)).await?
+            }
+            Some(a) => a,
+            None if is_url => self.metadata_app(client_id, None).await?,
+            None => {
+                return Err(AuthorizeError::Page(
+                    "This application is not known to keyplane: it has not registered, and its client id is not the URL of a client ID metadata document.".into(),
+                ))
             }
         };
         if app.blocked_at.is_some() {
@@ -438,6 +455,80 @@ impl Keyplane {
         }
         params.push(("iss", issuer.as_str()));
         redirect_with(&a.redirect_uri, &params)
+    }
+
+    /// Installs what fetches client ID metadata documents (the binary's HTTP client).
+    pub fn set_metadata_fetcher(&self, fetcher: Arc<dyn MetadataFetcher>) {
+        *self
+            .rt
+            .oauth
+            .metadata_fetcher
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(fetcher);
+    }
+
+    /// An app identified by the URL of its client ID metadata document: fetched (again, when
+    /// `known` is stale), checked, stored. What goes wrong is shown to the person only.
+    async fn metadata_app(
+        &self,
+        url: &str,
+        known: Option<AppClient>,
+    ) -> Result<AppClient, AuthorizeError> {
+        let rt = &self.rt;
+        let page = |why: String| {
+            AuthorizeError::Page(format!(
+                "This application's client ID metadata document cannot be used: {why}."
+            ))
+        };
+        check_client_id_url(url, rt.settings.oauth.client_metadata_allow_loopback).map_err(page)?;
+        let fetcher = rt
+            .oauth
+            .metadata_fetcher
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| page("this keyplane does not fetch them".into()))?;
+        let body = fetcher.fetch(url).await.map_err(|e| {
+            tracing::info!(client_id = %url, error = %e, "a client ID metadata document could not be fetched");
+            page(e)
+        })?;
+        let (m, doc) = check_document(url, &body).map_err(|e| page(e.description))?;
+        let now = rt.now();
+        let app = AppClient {
+            client_id: url.to_string(),
+            kind: AppKind::Metadata,
+            name: if m.name.is_empty() {
+                url.to_string()
+            } else {
+                m.name
+            },
+            logo_uri: m.logo_uri,
+            client_uri: m.client_uri,
+            redirect_uris: m.redirect_uris,
+            auth_method: AppAuth::None,
+            secret_digest: None,
+            document: doc,
+            created_at: known.as_ref().map_or(now, |k| k.created_at),
+            fetched_at: Some(now),
+            blocked_at: None,
+            blocked_by: None,
+        };
+        // The first sight of an app is an event; a refetch is not.
+        let event = known.is_none().then(|| {
+            rt.event(
+                &Principal::admin(),
+                None,
+                "oauth_app.discover",
+                Some(url),
+                &RequestMeta::default(),
+                json!({ "client_name": app.name, "redirect_uris": app.redirect_uris }),
+            )
+        });
+        rt.store.app_put(&app, event.as_ref()).await.map_err(|e| {
+            tracing::error!(error = %e, "storage failed storing an app");
+            AuthorizeError::Page("keyplane cannot answer right now; try again in a moment.".into())
+        })?;
+        Ok(app)
     }
 
     // ----- the token endpoint -----
@@ -753,6 +844,18 @@ impl Keyplane {
         Ok(rt.store.grant_get(&g.id).await?.unwrap_or(g))
     }
 
+    /// An app's display name, for the console's tables (not a secret: a person saw it when
+    /// they allowed it).
+    pub async fn app_name(&self, client_id: &str) -> Option<String> {
+        self.rt
+            .store
+            .app_get(client_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|a| a.name)
+    }
+
     /// The apps keyplane knows (registered or from metadata documents): the admin key only,
     /// since an app is the deployment's, not one organization's.
     pub async fn apps_list(
@@ -825,10 +928,11 @@ fn admin_only(p: &Principal) -> Result<()> {
     }
 }
 
-/// Whose grants a caller reaches: the organization's with `clients:manage`, else a member's own.
+/// Whose grants a caller reaches: the organization's with `clients:manage`, else a member's
+/// own (the access check says which: `only_member`).
 fn grant_reach(p: &Principal, org_id: Option<&str>) -> Result<(String, Option<String>)> {
     match p.access(org_id, Permission::ClientsManage) {
-        Ok(a) => Ok((a.org_id().to_string(), None)),
+        Ok(a) => Ok((a.org_id().to_string(), a.only_member().map(str::to_string))),
         Err(e) => match (p.member_id(), &p.org_id) {
             (Some(m), Some(org)) if org_id.is_none_or(|o| o == org) => {
                 Ok((org.clone(), Some(m.to_string())))

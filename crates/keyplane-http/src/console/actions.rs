@@ -727,3 +727,12 @@ pub async fn member_link(State(s): State<AppState>, Path(id): Path<String>, p: P
         None,
     ))
 }
+
+pub async fn grant_revoke(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = "/console/apps";
+    s.app
+        .grant_revoke(&p.signed.principal, &id, &p.meta)
+        .await
+        .map_err(fail(p.js, back))?;
+    Ok(done(p.js, back))
+}

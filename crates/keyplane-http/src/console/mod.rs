@@ -99,6 +99,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/members/{id}/remove", post(actions::member_remove))
         .route("/console/members/{id}/link", post(actions::member_link))
         .route("/console/activity", get(pages::activity))
+        .route("/console/apps", get(pages::apps))
+        .route("/console/apps/{id}/revoke", post(actions::grant_revoke))
         .route(
             "/console/authorize",
             get(authorize::show).post(authorize::decide),

@@ -366,6 +366,54 @@ pub async fn members(State(s): State<AppState>, sess: Session) -> Result<Respons
     }))
 }
 
+/// Connected apps: the grants the signed-in member gave, or, for a manager, the organization's.
+pub async fn apps(State(s): State<AppState>, sess: Session) -> Result<Response, Fail> {
+    let (layout, org, _) = layout(&s, &sess, "Connected apps", "apps").await?;
+    let p = &sess.signed.principal;
+    let fail = |e: Error| Fail::new(false, "/console/apps", e.into());
+    let grants = s.app.grants_list(p, Some(&org), None).await.map_err(fail)?;
+    let org_wide = p.permissions.has(Permission::ClientsManage) || p.is_admin_key();
+    let members = if org_wide {
+        s.app
+            .member_list(p, Some(&org))
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|m| (m.id, m.email))
+            .collect::<std::collections::HashMap<_, _>>()
+    } else {
+        Default::default()
+    };
+    let mut rows = Vec::with_capacity(grants.len());
+    for g in grants {
+        let app_name = s
+            .app
+            .app_name(&g.client_id)
+            .await
+            .unwrap_or_else(|| g.client_id.clone());
+        rows.push(super::views::GrantRow {
+            person: members
+                .get(&g.member_id)
+                .cloned()
+                .unwrap_or_else(|| g.member_id.clone()),
+            active: g.revoked_at.is_none(),
+            reason: g.revoked_reason.clone(),
+            id: g.id,
+            client_id: g.client_id,
+            app_name,
+            resource: g.resource,
+            scopes: g.scopes,
+            created: When(Some(g.created_at)),
+            last_used: When(g.last_used_at),
+        });
+    }
+    Ok(html(&super::views::AppsPage {
+        layout,
+        grants: rows,
+        org_wide,
+    }))
+}
+
 #[derive(Deserialize)]
 pub struct ActivityQuery {
     #[serde(default)]

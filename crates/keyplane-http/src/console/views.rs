@@ -559,3 +559,26 @@ mod tests {
         assert!(When(None).to_string().contains('—'));
     }
 }
+
+#[derive(Template)]
+#[template(path = "console/apps.html")]
+pub struct AppsPage {
+    pub layout: Layout,
+    pub grants: Vec<GrantRow>,
+    /// A manager's view of the organization (else the member's own).
+    pub org_wide: bool,
+}
+
+/// One connected app (a person's grant) in the table.
+pub struct GrantRow {
+    pub id: String,
+    pub client_id: String,
+    pub app_name: String,
+    pub person: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub created: When,
+    pub last_used: When,
+    pub active: bool,
+    pub reason: Option<String>,
+}

@@ -65,7 +65,11 @@ pub struct RegisteredApp {
 /// `open`, or `token`, which wants the initial access token as a bearer token).
 #[utoipa::path(post, path = "/v1/oauth/register", tag = "oauth", operation_id = "oauth_register",
     request_body(content = Object, description = "RFC 7591 client metadata: `redirect_uris` (https, or http on a loopback address), `token_endpoint_auth_method` (`none`, `client_secret_basic`, `client_secret_post`), `client_name`, `logo_uri`, `client_uri`, `grant_types` (`authorization_code`, `refresh_token`)"),
-    responses((status = 201, body = RegisteredApp), (status = 400, body = crate::routes::oauth::OAuthErrorBody), (status = 401, body = crate::routes::oauth::OAuthErrorBody), (status = 404, description = "Registration is off")))]
+    responses((status = 201, body = RegisteredApp),
+        (status = 400, description = "`invalid_redirect_uri` or `invalid_client_metadata` (RFC 7591 §3.2.2), or a body that is not JSON", body = crate::routes::oauth::OAuthErrorBody),
+        (status = 401, description = "`invalid_token`: registration wants the initial access token (`oauth.registration = \"token\"`)", body = crate::routes::oauth::OAuthErrorBody),
+        (status = 404, description = "`invalid_request`: registration is off on this deployment", body = crate::routes::oauth::OAuthErrorBody),
+        (status = 413, description = "`invalid_client_metadata`: the body is larger than 16 KiB", body = crate::routes::oauth::OAuthErrorBody)))]
 pub async fn register(State(s): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);

@@ -60,6 +60,7 @@ pub fn is_oauth_path(path: &str) -> bool {
     if path == METADATA_PATH
         || path == JWKS_PATH
         || path == REGISTER_PATH
+        || path == AUTHORIZE_PATH
         || TOKEN_PATHS.contains(&path)
     {
         return true;
@@ -952,7 +953,7 @@ pub fn metadata_document(
         authorization_endpoint: format!("{issuer}{AUTHORIZE_PATH}"),
         code_challenge_methods_supported: vec!["S256".into()],
         authorization_response_iss_parameter_supported: true,
-        client_id_metadata_document_supported: false,
+        client_id_metadata_document_supported: true,
         registration_endpoint: registration.then(|| format!("{issuer}{REGISTER_PATH}")),
     }
 }

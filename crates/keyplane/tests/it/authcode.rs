@@ -466,6 +466,81 @@ async fn flow(app: TestApp) {
         StatusCode::UNAUTHORIZED
     );
 
+    // The console's Connected apps: Ana sees hers; another member cannot revoke it; Ana can.
+    let (verifier, challenge) = pkce("seven");
+    let query = authorize_query(&client_id, &challenge, "st-7", None);
+    let back = consent(&mut browser, &query, "approve").await;
+    let (status, t) = redeem(&app, &client_id, &query_of(&back)["code"], &verifier).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    let access = s(&t, "access_token");
+    let (status, page, _) = browser.get("/console/apps").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Test MCP client") && page.contains(RESOURCE),
+        "{page}"
+    );
+    let live_id = app.get("/v1/oauth-grants", &app.admin_key).await.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["status"] == "active")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(page.contains(&live_id));
+    let (mut admin, admin_csrf) = admin_console(&app).await;
+    let r = app
+        .post(
+            "/v1/members",
+            &app.admin_key,
+            json!({ "email": "eve@example.com", "role": "member" }),
+        )
+        .await;
+    let eve = r.json()["id"].as_str().unwrap().to_string();
+    let (mut eve_console, eve_csrf) =
+        crate::support::member_console(&app, &mut admin, &admin_csrf, &eve, "eve@example.com")
+            .await;
+    let (status, page, _) = eve_console.get("/console/apps").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !page.contains(&live_id),
+        "a member sees only their own apps: {page}"
+    );
+    let (status, _, _) = eve_console
+        .post(
+            &format!("/console/apps/{live_id}/revoke"),
+            &[],
+            Some(&eve_csrf),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another member's grant is out of reach"
+    );
+    assert!(active(&app, &access).await);
+    let (status, page, _) = admin.get("/console/apps").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&live_id) && page.contains(email),
+        "a manager sees the organization's"
+    );
+    let (_, page, _) = browser.get("/console/apps").await;
+    let ana_csrf = csrf_of(&page);
+    let (status, body, _) = browser
+        .post(
+            &format!("/console/apps/{live_id}/revoke"),
+            &[],
+            Some(&ana_csrf),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !active(&app, &access).await,
+        "revoked in the console: the next call is refused"
+    );
+
     // A removed member's tokens stop at once.
     let (verifier, challenge) = pkce("six");
     let query = authorize_query(&client_id, &challenge, "st-6", None);
@@ -921,4 +996,187 @@ async fn a_confidential_app_needs_its_secret() {
     let t: Value = r.json().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{t}");
     assert!(t["refresh_token"].is_string());
+}
+
+/// Serves client ID metadata documents on 127.0.0.1: `/good.json` names itself, `/liar.json`
+/// names another URL, `/big.json` is over 5 KiB, `/slow.json` never finishes, `/moved.json`
+/// redirects to the good one. The base URL.
+async fn metadata_server() -> String {
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let b = base.clone();
+    let doc = move |name: &str, client_id: String| {
+        json!({
+            "client_id": client_id,
+            "client_name": format!("Doc app {name}"),
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+        })
+    };
+    let (g, l, bg) = (b.clone(), b.clone(), b.clone());
+    let router = axum::Router::new()
+        .route(
+            "/good.json",
+            get(move || async move { axum::Json(doc("good", format!("{g}/good.json"))) }),
+        )
+        .route(
+            "/liar.json",
+            get(move || async move {
+                axum::Json(
+                    json!({"client_id": format!("{l}/good.json"), "redirect_uris": [REDIRECT]}),
+                )
+            }),
+        )
+        .route(
+            "/big.json",
+            get(move || async move {
+                let mut d =
+                    json!({"client_id": format!("{bg}/big.json"), "redirect_uris": [REDIRECT]});
+                d["padding"] = json!("x".repeat(6000));
+                axum::Json(d)
+            }),
+        )
+        .route(
+            "/slow.json",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                "never"
+            }),
+        )
+        .route(
+            "/moved.json",
+            get(move || async move {
+                axum::response::Redirect::temporary(&format!("{b}/good.json")).into_response()
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    base
+}
+
+/// Apps identified by their client ID metadata document (CIMD): fetched on first sight,
+/// checked against the URL, listed; and what a lying, large, slow, redirecting or internal
+/// document gets.
+async fn metadata_documents(app: TestApp) {
+    let email = "di@example.com";
+    let (_, mut browser) = setup(&app, email).await;
+    let docs = metadata_server().await;
+    let meta: Value = app
+        .http
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            app.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+
+    let client_id = format!("{docs}/good.json");
+    let (verifier, challenge) = pkce("doc");
+    let query = authorize_query(&client_id, &challenge, "d", None);
+    sign_in_for(&mut browser, email, &query).await;
+    let (status, page, _) = browser.get(&format!("/console/authorize?{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Doc app good"), "the document's name");
+    assert!(page.contains(&client_id), "the document's URL is shown");
+    let mut form = consent_form(&page);
+    form.push(("decision".into(), "approve".into()));
+    let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, _, location) = browser.post("/console/authorize", &f, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let code = query_of(&location.unwrap())["code"].clone();
+    let (status, t) = redeem(&app, &client_id, &code, &verifier).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(
+        introspect(&app, &s(&t, "access_token")).await["client_id"],
+        client_id
+    );
+    let apps = app.get("/v1/oauth-apps", &app.admin_key).await.json();
+    let listed = apps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["client_id"] == client_id)
+        .cloned();
+    assert_eq!(
+        listed.as_ref().map(|a| a["kind"].clone()),
+        Some(json!("metadata")),
+        "{apps}"
+    );
+    let events = app
+        .get("/v1/activity?action=oauth_app.discover", &app.admin_key)
+        .await
+        .json();
+    assert_eq!(events["items"][0]["target"], client_id, "{events}");
+
+    // Documents that cannot be used: a page for the person, never a redirect.
+    for (path, why) in [
+        ("liar.json", "not the URL"),
+        ("big.json", "larger than"),
+        ("slow.json", "request failed"),
+        ("moved.json", "answered 307"),
+        ("missing.json", "answered 404"),
+    ] {
+        let q = authorize_query(&format!("{docs}/{path}"), &challenge, "d", None);
+        let started = std::time::Instant::now();
+        let (status, body, location) = browser.get(&format!("/console/authorize?{q}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(location.is_none(), "{path}");
+        assert!(body.contains(why), "{path}: {body}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{path} took too long"
+        );
+    }
+    // Internal addresses are never fetched, even with loopback allowed; nor plain http
+    // elsewhere.
+    for (url, why) in [
+        ("https://10.0.0.1/client.json", "not a public address"),
+        (
+            "https://169.254.169.254/latest/meta-data/client.json",
+            "not a public address",
+        ),
+        ("https://[fd00::1]/client.json", "not a public address"),
+        (
+            "https://[::ffff:192.168.0.1]/client.json",
+            "not a public address",
+        ),
+        ("http://app.example/client.json", "https://"),
+        ("https://app.example", "path"),
+    ] {
+        let q = authorize_query(url, &challenge, "d", None);
+        let (status, body, location) = browser.get(&format!("/console/authorize?{q}")).await;
+        assert_eq!(
+            (status, location.is_none()),
+            (StatusCode::BAD_REQUEST, true),
+            "{url}: {body}"
+        );
+        assert!(body.contains(why), "{url}: {body}");
+    }
+}
+on_both!(
+    client_id_metadata_documents,
+    metadata_documents,
+    super::open_registration().env("KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK", "true")
+);
+
+/// Without the loopback allowance (the default), a loopback document is not fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_documents_need_the_operators_allowance() {
+    let Some(app) = spawn_app_with(Backend::Sqlite, Options::default()).await else {
+        return;
+    };
+    let (_, mut browser) = setup(&app, "el@example.com").await;
+    let docs = metadata_server().await;
+    let (_, challenge) = pkce("x");
+    let q = authorize_query(&format!("{docs}/good.json"), &challenge, "d", None);
+    let (status, body, _) = browser.get(&format!("/console/authorize?{q}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("https://"), "{body}");
 }
