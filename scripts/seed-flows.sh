@@ -258,13 +258,13 @@ check_json "seed000 metadata: revocation_endpoint" \
     'j["revocation_endpoint"] == E["ISSUER"] + "/v1/oauth/token/revoke"'
 # The seed's grant plus token exchange (RFC 8693), which keyplane also issues for.
 check_json "seed000 metadata: grant_types_supported" \
-    'j["grant_types_supported"] == ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]'
+    'j["grant_types_supported"] == ["client_credentials", "authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"]'
 check_json "seed000 metadata: response_types_supported" \
-    'j["response_types_supported"] == ["token"]'
+    'j["response_types_supported"] == ["code"]'
 check_json "seed000 metadata: scopes_supported has $READ_SCOPE and $WRITE_SCOPE" \
     'E["READ_SCOPE"] in j["scopes_supported"] and E["WRITE_SCOPE"] in j["scopes_supported"]'
 check_json "seed000 metadata: token_endpoint_auth_methods_supported" \
-    'j["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post", "private_key_jwt"]'
+    'j["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]'
 ADVERTISED_TOKEN_ENDPOINT=$(json_get "$BODY_FILE" 'j["token_endpoint"]')
 
 # --- Set the environment.

@@ -9,6 +9,8 @@
 //! [`crate::domain::error::Error::VersionConflict`] when another change committed first.
 
 use crate::domain::activity::Checkpoint;
+use crate::domain::apps::AppClient;
+use crate::domain::authcode::{AuthCode, CodeUse, Grant, RefreshToken, RefreshUse};
 use crate::domain::console::{ConsoleSession, PasswordLink};
 use crate::domain::error::Result;
 use crate::domain::managed::{ManagedKind, ManagedObject};
@@ -103,6 +105,9 @@ pub enum Invalidation {
     SigningKeys,
     /// A service's resource URIs (or description) changed.
     Services,
+    /// A grant of the authorization-code grant was revoked (or its member removed, its app
+    /// blocked): tokens issued under it stop.
+    Grants,
     /// Not a change, and never published: the store's feed of other nodes' changes is down, so
     /// changes may be missed from now on (the runtime bounds how long caches are trusted).
     FeedLost,
@@ -417,4 +422,50 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Forgets expired sessions and links.
     async fn console_sessions_purge(&self, now: OffsetDateTime) -> Result<u64>;
+
+    // Apps (dynamic registration, client ID metadata documents) and the authorization-code
+    // grant (`domain::apps`, `domain::authcode`).
+    /// Stores an app, replacing one with the same client id (a refetched metadata document
+    /// keeps its block and creation time); with an event, in the same transaction.
+    async fn app_put(&self, app: &AppClient, event: Option<&NewEvent>) -> Result<()>;
+    async fn app_get(&self, client_id: &str) -> Result<Option<AppClient>>;
+    /// Apps by client id, after `after`.
+    async fn app_list(&self, after: Option<&str>, limit: i64) -> Result<Vec<AppClient>>;
+    /// Blocks an app (revoking every grant it holds) or unblocks it; false when unknown.
+    async fn app_block(
+        &self,
+        client_id: &str,
+        blocked: Option<(OffsetDateTime, String)>,
+        event: &NewEvent,
+    ) -> Result<bool>;
+    /// The live grant of a person to an app at a resource.
+    async fn grant_live_for(
+        &self,
+        member_id: &str,
+        client_id: &str,
+        resource: &str,
+    ) -> Result<Option<Grant>>;
+    async fn grant_get(&self, id: &str) -> Result<Option<Grant>>;
+    /// Grants of an organization (of one member when given), live first, newest first.
+    async fn grant_list(&self, org_id: &str, member_id: Option<&str>) -> Result<Vec<Grant>>;
+    /// Creates the grant or widens it (its scopes and `updated_at`), and stores the code, with
+    /// the event, in one transaction.
+    async fn grant_save(&self, grant: &Grant, code: &AuthCode, event: &NewEvent) -> Result<()>;
+    /// Revokes a grant and forgets its codes and refresh tokens; false when it was not live.
+    async fn grant_revoke(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        reason: &str,
+        event: &NewEvent,
+    ) -> Result<bool>;
+    /// Records a grant's use (at most its time; a later one wins).
+    async fn grant_touch(&self, id: &str, at: OffsetDateTime) -> Result<()>;
+    /// Redeems a code: of two concurrent redemptions one is `Fresh`, the other `Reused`.
+    async fn code_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<CodeUse>;
+    async fn refresh_put(&self, token: &RefreshToken) -> Result<()>;
+    /// Uses a refresh token up: of two concurrent uses one is `Fresh`, the other `Reused`.
+    async fn refresh_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<RefreshUse>;
+    /// Forgets expired codes and refresh tokens.
+    async fn authcode_purge(&self, now: OffsetDateTime) -> Result<u64>;
 }

@@ -94,7 +94,7 @@ proptest! {
         at in 0usize..400, with in "[A-Za-z0-9_\\-]",
     ) {
         let sealer = sealer();
-        let claims = OpaqueClaims { c, s, i, e: i + 1, j: "j".into(), k: None, a: vec![], d: None, f: None };
+        let claims = OpaqueClaims { c, s, i, e: i + 1, j: "j".into(), k: None, a: vec![], d: None, f: None, u: None };
         let token = sealer.seal(&claims);
         prop_assert_eq!(sealer.open(&token), Some(claims));
         if let Some(bad) = mutate(&token, at, with.chars().next().unwrap()) {

@@ -9,7 +9,7 @@
 
 use crate::dto::*;
 use crate::error::Problem;
-use crate::routes::{activity, authz, clients, keys, mgmt, oauth, ops};
+use crate::routes::{activity, apps, authz, clients, keys, mgmt, oauth, ops};
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
@@ -122,6 +122,9 @@ impl Modify for ErrorAnswers {
             for (method, op) in operations_mut(item) {
                 if management {
                     management_errors(method, op);
+                } else if path == oauth::REGISTER_PATH {
+                    // RFC 7591's own errors, as annotated: never cached either.
+                    no_store_errors(op);
                 } else if oauth_endpoint && method == "post" {
                     oauth_errors(op);
                 }
@@ -199,6 +202,20 @@ fn management_errors(method: &str, op: &mut Operation) {
         "500",
         problem("An internal error; the cause is in the server's log"),
     );
+}
+
+/// Every error answer of `op` says `Cache-Control: no-store` and `Pragma: no-cache`.
+fn no_store_errors(op: &mut Operation) {
+    for (status, r) in op.responses.responses.iter_mut() {
+        if let (RefOr::T(r), true) = (r, status.starts_with('4') || status.starts_with('5')) {
+            r.headers
+                .entry("Cache-Control".into())
+                .or_insert_with(|| string_header("`no-store`"));
+            r.headers
+                .entry("Pragma".into())
+                .or_insert_with(|| string_header("`no-cache`"));
+        }
+    }
 }
 
 fn oauth_errors(op: &mut Operation) {
@@ -366,13 +383,14 @@ impl Modify for Aliases {
         mgmt::member_create, mgmt::member_list, mgmt::member_get, mgmt::member_update, mgmt::member_delete,
         mgmt::role_create, mgmt::role_list, mgmt::whoami, mgmt::routes_list, mgmt::routes_reload, mgmt::config_apply,
         activity::query, activity::verify,
+        apps::authorize, apps::register, apps::grants_list, apps::grant_revoke, apps::apps_list, apps::app_block, apps::app_unblock,
         authz::authz,
         clients::create, clients::list, clients::get_one, clients::update, clients::remove,
         clients::add_secret, clients::retire_secret, clients::issue_token,
         oauth::token, oauth::introspect, oauth::revoke, oauth::metadata, oauth::jwks,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
-    components(schemas(Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
+    components(schemas(apps::RegisteredApp, apps::GrantView, apps::AppView, apps::AppRef, List<apps::GrantView>, List<apps::AppView>, Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
         SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, UpdateService, MemberView,
         CreateMember, UpdateMember, RoleView, CreateRole, EventView, VerifyView, BrokenView, WhoAmI,
         mgmt::RulesView, mgmt::RuleView, mgmt::ConfigApplyRequest, mgmt::ConfigApplyView, mgmt::ConfigApplyItemView, ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,

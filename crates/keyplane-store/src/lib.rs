@@ -7,6 +7,8 @@
 //! connection instead) and how other nodes learn of changes (PostgreSQL `NOTIFY`; a SQLite
 //! deployment is one node). Each backend has its own migrations with the same numbered names.
 
+#[macro_use]
+mod authcode;
 pub mod backup;
 pub mod files;
 pub mod migrations;

@@ -1,7 +1,10 @@
 //! The SQL behind the store, written once and stamped out per backend by `impl_store!`.
 
+use crate::authcode::split_scopes;
 use async_trait::async_trait;
 use keyplane_core::domain::activity::{event_hash, Checkpoint, GENESIS_HASH};
+use keyplane_core::domain::apps::{AppAuth, AppClient, AppKind};
+use keyplane_core::domain::authcode::{AuthCode, CodeUse, Grant, RefreshToken, RefreshUse};
 use keyplane_core::domain::client_auth::AuthMethod;
 use keyplane_core::domain::clock::{from_ms, to_ms};
 use keyplane_core::domain::console::{ConsoleSession, PasswordLink};
@@ -107,6 +110,9 @@ macro_rules! event_cols {
 macro_rules! impl_store {
     ($ty:ty, $row:ty, $conn:ty, $backend:literal, $lock:literal) => {
         impl $ty {
+            authcode_rows!($row, $conn);
+            authcode_store!($row, $conn);
+
             fn org_row(r: &$row) -> Result<Org> {
                 Ok(Org {
                     id: r.try_get("id").map_err(db_err)?,
@@ -452,6 +458,49 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl Store for $ty {
+            async fn app_put(&self, app: &AppClient, event: Option<&NewEvent>) -> Result<()> {
+                self.db_app_put(app, event).await
+            }
+            async fn app_get(&self, client_id: &str) -> Result<Option<AppClient>> {
+                self.db_app_get(client_id).await
+            }
+            async fn app_list(&self, after: Option<&str>, limit: i64) -> Result<Vec<AppClient>> {
+                self.db_app_list(after, limit).await
+            }
+            async fn app_block(&self, client_id: &str, blocked: Option<(OffsetDateTime, String)>, event: &NewEvent) -> Result<bool> {
+                self.db_app_block(client_id, blocked, event).await
+            }
+            async fn grant_live_for(&self, member_id: &str, client_id: &str, resource: &str,) -> Result<Option<Grant>> {
+                self.db_grant_live_for(member_id, client_id, resource).await
+            }
+            async fn grant_get(&self, id: &str) -> Result<Option<Grant>> {
+                self.db_grant_get(id).await
+            }
+            async fn grant_list(&self, org_id: &str, member_id: Option<&str>) -> Result<Vec<Grant>> {
+                self.db_grant_list(org_id, member_id).await
+            }
+            async fn grant_save(&self, grant: &Grant, code: &AuthCode, event: &NewEvent) -> Result<()> {
+                self.db_grant_save(grant, code, event).await
+            }
+            async fn grant_revoke(&self, id: &str, now: OffsetDateTime, reason: &str, event: &NewEvent) -> Result<bool> {
+                self.db_grant_revoke(id, now, reason, event).await
+            }
+            async fn grant_touch(&self, id: &str, at: OffsetDateTime) -> Result<()> {
+                self.db_grant_touch(id, at).await
+            }
+            async fn code_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<CodeUse> {
+                self.db_code_redeem(digest, now).await
+            }
+            async fn refresh_put(&self, token: &RefreshToken) -> Result<()> {
+                self.db_refresh_put(token).await
+            }
+            async fn refresh_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<RefreshUse> {
+                self.db_refresh_redeem(digest, now).await
+            }
+            async fn authcode_purge(&self, now: OffsetDateTime) -> Result<u64> {
+                self.db_authcode_purge(now).await
+            }
+
             fn backend(&self) -> &'static str {
                 $backend
             }
@@ -1952,6 +2001,7 @@ impl PgStore {
             Invalidation::All => vec!["all".into()],
             Invalidation::SigningKeys => vec!["keys".into()],
             Invalidation::Services => vec!["services".into()],
+            Invalidation::Grants => vec!["grants".into()],
             Invalidation::Client(id) => vec![format!("c:{id}")],
             Invalidation::Token(jti, exp) => vec![format!("t:{exp}:{jti}")],
             Invalidation::Digests(d) => d
@@ -2050,6 +2100,9 @@ fn parse_payload(payload: &str) -> Invalidation {
     }
     if payload == "services" {
         return Invalidation::Services;
+    }
+    if payload == "grants" {
+        return Invalidation::Grants;
     }
     if let Some(id) = payload.strip_prefix("c:") {
         return Invalidation::Client(id.to_string());

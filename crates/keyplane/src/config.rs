@@ -305,6 +305,14 @@ pub struct OAuthFile {
     pub dpop_iat_window_seconds: Option<i64>,
     /// DPoP §8: require a server nonce in every proof (false).
     pub dpop_require_nonce: Option<bool>,
+    /// RFC 7591 dynamic client registration: `off` (default), `open`, or `token` (an initial
+    /// access token from `registration_token_file` or `KEYPLANE_OAUTH_REGISTRATION_TOKEN`).
+    pub registration: Option<String>,
+    /// The file holding the initial access token `registration = "token"` requires.
+    pub registration_token_file: Option<PathBuf>,
+    /// Fetch client ID metadata documents over http:// from loopback addresses (development;
+    /// default false: https:// from public addresses only).
+    pub client_metadata_allow_loopback: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -432,6 +440,9 @@ pub struct Config {
     pub jwks_uri_allow_loopback_http: bool,
     pub dpop_iat_window_seconds: i64,
     pub dpop_require_nonce: bool,
+    /// Dynamic client registration (never printed: it may hold the initial access token).
+    pub registration: keyplane_core::domain::settings::Registration,
+    pub client_metadata_allow_loopback: bool,
     /// The configuration file, where route rules are read from (again on reload).
     pub config_file: Option<PathBuf>,
     pub gateway_listen: Option<SocketAddr>,
@@ -515,6 +526,9 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_PEPPER_FILE",
     "KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG",
     "KEYPLANE_API_KEY_DEFAULT_TTL_DAYS",
+    "KEYPLANE_OAUTH_REGISTRATION",
+    "KEYPLANE_OAUTH_REGISTRATION_TOKEN",
+    "KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK",
     "KEYPLANE_FLUSH_INTERVAL_MS",
     "KEYPLANE_STALE_SERVE_SECONDS",
     "KEYPLANE_CACHE_PRELOAD",
@@ -957,6 +971,46 @@ impl Config {
             },
             None => file.oauth.dpop_require_nonce.unwrap_or(false),
         };
+        let client_metadata_allow_loopback =
+            match env.get("KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK") {
+                Some(v) => match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK must be true or false"),
+                },
+                None => file.oauth.client_metadata_allow_loopback.unwrap_or(false),
+            };
+        let registration = {
+            use keyplane_core::domain::settings::Registration;
+            let mode = env
+                .get("KEYPLANE_OAUTH_REGISTRATION")
+                .cloned()
+                .or(file.oauth.registration.clone())
+                .unwrap_or_else(|| "off".into());
+            match mode.as_str() {
+                "off" => Registration::Off,
+                "open" => Registration::Open,
+                "token" => {
+                    let token = match env.get("KEYPLANE_OAUTH_REGISTRATION_TOKEN") {
+                        Some(t) => t.clone(),
+                        None => match &file.oauth.registration_token_file {
+                            Some(path) => std::fs::read_to_string(path)
+                                .with_context(|| format!("cannot read the registration token file {}", path.display()))?
+                                .trim()
+                                .to_string(),
+                            None => bail!("oauth.registration = \"token\" needs the initial access token: KEYPLANE_OAUTH_REGISTRATION_TOKEN or oauth.registration_token_file"),
+                        },
+                    };
+                    if token.len() < 32 {
+                        bail!("the registration initial access token must be at least 32 characters long");
+                    }
+                    Registration::Token(keyplane_core::domain::secret::SecretString::new(token))
+                }
+                other => bail!(
+                    "oauth.registration must be \"off\", \"open\" or \"token\", not {other:?}"
+                ),
+            }
+        };
         // Route rules are validated here too, so a bad rule stops the start with its line.
         read_rules(file_path.as_deref()).map_err(anyhow::Error::msg)?;
         let gateway_listen = gateway
@@ -1140,6 +1194,8 @@ impl Config {
             jwks_uri_allow_loopback_http,
             dpop_iat_window_seconds,
             dpop_require_nonce,
+            registration,
+            client_metadata_allow_loopback,
             config_file: file_path,
             gateway_listen,
             upstream,

@@ -2,6 +2,7 @@
 //! commands (`client`) and its database commands (`database`). `main.rs` is thin glue over
 //! these, and the test kit starts servers through `server::start`.
 
+pub mod cimd;
 pub mod client;
 pub mod config;
 pub mod database;

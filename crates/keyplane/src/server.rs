@@ -99,12 +99,18 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
             jwks_uri_allow_loopback_http: config.jwks_uri_allow_loopback_http,
             dpop_iat_window_seconds: config.dpop_iat_window_seconds,
             dpop_require_nonce: config.dpop_require_nonce,
+            registration: config.registration.clone(),
+            client_metadata_allow_loopback: config.client_metadata_allow_loopback,
             ..OAuthSettings::default()
         },
     };
     let app = Keyplane::new(store, Arc::new(SystemClock), pepper, settings);
     app.set_jwks_fetcher(Arc::new(
         crate::jwks::HttpJwksFetcher::new().context("cannot build the jwks_uri HTTP client")?,
+    ));
+    app.set_metadata_fetcher(Arc::new(
+        crate::cimd::HttpMetadataFetcher::new(config.client_metadata_allow_loopback)
+            .context("cannot build the client metadata HTTP client")?,
     ));
     Ok(Arc::new(app))
 }

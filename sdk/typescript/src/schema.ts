@@ -448,6 +448,57 @@ export interface paths {
         patch: operations["members_update"];
         trace?: never;
     };
+    "/v1/oauth-apps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The apps keyplane knows (admin key only: an app is the deployment's). */
+        get: operations["apps_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/oauth-apps/block": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Block an app: it authenticates nowhere, and every grant it holds is revoked (admin key only). */
+        post: operations["apps_block"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/oauth-apps/unblock": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Unblock an app (the grants revoked when it was blocked stay revoked). */
+        post: operations["apps_unblock"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/oauth-clients": {
         parameters: {
             query?: never;
@@ -541,6 +592,81 @@ export interface paths {
          *     client with `dpop_bound_access_tokens` (409): its tokens are bound to a key only it holds.
          */
         post: operations["oauth_clients_tokens_issue"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/oauth-grants": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Connected apps: a member's own grants; with `clients:manage`, the organization's. */
+        get: operations["grants_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/oauth-grants/{id}/revoke": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Revoke a grant: the app's tokens for it stop at once and its refresh tokens are gone. */
+        post: operations["grants_revoke"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/oauth/authorize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The authorization endpoint (RFC 6749 §3.1): the person's browser is sent on to the console's
+         *     consent page with the same parameters, where their console session is.
+         */
+        get: operations["oauth_authorize"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/oauth/register": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * RFC 7591 dynamic client registration: an app (an MCP client, say) registers its redirect
+         *     URIs and gets a `client_id`. Off unless the operator turns it on (`oauth.registration`:
+         *     `open`, or `token`, which wants the initial access token as a bearer token).
+         */
+        post: operations["oauth_register"];
         delete?: never;
         options?: never;
         head?: never;
@@ -807,10 +933,40 @@ export interface components {
             key: string;
             message: string;
         };
+        /** @description Which app (its client id may be a URL, so it travels in the body). */
+        AppRef: {
+            client_id: string;
+        };
+        /** @description An app keyplane knows: registered (RFC 7591) or by client ID metadata document. */
+        AppView: {
+            blocked_at?: string | null;
+            blocked_by?: string | null;
+            client_id: string;
+            client_name: string;
+            client_uri?: string | null;
+            created_at: string;
+            /** @description `registered` or `metadata`. */
+            kind: string;
+            logo_uri?: string | null;
+            /** @description The metadata as registered or fetched. */
+            metadata: Record<string, never>;
+            redirect_uris: string[];
+            /** @description `active` or `blocked`. */
+            status: string;
+            token_endpoint_auth_method: string;
+        };
         /** @description A JWT-style `aud`: a string, or an array of strings. */
         AudienceValue: string | string[];
         /** @description RFC 8414 authorization server metadata. */
         AuthorizationServerMetadata: {
+            /** @description Where a person authorizes an app (the authorization-code grant). */
+            authorization_endpoint: string;
+            /** @description RFC 9207: authorization responses carry `iss`. */
+            authorization_response_iss_parameter_supported: boolean;
+            /** @description Apps may be identified by the HTTPS URL of their client ID metadata document. */
+            client_id_metadata_document_supported: boolean;
+            /** @description PKCE (RFC 7636): `["S256"]` only. */
+            code_challenge_methods_supported: string[];
             /** @description The algorithms a DPoP proof may be signed with (RFC 9449 §5.1). */
             dpop_signing_alg_values_supported: string[];
             /** @description `["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]` */
@@ -820,6 +976,8 @@ export interface components {
             introspection_endpoint_auth_signing_alg_values_supported: string[];
             issuer: string;
             jwks_uri: string;
+            /** @description RFC 7591 dynamic registration, when the deployment allows it. */
+            registration_endpoint?: string | null;
             /** @description `["token"]` */
             response_types_supported: string[];
             revocation_endpoint: string;
@@ -1086,6 +1244,23 @@ export interface components {
          * @enum {string}
          */
         GrantType: "client_credentials" | "urn:ietf:params:oauth:grant-type:token-exchange";
+        /** @description A person's grant to an app: their standing consent for one resource. */
+        GrantView: {
+            client_id: string;
+            created_at: string;
+            id: string;
+            last_used_at?: string | null;
+            member_id: string;
+            org_id: string;
+            resource: string;
+            revoked_at?: string | null;
+            /** @description `member`, `manager`, `app_blocked`, `refresh_token_reuse`, `code_reuse`. */
+            revoked_reason?: string | null;
+            scopes: string[];
+            /** @description `active` or `revoked`. */
+            status: string;
+            updated_at: string;
+        };
         /**
          * @description The process is up.
          *     What `/healthz` answers.
@@ -1208,6 +1383,27 @@ export interface components {
             /** @description Pass as `cursor` to get the next page; absent on the last page. */
             next_cursor?: string | null;
         };
+        List_AppView: {
+            items: {
+                blocked_at?: string | null;
+                blocked_by?: string | null;
+                client_id: string;
+                client_name: string;
+                client_uri?: string | null;
+                created_at: string;
+                /** @description `registered` or `metadata`. */
+                kind: string;
+                logo_uri?: string | null;
+                /** @description The metadata as registered or fetched. */
+                metadata: Record<string, never>;
+                redirect_uris: string[];
+                /** @description `active` or `blocked`. */
+                status: string;
+                token_endpoint_auth_method: string;
+            }[];
+            /** @description Pass as `cursor` to get the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
         List_ClientView: {
             items: {
                 /** Format: int64 */
@@ -1279,6 +1475,26 @@ export interface components {
                 seq: number;
                 target?: string | null;
                 user_agent?: string | null;
+            }[];
+            /** @description Pass as `cursor` to get the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        List_GrantView: {
+            items: {
+                client_id: string;
+                created_at: string;
+                id: string;
+                last_used_at?: string | null;
+                member_id: string;
+                org_id: string;
+                resource: string;
+                revoked_at?: string | null;
+                /** @description `member`, `manager`, `app_blocked`, `refresh_token_reuse`, `code_reuse`. */
+                revoked_reason?: string | null;
+                scopes: string[];
+                /** @description `active` or `revoked`. */
+                status: string;
+                updated_at: string;
             }[];
             /** @description Pass as `cursor` to get the next page; absent on the last page. */
             next_cursor?: string | null;
@@ -1449,6 +1665,29 @@ export interface components {
              */
             grace_period_seconds?: number | null;
         };
+        /** @description RFC 7591 §3.2.1: the registered app. */
+        RegisteredApp: {
+            client_id: string;
+            /**
+             * Format: int64
+             * @description Seconds since the epoch.
+             */
+            client_id_issued_at: number;
+            client_name: string;
+            /** @description A confidential app's secret: shown once. */
+            client_secret?: string | null;
+            /**
+             * Format: int64
+             * @description 0: the secret does not expire.
+             */
+            client_secret_expires_at?: number | null;
+            client_uri?: string | null;
+            grant_types: string[];
+            logo_uri?: string | null;
+            redirect_uris: string[];
+            response_types: string[];
+            token_endpoint_auth_method: string;
+        };
         /**
          * @description What revocation takes (RFC 7009 §2.1). The client authenticates by HTTP Basic or with
          *     `client_id`/`client_secret` here.
@@ -1564,6 +1803,11 @@ export interface components {
             expires_in: number;
             /** @description Token exchange (RFC 8693 §2.2.1): `urn:ietf:params:oauth:token-type:access_token`. */
             issued_token_type?: string | null;
+            /**
+             * @description The authorization-code and refresh-token grants: the next refresh token (each is used
+             *     once; presenting a used one revokes the grant).
+             */
+            refresh_token?: string | null;
             scope: string;
             /** @description `Bearer`, or `DPoP` for a token bound to the key of the request's DPoP proof. */
             token_type: string;
@@ -4101,6 +4345,296 @@ export interface operations {
             };
         };
     };
+    apps_list: {
+        parameters: {
+            query?: {
+                /** @description Apps after this client id (the previous page's last). */
+                cursor?: string;
+                /** @description At most this many (1 to 200; 50). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["List_AppView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    apps_block: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AppRef"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AppView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not sent as `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    apps_unblock: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AppRef"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AppView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not sent as `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     oauth_clients_list: {
         parameters: {
             query?: {
@@ -4914,6 +5448,265 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    grants_list: {
+        parameters: {
+            query?: {
+                /** @description The organization (the admin key's choice; others act in their own). */
+                org_id?: string;
+                /** @description One member's grants (managers); a member always sees only their own. */
+                member_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["List_GrantView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    grants_revoke: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GrantView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    oauth_authorize: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description To the console's consent page (`/console/authorize`), which signs the person in, asks, and sends them back to the app's redirect URI with `code`, `state` and `iss` (RFC 9207), or an error */
+            303: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    oauth_register: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description RFC 7591 client metadata: `redirect_uris` (https, or http on a loopback address), `token_endpoint_auth_method` (`none`, `client_secret_basic`, `client_secret_post`), `client_name`, `logo_uri`, `client_uri`, `grant_types` (`authorization_code`, `refresh_token`) */
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegisteredApp"];
+                };
+            };
+            /** @description `invalid_redirect_uri` or `invalid_client_metadata` (RFC 7591 §3.2.2), or a body that is not JSON */
+            400: {
+                headers: {
+                    /** @description `no-store` */
+                    "Cache-Control"?: string;
+                    /** @description `no-cache` */
+                    Pragma?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthErrorBody"];
+                };
+            };
+            /** @description `invalid_token`: registration wants the initial access token (`oauth.registration = "token"`) */
+            401: {
+                headers: {
+                    /** @description `no-store` */
+                    "Cache-Control"?: string;
+                    /** @description `no-cache` */
+                    Pragma?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthErrorBody"];
+                };
+            };
+            /** @description `invalid_request`: registration is off on this deployment */
+            404: {
+                headers: {
+                    /** @description `no-store` */
+                    "Cache-Control"?: string;
+                    /** @description `no-cache` */
+                    Pragma?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthErrorBody"];
+                };
+            };
+            /** @description `invalid_client_metadata`: the body is larger than 16 KiB */
+            413: {
+                headers: {
+                    /** @description `no-store` */
+                    "Cache-Control"?: string;
+                    /** @description `no-cache` */
+                    Pragma?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthErrorBody"];
                 };
             };
         };

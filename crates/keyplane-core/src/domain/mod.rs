@@ -2,6 +2,8 @@
 //! storage, no runtime state. Nothing here imports anything of the crate outside `domain`.
 
 pub mod activity;
+pub mod apps;
+pub mod authcode;
 pub mod ceiling;
 pub mod client_auth;
 pub mod clock;

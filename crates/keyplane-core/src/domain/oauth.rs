@@ -22,6 +22,8 @@ pub enum OAuthError {
     /// DPoP §8: the proof must carry this server nonce (`use_dpop_nonce`, `DPoP-Nonce`).
     UseDpopNonce(String),
     InvalidScope(String),
+    /// RFC 6749 §5.2 `invalid_grant`: a code or refresh token that is not (or no longer) good.
+    InvalidGrant(String),
     /// RFC 8707 §2 / RFC 8693 §2.2.2: a `resource` (or `audience`) the token cannot be for.
     InvalidTarget(String),
     UnauthorizedClient(String),

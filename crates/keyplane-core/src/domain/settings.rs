@@ -88,6 +88,23 @@ pub struct OAuthSettings {
     pub dpop_require_nonce: bool,
     /// How long one DPoP nonce is issued; a nonce is accepted for two such periods.
     pub dpop_nonce_period_seconds: i64,
+    /// RFC 7591 dynamic client registration at `/v1/oauth/register`.
+    pub registration: Registration,
+    /// Client ID metadata documents may be fetched over `http://` from loopback addresses
+    /// (tests and development); otherwise only `https://` from public addresses.
+    pub client_metadata_allow_loopback: bool,
+}
+
+/// Who may register an app (RFC 7591) at `/v1/oauth/register`.
+#[derive(Debug, Clone, Default)]
+pub enum Registration {
+    /// Nobody: the endpoint answers 404 and the metadata does not name it (the default).
+    #[default]
+    Off,
+    /// Anyone (as the MCP clients that register themselves expect).
+    Open,
+    /// Whoever presents this initial access token (RFC 7591 §3) as a bearer token.
+    Token(SecretString),
 }
 
 impl Default for OAuthSettings {
@@ -115,6 +132,8 @@ impl Default for OAuthSettings {
             dpop_iat_window_seconds: 60,
             dpop_require_nonce: false,
             dpop_nonce_period_seconds: 300,
+            registration: Registration::Off,
+            client_metadata_allow_loopback: false,
         }
     }
 }

@@ -120,6 +120,19 @@ pub struct OpaqueClaims {
     /// The external identity a federated client proved itself with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub f: Option<FederatedRef>,
+    /// The authorization-code grant: the person's grant the token was issued under (it lives
+    /// only while the grant does) and the person (the token's subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<GrantRef>,
+}
+
+/// A token of the authorization-code grant: whose grant, which person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRef {
+    /// The grant's id.
+    pub g: String,
+    /// The member (the token's `sub`).
+    pub m: String,
 }
 
 /// RFC 8693 §4.1 `act`: the party acting, with earlier actors nested (least recent deepest).
@@ -588,6 +601,7 @@ mod tests {
             a: vec![],
             d: None,
             f: None,
+            u: None,
         };
         let t = s.seal(&claims);
         // Delegation, audience and federation survive the seal too.
@@ -607,6 +621,10 @@ mod tests {
             f: Some(FederatedRef {
                 iss: "https://issuer".into(),
                 sub: "repo:x".into(),
+            }),
+            u: Some(GrantRef {
+                g: "grt_1".into(),
+                m: "mem_1".into(),
             }),
             ..claims.clone()
         };

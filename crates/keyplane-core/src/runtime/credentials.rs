@@ -15,7 +15,7 @@ use crate::domain::request::{Refusal, RequestMeta};
 use crate::domain::resource::{grant, TargetError};
 use crate::domain::secret::{random_id_text, Digest, FormatError};
 use crate::domain::token::{
-    Audience, Confirmation, Delegation, FederatedRef, JwtClaims, Keyring, OpaqueClaims,
+    Audience, Confirmation, Delegation, FederatedRef, GrantRef, JwtClaims, Keyring, OpaqueClaims,
 };
 use crate::store::KeyLookup;
 use std::collections::BTreeSet;
@@ -356,6 +356,7 @@ impl Runtime {
                 a: audience,
                 d: delegation,
                 f: req.federated,
+                u: None,
             }),
             TokenFormat::Jwt => {
                 let alg = c.signing_alg.unwrap_or(self.settings.oauth.default_alg);
@@ -419,7 +420,7 @@ impl Runtime {
     pub async fn verify_access_token(
         &self,
         token: &str,
-    ) -> Option<(Arc<CachedClient>, Introspection)> {
+    ) -> Option<(Option<Arc<CachedClient>>, Introspection)> {
         let now_ms = self.now_ms();
         let t = if crate::domain::token::looks_like_jwt(token) {
             let c = self.oauth.keyring().verify_jwt(token)?;
@@ -446,6 +447,7 @@ impl Runtime {
                 jkt: c.cnf.map(|c| c.jkt),
                 delegation,
                 federated: c.federated,
+                grant: None,
             }
         } else {
             let c = self.oauth.sealer.open(token)?;
@@ -460,10 +462,14 @@ impl Runtime {
                 jkt: c.k,
                 delegation: c.d,
                 federated: c.f,
+                grant: c.u,
             }
         };
         if t.exp_ms <= now_ms || t.nbf_ms > now_ms + 60_000 || self.oauth.is_revoked(&t.jti) {
             return None;
+        }
+        if let Some(g) = &t.grant {
+            return self.verify_grant_token(&t, g).await.map(|i| (None, i));
         }
         let client = self.cached_client(&t.client_id).await.ok().flatten()?;
         if t.iat_ms < client.not_before_ms() {
@@ -512,12 +518,84 @@ impl Runtime {
             federated: t.federated,
             subject_credentials,
         };
-        Some((client, info))
+        Some((Some(client), info))
+    }
+
+    /// A token of the authorization-code grant: live while its grant is, for its person and app.
+    async fn verify_grant_token(&self, t: &Verified, g: &GrantRef) -> Option<Introspection> {
+        let grant = self.live_grant(&g.g).await?;
+        if grant.client_id != t.client_id || grant.member_id != g.m {
+            return None;
+        }
+        Some(Introspection {
+            sub: grant.member_id.clone(),
+            client_id: Some(t.client_id.clone()),
+            exp: Some(t.exp_ms / 1000),
+            iat: t.iat_ms / 1000,
+            nbf: t.nbf_ms / 1000,
+            jti: t.jti.clone(),
+            username: grant.member_id.clone(),
+            scope: t.scope.clone(),
+            credential_type: "access_token",
+            aud: if t.aud.is_empty() {
+                vec![grant.resource.clone()]
+            } else {
+                t.aud.clone()
+            },
+            org_id: grant.org_id.clone(),
+            project_id: grant.project_id.clone(),
+            jkt: t.jkt.clone(),
+            act: None,
+            federated: None,
+            subject_credentials: vec![],
+        })
+    }
+
+    /// Mints an access token under a person's grant (the authorization-code grant): opaque,
+    /// for the grant's resource, with `scopes` (within the grant's), bound to `jkt` with DPoP.
+    pub fn mint_for_grant(
+        &self,
+        grant: &crate::domain::authcode::Grant,
+        scopes: &[String],
+        jkt: Option<String>,
+    ) -> IssuedToken {
+        let now_ms = to_ms(self.now());
+        let ttl = self.settings.oauth.default_ttl_seconds;
+        let exp_ms = now_ms + ttl * 1000;
+        let scope = scopes.join(" ");
+        let token_type = if jkt.is_some() { "DPoP" } else { "Bearer" };
+        let access_token = self.oauth.sealer.seal(&OpaqueClaims {
+            c: grant.client_id.clone(),
+            s: scope.clone(),
+            i: now_ms,
+            e: exp_ms,
+            j: random_id_text(22),
+            k: jkt,
+            a: vec![grant.resource.clone()],
+            d: None,
+            f: None,
+            u: Some(GrantRef {
+                g: grant.id.clone(),
+                m: grant.member_id.clone(),
+            }),
+        });
+        IssuedToken {
+            access_token,
+            token_type,
+            expires_in: ttl,
+            scope,
+            issued_token_type: None,
+        }
     }
 
     /// The identity of a live access token, for `/v1/authz` and the management API.
     pub async fn token_identity(&self, token: &str) -> Option<TokenIdentity> {
         let (client, info) = self.verify_access_token(token).await?;
+        let owner_member_id = match &client {
+            Some(c) => c.client.owner_member_id.clone(),
+            // A person's grant: the token is theirs.
+            None => Some(info.sub.clone()),
+        };
         let scopes: Vec<String> = info
             .scope
             .split(' ')
@@ -532,7 +610,7 @@ impl Runtime {
             jti: info.jti,
             org_id: info.org_id,
             project_id: info.project_id,
-            owner_member_id: client.client.owner_member_id.clone(),
+            owner_member_id,
             scopes_joined: scopes.join(" "),
             scopes,
             jkt: info.jkt,
@@ -586,6 +664,7 @@ struct Verified {
     jkt: Option<String>,
     delegation: Option<Delegation>,
     federated: Option<FederatedRef>,
+    grant: Option<GrantRef>,
 }
 
 /// Precomputes what the hot path needs from one storage read.

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod delegation;
 pub mod dpop;
 pub mod feed;
+pub mod grants;
 pub mod issuer_keys;
 pub mod managed;
 pub mod oauth;
@@ -57,6 +58,7 @@ pub struct Runtime {
     pub(crate) services: services::ServiceCache,
     /// The states of API keys that exchanged tokens act for.
     pub(crate) subject_keys: delegation::SubjectKeys,
+    pub(crate) grants: grants::LiveGrants,
     /// Held for a whole flush, so when a flush returns every earlier use is written even if
     /// the periodic flush was already under way.
     pub(crate) flushing: tokio::sync::Mutex<()>,
@@ -88,6 +90,7 @@ impl Runtime {
             config_applier: Mutex::new(None),
             services: Default::default(),
             subject_keys: Default::default(),
+            grants: Default::default(),
             flushing: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
         }
@@ -163,11 +166,13 @@ impl Runtime {
                 self.oauth.clear();
                 self.services.clear();
                 self.subject_keys.clear();
+                self.grants.clear();
             }
             Invalidation::Client(id) => self.oauth.invalidate_client(id),
             Invalidation::Token(jti, exp) => self.oauth.note_revoked(jti.clone(), *exp),
             Invalidation::SigningKeys => {}
             Invalidation::Services => self.services.clear(),
+            Invalidation::Grants => self.grants.clear(),
             Invalidation::FeedLost => {
                 tracing::warn!(
                     bound_seconds = self.settings.stale_serve_seconds,
@@ -181,6 +186,7 @@ impl Runtime {
                 self.oauth.clear();
                 self.services.clear();
                 self.subject_keys.clear();
+                self.grants.clear();
                 self.feed.restored();
             }
         }

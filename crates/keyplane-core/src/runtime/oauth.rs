@@ -134,6 +134,8 @@ pub struct OAuthState {
     pub issuer_keys: RwLock<HashMap<String, Arc<RemoteJwks>>>,
     /// Fetches `jwks_uri` documents; without one, such clients cannot authenticate.
     pub jwks_fetcher: RwLock<Option<Arc<dyn JwksFetcher>>>,
+    /// Fetches client ID metadata documents; without one, such apps are unknown.
+    pub metadata_fetcher: RwLock<Option<Arc<dyn crate::domain::apps::MetadataFetcher>>>,
 }
 
 impl OAuthState {
@@ -155,6 +157,7 @@ impl OAuthState {
             remote_jwks: RwLock::default(),
             issuer_keys: RwLock::default(),
             jwks_fetcher: RwLock::new(None),
+            metadata_fetcher: RwLock::new(None),
         }
     }
 

@@ -201,6 +201,8 @@ impl Keyplane {
         for client_id in removed.client_ids {
             rt.invalidate(Invalidation::Client(client_id)).await?;
         }
+        // Their grants went with them: the tokens apps hold for them stop now.
+        rt.invalidate(Invalidation::Grants).await?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ pub mod check;
 pub mod clients;
 pub mod console;
 pub mod declared;
+pub mod grants;
 pub mod members;
 pub mod operations;
 pub mod orgs;

@@ -534,7 +534,8 @@ impl Keyplane {
             (Some(t), Some(kind)) if kind == ACCESS_TOKEN_TYPE || kind == JWT_TOKEN_TYPE => {
                 // The actor token proves the actor too: a live token of the authenticated client.
                 let ok = self.rt.verify_access_token(t).await.is_some_and(|(c, i)| {
-                    c.client.client_id == client.client.client_id && i.act.is_none()
+                    c.is_some_and(|c| c.client.client_id == client.client.client_id)
+                        && i.act.is_none()
                 });
                 if !ok {
                     return invalid(
@@ -645,7 +646,10 @@ impl Keyplane {
         if kind == JWT_TOKEN_TYPE && !crate::domain::token::looks_like_jwt(token) {
             return None;
         }
-        let (client, info) = rt.verify_access_token(token).await?;
+        // A person's token from the authorization-code grant is not exchanged (yet).
+        let (Some(client), info) = rt.verify_access_token(token).await? else {
+            return None;
+        };
         let this = SubjectCredential::AccessToken {
             jti: info.jti.clone(),
             client_id: client.client.client_id.clone(),

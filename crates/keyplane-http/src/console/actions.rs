@@ -83,13 +83,25 @@ pub async fn sign_in(
         "admin"
     };
     let email = form.get("email").unwrap_or("").to_lowercase();
+    let next = form
+        .get("next")
+        .and_then(super::authorize::safe_next)
+        .map(str::to_string);
     let who = if mode == "member" {
         email.clone()
     } else {
         "admin-key".into()
     };
     let page = |status: StatusCode, msg: String| {
-        let mut r = sign_in_page(&s, headers, Some(msg), None, email.clone(), mode);
+        let mut r = sign_in_page(
+            &s,
+            headers,
+            Some(msg),
+            None,
+            email.clone(),
+            mode,
+            next.clone(),
+        );
         *r.status_mut() = status;
         r
     };
@@ -129,7 +141,8 @@ pub async fn sign_in(
     match opened {
         Ok((id, _)) => {
             cs.throttle.forget(&throttle_keys[0].0);
-            let mut resp = Redirect::to("/console/overview").into_response();
+            let mut resp =
+                Redirect::to(next.as_deref().unwrap_or("/console/overview")).into_response();
             if let Ok(v) = set_cookie(
                 headers,
                 SESSION_COOKIE,
@@ -713,4 +726,13 @@ pub async fn member_link(State(s): State<AppState>, Path(id): Path<String>, p: P
         ],
         None,
     ))
+}
+
+pub async fn grant_revoke(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    let back = "/console/apps";
+    s.app
+        .grant_revoke(&p.signed.principal, &id, &p.meta)
+        .await
+        .map_err(fail(p.js, back))?;
+    Ok(done(p.js, back))
 }

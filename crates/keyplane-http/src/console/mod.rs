@@ -19,6 +19,7 @@
 
 mod actions;
 mod assets;
+pub mod authorize;
 mod pages;
 mod views;
 
@@ -98,6 +99,12 @@ pub fn router() -> Router<AppState> {
         .route("/console/members/{id}/remove", post(actions::member_remove))
         .route("/console/members/{id}/link", post(actions::member_link))
         .route("/console/activity", get(pages::activity))
+        .route("/console/apps", get(pages::apps))
+        .route("/console/apps/{id}/revoke", post(actions::grant_revoke))
+        .route(
+            "/console/authorize",
+            get(authorize::show).post(authorize::decide),
+        )
         .layer(axum::middleware::from_fn(security_headers))
         .layer(Extension(ConsoleState::default()))
 }
@@ -127,10 +134,13 @@ async fn security_headers(req: Request, next: axum::middleware::Next) -> Respons
             h.append(header::SET_COOKIE, c);
         }
     }
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // A page may set its own (the consent page lets its form lead to the app's redirect URI).
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -126,6 +126,7 @@ pub(crate) fn sign_in_page(
     notice: Option<String>,
     email: String,
     mode: &'static str,
+    next: Option<String>,
 ) -> Response {
     let (csrf, set) = pre_session(s, headers);
     let mut resp = html(&SignInPage {
@@ -134,6 +135,7 @@ pub(crate) fn sign_in_page(
         notice,
         email,
         mode,
+        next,
     });
     if let Some(c) = set.and_then(|c| c.parse().ok()) {
         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -145,6 +147,9 @@ pub(crate) fn sign_in_page(
 pub struct SignInQuery {
     #[serde(default)]
     pub done: Option<String>,
+    /// Where to go once signed in: only the authorize page (an app asking for access).
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 pub async fn sign_in(
@@ -157,7 +162,22 @@ pub async fn sign_in(
         Some("out") => Some("You have signed out.".into()),
         _ => None,
     };
-    sign_in_page(&s, &headers, None, notice, String::new(), "admin")
+    let next = q
+        .next
+        .as_deref()
+        .and_then(super::authorize::safe_next)
+        .map(str::to_string);
+    let (notice, mode) = match &next {
+        Some(_) => (
+            Some(
+                "An application asks for access on your behalf: sign in as a member to review it."
+                    .into(),
+            ),
+            "member",
+        ),
+        None => (notice, "admin"),
+    };
+    sign_in_page(&s, &headers, None, notice, String::new(), mode, next)
 }
 
 pub async fn welcome(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -343,6 +363,54 @@ pub async fn members(State(s): State<AppState>, sess: Session) -> Result<Respons
         note: (!can_manage).then(|| {
             "Your role shows you only yourself here; an owner or admin manages members.".into()
         }),
+    }))
+}
+
+/// Connected apps: the grants the signed-in member gave, or, for a manager, the organization's.
+pub async fn apps(State(s): State<AppState>, sess: Session) -> Result<Response, Fail> {
+    let (layout, org, _) = layout(&s, &sess, "Connected apps", "apps").await?;
+    let p = &sess.signed.principal;
+    let fail = |e: Error| Fail::new(false, "/console/apps", e.into());
+    let grants = s.app.grants_list(p, Some(&org), None).await.map_err(fail)?;
+    let org_wide = p.permissions.has(Permission::ClientsManage) || p.is_admin_key();
+    let members = if org_wide {
+        s.app
+            .member_list(p, Some(&org))
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|m| (m.id, m.email))
+            .collect::<std::collections::HashMap<_, _>>()
+    } else {
+        Default::default()
+    };
+    let mut rows = Vec::with_capacity(grants.len());
+    for g in grants {
+        let app_name = s
+            .app
+            .app_name(&g.client_id)
+            .await
+            .unwrap_or_else(|| g.client_id.clone());
+        rows.push(super::views::GrantRow {
+            person: members
+                .get(&g.member_id)
+                .cloned()
+                .unwrap_or_else(|| g.member_id.clone()),
+            active: g.revoked_at.is_none(),
+            reason: g.revoked_reason.clone(),
+            id: g.id,
+            client_id: g.client_id,
+            app_name,
+            resource: g.resource,
+            scopes: g.scopes,
+            created: When(Some(g.created_at)),
+            last_used: When(g.last_used_at),
+        });
+    }
+    Ok(html(&super::views::AppsPage {
+        layout,
+        grants: rows,
+        org_wide,
     }))
 }
 

@@ -112,6 +112,8 @@ pub struct SignInPage {
     pub notice: Option<String>,
     pub email: String,
     pub mode: &'static str,
+    /// Back to the authorize page after signing in.
+    pub next: Option<String>,
 }
 
 #[derive(Template)]
@@ -556,4 +558,27 @@ mod tests {
         assert!(s.contains("title=\"1970-01-01 00:00:00 UTC\""));
         assert!(When(None).to_string().contains('—'));
     }
+}
+
+#[derive(Template)]
+#[template(path = "console/apps.html")]
+pub struct AppsPage {
+    pub layout: Layout,
+    pub grants: Vec<GrantRow>,
+    /// A manager's view of the organization (else the member's own).
+    pub org_wide: bool,
+}
+
+/// One connected app (a person's grant) in the table.
+pub struct GrantRow {
+    pub id: String,
+    pub client_id: String,
+    pub app_name: String,
+    pub person: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub created: When,
+    pub last_used: When,
+    pub active: bool,
+    pub reason: Option<String>,
 }

@@ -19,6 +19,7 @@ use keyplane_core::domain::oauth::{
 };
 use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
+use keyplane_core::usecase::grants::{AppCredentials, CodeRedemption};
 use serde::Serialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
@@ -30,10 +31,17 @@ pub const TOKEN_BASES: [&str; 2] = ["/v1/oauth/token", "/v1beta/oauth/token"];
 const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 
+/// Where a person authorizes an app; it sends the browser on to the console's consent page.
+pub const AUTHORIZE_PATH: &str = "/v1/oauth/authorize";
+/// RFC 7591 dynamic client registration.
+pub const REGISTER_PATH: &str = "/v1/oauth/register";
+
 pub fn router() -> Router<AppState> {
     let mut r = Router::new()
         .route(METADATA_PATH, get(metadata))
-        .route(JWKS_PATH, get(jwks));
+        .route(JWKS_PATH, get(jwks))
+        .route(AUTHORIZE_PATH, get(super::apps::authorize))
+        .route(REGISTER_PATH, post(super::apps::register));
     // The same handlers at the paths the seed documents use.
     for base in TOKEN_PATHS {
         r = r.route(base, post(token));
@@ -49,7 +57,12 @@ pub fn router() -> Router<AppState> {
 /// Whether `path` is one of this module's routes, whose errors are RFC 6749 §5.2 bodies rather
 /// than problem+json (also for what the router and the request limits refuse: 405, 413, 414, 431).
 pub fn is_oauth_path(path: &str) -> bool {
-    if path == METADATA_PATH || path == JWKS_PATH || TOKEN_PATHS.contains(&path) {
+    if path == METADATA_PATH
+        || path == JWKS_PATH
+        || path == REGISTER_PATH
+        || path == AUTHORIZE_PATH
+        || TOKEN_PATHS.contains(&path)
+    {
         return true;
     }
     TOKEN_BASES.iter().any(|base| {
@@ -164,6 +177,7 @@ fn oauth_error(e: OAuthError) -> Response {
             r
         }
         OAuthError::InvalidScope(d) => error_response(StatusCode::BAD_REQUEST, "invalid_scope", d),
+        OAuthError::InvalidGrant(d) => error_response(StatusCode::BAD_REQUEST, "invalid_grant", d),
         OAuthError::InvalidTarget(d) => {
             error_response(StatusCode::BAD_REQUEST, "invalid_target", d)
         }
@@ -173,7 +187,7 @@ fn oauth_error(e: OAuthError) -> Response {
         OAuthError::UnsupportedGrantType => error_response(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "grant_type must be `client_credentials` or `urn:ietf:params:oauth:grant-type:token-exchange`",
+            "grant_type must be `client_credentials`, `authorization_code`, `refresh_token` or `urn:ietf:params:oauth:grant-type:token-exchange`",
         ),
         // `slow_down` is the device flow's code (RFC 8628 §3.5), not one the token endpoint may
         // answer; what is refused here is client authentication, so `invalid_client`.
@@ -403,6 +417,10 @@ pub struct TokenResponse {
     /// Token exchange (RFC 8693 §2.2.1): `urn:ietf:params:oauth:token-type:access_token`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<String>,
+    /// The authorization-code and refresh-token grants: the next refresh token (each is used
+    /// once; presenting a used one revokes the grant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 /// What the token endpoint takes (RFC 6749 §4.4.2), as `application/x-www-form-urlencoded`.
@@ -505,6 +523,17 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
+    if let Some(g @ ("authorization_code" | "refresh_token")) =
+        form.params.get("grant_type").map(String::as_str)
+    {
+        let dpop = DpopRequest {
+            proofs: proofs.iter().map(String::as_str).collect(),
+            htm: "POST",
+            htus,
+        };
+        let dpop = (!proofs.is_empty()).then_some(&dpop);
+        return app_grant(&s, &form, g == "authorization_code", dpop).await;
+    }
     let auth = match client_auth(&form, Endpoint::Token) {
         Ok(Some(a)) => a,
         Ok(None) => return oauth_error(OAuthError::InvalidClient { basic: false }),
@@ -550,6 +579,84 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
             expires_in: t.expires_in,
             scope: t.scope,
             issued_token_type: t.issued_token_type.map(str::to_string),
+            refresh_token: None,
+        }),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// The authorization-code and refresh-token grants, for apps (registered, or by metadata
+/// document): a public app sends its `client_id` alone, a confidential one its secret by HTTP
+/// Basic or in the form.
+async fn app_grant(
+    s: &AppState,
+    form: &OAuthForm,
+    by_code: bool,
+    dpop: Option<&DpopRequest<'_>>,
+) -> Response {
+    let p = |k: &str| form.params.get(k).map(String::as_str);
+    if p("client_assertion").is_some() || p("client_assertion_type").is_some() {
+        return oauth_error(OAuthError::InvalidRequest(
+            "apps authenticate with their client_id (public) or client secret, not a client assertion".into(),
+        ));
+    }
+    let creds = match (basic_credentials(&form.headers), p("client_id")) {
+        (Some(Err(())), _) => return oauth_error(OAuthError::InvalidClient { basic: true }),
+        (Some(Ok((id, secret))), form_id) => {
+            if form_id.is_some_and(|f| f != id) || p("client_secret").is_some() {
+                return oauth_error(OAuthError::InvalidRequest(
+                    "use one client authentication method: HTTP Basic or the form, not both".into(),
+                ));
+            }
+            AppCredentials {
+                client_id: id,
+                secret: Some(SecretString::new(secret)),
+                basic: true,
+            }
+        }
+        (None, Some(id)) => AppCredentials {
+            client_id: id.to_string(),
+            secret: p("client_secret").map(|s| SecretString::new(s.to_string())),
+            basic: false,
+        },
+        (None, None) => {
+            return oauth_error(OAuthError::InvalidRequest("`client_id` is required".into()))
+        }
+    };
+    let issued = if by_code {
+        s.app
+            .token_by_code(
+                &creds,
+                &CodeRedemption {
+                    code: p("code"),
+                    redirect_uri: p("redirect_uri"),
+                    code_verifier: p("code_verifier"),
+                },
+                &form.targets,
+                dpop,
+                &form.meta,
+            )
+            .await
+    } else {
+        s.app
+            .token_by_refresh(
+                &creds,
+                p("refresh_token"),
+                p("scope"),
+                &form.targets,
+                dpop,
+                &form.meta,
+            )
+            .await
+    };
+    match issued {
+        Ok(g) => json_no_store(&TokenResponse {
+            access_token: g.token.access_token,
+            token_type: g.token.token_type.into(),
+            expires_in: g.token.expires_in,
+            scope: g.token.scope,
+            issued_token_type: None,
+            refresh_token: Some(g.refresh_token),
         }),
         Err(e) => oauth_error(e),
     }
@@ -776,6 +883,17 @@ pub struct AuthorizationServerMetadata {
     pub revocation_endpoint_auth_signing_alg_values_supported: Vec<String>,
     /// The algorithms a DPoP proof may be signed with (RFC 9449 §5.1).
     pub dpop_signing_alg_values_supported: Vec<String>,
+    /// Where a person authorizes an app (the authorization-code grant).
+    pub authorization_endpoint: String,
+    /// PKCE (RFC 7636): `["S256"]` only.
+    pub code_challenge_methods_supported: Vec<String>,
+    /// RFC 9207: authorization responses carry `iss`.
+    pub authorization_response_iss_parameter_supported: bool,
+    /// Apps may be identified by the HTTPS URL of their client ID metadata document.
+    pub client_id_metadata_document_supported: bool,
+    /// RFC 7591 dynamic registration, when the deployment allows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration_endpoint: Option<String>,
 }
 
 /// RFC 8414 authorization server metadata.
@@ -789,16 +907,27 @@ pub async fn metadata(State(s): State<AppState>) -> Response {
         .await
         .map(|x| x.into_iter().collect())
         .unwrap_or_default();
-    Json(metadata_document(&issuer, scopes)).into_response()
+    let registration = !matches!(
+        s.app.settings().oauth.registration,
+        keyplane_core::domain::settings::Registration::Off
+    );
+    Json(metadata_document(&issuer, scopes, registration)).into_response()
 }
 
 /// The RFC 8414 document for `issuer`: exactly the endpoints, grants, client authentication
 /// methods and assertion algorithms keyplane supports.
-pub fn metadata_document(issuer: &str, scopes: Vec<String>) -> AuthorizationServerMetadata {
+pub fn metadata_document(
+    issuer: &str,
+    scopes: Vec<String>,
+    registration: bool,
+) -> AuthorizationServerMetadata {
     let methods: Vec<String> = AuthMethod::ALL
         .iter()
         .map(|m| m.as_str().to_string())
         .collect();
+    // The token endpoint also takes public apps (`none`: PKCE is their proof).
+    let mut token_methods = methods.clone();
+    token_methods.push("none".into());
     let algs: Vec<String> = JwsAlg::ALL.iter().map(|a| a.as_str().to_string()).collect();
     AuthorizationServerMetadata {
         issuer: issuer.to_string(),
@@ -806,16 +935,26 @@ pub fn metadata_document(issuer: &str, scopes: Vec<String>) -> AuthorizationServ
         introspection_endpoint: format!("{issuer}{INTROSPECTION_PATH}"),
         revocation_endpoint: format!("{issuer}{REVOCATION_PATH}"),
         jwks_uri: format!("{issuer}/.well-known/jwks.json"),
-        grant_types_supported: vec!["client_credentials".into(), TOKEN_EXCHANGE.into()],
-        response_types_supported: vec!["token".into()],
+        grant_types_supported: vec![
+            "client_credentials".into(),
+            "authorization_code".into(),
+            "refresh_token".into(),
+            TOKEN_EXCHANGE.into(),
+        ],
+        response_types_supported: vec!["code".into()],
         scopes_supported: scopes,
-        token_endpoint_auth_methods_supported: methods.clone(),
+        token_endpoint_auth_methods_supported: token_methods,
         token_endpoint_auth_signing_alg_values_supported: algs.clone(),
         introspection_endpoint_auth_methods_supported: methods.clone(),
         introspection_endpoint_auth_signing_alg_values_supported: algs.clone(),
         revocation_endpoint_auth_methods_supported: methods,
         revocation_endpoint_auth_signing_alg_values_supported: algs.clone(),
         dpop_signing_alg_values_supported: algs,
+        authorization_endpoint: format!("{issuer}{AUTHORIZE_PATH}"),
+        code_challenge_methods_supported: vec!["S256".into()],
+        authorization_response_iss_parameter_supported: true,
+        client_id_metadata_document_supported: true,
+        registration_endpoint: registration.then(|| format!("{issuer}{REGISTER_PATH}")),
     }
 }
 

@@ -118,6 +118,13 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1beta/oauth/token/introspect"),
     ("POST", "/v1/oauth/token/revoke"),
     ("POST", "/v1beta/oauth/token/revoke"),
+    ("GET", "/v1/oauth/authorize"),
+    ("POST", "/v1/oauth/register"),
+    ("GET", "/v1/oauth-grants"),
+    ("POST", "/v1/oauth-grants/{id}/revoke"),
+    ("GET", "/v1/oauth-apps"),
+    ("POST", "/v1/oauth-apps/block"),
+    ("POST", "/v1/oauth-apps/unblock"),
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/healthz"),
@@ -131,6 +138,8 @@ const TOKEN_PATHS: [&str; 3] = ["/v1/oauth/token", "/v1beta/oauth/token", "/api/
 /// The OAuth endpoints, whose errors are RFC 6749 bodies.
 fn is_oauth_path(path: &str) -> bool {
     path.starts_with("/.well-known/")
+        || path == "/v1/oauth/authorize"
+        || path == "/v1/oauth/register"
         || TOKEN_PATHS.iter().any(|t| {
             path == *t || path == format!("{t}/introspect") || path == format!("{t}/revoke")
         })
@@ -199,7 +208,16 @@ fn the_document_keeps_its_own_rules() {
                 );
             }
         }
-        if oauth && method == "POST" {
+        if path == "/v1/oauth/register" {
+            // RFC 7591: client metadata as JSON, and its own errors.
+            assert!(
+                op["requestBody"]["content"]["application/json"].is_object(),
+                "{at}: the metadata body"
+            );
+            for status in ["400", "401", "404"] {
+                assert!(responses.contains_key(status), "{at} does not say {status}");
+            }
+        } else if oauth && method == "POST" {
             let body = &op["requestBody"]["content"]["application/x-www-form-urlencoded"];
             assert!(
                 body["schema"]["$ref"].is_string(),

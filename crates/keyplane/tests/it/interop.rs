@@ -61,13 +61,16 @@ async fn discover(app: &TestApp) -> Endpoints {
         json!([
             "client_secret_basic",
             "client_secret_post",
-            "private_key_jwt"
+            "private_key_jwt",
+            "none"
         ])
     );
     assert_eq!(
         meta["grant_types_supported"],
         json!([
             "client_credentials",
+            "authorization_code",
+            "refresh_token",
             "urn:ietf:params:oauth:grant-type:token-exchange"
         ])
     );

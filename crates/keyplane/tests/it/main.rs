@@ -29,6 +29,7 @@ macro_rules! on_both {
 }
 
 mod activity;
+mod authcode;
 mod binary;
 mod ceiling;
 mod cli;

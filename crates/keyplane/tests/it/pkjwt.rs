@@ -1051,9 +1051,14 @@ async fn metadata(app: TestApp) {
         "introspection_endpoint",
         "revocation_endpoint",
     ] {
+        // The token endpoint also takes public apps (`none`, the authorization-code grant).
+        let mut want = methods.clone();
+        if endpoint == "token_endpoint" {
+            want.as_array_mut().unwrap().push(json!("none"));
+        }
         assert_eq!(
             v[format!("{endpoint}_auth_methods_supported")],
-            methods,
+            want,
             "{endpoint}"
         );
         assert_eq!(
@@ -1066,7 +1071,8 @@ async fn metadata(app: TestApp) {
         v,
         serde_json::to_value(keyplane_http::routes::oauth::metadata_document(
             &issuer(&app),
-            vec![READ.into()]
+            vec![READ.into()],
+            false
         ))
         .unwrap()
     );
@@ -1079,6 +1085,7 @@ fn metadata_document_matches_the_committed_one() {
     let generated = serde_json::to_string_pretty(&keyplane_http::routes::oauth::metadata_document(
         "https://keyplane.example.com",
         vec!["ai-guard:read".into(), "ai-guard:write".into()],
+        false,
     ))
     .unwrap()
         + "\n";
