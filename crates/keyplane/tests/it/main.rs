@@ -53,6 +53,7 @@ mod nodes;
 mod oauth;
 mod pkjwt;
 mod pkjwt_interop;
+mod prm;
 mod races;
 mod seed002;
 mod seeds;
