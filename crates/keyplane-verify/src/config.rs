@@ -374,5 +374,22 @@ mod tests {
             .unwrap();
         assert_eq!(v.issuer(), "https://a.example");
         assert!(!format!("{v:?}").contains("kps_secret"));
+        // A protected resource is the audience JWTs must name, unless audiences are set.
+        let pr = |b: VerifierBuilder| {
+            b.protected_resource("https://MCP.example/mcp", ["mcp:read"])
+                .build()
+                .unwrap()
+                .settings()
+                .audiences
+                .clone()
+        };
+        assert_eq!(
+            pr(Verifier::builder("https://a.example")),
+            ["https://mcp.example/mcp"]
+        );
+        assert_eq!(
+            pr(Verifier::builder("https://a.example").audiences(["x"])),
+            ["x"]
+        );
     }
 }
