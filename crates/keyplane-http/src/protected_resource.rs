@@ -215,7 +215,7 @@ fn addressed_to(req: &Request) -> (Option<String>, Option<String>) {
 /// name.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(METADATA_WELL_KNOWN, get(metadata).options(options))
+        .route(METADATA_WELL_KNOWN, get(metadata_root).options(options))
         .route(
             "/.well-known/oauth-protected-resource/{*path}",
             get(metadata).options(options),
@@ -226,9 +226,19 @@ async fn options() -> Response {
     preflight()
 }
 
+/// RFC 9728 protected resource metadata of a resource URI without a path (`https://host` or
+/// `https://host/`) at the request's host.
+#[utoipa::path(get, path = "/.well-known/oauth-protected-resource", tag = "oauth", operation_id = "protected_resource_metadata_root",
+    responses(
+        (status = 200, body = ProtectedResourceMetadata, description = "the metadata of the resource `https://{host}` (Host, or X-Forwarded-Host from a trusted proxy); `Cache-Control: public`, CORS `*`"),
+        (status = 404, description = "no service declares a resource URI at this host", content_type = "application/problem+json")))]
+pub async fn metadata_root(state: State<AppState>, req: Request) -> Response {
+    metadata(state, req).await
+}
+
 /// RFC 9728 protected resource metadata, for the resource the request's host and path name.
 #[utoipa::path(get, path = "/.well-known/oauth-protected-resource/{path}", tag = "oauth", operation_id = "protected_resource_metadata",
-    params(("path" = String, Path, description = "the resource URI's path (RFC 9728 §3.1); the well-known URL without it is the metadata of a resource URI without a path (or of the host's only resource)")),
+    params(("path" = String, Path, description = "the resource URI's path (RFC 9728 §3.1): `mcp` for `https://host/mcp`")),
     responses(
         (status = 200, body = ProtectedResourceMetadata, description = "the metadata of the resource at this host (Host, or X-Forwarded-Host from a trusted proxy) and path; `Cache-Control: public`, CORS `*`"),
         (status = 404, description = "no service declares a resource URI at this host and path", content_type = "application/problem+json")))]
