@@ -115,7 +115,9 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
     let started = std::time::Instant::now();
     // The protected resource metadata of the resource the gateway fronts (RFC 9728) is the
     // gateway's own, never the upstream's.
-    if let Some(resp) = crate::protected_resource::gateway_metadata(&gw.app, req.method(), req.uri()).await {
+    if let Some(resp) =
+        crate::protected_resource::gateway_metadata(&gw.app, req.method(), req.uri()).await
+    {
         return resp;
     }
     let span = gw.obs.start_span(Route::Gateway, &req);

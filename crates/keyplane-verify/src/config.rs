@@ -303,8 +303,7 @@ impl VerifierBuilder {
             return Err(BuildError::NoAudience);
         }
         if let Some((resource, scopes, name)) = self.resource {
-            let pr =
-                crate::resource::ProtectedResource::new(&resource, &s.issuer, scopes, name)?;
+            let pr = crate::resource::ProtectedResource::new(&resource, &s.issuer, scopes, name)?;
             if !self.audiences_set {
                 s.audiences = vec![pr.resource().to_string()];
             }

@@ -126,8 +126,8 @@ where
             }
             // A 401 names the scopes this layer requires, a 403 all of them too (what a client
             // asks for when it steps up).
-            let required = (!layer.required_scopes.is_empty())
-                .then(|| layer.required_scopes.join(" "));
+            let required =
+                (!layer.required_scopes.is_empty()).then(|| layer.required_scopes.join(" "));
             let verdict = layer
                 .verifier
                 .authenticate_request(req.method(), req.uri(), req.headers())

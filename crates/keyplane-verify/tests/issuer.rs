@@ -711,11 +711,16 @@ async fn a_protected_resource_publishes_its_metadata_and_names_it_in_challenges(
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
-    let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
     let doc: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["resource"], "https://guard.example.com/mcp");
     assert_eq!(doc["authorization_servers"], json!([issuer.base]));
-    assert_eq!(doc["scopes_supported"], json!(["ai-guard:read", "ai-guard:write"]));
+    assert_eq!(
+        doc["scopes_supported"],
+        json!(["ai-guard:read", "ai-guard:write"])
+    );
     assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
     assert_eq!(doc["resource_name"], "AI Guard");
 
@@ -725,5 +730,8 @@ async fn a_protected_resource_publishes_its_metadata_and_names_it_in_challenges(
         .protected_resource("guard.example.com/mcp", ["x"])
         .build()
         .err();
-    assert!(matches!(bad, Some(keyplane_verify::BuildError::Resource(_))));
+    assert!(matches!(
+        bad,
+        Some(keyplane_verify::BuildError::Resource(_))
+    ));
 }

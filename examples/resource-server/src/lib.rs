@@ -116,7 +116,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(doc.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(doc.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(doc.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(doc["resource"], "https://guard.example.com/v1/text/guard");
         assert_eq!(doc["authorization_servers"][0], "http://127.0.0.1:9");

@@ -159,8 +159,7 @@ fn pick_by_scheme<'a>(
 ) -> Option<&'a ProtectedResource> {
     if let Some(scheme) = scheme {
         if let Some(r) = found.iter().find(|r| {
-            split_resource(&r.resource)
-                .is_some_and(|(s, _, _)| s.eq_ignore_ascii_case(scheme))
+            split_resource(&r.resource).is_some_and(|(s, _, _)| s.eq_ignore_ascii_case(scheme))
         }) {
             return Some(r);
         }
@@ -378,8 +377,15 @@ mod tests {
         assert_eq!(find(Some("https"), "mcp.example.com", "/mcp/"), None);
         assert_eq!(find(None, "mcp.example.com", ""), None);
         assert_eq!(find(None, "evil.example.com", "/mcp"), None);
-        assert_eq!(find(None, "plain.example.com", ""), Some("http://plain.example.com/"));
-        assert_eq!(find(None, "twice.example.com", "/x"), None, "ambiguous without a scheme");
+        assert_eq!(
+            find(None, "plain.example.com", ""),
+            Some("http://plain.example.com/")
+        );
+        assert_eq!(
+            find(None, "twice.example.com", "/x"),
+            None,
+            "ambiguous without a scheme"
+        );
         assert_eq!(
             find(Some("http"), "twice.example.com", "/x"),
             Some("http://twice.example.com/x")
@@ -406,5 +412,4 @@ mod tests {
             None
         );
     }
-
 }

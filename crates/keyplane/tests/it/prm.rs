@@ -28,7 +28,11 @@ pub(crate) fn parse_challenge(v: &str) -> (String, Vec<(String, String)>) {
         );
         let mut value = String::new();
         let mut chars = after.char_indices();
-        assert_eq!(chars.next().map(|c| c.1), Some('"'), "unquoted value in {v:?}");
+        assert_eq!(
+            chars.next().map(|c| c.1),
+            Some('"'),
+            "unquoted value in {v:?}"
+        );
         let mut end = None;
         while let Some((i, c)) = chars.next() {
             match c {
@@ -90,7 +94,12 @@ async fn check_document(
     let age: u32 = cc["public, max-age=".len()..].parse().unwrap();
     assert!(age > 0 && age <= 3600, "a short max-age: {age}");
     let doc: Value = resp.json().await.unwrap();
-    let keys: BTreeSet<&str> = doc.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let keys: BTreeSet<&str> = doc
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(
         keys,
         BTreeSet::from([
@@ -198,11 +207,21 @@ async fn gateway_flow(backend: Backend) {
     assert_eq!(param(&params, "scope"), Some("ai-guard:read"));
     let url = param(&params, "resource_metadata").unwrap().to_string();
     assert_eq!(url, derived_metadata_url(&resource));
-    assert_eq!(anon.json::<Value>().await.unwrap()["error"], "invalid_token");
+    assert_eq!(
+        anon.json::<Value>().await.unwrap()["error"],
+        "invalid_token"
+    );
 
     // The URL from the header leads to the document, and the document to keyplane.
     let doc = app.http.get(&url).send().await.unwrap();
-    check_document(&app, doc, &resource, "ai-guard", &["ai-guard:read", "ai-guard:write"]).await;
+    check_document(
+        &app,
+        doc,
+        &resource,
+        "ai-guard",
+        &["ai-guard:read", "ai-guard:write"],
+    )
+    .await;
     // The well-known URL without the path answers the gateway's one resource too.
     let root = app
         .http
@@ -210,7 +229,14 @@ async fn gateway_flow(backend: Backend) {
         .send()
         .await
         .unwrap();
-    check_document(&app, root, &resource, "ai-guard", &["ai-guard:read", "ai-guard:write"]).await;
+    check_document(
+        &app,
+        root,
+        &resource,
+        "ai-guard",
+        &["ai-guard:read", "ai-guard:write"],
+    )
+    .await;
     // Another path is not this resource's metadata, and not the upstream's business either.
     for path in [
         "/.well-known/oauth-protected-resource/mcp",
@@ -220,12 +246,7 @@ async fn gateway_flow(backend: Backend) {
         assert_eq!(other.status(), StatusCode::NOT_FOUND, "{path}");
         assert_eq!(other.headers()["content-type"], "application/problem+json");
     }
-    let post = app
-        .http
-        .post(&url)
-        .send()
-        .await
-        .unwrap();
+    let post = app.http.post(&url).send().await.unwrap();
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
     let pre = app
         .http
@@ -265,6 +286,56 @@ async fn gateway_flow(backend: Backend) {
     let ok = call(Some(&reader)).await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     assert!(ok.headers().get("www-authenticate").is_none());
+
+    // The service stops declaring the resource: no metadata, no resource_metadata, and a reload
+    // of the rules is refused (the previous ones stay) until it is declared again.
+    let services = app.get("/v1/services", &admin).await.json();
+    let id = services["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ai-guard")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let patch = |resources: Value| {
+        app.http
+            .patch(format!("{}/v1/services/{id}", app.base))
+            .bearer_auth(&admin)
+            .header("Keyplane-Override-Config", "true")
+            .json(&json!({ "resources": resources }))
+            .send()
+    };
+    assert_eq!(patch(json!([])).await.unwrap().status(), StatusCode::OK);
+    // (The gateway behaves as without a gateway_resource: the request goes through the rules,
+    // and none allows it.)
+    assert_eq!(
+        app.http.get(&url).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let anon = call(None).await.unwrap();
+    let (_, params) = parse_challenge(anon.headers()["www-authenticate"].to_str().unwrap());
+    assert_eq!(param(&params, "resource_metadata"), None);
+    assert_eq!(param(&params, "scope"), Some("ai-guard:read"));
+    let reload = app.post("/v1/admin/routes/reload", &admin, json!({})).await;
+    assert_eq!(
+        reload.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reload.text
+    );
+    assert!(reload.text.contains("gateway_resource"), "{}", reload.text);
+    assert_eq!(
+        patch(json!([resource])).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let reload = app.post("/v1/admin/routes/reload", &admin, json!({})).await;
+    assert_eq!(reload.status, StatusCode::OK, "{}", reload.text);
+    assert_eq!(
+        app.http.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 mod gateway {
@@ -284,14 +355,22 @@ mod gateway {
 async fn an_undeclared_gateway_resource_refuses_the_start() {
     let up = upstream().await;
     for (resource, why) in [
-        ("https://nobody.example.com/mcp", "not a resource URI of any service"),
+        (
+            "https://nobody.example.com/mcp",
+            "not a resource URI of any service",
+        ),
         ("mcp.example.com/mcp", "absolute"),
     ] {
         let dir = TempDir::new();
         let config = dir.path().join("keyplane.toml");
-        std::fs::write(&config, GATEWAY_RULES.replace("RESOURCE", "https://mcp.example.com/mcp"))
+        std::fs::write(
+            &config,
+            GATEWAY_RULES.replace("RESOURCE", "https://mcp.example.com/mcp"),
+        )
+        .unwrap();
+        let db = keyplane_testkit::TestDb::fresh(Backend::Sqlite)
+            .await
             .unwrap();
-        let db = keyplane_testkit::TestDb::fresh(Backend::Sqlite).await.unwrap();
         let mut env = std::collections::HashMap::new();
         for (k, v) in [
             ("KEYPLANE_CONFIG", config.to_str().unwrap()),
@@ -300,7 +379,10 @@ async fn an_undeclared_gateway_resource_refuses_the_start() {
             ("KEYPLANE_GATEWAY_RESOURCE", resource),
             ("KEYPLANE_DATABASE", db.url.as_str()),
             ("KEYPLANE_LISTEN", "127.0.0.1:0"),
-            ("KEYPLANE_PEPPER", "a-test-pepper-that-is-long-enough-0123456789abcdef"),
+            (
+                "KEYPLANE_PEPPER",
+                "a-test-pepper-that-is-long-enough-0123456789abcdef",
+            ),
             ("KEYPLANE_DATA_DIR", dir.path().to_str().unwrap()),
         ] {
             env.insert(k.to_string(), v.to_string());
@@ -322,7 +404,11 @@ async fn an_undeclared_gateway_resource_refuses_the_start() {
 async fn api_listener(app: TestApp) {
     let admin = app.admin_key.clone();
     for (name, scopes, resources) in [
-        ("tenant-a", vec!["a:read"], vec!["https://a.example.com/mcp"]),
+        (
+            "tenant-a",
+            vec!["a:read"],
+            vec!["https://a.example.com/mcp"],
+        ),
         (
             "tenant-b",
             vec!["b:read", "b:write"],
@@ -341,7 +427,10 @@ async fn api_listener(app: TestApp) {
     let get = |host: &str, path: &str, extra: Option<(&str, &str)>| {
         let mut r = app
             .http
-            .get(format!("{}/.well-known/oauth-protected-resource{path}", app.base))
+            .get(format!(
+                "{}/.well-known/oauth-protected-resource{path}",
+                app.base
+            ))
             .header("Host", host);
         if let Some((k, v)) = extra {
             r = r.header(k, v);
@@ -349,15 +438,34 @@ async fn api_listener(app: TestApp) {
         r.send()
     };
     let a = get("a.example.com", "/mcp", None).await.unwrap();
-    check_document(&app, a, "https://a.example.com/mcp", "tenant-a", &["a:read"]).await;
+    check_document(
+        &app,
+        a,
+        "https://a.example.com/mcp",
+        "tenant-a",
+        &["a:read"],
+    )
+    .await;
     // Host names are case-insensitive.
     let b = get("B.Example.COM", "/mcp", None).await.unwrap();
-    check_document(&app, b, "https://b.example.com/mcp", "tenant-b", &["b:read", "b:write"])
-        .await;
+    check_document(
+        &app,
+        b,
+        "https://b.example.com/mcp",
+        "tenant-b",
+        &["b:read", "b:write"],
+    )
+    .await;
     // `https://b.example.com/` has its metadata at the well-known URL itself (§3.1).
     let b_root = get("b.example.com", "", None).await.unwrap();
-    check_document(&app, b_root, "https://b.example.com/", "tenant-b", &["b:read", "b:write"])
-        .await;
+    check_document(
+        &app,
+        b_root,
+        "https://b.example.com/",
+        "tenant-b",
+        &["b:read", "b:write"],
+    )
+    .await;
 
     // Another tenant's host, an unknown host, an unknown path: 404, never a neighbour's document.
     for (host, path) in [
@@ -375,9 +483,13 @@ async fn api_listener(app: TestApp) {
         assert!(!body.contains("example.com"), "{body}");
     }
     // X-Forwarded-Host counts only from a trusted proxy (none is configured here).
-    let spoofed = get("b.example.com", "/mcp", Some(("X-Forwarded-Host", "a.example.com")))
-        .await
-        .unwrap();
+    let spoofed = get(
+        "b.example.com",
+        "/mcp",
+        Some(("X-Forwarded-Host", "a.example.com")),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         spoofed.json::<Value>().await.unwrap()["resource"],
         "https://b.example.com/mcp"
@@ -414,7 +526,9 @@ async fn api_listener(app: TestApp) {
         Some("https://a.example.com/.well-known/oauth-protected-resource/mcp")
     );
     // A URL that names no resource: still a Bearer challenge with the scope, no metadata.
-    let r = authz("https://a.example.com/mcpx", "?scope=a:read").await.unwrap();
+    let r = authz("https://a.example.com/mcpx", "?scope=a:read")
+        .await
+        .unwrap();
     let (scheme, params) = parse_challenge(r.headers()["www-authenticate"].to_str().unwrap());
     assert_eq!(scheme, "Bearer");
     assert_eq!(param(&params, "scope"), Some("a:read"));
@@ -433,8 +547,18 @@ async fn api_listener(app: TestApp) {
         .key(&admin, json!({ "name": "b", "scopes": ["b:read"] }))
         .await;
     for (token, scope, status, error) in [
-        ("kp_nonsense", "b:read", StatusCode::UNAUTHORIZED, "invalid_token"),
-        (key.as_str(), "b:write", StatusCode::FORBIDDEN, "insufficient_scope"),
+        (
+            "kp_nonsense",
+            "b:read",
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        ),
+        (
+            key.as_str(),
+            "b:write",
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+        ),
     ] {
         let r = app
             .http
@@ -547,7 +671,14 @@ async fn forward_auth_behind_nginx() {
     assert_eq!(url, derived_metadata_url(&resource));
     assert!(url.starts_with(&front), "served through nginx: {url}");
     let doc = app.http.get(&url).send().await.unwrap();
-    check_document(&app, doc, &resource, "ai-guard", &["ai-guard:read", "ai-guard:write"]).await;
+    check_document(
+        &app,
+        doc,
+        &resource,
+        "ai-guard",
+        &["ai-guard:read", "ai-guard:write"],
+    )
+    .await;
 
     let (_, writer) = app
         .key(&admin, json!({ "name": "w", "scopes": ["ai-guard:write"] }))
