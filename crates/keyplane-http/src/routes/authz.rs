@@ -174,8 +174,8 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
     responses(
         (status = 200, description = "allowed; identity in X-Keyplane-Subject, -Scopes, -Org, -Project, -Credential-Id, and for a token obtained by token exchange X-Keyplane-Actor (the acting client; the subject is whom it acts for)"),
         (status = 400, description = "the original request's path is ambiguous (e.g. %2e%2e, %2F, a backslash, '//'), or two forms name different requests", content_type = "application/problem+json"),
-        (status = 401, description = "missing, malformed, unknown, revoked or expired credential (`invalid_token`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge"))),
-        (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge")))),
+        (status = 401, description = "missing, malformed, unknown, revoked or expired credential (`invalid_token`; the challenge has no error code when none was presented)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge, with `scope` (the scopes the request needs) and, when the forwarded URL is a service's resource, RFC 9728 `resource_metadata`"))),
+        (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge, with `scope` and RFC 9728 `resource_metadata` as for a 401")))),
     security(("bearer" = [])))]
 pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Response {
     let (parts, _body) = req.into_parts();
