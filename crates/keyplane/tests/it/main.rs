@@ -56,6 +56,7 @@ mod nodes;
 mod oauth;
 mod pkjwt;
 mod pkjwt_interop;
+mod prm;
 mod races;
 mod sdk;
 mod seed002;
