@@ -50,6 +50,7 @@ mod interop;
 mod keys;
 mod lifecycle;
 mod limits;
+mod mcp;
 mod metrics;
 mod nginx;
 mod nodes;
