@@ -105,13 +105,19 @@ pub fn algs() -> String {
 /// 401 with `WWW-Authenticate: DPoP error=…` (RFC 9449 §7.1) and, when the server requires
 /// nonces, `DPoP-Nonce`.
 pub fn challenge(r: &DpopRefusal) -> Response {
+    challenge_with(r, "")
+}
+
+/// [`challenge`] with more parameters (`, name="value"`…) after the others: a protected
+/// resource's `scope` and `resource_metadata` (RFC 9728 §5.1).
+pub fn challenge_with(r: &DpopRefusal, more: &str) -> Response {
     let mut resp = (
         StatusCode::UNAUTHORIZED,
         Json(serde_json::json!({ "error": r.error, "error_description": r.description })),
     )
         .into_response();
     let value = format!(
-        "DPoP realm=\"keyplane\", error=\"{}\", error_description=\"{}\", algs=\"{}\"",
+        "DPoP realm=\"keyplane\", error=\"{}\", error_description=\"{}\", algs=\"{}\"{more}",
         r.error,
         r.description.replace(['"', '\\'], "'"),
         algs()

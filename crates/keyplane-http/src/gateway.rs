@@ -8,6 +8,8 @@
 //! The upstream gets the request's id in `X-Request-Id` (the caller's own only when a trusted
 //! proxy sent it), and, for a traced request, the gateway's span as `traceparent`. Requests are
 //! counted under `route="gateway"`: `allowed` when forwarded, whatever the upstream answered.
+//! With a `gateway_resource`, the gateway answers that resource's RFC 9728 metadata itself at
+//! `/.well-known/oauth-protected-resource[/path]` and names it in every refusal's challenge.
 
 use crate::auth::request_meta;
 use crate::routes::authz::{ambiguous_path, identity_headers, respond};
@@ -111,6 +113,13 @@ fn header_bytes(h: &HeaderMap) -> usize {
 async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
     use crate::observe::{Outcome, Route};
     let started = std::time::Instant::now();
+    // The protected resource metadata of the resource the gateway fronts (RFC 9728) is the
+    // gateway's own, never the upstream's.
+    if let Some(resp) =
+        crate::protected_resource::gateway_metadata(&gw.app, req.method(), req.uri()).await
+    {
+        return resp;
+    }
     let span = gw.obs.start_span(Route::Gateway, &req);
     let traceparent = span.as_ref().and_then(|s| s.traceparent());
     let (resp, forwarded) = match forward(&gw, req, traceparent).await {
@@ -194,8 +203,12 @@ async fn forward(
         .await;
     let identity = match verdict {
         Verdict::Allow(identity) => identity,
-        // A request whose credential failed is never forwarded.
-        other => return Err(respond(other, &required)),
+        // A request whose credential failed is never forwarded; its challenge names the
+        // metadata of the resource the gateway fronts, when one is configured.
+        other => {
+            let resource = gw.app.gateway_resource().await;
+            return Err(respond(other, &required, resource.as_ref()));
+        }
     };
 
     // Headers: nothing connection-specific, nothing the caller claims about itself.

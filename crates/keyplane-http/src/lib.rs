@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod no_store;
 pub mod observe;
 pub mod openapi;
+pub mod protected_resource;
 pub mod routes;
 pub mod tls;
 
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::authz::router())
         .merge(routes::oauth::router())
         .merge(routes::ops::router())
+        .merge(protected_resource::router())
         .merge(
             console::router().layer(axum::middleware::from_fn_with_state(
                 state.clone(),

@@ -388,6 +388,7 @@ impl Modify for Aliases {
         clients::create, clients::list, clients::get_one, clients::update, clients::remove,
         clients::add_secret, clients::retire_secret, clients::issue_token,
         oauth::token, oauth::introspect, oauth::revoke, oauth::metadata, oauth::jwks,
+        crate::protected_resource::metadata_root, crate::protected_resource::metadata,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(apps::RegisteredApp, apps::GrantView, apps::AppView, apps::AppRef, List<apps::GrantView>, List<apps::AppView>, Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
@@ -396,7 +397,8 @@ impl Modify for Aliases {
         mgmt::RulesView, mgmt::RuleView, mgmt::ConfigApplyRequest, mgmt::ConfigApplyView, mgmt::ConfigApplyItemView, ClientView, ClientSecretView, ClientWithSecret, CreateClient, UpdateClient, AddClientSecret, NewClientSecret,
         IssueClientToken, IssuedTokenView, oauth::TokenRequest, oauth::GrantType, oauth::IntrospectionRequest, oauth::RevocationRequest,
         oauth::TokenResponse, oauth::IntrospectionResponse, oauth::AudienceValue, oauth::OAuthErrorBody, oauth::AuthorizationServerMetadata,
-        oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView))
+        oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView,
+        crate::protected_resource::ProtectedResourceMetadata))
 )]
 pub struct ApiDoc;
 

@@ -47,6 +47,8 @@ pub(crate) struct Settings {
     pub public_urls: Vec<String>,
     pub dpop_iat_window: Duration,
     pub dpop_replay_capacity: usize,
+    /// This server as an RFC 9728 protected resource, when configured.
+    pub protected_resource: Option<crate::resource::ProtectedResource>,
 }
 
 /// Builds a [`Verifier`]. Start with [`Verifier::builder`].
@@ -60,6 +62,9 @@ pub(crate) struct Settings {
 #[must_use]
 pub struct VerifierBuilder {
     settings: Settings,
+    /// `(resource URI, scopes, name)` of [`protected_resource`](Self::protected_resource).
+    resource: Option<(String, Vec<String>, Option<String>)>,
+    audiences_set: bool,
     opaque_token_prefix: String,
     http: Option<reqwest::Client>,
     timeout: Duration,
@@ -87,7 +92,10 @@ impl VerifierBuilder {
                 public_urls: Vec::new(),
                 dpop_iat_window: Duration::from_secs(60),
                 dpop_replay_capacity: 100_000,
+                protected_resource: None,
             },
+            resource: None,
+            audiences_set: false,
             opaque_token_prefix: "kpt_".into(),
             http: None,
             timeout: Duration::from_secs(5),
@@ -111,6 +119,7 @@ impl VerifierBuilder {
         S: Into<String>,
     {
         self.settings.audiences = audiences.into_iter().map(Into::into).collect();
+        self.audiences_set = true;
         self
     }
 
@@ -194,6 +203,41 @@ impl VerifierBuilder {
         self
     }
 
+    /// This resource server as an RFC 9728 protected resource: `resource` is its RFC 8707
+    /// resource URI (e.g. `https://mcp.example.com/mcp`, what clients name in `resource` when
+    /// they ask the issuer for a token), `scopes` the scopes it understands. Then:
+    ///
+    /// - every 401 and `insufficient_scope` 403 carries
+    ///   `resource_metadata="<metadata URL>"` (RFC 9728 §5.1), and a 401 the scopes the layer
+    ///   requires, so a client can find the issuer from a refusal;
+    /// - [`Verifier::protected_resource`] gives the document and a service answering it at
+    ///   its well-known path (the issuer is the authorization server);
+    /// - unless [`audiences`](Self::audiences) is set, the audience a JWT must name is the
+    ///   resource URI (the issuer binds a token asked for this resource to it) rather than the
+    ///   issuer.
+    pub fn protected_resource<I, S>(mut self, resource: &str, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let name = self.resource.take().and_then(|r| r.2);
+        self.resource = Some((
+            resource.to_string(),
+            scopes.into_iter().map(Into::into).collect(),
+            name,
+        ));
+        self
+    }
+
+    /// The protected resource's `resource_name` (RFC 9728 §2), shown to people by clients.
+    /// Needs [`protected_resource`](Self::protected_resource) first.
+    pub fn resource_name(mut self, name: &str) -> Self {
+        if let Some(r) = self.resource.as_mut() {
+            r.2 = Some(name.to_string());
+        }
+        self
+    }
+
     /// A `realm` for the `WWW-Authenticate` challenges (default none).
     pub fn realm(mut self, realm: &str) -> Self {
         self.settings.realm = Some(realm.to_string());
@@ -257,6 +301,13 @@ impl VerifierBuilder {
         }
         if s.audiences.is_empty() {
             return Err(BuildError::NoAudience);
+        }
+        if let Some((resource, scopes, name)) = self.resource {
+            let pr = crate::resource::ProtectedResource::new(&resource, &s.issuer, scopes, name)?;
+            if !self.audiences_set {
+                s.audiences = vec![pr.resource().to_string()];
+            }
+            s.protected_resource = Some(pr);
         }
         s.introspected_prefixes = vec![self.opaque_token_prefix, s.api_key_prefix.clone()];
         let http = match self.http {
@@ -322,5 +373,22 @@ mod tests {
             .unwrap();
         assert_eq!(v.issuer(), "https://a.example");
         assert!(!format!("{v:?}").contains("kps_secret"));
+        // A protected resource is the audience JWTs must name, unless audiences are set.
+        let pr = |b: VerifierBuilder| {
+            b.protected_resource("https://MCP.example/mcp", ["mcp:read"])
+                .build()
+                .unwrap()
+                .settings()
+                .audiences
+                .clone()
+        };
+        assert_eq!(
+            pr(Verifier::builder("https://a.example")),
+            ["https://mcp.example/mcp"]
+        );
+        assert_eq!(
+            pr(Verifier::builder("https://a.example").audiences(["x"])),
+            ["x"]
+        );
     }
 }

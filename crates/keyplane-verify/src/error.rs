@@ -185,6 +185,19 @@ impl AuthError {
 
     /// The `WWW-Authenticate` value (RFC 6750 §3, RFC 9449 §7.1), or `None` for a 503.
     pub fn www_authenticate(&self, realm: Option<&str>) -> Option<HeaderValue> {
+        self.www_authenticate_for(realm, None, None)
+    }
+
+    /// [`www_authenticate`](Self::www_authenticate) for a protected resource (RFC 9728 §5.1):
+    /// with `resource_metadata` (the resource's metadata URL) and, on a 401, `scope` (the
+    /// scopes the route needs, space-separated; a 403 names the scope of
+    /// [`InsufficientScope`](AuthError::InsufficientScope)). Values are quoted-string escaped.
+    pub fn www_authenticate_for(
+        &self,
+        realm: Option<&str>,
+        resource_metadata: Option<&str>,
+        scope: Option<&str>,
+    ) -> Option<HeaderValue> {
         if matches!(self, AuthError::Unavailable(_)) {
             return None;
         }
@@ -196,8 +209,20 @@ impl AuthError {
             params.push(format!("error=\"{code}\""));
             params.push(format!("error_description=\"{}\"", self.description()));
         }
-        if let AuthError::InsufficientScope(s) = self {
-            params.push(format!("scope=\"{}\"", quotable(s)));
+        match (self, scope) {
+            (AuthError::InsufficientScope(s), _) => {
+                params.push(format!("scope={}", crate::resource::quoted(s)))
+            }
+            (_, Some(s)) if !s.is_empty() && self.status() == StatusCode::UNAUTHORIZED => {
+                params.push(format!("scope={}", crate::resource::quoted(s)))
+            }
+            _ => {}
+        }
+        if let Some(url) = resource_metadata {
+            params.push(format!(
+                "resource_metadata={}",
+                crate::resource::quoted(url)
+            ));
         }
         let scheme = if self.is_dpop_challenge() {
             params.push(format!("algs=\"{}\"", crate::dpop::ALGS));
@@ -224,7 +249,31 @@ impl AuthError {
     }
 
     pub(crate) fn decorate(&self, headers: &mut http::HeaderMap, realm: Option<&str>) {
-        if let Some(v) = self.www_authenticate(realm) {
+        self.decorate_for(headers, realm, None, None)
+    }
+
+    /// [`to_response`](Self::to_response) for a protected resource (see
+    /// [`www_authenticate_for`](Self::www_authenticate_for)).
+    pub fn to_response_for<B: Default>(
+        &self,
+        realm: Option<&str>,
+        resource_metadata: Option<&str>,
+        scope: Option<&str>,
+    ) -> Response<B> {
+        let mut res = Response::new(B::default());
+        *res.status_mut() = self.status();
+        self.decorate_for(res.headers_mut(), realm, resource_metadata, scope);
+        res
+    }
+
+    pub(crate) fn decorate_for(
+        &self,
+        headers: &mut http::HeaderMap,
+        realm: Option<&str>,
+        resource_metadata: Option<&str>,
+        scope: Option<&str>,
+    ) {
+        if let Some(v) = self.www_authenticate_for(realm, resource_metadata, scope) {
             headers.insert(header::WWW_AUTHENTICATE, v);
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -264,6 +313,10 @@ pub enum BuildError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    /// The protected resource's URI is not an absolute http(s) URI without fragment, user
+    /// information, spaces or quotes (RFC 8707 §2).
+    #[error("{0:?} is not a usable resource URI")]
+    Resource(String),
 }
 
 #[cfg(test)]
@@ -310,6 +363,31 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("invalid_request"));
+        // A protected resource (RFC 9728 §5.1): the metadata URL on 401s and 403s, the route's
+        // scopes on a 401, no error code without a credential, values escaped.
+        let url = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
+        let for_ = |e: AuthError, scope: Option<&str>| {
+            e.www_authenticate_for(None, Some(url), scope)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            for_(AuthError::Missing, Some("mcp:read mcp:write")),
+            format!("Bearer scope=\"mcp:read mcp:write\", resource_metadata=\"{url}\"")
+        );
+        assert_eq!(
+            for_(AuthError::InvalidToken(InvalidReason::Expired), Some("mcp:read")),
+            format!("Bearer error=\"invalid_token\", error_description=\"the credential expired\", scope=\"mcp:read\", resource_metadata=\"{url}\"")
+        );
+        assert_eq!(
+            for_(AuthError::InsufficientScope("mcp:write".into()), Some("ignored")),
+            format!("Bearer error=\"insufficient_scope\", error_description=\"the credential lacks the scope this request needs\", scope=\"mcp:write\", resource_metadata=\"{url}\"")
+        );
+        assert_eq!(
+            for_(AuthError::InsufficientScope("a\", error=\"x\r\n".into()), None),
+            format!("Bearer error=\"insufficient_scope\", error_description=\"the credential lacks the scope this request needs\", scope=\"a\\\", error=\\\"x\", resource_metadata=\"{url}\"")
+        );
+        assert_eq!(for_(AuthError::Unavailable("x".into()), Some("a")), "");
         let r: Response<()> = AuthError::Unavailable("down".into()).to_response(None);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");

@@ -3,7 +3,7 @@
 
 use crate::error::AuthError;
 use crate::identity::Identity;
-use crate::layer::Realm;
+use crate::layer::ChallengeContext;
 use axum_core::body::Body;
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
@@ -77,14 +77,17 @@ impl<S: Scope> std::fmt::Debug for RequireScope<S> {
 #[derive(Debug, Clone)]
 pub struct AuthRejection {
     error: AuthError,
-    realm: Option<Realm>,
+    context: Option<ChallengeContext>,
+    /// The scope the extractor requires (named in a 401's challenge).
+    scope: Option<&'static str>,
 }
 
 impl AuthRejection {
-    fn new(error: AuthError, parts: &Parts) -> Self {
+    fn new(error: AuthError, parts: &Parts, scope: Option<&'static str>) -> Self {
         Self {
             error,
-            realm: parts.extensions.get::<Realm>().cloned(),
+            context: parts.extensions.get::<ChallengeContext>().cloned(),
+            scope,
         }
     }
 
@@ -104,7 +107,13 @@ impl IntoResponse for AuthRejection {
         body.insert("error_description".into(), e.description().into());
         let mut res = Response::new(Body::from(serde_json::Value::Object(body).to_string()));
         *res.status_mut() = e.status();
-        e.decorate(res.headers_mut(), self.realm.as_ref().map(|r| r.0.as_ref()));
+        let context = self.context.as_ref();
+        e.decorate_for(
+            res.headers_mut(),
+            context.and_then(|c| c.realm.as_deref()),
+            context.and_then(|c| c.resource_metadata.as_deref()),
+            self.scope,
+        );
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -117,7 +126,8 @@ impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         AuthRejection {
             error: self,
-            realm: None,
+            context: None,
+            scope: None,
         }
         .into_response()
     }
@@ -131,7 +141,7 @@ impl<St: Send + Sync> FromRequestParts<St> for Identity {
             .extensions
             .get::<Identity>()
             .cloned()
-            .ok_or_else(|| AuthRejection::new(AuthError::Missing, parts))
+            .ok_or_else(|| AuthRejection::new(AuthError::Missing, parts, None))
     }
 }
 
@@ -153,12 +163,13 @@ impl<S: Scope, St: Send + Sync> FromRequestParts<St> for RequireScope<S> {
 
     async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
         let Some(identity) = parts.extensions.get::<Identity>() else {
-            return Err(AuthRejection::new(AuthError::Missing, parts));
+            return Err(AuthRejection::new(AuthError::Missing, parts, Some(S::NAME)));
         };
         if !identity.has_scope(S::NAME) {
             return Err(AuthRejection::new(
                 AuthError::InsufficientScope(S::NAME.to_string()),
                 parts,
+                None,
             ));
         }
         Ok(Self {

@@ -12,10 +12,14 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The realm of the challenges, passed to the extractors through the request's extensions.
+/// What the extractors' challenges carry besides the error: the realm and the protected
+/// resource's metadata URL, passed through the request's extensions.
 #[cfg(feature = "axum")]
 #[derive(Debug, Clone)]
-pub(crate) struct Realm(pub Arc<str>);
+pub(crate) struct ChallengeContext {
+    pub realm: Option<Arc<str>>,
+    pub resource_metadata: Option<Arc<str>>,
+}
 
 /// A [`Layer`] that authenticates every request with a [`Verifier`].
 ///
@@ -107,21 +111,32 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let realm = layer.verifier.settings().realm.as_deref();
+            let settings = layer.verifier.settings();
+            let realm = settings.realm.as_deref();
+            let metadata = settings
+                .protected_resource
+                .as_ref()
+                .map(|r| r.metadata_url());
             #[cfg(feature = "axum")]
-            if let Some(r) = realm {
-                req.extensions_mut().insert(Realm(Arc::from(r)));
+            if realm.is_some() || metadata.is_some() {
+                req.extensions_mut().insert(ChallengeContext {
+                    realm: realm.map(Arc::from),
+                    resource_metadata: metadata.map(Arc::from),
+                });
             }
+            // A 401 names the scopes this layer requires, a 403 all of them too (what a client
+            // asks for when it steps up).
+            let required =
+                (!layer.required_scopes.is_empty()).then(|| layer.required_scopes.join(" "));
             let verdict = layer
                 .verifier
                 .authenticate_request(req.method(), req.uri(), req.headers())
                 .await;
             match verdict {
                 Ok(identity) => {
-                    if let Some(missing) = identity.missing_scope(&layer.required_scopes) {
-                        return Ok(
-                            AuthError::InsufficientScope(missing.to_string()).to_response(realm)
-                        );
+                    if identity.missing_scope(&layer.required_scopes).is_some() {
+                        return Ok(AuthError::InsufficientScope(required.unwrap_or_default())
+                            .to_response_for(realm, metadata, None));
                     }
                     req.extensions_mut().insert::<Identity>(identity);
                     inner.call(req).await
@@ -131,7 +146,7 @@ where
                 {
                     inner.call(req).await
                 }
-                Err(e) => Ok(e.to_response(realm)),
+                Err(e) => Ok(e.to_response_for(realm, metadata, required.as_deref())),
             }
         })
     }

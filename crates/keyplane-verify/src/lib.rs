@@ -68,6 +68,7 @@ mod extract;
 mod identity;
 mod jwt;
 mod layer;
+mod resource;
 mod verifier;
 
 pub use config::VerifierBuilder;
@@ -76,4 +77,5 @@ pub use error::{AuthError, BuildError, InvalidReason, ProofReason};
 pub use extract::{AuthRejection, RequireScope, Scope};
 pub use identity::{CredentialKind, Identity};
 pub use layer::{VerifyLayer, VerifyService};
+pub use resource::{MetadataService, ProtectedResource};
 pub use verifier::Verifier;

@@ -143,6 +143,12 @@ impl Verifier {
         &self.inner.s.issuer
     }
 
+    /// This server as an RFC 9728 protected resource, when the builder set one
+    /// ([`VerifierBuilder::protected_resource`](crate::VerifierBuilder::protected_resource)).
+    pub fn protected_resource(&self) -> Option<&crate::resource::ProtectedResource> {
+        self.inner.s.protected_resource.as_ref()
+    }
+
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.s
     }

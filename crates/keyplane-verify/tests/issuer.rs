@@ -631,3 +631,107 @@ async fn the_layer_and_the_extractors_answer_rfc_6750() {
     assert_eq!(h[header::RETRY_AFTER], "1");
     assert!(h.get(header::WWW_AUTHENTICATE).is_none());
 }
+
+/// RFC 9728: with a protected resource, every 401 and 403 names the metadata URL (and a 401
+/// the scopes the route needs), and the document is served at its well-known path, outside the
+/// layer, with the issuer as the authorization server.
+#[tokio::test]
+async fn a_protected_resource_publishes_its_metadata_and_names_it_in_challenges() {
+    let issuer = Issuer::start().await;
+    issuer.answer("kp_reader", active("mem_r", "ai-guard:read", "api_key"));
+    issuer.answer("kp_other", active("mem_o", "other", "api_key"));
+    let v = issuer
+        .verifier()
+        .protected_resource(
+            "https://guard.example.com/mcp",
+            ["ai-guard:read", "ai-guard:write"],
+        )
+        .resource_name("AI Guard")
+        .build()
+        .unwrap();
+    let pr = v.protected_resource().unwrap().clone();
+    let url = "https://guard.example.com/.well-known/oauth-protected-resource/mcp";
+    assert_eq!(pr.metadata_url(), url);
+    let app = Router::new()
+        .route("/", get(protected))
+        .layer(VerifyLayer::new(v.clone()))
+        .route_service(pr.well_known_path(), pr.service());
+
+    // No error code without a credential; the layer requires no scope, so it names none
+    // (a client then asks for the document's `scopes_supported`).
+    let (s, h, _) = send(&app, &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&h), format!("Bearer resource_metadata=\"{url}\""));
+    // With anonymous requests let through, the extractor answers, naming its scope.
+    let open = Router::new()
+        .route("/", get(protected))
+        .layer(VerifyLayer::new(v.clone()).allow_anonymous());
+    let (s, h, _) = send(&open, &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&h),
+        format!("Bearer scope=\"ai-guard:read\", resource_metadata=\"{url}\"")
+    );
+    let (s, h, _) = send(&app, &["Bearer kp_nope"]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(challenge(&h).starts_with("Bearer error=\"invalid_token\""));
+    assert!(challenge(&h).ends_with(&format!(", resource_metadata=\"{url}\"")));
+    let (s, h, _) = send(&app, &["Bearer kp_other"]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        challenge(&h),
+        format!("Bearer error=\"insufficient_scope\", error_description=\"the credential lacks the scope this request needs\", scope=\"ai-guard:read\", resource_metadata=\"{url}\"")
+    );
+
+    // The layer's own scopes: all of them, on a 401 and a 403.
+    let strict = Router::new().route("/", get(who)).layer(
+        VerifyLayer::new(v.clone())
+            .require_scope("ai-guard:read")
+            .require_scope("ai-guard:write"),
+    );
+    let (s, h, _) = send(&strict, &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenge(&h),
+        format!("Bearer scope=\"ai-guard:read ai-guard:write\", resource_metadata=\"{url}\"")
+    );
+    let (s, h, _) = send(&strict, &["Bearer kp_reader"]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(challenge(&h).contains("scope=\"ai-guard:read ai-guard:write\""));
+
+    // The document, without a credential.
+    let res = app
+        .clone()
+        .oneshot(
+            Request::get(pr.well_known_path())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["resource"], "https://guard.example.com/mcp");
+    assert_eq!(doc["authorization_servers"], json!([issuer.base]));
+    assert_eq!(
+        doc["scopes_supported"],
+        json!(["ai-guard:read", "ai-guard:write"])
+    );
+    assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    assert_eq!(doc["resource_name"], "AI Guard");
+
+    // A resource that is not an absolute URI is refused when the verifier is built.
+    let bad = issuer
+        .verifier()
+        .protected_resource("guard.example.com/mcp", ["x"])
+        .build()
+        .err();
+    assert!(matches!(
+        bad,
+        Some(keyplane_verify::BuildError::Resource(_))
+    ));
+}

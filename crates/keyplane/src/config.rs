@@ -61,6 +61,9 @@ pub struct FileConfig {
     pub upstream: Option<String>,
     /// The CA (PEM) an https:// upstream's certificate must chain to, instead of the Mozilla roots.
     pub upstream_ca_cert: Option<PathBuf>,
+    /// The resource URI (RFC 8707, a service's `resources` entry) the gateway fronts: its RFC
+    /// 9728 metadata is served by the gateway and named in the gateway's challenges.
+    pub gateway_resource: Option<String>,
     #[serde(default)]
     pub gateway: GatewayFile,
     /// Time for a request's line and headers (every listener).
@@ -350,6 +353,10 @@ pub struct GatewayFlags {
     /// The API the gateway forwards to, e.g. http://127.0.0.1:9000.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+    /// The resource URI the gateway fronts (a service's resource URI), e.g.
+    /// https://mcp.example.com/mcp: the gateway serves its RFC 9728 metadata.
+    #[arg(long, value_name = "URI")]
+    pub gateway_resource: Option<String>,
 }
 
 /// Flags of `keyplane serve` for the connection edge and authentication throttling.
@@ -447,6 +454,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     pub gateway_listen: Option<SocketAddr>,
     pub upstream: Option<String>,
+    /// The resource URI the gateway fronts (RFC 9728), normalized.
+    pub gateway_resource: Option<String>,
     pub upstream_timeout_ms: u64,
     pub gateway_max_body_bytes: usize,
     pub gateway_max_header_bytes: usize,
@@ -529,6 +538,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_OAUTH_REGISTRATION",
     "KEYPLANE_OAUTH_REGISTRATION_TOKEN",
     "KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK",
+    "KEYPLANE_GATEWAY_RESOURCE",
     "KEYPLANE_FLUSH_INTERVAL_MS",
     "KEYPLANE_STALE_SERVE_SECONDS",
     "KEYPLANE_CACHE_PRELOAD",
@@ -1053,6 +1063,20 @@ impl Config {
         if gateway_listen.is_some() != upstream.is_some() {
             bail!("the gateway needs both a listen address (--gateway-listen) and an upstream (--upstream)");
         }
+        let gateway_resource = gateway
+            .gateway_resource
+            .clone()
+            .or_else(|| env.get("KEYPLANE_GATEWAY_RESOURCE").cloned())
+            .or(file.gateway_resource.clone())
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                keyplane_core::domain::resource::parse_resource(&r)
+                    .map_err(|e| anyhow::anyhow!("gateway_resource {r:?}: {e}"))
+            })
+            .transpose()?;
+        if gateway_resource.is_some() && gateway_listen.is_none() {
+            bail!("gateway_resource (KEYPLANE_GATEWAY_RESOURCE) is set, but the gateway does not run (no gateway_listen)");
+        }
         let upstream_timeout_ms = match env.get("KEYPLANE_UPSTREAM_TIMEOUT_MS") {
             Some(v) => v
                 .parse()
@@ -1199,6 +1223,7 @@ impl Config {
             config_file: file_path,
             gateway_listen,
             upstream,
+            gateway_resource,
             upstream_timeout_ms,
             gateway_max_body_bytes: file.gateway.max_body_bytes.unwrap_or(64 * 1024 * 1024),
             gateway_max_header_bytes: file.gateway.max_header_bytes.unwrap_or(32 * 1024),

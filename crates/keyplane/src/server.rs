@@ -465,6 +465,14 @@ async fn prepare(app: &Arc<Keyplane>, config: &Config) -> Result<()> {
     if rules > 0 {
         tracing::info!(rules, "route rules loaded");
     }
+    // After the declarations: the gateway's resource may be a declared service's.
+    app.set_gateway_resource(config.gateway_resource.as_deref())
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("the gateway's protected resource")?;
+    if let Some(r) = &config.gateway_resource {
+        tracing::info!(resource = %r, "the gateway serves the protected resource metadata of its resource");
+    }
     Ok(())
 }
 

@@ -6,6 +6,8 @@
 //!   the scope); answers like seed 000.
 //! - `GET /v1/whoami`: any valid credential; the verified [`Identity`] as JSON.
 //! - `GET /healthz`: open.
+//! - With a protected resource configured (`--resource`), its RFC 9728 metadata at
+//!   `/.well-known/oauth-protected-resource/…` (open), named in every 401 and 403.
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -22,12 +24,18 @@ keyplane_verify::scope!(
 
 /// The resource server's routes, authenticated by `verifier`.
 pub fn app(verifier: Verifier) -> Router {
-    Router::new()
+    let metadata = verifier.protected_resource().cloned();
+    let router = Router::new()
         .route("/v1/text/guard", post(guard))
         .route("/v1/whoami", get(whoami))
         // `route_layer`: only the routes above are authenticated; unknown paths stay 404.
         .route_layer(VerifyLayer::new(verifier))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "ok" }));
+    match metadata {
+        // The metadata is public: routed after the layer, so it is not authenticated.
+        Some(pr) => router.route_service(pr.well_known_path(), pr.service()),
+        None => router,
+    }
 }
 
 async fn guard(_: RequireScope<AiGuardRead>, headers: HeaderMap, body: Bytes) -> Response {
@@ -81,5 +89,38 @@ mod tests {
             call("GET", "/nope").await.unwrap().status(),
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[tokio::test]
+    async fn a_protected_resource_names_its_metadata_in_refusals() {
+        let v = Verifier::builder("http://127.0.0.1:9")
+            .protected_resource("https://guard.example.com/v1/text/guard", ["ai-guard:read"])
+            .build()
+            .unwrap();
+        let call = |method: &str, path: &str| {
+            app(v.clone()).oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+        };
+        let r = call("POST", "/v1/text/guard").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer resource_metadata=\"https://guard.example.com/.well-known/oauth-protected-resource/v1/text/guard\""
+        );
+        let doc = call("GET", "/.well-known/oauth-protected-resource/v1/text/guard")
+            .await
+            .unwrap();
+        assert_eq!(doc.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(doc.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["resource"], "https://guard.example.com/v1/text/guard");
+        assert_eq!(doc["authorization_servers"][0], "http://127.0.0.1:9");
     }
 }

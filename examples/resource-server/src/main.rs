@@ -43,6 +43,11 @@ struct Args {
         value_delimiter = ','
     )]
     audiences: Vec<String>,
+    /// This server's resource URI (RFC 8707/9728), e.g. https://guard.example.com/v1/text/guard:
+    /// its metadata is served and named in refusals, and it is the JWT audience unless
+    /// --audience is given.
+    #[arg(long, env = "RESOURCE_SERVER_RESOURCE")]
+    resource: Option<String>,
     /// Also introspect JWTs, so a revoked JWT is refused within the cache TTL.
     #[arg(long, env = "RESOURCE_SERVER_INTROSPECT_JWTS")]
     introspect_jwts: bool,
@@ -59,6 +64,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .positive_cache_ttl(Duration::from_secs(args.cache_seconds));
     if let Some(url) = &args.keyplane_url {
         b = b.reach_at(url);
+    }
+    if let Some(r) = &args.resource {
+        b = b
+            .protected_resource(r, ["ai-guard:read"])
+            .resource_name("AI Guard");
     }
     if !args.audiences.is_empty() {
         b = b.audiences(args.audiences.clone());

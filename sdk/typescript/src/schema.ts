@@ -38,6 +38,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/.well-known/oauth-protected-resource": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * RFC 9728 protected resource metadata of a resource URI without a path (`https://host` or
+         *     `https://host/`) at the request's host.
+         */
+        get: operations["protected_resource_metadata_root"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/oauth-protected-resource/{path}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** RFC 9728 protected resource metadata, for the resource the request's host and path name. */
+        get: operations["protected_resource_metadata"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/oauth/token": {
         parameters: {
             query?: never;
@@ -1649,6 +1686,24 @@ export interface components {
             name: string;
             org_id: string;
         };
+        /** @description RFC 9728 §2 protected resource metadata. */
+        ProtectedResourceMetadata: {
+            /** @description keyplane's issuer, the one authorization server for it. */
+            authorization_servers: string[];
+            /** @description `["header"]`: a token goes in `Authorization` only (RFC 6750 §2.1). */
+            bearer_methods_supported: string[];
+            /** @description The DPoP proof algorithms keyplane accepts (RFC 9449 §5.1). */
+            dpop_signing_alg_values_supported: string[];
+            /**
+             * @description The resource URI, exactly as the service declares it (RFC 9728 §3.3: a client checks it
+             *     equals the URI it derived the metadata URL from).
+             */
+            resource: string;
+            /** @description The service's name. */
+            resource_name: string;
+            /** @description The scopes of the resource's service: what a token for this resource may carry. */
+            scopes_supported: string[];
+        };
         /** @description What `/readyz` answers. */
         ReadinessView: {
             /** @description Why it is not `ready`. */
@@ -1940,6 +1995,67 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuthorizationServerMetadata"];
+                };
+            };
+        };
+    };
+    protected_resource_metadata_root: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the metadata of the resource `https://{host}` (Host, or X-Forwarded-Host from a trusted proxy); `Cache-Control: public`, CORS `*` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProtectedResourceMetadata"];
+                };
+            };
+            /** @description no service declares a resource URI at this host */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                };
+            };
+        };
+    };
+    protected_resource_metadata: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the resource URI's path (RFC 9728 §3.1): `mcp` for `https://host/mcp` */
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the metadata of the resource at this host (Host, or X-Forwarded-Host from a trusted proxy) and path; `Cache-Control: public`, CORS `*` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProtectedResourceMetadata"];
+                };
+            };
+            /** @description no service declares a resource URI at this host and path */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
                 };
             };
         };
@@ -3715,10 +3831,10 @@ export interface operations {
                     "application/problem+json": unknown;
                 };
             };
-            /** @description missing, malformed, unknown, revoked or expired credential (`invalid_token`) */
+            /** @description missing, malformed, unknown, revoked or expired credential (`invalid_token`; the challenge has no error code when none was presented) */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge */
+                    /** @description RFC 6750 §3 challenge, with `scope` (the scopes the request needs) and, when the forwarded URL is a service's resource, RFC 9728 `resource_metadata` */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -3729,7 +3845,7 @@ export interface operations {
             /** @description the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge */
+                    /** @description RFC 6750 §3 challenge, with `scope` and RFC 9728 `resource_metadata` as for a 401 */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -3767,10 +3883,10 @@ export interface operations {
                     "application/problem+json": unknown;
                 };
             };
-            /** @description missing, malformed, unknown, revoked or expired credential (`invalid_token`) */
+            /** @description missing, malformed, unknown, revoked or expired credential (`invalid_token`; the challenge has no error code when none was presented) */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge */
+                    /** @description RFC 6750 §3 challenge, with `scope` (the scopes the request needs) and, when the forwarded URL is a service's resource, RFC 9728 `resource_metadata` */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -3781,7 +3897,7 @@ export interface operations {
             /** @description the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge */
+                    /** @description RFC 6750 §3 challenge, with `scope` and RFC 9728 `resource_metadata` as for a 401 */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };

@@ -43,6 +43,132 @@ pub fn parse_resource(text: &str) -> Result<String, String> {
     ))
 }
 
+/// The well-known path of protected resource metadata (RFC 9728 §3).
+pub const METADATA_WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+/// A protected resource (RFC 9728): one resource URI of a service, with the service's name and
+/// scopes (what a token for it may carry, and so what a client asks for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedResource {
+    /// The resource URI exactly as the service declares it (scheme and host lowercased).
+    pub resource: String,
+    /// The service's name (`resource_name`).
+    pub name: String,
+    /// The service's scopes (`scopes_supported`).
+    pub scopes: Vec<String>,
+}
+
+/// A resource URI's parts: scheme, authority (lowercased by [`parse_resource`]) and the rest
+/// (path and query, possibly empty).
+pub fn split_resource(resource: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = resource.split_once("://")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    Some((scheme, authority, tail))
+}
+
+/// The path and query a resource's metadata URL puts after the well-known segment (RFC 9728
+/// §3.1): the URI's path and query, with a lone terminating `/` after the host dropped.
+pub fn well_known_suffix(tail: &str) -> &str {
+    if tail == "/" {
+        ""
+    } else {
+        tail
+    }
+}
+
+/// The URL of a resource's metadata (RFC 9728 §3.1): `/.well-known/oauth-protected-resource`
+/// goes between the host and the path, so `https://mcp.example.com/mcp` has
+/// `https://mcp.example.com/.well-known/oauth-protected-resource/mcp`.
+pub fn metadata_url(resource: &str) -> Option<String> {
+    let (scheme, authority, tail) = split_resource(resource)?;
+    Some(format!(
+        "{scheme}://{authority}{METADATA_WELL_KNOWN}{}",
+        well_known_suffix(tail)
+    ))
+}
+
+/// The resource among `resources` whose metadata is at `suffix` (what follows
+/// `/.well-known/oauth-protected-resource` in the request's path and query) on `host` (the
+/// authority the request was addressed to). The host is compared case-insensitively, the
+/// suffix exactly. `scheme`, when known, decides between resources that differ only by it
+/// (behind a TLS terminator the scheme is often not known). `None` for anything else: a
+/// document is never answered for another host or path than its own.
+pub fn resource_for_metadata<'a>(
+    resources: impl Iterator<Item = &'a ProtectedResource>,
+    scheme: Option<&str>,
+    host: &str,
+    suffix: &str,
+) -> Option<&'a ProtectedResource> {
+    let host = host.to_ascii_lowercase();
+    let mut found: Vec<&ProtectedResource> = resources
+        .filter(|r| {
+            split_resource(&r.resource)
+                .is_some_and(|(_, a, tail)| a == host && well_known_suffix(tail) == suffix)
+        })
+        .collect();
+    pick_by_scheme(&mut found, scheme)
+}
+
+/// The resource a request to `scheme://host{path}` is for: the one on that host whose path is
+/// the longest whole-segment prefix of `path` (`https://h/mcp` covers `/mcp` and `/mcp/x`, not
+/// `/mcpx`). `path` is the request's normalized path, without its query.
+pub fn resource_for_request<'a>(
+    resources: impl Iterator<Item = &'a ProtectedResource>,
+    scheme: Option<&str>,
+    host: &str,
+    path: &str,
+) -> Option<&'a ProtectedResource> {
+    let host = host.to_ascii_lowercase();
+    let covers = |tail: &str| {
+        if tail.contains('?') {
+            return None;
+        }
+        let base = tail.trim_end_matches('/');
+        (base.is_empty()
+            || path == base
+            || path
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('/')))
+        .then_some(base.len())
+    };
+    let mut best: Vec<&ProtectedResource> = Vec::new();
+    let mut best_len = 0usize;
+    for r in resources {
+        let Some((_, a, tail)) = split_resource(&r.resource) else {
+            continue;
+        };
+        if a != host {
+            continue;
+        }
+        let Some(len) = covers(tail) else { continue };
+        if best.is_empty() || len > best_len {
+            best = vec![r];
+            best_len = len;
+        } else if len == best_len {
+            best.push(r);
+        }
+    }
+    pick_by_scheme(&mut best, scheme)
+}
+
+/// One of resources that differ only by scheme: the one with `scheme`, else the only one.
+fn pick_by_scheme<'a>(
+    found: &mut Vec<&'a ProtectedResource>,
+    scheme: Option<&str>,
+) -> Option<&'a ProtectedResource> {
+    if let Some(scheme) = scheme {
+        if let Some(r) = found.iter().find(|r| {
+            split_resource(&r.resource).is_some_and(|(s, _, _)| s.eq_ignore_ascii_case(scheme))
+        }) {
+            return Some(r);
+        }
+    }
+    found.sort_by(|a, b| a.resource.cmp(&b.resource));
+    found.dedup_by(|a, b| a.resource == b.resource);
+    (found.len() == 1).then(|| found[0])
+}
+
 /// Why a token request's `resource` and `scope` cannot be honoured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetError {
@@ -192,5 +318,98 @@ mod tests {
             grant(&allowed, None, &[c]),
             Err(TargetError::Target(_))
         ));
+    }
+
+    fn pr(uri: &str) -> ProtectedResource {
+        ProtectedResource {
+            resource: uri.into(),
+            name: "svc".into(),
+            scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn metadata_urls_put_the_well_known_segment_between_host_and_path() {
+        // RFC 9728 §3.1 and its examples.
+        for (resource, url) in [
+            (
+                "https://mcp.example.com/mcp",
+                "https://mcp.example.com/.well-known/oauth-protected-resource/mcp",
+            ),
+            (
+                "https://resource.example.com",
+                "https://resource.example.com/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://resource.example.com/",
+                "https://resource.example.com/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://resource.example.com/resource1",
+                "https://resource.example.com/.well-known/oauth-protected-resource/resource1",
+            ),
+            (
+                "http://127.0.0.1:9000/a/b/?x=1",
+                "http://127.0.0.1:9000/.well-known/oauth-protected-resource/a/b/?x=1",
+            ),
+        ] {
+            assert_eq!(metadata_url(resource).unwrap(), url);
+        }
+        assert_eq!(metadata_url("not a uri"), None);
+    }
+
+    #[test]
+    fn a_metadata_request_finds_only_its_own_resource() {
+        let all = [
+            pr("https://mcp.example.com/mcp"),
+            pr("https://other.example.com/mcp"),
+            pr("http://plain.example.com/"),
+            pr("https://twice.example.com/x"),
+            pr("http://twice.example.com/x"),
+        ];
+        let find = |scheme, host, suffix| {
+            resource_for_metadata(all.iter(), scheme, host, suffix).map(|r| r.resource.as_str())
+        };
+        assert_eq!(
+            find(None, "MCP.example.com", "/mcp"),
+            Some("https://mcp.example.com/mcp")
+        );
+        assert_eq!(find(Some("https"), "mcp.example.com", "/mcp/"), None);
+        assert_eq!(find(None, "mcp.example.com", ""), None);
+        assert_eq!(find(None, "evil.example.com", "/mcp"), None);
+        assert_eq!(
+            find(None, "plain.example.com", ""),
+            Some("http://plain.example.com/")
+        );
+        assert_eq!(
+            find(None, "twice.example.com", "/x"),
+            None,
+            "ambiguous without a scheme"
+        );
+        assert_eq!(
+            find(Some("http"), "twice.example.com", "/x"),
+            Some("http://twice.example.com/x")
+        );
+    }
+
+    #[test]
+    fn a_request_is_for_the_longest_resource_covering_its_path() {
+        let all = [
+            pr("https://h.example/"),
+            pr("https://h.example/mcp"),
+            pr("https://h.example/mcp/admin/"),
+        ];
+        let find = |path| {
+            resource_for_request(all.iter(), Some("https"), "h.example", path)
+                .map(|r| r.resource.as_str())
+        };
+        assert_eq!(find("/mcp"), Some("https://h.example/mcp"));
+        assert_eq!(find("/mcp/tools"), Some("https://h.example/mcp"));
+        assert_eq!(find("/mcpx"), Some("https://h.example/"));
+        assert_eq!(find("/mcp/admin/x"), Some("https://h.example/mcp/admin/"));
+        assert_eq!(
+            resource_for_request(all.iter(), None, "x.example", "/mcp"),
+            None
+        );
     }
 }

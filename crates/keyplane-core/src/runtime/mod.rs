@@ -56,6 +56,8 @@ pub struct Runtime {
     pub(crate) config_applier: Mutex<Option<Arc<dyn crate::domain::declared::ConfigApplier>>>,
     /// Services by resource URI and scope (RFC 8707).
     pub(crate) services: services::ServiceCache,
+    /// The resource URI the gateway fronts (RFC 9728), when configured.
+    pub(crate) gateway_resource: RwLock<Option<String>>,
     /// The states of API keys that exchanged tokens act for.
     pub(crate) subject_keys: delegation::SubjectKeys,
     pub(crate) grants: grants::LiveGrants,
@@ -89,6 +91,7 @@ impl Runtime {
             rules_source: Mutex::new(None),
             config_applier: Mutex::new(None),
             services: Default::default(),
+            gateway_resource: RwLock::new(None),
             subject_keys: Default::default(),
             grants: Default::default(),
             flushing: tokio::sync::Mutex::new(()),

@@ -6,6 +6,7 @@
 use super::Runtime;
 use crate::domain::error::Result;
 use crate::domain::model::Service;
+use crate::domain::resource::ProtectedResource;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,6 +18,8 @@ pub struct ServiceIndex {
     by_resource: HashMap<String, Arc<[String]>>,
     /// A scope → the resource URIs of its service, for services that declare any.
     audience_of_scope: HashMap<String, Arc<[String]>>,
+    /// Every resource URI as a protected resource (RFC 9728).
+    protected: Vec<ProtectedResource>,
 }
 
 impl ServiceIndex {
@@ -27,6 +30,11 @@ impl ServiceIndex {
             let resources: Arc<[String]> = s.resources.clone().into();
             for r in &s.resources {
                 idx.by_resource.insert(r.clone(), Arc::clone(&scopes));
+                idx.protected.push(ProtectedResource {
+                    resource: r.clone(),
+                    name: s.name.clone(),
+                    scopes: s.scopes.clone(),
+                });
             }
             for sc in &s.scopes {
                 idx.audience_of_scope
@@ -39,6 +47,16 @@ impl ServiceIndex {
     /// The scopes of the service a resource URI names.
     pub fn scopes_of_resource(&self, resource: &str) -> Option<&Arc<[String]>> {
         self.by_resource.get(resource)
+    }
+
+    /// The protected resource a resource URI names.
+    pub fn protected_resource(&self, resource: &str) -> Option<&ProtectedResource> {
+        self.protected.iter().find(|r| r.resource == resource)
+    }
+
+    /// Every protected resource.
+    pub fn protected_resources(&self) -> impl Iterator<Item = &ProtectedResource> {
+        self.protected.iter()
     }
 
     /// Whether an access token with audience `aud` may be used for every scope in `required`:
@@ -106,6 +124,28 @@ impl Runtime {
             }
         }
         Ok(idx)
+    }
+}
+
+impl Runtime {
+    /// Whether the configured gateway resource (if any) is still a resource URI of a service:
+    /// checked at start and whenever the route rules are reloaded.
+    pub async fn check_gateway_resource(&self) -> std::result::Result<(), String> {
+        let configured = self
+            .gateway_resource
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(resource) = configured else {
+            return Ok(());
+        };
+        let idx = self.services().await.map_err(|e| e.to_string())?;
+        if idx.protected_resource(&resource).is_none() {
+            return Err(format!(
+                "gateway_resource {resource:?} is not a resource URI of any service (declare it in a service's `resources`)"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -189,6 +189,7 @@ impl Keyplane {
             .await
             .map_err(|e| e.to_string())?;
         set.check_scopes(&known)?;
+        self.rt.check_gateway_resource().await?;
         let n = set.len();
         *self.rt.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         Ok(n)

@@ -19,6 +19,7 @@ pub mod members;
 pub mod operations;
 pub mod orgs;
 pub mod projects;
+pub mod resources;
 pub mod roles;
 pub mod services;
 pub mod signing_keys;

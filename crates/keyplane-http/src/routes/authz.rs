@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
 use keyplane_core::domain::path::{NormalPath, PathError};
+use keyplane_core::domain::request::Refusal;
+use keyplane_core::domain::resource::ProtectedResource;
 use keyplane_core::usecase::check::{Identity, Verdict};
 use std::borrow::Cow;
 
@@ -172,8 +174,8 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
     responses(
         (status = 200, description = "allowed; identity in X-Keyplane-Subject, -Scopes, -Org, -Project, -Credential-Id, and for a token obtained by token exchange X-Keyplane-Actor (the acting client; the subject is whom it acts for)"),
         (status = 400, description = "the original request's path is ambiguous (e.g. %2e%2e, %2F, a backslash, '//'), or two forms name different requests", content_type = "application/problem+json"),
-        (status = 401, description = "missing, malformed, unknown, revoked or expired credential (`invalid_token`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge"))),
-        (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge")))),
+        (status = 401, description = "missing, malformed, unknown, revoked or expired credential (`invalid_token`; the challenge has no error code when none was presented)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge, with `scope` (the scopes the request needs) and, when the forwarded URL is a service's resource, RFC 9728 `resource_metadata`"))),
+        (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge, with `scope` and RFC 9728 `resource_metadata` as for a 401")))),
     security(("bearer" = [])))]
 pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Response {
     let (parts, _body) = req.into_parts();
@@ -193,7 +195,11 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
                     .app
                     .check_request(token, dpop.as_ref(), method, &path, &meta)
                     .await;
-                return respond(verdict, &required);
+                if matches!(verdict, Verdict::Allow(_)) {
+                    return respond(verdict, &required, None);
+                }
+                let resource = resource_of(&s, &parts, Some(path.as_str())).await;
+                return respond(verdict, &required, resource.as_ref());
             }
             Some(Err(e)) => return e.into_response(),
             None => {}
@@ -228,15 +234,30 @@ pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Re
             htus: vec![],
         }),
     };
-    respond(
-        s.app.check(token, dpop.as_ref(), &required, &meta).await,
-        &required,
-    )
+    let verdict = s.app.check(token, dpop.as_ref(), &required, &meta).await;
+    if matches!(verdict, Verdict::Allow(_)) {
+        return respond(verdict, &required, None);
+    }
+    // The `?scope=` form names the original request only in `X-Original-URL` or
+    // `X-Forwarded-Uri`, if at all.
+    let forwarded_path = parts
+        .headers
+        .get(FORWARDED_URI)
+        .and_then(|v| header_path(v).ok());
+    let path = original_url_path.as_ref().or(forwarded_path.as_ref());
+    let resource = resource_of(&s, &parts, path.map(|p| p.as_str())).await;
+    respond(verdict, &required, resource.as_ref())
 }
 
 /// The answer for a verdict: 200 with identity headers, or 401/403 with an RFC 6750 challenge
-/// (marked with the refusal's reason for the request metrics).
-pub fn respond<S: AsRef<str>>(verdict: Verdict, required: &[S]) -> Response {
+/// (marked with the refusal's reason for the request metrics). A refusal's challenge names the
+/// scopes the route needs and, when the request's protected resource is known, its metadata URL
+/// (RFC 9728 §5.1).
+pub fn respond<S: AsRef<str>>(
+    verdict: Verdict,
+    required: &[S],
+    resource: Option<&ProtectedResource>,
+) -> Response {
     let reason = match &verdict {
         Verdict::Allow(k) => return allowed(k),
         Verdict::Dpop(_) => Reason::Dpop,
@@ -244,35 +265,84 @@ pub fn respond<S: AsRef<str>>(verdict: Verdict, required: &[S]) -> Response {
         Verdict::Refuse(r) => Reason::of_refusal(*r),
         Verdict::InsufficientScope(_) => Reason::InsufficientScope,
     };
-    mark_refused(refusal(verdict, required), reason)
+    mark_refused(refusal(verdict, required, resource), reason)
 }
 
-fn refusal<S: AsRef<str>>(verdict: Verdict, required: &[S]) -> Response {
+fn refusal<S: AsRef<str>>(
+    verdict: Verdict,
+    required: &[S],
+    resource: Option<&ProtectedResource>,
+) -> Response {
+    let params = |scope: &[S]| crate::protected_resource::challenge_params(resource, scope);
     match verdict {
         Verdict::Allow(k) => allowed(&k),
-        Verdict::Dpop(r) => crate::dpop::challenge(&r),
+        Verdict::Dpop(r) => crate::dpop::challenge_with(&r, &params(required)),
         Verdict::NoRule(_) => challenge(
             StatusCode::FORBIDDEN,
-            "Bearer realm=\"keyplane\", error=\"insufficient_scope\", error_description=\"no route rule allows this request\"".into(),
+            format!("Bearer realm=\"keyplane\", error=\"insufficient_scope\", error_description=\"no route rule allows this request\"{}", params(&[])),
             "insufficient_scope",
             "no route rule allows this request",
         ),
+        // No credential (or not a bearer one): no error code (RFC 6750 §3.1).
+        Verdict::Refuse(Refusal::Missing) => challenge(
+            StatusCode::UNAUTHORIZED,
+            format!("Bearer realm=\"keyplane\"{}", params(required)),
+            "invalid_token",
+            Refusal::Missing.describe(),
+        ),
         Verdict::Refuse(r) => challenge(
             StatusCode::UNAUTHORIZED,
-            format!("Bearer realm=\"keyplane\", error=\"invalid_token\", error_description=\"{}\"", r.describe()),
+            format!(
+                "Bearer realm=\"keyplane\", error=\"invalid_token\", error_description=\"{}\"{}",
+                r.describe(),
+                params(required)
+            ),
             "invalid_token",
             r.describe(),
         ),
         Verdict::InsufficientScope(_) => challenge(
             StatusCode::FORBIDDEN,
             format!(
-                "Bearer realm=\"keyplane\", error=\"insufficient_scope\", error_description=\"the credential lacks a required scope\", scope=\"{}\"",
-                required.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" ")
+                "Bearer realm=\"keyplane\", error=\"insufficient_scope\", error_description=\"the credential lacks a required scope\"{}",
+                params(required)
             ),
             "insufficient_scope",
             "the credential lacks a required scope",
         ),
     }
+}
+
+/// The scheme (when the proxy said it) and host of the request being authorized: from
+/// `X-Original-URL` (nginx), else `X-Forwarded-Proto`/`-Host` (Traefik, nginx), else `Host`
+/// (Envoy).
+fn original_origin(parts: &Parts) -> (Option<&str>, Option<&str>) {
+    let first = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some((scheme, rest)) = first("x-original-url").and_then(|u| u.split_once("://")) {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if !host.is_empty() {
+            return (Some(scheme), Some(host));
+        }
+    }
+    (
+        first("x-forwarded-proto"),
+        first("x-forwarded-host").or_else(|| first("host")),
+    )
+}
+
+/// The protected resource the refused request was for: its origin (see [`original_origin`])
+/// and normalized path matched against every service's resource URIs. `None` when the path is
+/// not known or nothing matches.
+async fn resource_of(s: &AppState, parts: &Parts, path: Option<&str>) -> Option<ProtectedResource> {
+    let path = path?;
+    let (scheme, host) = original_origin(parts);
+    s.app.resource_for_request(scheme, host?, path).await
 }
 
 /// The identity headers of an allowed credential. An API key's organization, project and

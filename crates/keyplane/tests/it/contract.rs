@@ -127,6 +127,9 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/oauth-apps/unblock"),
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/.well-known/jwks.json"),
+    // RFC 9728 metadata (also OPTIONS, a CORS preflight, not in the document).
+    ("GET", "/.well-known/oauth-protected-resource"),
+    ("GET", "/.well-known/oauth-protected-resource/{path}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -135,9 +138,11 @@ const SERVED: &[(&str, &str)] = &[
 
 const TOKEN_PATHS: [&str; 3] = ["/v1/oauth/token", "/v1beta/oauth/token", "/api/oauth/token"];
 
-/// The OAuth endpoints, whose errors are RFC 6749 bodies.
+/// The OAuth endpoints, whose errors are RFC 6749 bodies (protected resource metadata is not
+/// one: its 404 is problem+json).
 fn is_oauth_path(path: &str) -> bool {
-    path.starts_with("/.well-known/")
+    (path.starts_with("/.well-known/")
+        && !path.starts_with("/.well-known/oauth-protected-resource"))
         || path == "/v1/oauth/authorize"
         || path == "/v1/oauth/register"
         || TOKEN_PATHS.iter().any(|t| {

@@ -66,10 +66,15 @@ async fn lifecycle(app: TestApp) {
     ] {
         let a = app.authz(token, None).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{token:?}");
-        assert!(a
-            .header("www-authenticate")
-            .unwrap()
-            .contains("error=\"invalid_token\""));
+        let challenge = a.header("www-authenticate").unwrap();
+        // No credential: no error code (RFC 6750 §3.1); a credential refused: invalid_token.
+        let presented = token.is_some();
+        assert_eq!(
+            challenge.contains("error=\"invalid_token\""),
+            presented,
+            "{token:?}: {challenge}"
+        );
+        assert!(challenge.starts_with("Bearer realm=\"keyplane\""));
     }
     let well_formed_unknown = keyplane_core::domain::secret::SecretFormat::new("kp_")
         .unwrap()

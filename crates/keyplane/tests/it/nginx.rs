@@ -76,6 +76,10 @@ http {{
             # which auth_request does not pass on by itself (only WWW-Authenticate).
             auth_request_set $kp_dpop_nonce $upstream_http_dpop_nonce;
             add_header DPoP-Nonce $kp_dpop_nonce always;
+            # A 403's challenge (insufficient_scope, the scope needed, the resource's metadata
+            # URL): auth_request passes WWW-Authenticate on from a 401 only.
+            auth_request_set $kp_www_authenticate $upstream_http_www_authenticate;
+            error_page 403 = @keyplane_forbidden;
             # Whatever the caller sent under these names is replaced by the verified identity.
             proxy_set_header X-Keyplane-Subject $kp_subject;
             proxy_set_header X-Keyplane-Scopes $kp_scopes;
@@ -83,6 +87,16 @@ http {{
             proxy_set_header X-Keyplane-Project $kp_project;
             proxy_set_header X-Keyplane-Credential-Id $kp_credential;
             proxy_pass {upstream};
+        }}
+        location @keyplane_forbidden {{
+            add_header WWW-Authenticate $kp_www_authenticate always;
+            return 403;
+        }}
+        # RFC 9728 protected resource metadata: keyplane answers for the resource at this
+        # host and path.
+        location /.well-known/oauth-protected-resource {{
+            proxy_pass {keyplane};
+            proxy_set_header Host $http_host;
         }}
     }}
 }}
