@@ -4,7 +4,9 @@ HTTP (sign in to keyplane's console, allow on the consent page). Prints one JSON
 for crates/keyplane/tests/it/mcp.rs to check; exits non-zero when a step fails.
 
 Environment: MCP_URL (the server's URL through the gateway), KEYPLANE_URL (keyplane's API),
-MEMBER_EMAIL and MEMBER_PASSWORD (a member with a console password).
+MEMBER_EMAIL and MEMBER_PASSWORD (a member with a console password), ADMIN_KEY (to introspect
+the token the SDK got), and CLIENT_METADATA_URL to identify the client by its client ID metadata
+document instead of registering it.
 """
 
 import asyncio
@@ -27,6 +29,8 @@ MCP_URL = os.environ["MCP_URL"]
 KEYPLANE = os.environ["KEYPLANE_URL"]
 EMAIL = os.environ["MEMBER_EMAIL"]
 PASSWORD = os.environ["MEMBER_PASSWORD"]
+ADMIN_KEY = os.environ["ADMIN_KEY"]
+CLIENT_METADATA_URL = os.environ.get("CLIENT_METADATA_URL") or None
 REDIRECT = "http://127.0.0.1:9/callback"
 
 
@@ -141,13 +145,19 @@ async def main():
         storage=storage,
         redirect_handler=person.redirect,
         callback_handler=person.callback,
+        client_metadata_url=CLIENT_METADATA_URL,
     )
     async with create_mcp_http_client(auth=provider) as http:
         async with streamable_http_client(MCP_URL, http_client=http) as (read, write, *_):
             async with ClientSession(read, write) as session:
                 await session.initialize()
+                async with httpx2.AsyncClient(timeout=30) as raw:
+                    seen = (await raw.post(urljoin(KEYPLANE, "/v1/oauth/token/introspect"),
+                                           headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                                           data={"token": storage.tokens.access_token})).json()
                 say("connected", consents=person.consents, client_id=storage.client.client_id,
-                    scope=storage.tokens.scope, scopes_asked=person.scopes_asked)
+                    scope=storage.tokens.scope, scopes_asked=person.scopes_asked,
+                    aud=seen.get("aud"), sub=seen.get("sub"), active=seen.get("active"))
                 tools = await session.list_tools()
                 say("tools", names=sorted(t.name for t in tools.tools))
                 notes = await call(session, "read_notes")

@@ -20,8 +20,19 @@ pub struct HttpMetadataFetcher {
 }
 
 impl HttpMetadataFetcher {
-    pub fn new(allow_loopback: bool) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
+    /// With `ca_pem`, documents' servers must chain to those CAs (PEM) instead of the Mozilla
+    /// roots.
+    pub fn new(allow_loopback: bool, ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)?;
+            anyhow::ensure!(!certs.is_empty(), "no certificate in the PEM file");
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .redirect(reqwest::redirect::Policy::none())
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(3))

@@ -316,6 +316,9 @@ pub struct OAuthFile {
     /// Fetch client ID metadata documents over http:// from loopback addresses (development;
     /// default false: https:// from public addresses only).
     pub client_metadata_allow_loopback: Option<bool>,
+    /// PEM CA certificates a client ID metadata document's server must chain to, instead of
+    /// the Mozilla roots (a private CA; tests).
+    pub client_metadata_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -450,6 +453,8 @@ pub struct Config {
     /// Dynamic client registration (never printed: it may hold the initial access token).
     pub registration: keyplane_core::domain::settings::Registration,
     pub client_metadata_allow_loopback: bool,
+    /// PEM CA certificates client ID metadata documents are checked against (else Mozilla's).
+    pub client_metadata_ca_cert: Option<PathBuf>,
     /// The configuration file, where route rules are read from (again on reload).
     pub config_file: Option<PathBuf>,
     pub gateway_listen: Option<SocketAddr>,
@@ -538,6 +543,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_OAUTH_REGISTRATION",
     "KEYPLANE_OAUTH_REGISTRATION_TOKEN",
     "KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK",
+    "KEYPLANE_CLIENT_METADATA_CA_CERT",
     "KEYPLANE_GATEWAY_RESOURCE",
     "KEYPLANE_FLUSH_INTERVAL_MS",
     "KEYPLANE_STALE_SERVE_SECONDS",
@@ -990,6 +996,10 @@ impl Config {
                 },
                 None => file.oauth.client_metadata_allow_loopback.unwrap_or(false),
             };
+        let client_metadata_ca_cert = env
+            .get("KEYPLANE_CLIENT_METADATA_CA_CERT")
+            .map(PathBuf::from)
+            .or(file.oauth.client_metadata_ca_cert.clone());
         let registration = {
             use keyplane_core::domain::settings::Registration;
             let mode = env
@@ -1220,6 +1230,7 @@ impl Config {
             dpop_require_nonce,
             registration,
             client_metadata_allow_loopback,
+            client_metadata_ca_cert,
             config_file: file_path,
             gateway_listen,
             upstream,

@@ -108,9 +108,27 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
     app.set_jwks_fetcher(Arc::new(
         crate::jwks::HttpJwksFetcher::new().context("cannot build the jwks_uri HTTP client")?,
     ));
+    let metadata_ca = match &config.client_metadata_ca_cert {
+        Some(path) => Some(std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read client_metadata_ca_cert {} (generated no admin key)",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
     app.set_metadata_fetcher(Arc::new(
-        crate::cimd::HttpMetadataFetcher::new(config.client_metadata_allow_loopback)
-            .context("cannot build the client metadata HTTP client")?,
+        crate::cimd::HttpMetadataFetcher::new(
+            config.client_metadata_allow_loopback,
+            metadata_ca.as_deref(),
+        )
+        .with_context(|| match &config.client_metadata_ca_cert {
+            Some(p) => format!(
+                "client_metadata_ca_cert {} holds no usable PEM certificate",
+                p.display()
+            ),
+            None => "cannot build the client metadata HTTP client".into(),
+        })?,
     ));
     Ok(Arc::new(app))
 }

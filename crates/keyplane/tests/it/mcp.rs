@@ -73,7 +73,56 @@ path = "/mcp"
 scopes = ["mcp:read"]
 "#;
 
-async fn sdk_connects(backend: Backend) {
+/// Serves a client ID metadata document for `redirect` over HTTPS on 127.0.0.1, with a
+/// certificate from `ca`; its URL.
+async fn metadata_document_over_https(ca: &crate::tls::Ca) -> String {
+    use keyplane_http::tls;
+    let leaf = ca.local();
+    let certs = tls::ServerCerts::new(
+        tls::certified_key(leaf.cert.as_bytes(), "cert", leaf.key.as_bytes(), "key").unwrap(),
+    );
+    let config = tls::server_config(certs).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/client.json", listener.local_addr().unwrap());
+    let doc = json!({
+        "client_id": url,
+        "client_name": "MCP SDK test client (metadata document)",
+        "redirect_uris": [REDIRECT],
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    });
+    let router = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc) }
+        }),
+    );
+    tokio::spawn(keyplane_http::edge::serve(
+        listener,
+        router,
+        std::sync::Arc::new(keyplane_http::edge::EdgeConfig::default()),
+        keyplane_http::edge::ConnectionLimit::new(100),
+        Some(config),
+        std::future::pending(),
+    ));
+    url
+}
+
+/// The redirect URI the SDK's client registers (the test's "browser" never opens it).
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+/// How the client identifies itself.
+#[derive(Clone, Copy, PartialEq)]
+enum Identity {
+    /// RFC 7591 dynamic registration.
+    Registered,
+    /// A client ID metadata document, served over HTTPS on 127.0.0.1.
+    MetadataDocument,
+}
+
+async fn sdk_connects(backend: Backend, identity: Identity) {
     let Some(python) = mcp_python() else {
         return;
     };
@@ -94,16 +143,27 @@ async fn sdk_connects(backend: Backend) {
     let dir = TempDir::new();
     let config = dir.path().join("keyplane.toml");
     std::fs::write(&config, CONFIG.replace("RESOURCE", &resource)).unwrap();
-    let Some(app) = keyplane_testkit::spawn_app_with(
-        backend,
-        Options::default()
-            .env("KEYPLANE_CONFIG", config.to_str().unwrap())
-            .env("KEYPLANE_GATEWAY_LISTEN", &format!("127.0.0.1:{gw_port}"))
-            .env("KEYPLANE_UPSTREAM", &format!("http://127.0.0.1:{mcp_port}"))
-            .env("KEYPLANE_GATEWAY_RESOURCE", &resource),
-    )
-    .await
-    else {
+    let mut opts = Options::default()
+        .env("KEYPLANE_CONFIG", config.to_str().unwrap())
+        .env("KEYPLANE_GATEWAY_LISTEN", &format!("127.0.0.1:{gw_port}"))
+        .env("KEYPLANE_UPSTREAM", &format!("http://127.0.0.1:{mcp_port}"))
+        .env("KEYPLANE_GATEWAY_RESOURCE", &resource);
+    let mut metadata_url = String::new();
+    if identity == Identity::MetadataDocument {
+        // The document's server has a certificate from a private CA keyplane is told to trust,
+        // on a loopback address keyplane is allowed to reach (a test's allowance).
+        let ca = crate::tls::Ca::new("metadata documents");
+        let ca_file = dir.path().join("metadata-ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        metadata_url = metadata_document_over_https(&ca).await;
+        opts = opts
+            .env("KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK", "true")
+            .env(
+                "KEYPLANE_CLIENT_METADATA_CA_CERT",
+                ca_file.to_str().unwrap(),
+            );
+    }
+    let Some(app) = keyplane_testkit::spawn_app_with(backend, opts).await else {
         return;
     };
 
@@ -130,6 +190,8 @@ async fn sdk_connects(backend: Backend) {
             .env("KEYPLANE_URL", &app.base)
             .env("MEMBER_EMAIL", email)
             .env("MEMBER_PASSWORD", PASSWORD)
+            .env("ADMIN_KEY", &app.admin_key)
+            .env("CLIENT_METADATA_URL", &metadata_url)
             .kill_on_drop(true)
             .output(),
     )
@@ -137,7 +199,6 @@ async fn sdk_connects(backend: Backend) {
     .expect("the MCP client finishes")
     .expect("run the MCP client");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!("the MCP client said:\n{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         out.status.success(),
@@ -165,10 +226,19 @@ async fn sdk_connects(backend: Backend) {
         "{connected}"
     );
     let client_id = connected["client_id"].as_str().unwrap().to_string();
-    assert!(
-        client_id.starts_with("app_"),
-        "registered dynamically: {client_id}"
-    );
+    match identity {
+        Identity::Registered => {
+            assert!(
+                client_id.starts_with("app_"),
+                "registered dynamically: {client_id}"
+            )
+        }
+        Identity::MetadataDocument => assert_eq!(client_id, metadata_url, "the document's URL"),
+    }
+    // The token is for the MCP server (RFC 8707), for the person.
+    assert_eq!(connected["active"], true, "{connected}");
+    assert_eq!(connected["aud"], resource.as_str(), "{connected}");
+    assert_eq!(connected["sub"], member.as_str(), "{connected}");
     assert_eq!(step("tools")["names"], json!(["add_note", "read_notes"]));
     let read = step("read_notes");
     assert_eq!(read["error"], false, "{read}");
@@ -223,11 +293,11 @@ async fn sdk_connects(backend: Backend) {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    for a in [
-        "oauth_app.register",
-        "oauth_grant.consent",
-        "oauth_grant.revoke",
-    ] {
+    let first_sight = match identity {
+        Identity::Registered => "oauth_app.register",
+        Identity::MetadataDocument => "oauth_app.discover",
+    };
+    for a in [first_sight, "oauth_grant.consent", "oauth_grant.revoke"] {
         assert!(actions.contains(&a), "{a} in {actions:?}");
     }
     let grants = app.get("/v1/oauth-grants", &app.admin_key).await.json();
@@ -246,11 +316,21 @@ async fn sdk_connects(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_mcp_sdk_connects_through_keyplane_sqlite() {
-    sdk_connects(Backend::Sqlite).await;
+async fn official_mcp_sdk_registers_and_connects_sqlite() {
+    sdk_connects(Backend::Sqlite, Identity::Registered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_mcp_sdk_connects_through_keyplane_postgres() {
-    sdk_connects(Backend::Postgres).await;
+async fn official_mcp_sdk_registers_and_connects_postgres() {
+    sdk_connects(Backend::Postgres, Identity::Registered).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_mcp_sdk_connects_with_a_metadata_document_sqlite() {
+    sdk_connects(Backend::Sqlite, Identity::MetadataDocument).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_mcp_sdk_connects_with_a_metadata_document_postgres() {
+    sdk_connects(Backend::Postgres, Identity::MetadataDocument).await;
 }
