@@ -116,7 +116,7 @@ JWT="$WORK/jwt"
 run_presigned() {
   local name=$1 server=$2 kind=$3 url=$4
   shift 4
-  "$BIN/jwtgen" "$kind" "$JWT" "$@" "$PRESIGNED" "$WORK/presigned" 2>&1 | sed 's/^/  /' >&2
+  "$BIN/jwtgen" "$kind" "$JWT" "$PRESIGNED" "$WORK/presigned" "$@"
   BENCH_LINES="$WORK/presigned" BENCH_SLOT=$([[ $kind == assertions ]] && echo assertion || echo dpop) \
     run "$name" "$server" presigned.lua "$url"
   rm -f "$WORK/presigned"
@@ -195,7 +195,7 @@ bench_keyplane() {
     -d "{\"name\":\"bench pkjwt\",\"scopes\":[\"bench:read\"],\"token_format\":\"opaque\",\"token_endpoint_auth_method\":\"private_key_jwt\",\"jwks\":{\"keys\":[$(cat "$JWT/jwk.json")]}}" | json_field client_id)
   read -r did dsec < <(curl -sf "$K/v1/oauth-clients" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
     -d '{"name":"bench dpop","scopes":["bench:read"],"token_format":"opaque","dpop_bound_access_tokens":true}' | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["client_id"], v["client_secret"])')
-  "$BIN/jwtgen" proofs "$JWT" POST "$K/v1/oauth/token" 1 "$WORK/one-proof"
+  "$BIN/jwtgen" proofs "$JWT" 1 "$WORK/one-proof" POST "$K/v1/oauth/token"
   dtoken=$(curl -sf -u "$did:$dsec" "$K/v1/oauth/token" -d grant_type=client_credentials -H "DPoP: $(cat "$WORK/one-proof")" | json_field access_token)
   local s="-$label"
   BENCH_METHOD=GET BENCH_BEARER="$key" run authz "keyplane$s" static.lua "$K/v1/authz?scope=bench:read"

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! jwtgen key DIR                                   ES256 key: DIR/key.p8, DIR/jwk.json (public)
-//! jwtgen assertions DIR CLIENT_ID AUD N OUT        N client assertions (RFC 7523), one a line
-//! jwtgen proofs DIR HTM HTU N OUT [ACCESS_TOKEN]   N DPoP proofs (RFC 9449), with `ath` when a
+//! jwtgen assertions DIR N OUT CLIENT_ID AUD        N client assertions (RFC 7523), one a line
+//! jwtgen proofs DIR N OUT HTM HTU [ACCESS_TOKEN]   N DPoP proofs (RFC 9449), with `ath` when a
 //!                                                  token is given
 //! ```
 //!
@@ -116,7 +116,7 @@ fn main() {
             jwk["use"] = json!("sig");
             std::fs::write(dir.join("jwk.json"), jwk.to_string()).unwrap_or_else(|e| fail(&e.to_string()));
         }
-        ["assertions", dir, client_id, aud, n, out] => {
+        ["assertions", dir, n, out, client_id, aud] => {
             let key = load(Path::new(dir));
             let (run, iat) = (run_id(), now_s());
             let header = json!({"alg": "ES256", "typ": "JWT", "kid": KID});
@@ -125,7 +125,7 @@ fn main() {
                        "iat": iat, "exp": iat + ASSERTION_LIFETIME_S})
             });
         }
-        ["proofs", dir, htm, htu, n, out, rest @ ..] if rest.len() <= 1 => {
+        ["proofs", dir, n, out, htm, htu, rest @ ..] if rest.len() <= 1 => {
             let key = load(Path::new(dir));
             let (run, iat) = (run_id(), now_s());
             let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public_jwk(&key)});
@@ -138,6 +138,6 @@ fn main() {
                 c
             });
         }
-        _ => fail("usage: jwtgen key DIR | assertions DIR CLIENT_ID AUD N OUT | proofs DIR HTM HTU N OUT [ACCESS_TOKEN]"),
+        _ => fail("usage: jwtgen key DIR | assertions DIR N OUT CLIENT_ID AUD | proofs DIR N OUT HTM HTU [ACCESS_TOKEN]"),
     }
 }
