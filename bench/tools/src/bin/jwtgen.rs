@@ -54,7 +54,13 @@ fn b64_json(v: &Value) -> String {
 }
 
 /// Signs `N` tokens whose claims `claims(i)` makes, on every core; writes them to `out` in order.
-fn sign_all(key: &EcdsaKeyPair, header: &Value, n: usize, out: &Path, claims: impl Fn(usize) -> Value + Sync) {
+fn sign_all(
+    key: &EcdsaKeyPair,
+    header: &Value,
+    n: usize,
+    out: &Path,
+    claims: impl Fn(usize) -> Value + Sync,
+) {
     let header = b64_json(header);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = n.div_ceil(threads.max(1)).max(1);
@@ -78,7 +84,10 @@ fn sign_all(key: &EcdsaKeyPair, header: &Value, n: usize, out: &Path, claims: im
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("signer")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("signer"))
+            .collect()
     });
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display()))),
@@ -97,7 +106,8 @@ fn run_id() -> String {
 }
 
 fn count(s: &str) -> usize {
-    s.parse().unwrap_or_else(|_| fail(&format!("not a count: {s}")))
+    s.parse()
+        .unwrap_or_else(|_| fail(&format!("not a count: {s}")))
 }
 
 fn main() {

@@ -804,7 +804,9 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
 /// scopes, thumbprints, URLs) need no escape and are copied as they are.
 fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     // A fold without an early exit, so many bytes are checked at a time.
-    let plain = !s.bytes().fold(false, |esc, b| esc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let plain = !s.bytes().fold(false, |esc, b| {
+        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if plain {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
@@ -879,7 +881,11 @@ fn introspection_json(issuer: &str, i: &Introspection) -> Vec<u8> {
         b.extend_from_slice(b",\"act\":");
         let _ = serde_json::to_writer(&mut b, &act);
     }
-    if let Some(f) = i.federated.as_ref().and_then(|f| serde_json::to_value(f).ok()) {
+    if let Some(f) = i
+        .federated
+        .as_ref()
+        .and_then(|f| serde_json::to_value(f).ok())
+    {
         b.extend_from_slice(b",\"federated\":");
         let _ = serde_json::to_writer(&mut b, &f);
     }
@@ -1100,8 +1106,14 @@ mod tests {
         ];
         for (n, i) in variants.into_iter().enumerate() {
             let direct = introspection_json("http://127.0.0.1:8780", &i);
-            let serde = serde_json::to_vec(&IntrospectionResponse::active("http://127.0.0.1:8780", i)).unwrap();
-            assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(serde).unwrap(), "variant {n}");
+            let serde =
+                serde_json::to_vec(&IntrospectionResponse::active("http://127.0.0.1:8780", i))
+                    .unwrap();
+            assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                String::from_utf8(serde).unwrap(),
+                "variant {n}"
+            );
         }
     }
 
