@@ -1,4 +1,4 @@
-"""Turns bench/run.sh's measurements into one table, the targets of issue 6 marked met or
+"""Turns bench/run.sh's measurements into one table, the targets of issues 6 and 12 marked met or
 missed, and (full runs) BENCHMARKS.md. In short mode it exits 1 when any ratio is below half
 its target: a large regression fails CI while machine noise does not."""
 import os, platform, subprocess, sys, time
@@ -9,6 +9,7 @@ rows = [l.rstrip("\n").split("\t") for l in open(scen_path) if l.strip()]
 res = {(r[0], r[1]): dict(rps=float(r[2]), p50=float(r[3]), p99=float(r[4]), bad=int(r[5])) for r in rows}
 labels = [l for l in ("sqlite", "postgres") if ("authz", f"keyplane-{l}") in res]
 sign = float(notes.get("es256_sign_per_s", "0") or 0)
+verify = float(notes.get("es256_verify_per_s", "0") or 0)
 
 def rps(name, server):
     r = res.get((name, server))
@@ -25,7 +26,9 @@ for l in labels:
     for name, tb, tp in [("authz", 0.8, None), ("token_opaque_basic", 0.5, 8), ("token_opaque_post", 0.5, 8),
                          ("token_jwt_basic", None, 5), ("token_jwt_post", None, 5),
                          ("introspect_token", 0.6, 8), ("introspect_api_key", 0.6, None),
-                         ("revoke_then_check", None, None)]:
+                         ("revoke_then_check", None, None),
+                         # issue 12: machine identity (one ES256 check per request)
+                         ("token_pkjwt", None, 5), ("token_dpop", None, 5), ("authz_dpop", None, None)]:
         v = rps(name, kp)
         if tb is not None:
             ratios.append((kp, name, "baseline", ratio(v, base), tb))
@@ -33,6 +36,8 @@ for l in labels:
             ratios.append((kp, name, "peer", ratio(v, rps(name, "peer")), tp))
         if name.startswith("token_jwt") and sign:
             ratios.append((kp, name, "ES256 signs/s", ratio(v, sign), 0.5))
+        if name == "authz_dpop" and verify:
+            ratios.append((kp, name, "ES256 verifications/s", ratio(v, verify), 0.5))
 
 lines = []
 w = lines.append
@@ -42,6 +47,8 @@ for (name, server), r in res.items():
     xb = ratio(r["rps"], base) if server != "baseline" else None
     xp = ratio(r["rps"], rps(name, "peer")) if server.startswith("keyplane") else None
     bad = f" ({r['bad']} non-2xx)" if r["bad"] and name != "revoke_then_check" else ""
+    if notes.get(f"exhausted_{name}_{server}"):
+        bad += " (ran out of pre-signed tokens)"
     w(f"| {name} | {server}{bad} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
       f"{'' if xb is None else f'{xb:.2f}'} | {'' if xp is None else f'{xp:.2f}'} |")
 table = "\n".join(lines)
@@ -109,13 +116,14 @@ load; absolute numbers depend on the machine.
 - keyplane {cmd('git rev-parse --short HEAD')} (release build, `{cmd('rustc --version')}`), {cmd('wrk -v 2>&1 | head -1')},
   node {cmd('node --version')} with oidc-provider {peer_v} (in-memory adapter), PostgreSQL {cmd('psql -V | cut -d" " -f3')}
 - Raw ES256 signing rate on core 0 (`openssl speed ecdsap256`): {sign:,.0f} signatures/s
+- Raw ES256 verification rate on core 0 (same run of `openssl speed ecdsap256`): {verify:,.0f} verifications/s
 - Build time of this run: {notes.get('build_seconds', '?')} s
 
 ## Results
 
 {table}
 
-## Targets (issue 6)
+## Targets (issues 6 and 12)
 
 {targets}
 

@@ -5,6 +5,12 @@
 # load: the server pinned to core 0, wrk (one thread, fixed connections and duration) on core 1.
 # Prints one table and writes BENCHMARKS.md.
 #
+# The machine-identity scenarios (issue 12) send one pre-signed ES256 token per request, made
+# by bench/tools' jwtgen just before each scenario (a `jti` is never sent twice; DPoP proofs'
+# `iat` must be recent): `token_pkjwt` (private_key_jwt client assertions), `token_dpop`
+# (client_secret_basic with a DPoP proof) on keyplane and the peer, and `authz_dpop`
+# (`/v1/authz` with a DPoP-bound token and its proof) on keyplane.
+#
 #   bench/run.sh            full run (about 10 s per scenario; PostgreSQL when reachable)
 #   bench/run.sh --short    a few seconds per scenario, SQLite only, no 1M-key run; exits 1
 #                           when any ratio is below half its target (CI)
@@ -79,8 +85,11 @@ run() {
   local name=$1 server=$2 script=$3 url=$4 d=${5:-$DUR}
   cat "$BENCH/lua/common.lua" "$BENCH/lua/$script" >"$WORK/s.lua"
   local line
-  line=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${d}s" -s "$WORK/s.lua" "$url" | grep '^RESULT' || true)
+  line=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${d}s" -s "$WORK/s.lua" "$url" 2>"$WORK/wrk.err" | grep '^RESULT' || true)
+  cat "$WORK/wrk.err" >&2
   [[ -n "$line" ]] || { echo "wrk gave no result for $name/$server" >&2; return 1; }
+  # presigned.lua ran out of tokens: the server outran the count; say so in the report.
+  grep -q 'pre-signed tokens sent' "$WORK/wrk.err" && note "exhausted_${name}_$server" 1
   read -r _ rps p50 p99 non2xx errs <<<"$line"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$server" "$rps" "$p50" "$p99" "$non2xx" "$errs" >>"$WORK/scenarios.tsv"
   printf '  %-28s %-16s %10s req/s  p50 %6s ms  p99 %6s ms  non-2xx %s\n' "$name" "$server" "$rps" "$p50" "$p99" "$non2xx" >&2
@@ -89,11 +98,29 @@ b64() { printf '%s' "$1" | base64 -w0; }
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 : >"$WORK/scenarios.tsv"
 
-# ---- the raw signing rate on core 0 (the JWT target's reference)
+# ---- the raw signing and verification rates on core 0 (the JWT and DPoP targets' references)
+VERIFY=0
 if command -v openssl >/dev/null; then
-  sig=$(taskset -c 0 openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/256 bits ecdsa \(nistp256\)/ {print $(NF-1)}' | tail -1)
+  read -r sig VERIFY < <(taskset -c 0 openssl speed -seconds 2 ecdsap256 2>/dev/null | awk '/256 bits ecdsa \(nistp256\)/ {print $(NF-1), $NF}' | tail -1)
   note es256_sign_per_s "${sig:-0}"
+  note es256_verify_per_s "${VERIFY:-0}"
 fi
+# How many pre-signed tokens a scenario gets: every request checks one ES256 signature on core
+# 0, so twice what core 0 verifies in the scenario's time is more than any server can take.
+VERIFY=${VERIFY%.*}
+PRESIGNED=$(( (${VERIFY:-0} > 0 ? VERIFY : 30000) * DUR * 2 + 2000 ))
+JWT="$WORK/jwt"
+"$BIN/jwtgen" key "$JWT"
+# run_presigned NAME SERVER assertions|proofs URL JWTGEN_ARGS...: makes the tokens, then runs
+# presigned.lua (the other BENCH_* variables as the caller set them).
+run_presigned() {
+  local name=$1 server=$2 kind=$3 url=$4
+  shift 4
+  "$BIN/jwtgen" "$kind" "$JWT" "$PRESIGNED" "$WORK/presigned" "$@"
+  BENCH_LINES="$WORK/presigned" BENCH_SLOT=$([[ $kind == assertions ]] && echo assertion || echo dpop) \
+    run "$name" "$server" presigned.lua "$url"
+  rm -f "$WORK/presigned"
+}
 
 # ---- the bare baseline
 say "baseline (bare axum)"
@@ -107,7 +134,7 @@ kill "$BASE_PID"; wait "$BASE_PID" 2>/dev/null || true
 if ((HAVE_PEER)); then
   say "peer (node oidc-provider $(node -p 'require(process.argv[1]).version' "$BENCH/peer/node_modules/oidc-provider/package.json"))"
   PEER_PORT=18790
-  (cd "$BENCH/peer" && PORT=$PEER_PORT exec taskset -c 0 node server.mjs 2>/dev/null) &
+  (cd "$BENCH/peer" && BENCH_CLIENT_JWK="$JWT/jwk.json" PORT=$PEER_PORT exec taskset -c 0 node server.mjs 2>/dev/null) &
   PIDS+=($!); PEER_PID=$!
   P="http://127.0.0.1:$PEER_PORT"
   wait_http "$P/.well-known/openid-configuration"
@@ -123,6 +150,11 @@ if ((HAVE_PEER)); then
     taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$BENCH/lua/collect.lua" "$P" >/dev/null
   BENCH_KEYS="$WORK/peer-tokens" BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_REVOKE=/token/revocation BENCH_INTROSPECT=/token/introspection \
     run revoke_then_check peer revoke.lua "$P"
+  # private_key_jwt, and DPoP-bound tokens for a Basic client (the peer's `pkjwt` and `dpop`).
+  BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&scope=bench:read&client_id=pkjwt" \
+    run_presigned token_pkjwt peer assertions "$P/token" pkjwt "$P/token"
+  BENCH_AUTH=$(b64 "dpop:$(sec dpop)") BENCH_BODY="grant_type=client_credentials&scope=bench:read" \
+    run_presigned token_dpop peer proofs "$P/token" POST "$P/token"
   unset BENCH_METHOD BENCH_AUTH BENCH_BODY
   kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true
 fi
@@ -156,6 +188,15 @@ bench_keyplane() {
   read -r jid jsec < <(curl -sf "$K/v1/oauth-clients" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
     -d '{"name":"bench jwt","scopes":["bench:read"],"token_format":"jwt"}' | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["client_id"], v["client_secret"])')
   token=$(curl -sf -u "$cid:$csec" "$K/v1/oauth/token" -d grant_type=client_credentials | json_field access_token)
+  # Machine identity: a private_key_jwt client with the benchmark's ES256 key (inline JWKS), and
+  # a client whose tokens must be DPoP-bound; one bound token for authz_dpop.
+  local pid did dsec dtoken
+  pid=$(curl -sf "$K/v1/oauth-clients" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"bench pkjwt\",\"scopes\":[\"bench:read\"],\"token_format\":\"opaque\",\"token_endpoint_auth_method\":\"private_key_jwt\",\"jwks\":{\"keys\":[$(cat "$JWT/jwk.json")]}}" | json_field client_id)
+  read -r did dsec < <(curl -sf "$K/v1/oauth-clients" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench dpop","scopes":["bench:read"],"token_format":"opaque","dpop_bound_access_tokens":true}' | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["client_id"], v["client_secret"])')
+  "$BIN/jwtgen" proofs "$JWT" 1 "$WORK/one-proof" POST "$K/v1/oauth/token"
+  dtoken=$(curl -sf -u "$did:$dsec" "$K/v1/oauth/token" -d grant_type=client_credentials -H "DPoP: $(cat "$WORK/one-proof")" | json_field access_token)
   local s="-$label"
   BENCH_METHOD=GET BENCH_BEARER="$key" run authz "keyplane$s" static.lua "$K/v1/authz?scope=bench:read"
   export BENCH_METHOD=POST
@@ -165,6 +206,14 @@ bench_keyplane() {
   BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&client_id=$jid&client_secret=$jsec" run token_jwt_post "keyplane$s" static.lua "$K/v1/oauth/token"
   BENCH_AUTH=$(b64 "$cid:$csec") BENCH_BODY="token=$token" run introspect_token "keyplane$s" static.lua "$K/v1/oauth/token/introspect"
   BENCH_AUTH=$(b64 "$cid:$csec") BENCH_BODY="token=$key" run introspect_api_key "keyplane$s" static.lua "$K/v1/oauth/token/introspect"
+  BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&client_id=$pid" \
+    run_presigned token_pkjwt "keyplane$s" assertions "$K/v1/oauth/token" "$pid" "$K/v1/oauth/token"
+  BENCH_AUTH=$(b64 "$did:$dsec") BENCH_BODY="grant_type=client_credentials" \
+    run_presigned token_dpop "keyplane$s" proofs "$K/v1/oauth/token" POST "$K/v1/oauth/token"
+  # The ?scope= form; the proof names the original request's URL (X-Original-URL, method GET).
+  local orig="https://api.example/bench"
+  BENCH_METHOD=GET BENCH_AUTH="" BENCH_BODY="" BENCH_DPOP_TOKEN="$dtoken" BENCH_ORIGINAL_URL="$orig" \
+    run_presigned authz_dpop "keyplane$s" proofs "$K/v1/authz?scope=bench:read" GET "$orig" "$dtoken"
   BENCH_OUT="$WORK/kp-tokens" BENCH_AUTH=$(b64 "$cid:$csec") BENCH_PATH=/v1/oauth/token BENCH_BODY="grant_type=client_credentials" \
     taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$BENCH/lua/collect.lua" "$K" >/dev/null
   BENCH_KEYS="$WORK/kp-tokens" BENCH_AUTH=$(b64 "$cid:$csec") BENCH_REVOKE=/v1/oauth/token/revoke BENCH_INTROSPECT=/v1/oauth/token/introspect \
