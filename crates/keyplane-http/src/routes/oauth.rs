@@ -603,7 +603,7 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Err(r) => return r,
     };
     if let Some(g @ ("authorization_code" | "refresh_token")) =
-        form.params.get("grant_type").map(String::as_str)
+        form.params.get("grant_type")
     {
         let dpop = DpopRequest {
             proofs: proofs.iter().map(String::as_str).collect(),
@@ -673,7 +673,7 @@ async fn app_grant(
     by_code: bool,
     dpop: Option<&DpopRequest<'_>>,
 ) -> Response {
-    let p = |k: &str| form.params.get(k).map(String::as_str);
+    let p = |k: &str| form.params.get(k);
     if p("client_assertion").is_some() || p("client_assertion_type").is_some() {
         return oauth_error(OAuthError::InvalidRequest(
             "apps authenticate with their client_id (public) or client secret, not a client assertion".into(),
