@@ -602,9 +602,7 @@ pub async fn token(State(s): State<AppState>, req: Request) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Some(g @ ("authorization_code" | "refresh_token")) =
-        form.params.get("grant_type")
-    {
+    if let Some(g @ ("authorization_code" | "refresh_token")) = form.params.get("grant_type") {
         let dpop = DpopRequest {
             proofs: proofs.iter().map(String::as_str).collect(),
             htm: "POST",
