@@ -464,8 +464,16 @@ pub trait Store: Send + Sync + 'static {
     /// Redeems a code: of two concurrent redemptions one is `Fresh`, the other `Reused`.
     async fn code_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<CodeUse>;
     async fn refresh_put(&self, token: &RefreshToken) -> Result<()>;
-    /// Uses a refresh token up: of two concurrent uses one is `Fresh`, the other `Reused`.
-    async fn refresh_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<RefreshUse>;
+    /// Uses a refresh token up when `client_id` is its client and, for a DPoP-bound one, `jkt`
+    /// its key (else `Refused`, and it stays unused): of two concurrent uses one is `Fresh`,
+    /// the other `Reused`.
+    async fn refresh_redeem(
+        &self,
+        digest: &Digest,
+        now: OffsetDateTime,
+        client_id: &str,
+        jkt: Option<&str>,
+    ) -> Result<RefreshUse>;
     /// Forgets expired codes and refresh tokens.
     async fn authcode_purge(&self, now: OffsetDateTime) -> Result<u64>;
 }

@@ -257,13 +257,22 @@ macro_rules! authcode_store {
             Ok(())
         }
 
-        async fn db_refresh_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<RefreshUse> {
+        async fn db_refresh_redeem(
+            &self,
+            digest: &Digest,
+            now: OffsetDateTime,
+            client_id: &str,
+            jkt: Option<&str>,
+        ) -> Result<RefreshUse> {
             let mut tx = self.w().begin().await.map_err(db_err)?;
             let won = sqlx::query(
-                "UPDATE oauth_refresh_tokens SET used_at = $2 WHERE digest = $1 AND used_at IS NULL",
+                "UPDATE oauth_refresh_tokens SET used_at = $2 WHERE digest = $1 AND used_at IS NULL \
+                 AND client_id = $3 AND (jkt IS NULL OR jkt = $4)",
             )
             .bind(digest.0.to_vec())
             .bind(to_ms(now))
+            .bind(client_id)
+            .bind(jkt)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?
@@ -291,8 +300,10 @@ macro_rules! authcode_store {
                     };
                     if won {
                         RefreshUse::Fresh(t)
-                    } else {
+                    } else if t.used_at.is_some() {
                         RefreshUse::Reused(t)
+                    } else {
+                        RefreshUse::Refused(t)
                     }
                 }
             })

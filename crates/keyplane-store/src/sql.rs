@@ -494,8 +494,8 @@ macro_rules! impl_store {
             async fn refresh_put(&self, token: &RefreshToken) -> Result<()> {
                 self.db_refresh_put(token).await
             }
-            async fn refresh_redeem(&self, digest: &Digest, now: OffsetDateTime) -> Result<RefreshUse> {
-                self.db_refresh_redeem(digest, now).await
+            async fn refresh_redeem(&self, digest: &Digest, now: OffsetDateTime, client_id: &str, jkt: Option<&str>) -> Result<RefreshUse> {
+                self.db_refresh_redeem(digest, now, client_id, jkt).await
             }
             async fn authcode_purge(&self, now: OffsetDateTime) -> Result<u64> {
                 self.db_authcode_purge(now).await

@@ -99,6 +99,9 @@ pub enum RefreshUse {
     Fresh(RefreshToken),
     /// Already used before: a replay.
     Reused(RefreshToken),
+    /// Unused, but presented by another client or without the key it is bound to (DPoP): not
+    /// used up, so whoever presents a stolen token cannot burn it.
+    Refused(RefreshToken),
     Unknown,
 }
 

@@ -713,8 +713,20 @@ impl Keyplane {
         let jkt = self.grant_dpop(dpop).await?;
         let invalid = |d: &str| Err(OAuthError::InvalidGrant(d.into()));
         let digest = rt.pepper.digest(refresh_token);
-        let stored = match rt.store.refresh_redeem(&digest, rt.now()).await? {
+        let stored = match rt
+            .store
+            .refresh_redeem(&digest, rt.now(), &app.client_id, jkt.as_deref())
+            .await?
+        {
             RefreshUse::Unknown => return invalid("the refresh token is not valid"),
+            RefreshUse::Refused(t) if t.client_id != app.client_id => {
+                return invalid("the refresh token was issued to another client")
+            }
+            RefreshUse::Refused(_) => {
+                return Err(OAuthError::InvalidDpopProof(
+                    "this refresh token is bound to a DPoP key: send a proof signed with it".into(),
+                ))
+            }
             RefreshUse::Reused(t) => {
                 self.revoke_for_reuse(&t.grant_id, "refresh_token_reuse", meta)
                     .await;

@@ -1180,3 +1180,104 @@ async fn loopback_documents_need_the_operators_allowance() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("https://"), "{body}");
 }
+
+/// A token request of the authorization-code grant with `DPoP` proofs.
+async fn token_with_dpop(
+    app: &TestApp,
+    form: &[(&str, &str)],
+    proofs: &[&str],
+) -> (StatusCode, Value) {
+    let mut r = app
+        .http
+        .post(format!("{}/v1/oauth/token", app.base))
+        .form(form);
+    for p in proofs {
+        r = r.header("DPoP", *p);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+/// DPoP (RFC 9449 §5): a public app that proves a key gets tokens bound to it, and its refresh
+/// token too; a refresh without a proof, or with another key's, is refused (and, as a failed
+/// redemption, does not give the thief the next refresh token).
+async fn dpop_bound_refresh(app: TestApp) {
+    use crate::dpop::{jkt, proof, token_url};
+    use crate::pkjwt::TestKey;
+    let (_, mut browser) = setup(&app, "fi@example.com").await;
+    let client_id = public_app(&app).await;
+    let (verifier, challenge) = pkce("dpop");
+    let query = authorize_query(&client_id, &challenge, "s", None);
+    sign_in_for(&mut browser, "fi@example.com", &query).await;
+    let back = consent(&mut browser, &query, "approve").await;
+    let code = query_of(&back)["code"].clone();
+    let key = TestKey::es256("app-key");
+    let url = token_url(&app);
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client_id.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (status, t) = token_with_dpop(&app, &form, &[&proof(&key, "POST", &url, None)]).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["token_type"], "DPoP");
+    let access = s(&t, "access_token");
+    assert_eq!(introspect(&app, &access).await["cnf"]["jkt"], jkt(&key));
+    let rt = s(&t, "refresh_token");
+    let refresh_form = [
+        ("grant_type", "refresh_token"),
+        ("client_id", client_id.as_str()),
+        ("refresh_token", rt.as_str()),
+    ];
+    // Without a proof, or with another key's: refused, and the refresh token is not used up
+    // by the refusal (a thief without the key cannot burn it).
+    let (status, e) = token_with_dpop(&app, &refresh_form, &[]).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_dpop_proof")),
+        "{e}"
+    );
+    let thief = TestKey::es256("thief");
+    let (status, e) =
+        token_with_dpop(&app, &refresh_form, &[&proof(&thief, "POST", &url, None)]).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_dpop_proof")),
+        "{e}"
+    );
+    assert!(active(&app, &access).await, "the grant stands");
+    // With the key: refreshed, bound to the same key.
+    let (status, t) =
+        token_with_dpop(&app, &refresh_form, &[&proof(&key, "POST", &url, None)]).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["token_type"], "DPoP");
+    assert_eq!(
+        introspect(&app, &s(&t, "access_token")).await["cnf"]["jkt"],
+        jkt(&key)
+    );
+    // The next refresh token is bound too.
+    let next = s(&t, "refresh_token");
+    let (status, e) = token_with_dpop(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", client_id.as_str()),
+            ("refresh_token", next.as_str()),
+        ],
+        &[&proof(&thief, "POST", &url, None)],
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_dpop_proof")),
+        "{e}"
+    );
+}
+on_both!(
+    refresh_tokens_are_bound_with_dpop,
+    dpop_bound_refresh,
+    super::open_registration()
+);
