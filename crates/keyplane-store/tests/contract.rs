@@ -190,6 +190,7 @@ macro_rules! contract {
 }
 
 contract!(
+    authorization_codes_and_refresh_tokens,
     defaults_exist,
     names_are_unique,
     keys_round_trip_and_paginate,
@@ -2004,4 +2005,193 @@ async fn assertion_ids_are_single_use_until_they_expire(s: Arc<dyn Store>) {
         .client_assertion_jti_use("c1", "j1", next, after)
         .await
         .unwrap());
+}
+
+/// The authorization-code grant's storage: a code is redeemed once (then `Reused`), a refresh
+/// token is used once by its own client with its own key (else `Refused`, still unused), a
+/// revoked grant forgets its codes and refresh tokens, and the purge forgets only what expired.
+async fn authorization_codes_and_refresh_tokens(s: Arc<dyn Store>) {
+    use keyplane_core::domain::apps::{AppAuth, AppClient, AppKind};
+    use keyplane_core::domain::authcode::{AuthCode, CodeUse, Grant, RefreshToken, RefreshUse};
+    let t0 = now();
+    let m = Member {
+        org_id: DEFAULT_ORG_ID.into(),
+        ..member("g@x.io", MemberRole::Member)
+    };
+    s.member_create(&m, &ev("member.create", &m.id))
+        .await
+        .unwrap();
+    let app = AppClient {
+        client_id: "app_1".into(),
+        kind: AppKind::Registered,
+        name: "App".into(),
+        logo_uri: None,
+        client_uri: None,
+        redirect_uris: vec!["https://a.example/cb".into()],
+        auth_method: AppAuth::None,
+        secret_digest: None,
+        document: serde_json::json!({}),
+        created_at: t0,
+        fetched_at: None,
+        blocked_at: None,
+        blocked_by: None,
+    };
+    s.app_put(&app, None).await.unwrap();
+    assert_eq!(s.app_get("app_1").await.unwrap().unwrap().name, "App");
+    let grant = Grant {
+        id: "grt_1".into(),
+        org_id: DEFAULT_ORG_ID.into(),
+        project_id: DEFAULT_PROJECT_ID.into(),
+        member_id: m.id.clone(),
+        client_id: "app_1".into(),
+        resource: "https://r.example/mcp".into(),
+        scopes: vec!["a".into(), "b".into()],
+        created_at: t0,
+        updated_at: t0,
+        last_used_at: None,
+        revoked_at: None,
+        revoked_reason: None,
+    };
+    let code = |n: u8| AuthCode {
+        digest: Digest([n; 32]),
+        grant_id: "grt_1".into(),
+        client_id: "app_1".into(),
+        redirect_uri: "https://a.example/cb".into(),
+        code_challenge: "c".repeat(43),
+        scopes: vec!["a".into()],
+        created_at: t0,
+        expires_at: t0 + time::Duration::seconds(60),
+    };
+    s.grant_save(&grant, &code(1), &ev("oauth_grant.consent", "grt_1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(s.code_redeem(&Digest([1; 32]), t0).await.unwrap(), CodeUse::Fresh(c) if c.scopes == vec!["a".to_string()])
+    );
+    assert!(matches!(
+        s.code_redeem(&Digest([1; 32]), t0).await.unwrap(),
+        CodeUse::Reused(_)
+    ));
+    assert!(matches!(
+        s.code_redeem(&Digest([9; 32]), t0).await.unwrap(),
+        CodeUse::Unknown
+    ));
+    let live = s
+        .grant_live_for(&m.id, "app_1", "https://r.example/mcp")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.scopes, vec!["a".to_string(), "b".to_string()]);
+
+    let refresh = |n: u8, jkt: Option<&str>| RefreshToken {
+        digest: Digest([n; 32]),
+        grant_id: "grt_1".into(),
+        client_id: "app_1".into(),
+        scopes: vec!["a".into()],
+        jkt: jkt.map(String::from),
+        created_at: t0,
+        expires_at: t0 + time::Duration::days(30),
+        used_at: None,
+    };
+    s.refresh_put(&refresh(2, Some("key-a"))).await.unwrap();
+    let d = Digest([2; 32]);
+    assert!(matches!(
+        s.refresh_redeem(&d, t0, "app_other", Some("key-a"))
+            .await
+            .unwrap(),
+        RefreshUse::Refused(_)
+    ));
+    assert!(matches!(
+        s.refresh_redeem(&d, t0, "app_1", None).await.unwrap(),
+        RefreshUse::Refused(_)
+    ));
+    assert!(matches!(
+        s.refresh_redeem(&d, t0, "app_1", Some("key-b"))
+            .await
+            .unwrap(),
+        RefreshUse::Refused(_)
+    ));
+    assert!(matches!(
+        s.refresh_redeem(&d, t0, "app_1", Some("key-a"))
+            .await
+            .unwrap(),
+        RefreshUse::Fresh(_)
+    ));
+    assert!(matches!(
+        s.refresh_redeem(&d, t0, "app_1", Some("key-a"))
+            .await
+            .unwrap(),
+        RefreshUse::Reused(_)
+    ));
+    // An unbound one is used by its client with or without a key.
+    s.refresh_put(&refresh(3, None)).await.unwrap();
+    assert!(matches!(
+        s.refresh_redeem(&Digest([3; 32]), t0, "app_1", Some("any"))
+            .await
+            .unwrap(),
+        RefreshUse::Fresh(_)
+    ));
+
+    // The purge: a minute on, the expired code goes, the refresh tokens stay; a month on, they go.
+    s.grant_save(&grant, &code(4), &ev("oauth_grant.consent", "grt_1"))
+        .await
+        .unwrap();
+    s.refresh_put(&refresh(5, None)).await.unwrap();
+    assert_eq!(
+        s.authcode_purge(t0 + time::Duration::seconds(61))
+            .await
+            .unwrap(),
+        2,
+        "two codes"
+    );
+    assert!(matches!(
+        s.code_redeem(&Digest([4; 32]), t0).await.unwrap(),
+        CodeUse::Unknown
+    ));
+    assert_eq!(
+        s.authcode_purge(t0 + time::Duration::days(31))
+            .await
+            .unwrap(),
+        3,
+        "three refresh tokens"
+    );
+    assert!(matches!(
+        s.refresh_redeem(&Digest([5; 32]), t0, "app_1", None)
+            .await
+            .unwrap(),
+        RefreshUse::Unknown
+    ));
+
+    // Revoking the grant forgets what it issued.
+    s.refresh_put(&refresh(6, None)).await.unwrap();
+    assert!(s
+        .grant_revoke("grt_1", t0, "member", &ev("oauth_grant.revoke", "grt_1"))
+        .await
+        .unwrap());
+    assert!(
+        !s.grant_revoke("grt_1", t0, "member", &ev("oauth_grant.revoke", "grt_1"))
+            .await
+            .unwrap(),
+        "once"
+    );
+    assert!(matches!(
+        s.refresh_redeem(&Digest([6; 32]), t0, "app_1", None)
+            .await
+            .unwrap(),
+        RefreshUse::Unknown
+    ));
+    assert!(s
+        .grant_live_for(&m.id, "app_1", "https://r.example/mcp")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.grant_get("grt_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_reason
+            .as_deref(),
+        Some("member")
+    );
 }

@@ -599,6 +599,10 @@ async fn maintain(app: &Keyplane) {
             "purge expired client assertion ids",
             app.purge_client_assertions().await.map(|_| ()),
         ),
+        (
+            "purge expired authorization codes and refresh tokens",
+            app.purge_authorization_codes().await.map(|_| ()),
+        ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),
         (

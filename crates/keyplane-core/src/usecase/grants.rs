@@ -856,6 +856,11 @@ impl Keyplane {
         Ok(rt.store.grant_get(&g.id).await?.unwrap_or(g))
     }
 
+    /// Forgets expired codes and refresh tokens (the node's periodic maintenance); how many.
+    pub async fn purge_authorization_codes(&self) -> Result<u64> {
+        self.rt.store.authcode_purge(self.rt.now()).await
+    }
+
     /// An app's display name, for the console's tables (not a secret: a person saw it when
     /// they allowed it).
     pub async fn app_name(&self, client_id: &str) -> Option<String> {
