@@ -101,6 +101,9 @@ pub struct GrantTokens {
 pub enum RegisterError {
     /// Registration is off: the endpoint does not exist.
     Off,
+    /// Too many registrations from the caller's address within a minute: retry after this many
+    /// seconds (anyone may register when it is open, so it is bounded per address).
+    TooMany(u64),
     /// `registration = "token"` and no (or a wrong) initial access token.
     Unauthorized,
     Metadata {
@@ -117,7 +120,25 @@ impl From<Error> for RegisterError {
     }
 }
 
+/// Registrations accepted per address per minute (each adds an app).
+pub const REGISTRATIONS_PER_MINUTE: u32 = 10;
+/// Client ID metadata documents fetched for the first time per address per minute (each is a
+/// request keyplane makes and an app it stores).
+pub const DISCOVERIES_PER_MINUTE: u32 = 20;
+
 impl Keyplane {
+    /// Counts one `kind` of unauthenticated work from the caller's address; `Some(seconds)` when
+    /// the address already did `limit` of them within the minute (nothing counted then).
+    fn flood_blocked(&self, kind: &str, meta: &RequestMeta, limit: u32) -> Option<u64> {
+        let now = self.rt.now_ms();
+        let keys = [(format!("{kind}|{}", meta.throttle_addr()), limit)];
+        if let Some(wait) = self.rt.auth_failures.blocked(&keys, now) {
+            return Some(wait);
+        }
+        self.rt.auth_failures.failed(&keys, now);
+        None
+    }
+
     // ----- registration (RFC 7591) -----
 
     /// Registers an app from its metadata. A confidential app's secret is in the answer, once.
@@ -137,6 +158,9 @@ impl Keyplane {
                     return Err(RegisterError::Unauthorized);
                 }
             }
+        }
+        if let Some(wait) = self.flood_blocked("register", meta, REGISTRATIONS_PER_MINUTE) {
+            return Err(RegisterError::TooMany(wait));
         }
         let bad = |d: &str| RegisterError::Metadata {
             code: "invalid_client_metadata",
@@ -201,6 +225,7 @@ impl Keyplane {
     pub async fn authorize_check(
         &self,
         q: &AuthorizeParams,
+        meta: &RequestMeta,
     ) -> Result<Authorization, AuthorizeError> {
         let rt = &self.rt;
         let Some(client_id) = q.client_id.as_deref().filter(|c| !c.is_empty()) else {
@@ -231,7 +256,17 @@ impl Keyplane {
                 self.metadata_app(client_id, Some(a)).await?
             }
             Some(a) => a,
-            None if is_url => self.metadata_app(client_id, None).await?,
+            None if is_url => {
+                if self
+                    .flood_blocked("discover", meta, DISCOVERIES_PER_MINUTE)
+                    .is_some()
+                {
+                    return Err(AuthorizeError::Page(
+                        "Too many new applications from your address: wait a minute, then try again.".into(),
+                    ));
+                }
+                self.metadata_app(client_id, None).await?
+            }
             None => {
                 return Err(AuthorizeError::Page(
                     "This application is not known to keyplane: it has not registered, and its client id is not the URL of a client ID metadata document.".into(),

@@ -139,7 +139,8 @@ pub async fn show(State(s): State<AppState>, parts: Parts) -> Response {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    let a = match s.app.authorize_check(&params_of(&pairs)).await {
+    let meta = crate::auth::request_meta(&parts);
+    let a = match s.app.authorize_check(&params_of(&pairs), &meta).await {
         Ok(a) => a,
         Err(e) => return refused(e),
     };
@@ -160,7 +161,6 @@ pub async fn show(State(s): State<AppState>, parts: Parts) -> Response {
     };
     let member = match s.app.authorize_consent(&signed.principal, &a).await {
         Ok(Consent::Given(m)) => {
-            let meta = crate::auth::request_meta(&parts);
             return match s.app.authorize_approve(&m, &a, &meta).await {
                 Ok(to) => to_client(&to),
                 Err(e) => page_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -230,7 +230,7 @@ fn consent_page(
 /// `POST /console/authorize`: the person's decision (the session's CSRF token checked by
 /// [`Posted`]); the request is checked again, as if it had just arrived.
 pub async fn decide(State(s): State<AppState>, p: Posted) -> Response {
-    let a = match s.app.authorize_check(&params_of(&p.form.0)).await {
+    let a = match s.app.authorize_check(&params_of(&p.form.0), &p.meta).await {
         Ok(a) => a,
         Err(e) => return refused(e),
     };

@@ -69,7 +69,8 @@ pub struct RegisteredApp {
         (status = 400, description = "`invalid_redirect_uri` or `invalid_client_metadata` (RFC 7591 §3.2.2), or a body that is not JSON", body = crate::routes::oauth::OAuthErrorBody),
         (status = 401, description = "`invalid_token`: registration wants the initial access token (`oauth.registration = \"token\"`)", body = crate::routes::oauth::OAuthErrorBody),
         (status = 404, description = "`invalid_request`: registration is off on this deployment", body = crate::routes::oauth::OAuthErrorBody),
-        (status = 413, description = "`invalid_client_metadata`: the body is larger than 16 KiB", body = crate::routes::oauth::OAuthErrorBody)))]
+        (status = 413, description = "`invalid_client_metadata`: the body is larger than 16 KiB", body = crate::routes::oauth::OAuthErrorBody),
+        (status = 429, description = "`invalid_request`: more than 10 registrations from this address within a minute; `Retry-After` says when to try again", body = crate::routes::oauth::OAuthErrorBody)))]
 pub async fn register(State(s): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);
@@ -116,6 +117,16 @@ pub async fn register(State(s): State<AppState>, req: Request) -> Response {
             let h = r.headers_mut();
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(RegisterError::TooMany(wait)) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_request",
+                "too many registrations from this address: retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
             r
         }
         Err(RegisterError::Off) => error(

@@ -938,6 +938,27 @@ async fn registration_policies() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "metadata too large");
+
+    // Open registration is bounded per address: 10 a minute, then 429 with Retry-After.
+    let Some(open) = spawn_app_with(Backend::Sqlite, open_registration()).await else {
+        return;
+    };
+    for i in 0..10 {
+        let r = register(&open, body.clone()).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "registration {i}");
+    }
+    let r = register(&open, body.clone()).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get("retry-after").is_some());
+    let apps = open
+        .get("/v1/oauth-apps?limit=200", &open.admin_key)
+        .await
+        .json();
+    assert_eq!(
+        apps["items"].as_array().unwrap().len(),
+        10,
+        "nothing stored past the limit"
+    );
 }
 
 /// A confidential registered app authenticates with its secret at the token endpoint.

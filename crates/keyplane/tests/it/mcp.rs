@@ -4,6 +4,9 @@
 //! a token for the server → tool calls through the gateway; a tool needing a scope not granted
 //! gets 403 `insufficient_scope` and the SDK steps up; refresh works; a replayed refresh token
 //! kills the grant; revoking the connected app in the console ends access on the next call.
+//! Access tokens live 20 s here (long enough for the steps before the refresh even on a loaded
+//! machine; a token expiring mid-flow makes the SDK ask the person again), so the test waits
+//! for the expiry before it checks the refresh.
 //! The SDK and the example server (examples/mcp-server) come from `scripts/ensure-mcp.sh`.
 
 use crate::support::{admin_console, password_link, redeem_link, PASSWORD};
@@ -61,7 +64,7 @@ async fn wait_for_port(port: u16) {
 const CONFIG: &str = r#"
 [oauth]
 registration = "open"
-default_access_token_ttl_seconds = 5
+default_access_token_ttl_seconds = 20
 
 [[services]]
 name = "notes"
