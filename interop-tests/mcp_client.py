@@ -22,7 +22,17 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+
+def create_mcp_http_client(auth):
+    """The SDK's client settings (MCP timeouts, no redirects followed), but a new connection per
+    request: under the test suite's load a pooled keep-alive connection can be closed by the
+    server just as the client reuses it (HTTP/1.1's race, which httpx does not retry for a POST),
+    and this test is about OAuth, not connection reuse."""
+    return httpx2.AsyncClient(
+        auth=auth,
+        timeout=httpx2.Timeout(30.0, read=300.0),
+        limits=httpx2.Limits(max_keepalive_connections=0),
+    )
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
 MCP_URL = os.environ["MCP_URL"]
