@@ -98,7 +98,10 @@ def main():
         host, _, path = rest.partition("/")
         metadata = f"{scheme}://{host}/.well-known/oauth-protected-resource" + (f"/{path}" if path else "")
     app = ToolScopes(server.streamable_http_app(stateless_http=True, json_response=True), metadata)
-    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
+    # Keep idle connections longer than the proxy in front does (keyplane's gateway pools idle
+    # upstream connections for 60 s): a server that closes first can close a connection just as
+    # the proxy reuses it, and the request on it is lost.
+    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", timeout_keep_alive=75)
 
 
 if __name__ == "__main__":
