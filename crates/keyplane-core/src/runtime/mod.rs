@@ -15,6 +15,7 @@ pub mod managed;
 pub mod oauth;
 pub mod reach;
 pub mod refusals;
+pub mod replay;
 pub mod services;
 pub mod throttle;
 
@@ -61,6 +62,8 @@ pub struct Runtime {
     /// The states of API keys that exchanged tokens act for.
     pub(crate) subject_keys: delegation::SubjectKeys,
     pub(crate) grants: grants::LiveGrants,
+    /// The shared replay table's batching writer.
+    pub(crate) replay: replay::ReplayWriter,
     /// Held for a whole flush, so when a flush returns every earlier use is written even if
     /// the periodic flush was already under way.
     pub(crate) flushing: tokio::sync::Mutex<()>,
@@ -94,6 +97,7 @@ impl Runtime {
             gateway_resource: RwLock::new(None),
             subject_keys: Default::default(),
             grants: Default::default(),
+            replay: Default::default(),
             flushing: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
         }
