@@ -1038,7 +1038,10 @@ async fn changes_commit_with_their_event(s: Arc<dyn Store>) {
         .client_secret_delete(&c.client_id, &secrets[0].id, c_now.version, now(), &retired)
         .await
         .unwrap());
-    assert_eq!(s.client_secret_find(&secrets[0].digest).await.unwrap(), None);
+    assert_eq!(
+        s.client_secret_find(&secrets[0].digest).await.unwrap(),
+        None
+    );
     assert_recorded(&*s, &retired).await;
     let deleted = ev("client.delete", &c.client_id);
     s.client_delete(&c.client_id, c_now.version + 1, &deleted)

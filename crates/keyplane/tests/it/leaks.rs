@@ -583,6 +583,86 @@ async fn management(backend: Backend) {
 }
 both!(management_route_revokes_and_hides, management);
 
+// ----- the console -----
+
+async fn console(backend: Backend) {
+    use crate::console::{csrf_of, Console};
+    let Some(app) = spawn_app_with(backend, Options::default()).await else {
+        return;
+    };
+    let (key_id, key) = app
+        .key(&app.admin_key, json!({"name": "console-key"}))
+        .await;
+    let created = app
+        .post(
+            "/v1/oauth-clients",
+            &app.admin_key,
+            json!({"name": "console-client", "scopes": []}),
+        )
+        .await
+        .json();
+    let client_id = created["client_id"].as_str().unwrap().to_string();
+    let secret = created["client_secret"].as_str().unwrap().to_string();
+    let secret_id = created["secret_id"].as_str().unwrap().to_string();
+
+    let mut c = Console::new(&app);
+    let (_, page, _) = c.get("/console/sign-in").await;
+    let pre = csrf_of(&page);
+    let (status, _, _) = c
+        .post(
+            "/console/sign-in",
+            &[
+                ("csrf", &pre),
+                ("method", "admin"),
+                ("admin_key", &app.admin_key),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page, _) = c.get("/console/keys").await;
+    assert!(
+        page.contains(&format!("/console/keys/{key_id}/leaked")),
+        "the key's menu offers \"Report as leaked\""
+    );
+    let csrf = csrf_of(&page);
+    let (status, _, _) = c
+        .post(
+            &format!("/console/keys/{key_id}/leaked"),
+            &[("csrf", &csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.authz(Some(&key), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let (_, page, _) = c
+        .get(&format!("/console/clients?selected={client_id}"))
+        .await;
+    let path = format!("/console/clients/{client_id}/secrets/{secret_id}/leaked");
+    assert!(
+        page.contains(&path),
+        "the secret offers \"Report as leaked\""
+    );
+    let (status, _, _) = c.post(&path, &[("csrf", &csrf_of(&page))], None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        token_status(&app, &client_id, &secret).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let events = leak_events(&app).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!(e["details"]["source"], "console");
+        assert_eq!(e["details"]["action"], "revoked");
+        assert_eq!(e["actor"], "admin-key via console");
+    }
+}
+both!(console_reports_a_key_and_a_secret, console);
+
 // ----- the public form -----
 
 /// GETs the form: its token and cookie.
