@@ -85,6 +85,9 @@ struct ReportContext<'a> {
     url: Option<String>,
     source: Option<String>,
     meta: &'a RequestMeta,
+    /// Whether a report of a credential that no longer works is recorded. Not for the public
+    /// form: whoever holds a revoked key could otherwise grow the chain with it.
+    record_inactive: bool,
 }
 
 impl Keyplane {
@@ -109,17 +112,33 @@ impl Keyplane {
         meta: &RequestMeta,
     ) -> Result<Vec<Feedback>> {
         let rt = &self.rt;
-        let refuse = |e: SignatureError| Error::Unauthenticated(e.to_string());
-        let (Some(key_id), Some(signature)) = (key_id, signature) else {
-            return Err(refuse(SignatureError::Missing));
-        };
-        let der = decode_signature(signature).map_err(refuse)?;
-        let key = rt
-            .reporter_key(key_id.trim())
-            .await
-            .ok_or(refuse(SignatureError::UnknownKey))?;
-        if !key.verifies(body, &der) {
-            return Err(refuse(SignatureError::Mismatch));
+        // Failed signatures are throttled per address like every failed authentication.
+        let keys = [(
+            format!("leak-signature|{}", meta.throttle_addr()),
+            rt.settings.auth_failures_per_minute,
+        )];
+        if let Some(wait) = rt.auth_failures.blocked(&keys, rt.now_ms()) {
+            return Err(Error::TooManyRequests(wait));
+        }
+        let verified = async {
+            let (Some(key_id), Some(signature)) = (key_id, signature) else {
+                return Err(SignatureError::Missing);
+            };
+            let der = decode_signature(signature)?;
+            let key = rt
+                .reporter_key(key_id.trim())
+                .await
+                .ok_or(SignatureError::UnknownKey)?;
+            if key.verifies(body, &der) {
+                Ok(())
+            } else {
+                Err(SignatureError::Mismatch)
+            }
+        }
+        .await;
+        if let Err(e) = verified {
+            rt.auth_failures.failed(&keys, rt.now_ms());
+            return Err(Error::Unauthenticated(e.to_string()));
         }
         let matches = parse_github_report(body).map_err(|e| Error::invalid("body", e.as_str()))?;
         // Only a correctly signed report reaches the replay table, so nobody else can grow it;
@@ -145,6 +164,7 @@ impl Keyplane {
                 url: clean_reported(m.url.as_deref()),
                 source: clean_reported(m.source.as_deref()),
                 meta,
+                record_inactive: true,
             };
             let handled = self.handle_leak(&m.token, &cx).await?;
             feedback.push(Feedback {
@@ -174,6 +194,7 @@ impl Keyplane {
             url: clean_reported(url),
             source: clean_reported(source).or_else(|| Some("api".into())),
             meta,
+            record_inactive: true,
         };
         let Some(handled) = self.handle_leak(token.trim(), &cx).await? else {
             return Ok(LeakAnswer { visible: None });
@@ -213,6 +234,7 @@ impl Keyplane {
             url: clean_reported(url),
             source: Some("form".into()),
             meta,
+            record_inactive: false,
         };
         if let Err(e) = self.handle_leak(token.trim(), &cx).await {
             tracing::error!(error = %e, "a leak report from the public form failed");
@@ -277,6 +299,7 @@ impl Keyplane {
             url: clean_reported(url),
             source: Some("console".into()),
             meta,
+            record_inactive: true,
         };
         let live = key.is_active && !key.is_expired(rt.now());
         self.leak_api_key(key.id.clone(), live, &cx).await
@@ -306,6 +329,7 @@ impl Keyplane {
             url: clean_reported(url),
             source: Some("console".into()),
             meta,
+            record_inactive: true,
         };
         self.leak_client_secret(client_id.to_string(), secret_id.to_string(), &cx)
             .await
@@ -426,7 +450,7 @@ impl Keyplane {
                 .api_key_deactivate(&key.id, key.version, rt.now(), &event)
                 .await?;
             rt.invalidate(Invalidation::Digests(digests)).await?;
-        } else {
+        } else if action != LeakAction::AlreadyInactive || cx.record_inactive {
             rt.store.activity_append(&[event]).await?;
         }
         Ok(handled)
@@ -487,9 +511,11 @@ impl Keyplane {
             // Retired meanwhile: recorded as such.
             handled.action = LeakAction::AlreadyInactive;
         }
-        rt.store
-            .activity_append(&[self.leak_event(&handled, cx)])
-            .await?;
+        if handled.action != LeakAction::AlreadyInactive || cx.record_inactive {
+            rt.store
+                .activity_append(&[self.leak_event(&handled, cx)])
+                .await?;
+        }
         Ok(handled)
     }
 

@@ -52,14 +52,15 @@ pub struct LeakFeedback {
 /// Receive a report from GitHub's secret-scanning partner program: a JSON array of
 /// `{token, type, url, source}`, signed with ECDSA P-256 over the raw body
 /// (`Github-Public-Key-Identifier`, `Github-Public-Key-Signature`). Needs no keyplane
-/// credential; a bad signature changes nothing (401), and the same report again is refused
-/// (409).
+/// credential; a bad signature changes nothing (401; throttled per address like any failed
+/// authentication, then 429), and the same report again is refused (409).
 #[utoipa::path(post, path = "/v1/leaks/github", operation_id = "leaks_github", tag = "leaks",
     params(("Github-Public-Key-Identifier" = String, Header, description = "The signing key's identifier"),
            ("Github-Public-Key-Signature" = String, Header, description = "Base64 of the DER ECDSA P-256 SHA-256 signature of the raw body")),
     request_body(content = String, content_type = "application/json", description = "`[{\"token\", \"type\", \"url\", \"source\"}]`"),
     responses((status = 200, body = Vec<LeakFeedback>), (status = 401, body = crate::error::Problem, description = "missing or bad signature"),
-        (status = 409, body = crate::error::Problem, description = "the same report was received before"), (status = 422, body = crate::error::Problem)))]
+        (status = 409, body = crate::error::Problem, description = "the same report was received before"), (status = 422, body = crate::error::Problem),
+        (status = 429, body = crate::error::Problem, description = "too many bad signatures from this address")))]
 pub async fn github(State(s): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);

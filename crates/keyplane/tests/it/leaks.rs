@@ -395,6 +395,37 @@ async fn github_report(backend: Backend) {
 }
 both!(github_report_revokes_and_refuses, github_report);
 
+/// Failed signatures are throttled per address, like every failed authentication: past the
+/// limit even a correctly signed report gets 429, and nothing is handled.
+async fn signature_flood(backend: Backend) {
+    let signer = Signer::new("gh");
+    let Some((app, _dir)) = with_key_file(
+        backend,
+        &signer,
+        &[("KEYPLANE_AUTH_FAILURES_PER_MINUTE", "3")],
+    )
+    .await
+    else {
+        return;
+    };
+    let (_, key) = app.key(&app.admin_key, json!({"name": "k"})).await;
+    let body = report_body(&[&key]);
+    let forger = Signer::new("gh");
+    for _ in 0..3 {
+        let a = send(&app, &body, Some("gh"), Some(&forger.sign(body.as_bytes()))).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    let a = signed(&app, &signer, &body).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text);
+    assert_eq!(app.authz(Some(&key), None).await.status, StatusCode::OK);
+    // The management API is throttled separately: the admin key still works.
+    assert_eq!(
+        app.get("/v1/api-keys", &app.admin_key).await.status,
+        StatusCode::OK
+    );
+}
+both!(bad_signatures_are_throttled, signature_flood);
+
 /// The keys fetched from a URL (GitHub's format, a real HTTP server): fetched on the first
 /// report, fetched again when a report names an identifier the list lacks (the list rotated),
 /// but at most once per interval however many unknown identifiers come.
@@ -753,9 +784,16 @@ async fn public_form(backend: Backend) {
     assert_eq!(events[0]["actor"], "public-leak-form");
     assert_eq!(events[0]["details"]["source"], "form");
 
-    // A flood from one address: 429 past the configured number per minute (4 used so far).
+    // The revoked key again: the same page, and nothing more recorded (whoever holds a dead
+    // key cannot grow the log through the form).
+    let again = submit(&app, &http, &form_token, Some(&cookie), &key).await;
+    assert_eq!(again, live);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(leak_events(&app).await.len(), 1);
+
+    // A flood from one address: 429 past the configured number per minute (5 used so far).
     let mut statuses = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         statuses.push(
             submit(&app, &http, &form_token, Some(&cookie), &unknown)
                 .await
@@ -765,7 +803,6 @@ async fn public_form(backend: Backend) {
     assert_eq!(
         statuses,
         vec![
-            StatusCode::OK,
             StatusCode::OK,
             StatusCode::TOO_MANY_REQUESTS,
             StatusCode::TOO_MANY_REQUESTS
