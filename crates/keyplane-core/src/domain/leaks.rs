@@ -224,7 +224,12 @@ pub struct Feedback {
 
 /// The hex SHA-256 of a token, as GitHub's feedback names it.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
+    sha256_hex(token.as_bytes())
+}
+
+/// The hex SHA-256 of `bytes` (a report's body, as the replay table keeps it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

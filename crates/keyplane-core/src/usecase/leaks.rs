@@ -147,7 +147,7 @@ impl Keyplane {
             .store
             .client_assertion_jti_use(
                 REPLAY_NAMESPACE,
-                &token_hash(&String::from_utf8_lossy(body)),
+                &leaks::sha256_hex(body),
                 rt.now() + time::Duration::seconds(REPLAY_WINDOW_SECONDS),
                 rt.now(),
             )
