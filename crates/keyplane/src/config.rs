@@ -1388,6 +1388,41 @@ mod tests {
     }
 
     #[test]
+    fn leaks_settings() {
+        use keyplane_core::domain::leaks::{LeakPolicy, GITHUB_KEYS_URL};
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert_eq!(c.leaks.policy, LeakPolicy::Revoke);
+        assert_eq!(c.leaks.github_keys_url.as_deref(), Some(GITHUB_KEYS_URL));
+        assert!(c.leaks.github_keys.is_empty());
+        let c = Config::load(
+            &ConfigFlags::default(),
+            None,
+            &env(&[
+                ("KEYPLANE_LEAKS_POLICY", "notify"),
+                ("KEYPLANE_LEAKS_GITHUB_KEYS_URL", ""),
+                ("KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.leaks.policy, LeakPolicy::Notify);
+        assert_eq!(c.leaks.github_keys_url, None, "empty: never fetch");
+        assert_eq!(c.leaks.form_reports_per_minute, 3);
+        for (var, bad) in [
+            ("KEYPLANE_LEAKS_POLICY", "delete"),
+            ("KEYPLANE_LEAKS_GITHUB_KEYS_URL", "ftp://keys"),
+            ("KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE", "0"),
+            (
+                "KEYPLANE_LEAKS_GITHUB_PUBLIC_KEYS_FILE",
+                "/nonexistent/keys.json",
+            ),
+        ] {
+            let err =
+                Config::load(&ConfigFlags::default(), None, &env(&[(var, bad)])).expect_err(bad);
+            assert!(format!("{err:#}").contains("leaks"), "{var}={bad}: {err:#}");
+        }
+    }
+
+    #[test]
     fn api_key_default_expiry() {
         let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
         assert_eq!(c.api_key_default_ttl_days, Some(90));
