@@ -614,6 +614,97 @@ async fn management(backend: Backend) {
 }
 both!(management_route_revokes_and_hides, management);
 
+/// A token in none of keyplane's formats is never looked up: with the node cut off from its
+/// database (serving its cache), reports of malformed tokens are still answered, while a
+/// well-formed one, which must be looked up, fails for want of storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_tokens_are_not_looked_up() {
+    use sqlx::Connection;
+    async fn as_pg_admin(sql: &str) {
+        let url = keyplane_testkit::postgres_admin_url().unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+        let _ = conn.close().await;
+    }
+    let Some(app) = spawn_app_with(Backend::Postgres, Options::default()).await else {
+        return;
+    };
+    let name = app
+        .db
+        .url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    let (_, reporter) = app.key(&app.admin_key, json!({"name": "reporter"})).await;
+    // Wait until the node listens for changes (so its cache is trusted once cut off), then
+    // put the reporter's key in its cache.
+    let started = Instant::now();
+    loop {
+        let mut conn =
+            sqlx::PgConnection::connect(&keyplane_testkit::postgres_admin_url().unwrap())
+                .await
+                .unwrap();
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let _ = conn.close().await;
+        if listening > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.get("/v1/me", &reporter).await.status, StatusCode::OK);
+    let well_formed = SecretFormat::new("kp_").unwrap().generate();
+    let well_formed = well_formed.expose().to_string();
+    let bad_checksum = format!("{}0", &well_formed[..well_formed.len() - 1]);
+    let bad_checksum = if bad_checksum == well_formed {
+        format!("{}1", &well_formed[..well_formed.len() - 1])
+    } else {
+        bad_checksum
+    };
+
+    as_pg_admin(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .await;
+    as_pg_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    for malformed in [
+        bad_checksum.as_str(),
+        "kp_short",
+        "ghp_notours",
+        "kps_0000000000000000000000000000000000000000000000000",
+    ] {
+        let a = app
+            .post("/v1/leaks", &reporter, json!({"token": malformed}))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{malformed}: {}", a.text);
+        assert_eq!(a.json(), json!({"received": true}));
+    }
+    let a = app
+        .post("/v1/leaks", &reporter, json!({"token": well_formed}))
+        .await;
+    assert!(
+        a.status.is_server_error(),
+        "a well-formed token is looked up, which needs the database: {} {}",
+        a.status,
+        a.text
+    );
+    as_pg_admin(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await;
+}
+
 // ----- the console -----
 
 async fn console(backend: Backend) {
