@@ -108,7 +108,6 @@ fn add(op: &mut Operation, status: &str, response: Response) {
 fn is_management(path: &str) -> bool {
     (path.starts_with("/v1/") || path.starts_with("/auth/"))
         && !path.starts_with("/v1/authz")
-        && !path.starts_with("/v1/leaks/")
         && !oauth::is_oauth_path(path)
 }
 
