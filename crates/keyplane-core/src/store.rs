@@ -307,6 +307,9 @@ pub trait Store: Send + Sync + 'static {
         not_before: OffsetDateTime,
         event: &NewEvent,
     ) -> Result<bool>;
+    /// The client and the id of the secret whose digest this is (a leaked-credential report
+    /// names a secret, not its client), or `None`.
+    async fn client_secret_find(&self, digest: &Digest) -> Result<Option<(String, String)>>;
     /// Adds batched use counts and last-used times: `(secret id, last used, uses)`.
     async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()>;
     /// Secrets under a rotation policy that have not been warned about yet, with their client.

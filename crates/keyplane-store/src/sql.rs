@@ -1396,6 +1396,16 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
+            async fn client_secret_find(&self, digest: &Digest) -> Result<Option<(String, String)>> {
+                let row = sqlx::query("SELECT client_id, id FROM oauth_client_secrets WHERE digest = $1")
+                    .bind(digest.0.to_vec())
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.map(|r| Ok((r.try_get("client_id").map_err(db_err)?, r.try_get("id").map_err(db_err)?)))
+                    .transpose()
+            }
+
             async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 for (id, at, n) in used {

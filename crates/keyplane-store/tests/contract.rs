@@ -1027,11 +1027,21 @@ async fn changes_commit_with_their_event(s: Arc<dyn Store>) {
 
     // The remaining changing methods record theirs too.
     let (c_now, secrets) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    // A leak report finds a secret's client by the secret's digest alone.
+    assert_eq!(
+        s.client_secret_find(&secrets[0].digest).await.unwrap(),
+        Some((c.client_id.clone(), secrets[0].id.clone()))
+    );
+    assert_eq!(s.client_secret_find(&Digest([7; 32])).await.unwrap(), None);
     let retired = ev("client.secret_delete", &c.client_id);
     assert!(s
         .client_secret_delete(&c.client_id, &secrets[0].id, c_now.version, now(), &retired)
         .await
         .unwrap());
+    assert_eq!(
+        s.client_secret_find(&secrets[0].digest).await.unwrap(),
+        None
+    );
     assert_recorded(&*s, &retired).await;
     let deleted = ev("client.delete", &c.client_id);
     s.client_delete(&c.client_id, c_now.version + 1, &deleted)

@@ -81,6 +81,7 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         auth_failures_per_minute: config.auth_failures_per_minute,
         refusal_events_per_flush: config.refusal_events_per_flush,
         metrics_token: config.metrics_token.clone().map(SecretString::new),
+        leaks: config.leaks.clone(),
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,

@@ -26,6 +26,8 @@ pub struct Settings {
     pub refusal_events_per_flush: usize,
     /// When set, `/metrics` answers only requests bearing this token; otherwise it is open.
     pub metrics_token: Option<SecretString>,
+    /// Leaked-credential reports (`[leaks]`).
+    pub leaks: crate::domain::leaks::LeakSettings,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             auth_failures_per_minute: 20,
             refusal_events_per_flush: 100,
             metrics_token: None,
+            leaks: Default::default(),
         }
     }
 }

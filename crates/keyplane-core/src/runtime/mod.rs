@@ -11,6 +11,7 @@ pub mod dpop;
 pub mod feed;
 pub mod grants;
 pub mod issuer_keys;
+pub mod leak_keys;
 pub mod managed;
 pub mod oauth;
 pub mod reach;
@@ -50,6 +51,10 @@ pub struct Runtime {
     pub(crate) refusals: Refusals,
     /// Failed authentications on the management API, per client address.
     pub(crate) auth_failures: throttle::FailureThrottle,
+    /// GitHub's secret-scanning keys, as last fetched.
+    pub(crate) leak_keys: leak_keys::ReporterKeys,
+    /// Reports through the public leak form, per client address.
+    pub(crate) leak_form: throttle::FailureThrottle,
     pub(crate) checks: AtomicU64,
     pub(crate) rules: RwLock<Arc<RuleSet>>,
     pub(crate) rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
@@ -89,6 +94,8 @@ impl Runtime {
             settings,
             cache: KeyCache::default(),
             auth_failures: throttle::FailureThrottle::default(),
+            leak_keys: Default::default(),
+            leak_form: throttle::FailureThrottle::default(),
             checks: AtomicU64::new(0),
             rules: Default::default(),
             rules_source: Mutex::new(None),

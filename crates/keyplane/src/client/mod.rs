@@ -10,17 +10,20 @@
 mod activity;
 mod clients;
 mod keys;
+mod leaks;
 mod org;
 mod render;
 
 pub use activity::query as activity;
 pub use clients::run as clients;
 pub use keys::run as keys;
+pub use leaks::run as leaks;
 pub use org::{members, orgs, projects, roles, services};
 
 pub use activity::{verify_report, ActivityCommand, VerifyArgs};
 pub use clients::ClientsCommand;
 pub use keys::KeysCommand;
+pub use leaks::LeaksCommand;
 pub use org::{MembersCommand, OrgsCommand, ProjectsCommand, RolesCommand, ServicesCommand};
 pub use render::table;
 
