@@ -116,6 +116,44 @@ async function closeSecretDialog(page, secrets) {
   assert.equal(storage, 0, "the console writes nothing to web storage");
 }
 
+/**
+ * What sticks out sideways: the document wider than the window, or an element whose right edge
+ * is past the window or past the box of the scroll container it sits in (so nothing needs
+ * scrolling sideways, not even inside a table's wrapper). Content clipped on purpose (an
+ * ellipsis in an `overflow: hidden` box) is judged by the clipping box.
+ */
+async function overflows(page) {
+  return page.evaluate(() => {
+    const out = [];
+    const root = document.documentElement;
+    if (root.scrollWidth > window.innerWidth) out.push(`document is ${root.scrollWidth}px wide in ${window.innerWidth}px`);
+    const name = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+      (el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\s+/).join(".") : "");
+    for (const el of document.body.querySelectorAll("*")) {
+      const r = el.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) continue;
+      let bound = root.clientWidth;
+      let clipped = false;
+      for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+        const ox = getComputedStyle(a).overflowX;
+        if (ox === "hidden" || ox === "clip") { clipped = true; break; }
+        if (ox === "auto" || ox === "scroll") {
+          const ar = a.getBoundingClientRect();
+          bound = Math.min(bound, ar.left + a.clientLeft + a.clientWidth);
+          break;
+        }
+      }
+      if (clipped) continue;
+      // Text spills out of its box without making one of its own: count the box's content.
+      const right = getComputedStyle(el).overflowX === "visible" && el.scrollWidth > el.clientWidth
+        ? Math.max(r.right, r.left + el.clientLeft + el.scrollWidth)
+        : r.right;
+      if (right > bound + 1) out.push(`${name(el)} ends at ${Math.round(right)}px, past ${Math.round(bound)}px: ${el.textContent.trim().slice(0, 40)}`);
+    }
+    return out.slice(0, 12);
+  });
+}
+
 const b64u = (b) => Buffer.from(b).toString("base64url");
 
 /** A compact JWS: Ed25519 (EdDSA) or ES256 (raw r||s, as JOSE wants). */
@@ -172,7 +210,10 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       }
     });
   };
-  const admin = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const admin = await browser.newContext({
+    viewport: { width: 1280, height: 860 },
+    permissions: ["clipboard-read", "clipboard-write"],
+  });
   const page = await admin.newPage();
   page.setDefaultTimeout(15000);
   watch(page, "admin");
@@ -227,7 +268,7 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await page.selectOption("#token-default", "ai-guard");
       await shot(page, "03-create-token-dialog");
       await page.click("#create-token-dialog button[type=submit]");
-      state.token = await readSecretDialog(page, "Token");
+      state.token = await readSecretDialog(page, "API key");
       assert.match(state.token, /^kp_[0-9A-Za-z]+$/);
       assert.match(await page.textContent("#secret-warning"), /will not be shown again/);
       await shot(page, "04-token-shown-once");
@@ -332,9 +373,25 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await navigated(page, () => page.click('a:text("My Service Client")'));
       await page.locator("#client-details").waitFor();
       assert.match(await page.textContent("#secrets-table"), /just now/);
-      await page.fill("#d-ttl", "900");
+      // The client id is shortened, whole on hover and behind a copy button.
+      const idCell = page.locator("#client-details [data-testid=client-id]");
+      assert.equal(await idCell.locator("code.id").getAttribute("title"), clientId);
+      assert.equal(await idCell.locator("button.copy").getAttribute("data-copy"), clientId);
+      assert.ok((await idCell.locator("code.id").textContent()).length < 20);
+      // The token lifetime is shown and typed in words.
+      assert.equal(await page.inputValue("#d-ttl"), "1 hour");
+      await page.fill("#d-ttl", "a fortnight or so");
+      await page.click("text=Update configuration");
+      await page.locator("#client-details [data-field-error]").waitFor();
+      assert.match(await page.textContent("#client-details [data-field-error]"), /not a duration/);
+      await page.fill("#d-ttl", "15 minutes");
       await navigated(page, () => page.click("text=Update configuration"));
       assert.match(await page.textContent('tr[data-client-id] >> nth=0'), /15 minutes/);
+      assert.equal(await page.inputValue("#d-ttl"), "15 minutes");
+      const stored = await (await fetch(`${server.base}/v1/oauth-clients/${clientId}`, {
+        headers: { Authorization: "Bearer " + server.adminKey },
+      })).json();
+      assert.equal(stored.access_token_ttl_seconds, 900);
       await shot(page, "09-client-details");
     });
 
@@ -570,13 +627,21 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await mp.fill("#token-name", "mia key");
       await mp.locator("#create-token-dialog").getByLabel("ai-guard:read").check();
       await mp.click("#create-token-dialog button[type=submit]");
-      const memberToken = await readSecretDialog(mp, "Token");
+      const memberToken = await readSecretDialog(mp, "API key");
       await closeSecretDialog(mp, [memberToken]);
       const names = await mp.locator("tr[data-key-name]").evaluateAll((rows) =>
         rows.map((r) => r.getAttribute("data-key-name")));
       assert.deepEqual(names, ["mia key"]);
       assert.equal((await authz(memberToken, "ai-guard:read")).status, 200);
       await shot(mp, "12-member-keys");
+      // The member's search finds their own key, never the service token they may not see.
+      await mp.fill("#search-q", "guard");
+      await navigated(mp, () => mp.press("#search-q", "Enter"));
+      assert.equal(await mp.locator("tr[data-result]").count(), 0, "the admin's key is out of a member's reach");
+      await mp.fill("#search-q", "mia");
+      await navigated(mp, () => mp.press("#search-q", "Enter"));
+      const found = await mp.locator("tr[data-result]").evaluateAll((rs) => rs.map((r) => r.getAttribute("data-result")));
+      assert.deepEqual(found.sort(), ["key", "member"]);
       // Members see only themselves, and not the activity log.
       await mp.goto(server.base + "/console/members");
       const emails = await mp.locator("tr[data-email]").evaluateAll((rows) =>
@@ -607,6 +672,139 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       // Times are shown in local time, with the UTC value on hover.
       const title = await page.locator("#activity-table time").first().getAttribute("title");
       assert.match(title, /UTC$/);
+    });
+
+    await t.test("the activity log: a date range narrows it; ids copy; details expand; rows stay short", async () => {
+      await page.goto(server.base + "/console/activity");
+      const rows = page.locator("#activity-table tbody tr");
+      const before = await rows.count();
+      assert.ok(before >= 3, `events to filter (${before})`);
+      // Rows stay one or two lines high at 1280 px: details are a one-line summary.
+      const tallest = await rows.evaluateAll((rs) => Math.max(...rs.map((r) => r.getBoundingClientRect().height)));
+      assert.ok(tallest <= 90, `the tallest row is ${tallest}px`);
+      // Every column is on screen: the table fits its box.
+      const fit = await page.evaluate(() => {
+        const t = document.querySelector("#activity-table");
+        return t.getBoundingClientRect().width - t.parentElement.clientWidth;
+      });
+      assert.ok(fit <= 1, `the table is ${fit}px wider than its box`);
+      // A copy button next to each shortened id, with the whole id on hover.
+      const copies = page.locator("#activity-table button.copy");
+      assert.ok((await copies.count()) >= 1);
+      const first = copies.first();
+      const whole = await first.getAttribute("data-copy");
+      assert.equal(await page.locator("#activity-table code.id").first().getAttribute("title"), whole);
+      await first.click();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), whole);
+      // Details: a summary line that expands to the whole JSON.
+      const details = page.locator("#activity-table details.event-details").first();
+      assert.equal(await details.evaluate((d) => d.open), false);
+      await details.locator("summary").click();
+      assert.equal(await details.evaluate((d) => d.open), true);
+      assert.match(await details.locator("pre").textContent(), /[{"]/);
+      // The newest event's second: since it, only events from then on; until it, only before.
+      const times = await page.locator("#activity-table tbody tr td[data-label=When] time").evaluateAll((ts) =>
+        ts.map((t) => t.getAttribute("datetime")));
+      const newest = times[0].slice(0, 19);
+      await page.fill("#activity-since", newest);
+      await navigated(page, () => page.click("#activity-filters button[type=submit]"));
+      const since = await page.locator("#activity-table tbody tr td[data-label=When] time").evaluateAll((ts) =>
+        ts.map((t) => t.getAttribute("datetime")));
+      assert.ok(since.length >= 1 && since.length < before, `${since.length} of ${before} since ${newest}`);
+      assert.ok(since.every((t) => t.slice(0, 19) >= newest), since.join(" "));
+      assert.equal(await page.inputValue("#activity-since"), newest);
+      await page.fill("#activity-since", "");
+      await page.fill("#activity-until", newest);
+      await navigated(page, () => page.click("#activity-filters button[type=submit]"));
+      const until = await page.locator("#activity-table tbody tr td[data-label=When] time").evaluateAll((ts) =>
+        ts.map((t) => t.getAttribute("datetime")));
+      assert.ok(until.length >= 1 && until.every((t) => t.slice(0, 19) < newest), until.join(" "));
+      // A range with nothing in it says so, and how to widen it.
+      await page.goto(server.base + "/console/activity?until=2000-01-01T00:00");
+      assert.match(await page.textContent("#activity-empty"), /Widen the dates/);
+      await shot(page, "19-activity-filtered");
+    });
+
+    await t.test("search finds our own key by prefix, id and name, never another organization's", async () => {
+      const other = await (await fetch(server.base + "/v1/orgs", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + server.adminKey, "Content-Type": "application/json" },
+        body: JSON.stringify({ name: "other-org" }),
+      })).json();
+      const made = await (await fetch(server.base + "/v1/api-keys", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + server.adminKey, "Content-Type": "application/json" },
+        body: JSON.stringify({ org_id: other.id, name: "guard client elsewhere" }),
+      })).json();
+      assert.ok(made.id && made.key, JSON.stringify(made));
+      const search = async (q) => {
+        await page.goto(server.base + "/console/overview");
+        await page.fill("#search-q", q);
+        await navigated(page, () => page.press("#search-q", "Enter"));
+        return page.locator("tr[data-result]").evaluateAll((rs) => rs.map((r) => r.getAttribute("data-id")));
+      };
+      const prefix = state.token.slice(0, 7);
+      assert.ok((await search(prefix)).includes(state.keyId), "our key by its prefix");
+      assert.deepEqual(await search(state.keyId), [state.keyId], "our key by its id");
+      const byName = await search("guard client");
+      assert.ok(byName.includes(state.keyId));
+      assert.ok(!byName.includes(made.id), "another organization's key never appears");
+      assert.deepEqual(await search(made.id), [], "not by its id");
+      assert.deepEqual(await search(made.key.slice(0, 7)), [], "not by its prefix");
+      assert.match(await page.textContent("#search-none"), /Nothing matches/);
+      // Clients and members too; a result opens its page.
+      assert.deepEqual(await search(state.clientId), [state.clientId]);
+      const mine = await search("My Service");
+      assert.deepEqual(mine, [state.clientId]);
+      await navigated(page, () => page.click('#search-clients a'));
+      await page.locator("#client-details").waitFor();
+      await search(prefix);
+      await shot(page, "20-search");
+      await navigated(page, () => page.click(`tr[data-id="${state.keyId}"] a`));
+      await page.locator("#key-details").waitFor();
+      assert.equal(await page.locator("#key-details code.id").getAttribute("title"), state.keyId);
+    });
+
+    await t.test("no page overflows sideways at 1280×800 or at 390×844", async () => {
+      const pages = [
+        "/console/overview", "/console/overview?range=day", "/console/overview?range=30d",
+        "/console/keys", `/console/keys?selected=${state.keyId}`,
+        "/console/clients", `/console/clients?selected=${state.clientId}`,
+        `/console/clients?selected=${state.signerId}`,
+        "/console/members", "/console/apps", "/console/activity",
+        "/console/search?q=guard", "/console/search?q=nothing-like-this", "/console/search",
+      ];
+      // The measure itself catches what sticks out (a wide element, and one inside a table).
+      await page.goto(server.base + "/console/keys");
+      await page.evaluate(() => {
+        const d = document.createElement("div");
+        d.id = "too-wide";
+        d.textContent = "x".repeat(400);
+        document.querySelector("main").append(d);
+      });
+      assert.ok((await overflows(page)).some((o) => o.includes("too-wide")));
+      await page.evaluate(() => {
+        document.getElementById("too-wide").remove();
+        document.querySelector("#keys-table td").append(Object.assign(document.createElement("pre"), { id: "wide-cell", textContent: "y".repeat(400) }));
+      });
+      assert.ok((await overflows(page)).some((o) => o.includes("wide-cell")));
+      for (const size of [{ width: 1280, height: 800 }, { width: 390, height: 844 }]) {
+        await page.setViewportSize(size);
+        for (const p of pages) {
+          await page.goto(server.base + p);
+          assert.deepEqual(await overflows(page), [], `${p} at ${size.width}×${size.height}`);
+        }
+        // And with a dialog open.
+        await page.goto(server.base + "/console/keys");
+        await page.click("#create-token");
+        assert.deepEqual(await overflows(page), [], `the create dialog at ${size.width}×${size.height}`);
+      }
+      const fresh = await browser.newContext({ viewport: { width: 390, height: 844 } });
+      const fp = await fresh.newPage();
+      await fp.goto(server.base + "/console/sign-in");
+      assert.deepEqual(await overflows(fp), [], "the sign-in page at phone width");
+      await fresh.close();
+      await page.setViewportSize({ width: 1280, height: 860 });
     });
 
     await t.test("phone width: the pages stay usable", async () => {

@@ -322,7 +322,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
                 p.js,
                 back,
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "Give the token a name.",
+                "Give the API key a name.",
             )
         });
     }
@@ -332,8 +332,8 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
         .await
         .map_err(fail(p.js, back))?;
     Ok(secret(
-        &format!("Token “{}” created", key.name),
-        vec![("Token", secret_value.expose().to_string())],
+        &format!("API key “{}” created", key.name),
+        vec![("API key", secret_value.expose().to_string())],
         None,
     ))
 }
@@ -368,8 +368,8 @@ pub async fn key_copy(State(s): State<AppState>, Path(id): Path<String>, p: Post
         .await
         .map_err(fail(p.js, "/console/keys"))?;
     Ok(secret(
-        &format!("Token “{}” created", key.name),
-        vec![("Token", secret_value.expose().to_string())],
+        &format!("API key “{}” created", key.name),
+        vec![("API key", secret_value.expose().to_string())],
         None,
     ))
 }
@@ -386,10 +386,10 @@ pub async fn key_regenerate(
         .map_err(fail(p.js, "/console/keys"))?;
     Ok(secret(
         &format!(
-            "Token “{}” regenerated: the old secret no longer works",
+            "API key “{}” regenerated: the old secret no longer works",
             key.name
         ),
-        vec![("Token", secret_value.expose().to_string())],
+        vec![("API key", secret_value.expose().to_string())],
         None,
     ))
 }
@@ -406,6 +406,24 @@ pub async fn key_revoke(State(s): State<AppState>, Path(id): Path<String>, p: Po
 
 fn opt_i64(f: &FormData, name: &str) -> Option<i64> {
     f.get(name).and_then(|v| v.parse().ok())
+}
+
+/// The access-token lifetime typed in words ("15 minutes", "1 hour"; a bare number is
+/// seconds). Absent: the default. One that does not read is refused at the field.
+fn ttl_field(f: &FormData, js: bool, back: &str) -> Result<Option<i64>, Fail> {
+    match f.get("ttl") {
+        None => Ok(None),
+        Some(text) => super::present::parse_span(text).map(Some).ok_or_else(|| {
+            invalid_field(
+                js,
+                back,
+                "ttl",
+                format!(
+                    "“{text}” is not a duration: write it like “15 minutes”, “1 hour” or “1 day”."
+                ),
+            )
+        }),
+    }
 }
 
 /// What a client form says about how the client authenticates (RFC 7591 names). `None`: the
@@ -499,6 +517,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
     let (org, project) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
     let f = &p.form;
     let auth = auth_fields(f, p.js, back)?;
+    let ttl = ttl_field(f, p.js, back)?;
     let input = NewClient {
         org_id: Some(org),
         project_id: Some(project),
@@ -506,7 +525,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         name: f.get("name").unwrap_or("").to_string(),
         description: f.get("description").map(str::to_string),
         scopes: f.all("scopes"),
-        access_token_ttl_seconds: opt_i64(f, "ttl"),
+        access_token_ttl_seconds: ttl,
         token_format: f.get("token_format").map(str::to_string),
         signing_alg: None,
         audience: None,
@@ -557,7 +576,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         name: f.get("name").map(str::to_string),
         description: Some(f.get("description").unwrap_or("").to_string()),
         scopes: Some(f.all("scopes")),
-        access_token_ttl_seconds: opt_i64(f, "ttl"),
+        access_token_ttl_seconds: ttl_field(f, p.js, &back)?,
         token_format: f.get("token_format").map(str::to_string),
         signing_alg: None,
         audience: None,
