@@ -46,6 +46,7 @@ fn key(org: &str, project: &str, owner: Option<&str>) -> ApiKey {
         deactivated_at: None,
         default_for_service: None,
         may_act: vec!["kpc_actor".into()],
+        rate_limits: vec![],
         seq: 0,
         version: 1,
     }
@@ -108,6 +109,7 @@ fn client(name: &str, owner: Option<&str>) -> OAuthClient {
         federated_credentials: Vec::new(),
         may_act: vec!["kpc_a".into(), "kpc_b".into()],
         dpop_bound_access_tokens: false,
+        rate_limits: vec![],
         not_before: None,
         created_at: now(),
         created_by: "test".into(),

@@ -314,6 +314,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
         default_for_service: f.get("default_for_service").map(str::to_string),
         service_token: f.checked("service_token"),
         may_act: vec![],
+        rate_limits: vec![],
     };
     if input.name.is_none() {
         return Err(Fail {
@@ -353,6 +354,7 @@ pub async fn key_edit(State(s): State<AppState>, Path(id): Path<String>, p: Post
         expires_at,
         default_for_service: Some(f.get("default_for_service").map(str::to_string)),
         may_act: None,
+        rate_limits: None,
     };
     s.app
         .api_key_update(&p.signed.principal, &id, patch, None, &p.meta)
@@ -536,6 +538,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         federated_credentials: auth.federated.flatten(),
         dpop_bound_access_tokens: Some(auth.dpop),
         may_act: vec![],
+        rate_limits: vec![],
     };
     let (client, first) = s
         .app
@@ -586,6 +589,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         jwks_uri: None,
         federated_credentials: None,
         may_act: None,
+        rate_limits: None,
         dpop_bound_access_tokens: None,
     };
     s.app

@@ -1,6 +1,7 @@
 //! The routers, one module per area; each exposes `fn router() -> Router<AppState>`.
 
 pub mod activity;
+pub mod usage;
 pub mod apps;
 pub mod authz;
 pub mod clients;
