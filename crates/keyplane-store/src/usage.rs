@@ -9,9 +9,7 @@ pub const USAGE_BATCH: usize = 500;
 
 /// `WHERE` clauses and their text parameters for a usage filter, numbered from `$3` (`$1` and
 /// `$2` are the bucket range).
-pub fn usage_where(
-    f: &keyplane_core::store::UsageFilter,
-) -> (String, Vec<String>, Option<i16>) {
+pub fn usage_where(f: &keyplane_core::store::UsageFilter) -> (String, Vec<String>, Option<i16>) {
     let mut sql = String::from("bucket >= $1 AND bucket < $2");
     let mut params = Vec::new();
     for (col, v) in [

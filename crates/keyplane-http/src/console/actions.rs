@@ -295,6 +295,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
     let back = "/console/keys";
     let (org, project) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
     let f = &p.form;
+    let rate_limits = limits_field(f, p.js, back)?.unwrap_or_default();
     let input = NewApiKey {
         org_id: Some(org),
         project_id: Some(project),
@@ -314,7 +315,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
         default_for_service: f.get("default_for_service").map(str::to_string),
         service_token: f.checked("service_token"),
         may_act: vec![],
-        rate_limits: vec![],
+        rate_limits,
     };
     if input.name.is_none() {
         return Err(Fail {
@@ -354,7 +355,7 @@ pub async fn key_edit(State(s): State<AppState>, Path(id): Path<String>, p: Post
         expires_at,
         default_for_service: Some(f.get("default_for_service").map(str::to_string)),
         may_act: None,
-        rate_limits: None,
+        rate_limits: limits_field(f, p.js, back)?,
     };
     s.app
         .api_key_update(&p.signed.principal, &id, patch, None, &p.meta)
@@ -408,6 +409,21 @@ pub async fn key_revoke(State(s): State<AppState>, Path(id): Path<String>, p: Po
 
 fn opt_i64(f: &FormData, name: &str) -> Option<i64> {
     f.get(name).and_then(|v| v.parse().ok())
+}
+
+/// The rate limits typed in words, one a line ([`super::present::parse_limits`]). `None` when
+/// the form has no such field (a scripted form), so nothing changes.
+fn limits_field(
+    f: &FormData,
+    js: bool,
+    back: &str,
+) -> Result<Option<Vec<keyplane_core::domain::usage::RateLimit>>, Fail> {
+    if !f.has("rate_limits") {
+        return Ok(None);
+    }
+    super::present::parse_limits(f.raw("rate_limits"))
+        .map(|ls| Some(ls.iter().map(|l| l.to_rate_limit()).collect()))
+        .map_err(|e| invalid_field(js, back, "rate_limits", format!("{e}.")))
 }
 
 /// The access-token lifetime typed in words ("15 minutes", "1 hour"; a bare number is
@@ -520,6 +536,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
     let f = &p.form;
     let auth = auth_fields(f, p.js, back)?;
     let ttl = ttl_field(f, p.js, back)?;
+    let rate_limits = limits_field(f, p.js, back)?.unwrap_or_default();
     let input = NewClient {
         org_id: Some(org),
         project_id: Some(project),
@@ -538,7 +555,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         federated_credentials: auth.federated.flatten(),
         dpop_bound_access_tokens: Some(auth.dpop),
         may_act: vec![],
-        rate_limits: vec![],
+        rate_limits,
     };
     let (client, first) = s
         .app
@@ -589,7 +606,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         jwks_uri: None,
         federated_credentials: None,
         may_act: None,
-        rate_limits: None,
+        rate_limits: limits_field(f, p.js, &back)?,
         dpop_bound_access_tokens: None,
     };
     s.app

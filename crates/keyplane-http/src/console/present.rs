@@ -3,6 +3,7 @@
 //! typed), and an event's details as a one-line summary.
 
 use super::chart::esc;
+use keyplane_core::domain::usage::{LimitShare, RateLimit, Window};
 use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -197,40 +198,97 @@ pub fn when_input(t: OffsetDateTime) -> String {
 }
 
 /// One rate limit as the console writes and reads it: `burst: 100 per second`,
-/// `daily: 10000 per day shared by owner`, `500 per 10 minutes`.
+/// `daily: 10000 per day shared by owner`, `500 per 10 minutes`, `heavy: 10 per second cost 2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitText {
     pub name: String,
     pub limit: u64,
-    /// The window in seconds.
-    pub window: u64,
-    /// `owner` or `project` when the count is shared.
+    /// The window in milliseconds.
+    pub window_ms: u64,
+    /// What one request costs, when not 1.
+    pub cost: Option<u64>,
+    /// `owner`, `project` (or `credential`) when said.
     pub shared: Option<String>,
 }
 
-fn unit_words(secs: u64) -> (u64, &'static str) {
-    for (n, unit) in [(86_400, "day"), (3600, "hour"), (60, "minute")] {
-        if secs % n == 0 {
-            return (secs / n, unit);
+fn unit_words(ms: u64) -> (u64, &'static str) {
+    for (n, unit) in [
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1000, "second"),
+    ] {
+        if ms.is_multiple_of(n) {
+            return (ms / n, unit);
         }
     }
-    (secs, "second")
+    (ms, "millisecond")
 }
 
 impl fmt::Display for LimitText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (n, unit) = unit_words(self.window);
+        let (n, unit) = unit_words(self.window_ms);
         write!(f, "{}: {} per ", self.name, self.limit)?;
         if n == 1 {
             write!(f, "{unit}")?;
         } else {
             write!(f, "{n} {unit}s")?;
         }
-        if let Some(s) = &self.shared {
-            write!(f, " shared by {s}")?;
+        if let Some(c) = self.cost {
+            write!(f, " cost {c}")?;
+        }
+        match self.shared.as_deref() {
+            None | Some("credential") => {}
+            Some(s) => write!(f, " shared by {s}")?,
         }
         Ok(())
     }
+}
+
+impl From<&RateLimit> for LimitText {
+    fn from(l: &RateLimit) -> Self {
+        LimitText {
+            name: l.name.clone(),
+            limit: l.limit,
+            window_ms: l.window.0.as_millis() as u64,
+            cost: l.cost,
+            shared: l.shared.map(|s| {
+                match s {
+                    LimitShare::Credential => "credential",
+                    LimitShare::Owner => "owner",
+                    LimitShare::Project => "project",
+                }
+                .to_string()
+            }),
+        }
+    }
+}
+
+impl LimitText {
+    /// The limit as the use cases take it (their checks — names, sizes, windows — still apply).
+    pub fn to_rate_limit(&self) -> RateLimit {
+        RateLimit {
+            name: self.name.clone(),
+            limit: self.limit,
+            window: Window(std::time::Duration::from_millis(self.window_ms)),
+            cost: self.cost,
+            shared: match self.shared.as_deref() {
+                Some("owner") => Some(LimitShare::Owner),
+                Some("project") => Some(LimitShare::Project),
+                Some("credential") => Some(LimitShare::Credential),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A credential's limits as the edit form's text, one a line.
+pub fn limits_text(limits: &[RateLimit]) -> String {
+    limits
+        .iter()
+        .map(|l| LimitText::from(l).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Reads rate limits typed one a line (or separated by `;`). An error names the line at fault.
@@ -250,23 +308,33 @@ pub fn parse_limits(text: &str) -> Result<Vec<LimitText>, String> {
             Some((n, r)) => (Some(n.trim().to_string()), r.trim()),
             None => (None, line),
         };
-        let lower = rest.to_lowercase();
-        let (rest, shared) = match lower.split_once("shared by") {
-            Some((r, who)) => {
-                let who = who.trim().trim_start_matches("the ").trim();
-                let who = match who {
-                    "owner" | "its owner" | "the owner" => "owner",
-                    "project" | "its project" | "the project" => "project",
+        let mut rest = rest.to_lowercase();
+        let mut shared = None;
+        if let Some((r, who)) = rest.clone().split_once("shared by") {
+            let who = who
+                .trim()
+                .trim_start_matches("the ")
+                .trim_start_matches("its ");
+            shared = Some(
+                match who.trim() {
+                    "owner" => "owner",
+                    "project" => "project",
                     _ => {
                         return Err(format!(
                             "“{line}”: a limit is shared by “owner” or “project”"
                         ))
                     }
-                };
-                (r.trim().to_string(), Some(who.to_string()))
-            }
-            None => (lower.trim().to_string(), None),
-        };
+                }
+                .to_string(),
+            );
+            rest = r.trim().to_string();
+        }
+        let mut cost = None;
+        if let Some((r, c)) = rest.clone().rsplit_once(" cost") {
+            let c = c.trim().trim_start_matches("ing").trim();
+            cost = Some(c.parse::<u64>().map_err(|_| bad())?);
+            rest = r.trim().trim_end_matches(',').to_string();
+        }
         let (count, per) = rest
             .split_once(" per ")
             .or_else(|| rest.split_once('/'))
@@ -280,14 +348,15 @@ pub fn parse_limits(text: &str) -> Result<Vec<LimitText>, String> {
             return Err(format!("“{line}”: the limit must be at least 1"));
         }
         let per = per.trim();
-        // "second" alone is one second; "10 minutes" is parsed as a span.
+        // "second" alone is one second; "10 minutes" is read as a span.
         let window = if per.starts_with(|c: char| c.is_ascii_digit()) {
             parse_span(per).ok_or_else(bad)?
         } else {
             parse_span(&format!("1 {per}")).ok_or_else(bad)?
         };
+        let window_ms = window as u64 * 1000;
         let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
-            let (n, unit) = unit_words(window as u64);
+            let (n, unit) = unit_words(window_ms);
             if n == 1 {
                 format!("per-{unit}")
             } else {
@@ -297,7 +366,8 @@ pub fn parse_limits(text: &str) -> Result<Vec<LimitText>, String> {
         out.push(LimitText {
             name,
             limit,
-            window: window as u64,
+            window_ms,
+            cost,
             shared,
         });
     }
@@ -349,16 +419,28 @@ mod tests {
             parse_limits("burst: 100 per second\ndaily: 10,000 per day shared by owner").unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(
-            (l[0].name.as_str(), l[0].limit, l[0].window),
-            ("burst", 100, 1)
+            (l[0].name.as_str(), l[0].limit, l[0].window_ms),
+            ("burst", 100, 1000)
         );
-        assert_eq!((l[1].limit, l[1].window), (10_000, 86_400));
+        assert_eq!((l[1].limit, l[1].window_ms), (10_000, 86_400_000));
         assert_eq!(l[1].shared.as_deref(), Some("owner"));
         assert_eq!(l[0].to_string(), "burst: 100 per second");
         assert_eq!(l[1].to_string(), "daily: 10000 per day shared by owner");
         let l = parse_limits("500/10 minutes; 5 per 1h").unwrap();
-        assert_eq!((l[0].name.as_str(), l[0].window), ("per-10-minutes", 600));
-        assert_eq!((l[1].name.as_str(), l[1].window), ("per-hour", 3600));
+        assert_eq!(
+            (l[0].name.as_str(), l[0].window_ms),
+            ("per-10-minutes", 600_000)
+        );
+        assert_eq!(
+            (l[1].name.as_str(), l[1].window_ms),
+            ("per-hour", 3_600_000)
+        );
+        let l = parse_limits("heavy: 10 per second cost 2").unwrap();
+        assert_eq!(l[0].cost, Some(2));
+        assert_eq!(l[0].to_string(), "heavy: 10 per second cost 2");
+        // What the use cases store reads back as typed.
+        let back = LimitText::from(&l[0].to_rate_limit());
+        assert_eq!(back, l[0]);
         assert!(parse_limits("lots").is_err());
         assert!(parse_limits("x: 0 per second").is_err());
         assert!(parse_limits("x: 5 per second shared by everyone").is_err());

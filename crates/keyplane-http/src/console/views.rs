@@ -260,8 +260,12 @@ impl KeyView {
             status,
             active: k.is_active,
             default_for: k.default_for_service.unwrap_or_default(),
-            limits: vec![],
-            limits_text: String::new(),
+            limits: k
+                .rate_limits
+                .iter()
+                .map(|l| super::present::LimitText::from(l).to_string())
+                .collect(),
+            limits_text: super::present::limits_text(&k.rate_limits),
         }
     }
     pub fn has_scope(&self, s: &str) -> bool {
@@ -396,7 +400,6 @@ pub struct ClientView {
     pub name: String,
     pub description: String,
     pub scopes: Vec<String>,
-    pub ttl_seconds: i64,
     pub ttl: String,
     pub rotation_days: Option<i64>,
     pub rotation: String,
@@ -416,9 +419,14 @@ impl ClientView {
         now: OffsetDateTime,
         selected: bool,
     ) -> Self {
+        let limits = c
+            .rate_limits
+            .iter()
+            .map(|l| super::present::LimitText::from(l).to_string())
+            .collect();
+        let limits_text = super::present::limits_text(&c.rate_limits);
         ClientView {
             ttl: span_words(c.access_token_ttl_seconds),
-            ttl_seconds: c.access_token_ttl_seconds,
             rotation: match c.secret_rotation_days {
                 Some(d) => format!("every {}", span_words(d * 86_400)),
                 None => "never".into(),
@@ -495,8 +503,8 @@ impl ClientView {
                 })
                 .collect(),
             selected,
-            limits: vec![],
-            limits_text: String::new(),
+            limits,
+            limits_text,
         }
     }
     pub fn has_scope(&self, s: &str) -> bool {
