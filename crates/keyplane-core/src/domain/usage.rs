@@ -186,7 +186,9 @@ impl UsageWindow {
         }
         let first = since.unix_timestamp().div_euclid(g);
         // `until` is exclusive; a bucket it falls inside is included.
-        let end = (until.unix_timestamp() + g - 1).div_euclid(g).max(first + 1);
+        let end = (until.unix_timestamp() + g - 1)
+            .div_euclid(g)
+            .max(first + 1);
         if end - first > MAX_BUCKETS {
             return Err(Error::invalid(
                 "since",
@@ -313,9 +315,9 @@ impl Window {
 
     pub fn parse(s: &str) -> Result<Window, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("window {s:?} has no unit: write e.g. `1s`, `1m`, `1h`, `1d`"))?;
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            format!("window {s:?} has no unit: write e.g. `1s`, `1m`, `1h`, `1d`")
+        })?;
         let (n, unit) = s.split_at(split);
         let n: u64 = n
             .parse()
@@ -353,7 +355,12 @@ impl Window {
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
-        for (unit, n) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        for (unit, n) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
             if ms % n == 0 {
                 return write!(f, "{}{unit}", ms / n);
             }
@@ -452,10 +459,23 @@ mod tests {
     #[test]
     fn windows_parse_and_print_the_same() {
         for s in ["1s", "30s", "1m", "1h", "1d", "250ms", "90m"] {
-            assert_eq!(Window::parse(s).unwrap().to_string(), s.replace("90m", "90m"));
+            assert_eq!(
+                Window::parse(s).unwrap().to_string(),
+                s.replace("90m", "90m")
+            );
         }
         assert_eq!(Window::parse("60s").unwrap().to_string(), "1m");
-        for bad in ["", "1", "s", "0s", "1w", "-1s", "99999999999999999999d", "31d", "10ms"] {
+        for bad in [
+            "",
+            "1",
+            "s",
+            "0s",
+            "1w",
+            "-1s",
+            "99999999999999999999d",
+            "31d",
+            "10ms",
+        ] {
             assert!(Window::parse(bad).is_err(), "{bad}");
         }
     }
@@ -474,12 +494,33 @@ mod tests {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_030).unwrap();
         let w = UsageWindow::resolve(Granularity::Minute, None, None, now).unwrap();
         assert_eq!(w.end - w.first, 61);
-        let s = w.series(&[(w.first + 2, Outcome::Allowed, 3), (w.first + 2, Outcome::Revoked, 1)]);
+        let s = w.series(&[
+            (w.first + 2, Outcome::Allowed, 3),
+            (w.first + 2, Outcome::Revoked, 1),
+        ]);
         assert_eq!(s.buckets.len(), 61);
         assert_eq!(s.buckets[2].total, 4);
-        assert!(UsageWindow::resolve(Granularity::Minute, Some(now), Some(now - time::Duration::minutes(1)), now).is_err());
-        assert!(UsageWindow::resolve(Granularity::Minute, Some(now - time::Duration::days(3)), None, now).is_err());
-        assert!(UsageWindow::resolve(Granularity::Hour, Some(now - time::Duration::days(90)), None, now).is_ok());
+        assert!(UsageWindow::resolve(
+            Granularity::Minute,
+            Some(now),
+            Some(now - time::Duration::minutes(1)),
+            now
+        )
+        .is_err());
+        assert!(UsageWindow::resolve(
+            Granularity::Minute,
+            Some(now - time::Duration::days(3)),
+            None,
+            now
+        )
+        .is_err());
+        assert!(UsageWindow::resolve(
+            Granularity::Hour,
+            Some(now - time::Duration::days(90)),
+            None,
+            now
+        )
+        .is_ok());
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! [`Keyplane`] use cases of API keys: create, list, get, edit, copy, revoke, regenerate.
 
 use super::{check_version, retry_on_conflict};
-use crate::domain::usage::{check_rate_limits, RateLimit};
 use crate::app::Keyplane;
 use crate::domain::ceiling::{owners_only, within, Authority};
 use crate::domain::clock::rfc3339;
@@ -13,6 +12,7 @@ use crate::domain::request::{
     clean_description, clean_name, page_limit, paginate, parse_cursor, Page, RequestMeta,
 };
 use crate::domain::secret::SecretString;
+use crate::domain::usage::{check_rate_limits, RateLimit};
 use crate::store::{Invalidation, KeyFilter};
 use time::OffsetDateTime;
 

@@ -2,7 +2,6 @@
 //! secrets, and issue an access token for a client from the management API.
 
 use super::{check_version, retry_on_conflict};
-use crate::domain::usage::{check_rate_limits, RateLimit};
 use crate::app::Keyplane;
 use crate::domain::ceiling::{owners_only, within, Authority};
 use crate::domain::client_auth::{check_jwks_uri, AuthMethod};
@@ -20,6 +19,7 @@ use crate::domain::request::{
 };
 use crate::domain::secret::SecretString;
 use crate::domain::token::Alg;
+use crate::domain::usage::{check_rate_limits, RateLimit};
 use crate::runtime::oauth::ceil_to_second;
 use crate::store::{Invalidation, KeyFilter};
 use time::OffsetDateTime;

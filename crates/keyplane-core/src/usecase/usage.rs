@@ -102,8 +102,14 @@ impl Keyplane {
         service: Option<String>,
     ) -> Result<UsageFilter> {
         const WHAT: &str = "credential";
-        if service.as_ref().is_some_and(|s| s.is_empty() || s.len() > 128) {
-            return Err(Error::invalid("service", "`service` must be 1 to 128 characters"));
+        if service
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > 128)
+        {
+            return Err(Error::invalid(
+                "service",
+                "`service` must be 1 to 128 characters",
+            ));
         }
         let rt = &self.rt;
         if let Some(id) = credential_id {

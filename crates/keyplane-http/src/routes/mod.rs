@@ -1,7 +1,6 @@
 //! The routers, one module per area; each exposes `fn router() -> Router<AppState>`.
 
 pub mod activity;
-pub mod usage;
 pub mod apps;
 pub mod authz;
 pub mod clients;
@@ -9,3 +8,4 @@ pub mod keys;
 pub mod mgmt;
 pub mod oauth;
 pub mod ops;
+pub mod usage;

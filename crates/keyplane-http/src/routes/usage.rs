@@ -64,17 +64,15 @@ pub async fn usage(
     let (since, until) = times(q.since.as_deref(), q.until.as_deref())?;
     let granularity = match q.granularity.as_deref() {
         None => Granularity::Minute,
-        Some(g) => Granularity::parse(g).ok_or_else(|| {
-            Error::invalid("granularity", "`granularity` is `minute` or `hour`")
-        })?,
+        Some(g) => Granularity::parse(g)
+            .ok_or_else(|| Error::invalid("granularity", "`granularity` is `minute` or `hour`"))?,
     };
     let outcome = q
         .outcome
         .as_deref()
         .map(|o| {
-            Outcome::parse(o).ok_or_else(|| {
-                Error::invalid("outcome", format!("no outcome is called {o:?}"))
-            })
+            Outcome::parse(o)
+                .ok_or_else(|| Error::invalid("outcome", format!("no outcome is called {o:?}")))
         })
         .transpose()?;
     let series = s
