@@ -523,8 +523,8 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_purge(&self, minute: i64, hour: i64) -> Result<u64>;
     /// Adds to rate-limit window counts: `(counter, window_start_ms, window_end_ms, count)`.
     async fn rate_windows_add(&self, counts: &[(String, i64, i64, u64)]) -> Result<()>;
-    /// The stored count of a rate-limit window.
-    async fn rate_window_get(&self, counter: &str, window_start_ms: i64) -> Result<u64>;
+    /// Rate-limit windows still open at `now_ms`: `(counter, window_start_ms, count)`.
+    async fn rate_windows_live(&self, now_ms: i64) -> Result<Vec<(String, i64, u64)>>;
     /// Forgets windows that ended before `now_ms`.
     async fn rate_windows_purge(&self, now_ms: i64) -> Result<u64>;
 }

@@ -525,8 +525,8 @@ macro_rules! impl_store {
             async fn rate_windows_add(&self, counts: &[(String, i64, i64, u64)]) -> Result<()> {
                 self.db_rate_windows_add(counts).await
             }
-            async fn rate_window_get(&self, counter: &str, window_start_ms: i64) -> Result<u64> {
-                self.db_rate_window_get(counter, window_start_ms).await
+            async fn rate_windows_live(&self, now_ms: i64) -> Result<Vec<(String, i64, u64)>> {
+                self.db_rate_windows_live(now_ms).await
             }
             async fn rate_windows_purge(&self, now_ms: i64) -> Result<u64> {
                 self.db_rate_windows_purge(now_ms).await

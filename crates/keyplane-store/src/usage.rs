@@ -224,16 +224,24 @@ macro_rules! usage_store {
             tx.commit().await.map_err(db_err)
         }
 
-        async fn db_rate_window_get(&self, counter: &str, start: i64) -> Result<u64> {
-            let n: Option<i64> = sqlx::query_scalar(
-                "SELECT count FROM rate_limit_windows WHERE counter = $1 AND window_start = $2",
+        async fn db_rate_windows_live(&self, now_ms: i64) -> Result<Vec<(String, i64, u64)>> {
+            let rows = sqlx::query(
+                "SELECT counter, window_start, count FROM rate_limit_windows WHERE window_end > $1",
             )
-            .bind(counter)
-            .bind(start)
-            .fetch_optional(self.r())
+            .bind(now_ms)
+            .fetch_all(self.r())
             .await
             .map_err(db_err)?;
-            Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+            rows.iter()
+                .map(|r| {
+                    let n: i64 = r.try_get("count").map_err(db_err)?;
+                    Ok((
+                        r.try_get("counter").map_err(db_err)?,
+                        r.try_get("window_start").map_err(db_err)?,
+                        u64::try_from(n).unwrap_or(0),
+                    ))
+                })
+                .collect()
         }
 
         async fn db_rate_windows_purge(&self, now_ms: i64) -> Result<u64> {
