@@ -765,6 +765,119 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       assert.equal(await page.locator("#key-details code.id").getAttribute("title"), state.keyId);
     });
 
+    await t.test("rate limits typed in words; the usage chart counts a known mix of requests", async () => {
+      const api = async (path) => (await fetch(server.base + path, {
+        headers: { Authorization: "Bearer " + server.adminKey },
+      })).json();
+      await page.goto(server.base + "/console/keys");
+      await page.click("#create-token");
+      await page.fill("#token-name", "chart key");
+      await page.locator("#create-token-dialog").getByLabel("ai-guard:read").check();
+      // Bad input is refused where it was typed, and nothing typed is lost.
+      await page.fill("#token-limits", "daily: lots per day");
+      await page.click("#create-token-dialog button[type=submit]");
+      await page.locator("#create-token-dialog [data-field-error]").waitFor();
+      assert.match(await page.textContent("#create-token-dialog [data-field-error]"), /not a rate limit/);
+      assert.equal(await page.inputValue("#token-name"), "chart key");
+      await page.fill("#token-limits", "daily: 4 per day");
+      await page.click("#create-token-dialog button[type=submit]");
+      const token = await readSecretDialog(page, "API key");
+      await closeSecretDialog(page, [token]);
+      const id = await page.locator('tr[data-key-name="chart key"]').getAttribute("data-key-id");
+      let view = await api(`/v1/api-keys/${id}`);
+      assert.deepEqual(view.rate_limits, [{ name: "daily", limit: 4, window: "1d" }]);
+      // Edited in its dialog: shown as typed, stored in the API's terms.
+      const row = page.locator(`tr[data-key-id="${id}"]`);
+      await row.locator("summary").click();
+      await row.getByRole("button", { name: "Edit" }).click();
+      assert.equal(await page.inputValue(`#edit-${id}-limits`), "daily: 4 per day");
+      await page.fill(`#edit-${id}-limits`, "daily: 4 per day\nburst: 100 per second shared by owner");
+      await navigated(page, () => page.click(`#edit-${id} button[type=submit]`));
+      view = await api(`/v1/api-keys/${id}`);
+      assert.deepEqual(view.rate_limits, [
+        { name: "daily", limit: 4, window: "1d" },
+        { name: "burst", limit: 100, window: "1s", shared: "owner" },
+      ]);
+
+      // A known mix: 2 with the wrong scope, 6 good ones over a limit of 4 a day, then revoked.
+      for (let i = 0; i < 2; i++) assert.equal((await authz(token, "ai-guard:write")).status, 403);
+      const statuses = [];
+      for (let i = 0; i < 6; i++) {
+        const r = await authz(token, "ai-guard:read");
+        statuses.push(r.status);
+        if (r.status === 429) assert.ok(r.headers.get("retry-after"), "429 says when to retry");
+      }
+      assert.deepEqual(statuses, [200, 200, 200, 200, 429, 429]);
+      await fetch(`${server.base}/v1/api-keys/${id}/revoke`, {
+        method: "POST", headers: { Authorization: "Bearer " + server.adminKey },
+      });
+      assert.equal((await authz(token, "ai-guard:read")).status, 401);
+
+      // The key's page: 60 minutes, stacked by outcome, once the counts are flushed.
+      const want = { allowed: 4, insufficient_scope: 2, rate_limited: 2, revoked: 1 };
+      const chartOf = () => page.evaluate(() => {
+        const fig = document.querySelector("#key-details [data-testid=usage-chart]");
+        const byOutcome = {};
+        for (const r of fig.querySelectorAll("rect.seg")) {
+          const o = r.getAttribute("data-outcome");
+          byOutcome[o] = (byOutcome[o] || 0) + Number(r.getAttribute("data-count"));
+        }
+        const buckets = Array.from(fig.querySelectorAll("g.bucket"));
+        return {
+          total: Number(fig.getAttribute("data-total")),
+          buckets: buckets.length,
+          busy: buckets.map((b, i) => [i, Number(b.getAttribute("data-total"))]).filter(([, n]) => n > 0).map(([i]) => i),
+          byOutcome,
+          segments: fig.querySelectorAll("rect.seg").length,
+          title: fig.querySelector("svg title")?.textContent,
+          role: fig.querySelector("svg").getAttribute("role"),
+          legend: Array.from(fig.querySelectorAll(".legend li[data-outcome]")).map((li) => li.getAttribute("data-outcome")),
+        };
+      });
+      let chart;
+      for (let tries = 0; tries < 40; tries++) {
+        await page.goto(`${server.base}/console/keys?selected=${id}`);
+        chart = await chartOf();
+        if (chart.total >= 9) break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.equal(chart.total, 9, JSON.stringify(chart));
+      assert.equal(chart.buckets, 60, "one point per minute of the last hour");
+      assert.deepEqual(chart.byOutcome, want);
+      assert.ok(chart.busy.length >= 1 && chart.busy.length <= 2 && chart.busy.every((i) => i >= 58), JSON.stringify(chart.busy));
+      assert.ok(chart.segments >= 4 && chart.segments <= 8, "a segment per outcome in each busy minute");
+      assert.equal(chart.role, "img");
+      assert.match(chart.title, /per minute, last hour/);
+      assert.deepEqual(chart.legend, ["allowed", "rate_limited", "insufficient_scope", "revoked"]);
+      assert.match(await page.textContent("#key-details [data-testid=rate-limits]"), /daily: 4 per day/);
+      await shot(page, "21-key-usage");
+      // The last day by hour, the last 30 days by day: the same requests.
+      await navigated(page, () => page.click("#key-details .ranges >> text=Last day"));
+      chart = await chartOf();
+      assert.deepEqual([chart.buckets, chart.total], [24, 9]);
+      await navigated(page, () => page.click("#key-details .ranges >> text=Last 30 days"));
+      chart = await chartOf();
+      assert.deepEqual([chart.buckets, chart.total], [30, 9]);
+      assert.deepEqual(chart.byOutcome, want);
+
+      // The overview: the project's requests, and the key first among the refused.
+      await page.goto(server.base + "/console/overview");
+      const total = Number(await page.getAttribute("[data-testid=usage-chart]", "data-total"));
+      assert.ok(total >= 9, `the project's requests (${total})`);
+      assert.equal(await page.locator("[data-testid=usage-chart] g.bucket").count(), 60);
+      assert.match(await page.textContent("#top-traffic"), /chart key/);
+      assert.match(await page.locator("#top-refusals li").first().textContent(), /chart key\s*5/);
+      await shot(page, "22-overview-usage");
+
+      // A client's limits in its panel, in the same words.
+      await page.goto(`${server.base}/console/clients?selected=${state.clientId}`);
+      await page.fill("#d-limits", "burst: 50 per second");
+      await navigated(page, () => page.click("text=Update configuration"));
+      assert.match(await page.textContent("#client-details [data-testid=rate-limits]"), /burst: 50 per second/);
+      const client = await api(`/v1/oauth-clients/${state.clientId}`);
+      assert.deepEqual(client.rate_limits, [{ name: "burst", limit: 50, window: "1s" }]);
+    });
+
     await t.test("no page overflows sideways at 1280×800 or at 390×844", async () => {
       const pages = [
         "/console/overview", "/console/overview?range=day", "/console/overview?range=30d",
