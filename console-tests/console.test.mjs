@@ -86,9 +86,9 @@ async function navigated(page, action) {
   await Promise.all([page.waitForNavigation({ waitUntil: "load" }), action()]);
 }
 
-async function shot(page, name) {
+async function shot(page, name, fullPage = true) {
   fs.mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
+  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage });
 }
 
 /** The page's whole HTML plus everything in its web storage, to look for a secret in. */
@@ -908,6 +908,8 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
         for (const p of pages) {
           await page.goto(server.base + p);
           assert.deepEqual(await overflows(page), [], `${p} at ${size.width}×${size.height}`);
+          if (size.width < 500 && p === "/console/overview") await shot(page, "23-overview-phone", false);
+          if (size.width < 500 && p === "/console/activity") await shot(page, "24-activity-phone", false);
         }
         // And with a dialog open.
         await page.goto(server.base + "/console/keys");
