@@ -344,7 +344,6 @@ pub fn expiry_choices(default_days: Option<i64>) -> Vec<ExpiryChoice> {
 pub struct SecretView {
     pub id: String,
     pub start: String,
-    pub created: When,
     pub age: String,
     pub expires: When,
     pub last_used: When,
@@ -495,7 +494,6 @@ impl ClientView {
                         age: age_words(s.created_at, now),
                         id: s.id,
                         start: s.start,
-                        created: When(Some(s.created_at)),
                         expires: When(expires),
                         last_used: When(s.last_used_at),
                         uses: s.use_count,
