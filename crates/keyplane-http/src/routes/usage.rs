@@ -78,18 +78,26 @@ pub async fn usage(
     c: Caller,
     AppQuery(q): AppQuery<UsageParams>,
 ) -> ApiResult<Json<UsageView>> {
-    let (since, until) = times(q.since.as_deref(), q.until.as_deref())?;
+    let (since, until) = times(q.since.as_deref(), q.until.as_deref()).map_err(bad_filter)?;
     let granularity = match q.granularity.as_deref() {
         None => Granularity::Minute,
-        Some(g) => Granularity::parse(g)
-            .ok_or_else(|| Error::invalid("granularity", "`granularity` is `minute` or `hour`"))?,
+        Some(g) => Granularity::parse(g).ok_or_else(|| {
+            bad_filter(Error::invalid(
+                "granularity",
+                "`granularity` is `minute` or `hour`",
+            ))
+        })?,
     };
     let outcome = q
         .outcome
         .as_deref()
         .map(|o| {
-            Outcome::parse(o)
-                .ok_or_else(|| Error::invalid("outcome", format!("no outcome is called {o:?}")))
+            Outcome::parse(o).ok_or_else(|| {
+                bad_filter(Error::invalid(
+                    "outcome",
+                    format!("no outcome is called {o:?}"),
+                ))
+            })
         })
         .transpose()?;
     let series = s
