@@ -361,7 +361,7 @@ impl std::fmt::Display for Window {
             ("m", 60_000),
             ("s", 1000),
         ] {
-            if ms % n == 0 {
+            if ms.is_multiple_of(n) {
                 return write!(f, "{}{unit}", ms / n);
             }
         }
@@ -459,10 +459,7 @@ mod tests {
     #[test]
     fn windows_parse_and_print_the_same() {
         for s in ["1s", "30s", "1m", "1h", "1d", "250ms", "90m"] {
-            assert_eq!(
-                Window::parse(s).unwrap().to_string(),
-                s.replace("90m", "90m")
-            );
+            assert_eq!(Window::parse(s).unwrap().to_string(), s);
         }
         assert_eq!(Window::parse("60s").unwrap().to_string(), "1m");
         for bad in [

@@ -243,7 +243,7 @@ impl Limiter {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&*key)
         {
-            if start % window_ms == 0 {
+            if start.rem_euclid(window_ms) == 0 {
                 c.set_others(start / window_ms, n);
             }
         }

@@ -104,17 +104,19 @@ impl Keyplane {
             .collect()
     }
 
-    /// The counters whose current window the reconciler should read: `(key, window, window ms,
-    /// this node's units in it)`.
+    /// The counters whose current window the reconciler should read — those this node counted
+    /// in during it, so the work per round follows the traffic, not the number of limits:
+    /// `(key, window, window ms, this node's units in it)`.
     pub fn rate_limit_windows(&self) -> Vec<(Arc<str>, i64, i64, u64)> {
         let now_ms = self.rt.now_ms();
         self.rt
             .limiter
             .counters()
             .into_iter()
-            .map(|c| {
+            .filter_map(|c| {
                 let w = c.window_of(now_ms);
-                (Arc::clone(&c.key), w, c.window_ms, c.local(w))
+                let mine = c.local(w);
+                (mine > 0).then(|| (Arc::clone(&c.key), w, c.window_ms, mine))
             })
             .collect()
     }

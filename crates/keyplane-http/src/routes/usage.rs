@@ -2,7 +2,7 @@
 
 use crate::auth::Caller;
 use crate::dto::*;
-use crate::error::{ApiResult, AppQuery};
+use crate::error::{ApiError, ApiResult, AppQuery};
 use crate::AppState;
 use axum::extract::State;
 use axum::routing::get;
@@ -41,6 +41,23 @@ pub struct UsageParams {
     pub granularity: Option<String>,
 }
 
+/// A bad filter is the request's fault as a whole: 400 problem+json, naming the parameter.
+fn bad_filter(e: Error) -> ApiError {
+    match e {
+        Error::Invalid { field, message } => {
+            let mut a = ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid-filter",
+                "Invalid filter",
+                message,
+            );
+            a.field = field.map(str::to_string);
+            a
+        }
+        other => other.into(),
+    }
+}
+
 fn times(
     since: Option<&str>,
     until: Option<&str>,
@@ -61,18 +78,26 @@ pub async fn usage(
     c: Caller,
     AppQuery(q): AppQuery<UsageParams>,
 ) -> ApiResult<Json<UsageView>> {
-    let (since, until) = times(q.since.as_deref(), q.until.as_deref())?;
+    let (since, until) = times(q.since.as_deref(), q.until.as_deref()).map_err(bad_filter)?;
     let granularity = match q.granularity.as_deref() {
         None => Granularity::Minute,
-        Some(g) => Granularity::parse(g)
-            .ok_or_else(|| Error::invalid("granularity", "`granularity` is `minute` or `hour`"))?,
+        Some(g) => Granularity::parse(g).ok_or_else(|| {
+            bad_filter(Error::invalid(
+                "granularity",
+                "`granularity` is `minute` or `hour`",
+            ))
+        })?,
     };
     let outcome = q
         .outcome
         .as_deref()
         .map(|o| {
-            Outcome::parse(o)
-                .ok_or_else(|| Error::invalid("outcome", format!("no outcome is called {o:?}")))
+            Outcome::parse(o).ok_or_else(|| {
+                bad_filter(Error::invalid(
+                    "outcome",
+                    format!("no outcome is called {o:?}"),
+                ))
+            })
         })
         .transpose()?;
     let series = s
@@ -90,7 +115,8 @@ pub async fn usage(
                 granularity,
             },
         )
-        .await?;
+        .await
+        .map_err(bad_filter)?;
     Ok(Json(series.into()))
 }
 
@@ -119,11 +145,16 @@ pub async fn top(
     c: Caller,
     AppQuery(q): AppQuery<TopParams>,
 ) -> ApiResult<Json<Vec<TopCredentialView>>> {
-    let (since, until) = times(q.since.as_deref(), q.until.as_deref())?;
+    let (since, until) = times(q.since.as_deref(), q.until.as_deref()).map_err(bad_filter)?;
     let by = match q.by.as_deref() {
         None | Some("requests") => TopBy::Requests,
         Some("refusals") => TopBy::Refusals,
-        Some(_) => return Err(Error::invalid("by", "`by` is `requests` or `refusals`").into()),
+        Some(_) => {
+            return Err(bad_filter(Error::invalid(
+                "by",
+                "`by` is `requests` or `refusals`",
+            )))
+        }
     };
     let top = s
         .app
@@ -138,6 +169,7 @@ pub async fn top(
                 limit: q.limit,
             },
         )
-        .await?;
+        .await
+        .map_err(bad_filter)?;
     Ok(Json(top.into_iter().map(Into::into).collect()))
 }

@@ -97,6 +97,8 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/admin/config/apply"),
     ("GET", "/v1/activity"),
     ("GET", "/v1/activity/verify"),
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/usage/top"),
     ("POST", "/v1/oauth-clients"),
     ("GET", "/v1/oauth-clients"),
     ("GET", "/v1/oauth-clients/{client_id}"),
