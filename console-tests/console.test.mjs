@@ -924,6 +924,38 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await page.setViewportSize({ width: 1280, height: 860 });
     });
 
+    await t.test("every page of an empty organization says what to do next", async () => {
+      const org = await (await fetch(server.base + "/v1/orgs", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + server.adminKey, "Content-Type": "application/json" },
+        body: JSON.stringify({ name: "empty-org" }),
+      })).json();
+      await page.goto(server.base + "/console/overview");
+      await navigated(page, () => page.selectOption('select[name="org_id"]', org.id));
+      const pages = {
+        "/console/overview": ["#usage-empty", /Create an API key or a service client/],
+        "/console/keys": ["#keys-empty", /Create API key/],
+        "/console/clients": ["#clients-empty", /Create service client/],
+        "/console/members": ["#members-empty", /Add member/],
+        "/console/apps": ["#apps-empty", /consent page/],
+        "/console/search": ["#search-empty", /prefix/],
+        "/console/search?q=zzz": ["#search-none", /Try part of a name/],
+      };
+      for (const [p, [sel, words]] of Object.entries(pages)) {
+        await page.goto(server.base + p);
+        assert.match(await page.textContent(sel), words, p);
+        assert.deepEqual(await overflows(page), [], p);
+      }
+      await page.goto(server.base + "/console/activity?action=nothing.like.this");
+      assert.match(await page.textContent("#activity-empty"), /clear a filter/);
+      await shot(page, "25-keys-empty-org");
+      // Back to the organization the other steps use.
+      await page.goto(server.base + "/console/overview");
+      const first = await page.locator('select[name="org_id"] option').evaluateAll((os) =>
+        os.find((o) => o.textContent.trim() === "default").value);
+      await navigated(page, () => page.selectOption('select[name="org_id"]', first));
+    });
+
     await t.test("phone width: the pages stay usable", async () => {
       await page.setViewportSize({ width: 390, height: 844 });
       await page.goto(server.base + "/console/keys");
