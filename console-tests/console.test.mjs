@@ -204,8 +204,9 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
     page.on("pageerror", (e) => problems.push(`${who}: script error: ${e.message}`));
     page.on("console", (m) => {
       // A refused request shows up as a console error too: the wrong admin key (401), the
-      // CSRF step (403) and the client forms' bad input (422) make one on purpose.
-      if (m.type() === "error" && !/status of (40[13]|422)/.test(m.text())) {
+      // CSRF step (403), a member opening another's key (404) and the forms' bad input (422)
+      // make one on purpose.
+      if (m.type() === "error" && !/status of (40[134]|422)/.test(m.text())) {
         problems.push(`${who}: console error: ${m.text()}`);
       }
     });
@@ -634,6 +635,22 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       assert.deepEqual(names, ["mia key"]);
       assert.equal((await authz(memberToken, "ai-guard:read")).status, 200);
       await shot(mp, "12-member-keys");
+      // Her own key's requests she may see; the whole project's she may not.
+      const miaKey = await mp.locator('tr[data-key-name="mia key"]').getAttribute("data-key-id");
+      let miaChart = 0;
+      for (let tries = 0; tries < 40 && miaChart < 1; tries++) {
+        await mp.goto(`${server.base}/console/keys?selected=${miaKey}`);
+        miaChart = Number(await mp.getAttribute("#key-details [data-testid=usage-chart]", "data-total"));
+        if (miaChart < 1) await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.equal(miaChart, 1, "her one request");
+      await mp.goto(server.base + "/console/overview");
+      assert.equal(await mp.locator("[data-testid=usage-chart]").count(), 0);
+      assert.match(await mp.textContent("main"), /does not include the project's usage/);
+      // Another key's page is answered like one that does not exist.
+      const other = await mp.goto(`${server.base}/console/keys?selected=${state.keyId}`);
+      assert.equal(other.status(), 404);
+      await mp.goto(server.base + "/console/keys");
       // The member's search finds their own key, never the service token they may not see.
       await mp.fill("#search-q", "guard");
       await navigated(mp, () => mp.press("#search-q", "Enter"));
