@@ -118,6 +118,31 @@ async fn exact_on_one_node(app: TestApp) {
         StatusCode::OK
     );
 
+    // The CLI writes limits as NAME=LIMIT/WINDOW[,cost=N][,shared=…].
+    let out = crate::usage::cli(
+        &app,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "from cli",
+            "--scope",
+            "ai-guard:read",
+            "--rate-limit",
+            "burst=2/60s",
+            "--rate-limit",
+            "daily=100/1d,cost=2,shared=owner",
+            "--json",
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["rate_limits"],
+        json!([{ "name": "burst", "limit": 2, "window": "1m" },
+               { "name": "daily", "limit": 100, "window": "1d", "cost": 2, "shared": "owner" }])
+    );
+
     // Bad limits are refused with problem+json naming the field.
     for (limits, why) in [
         (json!([{ "name": "w", "limit": 5, "window": "1w" }]), "unit"),
