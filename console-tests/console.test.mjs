@@ -758,6 +758,9 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       assert.ok(made.id && made.key, JSON.stringify(made));
       const search = async (q) => {
         await page.goto(server.base + "/console/overview");
+        // "/" puts the cursor in the search box.
+        await page.keyboard.press("/");
+        assert.equal(await page.evaluate(() => document.activeElement.id), "search-q");
         await page.fill("#search-q", q);
         await navigated(page, () => page.press("#search-q", "Enter"));
         return page.locator("tr[data-result]").evaluateAll((rs) => rs.map((r) => r.getAttribute("data-id")));

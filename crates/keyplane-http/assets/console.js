@@ -370,6 +370,17 @@
     });
 
     document.addEventListener("keydown", function (ev) {
+      // "/" focuses the search box, as on GitHub, unless one is typing somewhere already.
+      const typing = ev.target.closest && ev.target.closest("input, textarea, select, [contenteditable]");
+      if (ev.key === "/" && !typing && !ev.ctrlKey && !ev.metaKey && !ev.altKey) {
+        const q = document.getElementById("search-q");
+        if (q && !document.querySelector("dialog[open]")) {
+          ev.preventDefault();
+          q.focus();
+          q.select();
+          return;
+        }
+      }
       if (ev.key === "Escape") {
         const open = document.querySelector("details.menu[open]");
         if (open) {
