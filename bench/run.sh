@@ -12,6 +12,10 @@
 # (`/v1/authz` with a DPoP-bound token and its proof) on keyplane.
 #
 #   bench/run.sh            full run (about 10 s per scenario; PostgreSQL when reachable)
+#   bench/run.sh --usage    issue 15's scenarios only: the baseline, `authz` and `authz_limited`
+#                           (usage counting and one rate limit on the key, never reached) on
+#                           SQLite, and the two-node Redis overshoot (PostgreSQL and Redis);
+#                           prints the figures and leaves BENCHMARKS.md alone
 #   bench/run.sh --short    a few seconds per scenario, SQLite only, no 1M-key run; exits 1
 #                           when any ratio is below half its target (CI)
 #
@@ -22,8 +26,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH="$ROOT/bench"
 SHORT=0
+USAGE_ONLY=0
 [[ "${1:-}" == "--short" ]] && SHORT=1
+[[ "${1:-}" == "--usage" ]] && USAGE_ONLY=1
 if ((SHORT)); then DUR=3; else DUR=10; fi
+REDIS_URL="${KEYPLANE_BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 CONNS=32
 PG_ADMIN="${KEYPLANE_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export CARGO_TARGET_DIR="${KEYPLANE_BENCH_TARGET:-$HOME/.cache/keyplane-bench-target}"
@@ -131,6 +138,7 @@ BENCH_METHOD=GET run authz baseline static.lua "http://127.0.0.1:$PORT/v1/authz"
 kill "$BASE_PID"; wait "$BASE_PID" 2>/dev/null || true
 
 # ---- the peer
+((USAGE_ONLY)) && HAVE_PEER=0
 if ((HAVE_PEER)); then
   say "peer (node oidc-provider $(node -p 'require(process.argv[1]).version' "$BENCH/peer/node_modules/oidc-provider/package.json"))"
   PEER_PORT=18790
@@ -199,6 +207,16 @@ bench_keyplane() {
   dtoken=$(curl -sf -u "$did:$dsec" "$K/v1/oauth/token" -d grant_type=client_credentials -H "DPoP: $(cat "$WORK/one-proof")" | json_field access_token)
   local s="-$label"
   BENCH_METHOD=GET BENCH_BEARER="$key" run authz "keyplane$s" static.lua "$K/v1/authz?scope=bench:read"
+  # Issue 15: every check is counted for usage; this key also carries a rate limit (never
+  # reached), so each check also counts against it.
+  local lkey
+  lkey=$(curl -sf "$K/v1/api-keys" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench limited","scopes":["bench:read"],"rate_limits":[{"name":"burst","limit":1000000000000,"window":"1s"}]}' | json_field key)
+  BENCH_METHOD=GET BENCH_BEARER="$lkey" run authz_limited "keyplane$s" static.lua "$K/v1/authz?scope=bench:read"
+  if ((USAGE_ONLY)); then
+    stop_keyplane
+    return 0
+  fi
   export BENCH_METHOD=POST
   BENCH_AUTH=$(b64 "$cid:$csec") BENCH_BODY="grant_type=client_credentials" run token_opaque_basic "keyplane$s" static.lua "$K/v1/oauth/token"
   BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&client_id=$cid&client_secret=$csec" run token_opaque_post "keyplane$s" static.lua "$K/v1/oauth/token"
@@ -268,13 +286,80 @@ bench_keyplane() {
   stop_keyplane
 }
 
+# ---- issue 15: a rate limit shared by two nodes through Redis, hammered on both at once.
+# ratelimit_overshoot DATABASE_URL LIMIT: the key's limit is LIMIT per hour; both nodes (core
+# 0) get wrk (core 1, one each) for DUR seconds; what was allowed is read back from the usage
+# API (exact), and the overshoot is what was allowed beyond LIMIT.
+ratelimit_overshoot() {
+  local db=$1 limit=$2 A="http://127.0.0.1:$PORT" B="http://127.0.0.1:$((PORT + 1))"
+  say "rate limit across two nodes through Redis ($REDIS_URL), limit $limit"
+  mkdir -p "$WORK/rl-a" "$WORK/rl-b"
+  KEYPLANE_REDIS_URL="$REDIS_URL" start_keyplane "$db" "$WORK/rl-a"
+  local pa=$KP_PID
+  wait_http "$A/readyz"
+  KEYPLANE_DATABASE="$db" KEYPLANE_DATA_DIR="$WORK/rl-b" KEYPLANE_LISTEN="127.0.0.1:$((PORT + 1))" \
+    KEYPLANE_ADMIN_KEY="$ADMIN" KEYPLANE_PEPPER="$PEPPER" KEYPLANE_MAX_ACTIVE_KEYS_PER_ORG=0 \
+    KEYPLANE_REDIS_URL="$REDIS_URL" KEYPLANE_LOG=warn taskset -c 0 "$BIN/keyplane" serve 2>>"$WORK/keyplane.log" &
+  local pb=$!
+  PIDS+=($pb)
+  wait_http "$B/readyz"
+  curl -sf "$A/v1/services" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"name":"bench","scopes":["bench:read"]}' >/dev/null || true
+  local created key kid
+  created=$(curl -sf "$A/v1/api-keys" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"shared limit\",\"scopes\":[\"bench:read\"],\"rate_limits\":[{\"name\":\"burst\",\"limit\":$limit,\"window\":\"1h\"}]}")
+  key=$(json_field key <<<"$created")
+  kid=$(json_field id <<<"$created")
+  cat "$BENCH/lua/common.lua" "$BENCH/lua/static.lua" >"$WORK/rl.lua"
+  BENCH_METHOD=GET BENCH_BEARER="$key" taskset -c 1 wrk -t1 -c16 -d"${DUR}s" -s "$WORK/rl.lua" "$A/v1/authz?scope=bench:read" >"$WORK/rl-a.out" 2>&1 &
+  local wa=$!
+  BENCH_METHOD=GET BENCH_BEARER="$key" taskset -c 1 wrk -t1 -c16 -d"${DUR}s" -s "$WORK/rl.lua" "$B/v1/authz?scope=bench:read" >"$WORK/rl-b.out" 2>&1 &
+  local wb=$!
+  wait "$wa" "$wb"
+  sleep 2.5 # both nodes flush their usage counts (every second)
+  local allowed limited rps_a rps_b
+  read -r allowed limited < <(curl -sf "$A/v1/usage?credential_id=$kid" -H "Authorization: Bearer $ADMIN" | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+a = sum(b["counts"].get("allowed", 0) for b in v["buckets"])
+r = sum(b["counts"].get("rate_limited", 0) for b in v["buckets"])
+print(a, r)')
+  rps_a=$(awk '/^RESULT/ {print $2}' "$WORK/rl-a.out")
+  rps_b=$(awk '/^RESULT/ {print $2}' "$WORK/rl-b.out")
+  note ratelimit_limit "$limit"
+  note ratelimit_allowed "$allowed"
+  note ratelimit_refused "$limited"
+  note ratelimit_rps "$(python3 -c "print(round(${rps_a:-0} + ${rps_b:-0}))")"
+  note ratelimit_sync_ms 50
+  printf '  two nodes, limit %s: %s allowed, %s refused, %s + %s req/s\n' "$limit" "$allowed" "$limited" "$rps_a" "$rps_b" >&2
+  kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
+}
+
 bench_keyplane sqlite "sqlite://$WORK/sqlite/keyplane.db"
+if ((USAGE_ONLY)); then
+  if command -v psql >/dev/null && psql "$PG_ADMIN" -qc 'select 1' >/dev/null 2>&1; then
+    PG_DB="keyplane_bench_rl_$$"
+    psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" >/dev/null
+    ratelimit_overshoot "${PG_ADMIN%/*}/$PG_DB" 20000
+    psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+  fi
+  python3 "$BENCH/report.py" usage "$RESULTS" "$WORK/scenarios.tsv" /dev/null "$DUR" "$CONNS"
+  exit 0
+fi
 PG_DB=""
 if ((SHORT == 0)) && command -v psql >/dev/null && psql "$PG_ADMIN" -qc 'select 1' >/dev/null 2>&1; then
   PG_DB="keyplane_bench_$$"
   psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" >/dev/null
   bench_keyplane postgres "${PG_ADMIN%/*}/$PG_DB"
   psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+fi
+
+# ---- issue 15: the Redis-shared rate limit's overshoot (full run, with PostgreSQL)
+if ((SHORT == 0)) && [[ -n "$PG_DB" ]]; then
+  RL_DB="keyplane_bench_rl_$$"
+  psql "$PG_ADMIN" -qc "CREATE DATABASE $RL_DB" >/dev/null
+  ratelimit_overshoot "${PG_ADMIN%/*}/$RL_DB" 20000 || true
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $RL_DB WITH (FORCE)" >/dev/null
 fi
 
 # ---- the two-node revocation test's figures (full run, with PostgreSQL)

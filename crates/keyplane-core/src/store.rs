@@ -79,6 +79,27 @@ pub struct EventFilter {
     pub until: Option<OffsetDateTime>,
 }
 
+/// Which usage rows a usage query reads. Made by the usage use case after it resolved what the
+/// caller may see: `org_id: None` only for the admin key asking deployment-wide.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub org_id: Option<String>,
+    pub project_id: Option<String>,
+    pub credential_id: Option<String>,
+    pub service: Option<String>,
+    pub outcome: Option<crate::domain::usage::Outcome>,
+}
+
+/// One credential's totals in a window (`usage_top`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialTotals {
+    pub credential_id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub requests: u64,
+    pub refusals: u64,
+}
+
 /// What a cache miss learns about a presented secret in one read.
 #[derive(Debug, Clone)]
 pub struct KeyLookup {
@@ -504,4 +525,34 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RefreshUse>;
     /// Forgets expired codes and refresh tokens.
     async fn authcode_purge(&self, now: OffsetDateTime) -> Result<u64>;
+
+    // Usage analytics and rate limits (issue 15; `keyplane-store/src/usage.rs`).
+    /// Adds counted requests to the minute and hour rows (an upsert that adds, so several
+    /// nodes merge).
+    async fn usage_add(&self, counts: &[crate::domain::usage::UsageCount]) -> Result<()>;
+    /// `(bucket, outcome, count)` of the rows in buckets `first..end` of `granularity`.
+    async fn usage_series(
+        &self,
+        filter: &UsageFilter,
+        granularity: crate::domain::usage::Granularity,
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, crate::domain::usage::Outcome, u64)>>;
+    /// The credentials with the most requests (or refusals) in hours `first..end`.
+    async fn usage_top(
+        &self,
+        filter: &UsageFilter,
+        first_hour: i64,
+        end_hour: i64,
+        by_refusals: bool,
+        limit: i64,
+    ) -> Result<Vec<CredentialTotals>>;
+    /// Forgets minute rows before `minute` and hour rows before `hour`.
+    async fn usage_purge(&self, minute: i64, hour: i64) -> Result<u64>;
+    /// Adds to rate-limit window counts: `(counter, window_start_ms, window_end_ms, count)`.
+    async fn rate_windows_add(&self, counts: &[(String, i64, i64, u64)]) -> Result<()>;
+    /// Rate-limit windows still open at `now_ms`: `(counter, window_start_ms, count)`.
+    async fn rate_windows_live(&self, now_ms: i64) -> Result<Vec<(String, i64, u64)>>;
+    /// Forgets windows that ended before `now_ms`.
+    async fn rate_windows_purge(&self, now_ms: i64) -> Result<u64>;
 }

@@ -73,6 +73,8 @@ fn rule_set() -> impl Strategy<Value = (RuleSet, usize)> {
                     path,
                     scopes: vec![format!("s{i}")],
                     line: i + 1,
+                    rate_limit: None,
+                    cost: None,
                 });
                 if RuleSet::new(next.clone(), allow_unmatched).is_ok() {
                     inputs = next;

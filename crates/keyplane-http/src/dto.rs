@@ -273,6 +273,8 @@ pub struct ApiKeyView {
     /// The OAuth clients that may exchange this key for a token that acts for its holder
     /// (RFC 8693 token exchange).
     pub may_act: Vec<String>,
+    /// Named rate limits applied wherever the key is checked.
+    pub rate_limits: Vec<RateLimitView>,
 }
 
 impl ApiKeyView {
@@ -303,6 +305,7 @@ impl ApiKeyView {
             deactivated_at: rfc3339_opt(k.deactivated_at),
             default_for_service: k.default_for_service,
             may_act: k.may_act,
+            rate_limits: k.rate_limits.iter().map(RateLimitView::from).collect(),
         }
     }
 }
@@ -341,6 +344,9 @@ pub struct CreateApiKey {
     /// short-lived token acting for its holder; none by default.
     #[serde(default)]
     pub may_act: Vec<String>,
+    /// Named rate limits, e.g. `[{"name": "burst", "limit": 100, "window": "1s"}]`.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitView>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -360,6 +366,8 @@ pub struct UpdateApiKey {
     pub default_for_service: Option<Option<String>>,
     /// Replaces the clients that may act for the key's holder (`[]`: none).
     pub may_act: Option<Vec<String>>,
+    /// Replaces the key's rate limits (`[]`: none).
+    pub rate_limits: Option<Vec<RateLimitView>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -521,6 +529,8 @@ pub struct ClientView {
     /// RFC 9449 §5.2: when true the client always uses DPoP, and the token endpoint refuses
     /// its token requests that carry no `DPoP` proof (`invalid_dpop_proof`).
     pub dpop_bound_access_tokens: bool,
+    /// Named rate limits applied wherever the client's access tokens are checked.
+    pub rate_limits: Vec<RateLimitView>,
     pub created_at: String,
     pub created_by: String,
     /// `config` when keyplane's configuration file declares it: the API then refuses to change
@@ -585,6 +595,7 @@ impl ClientView {
                 .collect(),
             may_act: c.may_act,
             dpop_bound_access_tokens: c.dpop_bound_access_tokens,
+            rate_limits: c.rate_limits.iter().map(RateLimitView::from).collect(),
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
             managed_by: c.managed_by,
@@ -645,6 +656,9 @@ pub struct CreateClient {
     /// (RFC 8693) for short-lived tokens acting for it; none by default.
     #[serde(default)]
     pub may_act: Vec<String>,
+    /// Named rate limits, e.g. `[{"name": "daily", "limit": 10000, "window": "1d"}]`.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitView>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -686,6 +700,8 @@ pub struct UpdateClient {
     pub dpop_bound_access_tokens: Option<Option<bool>>,
     /// Replaces the clients that may act for it (`[]`: none).
     pub may_act: Option<Vec<String>>,
+    /// Replaces the client's rate limits (`[]`: none).
+    pub rate_limits: Option<Vec<RateLimitView>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -719,4 +735,154 @@ pub struct IssuedTokenView {
     pub token_type: String,
     pub expires_in: i64,
     pub scope: String,
+}
+
+/// One named rate limit of an API key or OAuth client.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitView {
+    /// 1 to 32 letters, digits, `_` or `-`; unique per credential.
+    pub name: String,
+    /// At most this many units (requests, unless a cost says otherwise) per window.
+    pub limit: u64,
+    /// `1s`, `30s`, `1m`, `1h`, `1d` (a whole number and a unit; 100 ms to 30 days).
+    #[schema(example = "1s")]
+    pub window: String,
+    /// Units one request costs when no route rule names another cost (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u64>,
+    /// Who shares the count: `credential` (default), `owner` (every credential of the key's
+    /// or client's owner) or `project` (every credential of its project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
+}
+
+impl From<&keyplane_core::domain::usage::RateLimit> for RateLimitView {
+    fn from(l: &keyplane_core::domain::usage::RateLimit) -> Self {
+        Self {
+            name: l.name.clone(),
+            limit: l.limit,
+            window: l.window.to_string(),
+            cost: l.cost,
+            shared: l.shared.map(|s| {
+                serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            }),
+        }
+    }
+}
+
+/// Reads rate limits from a request body: every window and share checked, with the field named.
+pub fn rate_limits_in(
+    views: Vec<RateLimitView>,
+) -> Result<Vec<keyplane_core::domain::usage::RateLimit>, keyplane_core::Error> {
+    use keyplane_core::domain::usage::{LimitShare, RateLimit, Window};
+    views
+        .into_iter()
+        .map(|v| {
+            let window = Window::parse(&v.window)
+                .map_err(|e| keyplane_core::Error::invalid("rate_limits", e))?;
+            let shared = match v.shared.as_deref() {
+                None => None,
+                Some("credential") => Some(LimitShare::Credential),
+                Some("owner") => Some(LimitShare::Owner),
+                Some("project") => Some(LimitShare::Project),
+                Some(other) => {
+                    return Err(keyplane_core::Error::invalid(
+                        "rate_limits",
+                        format!("`shared` is `credential`, `owner` or `project`, not {other:?}"),
+                    ))
+                }
+            };
+            Ok(RateLimit {
+                name: v.name,
+                limit: v.limit,
+                window,
+                cost: v.cost,
+                shared,
+            })
+        })
+        .collect()
+}
+
+/// Requests in one bucket of a usage series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBucketView {
+    /// The bucket's first instant (RFC 3339, UTC).
+    pub start: String,
+    /// Requests per outcome (`allowed`, `unknown`, `revoked`, `expired`, `insufficient_scope`,
+    /// `rate_limited`, `missing`, `malformed`, `wrong_audience`, `no_rule`, `dpop`); outcomes
+    /// with no request are absent.
+    #[schema(value_type = Object)]
+    pub counts: std::collections::BTreeMap<String, u64>,
+    pub total: u64,
+}
+
+/// Requests over time: one bucket per minute or hour from `since` to `until`, empty ones
+/// included.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    /// `minute` or `hour`.
+    pub granularity: String,
+    pub since: String,
+    pub until: String,
+    pub buckets: Vec<UsageBucketView>,
+}
+
+impl From<keyplane_core::domain::usage::UsageSeries> for UsageView {
+    fn from(s: keyplane_core::domain::usage::UsageSeries) -> Self {
+        Self {
+            granularity: s.granularity.as_str().into(),
+            since: rfc3339(s.since),
+            until: rfc3339(s.until),
+            buckets: s
+                .buckets
+                .into_iter()
+                .map(|b| UsageBucketView {
+                    start: rfc3339(b.start),
+                    counts: b
+                        .counts
+                        .into_iter()
+                        .map(|(o, n)| (o.as_str().to_string(), n))
+                        .collect(),
+                    total: b.total,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One credential of `GET /v1/usage/top`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopCredentialView {
+    pub credential_id: String,
+    /// `api_key` or `client`.
+    pub kind: String,
+    /// Empty when the credential has since been deleted.
+    pub name: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub requests: u64,
+    pub refusals: u64,
+}
+
+impl From<keyplane_core::domain::usage::TopCredential> for TopCredentialView {
+    fn from(t: keyplane_core::domain::usage::TopCredential) -> Self {
+        use keyplane_core::domain::usage::CredentialKind;
+        Self {
+            kind: match t.kind {
+                CredentialKind::ApiKey => "api_key",
+                CredentialKind::Client => "client",
+            }
+            .into(),
+            credential_id: t.credential_id,
+            name: t.name,
+            org_id: t.org_id,
+            project_id: t.project_id,
+            requests: t.requests,
+            refusals: t.refusals,
+        }
+    }
 }

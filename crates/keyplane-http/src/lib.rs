@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::mgmt::router())
         .merge(routes::clients::router())
         .merge(routes::activity::router())
+        .merge(routes::usage::router())
         .merge(routes::apps::router())
         .merge(routes::leaks::management_router())
         .layer(axum::middleware::from_fn_with_state(

@@ -9,7 +9,7 @@
 
 use crate::dto::*;
 use crate::error::Problem;
-use crate::routes::{activity, apps, authz, clients, keys, leaks, mgmt, oauth, ops};
+use crate::routes::{activity, apps, authz, clients, keys, leaks, mgmt, oauth, ops, usage};
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
@@ -383,6 +383,7 @@ impl Modify for Aliases {
         mgmt::member_create, mgmt::member_list, mgmt::member_get, mgmt::member_update, mgmt::member_delete,
         mgmt::role_create, mgmt::role_list, mgmt::whoami, mgmt::routes_list, mgmt::routes_reload, mgmt::config_apply,
         activity::query, activity::verify,
+        usage::usage, usage::top,
         apps::authorize, apps::register, apps::grants_list, apps::grant_revoke, apps::apps_list, apps::app_block, apps::app_unblock,
         authz::authz,
         clients::create, clients::list, clients::get_one, clients::update, clients::remove,
@@ -400,7 +401,8 @@ impl Modify for Aliases {
         oauth::TokenResponse, oauth::IntrospectionResponse, oauth::AudienceValue, oauth::OAuthErrorBody, oauth::AuthorizationServerMetadata,
         oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView,
         crate::protected_resource::ProtectedResourceMetadata,
-        leaks::LeakFeedback, leaks::LeakPatternView, leaks::LeakPatternsView, leaks::LeakReportRequest, leaks::LeakedCredentialView, leaks::LeakReportView))
+        leaks::LeakFeedback, leaks::LeakPatternView, leaks::LeakPatternsView, leaks::LeakReportRequest, leaks::LeakedCredentialView, leaks::LeakReportView,
+        RateLimitView, UsageView, UsageBucketView, TopCredentialView))
 )]
 pub struct ApiDoc;
 

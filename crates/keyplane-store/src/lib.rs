@@ -9,6 +9,8 @@
 
 #[macro_use]
 mod authcode;
+#[macro_use]
+mod usage;
 pub mod backup;
 pub mod files;
 pub mod migrations;

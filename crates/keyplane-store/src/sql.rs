@@ -17,6 +17,7 @@ use keyplane_core::domain::perm::{MemberRole, Permission};
 use keyplane_core::domain::roles::builtin_roles;
 use keyplane_core::domain::secret::Digest;
 use keyplane_core::domain::token::Alg;
+use keyplane_core::domain::usage::{Granularity, Outcome as UsageOutcome, UsageCount};
 use keyplane_core::store::*;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
@@ -47,11 +48,15 @@ fn unique_or(e: sqlx::Error, message: impl FnOnce() -> String) -> Error {
     }
 }
 
-fn to_json(list: &[String]) -> String {
-    serde_json::to_string(list).expect("a list of strings serializes")
+fn to_json<T: serde::Serialize>(list: &[T]) -> String {
+    serde_json::to_string(list).expect("a list of strings or records serializes")
 }
 
 fn from_json(text: &str) -> Result<Vec<String>> {
+    from_json_any(text)
+}
+
+fn from_json_any<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>> {
     serde_json::from_str(text).map_err(|e| Error::Storage(Box::new(e)))
 }
 
@@ -67,7 +72,7 @@ macro_rules! key_cols {
     () => {
         "k.seq, k.id, k.org_id, k.project_id, k.owner_member_id, k.name, k.description, k.scopes, \
          k.roles, k.start, k.created_at, k.created_by, k.expires_at, k.last_used_at, k.is_active, \
-         k.deactivated_at, k.default_for_service, k.version, k.may_act"
+         k.deactivated_at, k.default_for_service, k.version, k.may_act, k.rate_limits"
     };
 }
 
@@ -89,7 +94,7 @@ macro_rules! client_cols {
     () => {
         "seq, client_id, org_id, project_id, owner_member_id, name, description, scopes, access_token_ttl_seconds, \
          token_format, signing_alg, audience, secret_rotation_days, not_before, created_at, created_by, disabled_at, version, \
-         token_endpoint_auth_method, jwks, jwks_uri, federated_credentials, dpop_bound_access_tokens, may_act"
+         token_endpoint_auth_method, jwks, jwks_uri, federated_credentials, dpop_bound_access_tokens, may_act, rate_limits"
     };
 }
 
@@ -112,6 +117,7 @@ macro_rules! impl_store {
         impl $ty {
             authcode_rows!($row, $conn);
             authcode_store!($row, $conn);
+            usage_store!($row, $conn);
 
             fn org_row(r: &$row) -> Result<Org> {
                 Ok(Org {
@@ -242,6 +248,7 @@ macro_rules! impl_store {
                     deactivated_at: opt_time(r.try_get("deactivated_at").map_err(db_err)?),
                     default_for_service: r.try_get("default_for_service").map_err(db_err)?,
                     may_act: from_json(&r.try_get::<String, _>("may_act").map_err(db_err)?)?,
+                    rate_limits: from_json_any(&r.try_get::<String, _>("rate_limits").map_err(db_err)?)?,
                     version: r.try_get("version").map_err(db_err)?,
                 })
             }
@@ -281,6 +288,7 @@ macro_rules! impl_store {
                         None => Vec::new(),
                     },
                     may_act: from_json(&r.try_get::<String, _>("may_act").map_err(db_err)?)?,
+                    rate_limits: from_json_any(&r.try_get::<String, _>("rate_limits").map_err(db_err)?)?,
                     dpop_bound_access_tokens: r.try_get("dpop_bound_access_tokens").map_err(db_err)?,
                     not_before: opt_time(r.try_get("not_before").map_err(db_err)?),
                     created_at: from_ms(r.try_get("created_at").map_err(db_err)?),
@@ -427,11 +435,13 @@ macro_rules! impl_store {
                 }
             }
 
-            /// Who may act for the client (RFC 8693), written with the client's row.
+            /// Who may act for the client (RFC 8693) and its rate limits, written with the
+            /// client's row.
             async fn set_may_act(conn: &mut $conn, c: &OAuthClient) -> Result<()> {
-                sqlx::query("UPDATE oauth_clients SET may_act = $2 WHERE client_id = $1")
+                sqlx::query("UPDATE oauth_clients SET may_act = $2, rate_limits = $3 WHERE client_id = $1")
                     .bind(&c.client_id)
                     .bind(to_json(&c.may_act))
+                    .bind(to_json(&c.rate_limits))
                     .execute(&mut *conn)
                     .await
                     .map_err(db_err)?;
@@ -499,6 +509,27 @@ macro_rules! impl_store {
             }
             async fn authcode_purge(&self, now: OffsetDateTime) -> Result<u64> {
                 self.db_authcode_purge(now).await
+            }
+            async fn usage_add(&self, counts: &[UsageCount]) -> Result<()> {
+                self.db_usage_add(counts).await
+            }
+            async fn usage_series(&self, filter: &UsageFilter, granularity: Granularity, first: i64, end: i64) -> Result<Vec<(i64, UsageOutcome, u64)>> {
+                self.db_usage_series(filter, granularity, first, end).await
+            }
+            async fn usage_top(&self, filter: &UsageFilter, first: i64, end: i64, by_refusals: bool, limit: i64) -> Result<Vec<CredentialTotals>> {
+                self.db_usage_top(filter, first, end, by_refusals, limit).await
+            }
+            async fn usage_purge(&self, minute: i64, hour: i64) -> Result<u64> {
+                self.db_usage_purge(minute, hour).await
+            }
+            async fn rate_windows_add(&self, counts: &[(String, i64, i64, u64)]) -> Result<()> {
+                self.db_rate_windows_add(counts).await
+            }
+            async fn rate_windows_live(&self, now_ms: i64) -> Result<Vec<(String, i64, u64)>> {
+                self.db_rate_windows_live(now_ms).await
+            }
+            async fn rate_windows_purge(&self, now_ms: i64) -> Result<u64> {
+                self.db_rate_windows_purge(now_ms).await
             }
 
             fn backend(&self) -> &'static str {
@@ -919,8 +950,8 @@ macro_rules! impl_store {
                 }
                 sqlx::query(
                     "INSERT INTO api_keys (id, org_id, project_id, owner_member_id, name, description, scopes, roles, \
-                     start, created_at, created_by, expires_at, last_used_at, is_active, deactivated_at, default_for_service, version, may_act) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, $13, NULL, $14, $15, $16)",
+                     start, created_at, created_by, expires_at, last_used_at, is_active, deactivated_at, default_for_service, version, may_act, rate_limits) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, $13, NULL, $14, $15, $16, $17)",
                 )
                 .bind(&key.id)
                 .bind(&key.org_id)
@@ -938,6 +969,7 @@ macro_rules! impl_store {
                 .bind(&key.default_for_service)
                 .bind(key.version)
                 .bind(to_json(&key.may_act))
+                .bind(to_json(&key.rate_limits))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -1014,7 +1046,7 @@ macro_rules! impl_store {
                 }
                 sqlx::query(
                     "UPDATE api_keys SET name = $2, description = $3, scopes = $4, roles = $5, expires_at = $6, \
-                     default_for_service = $7, may_act = $8 WHERE id = $1",
+                     default_for_service = $7, may_act = $8, rate_limits = $9 WHERE id = $1",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -1024,6 +1056,7 @@ macro_rules! impl_store {
                 .bind(key.expires_at.map(to_ms))
                 .bind(&key.default_for_service)
                 .bind(to_json(&key.may_act))
+                .bind(to_json(&key.rate_limits))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;

@@ -46,6 +46,7 @@ fn key(org: &str, project: &str, owner: Option<&str>) -> ApiKey {
         deactivated_at: None,
         default_for_service: None,
         may_act: vec!["kpc_actor".into()],
+        rate_limits: vec![],
         seq: 0,
         version: 1,
     }
@@ -108,6 +109,7 @@ fn client(name: &str, owner: Option<&str>) -> OAuthClient {
         federated_credentials: Vec::new(),
         may_act: vec!["kpc_a".into(), "kpc_b".into()],
         dpop_bound_access_tokens: false,
+        rate_limits: vec![],
         not_before: None,
         created_at: now(),
         created_by: "test".into(),
@@ -212,6 +214,8 @@ contract!(
     private_key_jwt_clients_keep_keys_and_no_secrets,
     assertion_ids_are_single_use_until_they_expire,
     dpop_requirement_round_trips,
+    usage_rows_add_up_and_are_purged,
+    rate_limit_windows_add_up,
 );
 
 /// An event recording a change in the default organization.
@@ -2244,4 +2248,131 @@ async fn authorization_codes_and_refresh_tokens(s: Arc<dyn Store>) {
             .as_deref(),
         Some("member")
     );
+}
+
+/// Usage counts are added, never overwritten (two flushes, or two nodes, merge), kept per
+/// minute and per hour, filtered and ranked, and purged by age.
+async fn usage_rows_add_up_and_are_purged(s: Arc<dyn Store>) {
+    use keyplane_core::domain::usage::{Granularity, Outcome, UsageCount};
+    use keyplane_core::store::UsageFilter;
+    let c = |minute: i64, cred: &str, outcome: Outcome, count: u64| UsageCount {
+        minute,
+        org_id: if cred.is_empty() { "" } else { DEFAULT_ORG_ID }.into(),
+        project_id: if cred.is_empty() {
+            ""
+        } else {
+            DEFAULT_PROJECT_ID
+        }
+        .into(),
+        credential_id: cred.into(),
+        service: "svc".into(),
+        outcome,
+        count,
+    };
+    let m = 29_000_000; // a minute number, on an hour boundary (29e6 / 60 is whole)
+    s.usage_add(&[
+        c(m, "key_a", Outcome::Allowed, 3),
+        c(m + 1, "key_a", Outcome::Revoked, 1),
+        c(m, "key_b", Outcome::Allowed, 1),
+        c(m, "", Outcome::Unknown, 7),
+    ])
+    .await
+    .unwrap();
+    // A second flush of the same minute adds to the row.
+    s.usage_add(&[c(m, "key_a", Outcome::Allowed, 2)])
+        .await
+        .unwrap();
+    let one = UsageFilter {
+        credential_id: Some("key_a".into()),
+        ..Default::default()
+    };
+    let rows = s
+        .usage_series(&one, Granularity::Minute, m, m + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![(m, Outcome::Allowed, 5), (m + 1, Outcome::Revoked, 1)]
+    );
+    let hours = s
+        .usage_series(&one, Granularity::Hour, m / 60, m / 60 + 1)
+        .await
+        .unwrap();
+    assert_eq!(hours.len(), 2);
+    assert_eq!(hours.iter().map(|r| r.2).sum::<u64>(), 6);
+    let org = UsageFilter {
+        org_id: Some(DEFAULT_ORG_ID.into()),
+        outcome: Some(Outcome::Allowed),
+        ..Default::default()
+    };
+    let rows = s
+        .usage_series(&org, Granularity::Minute, m, m + 10)
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(m, Outcome::Allowed, 6)]);
+    let everything = s
+        .usage_series(&UsageFilter::default(), Granularity::Minute, m, m + 10)
+        .await
+        .unwrap();
+    assert_eq!(everything.iter().map(|r| r.2).sum::<u64>(), 14);
+    let top = s
+        .usage_top(&UsageFilter::default(), m / 60, m / 60 + 1, false, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        top.len(),
+        2,
+        "unattributed requests are not a credential: {top:?}"
+    );
+    assert_eq!(
+        (
+            top[0].credential_id.as_str(),
+            top[0].requests,
+            top[0].refusals
+        ),
+        ("key_a", 6, 1)
+    );
+    let by_refusals = s
+        .usage_top(&UsageFilter::default(), m / 60, m / 60 + 1, true, 10)
+        .await
+        .unwrap();
+    assert_eq!(by_refusals.len(), 1);
+    // Purging minutes before m + 1 leaves that minute and every hour.
+    s.usage_purge(m + 1, 0).await.unwrap();
+    let rows = s
+        .usage_series(&one, Granularity::Minute, m, m + 10)
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(m + 1, Outcome::Revoked, 1)]);
+    s.usage_purge(m + 1, m / 60 + 1).await.unwrap();
+    assert!(s
+        .usage_series(&one, Granularity::Hour, m / 60, m / 60 + 1)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Rate-limit windows are added to, read back while open, and purged once ended.
+async fn rate_limit_windows_add_up(s: Arc<dyn Store>) {
+    s.rate_windows_add(&[("key_a/daily".into(), 0, 1000, 3)])
+        .await
+        .unwrap();
+    s.rate_windows_add(&[
+        ("key_a/daily".into(), 0, 1000, 2),
+        ("owner:mem_x/daily".into(), 0, 500, 1),
+    ])
+    .await
+    .unwrap();
+    let mut live = s.rate_windows_live(400).await.unwrap();
+    live.sort();
+    assert_eq!(
+        live,
+        vec![
+            ("key_a/daily".to_string(), 0, 5),
+            ("owner:mem_x/daily".to_string(), 0, 1)
+        ]
+    );
+    assert_eq!(s.rate_windows_live(600).await.unwrap().len(), 1);
+    assert_eq!(s.rate_windows_purge(600).await.unwrap(), 1);
+    assert_eq!(s.rate_windows_live(0).await.unwrap().len(), 1);
 }

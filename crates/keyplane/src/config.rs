@@ -90,6 +90,12 @@ pub struct FileConfig {
     /// Leaked-credential reports (`[leaks]`, docs/leaks.md).
     #[serde(default)]
     pub leaks: LeaksFile,
+    /// Usage analytics (`[usage]`).
+    #[serde(default)]
+    pub usage: UsageFile,
+    /// Rate limits across nodes (`[rate_limits]`).
+    #[serde(default)]
+    pub rate_limits: RateLimitsFile,
 }
 
 /// `[leaks]`: what a report of a leaked credential does, and whose reports are trusted.
@@ -109,6 +115,28 @@ pub struct LeaksFile {
     pub github_keys_refetch_interval_seconds: Option<i64>,
     /// Reports through the public form per client address per minute (10).
     pub form_reports_per_minute: Option<u32>,
+}
+
+/// `[usage]`: how long usage counts are kept.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageFile {
+    /// Hours per-minute counts are kept (default 24).
+    pub minute_retention_hours: Option<u64>,
+    /// Days per-hour counts are kept (default 90).
+    pub hour_retention_days: Option<u64>,
+}
+
+/// `[rate_limits]`: how nodes share rate limits.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    /// `redis://host:port/db`: nodes reconcile their counts through Redis.
+    pub redis_url: Option<String>,
+    /// How often each node sends its new units to Redis and reads the totals (default 50 ms).
+    pub sync_interval_ms: Option<u64>,
+    /// Without Redis: how many nodes serve; each enforces its share of every limit (default 1).
+    pub nodes: Option<u64>,
 }
 
 /// `[otel]`: traces over OTLP/HTTP, off unless `endpoint` is set.
@@ -237,6 +265,11 @@ pub struct RouteFile {
     pub path: String,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// The credential rate limit (by name) a matching request counts against with `cost`;
+    /// absent: every limit of the credential.
+    pub rate_limit: Option<String>,
+    /// Units a matching request costs (default 1).
+    pub cost: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -280,6 +313,8 @@ pub fn read_rules(
                 path: r.path,
                 scopes: r.scopes,
                 line,
+                rate_limit: r.rate_limit,
+                cost: r.cost,
             }
         })
         .collect();
@@ -500,6 +535,13 @@ pub struct Config {
     pub otel: Option<OtelConfig>,
     /// Leaked-credential reports.
     pub leaks: keyplane_core::domain::leaks::LeakSettings,
+    pub usage_minute_retention_hours: u64,
+    pub usage_hour_retention_days: u64,
+    /// Redis for rate limits shared across nodes (never printed: it may hold a password).
+    pub redis_url: Option<String>,
+    pub rate_limit_sync_interval_ms: u64,
+    /// Nodes sharing each limit without Redis.
+    pub rate_limit_nodes: u64,
     /// Apply pending migrations when opening the database (default), or refuse a database
     /// that lacks one (`keyplane serve --no-migrate`).
     pub migrations: keyplane_store::Migrations,
@@ -623,6 +665,11 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_LEAKS_GITHUB_KEYS_URL",
     "KEYPLANE_LEAKS_GITHUB_KEYS_REFETCH_INTERVAL_SECONDS",
     "KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE",
+    "KEYPLANE_USAGE_MINUTE_RETENTION_HOURS",
+    "KEYPLANE_USAGE_HOUR_RETENTION_DAYS",
+    "KEYPLANE_REDIS_URL",
+    "KEYPLANE_RATE_LIMIT_SYNC_INTERVAL_MS",
+    "KEYPLANE_RATE_LIMIT_NODES",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -1210,8 +1257,52 @@ impl Config {
             10,
         )?;
         let leaks = leaks_settings(&file.leaks, env)?;
+        let usage_minute_retention_hours = number(
+            None,
+            "KEYPLANE_USAGE_MINUTE_RETENTION_HOURS",
+            file.usage.minute_retention_hours,
+            24,
+        )?;
+        let usage_hour_retention_days = number(
+            None,
+            "KEYPLANE_USAGE_HOUR_RETENTION_DAYS",
+            file.usage.hour_retention_days,
+            90,
+        )?;
+        if !(1..=24 * 30).contains(&usage_minute_retention_hours)
+            || !(1..=3660).contains(&usage_hour_retention_days)
+        {
+            bail!("usage retention: minute_retention_hours must be 1 to 720 and hour_retention_days 1 to 3660");
+        }
+        let redis_url = env
+            .get("KEYPLANE_REDIS_URL")
+            .cloned()
+            .or(file.rate_limits.redis_url.clone())
+            .filter(|u| !u.is_empty());
+        if let Some(u) = &redis_url {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                bail!("rate_limits.redis_url (KEYPLANE_REDIS_URL) must start with redis:// or rediss://");
+            }
+        }
+        let rate_limit_sync_interval_ms = number(
+            None,
+            "KEYPLANE_RATE_LIMIT_SYNC_INTERVAL_MS",
+            file.rate_limits.sync_interval_ms,
+            50,
+        )?
+        .clamp(5, 10_000);
+        let rate_limit_nodes =
+            number(None, "KEYPLANE_RATE_LIMIT_NODES", file.rate_limits.nodes, 1)?;
+        if !(1..=1000).contains(&rate_limit_nodes) {
+            bail!("rate_limits.nodes (KEYPLANE_RATE_LIMIT_NODES) must be 1 to 1000");
+        }
         Ok(Config {
             leaks,
+            usage_minute_retention_hours,
+            usage_hour_retention_days,
+            redis_url,
+            rate_limit_sync_interval_ms,
+            rate_limit_nodes,
             metrics_listen,
             otel,
             migrations: keyplane_store::Migrations::Apply,

@@ -1088,6 +1088,7 @@ impl<'a> Run<'a> {
                                     federated_credentials: (!federated.is_empty())
                                         .then(|| federated_json.clone()),
                                     may_act: vec![],
+                                    rate_limits: vec![],
                                     dpop_bound_access_tokens: Some(c.dpop_bound_access_tokens),
                                 },
                                 &self.meta,

@@ -9,6 +9,7 @@ pub mod database;
 pub mod declare;
 pub mod healthcheck;
 pub mod jwks;
+pub mod redis_sync;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

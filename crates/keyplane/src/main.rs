@@ -173,6 +173,14 @@ enum Command {
         #[command(subcommand)]
         command: ActivityCommand,
     },
+    /// Usage analytics through a running server: requests over time by outcome
+    /// (GET /v1/usage), or `usage top`, the busiest credentials (GET /v1/usage/top).
+    Usage {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        usage: client::UsageArgs,
+    },
     /// Route rules of forward auth and the gateway, through a running server (admin key).
     Routes {
         #[command(flatten)]
@@ -350,6 +358,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } if v.is_local() => {
             init_tracing("text");
             database::activity_verify(&v.database, client.json).await
+        }
+        Command::Usage { client, usage } => {
+            client::usage(&client, usage).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Activity { client, command } => Ok(if client::activity(&client, command).await? {
             ExitCode::SUCCESS

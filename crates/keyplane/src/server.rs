@@ -82,6 +82,8 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         refusal_events_per_flush: config.refusal_events_per_flush,
         metrics_token: config.metrics_token.clone().map(SecretString::new),
         leaks: config.leaks.clone(),
+        usage_minute_retention_hours: config.usage_minute_retention_hours as i64,
+        usage_hour_retention_days: config.usage_hour_retention_days as i64,
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,
@@ -258,6 +260,41 @@ pub async fn start(
         config_file: config.config_file.clone(),
     }));
 
+    // Rate limits across nodes: reconciled through Redis, or each node enforcing its share.
+    let redis_sync = match &config.redis_url {
+        Some(url) => {
+            let target = crate::redis_sync::RedisTarget::parse(url)?;
+            app.start_rate_limits(1)
+                .await
+                .context("cannot read stored rate-limit windows")?;
+            tracing::info!(
+                redis = %target.addr,
+                sync_interval_ms = config.rate_limit_sync_interval_ms,
+                "rate limits are shared across nodes through Redis"
+            );
+            Some(tokio::spawn(crate::redis_sync::run(
+                Arc::clone(&app),
+                target,
+                Duration::from_millis(config.rate_limit_sync_interval_ms),
+            )))
+        }
+        None => {
+            app.start_rate_limits(config.rate_limit_nodes)
+                .await
+                .context("cannot read stored rate-limit windows")?;
+            if config.rate_limit_nodes > 1 {
+                tracing::info!(
+                    nodes = config.rate_limit_nodes,
+                    "rate limits without Redis: this node enforces 1/{} of every limit (rate_limits.nodes)",
+                    config.rate_limit_nodes
+                );
+            } else {
+                tracing::info!("rate limits are counted by this node alone (no rate_limits.redis_url; with several nodes set rate_limits.nodes or Redis)");
+            }
+            None
+        }
+    };
+
     // Active keys are read into the cache in the background, at start and again whenever the
     // whole cache is dropped (a resync after the change feed reconnects): the node is ready at
     // once, and the first requests after a restart do not each wait for a storage read.
@@ -429,6 +466,9 @@ pub async fn start(
         reloader.abort();
         cert_watcher.abort();
         maintenance.abort();
+        if let Some(r) = &redis_sync {
+            r.abort();
+        }
         preloader.stop();
         let _ = flusher_stop.send(());
         let _ = flusher.await;
@@ -603,6 +643,10 @@ async fn maintain(app: &Keyplane) {
         (
             "purge expired authorization codes and refresh tokens",
             app.purge_authorization_codes().await.map(|_| ()),
+        ),
+        (
+            "purge usage counts past their retention",
+            app.purge_usage().await.map(|_| ()),
         ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),

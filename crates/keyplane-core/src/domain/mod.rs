@@ -27,3 +27,4 @@ pub mod routes;
 pub mod secret;
 pub mod settings;
 pub mod token;
+pub mod usage;

@@ -99,6 +99,8 @@ pub struct ApiKey {
     pub default_for_service: Option<String>,
     /// The OAuth clients that may act for this key's holder (RFC 8693 token exchange).
     pub may_act: Vec<String>,
+    /// Named rate limits applied wherever the key is checked (issue 15).
+    pub rate_limits: Vec<crate::domain::usage::RateLimit>,
     /// Ordering for cursor pagination.
     pub seq: i64,
     /// Bumped by every change: concurrent changes are detected, and it is the `ETag`.
@@ -244,6 +246,8 @@ pub struct OAuthClient {
     /// endpoint refuses its token requests that carry no `DPoP` proof (and the management API
     /// issues it no unbound token).
     pub dpop_bound_access_tokens: bool,
+    /// Named rate limits applied wherever the client's access tokens are checked (issue 15).
+    pub rate_limits: Vec<crate::domain::usage::RateLimit>,
     /// Tokens issued before this are refused (set when a secret is retired).
     pub not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,

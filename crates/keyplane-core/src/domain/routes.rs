@@ -25,6 +25,11 @@ pub struct RuleInput {
     pub scopes: Vec<String>,
     /// Where the rule is written (line in the configuration file), for error messages.
     pub line: usize,
+    /// The credential rate limit a matching request is counted against with `cost` (`None`:
+    /// every limit of the credential).
+    pub rate_limit: Option<String>,
+    /// Units a matching request costs (`None`: each limit's own cost, 1 by default).
+    pub cost: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub struct Rule {
     pub path: String,
     pub scopes: Vec<String>,
     pub line: usize,
+    /// The limit name (empty: every limit) and the cost of a matching request.
+    pub cost: Option<(String, u64)>,
 }
 
 /// What the rules say about a request.
@@ -135,6 +142,10 @@ fn matches(segments: &[Segment], path: &NormalPath<'_>) -> bool {
     parts.next().is_none()
 }
 
+fn name_of(path: &str, line: usize) -> String {
+    format!("route rule at line {line} (`{path}`)")
+}
+
 impl RuleSet {
     /// Validates the rules: path syntax, methods, and that no rule is unreachable because an
     /// earlier one already matches everything it would.
@@ -156,12 +167,26 @@ impl RuleSet {
                 }
                 Some(set)
             };
+            let cost = match (r.rate_limit, r.cost) {
+                (None, None) => None,
+                (Some(name), None) => Some((name, 1)),
+                (name, Some(c)) => {
+                    if c == 0 {
+                        return Err(format!(
+                            "{name}: `cost` must be at least 1",
+                            name = name_of(&r.path, r.line)
+                        ));
+                    }
+                    Some((name.unwrap_or_default(), c))
+                }
+            };
             let rule = Rule {
                 methods,
                 segments,
                 path: r.path,
                 scopes: r.scopes,
                 line: r.line,
+                cost,
             };
             if let Some(earlier) = rules.iter().find(|e| {
                 let methods_covered = match (&e.methods, &rule.methods) {
@@ -225,19 +250,29 @@ impl RuleSet {
 
     /// What the first matching rule requires for `method` and the normalized `path`.
     pub fn decide(&self, method: &str, path: &NormalPath<'_>) -> Decision<'_> {
+        self.decide_rule(method, path).0
+    }
+
+    /// [`Self::decide`], with the matching rule's rate-limit cost (a limit name, empty for
+    /// every limit, and the units), when it names one.
+    pub fn decide_rule(
+        &self,
+        method: &str,
+        path: &NormalPath<'_>,
+    ) -> (Decision<'_>, Option<&(String, u64)>) {
         for r in &self.rules {
             let method_ok = r
                 .methods
                 .as_ref()
                 .is_none_or(|m| m.iter().any(|x| x.eq_ignore_ascii_case(method)));
             if method_ok && matches(&r.segments, path) {
-                return Decision::Require(&r.scopes);
+                return (Decision::Require(&r.scopes), r.cost.as_ref());
             }
         }
         if self.allow_unmatched {
-            Decision::Require(&[])
+            (Decision::Require(&[]), None)
         } else {
-            Decision::Deny
+            (Decision::Deny, None)
         }
     }
 }
@@ -259,6 +294,8 @@ mod tests {
             path: path.into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             line,
+            rate_limit: None,
+            cost: None,
         }
     }
 

@@ -28,6 +28,10 @@ pub struct Settings {
     pub metrics_token: Option<SecretString>,
     /// Leaked-credential reports (`[leaks]`).
     pub leaks: crate::domain::leaks::LeakSettings,
+    /// Hours per-minute usage rows are kept (24 by default).
+    pub usage_minute_retention_hours: i64,
+    /// Days per-hour usage rows are kept (90 by default).
+    pub usage_hour_retention_days: i64,
 }
 
 impl Default for Settings {
@@ -43,6 +47,8 @@ impl Default for Settings {
             refusal_events_per_flush: 100,
             metrics_token: None,
             leaks: Default::default(),
+            usage_minute_retention_hours: 24,
+            usage_hour_retention_days: 90,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct CachedKey {
     pub created_at_ms: i64,
     /// Set on first use since the last flush of last-used times.
     pub used: AtomicBool,
+    /// Its rate limits, with their counters (empty: none).
+    pub limits: Arc<[super::ratelimit::Prepared]>,
 }
 
 impl CachedKey {
@@ -305,6 +307,7 @@ mod tests {
             expires_at_ms: None,
             created_at_ms: 0,
             used: AtomicBool::new(false),
+            limits: Arc::from(Vec::new()),
         })
     }
 

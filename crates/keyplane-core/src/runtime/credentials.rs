@@ -69,6 +69,13 @@ impl Identity {
             Identity::Token(t) => &t.project_id,
         }
     }
+    /// What usage and rate limits count it under: the key id, or the access token's client.
+    pub fn usage_id(&self) -> &str {
+        match self {
+            Identity::Key(k) => &k.key_id,
+            Identity::Token(t) => &t.client_id,
+        }
+    }
     /// The key id, or the access token's `jti`.
     pub fn credential_id(&self) -> &str {
         match self {
@@ -88,6 +95,8 @@ pub enum Verdict {
     NoRule(Identity),
     /// DPoP (RFC 9449 §7): a bound token without a valid proof, or the `DPoP` scheme misused.
     Dpop(crate::domain::dpop::DpopRefusal),
+    /// The credential is good but over one of its rate limits (429).
+    RateLimited(Identity, super::ratelimit::LimitState),
 }
 
 impl Runtime {
@@ -117,7 +126,8 @@ impl Runtime {
                 found = self.store.api_key_lookup(&prev).await.ok().flatten();
             }
         }
-        let entry = found.map(|l| Arc::new(cached_from_lookup(&self.cache, digest, l)));
+        let entry =
+            found.map(|l| Arc::new(cached_from_lookup(&self.cache, &self.limiter, digest, l)));
         if trusted {
             self.cache.fill(digest, entry.clone(), epoch);
         }
@@ -152,7 +162,7 @@ impl Runtime {
                     continue;
                 }
                 let digest = l.secret.digest;
-                let entry = Arc::new(cached_from_lookup(&self.cache, digest, l));
+                let entry = Arc::new(cached_from_lookup(&self.cache, &self.limiter, digest, l));
                 if self.cache.fill(digest, Some(entry), epoch) {
                     filed += 1;
                 }
@@ -668,7 +678,12 @@ struct Verified {
 }
 
 /// Precomputes what the hot path needs from one storage read.
-fn cached_from_lookup(cache: &KeyCache, digest: Digest, l: KeyLookup) -> CachedKey {
+fn cached_from_lookup(
+    cache: &KeyCache,
+    limiter: &super::ratelimit::Limiter,
+    digest: Digest,
+    l: KeyLookup,
+) -> CachedKey {
     let KeyLookup {
         key,
         secret,
@@ -691,7 +706,14 @@ fn cached_from_lookup(cache: &KeyCache, digest: Digest, l: KeyLookup) -> CachedK
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let limits = limiter.prepare(
+        &key.rate_limits,
+        &key.id,
+        key.owner_member_id.as_deref(),
+        &key.project_id,
+    );
     CachedKey {
+        limits,
         digest,
         group: cache.group(&key.org_id, &key.project_id, scopes.into_iter().collect()),
         key_id: key.id.into(),

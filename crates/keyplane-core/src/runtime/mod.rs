@@ -14,11 +14,13 @@ pub mod issuer_keys;
 pub mod leak_keys;
 pub mod managed;
 pub mod oauth;
+pub mod ratelimit;
 pub mod reach;
 pub mod refusals;
 pub mod replay;
 pub mod services;
 pub mod throttle;
+pub mod usage;
 
 use crate::domain::clock::Clock;
 use crate::domain::error::Result;
@@ -75,6 +77,10 @@ pub struct Runtime {
     /// Held while the activity chain is verified: concurrent verifications wait for the one
     /// under way and then start from the checkpoint it left, instead of each walking the chain.
     pub(crate) verifying: tokio::sync::Mutex<()>,
+    /// Requests counted per minute, credential, service and outcome since the last flush.
+    pub(crate) usage: usage::UsageCounters,
+    /// Rate-limit counters.
+    pub(crate) limiter: ratelimit::Limiter,
 }
 
 impl Runtime {
@@ -107,6 +113,8 @@ impl Runtime {
             replay: Default::default(),
             flushing: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
+            usage: Default::default(),
+            limiter: Default::default(),
         }
     }
 

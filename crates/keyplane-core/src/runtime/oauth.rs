@@ -25,6 +25,8 @@ pub struct CachedClient {
     /// race with an invalidation, or the cache is not trusted) are handed to the next flush
     /// at once, since no eviction will.
     pub cached: std::sync::atomic::AtomicBool,
+    /// Its rate limits with their counters, prepared on first use.
+    pub limits: std::sync::OnceLock<Arc<[super::ratelimit::Prepared]>>,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,7 @@ impl CachedClient {
             client,
             secrets,
             cached: std::sync::atomic::AtomicBool::new(false),
+            limits: std::sync::OnceLock::new(),
         }
     }
 

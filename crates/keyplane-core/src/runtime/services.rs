@@ -20,11 +20,21 @@ pub struct ServiceIndex {
     audience_of_scope: HashMap<String, Arc<[String]>>,
     /// Every resource URI as a protected resource (RFC 9728).
     protected: Vec<ProtectedResource>,
+    /// A scope → the name of the service that declares it (usage is counted by service).
+    service_of_scope: HashMap<String, Arc<str>>,
 }
 
 impl ServiceIndex {
     pub fn new(services: &[Service]) -> Self {
         let mut idx = ServiceIndex::default();
+        for s in services {
+            let name: Arc<str> = s.name.as_str().into();
+            for sc in &s.scopes {
+                idx.service_of_scope
+                    .entry(sc.clone())
+                    .or_insert_with(|| Arc::clone(&name));
+            }
+        }
         for s in services.iter().filter(|s| !s.resources.is_empty()) {
             let scopes: Arc<[String]> = s.scopes.clone().into();
             let resources: Arc<[String]> = s.resources.clone().into();
@@ -42,6 +52,11 @@ impl ServiceIndex {
             }
         }
         idx
+    }
+
+    /// The service that declares `scope`.
+    pub fn service_of_scope(&self, scope: &str) -> Option<&Arc<str>> {
+        self.service_of_scope.get(scope)
     }
 
     /// The scopes of the service a resource URI names.

@@ -12,6 +12,7 @@ use crate::domain::request::{
     clean_description, clean_name, page_limit, paginate, parse_cursor, Page, RequestMeta,
 };
 use crate::domain::secret::SecretString;
+use crate::domain::usage::{check_rate_limits, RateLimit};
 use crate::store::{Invalidation, KeyFilter};
 use time::OffsetDateTime;
 
@@ -32,6 +33,8 @@ pub struct NewApiKey {
     pub service_token: bool,
     /// The OAuth clients that may act for the key's holder (RFC 8693 token exchange).
     pub may_act: Vec<String>,
+    /// Named rate limits (issue 15).
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// When a new key stops working.
@@ -58,6 +61,8 @@ pub struct ApiKeyPatch {
     pub default_for_service: Option<Option<String>>,
     /// Replaces who may act for the key's holder (`[]`: nobody).
     pub may_act: Option<Vec<String>>,
+    /// Replaces the key's rate limits (`[]`: none).
+    pub rate_limits: Option<Vec<RateLimit>>,
 }
 
 impl Keyplane {
@@ -171,6 +176,10 @@ impl Keyplane {
             deactivated_at: None,
             default_for_service,
             may_act: rt.check_may_act(access.org_id(), input.may_act).await?,
+            rate_limits: {
+                check_rate_limits(&input.rate_limits)?;
+                input.rate_limits
+            },
             seq: 0,
             version: 1,
         };
@@ -300,6 +309,10 @@ impl Keyplane {
         if let Some(m) = &patch.may_act {
             key.may_act = rt.check_may_act(&key.org_id, m.clone()).await?;
         }
+        if let Some(l) = &patch.rate_limits {
+            check_rate_limits(l)?;
+            key.rate_limits = l.clone();
+        }
         let roles = rt
             .roles_named(&key.org_id, patch.roles.as_ref().unwrap_or(&key.roles))
             .await?;
@@ -372,6 +385,7 @@ impl Keyplane {
             default_for_service: None,
             service_token: key.owner_member_id.is_none(),
             may_act: key.may_act.clone(),
+            rate_limits: key.rate_limits.clone(),
         };
         self.api_key_create(p, input, meta).await
     }
@@ -529,5 +543,6 @@ fn key_details(k: &ApiKey) -> serde_json::Value {
         "expires_at": k.expires_at.map(rfc3339),
         "default_for_service": k.default_for_service,
         "may_act": k.may_act,
+        "rate_limits": k.rate_limits,
     })
 }

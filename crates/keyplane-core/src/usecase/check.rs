@@ -9,8 +9,11 @@ use crate::domain::perm::{Actor, PermSet, Principal};
 use crate::domain::request::{Refusal, RequestMeta};
 use crate::domain::routes::{Decision, RuleSet, RulesSource};
 use crate::domain::secret::ct_eq;
+use crate::domain::usage::Outcome;
 pub use crate::runtime::credentials::{Identity, Verdict};
+pub use crate::runtime::ratelimit::{LimitState, Limited, Prepared};
 use crate::runtime::throttle::management_keys;
+use crate::runtime::usage::UsageKey;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -20,6 +23,9 @@ impl Keyplane {
     /// With `dpop` (the request came as `Authorization: DPoP <token>`), the token must be bound
     /// to a key and come with a valid proof of it for this request (RFC 9449 §7); a bound token
     /// without it (as `Bearer`) is refused.
+    ///
+    /// An allowed credential is then counted against its rate limits, and every answer is
+    /// counted for usage analytics (an atomic addition; nothing is written here).
     pub async fn check<S: AsRef<str>>(
         &self,
         token: Option<&str>,
@@ -27,40 +33,137 @@ impl Keyplane {
         required: &[S],
         meta: &RequestMeta,
     ) -> Verdict {
+        let (verdict, refused) = self.check_credential(token, dpop, required, meta).await;
+        self.settle(verdict, refused, required, None).await
+    }
+
+    /// Applies rate limits to an allowed credential and counts the answer (usage analytics).
+    /// `refused` names the credential of a refusal when it exists (a revoked key, a token of a
+    /// client); `rule_cost` is a route rule's limit name (empty: every limit) and cost.
+    async fn settle<S: AsRef<str>>(
+        &self,
+        verdict: Verdict,
+        refused: Option<Identity>,
+        required: &[S],
+        rule_cost: Option<(&str, u64)>,
+    ) -> Verdict {
+        let now_ms = self.rt.now_ms();
+        let verdict = match verdict {
+            // A key without limits (the common case) costs nothing more here.
+            Verdict::Allow(Identity::Key(k)) if k.limits.is_empty() => {
+                Verdict::Allow(Identity::Key(k))
+            }
+            Verdict::Allow(identity) => {
+                let limits = self.limits_of(&identity).await;
+                if limits.is_empty() {
+                    Verdict::Allow(identity)
+                } else {
+                    match self.rt.limiter.check(&limits, now_ms, rule_cost) {
+                        Limited::Within(_) => Verdict::Allow(identity),
+                        Limited::Over(state) => Verdict::RateLimited(identity, state),
+                    }
+                }
+            }
+            other => other,
+        };
+        let (outcome, who) = match &verdict {
+            Verdict::Allow(i) => (Outcome::Allowed, Some(i)),
+            Verdict::RateLimited(i, _) => (Outcome::RateLimited, Some(i)),
+            Verdict::InsufficientScope(i) => (Outcome::InsufficientScope, Some(i)),
+            Verdict::NoRule(i) => (Outcome::NoRule, Some(i)),
+            Verdict::Dpop(_) => (Outcome::Dpop, refused.as_ref()),
+            Verdict::Refuse(r) => (usage_outcome(*r), refused.as_ref()),
+        };
+        let service = match required.first() {
+            Some(scope) => self
+                .rt
+                .services()
+                .await
+                .ok()
+                .and_then(|idx| idx.service_of_scope(scope.as_ref()).cloned()),
+            None => None,
+        };
+        self.rt.usage.add(
+            UsageKey {
+                minute: now_ms.div_euclid(60_000),
+                org_id: who.map_or("", |i| i.org_id()),
+                project_id: who.map_or("", |i| i.project_id()),
+                credential_id: who.map_or("", |i| i.usage_id()),
+                service: service.as_deref().unwrap_or(""),
+                outcome,
+            },
+            1,
+        );
+        verdict
+    }
+
+    /// The rate limits of a checked credential: an API key's come with its cache entry, an
+    /// access token's are its client's.
+    async fn limits_of(&self, identity: &Identity) -> Arc<[Prepared]> {
+        match identity {
+            Identity::Key(k) => Arc::clone(&k.limits),
+            Identity::Token(t) => match self.rt.cached_client(&t.client_id).await {
+                Ok(Some(c)) => Arc::clone(c.limits.get_or_init(|| {
+                    self.rt.limiter.prepare(
+                        &c.client.rate_limits,
+                        &c.client.client_id,
+                        c.client.owner_member_id.as_deref(),
+                        &c.client.project_id,
+                    )
+                })),
+                _ => Arc::from(Vec::new()),
+            },
+        }
+    }
+
+    /// The credential check itself, without limits or counting; a refusal also names the
+    /// credential refused when it exists.
+    async fn check_credential<S: AsRef<str>>(
+        &self,
+        token: Option<&str>,
+        dpop: Option<&DpopRequest<'_>>,
+        required: &[S],
+        meta: &RequestMeta,
+    ) -> (Verdict, Option<Identity>) {
         self.rt.checks.fetch_add(1, Ordering::Relaxed);
         let Some(token) = token else {
-            return Verdict::Refuse(Refusal::Missing);
+            return (Verdict::Refuse(Refusal::Missing), None);
         };
         let identity = if self.rt.settings.api_key_format.claims(token) {
             if dpop.is_some() {
-                return Verdict::Dpop(DpopRefusal::token(
-                    "only an access token can be DPoP-bound; send an API key as Bearer",
-                ));
+                return (
+                    Verdict::Dpop(DpopRefusal::token(
+                        "only an access token can be DPoP-bound; send an API key as Bearer",
+                    )),
+                    None,
+                );
             }
             let key = match self.rt.resolve_key_raw(token).await {
                 Ok(Some(k)) => k,
-                Ok(None) => return self.rt.refuse(Refusal::Unknown, None, meta),
-                Err(r) => return self.rt.refuse(r, None, meta),
+                Ok(None) => return (self.rt.refuse(Refusal::Unknown, None, meta), None),
+                Err(r) => return (self.rt.refuse(r, None, meta), None),
             };
             if let Err(r) = self.rt.evaluate(&key) {
-                return self.rt.refuse(r, Some(&key), meta);
+                let v = self.rt.refuse(r, Some(&key), meta);
+                return (v, Some(Identity::Key(key)));
             }
             self.rt.cache.mark_used(&key, || self.rt.now_ms());
             Identity::Key(key)
         } else if self.rt.is_access_token_shaped(token) {
             match self.rt.token_identity(token).await {
                 Some(t) => {
+                    let t = Arc::new(t);
                     if let Err(r) = self.check_binding(token, t.jkt.as_deref(), dpop).await {
                         self.rt
                             .queue_refusal(r.error, Some(t.client_id.clone()), meta);
-                        return Verdict::Dpop(r);
+                        return (Verdict::Dpop(r), Some(Identity::Token(t)));
                     }
-                    Identity::Token(Arc::new(t))
+                    Identity::Token(t)
                 }
-                None => return self.rt.refuse(Refusal::Unknown, None, meta),
+                None => return (self.rt.refuse(Refusal::Unknown, None, meta), None),
             }
         } else {
-            return self.rt.refuse(Refusal::Malformed, None, meta);
+            return (self.rt.refuse(Refusal::Malformed, None, meta), None);
         };
         let scopes = identity.scopes();
         if !required.iter().all(|s| {
@@ -68,7 +171,7 @@ impl Keyplane {
                 .binary_search_by(|x| x.as_str().cmp(s.as_ref()))
                 .is_ok()
         }) {
-            return Verdict::InsufficientScope(identity);
+            return (Verdict::InsufficientScope(identity), None);
         }
         // RFC 8707: for a scope of a service that declares resource URIs, an access token must
         // have been issued for one of them. API keys are bound by their scopes alone.
@@ -87,11 +190,11 @@ impl Keyplane {
                         Some(t.client_id.clone()),
                         meta,
                     );
-                    return Verdict::Refuse(Refusal::Audience);
+                    return (Verdict::Refuse(Refusal::Audience), Some(identity));
                 }
             }
         }
-        Verdict::Allow(identity)
+        (Verdict::Allow(identity), None)
     }
 
     /// RFC 9449 §7: a bound token needs the `DPoP` scheme and a proof of its key for this
@@ -146,14 +249,27 @@ impl Keyplane {
         meta: &RequestMeta,
     ) -> (Verdict, Vec<String>) {
         let rules = self.rules();
-        match rules.decide(method, path) {
-            Decision::Require(scopes) => {
-                (self.check(token, dpop, scopes, meta).await, scopes.to_vec())
+        match rules.decide_rule(method, path) {
+            (Decision::Require(scopes), cost) => {
+                let (verdict, refused) = self.check_credential(token, dpop, scopes, meta).await;
+                let cost = cost.map(|(name, n)| (name.as_str(), *n));
+                (
+                    self.settle(verdict, refused, scopes, cost).await,
+                    scopes.to_vec(),
+                )
             }
-            Decision::Deny => match self.check::<&str>(token, dpop, &[], meta).await {
-                Verdict::Allow(i) => (Verdict::NoRule(i), vec![]),
-                other => (other, vec![]),
-            },
+            (Decision::Deny, _) => {
+                let (verdict, refused) =
+                    self.check_credential::<&str>(token, dpop, &[], meta).await;
+                let verdict = match verdict {
+                    Verdict::Allow(i) => Verdict::NoRule(i),
+                    other => other,
+                };
+                (
+                    self.settle::<&str>(verdict, refused, &[], None).await,
+                    vec![],
+                )
+            }
         }
     }
 
@@ -300,5 +416,17 @@ impl Keyplane {
     /// filed (at start, and after the change feed comes back).
     pub async fn preload_cache(&self) -> Result<usize> {
         self.rt.preload_cache().await
+    }
+}
+
+/// The usage outcome of a refusal.
+fn usage_outcome(r: Refusal) -> Outcome {
+    match r {
+        Refusal::Missing => Outcome::Missing,
+        Refusal::Malformed => Outcome::Malformed,
+        Refusal::Unknown => Outcome::Unknown,
+        Refusal::Revoked => Outcome::Revoked,
+        Refusal::Expired => Outcome::Expired,
+        Refusal::Audience => Outcome::WrongAudience,
     }
 }

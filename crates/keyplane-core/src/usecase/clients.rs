@@ -19,6 +19,7 @@ use crate::domain::request::{
 };
 use crate::domain::secret::SecretString;
 use crate::domain::token::Alg;
+use crate::domain::usage::{check_rate_limits, RateLimit};
 use crate::runtime::oauth::ceil_to_second;
 use crate::store::{Invalidation, KeyFilter};
 use time::OffsetDateTime;
@@ -49,6 +50,8 @@ pub struct NewClient {
     pub may_act: Vec<String>,
     /// RFC 9449 §5.2 `dpop_bound_access_tokens`; `false` when absent.
     pub dpop_bound_access_tokens: Option<bool>,
+    /// Named rate limits (issue 15).
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Changes to a client; `None` leaves a field as it is, `Some(None)` clears an optional one.
@@ -71,6 +74,8 @@ pub struct ClientPatch {
     pub may_act: Option<Vec<String>>,
     /// RFC 9449 §5.2 `dpop_bound_access_tokens`.
     pub dpop_bound_access_tokens: Option<bool>,
+    /// Replaces the client's rate limits (`[]`: none).
+    pub rate_limits: Option<Vec<RateLimit>>,
 }
 
 impl Keyplane {
@@ -281,6 +286,10 @@ impl Keyplane {
             federated_credentials: Vec::new(),
             may_act: rt.check_may_act(access.org_id(), input.may_act).await?,
             dpop_bound_access_tokens: input.dpop_bound_access_tokens.unwrap_or(false),
+            rate_limits: {
+                check_rate_limits(&input.rate_limits)?;
+                input.rate_limits
+            },
             not_before: None,
             created_at: rt.now(),
             created_by: p.actor_label(),
@@ -439,6 +448,10 @@ impl Keyplane {
         }
         if let Some(d) = patch.dpop_bound_access_tokens {
             c.dpop_bound_access_tokens = d;
+        }
+        if let Some(l) = patch.rate_limits {
+            check_rate_limits(&l)?;
+            c.rate_limits = l;
         }
         self.settle_client_keys(
             &mut c,
@@ -715,5 +728,6 @@ fn client_details(c: &OAuthClient) -> serde_json::Value {
         "federated_credentials": c.federated_credentials,
         "may_act": c.may_act,
         "dpop_bound_access_tokens": c.dpop_bound_access_tokens,
+        "rate_limits": c.rate_limits,
     })
 }

@@ -42,7 +42,90 @@ impl Keyplane {
         if !batch.is_empty() {
             self.rt.store.activity_append(&batch).await?;
         }
+        self.flush_usage().await?;
         self.flush_oauth(false).await
+    }
+
+    /// Adds the requests counted since the last flush to the usage rows, and this node's
+    /// rate-limit units of windows of a minute or longer to their stored windows. What could
+    /// not be written is kept for the next flush.
+    async fn flush_usage(&self) -> Result<()> {
+        let counts = self.rt.usage.take();
+        if !counts.is_empty() {
+            if let Err(e) = self.rt.store.usage_add(&counts).await {
+                self.rt.usage.restore(&counts);
+                return Err(e);
+            }
+        }
+        let now_ms = self.rt.now_ms();
+        let mut windows = Vec::new();
+        for c in self.rt.limiter.counters() {
+            if c.window_ms < 60_000 {
+                continue;
+            }
+            if let Some((w, n)) = c.take_unstored(c.window_of(now_ms)) {
+                windows.push((c.key.to_string(), w * c.window_ms, (w + 1) * c.window_ms, n));
+            }
+        }
+        self.rt.store.rate_windows_add(&windows).await
+    }
+
+    /// Forgets usage rows past their retention and rate-limit windows that have ended.
+    pub async fn purge_usage(&self) -> Result<u64> {
+        let now = self.rt.now().unix_timestamp();
+        let s = &self.rt.settings;
+        let minute = (now - s.usage_minute_retention_hours * 3600).div_euclid(60);
+        let hour = (now - s.usage_hour_retention_days * 86_400).div_euclid(3600);
+        let rows = self.rt.store.usage_purge(minute, hour).await?;
+        Ok(rows + self.rt.store.rate_windows_purge(self.rt.now_ms()).await?)
+    }
+
+    /// At start: how many nodes share each rate limit when no shared store reconciles them,
+    /// and the counts stored for windows still open (so a restart hands out no fresh window).
+    pub async fn start_rate_limits(&self, nodes: u64) -> Result<()> {
+        self.rt.limiter.set_nodes(nodes);
+        let live = self.rt.store.rate_windows_live(self.rt.now_ms()).await?;
+        self.rt.limiter.restore(live);
+        Ok(())
+    }
+
+    /// For the Redis reconciler: every counter with units not yet sent —
+    /// `(counter key, window number, window ms, units)` (taken).
+    pub fn rate_limit_deltas(&self) -> Vec<(Arc<str>, i64, i64, u64)> {
+        let now_ms = self.rt.now_ms();
+        self.rt
+            .limiter
+            .counters()
+            .into_iter()
+            .filter_map(|c| {
+                let (w, n) = c.take_unsent(c.window_of(now_ms))?;
+                Some((Arc::clone(&c.key), w, c.window_ms, n))
+            })
+            .collect()
+    }
+
+    /// The counters whose current window the reconciler should read — those this node counted
+    /// in during it, so the work per round follows the traffic, not the number of limits:
+    /// `(key, window, window ms, this node's units in it)`.
+    pub fn rate_limit_windows(&self) -> Vec<(Arc<str>, i64, i64, u64)> {
+        let now_ms = self.rt.now_ms();
+        self.rt
+            .limiter
+            .counters()
+            .into_iter()
+            .filter_map(|c| {
+                let w = c.window_of(now_ms);
+                let mine = c.local(w);
+                (mine > 0).then(|| (Arc::clone(&c.key), w, c.window_ms, mine))
+            })
+            .collect()
+    }
+
+    /// For the Redis reconciler: the deployment's total for a counter's window, of which
+    /// `mine` are this node's own units sent so far; the rest is what other nodes counted.
+    pub fn rate_limit_adopt(&self, key: &str, window: i64, window_ms: i64, total: u64, mine: u64) {
+        let c = self.rt.limiter.counter(key, window_ms);
+        c.set_others(window, total.saturating_sub(mine));
     }
 
     /// Flushes everything, including the current minute's token-issuance counts (at shutdown).

@@ -19,11 +19,12 @@ use crate::domain::oauth::{
     IssuedToken, MintRequest, OAuthError, RevokeOutcome, ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE,
 };
 use crate::domain::perm::{Actor, Permission, Principal};
-use crate::domain::request::RequestMeta;
+use crate::domain::request::{Refusal, RequestMeta};
 use crate::domain::resource::parse_resource;
 use crate::domain::secret::ct_eq;
 use crate::domain::token::{Act, Delegation, FederatedRef, SubjectCredential};
 use crate::runtime::oauth::CachedClient;
+use crate::runtime::ratelimit::{LimitState, Limited};
 use crate::store::Invalidation;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -702,16 +703,104 @@ impl Keyplane {
 
     /// RFC 7662. The caller is a client or a principal allowed to introspect; the answer is
     /// `None` (inactive) for anything not live, or outside the caller's organization.
-    pub async fn introspect(&self, caller_org: Option<&str>, token: &str) -> Option<Introspection> {
-        let info = if self.rt.settings.api_key_format.claims(token) {
-            self.rt.introspect_api_key(token).await?
+    /// RFC 7662 introspection of an access token or API key, for a caller limited to
+    /// `caller_org` (`None`: any). The introspected credential is counted for usage and against
+    /// its rate limits: over a limit it answers inactive, with the limit's state.
+    pub async fn introspect(
+        &self,
+        caller_org: Option<&str>,
+        token: &str,
+    ) -> (Option<Introspection>, Option<LimitState>) {
+        use crate::domain::usage::Outcome as Counted;
+        let rt = &self.rt;
+        let (info, limits, outcome) = if rt.settings.api_key_format.claims(token) {
+            match rt.resolve_key_raw(token).await {
+                Ok(Some(key)) => match rt.evaluate(&key) {
+                    Ok(()) => (
+                        rt.introspect_api_key(token).await,
+                        Some(Arc::clone(&key.limits)),
+                        Counted::Allowed,
+                    ),
+                    Err(r) => {
+                        let outcome = if r == Refusal::Expired {
+                            Counted::Expired
+                        } else {
+                            Counted::Revoked
+                        };
+                        self.count_introspection(
+                            outcome,
+                            (key.org_id(), key.project_id(), &key.key_id),
+                            caller_org,
+                        );
+                        return (None, None);
+                    }
+                },
+                Ok(None) => (None, None, Counted::Unknown),
+                Err(_) => (None, None, Counted::Malformed),
+            }
         } else {
-            self.rt.verify_access_token(token).await?.1
+            match rt.verify_access_token(token).await {
+                Some((client, info)) => {
+                    let limits = client.map(|c| {
+                        Arc::clone(c.limits.get_or_init(|| {
+                            rt.limiter.prepare(
+                                &c.client.rate_limits,
+                                &c.client.client_id,
+                                c.client.owner_member_id.as_deref(),
+                                &c.client.project_id,
+                            )
+                        }))
+                    });
+                    (Some(info), limits, Counted::Allowed)
+                }
+                None => (None, None, Counted::Unknown),
+            }
         };
-        match caller_org {
-            Some(org) if org != info.org_id => None,
-            _ => Some(info),
+        let Some(info) = info.filter(|i| caller_org.is_none_or(|o| o == i.org_id)) else {
+            self.count_introspection(Counted::Unknown, ("", "", ""), None);
+            return (None, None);
+        };
+        let cred = info.client_id.clone().unwrap_or_else(|| info.jti.clone());
+        let who = (
+            info.org_id.as_str(),
+            info.project_id.as_str(),
+            cred.as_str(),
+        );
+        if let Some(limits) = limits.filter(|l| !l.is_empty()) {
+            if let Limited::Over(state) = rt.limiter.check(&limits, rt.now_ms(), None) {
+                self.count_introspection(Counted::RateLimited, who, caller_org);
+                return (None, Some(state));
+            }
         }
+        self.count_introspection(outcome, who, caller_org);
+        (Some(info), None)
+    }
+
+    /// Counts one introspection (usage analytics) under the introspected credential, or
+    /// unattributed when the caller could not see it.
+    fn count_introspection(
+        &self,
+        outcome: crate::domain::usage::Outcome,
+        (org, project, credential): (&str, &str, &str),
+        caller_org: Option<&str>,
+    ) {
+        let visible = caller_org.is_none_or(|o| o == org);
+        let (org, project, credential) = if visible {
+            (org, project, credential)
+        } else {
+            ("", "", "")
+        };
+        self.rt.usage.add(
+            crate::runtime::usage::UsageKey {
+                minute: self.rt.now_ms().div_euclid(60_000),
+                org_id: org,
+                project_id: project,
+                credential_id: credential,
+                service: "",
+                outcome,
+            },
+            1,
+        );
     }
 
     /// The organization whose tokens a principal may introspect (`None`: all, the admin key).

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use keyplane_core::domain::path::{NormalPath, PathError};
 use keyplane_core::domain::request::Refusal;
 use keyplane_core::domain::resource::ProtectedResource;
-use keyplane_core::usecase::check::{Identity, Verdict};
+use keyplane_core::usecase::check::{Identity, LimitState, Verdict};
 use std::borrow::Cow;
 
 pub fn router() -> Router<AppState> {
@@ -175,7 +175,8 @@ fn required_scopes(query: Option<&str>) -> Vec<Cow<'_, str>> {
         (status = 200, description = "allowed; identity in X-Keyplane-Subject, -Scopes, -Org, -Project, -Credential-Id, and for a token obtained by token exchange X-Keyplane-Actor (the acting client; the subject is whom it acts for)"),
         (status = 400, description = "the original request's path is ambiguous (e.g. %2e%2e, %2F, a backslash, '//'), or two forms name different requests", content_type = "application/problem+json"),
         (status = 401, description = "missing, malformed, unknown, revoked or expired credential (`invalid_token`; the challenge has no error code when none was presented)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge, with `scope` (the scopes the request needs) and, when the forwarded URL is a service's resource, RFC 9728 `resource_metadata`"))),
-        (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge, with `scope` and RFC 9728 `resource_metadata` as for a 401")))),
+        (status = 403, description = "the credential lacks a required scope, or no route rule allows the request (`insufficient_scope`)", body = crate::routes::oauth::OAuthErrorBody, headers(("WWW-Authenticate" = String, description = "RFC 6750 §3 challenge, with `scope` and RFC 9728 `resource_metadata` as for a 401"))),
+        (status = 429, description = "the credential is over one of its rate limits (`rate_limited`)", body = crate::routes::oauth::OAuthErrorBody, headers(("Retry-After" = String, description = "seconds until the limit's window resets"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers: the limit, e.g. `\"burst\";q=100;w=1`"), ("RateLimit" = String, description = "draft-ietf-httpapi-ratelimit-headers: its state, e.g. `\"burst\";r=0;t=1`")))),
     security(("bearer" = [])))]
 pub async fn authz(State(s): State<AppState>, req: axum::extract::Request) -> Response {
     let (parts, _body) = req.into_parts();
@@ -264,6 +265,7 @@ pub fn respond<S: AsRef<str>>(
         Verdict::NoRule(_) => Reason::NoRule,
         Verdict::Refuse(r) => Reason::of_refusal(*r),
         Verdict::InsufficientScope(_) => Reason::InsufficientScope,
+        Verdict::RateLimited(_, _) => Reason::RateLimited,
     };
     mark_refused(refusal(verdict, required, resource), reason)
 }
@@ -309,7 +311,56 @@ fn refusal<S: AsRef<str>>(
             "insufficient_scope",
             "the credential lacks a required scope",
         ),
+        Verdict::RateLimited(_, state) => rate_limited(&state),
     }
+}
+
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// 429 for a credential over one of its rate limits, with `Retry-After` (RFC 9110 §10.2.3)
+/// and the `RateLimit`/`RateLimit-Policy` fields of draft-ietf-httpapi-ratelimit-headers
+/// (`RateLimit-Policy: "burst";q=100;w=1`, `RateLimit: "burst";r=0;t=1`).
+pub fn rate_limited(state: &LimitState) -> Response {
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(serde_json::json!({
+            "error": "rate_limited",
+            "error_description": format!("the credential is over its rate limit `{}`; retry in {} s", state.name, state.reset_seconds),
+        })),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from(state.reset_seconds),
+    );
+    for (name, value) in ratelimit_headers(state) {
+        h.insert(name, value);
+    }
+    resp
+}
+
+/// The `RateLimit-Policy` and `RateLimit` fields for one limit's state.
+pub fn ratelimit_headers(state: &LimitState) -> [(HeaderName, HeaderValue); 2] {
+    // Names are `[A-Za-z0-9_-]` (checked when set), so they quote as they are.
+    let text = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
+    [
+        (
+            RATELIMIT_POLICY,
+            text(format!(
+                "\"{}\";q={};w={}",
+                state.name, state.limit, state.window_seconds
+            )),
+        ),
+        (
+            RATELIMIT,
+            text(format!(
+                "\"{}\";r={};t={}",
+                state.name, state.remaining, state.reset_seconds
+            )),
+        ),
+    ]
 }
 
 /// The scheme (when the proxy said it) and host of the request being authorized: from

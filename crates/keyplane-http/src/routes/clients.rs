@@ -65,6 +65,7 @@ pub async fn create(
         federated_credentials: b.federated_credentials.map(serde_json::Value::Array),
         dpop_bound_access_tokens: b.dpop_bound_access_tokens,
         may_act: b.may_act,
+        rate_limits: rate_limits_in(b.rate_limits)?,
     };
     let (client, first) = s.app.client_create(&c.principal, input, &c.meta).await?;
     let secrets = s.app.client_get(&c.principal, &client.client_id).await?.1;
@@ -167,6 +168,7 @@ pub async fn update(
         // `null` is the RFC 9449 default, `false`.
         dpop_bound_access_tokens: b.dpop_bound_access_tokens.map(|d| d.unwrap_or(false)),
         may_act: b.may_act,
+        rate_limits: b.rate_limits.map(rate_limits_in).transpose()?,
     };
     let (cl, sec) = s
         .app

@@ -73,6 +73,7 @@ pub async fn create(
         default_for_service: b.default_for_service,
         service_token: false,
         may_act: b.may_act,
+        rate_limits: rate_limits_in(b.rate_limits)?,
     };
     let (k, secret) = s.app.api_key_create(&c.principal, input, &c.meta).await?;
     Ok(NoStore((
@@ -160,6 +161,7 @@ pub async fn update(
         expires_at,
         default_for_service: b.default_for_service,
         may_act: b.may_act,
+        rate_limits: b.rate_limits.map(rate_limits_in).transpose()?,
     };
     let k = s
         .app

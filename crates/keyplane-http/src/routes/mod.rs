@@ -9,3 +9,4 @@ pub mod leaks;
 pub mod mgmt;
 pub mod oauth;
 pub mod ops;
+pub mod usage;

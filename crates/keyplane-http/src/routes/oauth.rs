@@ -900,8 +900,17 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
         ));
     };
     match s.app.introspect(scope_org.as_deref(), token).await {
-        Some(i) => json_bytes_no_store(introspection_json(&s.app.settings().oauth.issuer, &i)),
-        None => json_no_store(&IntrospectionResponse::inactive()),
+        (Some(i), _) => json_bytes_no_store(introspection_json(&s.app.settings().oauth.issuer, &i)),
+        // Over a rate limit: inactive (RFC 7662 §2.2 lets the server say so for any reason),
+        // with the limit's `RateLimit` fields so a resource server can answer 429 itself.
+        (None, Some(limit)) => {
+            let mut resp = json_no_store(&IntrospectionResponse::inactive());
+            for (name, value) in crate::routes::authz::ratelimit_headers(&limit) {
+                resp.headers_mut().insert(name, value);
+            }
+            resp
+        }
+        (None, None) => json_no_store(&IntrospectionResponse::inactive()),
     }
 }
 

@@ -57,6 +57,10 @@ pub struct ClientFields {
     /// tokens acting for it (RFC 8693; repeat for more).
     #[arg(long = "may-act", value_name = "CLIENT_ID")]
     pub may_act: Vec<String>,
+    /// A named rate limit, NAME=LIMIT/WINDOW[,cost=N][,shared=owner|project], e.g.
+    /// burst=100/1s (repeat for more; on update they replace the client's limits).
+    #[arg(long = "rate-limit", value_name = "SPEC")]
+    pub rate_limits: Vec<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -129,6 +133,9 @@ pub enum ClientsCommand {
         /// No client may exchange this client's tokens.
         #[arg(long, conflicts_with = "may_act")]
         no_may_act: bool,
+        /// Remove every rate limit.
+        #[arg(long, conflicts_with = "rate_limits")]
+        no_rate_limits: bool,
         /// Only if the client is still at this version (its ETag, shown by `get`); else 412.
         #[arg(long, value_name = "VERSION")]
         if_match: Option<String>,
@@ -206,6 +213,7 @@ const FIELDS: &[&str] = &[
     "federated_credentials",
     "dpop_bound_access_tokens",
     "may_act",
+    "rate_limits",
     "created_at",
     "created_by",
 ];
@@ -294,6 +302,7 @@ fn shared(f: ClientFields) -> Result<Vec<(&'static str, Option<Value>)>> {
             f.dpop_bound_access_tokens.map(|d| json!(d)),
         ),
         ("may_act", (!f.may_act.is_empty()).then(|| json!(f.may_act))),
+        ("rate_limits", super::rate_limits(&f.rate_limits, false)?),
     ])
 }
 
@@ -373,6 +382,7 @@ pub async fn run(args: &ClientArgs, cmd: ClientsCommand) -> Result<()> {
             no_jwks_uri,
             no_federated_credentials,
             no_may_act,
+            no_rate_limits,
             if_match,
         } => {
             let scopes = fields.scopes.clone();
@@ -382,6 +392,7 @@ pub async fn run(args: &ClientArgs, cmd: ClientsCommand) -> Result<()> {
                 let v = match k {
                     "scopes" => list_or_clear(scopes.clone(), no_scopes),
                     "may_act" => list_or_clear(may_act.clone(), no_may_act),
+                    "rate_limits" if no_rate_limits => Some(json!([])),
                     "signing_alg" => value_or_null(v, no_signing_alg),
                     "audience" => value_or_null(v, no_audience),
                     "secret_rotation_days" => value_or_null(v, no_secret_rotation),

@@ -45,6 +45,10 @@ pub enum KeysCommand {
         /// repeat for more).
         #[arg(long = "may-act", value_name = "CLIENT_ID")]
         may_act: Vec<String>,
+        /// A named rate limit, NAME=LIMIT/WINDOW[,cost=N][,shared=owner|project], e.g.
+        /// burst=100/1s or daily=10000/1d,shared=owner (repeat for more).
+        #[arg(long = "rate-limit", value_name = "SPEC")]
+        rate_limits: Vec<String>,
     },
     /// List API keys, oldest first (GET /v1/api-keys).
     List {
@@ -107,6 +111,13 @@ pub enum KeysCommand {
         /// No client may exchange this key.
         #[arg(long, conflicts_with = "may_act")]
         no_may_act: bool,
+        /// The key's rate limits become these, NAME=LIMIT/WINDOW[,cost=N][,shared=owner|project]
+        /// (repeat for more).
+        #[arg(long = "rate-limit", value_name = "SPEC")]
+        rate_limits: Vec<String>,
+        /// Remove every rate limit.
+        #[arg(long, conflicts_with = "rate_limits")]
+        no_rate_limits: bool,
         /// Only if the key is still at this version (its ETag, shown by `get`); else 412.
         #[arg(long, value_name = "VERSION")]
         if_match: Option<String>,
@@ -167,6 +178,7 @@ const FIELDS: &[&str] = &[
     "roles",
     "default_for_service",
     "may_act",
+    "rate_limits",
     "created_at",
     "created_by",
     "last_used_at",
@@ -199,9 +211,11 @@ pub async fn run(args: &ClientArgs, cmd: KeysCommand) -> Result<()> {
             owner_member_id,
             default_for_service,
             may_act,
+            rate_limits,
         } => {
             let never = no_expiry || expires_at.as_deref() == Some("never");
             let body = object(vec![
+                ("rate_limits", super::rate_limits(&rate_limits, false)?),
                 ("scopes", Some(json!(scopes))),
                 ("roles", Some(json!(roles))),
                 ("may_act", (!may_act.is_empty()).then(|| json!(may_act))),
@@ -254,10 +268,16 @@ pub async fn run(args: &ClientArgs, cmd: KeysCommand) -> Result<()> {
             no_default_for_service,
             may_act,
             no_may_act,
+            rate_limits,
+            no_rate_limits,
             if_match,
         } => {
             let never = no_expiry || expires_at.as_deref() == Some("never");
             let body = object(vec![
+                (
+                    "rate_limits",
+                    super::rate_limits(&rate_limits, no_rate_limits)?,
+                ),
                 ("name", s(name)),
                 ("description", s(description)),
                 ("scopes", list_or_clear(scopes, no_scopes)),

@@ -13,12 +13,15 @@ mod keys;
 mod leaks;
 mod org;
 mod render;
+mod usage;
 
 pub use activity::query as activity;
 pub use clients::run as clients;
 pub use keys::run as keys;
 pub use leaks::run as leaks;
 pub use org::{members, orgs, projects, roles, services};
+pub use usage::run as usage;
+pub use usage::UsageArgs;
 
 pub use activity::{verify_report, ActivityCommand, VerifyArgs};
 pub use clients::ClientsCommand;
@@ -367,6 +370,49 @@ pub(crate) fn s(v: Option<String>) -> Option<Value> {
 }
 
 /// A list flag: repeated values set the list, `clear` sets it empty, neither leaves it.
+/// `--rate-limit NAME=LIMIT/WINDOW[,cost=N][,shared=owner|project]` as the API's JSON, e.g.
+/// `burst=100/1s` or `daily=10000/1d,shared=owner`.
+pub(crate) fn rate_limit(spec: &str) -> Result<Value> {
+    let mut parts = spec.split(',');
+    let head = parts.next().unwrap_or("");
+    let Some((name, rest)) = head.split_once('=') else {
+        bail!("--rate-limit {spec:?}: write NAME=LIMIT/WINDOW, e.g. burst=100/1s");
+    };
+    let Some((limit, window)) = rest.split_once('/') else {
+        bail!("--rate-limit {spec:?}: write NAME=LIMIT/WINDOW, e.g. burst=100/1s");
+    };
+    let limit: u64 = limit
+        .trim()
+        .parse()
+        .with_context(|| format!("--rate-limit {spec:?}: the limit must be a whole number"))?;
+    let mut v = json!({ "name": name.trim(), "limit": limit, "window": window.trim() });
+    for p in parts {
+        match p.split_once('=') {
+            Some(("cost", n)) => {
+                v["cost"] = json!(n.trim().parse::<u64>().with_context(|| {
+                    format!("--rate-limit {spec:?}: cost must be a whole number")
+                })?)
+            }
+            Some(("shared", w)) => v["shared"] = json!(w.trim()),
+            _ => bail!("--rate-limit {spec:?}: after the window, only cost=N and shared=owner|project|credential"),
+        }
+    }
+    Ok(v)
+}
+
+/// Every `--rate-limit`, or `[]` with `clear`, or nothing.
+pub(crate) fn rate_limits(specs: &[String], clear: bool) -> Result<Option<Value>> {
+    if clear {
+        return Ok(Some(json!([])));
+    }
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Value::Array(
+        specs.iter().map(|s| rate_limit(s)).collect::<Result<_>>()?,
+    )))
+}
+
 pub(crate) fn list_or_clear(values: Vec<String>, clear: bool) -> Option<Value> {
     if clear {
         Some(json!([]))

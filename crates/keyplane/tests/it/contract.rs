@@ -100,6 +100,8 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/leaks/github"),
     ("GET", "/v1/leaks/patterns"),
     ("GET", "/v1/activity/verify"),
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/usage/top"),
     ("POST", "/v1/oauth-clients"),
     ("GET", "/v1/oauth-clients"),
     ("GET", "/v1/oauth-clients/{client_id}"),

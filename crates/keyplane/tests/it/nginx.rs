@@ -80,6 +80,11 @@ http {{
             # URL): auth_request passes WWW-Authenticate on from a 401 only.
             auth_request_set $kp_www_authenticate $upstream_http_www_authenticate;
             error_page 403 = @keyplane_forbidden;
+            # Rate limits: auth_request turns keyplane's 429 into a 500, after setting these.
+            auth_request_set $kp_retry_after $upstream_http_retry_after;
+            auth_request_set $kp_ratelimit $upstream_http_ratelimit;
+            auth_request_set $kp_ratelimit_policy $upstream_http_ratelimit_policy;
+            error_page 500 = @keyplane_limited;
             # Whatever the caller sent under these names is replaced by the verified identity.
             proxy_set_header X-Keyplane-Subject $kp_subject;
             proxy_set_header X-Keyplane-Scopes $kp_scopes;
@@ -91,6 +96,13 @@ http {{
         location @keyplane_forbidden {{
             add_header WWW-Authenticate $kp_www_authenticate always;
             return 403;
+        }}
+        location @keyplane_limited {{
+            if ($kp_retry_after = "") {{ return 500; }}
+            add_header Retry-After $kp_retry_after always;
+            add_header RateLimit $kp_ratelimit always;
+            add_header RateLimit-Policy $kp_ratelimit_policy always;
+            return 429;
         }}
         # RFC 9728 protected resource metadata: keyplane answers for the resource at this
         # host and path.
@@ -391,4 +403,81 @@ async fn path_attacks_behind_nginx() {
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("upstream saw /public/"), "{answer}");
     assert!(!answer.contains(SECRET), "{answer}");
+}
+
+/// A credential over its rate limit gets 429 with `Retry-After` and the `RateLimit` fields
+/// through nginx, although `auth_request` itself turns a 429 into a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_behind_nginx() {
+    let Some(nginx) = nginx_or_skip("the nginx rate-limit test") else {
+        return;
+    };
+    let up = upstream().await;
+    let dir = TempDir::new();
+    let cfg = dir.path().join("keyplane.toml");
+    std::fs::write(&cfg, "# rules come after the service\n").unwrap();
+    let app = keyplane_testkit::spawn_app_with(
+        keyplane_testkit::Backend::Sqlite,
+        Options::default().env("KEYPLANE_CONFIG", cfg.to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    let admin = app.admin_key.clone();
+    app.service("ai-guard", &["ai-guard:read", "ai-guard:write"])
+        .await;
+    std::fs::write(&cfg, RULES).unwrap();
+    assert_eq!(
+        app.post("/v1/admin/routes/reload", &admin, json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let (_nginx, front) = start_nginx(&nginx, dir.path(), &app.base, &up).await;
+    let (_, key) = app
+        .key(
+            &admin,
+            json!({ "name": "limited", "scopes": ["ai-guard:read"],
+                    "rate_limits": [{ "name": "burst", "limit": 2, "window": "30d" }] }),
+        )
+        .await;
+    let body = json!({ "messages": [{ "role": "user", "content": "hi" }] });
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r = app
+            .http
+            .post(format!("{front}/v1/text/guard"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        answers.push(r);
+    }
+    assert_eq!(answers[0].status(), StatusCode::OK);
+    assert_eq!(answers[1].status(), StatusCode::OK);
+    let limited = &answers[2];
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let h = |n: &str| {
+        limited
+            .headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert!(h("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(
+        h("ratelimit-policy").as_deref(),
+        Some("\"burst\";q=2;w=2592000")
+    );
+    assert!(h("ratelimit").unwrap().starts_with("\"burst\";r=0;t="));
+    // A refusal of another kind is unchanged.
+    let r = app
+        .http
+        .post(format!("{front}/v1/text/guard"))
+        .bearer_auth("kp_nonsense")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
