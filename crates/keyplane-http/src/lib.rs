@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::clients::router())
         .merge(routes::activity::router())
         .merge(routes::apps::router())
+        .merge(routes::webhooks::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::record_denials,

@@ -9,7 +9,7 @@
 
 use crate::dto::*;
 use crate::error::Problem;
-use crate::routes::{activity, apps, authz, clients, keys, mgmt, oauth, ops};
+use crate::routes::{activity, apps, authz, clients, keys, mgmt, oauth, ops, webhooks};
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
@@ -390,6 +390,8 @@ impl Modify for Aliases {
         oauth::token, oauth::introspect, oauth::revoke, oauth::metadata, oauth::jwks,
         crate::protected_resource::metadata_root, crate::protected_resource::metadata,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        webhooks::create, webhooks::list, webhooks::get_one, webhooks::update, webhooks::remove,
+        webhooks::rotate_secret, webhooks::deliveries, webhooks::redeliver,
     ),
     components(schemas(apps::RegisteredApp, apps::GrantView, apps::AppView, apps::AppRef, List<apps::GrantView>, List<apps::AppView>, Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
         SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, UpdateService, MemberView,
@@ -398,7 +400,9 @@ impl Modify for Aliases {
         IssueClientToken, IssuedTokenView, oauth::TokenRequest, oauth::GrantType, oauth::IntrospectionRequest, oauth::RevocationRequest,
         oauth::TokenResponse, oauth::IntrospectionResponse, oauth::AudienceValue, oauth::OAuthErrorBody, oauth::AuthorizationServerMetadata,
         oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView,
-        crate::protected_resource::ProtectedResourceMetadata))
+        crate::protected_resource::ProtectedResourceMetadata,
+        webhooks::WebhookView, webhooks::WebhookWithSecret, webhooks::CreateWebhook, webhooks::UpdateWebhook,
+        webhooks::DeliveryView, webhooks::AttemptView, List<webhooks::WebhookView>, List<webhooks::DeliveryView>))
 )]
 pub struct ApiDoc;
 

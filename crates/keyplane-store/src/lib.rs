@@ -9,6 +9,8 @@
 
 #[macro_use]
 mod authcode;
+#[macro_use]
+mod webhooks;
 pub mod backup;
 pub mod files;
 pub mod migrations;

@@ -67,6 +67,11 @@ pub struct Runtime {
     /// Held while the activity chain is verified: concurrent verifications wait for the one
     /// under way and then start from the checkpoint it left, instead of each walking the chain.
     pub(crate) verifying: tokio::sync::Mutex<()>,
+    /// Delivers webhooks (registered by the binary; none: deliveries wait in the outbox).
+    pub(crate) webhook_sender: RwLock<Option<Arc<dyn crate::domain::webhook::WebhookSender>>>,
+    /// Wakes this node's delivery worker when deliveries were queued (here or, through the
+    /// change feed, on another node).
+    pub(crate) webhook_wake: tokio::sync::Notify,
 }
 
 impl Runtime {
@@ -96,6 +101,8 @@ impl Runtime {
             grants: Default::default(),
             flushing: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
+            webhook_sender: RwLock::new(None),
+            webhook_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -176,6 +183,7 @@ impl Runtime {
             Invalidation::SigningKeys => {}
             Invalidation::Services => self.services.clear(),
             Invalidation::Grants => self.grants.clear(),
+            Invalidation::Webhooks => self.webhook_wake.notify_one(),
             Invalidation::FeedLost => {
                 tracing::warn!(
                     bound_seconds = self.settings.stale_serve_seconds,

@@ -24,6 +24,7 @@ pub mod roles;
 pub mod services;
 pub mod signing_keys;
 pub mod tokens;
+pub mod webhooks;
 
 /// How many times a change is computed again when another change to the same row committed
 /// first (without `If-Match`). Each try re-reads the row, so no edit is lost.

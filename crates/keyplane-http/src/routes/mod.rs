@@ -8,3 +8,4 @@ pub mod keys;
 pub mod mgmt;
 pub mod oauth;
 pub mod ops;
+pub mod webhooks;
