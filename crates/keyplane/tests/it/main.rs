@@ -67,3 +67,4 @@ mod support;
 mod tls;
 mod verify;
 mod visibility;
+mod webhooks;
