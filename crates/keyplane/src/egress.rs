@@ -23,7 +23,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 .collect();
             if addrs.is_empty() {
                 return Err(
-                    format!("{host} resolves to no address keyplane may connect to").into(),
+                    format!("{host} resolves to no public address").into(),
                 );
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
@@ -41,7 +41,7 @@ pub fn check_literal_host(url: &reqwest::Url, policy: EgressPolicy) -> Result<()
         .parse::<IpAddr>()
     {
         if !reachable_with(ip, policy) {
-            return Err(format!("{ip} is not an address keyplane may connect to"));
+            return Err(format!("{ip} is not a public address"));
         }
     }
     Ok(())
