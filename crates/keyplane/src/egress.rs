@@ -22,9 +22,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 .filter(|a| reachable_with(a.ip(), policy))
                 .collect();
             if addrs.is_empty() {
-                return Err(
-                    format!("{host} resolves to no public address").into(),
-                );
+                return Err(format!("{host} resolves to no public address").into());
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })

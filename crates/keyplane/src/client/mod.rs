@@ -12,6 +12,7 @@ mod clients;
 mod keys;
 mod org;
 mod render;
+mod webhooks;
 
 pub use activity::query as activity;
 pub use clients::run as clients;
@@ -23,6 +24,7 @@ pub use clients::ClientsCommand;
 pub use keys::KeysCommand;
 pub use org::{MembersCommand, OrgsCommand, ProjectsCommand, RolesCommand, ServicesCommand};
 pub use render::table;
+pub use webhooks::{run as webhooks, WebhooksCommand};
 
 use anyhow::{bail, Context, Result};
 use reqwest::{Method, StatusCode};

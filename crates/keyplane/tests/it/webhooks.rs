@@ -816,3 +816,64 @@ async fn pending_deliveries_survive_a_kill_sqlite() {
 async fn pending_deliveries_survive_a_kill_postgres() {
     crash(Backend::Postgres).await;
 }
+
+/// `keyplane webhooks ...` drives the same routes: create (the secret printed once), list,
+/// update, rotate, deliveries, delete.
+async fn cli(app: TestApp) {
+    let Some(rx) = Receiver::start() else { return };
+    let cli = crate::cli::Cli::admin(&app);
+    let url = rx.url("/cli");
+    let made = cli
+        .json(&[
+            "webhooks",
+            "create",
+            &url,
+            "--event",
+            "api_key.create",
+            "--description",
+            "from the CLI",
+        ])
+        .await;
+    let id = made["id"].as_str().unwrap().to_string();
+    let secret = made["secret"].as_str().unwrap().to_string();
+    rx.set(&[&secret], 204, None).await;
+    let list = cli.json(&["webhooks", "list"]).await;
+    assert_eq!(list["items"][0]["id"], id.as_str());
+    let updated = cli
+        .json(&[
+            "webhooks",
+            "update",
+            &id,
+            "--event",
+            "api_key.*",
+            "--disable",
+        ])
+        .await;
+    assert_eq!(updated["events"], json!(["api_key.*"]));
+    assert_eq!(updated["enabled"], false);
+    cli.json(&["webhooks", "update", &id, "--enable"]).await;
+    let rotated = cli.json(&["webhooks", "rotate-secret", &id]).await;
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    rx.set(&[&new], 204, None).await;
+    app.key(&app.admin_key, json!({ "name": "via-cli" })).await;
+    rx.wait("the delivery", Duration::from_secs(10), |g| {
+        !verified_by(g, 0).is_empty()
+    })
+    .await;
+    let log = cli.json(&["webhooks", "deliveries", &id]).await;
+    assert_eq!(log["items"][0]["state"], "delivered", "{log}");
+    let delivery = log["items"][0]["id"].as_str().unwrap().to_string();
+    let out = cli.ok(&["webhooks", "redeliver", &id, &delivery]).await;
+    assert!(out.contains("queued again"), "{out}");
+    rx.wait("the redelivery", Duration::from_secs(10), |g| {
+        verified_by(g, 0)
+            .get(&delivery)
+            .is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    let out = cli.ok(&["webhooks", "delete", &id]).await;
+    assert!(out.contains("deleted webhook"), "{out}");
+    let a = app.get(&format!("/v1/webhooks/{id}"), &app.admin_key).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}
+on_both!(the_cli_manages_webhooks, cli, super::fast());
