@@ -22,6 +22,7 @@ mod assets;
 pub mod authorize;
 mod pages;
 mod views;
+mod webhooks;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -101,6 +102,12 @@ pub fn router() -> Router<AppState> {
         .route("/console/activity", get(pages::activity))
         .route("/console/apps", get(pages::apps))
         .route("/console/apps/{id}/revoke", post(actions::grant_revoke))
+        .route(
+            "/console/webhooks",
+            get(webhooks::page).post(webhooks::create),
+        )
+        .route("/console/webhooks/{id}/enabled", post(webhooks::toggle))
+        .route("/console/webhooks/{id}/delete", post(webhooks::delete))
         .route(
             "/console/authorize",
             get(authorize::show).post(authorize::decide),

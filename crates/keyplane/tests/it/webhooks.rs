@@ -877,3 +877,94 @@ async fn cli(app: TestApp) {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 on_both!(the_cli_manages_webhooks, cli, super::fast());
+
+/// The console's Webhooks page lists, creates (the secret shown once), disables and deletes
+/// endpoints through the same use cases, and shows an endpoint's deliveries.
+async fn console(app: TestApp) {
+    use crate::console::{csrf_of, Console};
+    let Some(rx) = Receiver::start() else { return };
+    let mut c = Console::new(&app);
+    let (_, page, _) = c.get("/console/sign-in").await;
+    let pre = csrf_of(&page);
+    let (status, _, _) = c
+        .post(
+            "/console/sign-in",
+            &[
+                ("csrf", &pre),
+                ("method", "admin"),
+                ("admin_key", &app.admin_key),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "admin sign-in");
+    let (status, page, _) = c.get("/console/webhooks").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("id=\"webhooks-empty\""), "{page}");
+    assert!(page.contains("href=\"/console/webhooks\" aria-current=\"page\""));
+    let csrf = csrf_of(&page);
+    let url = rx.url("/console");
+    let (status, answer, _) = c
+        .post(
+            "/console/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("url", &url),
+                ("events", "api_key.create api_key.revoke"),
+            ],
+            Some(&csrf),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let secret = answer["secret"]["items"][1]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(secret.starts_with("whsec_"), "{answer}");
+    rx.set(&[&secret], 204, None).await;
+    let list = app.get("/v1/webhooks", &app.admin_key).await.json();
+    let id = list["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        list["items"][0]["events"],
+        json!(["api_key.create", "api_key.revoke"])
+    );
+
+    app.key(&app.admin_key, json!({ "name": "console-made" }))
+        .await;
+    rx.wait("the delivery", Duration::from_secs(10), |g| {
+        !verified_by(g, 0).is_empty()
+    })
+    .await;
+    let (_, page, _) = c.get(&format!("/console/webhooks?selected={id}")).await;
+    assert!(page.contains(&url) && !page.contains(&secret), "{page}");
+    assert!(
+        page.contains("id=\"deliveries-table\"") && page.contains("api_key.create"),
+        "{page}"
+    );
+
+    let (status, _, _) = c
+        .post(
+            &format!("/console/webhooks/{id}/enabled"),
+            &[("csrf", &csrf), ("enabled", "false")],
+            Some(&csrf),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let one = app
+        .get(&format!("/v1/webhooks/{id}"), &app.admin_key)
+        .await
+        .json();
+    assert_eq!(one["enabled"], false);
+    let (status, _, _) = c
+        .post(
+            &format!("/console/webhooks/{id}/delete"),
+            &[("csrf", &csrf)],
+            Some(&csrf),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let a = app.get(&format!("/v1/webhooks/{id}"), &app.admin_key).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}
+on_both!(the_console_manages_webhooks, console, super::fast());
