@@ -296,8 +296,9 @@ macro_rules! webhook_store {
 
         async fn wh_due(&self, now: OffsetDateTime) -> Result<bool> {
             let row = sqlx::query(
-                "SELECT 1 FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
-                 AND (lease_until IS NULL OR lease_until <= $1) LIMIT 1",
+                "SELECT 1 FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
+                 AND (d.lease_until IS NULL OR d.lease_until <= $1) AND w.enabled LIMIT 1",
             )
             .bind(to_ms(now))
             .fetch_optional(self.r())

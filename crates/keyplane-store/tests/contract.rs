@@ -212,6 +212,7 @@ contract!(
     private_key_jwt_clients_keep_keys_and_no_secrets,
     assertion_ids_are_single_use_until_they_expire,
     dpop_requirement_round_trips,
+    webhook_outbox_matches_patterns_and_claims_once,
 );
 
 /// An event recording a change in the default organization.
@@ -2194,4 +2195,166 @@ async fn authorization_codes_and_refresh_tokens(s: Arc<dyn Store>) {
             .as_deref(),
         Some("member")
     );
+}
+
+fn endpoint(
+    id: &str,
+    events: &[&str],
+    project: Option<&str>,
+) -> keyplane_core::domain::webhook::Endpoint {
+    keyplane_core::domain::webhook::Endpoint {
+        id: id.into(),
+        org_id: DEFAULT_ORG_ID.into(),
+        project_id: project.map(str::to_string),
+        url: format!("https://hooks.example.com/{id}"),
+        description: String::new(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        enabled: true,
+        disabled_reason: None,
+        secret_sealed: vec![1, 2, 3],
+        pepper_version: 1,
+        previous_sealed: None,
+        previous_until: None,
+        created_at: now(),
+        updated_at: now(),
+        failing_since: None,
+    }
+}
+
+/// Deliveries are queued with the event, for matching enabled endpoints only (exact names,
+/// `area.*`, `*`, the project filter); a claim takes each due delivery once, however many claim
+/// at the same time, until its result is recorded; a failure is retried when due.
+async fn webhook_outbox_matches_patterns_and_claims_once(s: Arc<dyn Store>) {
+    use keyplane_core::domain::webhook::{Attempt, DeliveryResult, DeliveryState};
+    s.ensure_defaults(now()).await.unwrap();
+    for ep in [
+        endpoint("whk_exact", &["api_key.revoke"], None),
+        endpoint("whk_area", &["api_key.*"], None),
+        endpoint("whk_all", &["*"], None),
+        endpoint("whk_project", &["*"], Some("prj_other")),
+    ] {
+        s.webhook_create(&ep, 50, &ev("webhook.create", &ep.id))
+            .await
+            .unwrap();
+    }
+    let mut off = endpoint("whk_off", &["*"], None);
+    s.webhook_create(&off, 50, &ev("webhook.create", &off.id))
+        .await
+        .unwrap();
+    off.enabled = false;
+    s.webhook_update(&off, &ev("webhook.update", &off.id))
+        .await
+        .unwrap();
+    // Queued only from here on: the endpoints' own events went to those created before them.
+    let before: usize = {
+        let mut n = 0;
+        for id in ["whk_exact", "whk_area", "whk_all", "whk_project", "whk_off"] {
+            n += s.webhook_deliveries(id, None, 100).await.unwrap().len();
+        }
+        n
+    };
+    let mut revoke = ev("api_key.revoke", "key_x");
+    revoke.details = serde_json::json!({ "project_id": DEFAULT_PROJECT_ID });
+    s.activity_append(&[revoke.clone(), ev("member.create", "mem_x")])
+        .await
+        .unwrap();
+    let count = |v: Vec<(keyplane_core::domain::webhook::Delivery, Vec<Attempt>)>, id: &str| {
+        v.iter().filter(|(d, _)| d.event_id == id).count()
+    };
+    let member = "member.create";
+    for (ep, revokes, members) in [
+        ("whk_exact", 1, 0),
+        ("whk_area", 1, 0),
+        ("whk_all", 1, 1),
+        ("whk_project", 0, 0),
+        ("whk_off", 0, 0),
+    ] {
+        let d = s.webhook_deliveries(ep, None, 100).await.unwrap();
+        assert_eq!(count(d.clone(), &revoke.id), revokes, "{ep}");
+        assert_eq!(
+            d.iter().filter(|(x, _)| x.event_type == member).count(),
+            members,
+            "{ep}"
+        );
+    }
+    assert!(before > 0, "endpoints are told of one another's creation");
+
+    // Claims race: every due delivery is claimed exactly once.
+    let t = now();
+    let lease = t + time::Duration::seconds(30);
+    let claims = futures_join(&s, t, lease).await;
+    let mut ids: Vec<String> = claims.iter().map(|(d, _)| d.id.clone()).collect();
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no delivery claimed twice");
+    assert!(
+        s.webhook_claim(t, lease, 100).await.unwrap().is_empty(),
+        "leased"
+    );
+    assert!(!s.webhook_due(t).await.unwrap());
+    // One fails and is due again later; the rest are delivered (first: a success clears the
+    // endpoint's `failing_since`).
+    let (first, _) = &claims[0];
+    for (d, _) in claims.iter().rev() {
+        let failed = d.id == first.id;
+        s.webhook_record(
+            &DeliveryResult {
+                attempt: Attempt {
+                    delivery_id: d.id.clone(),
+                    endpoint_id: d.endpoint_id.clone(),
+                    at: t,
+                    duration_ms: 3,
+                    status: Some(if failed { 503 } else { 204 }),
+                    error: failed.then(|| "answered 503".to_string()),
+                },
+                delivered: !failed,
+                next_attempt_at: failed.then(|| t + time::Duration::seconds(5)),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(s.webhook_claim(t, lease, 100).await.unwrap().is_empty());
+    let later = t + time::Duration::seconds(6);
+    let again = s
+        .webhook_claim(later, later + time::Duration::seconds(30), 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0.id, first.id);
+    assert_eq!(again[0].0.attempts, 2);
+    assert_eq!(again[0].1.failing_since, Some(t));
+    let log = s
+        .webhook_deliveries(&first.endpoint_id, None, 100)
+        .await
+        .unwrap();
+    let (d, attempts) = log.iter().find(|(d, _)| d.id == first.id).unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(attempts[0].status, Some(503));
+}
+
+/// Four claims at once.
+async fn futures_join(
+    s: &Arc<dyn Store>,
+    t: OffsetDateTime,
+    lease: OffsetDateTime,
+) -> Vec<(
+    keyplane_core::domain::webhook::Delivery,
+    keyplane_core::domain::webhook::Endpoint,
+)> {
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.webhook_claim(t, lease, 2).await.unwrap() })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.extend(task.await.unwrap());
+    }
+    // Whatever the four left (at most two each), claimed now.
+    out.extend(s.webhook_claim(t, lease, 100).await.unwrap());
+    out
 }
