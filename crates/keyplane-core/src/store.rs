@@ -537,6 +537,9 @@ pub trait Store: Send + Sync + 'static {
         disable: Option<&NewEvent>,
     ) -> Result<()>;
 
+    /// Forgets delivered and failed deliveries (with their attempts) queued before `before`.
+    async fn webhook_purge(&self, before: OffsetDateTime) -> Result<u64>;
+
     // Notices (`domain::webhook::NoticeKind`).
     /// Credentials a notice of `kind` at `threshold` days may be due for and that have not had
     /// it: keys expiring before `cutoff` (KeyExpiring), secrets made before `cutoff` or past

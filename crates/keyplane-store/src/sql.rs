@@ -503,6 +503,9 @@ macro_rules! impl_store {
             ) -> Result<Vec<(Delivery, Endpoint)>> {
                 self.wh_claim(now, lease_until, limit).await
             }
+            async fn webhook_purge(&self, before: OffsetDateTime) -> Result<u64> {
+                self.wh_purge(before).await
+            }
             async fn webhook_due(&self, now: OffsetDateTime) -> Result<bool> {
                 self.wh_due(now).await
             }

@@ -294,6 +294,26 @@ macro_rules! webhook_store {
             Ok(true)
         }
 
+        async fn wh_purge(&self, before: OffsetDateTime) -> Result<u64> {
+            let mut tx = self.w().begin().await.map_err(db_err)?;
+            sqlx::query(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries \
+                 WHERE state <> 'pending' AND created_at < $1)",
+            )
+            .bind(to_ms(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let n = sqlx::query("DELETE FROM webhook_deliveries WHERE state <> 'pending' AND created_at < $1")
+                .bind(to_ms(before))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+            tx.commit().await.map_err(db_err)?;
+            Ok(n)
+        }
+
         async fn wh_due(&self, now: OffsetDateTime) -> Result<bool> {
             let row = sqlx::query(
                 "SELECT 1 FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \

@@ -2333,6 +2333,18 @@ async fn webhook_outbox_matches_patterns_and_claims_once(s: Arc<dyn Store>) {
     let (d, attempts) = log.iter().find(|(d, _)| d.id == first.id).unwrap();
     assert_eq!(d.state, DeliveryState::Pending);
     assert_eq!(attempts[0].status, Some(503));
+    // A purge forgets what was delivered, never what is pending.
+    let purged = s
+        .webhook_purge(later + time::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(purged as usize, total - 1);
+    let log = s
+        .webhook_deliveries(&first.endpoint_id, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].0.id, first.id);
 }
 
 /// Four claims at once.

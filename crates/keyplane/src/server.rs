@@ -619,6 +619,10 @@ async fn maintain(app: &Keyplane) {
             app.purge_authorization_codes().await.map(|_| ()),
         ),
         (
+            "forget old webhook deliveries",
+            app.purge_webhook_deliveries().await.map(|_| ()),
+        ),
+        (
             "record notices about expiring, unrotated and unused credentials",
             app.record_notices().await.map(|_| ()),
         ),

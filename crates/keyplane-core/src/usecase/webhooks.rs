@@ -411,6 +411,13 @@ impl Keyplane {
         Ok(delivered)
     }
 
+    /// Forgets delivered and failed deliveries older than the delivery log keeps
+    /// ([`webhook::DELIVERY_LOG_DAYS`]).
+    pub async fn purge_webhook_deliveries(&self) -> Result<u64> {
+        let before = self.rt.now() - Duration::days(webhook::DELIVERY_LOG_DAYS);
+        self.rt.store.webhook_purge(before).await
+    }
+
     /// Records the notices that are due (`notices.*` settings), each once per credential and
     /// threshold across every node; returns how many were recorded. Each is an activity event
     /// of the credential's organization, so it is delivered to webhooks like any other.
