@@ -213,6 +213,7 @@ contract!(
     assertion_ids_are_single_use_until_they_expire,
     dpop_requirement_round_trips,
     webhook_outbox_matches_patterns_and_claims_once,
+    notices_are_given_once_per_credential_and_threshold,
 );
 
 /// An event recording a change in the default organization.
@@ -2369,4 +2370,92 @@ async fn futures_join(
     // Whatever the four left (at most two each), claimed now.
     out.extend(s.webhook_claim(t, lease, 100).await.unwrap());
     out
+}
+
+/// Candidates for a notice are the credentials past its threshold that have not had it; a
+/// notice is recorded (with its event) once, and a second record of it writes nothing.
+async fn notices_are_given_once_per_credential_and_threshold(s: Arc<dyn Store>) {
+    use keyplane_core::domain::webhook::NoticeKind;
+    s.ensure_defaults(now()).await.unwrap();
+    let t = now();
+    let mut soon = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    soon.expires_at = Some(t + time::Duration::days(2));
+    s.api_key_create(
+        &soon,
+        &secret(&soon.id, 1),
+        None,
+        t,
+        &ev("api_key.create", &soon.id),
+    )
+    .await
+    .unwrap();
+    let mut c = client("old-secret", None);
+    c.secret_rotation_days = None;
+    let mut old = client_secret(&c.client_id, 2);
+    old.created_at = t - time::Duration::days(100);
+    s.client_create(&c, Some(&old), &ev("oauth_client.create", &c.client_id))
+        .await
+        .unwrap();
+
+    let within = |d: i64| t + time::Duration::days(d);
+    let expiring = |d: i64| {
+        let s = Arc::clone(&s);
+        async move {
+            s.notice_candidates(NoticeKind::KeyExpiring, d, t, within(d), 100)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(expiring(1).await.is_empty(), "two days is not within one");
+    let found = expiring(7).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].credential_id, soon.id);
+    let e = ev("api_key.expiring", &soon.id);
+    assert!(s
+        .notice_record(NoticeKind::KeyExpiring, &soon.id, 7, &e)
+        .await
+        .unwrap());
+    assert_recorded(&*s, &e).await;
+    let again = ev("api_key.expiring", &soon.id);
+    assert!(!s
+        .notice_record(NoticeKind::KeyExpiring, &soon.id, 7, &again)
+        .await
+        .unwrap());
+    assert_not_recorded(&*s, &again).await;
+    assert!(expiring(7).await.is_empty());
+
+    let due = |cutoff: OffsetDateTime| {
+        let s = Arc::clone(&s);
+        async move {
+            s.notice_candidates(NoticeKind::SecretRotationDue, 90, t, cutoff, 100)
+                .await
+                .unwrap()
+        }
+    };
+    let found = due(t - time::Duration::days(90)).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].credential_id, old.id);
+    assert_eq!(found[0].client_id.as_deref(), Some(c.client_id.as_str()));
+    assert!(
+        due(t - time::Duration::days(120)).await.is_empty(),
+        "not 120 days old"
+    );
+    let e = ev("client_secret.rotation_due", &c.client_id);
+    assert!(s
+        .notice_record(NoticeKind::SecretRotationDue, &old.id, 90, &e)
+        .await
+        .unwrap());
+    assert!(due(t - time::Duration::days(90)).await.is_empty());
+
+    let unused = s
+        .notice_candidates(
+            NoticeKind::KeyUnused,
+            30,
+            t,
+            t - time::Duration::days(30),
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(unused.is_empty(), "made today: {unused:?}");
 }
