@@ -968,3 +968,31 @@ async fn console(app: TestApp) {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 on_both!(the_console_manages_webhooks, console, super::fast());
+
+/// A change made through the API is delivered at once, not at the worker's next look (here
+/// once a minute): on SQLite the API wakes this node's worker, on PostgreSQL the change feed
+/// wakes every node's.
+async fn prompt(app: TestApp) {
+    let Some(rx) = Receiver::start() else { return };
+    let (_, secret) = endpoint(&app, &rx.url("/prompt"), json!(["api_key.create"])).await;
+    rx.set(&[&secret], 204, None).await;
+    for i in 0..3 {
+        let started = Instant::now();
+        app.key(&app.admin_key, json!({ "name": format!("prompt-{i}") }))
+            .await;
+        rx.wait("the delivery", Duration::from_secs(10), |g| {
+            verified_by(g, 0).len() > i
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1000),
+            "delivered after {took:?}"
+        );
+    }
+}
+on_both!(
+    deliveries_leave_at_once,
+    prompt,
+    super::fast().env("KEYPLANE_WEBHOOKS_POLL_INTERVAL_MS", "60000")
+);
