@@ -1764,4 +1764,56 @@ mod tests {
         )
         .contains("very-long"));
     }
+
+    #[test]
+    fn webhooks_and_notices() {
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert!(!c.webhooks.egress.allow_loopback && !c.webhooks.egress.allow_private);
+        assert_eq!(c.webhooks.retry_schedule_seconds.len(), 7);
+        assert_eq!(c.notices.expiry_days, vec![7, 1]);
+        assert_eq!(c.notices.unused_days, None);
+        assert_eq!(c.webhook_poll_interval_ms, 250);
+
+        let dir = std::env::temp_dir().join(format!("kp-webhooks-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyplane.toml");
+        std::fs::write(
+            &file,
+            "[webhooks]\nallow_private = true\nretry_schedule_seconds = [1, 2]\n\
+             disable_after_seconds = 60\nsecret_overlap_seconds = 10\n\
+             [notices]\nexpiry_days = [30]\nunused_days = 45\nsecret_rotation_days = 90\n",
+        )
+        .unwrap();
+        let flags = ConfigFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&flags, None, &env(&[])).unwrap();
+        assert!(c.webhooks.egress.allow_private && !c.webhooks.egress.allow_loopback);
+        assert_eq!(c.webhooks.retry_schedule_seconds, vec![1, 2]);
+        assert_eq!(c.webhooks.disable_after_seconds, 60);
+        assert_eq!(c.webhooks.secret_overlap_seconds, 10);
+        assert_eq!(c.notices.expiry_days, vec![30]);
+        assert_eq!(c.notices.unused_days, Some(45));
+        assert_eq!(c.notices.secret_rotation_days, Some(90));
+        // The environment over the file.
+        let e = env(&[
+            ("KEYPLANE_WEBHOOKS_ALLOW_LOOPBACK", "true"),
+            ("KEYPLANE_WEBHOOKS_RETRY_SCHEDULE_SECONDS", "3, 4, 5"),
+            ("KEYPLANE_NOTICES_EXPIRY_DAYS", "14,2"),
+            ("KEYPLANE_NOTICES_UNUSED_DAYS", "0"),
+        ]);
+        let c = Config::load(&flags, None, &e).unwrap();
+        assert!(c.webhooks.egress.allow_loopback);
+        assert_eq!(c.webhooks.retry_schedule_seconds, vec![3, 4, 5]);
+        assert_eq!(c.notices.expiry_days, vec![14, 2]);
+        assert_eq!(c.notices.unused_days, None, "0 turns it off");
+        assert!(Config::load(
+            &flags,
+            None,
+            &env(&[("KEYPLANE_WEBHOOKS_ALLOW_PRIVATE", "maybe")])
+        )
+        .is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
