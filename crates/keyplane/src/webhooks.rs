@@ -27,6 +27,8 @@ impl HttpWebhookSender {
     pub fn new(policy: EgressPolicy) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would resolve the target itself, past the resolver.
+            .no_proxy()
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .dns_resolver(Arc::new(GuardedResolver { policy }))
