@@ -146,10 +146,12 @@ pub fn check_url(url: &str, policy: EgressPolicy) -> Result<String> {
     if authority.as_str().contains('@') {
         return Err(bad("`url` must not carry user information"));
     }
+    // `localhost.` is `localhost`.
     let host = authority
         .host()
         .trim_start_matches('[')
-        .trim_end_matches(']');
+        .trim_end_matches(']')
+        .trim_end_matches('.');
     let ip = host.parse::<IpAddr>().ok();
     let loopback_host =
         host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|i| i.is_loopback());
@@ -444,6 +446,7 @@ mod tests {
             "https://[::1]/in",
             "http://127.0.0.1:9/in",
             "https://localhost/in",
+            "https://LocalHost./in",
             "/relative",
             "https://hooks.example.com/#frag",
         ] {

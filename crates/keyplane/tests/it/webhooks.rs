@@ -996,3 +996,62 @@ on_both!(
     prompt,
     super::fast().env("KEYPLANE_WEBHOOKS_POLL_INTERVAL_MS", "60000")
 );
+
+/// A host name is checked when it is resolved, at every attempt: one that resolves to an
+/// internal address (here the machine's own name, on loopback) is never connected to.
+async fn resolved_inside(app: TestApp) {
+    let Some(rx) = Receiver::start() else { return };
+    let name = std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let port = rx.base.rsplit(':').next().unwrap().to_string();
+    let inside = !name.is_empty()
+        && tokio::net::lookup_host((name.as_str(), 0))
+            .await
+            .is_ok_and(|mut a| a.all(|a| a.ip().is_loopback()));
+    if !inside {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED webhooks::resolved_inside: this machine's name does not resolve to loopback"
+        );
+        return;
+    }
+    let (id, secret) = endpoint(
+        &app,
+        &format!("https://{name}:{port}/inside"),
+        json!(["api_key.create"]),
+    )
+    .await;
+    rx.set(&[&secret], 204, None).await;
+    app.key(&app.admin_key, json!({ "name": "never-sent" }))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app
+            .get(&format!("/v1/webhooks/{id}/deliveries"), &app.admin_key)
+            .await
+            .json();
+        let err = log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_type"] == "api_key.create")
+            .and_then(|d| d["last_error"].as_str().map(str::to_string));
+        if let Some(err) = err {
+            assert!(err.contains("resolves to no public address"), "{err}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        rx.received().await.is_empty(),
+        "nothing reached the receiver"
+    );
+}
+on_both!(
+    a_name_resolving_inside_is_refused_at_delivery,
+    resolved_inside,
+    keyplane_testkit::Options::default().env("KEYPLANE_WEBHOOKS_POLL_INTERVAL_MS", "100")
+);
