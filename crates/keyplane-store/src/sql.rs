@@ -2166,7 +2166,7 @@ impl_store!(
     sqlx::PgConnection,
     "postgres",
     " FOR UPDATE",
-    " FOR UPDATE OF d SKIP LOCKED"
+    " FOR UPDATE SKIP LOCKED"
 );
 
 fn hex(bytes: &[u8]) -> String {

@@ -2,7 +2,7 @@
 //! `impl_store!` like `authcode.rs`: [`webhook_store!`] as inherent methods (`wh_*`, which the
 //! `Store` implementation calls), with [`webhook_outbox_in`], which `append_in` calls for every
 //! event so a delivery is queued in the event's own transaction. `$skip` is what a claim's
-//! row lock adds (PostgreSQL: ` FOR UPDATE OF d SKIP LOCKED`; SQLite has one writer).
+//! row lock adds (PostgreSQL: ` FOR UPDATE SKIP LOCKED`; SQLite has one writer).
 
 macro_rules! webhook_store {
     ($row:ty, $conn:ty, $backend:literal, $lock:literal, $skip:literal) => {
@@ -333,11 +333,18 @@ macro_rules! webhook_store {
             lease_until: OffsetDateTime,
             limit: i64,
         ) -> Result<Vec<(Delivery, Endpoint)>> {
+            // At most `PER_ENDPOINT` deliveries of one endpoint are in flight (or claimed) at
+            // once: its pending deliveries are ranked, leased ones included, and only the first
+            // few may be taken, so an endpoint that hangs cannot hold every sender.
             let ids: Vec<String> = sqlx::query(concat!(
                 "UPDATE webhook_deliveries SET lease_until = $2, attempts = attempts + 1 WHERE id IN (\
-                 SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
-                 WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
-                 AND (d.lease_until IS NULL OR d.lease_until <= $1) AND w.enabled \
+                 SELECT d.id FROM webhook_deliveries d WHERE d.id IN (\
+                 SELECT r.id FROM (SELECT p.id, p.lease_until, p.next_attempt_at, ROW_NUMBER() OVER \
+                 (PARTITION BY p.endpoint_id ORDER BY p.next_attempt_at, p.id) AS n \
+                 FROM webhook_deliveries p JOIN webhook_endpoints w ON w.id = p.endpoint_id \
+                 WHERE p.state = 'pending' AND w.enabled) r \
+                 WHERE r.n <= $4 AND r.next_attempt_at <= $1 AND (r.lease_until IS NULL OR r.lease_until <= $1)) \
+                 AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $1) \
                  ORDER BY d.next_attempt_at LIMIT $3",
                 $skip,
                 ") RETURNING id"
@@ -345,6 +352,7 @@ macro_rules! webhook_store {
             .bind(to_ms(now))
             .bind(to_ms(lease_until))
             .bind(limit)
+            .bind(webhook::PER_ENDPOINT_IN_FLIGHT)
             .fetch_all(self.w())
             .await
             .map_err(db_err)?

@@ -27,6 +27,9 @@ pub const SECRET_BYTES: usize = 32;
 pub const MAX_ENDPOINTS_PER_ORG: usize = 50;
 /// The longest URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
+/// At most this many deliveries of one endpoint are sent at once, on all nodes together, so an
+/// endpoint that hangs holds few senders and other endpoints' deliveries still leave.
+pub const PER_ENDPOINT_IN_FLIGHT: i64 = 4;
 /// Delivered and failed deliveries are kept this many days in the delivery log.
 pub const DELIVERY_LOG_DAYS: i64 = 30;
 /// The pepper-derived key that seals secrets at rest is derived under this purpose.
