@@ -20,6 +20,9 @@ use crate::domain::model::{
 };
 use crate::domain::perm::{Access, MemberRole};
 use crate::domain::secret::Digest;
+use crate::domain::webhook::{
+    Attempt, Delivery, DeliveryResult, Endpoint, NoticeCandidate, NoticeKind,
+};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -129,6 +132,9 @@ pub enum Invalidation {
     /// A grant of the authorization-code grant was revoked (or its member removed, its app
     /// blocked): tokens issued under it stop.
     Grants,
+    /// Webhook deliveries were queued: every node's delivery worker may look at once. Storage
+    /// publishes it itself, in the transaction that queues them (PostgreSQL `NOTIFY`).
+    Webhooks,
     /// Not a change, and never published: the store's feed of other nodes' changes is down, so
     /// changes may be missed from now on (the runtime bounds how long caches are trusted).
     FeedLost,
@@ -555,4 +561,83 @@ pub trait Store: Send + Sync + 'static {
     async fn rate_windows_live(&self, now_ms: i64) -> Result<Vec<(String, i64, u64)>>;
     /// Forgets windows that ended before `now_ms`.
     async fn rate_windows_purge(&self, now_ms: i64) -> Result<u64>;
+    // Webhooks (`domain::webhook`). Deliveries are queued by `activity_append` and every other
+    // method that appends an event, for the organization's enabled endpoints whose patterns
+    // match, in the same transaction.
+    /// Inserts an endpoint (and its patterns). At most `limit` per organization.
+    async fn webhook_create(
+        &self,
+        endpoint: &Endpoint,
+        limit: usize,
+        event: &NewEvent,
+    ) -> Result<()>;
+    async fn webhook_get(&self, id: &str) -> Result<Option<Endpoint>>;
+    /// An organization's endpoints, oldest first.
+    async fn webhook_list(&self, org_id: &str) -> Result<Vec<Endpoint>>;
+    /// Writes an endpoint's URL, description, patterns, enabled flag and secrets; `NotFound`
+    /// when it is gone. Enabling it again clears `failing_since`.
+    async fn webhook_update(&self, endpoint: &Endpoint, event: &NewEvent) -> Result<()>;
+    /// Deletes an endpoint and its deliveries; false when unknown.
+    async fn webhook_delete(&self, id: &str, event: &NewEvent) -> Result<bool>;
+    /// An endpoint's deliveries, newest first, before the delivery made at `before_ms`, each
+    /// with its attempts (newest first).
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        before_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(Delivery, Vec<Attempt>)>>;
+    /// Queues a delivery again for now (pending, its schedule restarted); false when the
+    /// endpoint has no such delivery.
+    async fn webhook_redeliver(
+        &self,
+        endpoint_id: &str,
+        delivery_id: &str,
+        now: OffsetDateTime,
+        event: &NewEvent,
+    ) -> Result<bool>;
+    /// Claims up to `limit` due deliveries of enabled endpoints until `lease_until`: a claimed
+    /// delivery is not claimed again (by any node) before its lease ends or its result is
+    /// recorded. Counts the attempt.
+    async fn webhook_claim(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<(Delivery, Endpoint)>>;
+    /// Whether any delivery may be due at `now` (a cheap read before claiming).
+    async fn webhook_due(&self, now: OffsetDateTime) -> Result<bool>;
+    /// Records an attempt and its outcome; a success clears the endpoint's `failing_since`,
+    /// a failure sets it when unset. With `disable`, the endpoint is disabled for sustained
+    /// failure (its pending deliveries fail) and that event appended, in the same transaction.
+    async fn webhook_record(
+        &self,
+        result: &DeliveryResult,
+        disable: Option<&NewEvent>,
+    ) -> Result<()>;
+
+    /// Forgets delivered and failed deliveries (with their attempts) queued before `before`.
+    async fn webhook_purge(&self, before: OffsetDateTime) -> Result<u64>;
+
+    // Notices (`domain::webhook::NoticeKind`).
+    /// Credentials a notice of `kind` at `threshold` days may be due for and that have not had
+    /// it: keys expiring before `cutoff` (KeyExpiring), secrets made before `cutoff` or past
+    /// their client's own policy (SecretRotationDue), keys unused since `cutoff` (KeyUnused).
+    async fn notice_candidates(
+        &self,
+        kind: NoticeKind,
+        threshold: i64,
+        now: OffsetDateTime,
+        cutoff: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<NoticeCandidate>>;
+    /// Records that a notice was given, with its event; false (and nothing written) when it
+    /// already was, by this node or another.
+    async fn notice_record(
+        &self,
+        kind: NoticeKind,
+        credential_id: &str,
+        threshold: i64,
+        event: &NewEvent,
+    ) -> Result<bool>;
 }

@@ -84,7 +84,8 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Records every management request refused with 403 in the activity log.
+/// Records every management request refused with 403 in the activity log; after a change, wakes
+/// this node's webhook delivery worker.
 pub async fn record_denials(
     axum::extract::State(state): axum::extract::State<AppState>,
     mut req: axum::extract::Request,
@@ -93,6 +94,7 @@ pub async fn record_denials(
     let slot = PrincipalSlot::default();
     req.extensions_mut().insert(slot.clone());
     let action = format!("{} {}", req.method(), req.uri().path());
+    let changes = req.method() != axum::http::Method::GET;
     let meta = {
         let (parts, body) = req.into_parts();
         let meta = request_meta(&parts);
@@ -108,6 +110,12 @@ pub async fn record_denials(
                 .record_denied(&p, "management.denied", &meta, &action)
                 .await;
         }
+    }
+    // A change has committed with its event (and any webhook deliveries it queued): the
+    // delivery worker need not wait for its next look (SQLite has no change feed to wake it).
+    if changes && (resp.status().is_success() || resp.status() == axum::http::StatusCode::FORBIDDEN)
+    {
+        state.app.wake_webhooks();
     }
     resp
 }

@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::usage::router())
         .merge(routes::apps::router())
         .merge(routes::leaks::management_router())
+        .merge(routes::webhooks::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::record_denials,

@@ -9,7 +9,9 @@
 
 use crate::dto::*;
 use crate::error::Problem;
-use crate::routes::{activity, apps, authz, clients, keys, leaks, mgmt, oauth, ops, usage};
+use crate::routes::{
+    activity, apps, authz, clients, keys, leaks, mgmt, oauth, ops, usage, webhooks,
+};
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
@@ -392,6 +394,8 @@ impl Modify for Aliases {
         crate::protected_resource::metadata_root, crate::protected_resource::metadata,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
         leaks::github, leaks::patterns, leaks::report,
+        webhooks::create, webhooks::list, webhooks::get_one, webhooks::update, webhooks::remove,
+        webhooks::rotate_secret, webhooks::deliveries, webhooks::redeliver,
     ),
     components(schemas(apps::RegisteredApp, apps::GrantView, apps::AppView, apps::AppRef, List<apps::GrantView>, List<apps::AppView>, Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
         SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, UpdateService, MemberView,
@@ -402,7 +406,9 @@ impl Modify for Aliases {
         oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView,
         crate::protected_resource::ProtectedResourceMetadata,
         leaks::LeakFeedback, leaks::LeakPatternView, leaks::LeakPatternsView, leaks::LeakReportRequest, leaks::LeakedCredentialView, leaks::LeakReportView,
-        RateLimitView, UsageView, UsageBucketView, TopCredentialView))
+        RateLimitView, UsageView, UsageBucketView, TopCredentialView,
+        webhooks::WebhookView, webhooks::WebhookWithSecret, webhooks::CreateWebhook, webhooks::UpdateWebhook,
+        webhooks::DeliveryView, webhooks::AttemptView, List<webhooks::WebhookView>, List<webhooks::DeliveryView>))
 )]
 pub struct ApiDoc;
 

@@ -11,6 +11,8 @@
 mod authcode;
 #[macro_use]
 mod usage;
+#[macro_use]
+mod webhooks;
 pub mod backup;
 pub mod files;
 pub mod migrations;

@@ -18,6 +18,9 @@ use keyplane_core::domain::roles::builtin_roles;
 use keyplane_core::domain::secret::Digest;
 use keyplane_core::domain::token::Alg;
 use keyplane_core::domain::usage::{Granularity, Outcome as UsageOutcome, UsageCount};
+use keyplane_core::domain::webhook::{
+    self, Attempt, Delivery, DeliveryResult, DeliveryState, Endpoint, NoticeCandidate, NoticeKind,
+};
 use keyplane_core::store::*;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
@@ -113,11 +116,12 @@ macro_rules! event_cols {
 /// Everything but the connection handling, for one backend. `$lock` is appended to the SELECT
 /// that must serialize a transaction (` FOR UPDATE` on PostgreSQL; SQLite has one writer).
 macro_rules! impl_store {
-    ($ty:ty, $row:ty, $conn:ty, $backend:literal, $lock:literal) => {
+    ($ty:ty, $row:ty, $conn:ty, $backend:literal, $lock:literal, $skip:literal) => {
         impl $ty {
             authcode_rows!($row, $conn);
             authcode_store!($row, $conn);
             usage_store!($row, $conn);
+            webhook_store!($row, $conn, $backend, $lock, $skip);
 
             fn org_row(r: &$row) -> Result<Org> {
                 Ok(Org {
@@ -403,6 +407,7 @@ macro_rules! impl_store {
                     .execute(&mut *conn)
                     .await
                     .map_err(db_err)?;
+                    Self::webhook_outbox_in(conn, e).await?;
                     prev = hash;
                 }
                 sqlx::query(
@@ -468,6 +473,74 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl Store for $ty {
+            async fn webhook_create(&self, endpoint: &Endpoint, limit: usize, event: &NewEvent) -> Result<()> {
+                self.wh_create(endpoint, limit, event).await
+            }
+            async fn webhook_get(&self, id: &str) -> Result<Option<Endpoint>> {
+                self.wh_get(id).await
+            }
+            async fn webhook_list(&self, org_id: &str) -> Result<Vec<Endpoint>> {
+                self.wh_list(org_id).await
+            }
+            async fn webhook_update(&self, endpoint: &Endpoint, event: &NewEvent) -> Result<()> {
+                self.wh_update(endpoint, event).await
+            }
+            async fn webhook_delete(&self, id: &str, event: &NewEvent) -> Result<bool> {
+                self.wh_delete(id, event).await
+            }
+            async fn webhook_deliveries(
+                &self,
+                endpoint_id: &str,
+                before_ms: Option<i64>,
+                limit: i64,
+            ) -> Result<Vec<(Delivery, Vec<Attempt>)>> {
+                self.wh_deliveries(endpoint_id, before_ms, limit).await
+            }
+            async fn webhook_redeliver(
+                &self,
+                endpoint_id: &str,
+                delivery_id: &str,
+                now: OffsetDateTime,
+                event: &NewEvent,
+            ) -> Result<bool> {
+                self.wh_redeliver(endpoint_id, delivery_id, now, event).await
+            }
+            async fn webhook_claim(
+                &self,
+                now: OffsetDateTime,
+                lease_until: OffsetDateTime,
+                limit: i64,
+            ) -> Result<Vec<(Delivery, Endpoint)>> {
+                self.wh_claim(now, lease_until, limit).await
+            }
+            async fn webhook_purge(&self, before: OffsetDateTime) -> Result<u64> {
+                self.wh_purge(before).await
+            }
+            async fn webhook_due(&self, now: OffsetDateTime) -> Result<bool> {
+                self.wh_due(now).await
+            }
+            async fn webhook_record(&self, result: &DeliveryResult, disable: Option<&NewEvent>) -> Result<()> {
+                self.wh_record(result, disable).await
+            }
+            async fn notice_candidates(
+                &self,
+                kind: NoticeKind,
+                threshold: i64,
+                now: OffsetDateTime,
+                cutoff: OffsetDateTime,
+                limit: i64,
+            ) -> Result<Vec<NoticeCandidate>> {
+                self.wh_notice_candidates(kind, threshold, now, cutoff, limit).await
+            }
+            async fn notice_record(
+                &self,
+                kind: NoticeKind,
+                credential_id: &str,
+                threshold: i64,
+                event: &NewEvent,
+            ) -> Result<bool> {
+                self.wh_notice_record(kind, credential_id, threshold, event).await
+            }
             async fn app_put(&self, app: &AppClient, event: Option<&NewEvent>) -> Result<()> {
                 self.db_app_put(app, event).await
             }
@@ -2033,7 +2106,14 @@ fn file_err(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::Storage(format!("{}: {e}", path.display()).into())
 }
 
-impl_store!(SqliteStore, SqliteRow, sqlx::SqliteConnection, "sqlite", "");
+impl_store!(
+    SqliteStore,
+    SqliteRow,
+    sqlx::SqliteConnection,
+    "sqlite",
+    "",
+    ""
+);
 
 /// PostgreSQL: one pool; rows that serialize a transaction are locked `FOR UPDATE`; changes
 /// are announced with `NOTIFY` so every node drops what it cached at once.
@@ -2072,6 +2152,7 @@ impl PgStore {
             Invalidation::SigningKeys => vec!["keys".into()],
             Invalidation::Services => vec!["services".into()],
             Invalidation::Grants => vec!["grants".into()],
+            Invalidation::Webhooks => vec!["webhooks".into()],
             Invalidation::Client(id) => vec![format!("c:{id}")],
             Invalidation::Token(jti, exp) => vec![format!("t:{exp}:{jti}")],
             Invalidation::Digests(d) => d
@@ -2154,7 +2235,8 @@ impl_store!(
     PgRow,
     sqlx::PgConnection,
     "postgres",
-    " FOR UPDATE"
+    " FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED"
 );
 
 fn hex(bytes: &[u8]) -> String {
@@ -2173,6 +2255,9 @@ fn parse_payload(payload: &str) -> Invalidation {
     }
     if payload == "grants" {
         return Invalidation::Grants;
+    }
+    if payload == "webhooks" {
+        return Invalidation::Webhooks;
     }
     if let Some(id) = payload.strip_prefix("c:") {
         return Invalidation::Client(id.to_string());

@@ -216,6 +216,8 @@ contract!(
     dpop_requirement_round_trips,
     usage_rows_add_up_and_are_purged,
     rate_limit_windows_add_up,
+    webhook_outbox_matches_patterns_and_claims_once,
+    notices_are_given_once_per_credential_and_threshold,
 );
 
 /// An event recording a change in the default organization.
@@ -2375,4 +2377,283 @@ async fn rate_limit_windows_add_up(s: Arc<dyn Store>) {
     assert_eq!(s.rate_windows_live(600).await.unwrap().len(), 1);
     assert_eq!(s.rate_windows_purge(600).await.unwrap(), 1);
     assert_eq!(s.rate_windows_live(0).await.unwrap().len(), 1);
+}
+
+fn endpoint(
+    id: &str,
+    events: &[&str],
+    project: Option<&str>,
+) -> keyplane_core::domain::webhook::Endpoint {
+    keyplane_core::domain::webhook::Endpoint {
+        id: id.into(),
+        org_id: DEFAULT_ORG_ID.into(),
+        project_id: project.map(str::to_string),
+        url: format!("https://hooks.example.com/{id}"),
+        description: String::new(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        enabled: true,
+        disabled_reason: None,
+        secret_sealed: vec![1, 2, 3],
+        pepper_version: 1,
+        previous_sealed: None,
+        previous_until: None,
+        created_at: now(),
+        updated_at: now(),
+        failing_since: None,
+    }
+}
+
+/// Deliveries are queued with the event, for matching enabled endpoints only (exact names,
+/// `area.*`, `*`, the project filter); a claim takes each due delivery once, however many claim
+/// at the same time, until its result is recorded; a failure is retried when due.
+async fn webhook_outbox_matches_patterns_and_claims_once(s: Arc<dyn Store>) {
+    use keyplane_core::domain::webhook::{Attempt, DeliveryResult, DeliveryState};
+    s.ensure_defaults(now()).await.unwrap();
+    for ep in [
+        endpoint("whk_exact", &["api_key.revoke"], None),
+        endpoint("whk_area", &["api_key.*"], None),
+        endpoint("whk_all", &["*"], None),
+        endpoint("whk_project", &["*"], Some("prj_other")),
+    ] {
+        s.webhook_create(&ep, 50, &ev("webhook.create", &ep.id))
+            .await
+            .unwrap();
+    }
+    let mut off = endpoint("whk_off", &["*"], None);
+    s.webhook_create(&off, 50, &ev("webhook.create", &off.id))
+        .await
+        .unwrap();
+    off.enabled = false;
+    s.webhook_update(&off, &ev("webhook.update", &off.id))
+        .await
+        .unwrap();
+    // Queued only from here on: the endpoints' own events went to those created before them.
+    let before: usize = {
+        let mut n = 0;
+        for id in ["whk_exact", "whk_area", "whk_all", "whk_project", "whk_off"] {
+            n += s.webhook_deliveries(id, None, 100).await.unwrap().len();
+        }
+        n
+    };
+    let mut revoke = ev("api_key.revoke", "key_x");
+    revoke.details = serde_json::json!({ "project_id": DEFAULT_PROJECT_ID });
+    s.activity_append(&[revoke.clone(), ev("member.create", "mem_x")])
+        .await
+        .unwrap();
+    let count = |v: Vec<(keyplane_core::domain::webhook::Delivery, Vec<Attempt>)>, id: &str| {
+        v.iter().filter(|(d, _)| d.event_id == id).count()
+    };
+    let member = "member.create";
+    for (ep, revokes, members) in [
+        ("whk_exact", 1, 0),
+        ("whk_area", 1, 0),
+        ("whk_all", 1, 1),
+        ("whk_project", 0, 0),
+        ("whk_off", 0, 0),
+    ] {
+        let d = s.webhook_deliveries(ep, None, 100).await.unwrap();
+        assert_eq!(count(d.clone(), &revoke.id), revokes, "{ep}");
+        assert_eq!(
+            d.iter().filter(|(x, _)| x.event_type == member).count(),
+            members,
+            "{ep}"
+        );
+    }
+    assert!(before > 0, "endpoints are told of one another's creation");
+
+    // Claims race: every due delivery is claimed exactly once.
+    let t = now();
+    let lease = t + time::Duration::seconds(30);
+    let claims = futures_join(&s, t, lease).await;
+    let mut ids: Vec<String> = claims.iter().map(|(d, _)| d.id.clone()).collect();
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no delivery claimed twice");
+    assert!(
+        s.webhook_claim(t, lease, 100).await.unwrap().is_empty(),
+        "leased, or past the cap"
+    );
+    let mut per_endpoint: std::collections::HashMap<&str, i64> = Default::default();
+    for (d, _) in &claims {
+        *per_endpoint.entry(d.endpoint_id.as_str()).or_default() += 1;
+    }
+    assert!(
+        per_endpoint
+            .values()
+            .all(|n| *n <= keyplane_core::domain::webhook::PER_ENDPOINT_IN_FLIGHT),
+        "at most a few per endpoint at once: {per_endpoint:?}"
+    );
+    // One fails and is due again later; the rest are delivered (first: a success clears the
+    // endpoint's `failing_since`).
+    let (first, _) = &claims[0];
+    for (d, _) in claims.iter().rev() {
+        let failed = d.id == first.id;
+        s.webhook_record(
+            &DeliveryResult {
+                attempt: Attempt {
+                    delivery_id: d.id.clone(),
+                    endpoint_id: d.endpoint_id.clone(),
+                    at: t,
+                    duration_ms: 3,
+                    status: Some(if failed { 503 } else { 204 }),
+                    error: failed.then(|| "answered 503".to_string()),
+                },
+                delivered: !failed,
+                next_attempt_at: failed.then(|| t + time::Duration::seconds(5)),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // What the cap held back is claimed now; nothing recorded is claimed again, and the
+    // failure only once it is due.
+    let rest = s.webhook_claim(t, lease, 100).await.unwrap();
+    assert!(rest.iter().all(|(d, _)| !ids.contains(&d.id)), "{rest:?}");
+    let later = t + time::Duration::seconds(6);
+    let again = s
+        .webhook_claim(later, later + time::Duration::seconds(30), 100)
+        .await
+        .unwrap();
+    let (retried, ep) = again
+        .iter()
+        .find(|(d, _)| d.id == first.id)
+        .expect("the failure is retried");
+    assert_eq!(retried.attempts, 2);
+    assert_eq!(ep.failing_since, Some(t));
+    assert!(again
+        .iter()
+        .all(|(d, _)| d.id == first.id || !ids.contains(&d.id)));
+    let log = s
+        .webhook_deliveries(&first.endpoint_id, None, 100)
+        .await
+        .unwrap();
+    let (d, attempts) = log.iter().find(|(d, _)| d.id == first.id).unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(attempts[0].status, Some(503));
+    // A purge forgets what was delivered, never what is pending.
+    let purged = s
+        .webhook_purge(later + time::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(purged as usize, total - 1);
+    let log = s
+        .webhook_deliveries(&first.endpoint_id, None, 100)
+        .await
+        .unwrap();
+    assert!(log.iter().any(|(d, _)| d.id == first.id));
+    assert!(log.iter().all(|(d, _)| d.state == DeliveryState::Pending));
+}
+
+/// Four claims at once.
+async fn futures_join(
+    s: &Arc<dyn Store>,
+    t: OffsetDateTime,
+    lease: OffsetDateTime,
+) -> Vec<(
+    keyplane_core::domain::webhook::Delivery,
+    keyplane_core::domain::webhook::Endpoint,
+)> {
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.webhook_claim(t, lease, 2).await.unwrap() })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.extend(task.await.unwrap());
+    }
+    // Whatever the four left (at most two each), claimed now.
+    out.extend(s.webhook_claim(t, lease, 100).await.unwrap());
+    out
+}
+
+/// Candidates for a notice are the credentials past its threshold that have not had it; a
+/// notice is recorded (with its event) once, and a second record of it writes nothing.
+async fn notices_are_given_once_per_credential_and_threshold(s: Arc<dyn Store>) {
+    use keyplane_core::domain::webhook::NoticeKind;
+    s.ensure_defaults(now()).await.unwrap();
+    let t = now();
+    let mut soon = key(DEFAULT_ORG_ID, DEFAULT_PROJECT_ID, None);
+    soon.expires_at = Some(t + time::Duration::days(2));
+    s.api_key_create(
+        &soon,
+        &secret(&soon.id, 1),
+        None,
+        t,
+        &ev("api_key.create", &soon.id),
+    )
+    .await
+    .unwrap();
+    let mut c = client("old-secret", None);
+    c.secret_rotation_days = None;
+    let mut old = client_secret(&c.client_id, 2);
+    old.created_at = t - time::Duration::days(100);
+    s.client_create(&c, Some(&old), &ev("oauth_client.create", &c.client_id))
+        .await
+        .unwrap();
+
+    let within = |d: i64| t + time::Duration::days(d);
+    let expiring = |d: i64| {
+        let s = Arc::clone(&s);
+        async move {
+            s.notice_candidates(NoticeKind::KeyExpiring, d, t, within(d), 100)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(expiring(1).await.is_empty(), "two days is not within one");
+    let found = expiring(7).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].credential_id, soon.id);
+    let e = ev("api_key.expiring", &soon.id);
+    assert!(s
+        .notice_record(NoticeKind::KeyExpiring, &soon.id, 7, &e)
+        .await
+        .unwrap());
+    assert_recorded(&*s, &e).await;
+    let again = ev("api_key.expiring", &soon.id);
+    assert!(!s
+        .notice_record(NoticeKind::KeyExpiring, &soon.id, 7, &again)
+        .await
+        .unwrap());
+    assert_not_recorded(&*s, &again).await;
+    assert!(expiring(7).await.is_empty());
+
+    let due = |cutoff: OffsetDateTime| {
+        let s = Arc::clone(&s);
+        async move {
+            s.notice_candidates(NoticeKind::SecretRotationDue, 90, t, cutoff, 100)
+                .await
+                .unwrap()
+        }
+    };
+    let found = due(t - time::Duration::days(90)).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].credential_id, old.id);
+    assert_eq!(found[0].client_id.as_deref(), Some(c.client_id.as_str()));
+    assert!(
+        due(t - time::Duration::days(120)).await.is_empty(),
+        "not 120 days old"
+    );
+    let e = ev("client_secret.rotation_due", &c.client_id);
+    assert!(s
+        .notice_record(NoticeKind::SecretRotationDue, &old.id, 90, &e)
+        .await
+        .unwrap());
+    assert!(due(t - time::Duration::days(90)).await.is_empty());
+
+    let unused = s
+        .notice_candidates(
+            NoticeKind::KeyUnused,
+            30,
+            t,
+            t - time::Duration::days(30),
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(unused.is_empty(), "made today: {unused:?}");
 }

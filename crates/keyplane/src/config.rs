@@ -96,6 +96,12 @@ pub struct FileConfig {
     /// Rate limits across nodes (`[rate_limits]`).
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
+    /// Webhook delivery (`[webhooks]`).
+    #[serde(default)]
+    pub webhooks: WebhooksFile,
+    /// Notices about credentials (`[notices]`).
+    #[serde(default)]
+    pub notices: NoticesFile,
 }
 
 /// `[leaks]`: what a report of a leaked credential does, and whose reports are trusted.
@@ -137,6 +143,139 @@ pub struct RateLimitsFile {
     pub sync_interval_ms: Option<u64>,
     /// Without Redis: how many nodes serve; each enforces its share of every limit (default 1).
     pub nodes: Option<u64>,
+}
+
+/// `[webhooks]`: how webhooks are delivered (docs/webhooks.md).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksFile {
+    /// Endpoints may be `http://` on loopback addresses (tests and development; default false).
+    pub allow_loopback: Option<bool>,
+    /// Endpoints may be at private, link-local and other internal addresses (default false).
+    pub allow_private: Option<bool>,
+    /// Seconds before each retry (default 5, 300, 1800, 7200, 18000, 36000, 36000: about a day).
+    pub retry_schedule_seconds: Option<Vec<u64>>,
+    /// An endpoint whose every attempt failed for this long is disabled (default 259200: 3 days).
+    pub disable_after_seconds: Option<u64>,
+    /// How long a rotated-out secret keeps signing beside the new one (default 86400).
+    pub secret_overlap_seconds: Option<u64>,
+    /// How often each node looks for due deliveries besides being woken (default 250 ms).
+    pub poll_interval_ms: Option<u64>,
+}
+
+/// `[notices]`: events about credentials that expire, are due for rotation, or go unused.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticesFile {
+    /// `api_key.expiring` when a key expires within each of these many days (default [7, 1]).
+    pub expiry_days: Option<Vec<i64>>,
+    /// `client_secret.rotation_due` when a secret is this many days old (default: only clients
+    /// with their own `secret_rotation_days`).
+    pub secret_rotation_days: Option<i64>,
+    /// `api_key.unused` when a key has not been used for this many days (default: off).
+    pub unused_days: Option<i64>,
+}
+
+/// Reads `[webhooks]` and `[notices]` (file, then `KEYPLANE_WEBHOOKS_*`/`KEYPLANE_NOTICES_*`).
+fn webhook_settings(
+    file: &FileConfig,
+    env: &HashMap<String, String>,
+) -> Result<(
+    keyplane_core::domain::settings::WebhookSettings,
+    keyplane_core::domain::settings::NoticeSettings,
+    u64,
+)> {
+    use keyplane_core::domain::settings::{NoticeSettings, WebhookSettings};
+    let flag = |var: &str, file: Option<bool>| -> Result<bool> {
+        match env.get(var).map(|v| v.trim()) {
+            Some("true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(_) => bail!("{var} must be true or false"),
+            None => Ok(file.unwrap_or(false)),
+        }
+    };
+    let list = |var: &str| -> Result<Option<Vec<i64>>> {
+        env.get(var)
+            .map(|v| {
+                v.split(',')
+                    .filter(|x| !x.trim().is_empty())
+                    .map(|x| x.trim().parse::<i64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("{var} must be whole numbers, comma-separated"))
+            })
+            .transpose()
+    };
+    let num = |var: &str, file: Option<u64>| -> Result<Option<u64>> {
+        match env.get(var) {
+            Some(v) => {
+                Ok(Some(v.trim().parse().with_context(|| {
+                    format!("{var} must be a whole number")
+                })?))
+            }
+            None => Ok(file),
+        }
+    };
+    let w = &file.webhooks;
+    let defaults = WebhookSettings::default();
+    let schedule: Vec<u64> = match list("KEYPLANE_WEBHOOKS_RETRY_SCHEDULE_SECONDS")? {
+        Some(v) => v.into_iter().map(|x| x.max(0) as u64).collect(),
+        None => w
+            .retry_schedule_seconds
+            .clone()
+            .unwrap_or(defaults.retry_schedule_seconds.clone()),
+    };
+    if schedule.len() > 50 {
+        bail!("webhooks.retry_schedule_seconds may have at most 50 entries");
+    }
+    let webhooks = WebhookSettings {
+        egress: keyplane_core::domain::egress::EgressPolicy {
+            allow_loopback: flag("KEYPLANE_WEBHOOKS_ALLOW_LOOPBACK", w.allow_loopback)?,
+            allow_private: flag("KEYPLANE_WEBHOOKS_ALLOW_PRIVATE", w.allow_private)?,
+        },
+        retry_schedule_seconds: schedule,
+        disable_after_seconds: num(
+            "KEYPLANE_WEBHOOKS_DISABLE_AFTER_SECONDS",
+            w.disable_after_seconds,
+        )?
+        .map(|v| v as i64)
+        .unwrap_or(defaults.disable_after_seconds),
+        secret_overlap_seconds: num(
+            "KEYPLANE_WEBHOOKS_SECRET_OVERLAP_SECONDS",
+            w.secret_overlap_seconds,
+        )?
+        .map(|v| v as i64)
+        .unwrap_or(defaults.secret_overlap_seconds),
+        lease_seconds: defaults.lease_seconds,
+    };
+    let poll = num("KEYPLANE_WEBHOOKS_POLL_INTERVAL_MS", w.poll_interval_ms)?
+        .unwrap_or(250)
+        .max(10);
+    let n = &file.notices;
+    let one = |var: &str, file: Option<i64>| -> Result<Option<i64>> {
+        let v = match env.get(var) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<i64>()
+                    .with_context(|| format!("{var} must be a whole number"))?,
+            ),
+            None => file,
+        };
+        Ok(v.filter(|d| *d > 0))
+    };
+    let notices = NoticeSettings {
+        expiry_days: list("KEYPLANE_NOTICES_EXPIRY_DAYS")?
+            .or(n.expiry_days.clone())
+            .unwrap_or(NoticeSettings::default().expiry_days)
+            .into_iter()
+            .filter(|d| *d > 0)
+            .collect(),
+        secret_rotation_days: one(
+            "KEYPLANE_NOTICES_SECRET_ROTATION_DAYS",
+            n.secret_rotation_days,
+        )?,
+        unused_days: one("KEYPLANE_NOTICES_UNUSED_DAYS", n.unused_days)?,
+    };
+    Ok((webhooks, notices, poll))
 }
 
 /// `[otel]`: traces over OTLP/HTTP, off unless `endpoint` is set.
@@ -545,6 +684,12 @@ pub struct Config {
     /// Apply pending migrations when opening the database (default), or refuse a database
     /// that lacks one (`keyplane serve --no-migrate`).
     pub migrations: keyplane_store::Migrations,
+    /// Webhook delivery (`[webhooks]`).
+    pub webhooks: keyplane_core::domain::settings::WebhookSettings,
+    /// How often each node looks for due webhook deliveries besides being woken.
+    pub webhook_poll_interval_ms: u64,
+    /// Notices about credentials (`[notices]`).
+    pub notices: keyplane_core::domain::settings::NoticeSettings,
 }
 
 impl Config {
@@ -610,6 +755,15 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_OAUTH_REGISTRATION_TOKEN",
     "KEYPLANE_CLIENT_METADATA_ALLOW_LOOPBACK",
     "KEYPLANE_CLIENT_METADATA_CA_CERT",
+    "KEYPLANE_WEBHOOKS_ALLOW_LOOPBACK",
+    "KEYPLANE_WEBHOOKS_ALLOW_PRIVATE",
+    "KEYPLANE_WEBHOOKS_RETRY_SCHEDULE_SECONDS",
+    "KEYPLANE_WEBHOOKS_DISABLE_AFTER_SECONDS",
+    "KEYPLANE_WEBHOOKS_SECRET_OVERLAP_SECONDS",
+    "KEYPLANE_WEBHOOKS_POLL_INTERVAL_MS",
+    "KEYPLANE_NOTICES_EXPIRY_DAYS",
+    "KEYPLANE_NOTICES_SECRET_ROTATION_DAYS",
+    "KEYPLANE_NOTICES_UNUSED_DAYS",
     "KEYPLANE_GATEWAY_RESOURCE",
     "KEYPLANE_FLUSH_INTERVAL_MS",
     "KEYPLANE_STALE_SERVE_SECONDS",
@@ -732,6 +886,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let (metrics_listen, otel) = observability(&file, env)?;
+        let (webhooks, notices, webhook_poll_interval_ms) = webhook_settings(&file, env)?;
 
         let listen = listen_flag
             .map(str::to_string)
@@ -1360,6 +1515,9 @@ impl Config {
             upstream_timeout_ms,
             gateway_max_body_bytes: file.gateway.max_body_bytes.unwrap_or(64 * 1024 * 1024),
             gateway_max_header_bytes: file.gateway.max_header_bytes.unwrap_or(32 * 1024),
+            webhooks,
+            webhook_poll_interval_ms,
+            notices,
         })
     }
 }
@@ -1833,5 +1991,57 @@ mod tests {
             .unwrap()
         )
         .contains("very-long"));
+    }
+
+    #[test]
+    fn webhooks_and_notices() {
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert!(!c.webhooks.egress.allow_loopback && !c.webhooks.egress.allow_private);
+        assert_eq!(c.webhooks.retry_schedule_seconds.len(), 7);
+        assert_eq!(c.notices.expiry_days, vec![7, 1]);
+        assert_eq!(c.notices.unused_days, None);
+        assert_eq!(c.webhook_poll_interval_ms, 250);
+
+        let dir = std::env::temp_dir().join(format!("kp-webhooks-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyplane.toml");
+        std::fs::write(
+            &file,
+            "[webhooks]\nallow_private = true\nretry_schedule_seconds = [1, 2]\n\
+             disable_after_seconds = 60\nsecret_overlap_seconds = 10\n\
+             [notices]\nexpiry_days = [30]\nunused_days = 45\nsecret_rotation_days = 90\n",
+        )
+        .unwrap();
+        let flags = ConfigFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&flags, None, &env(&[])).unwrap();
+        assert!(c.webhooks.egress.allow_private && !c.webhooks.egress.allow_loopback);
+        assert_eq!(c.webhooks.retry_schedule_seconds, vec![1, 2]);
+        assert_eq!(c.webhooks.disable_after_seconds, 60);
+        assert_eq!(c.webhooks.secret_overlap_seconds, 10);
+        assert_eq!(c.notices.expiry_days, vec![30]);
+        assert_eq!(c.notices.unused_days, Some(45));
+        assert_eq!(c.notices.secret_rotation_days, Some(90));
+        // The environment over the file.
+        let e = env(&[
+            ("KEYPLANE_WEBHOOKS_ALLOW_LOOPBACK", "true"),
+            ("KEYPLANE_WEBHOOKS_RETRY_SCHEDULE_SECONDS", "3, 4, 5"),
+            ("KEYPLANE_NOTICES_EXPIRY_DAYS", "14,2"),
+            ("KEYPLANE_NOTICES_UNUSED_DAYS", "0"),
+        ]);
+        let c = Config::load(&flags, None, &e).unwrap();
+        assert!(c.webhooks.egress.allow_loopback);
+        assert_eq!(c.webhooks.retry_schedule_seconds, vec![3, 4, 5]);
+        assert_eq!(c.notices.expiry_days, vec![14, 2]);
+        assert_eq!(c.notices.unused_days, None, "0 turns it off");
+        assert!(Config::load(
+            &flags,
+            None,
+            &env(&[("KEYPLANE_WEBHOOKS_ALLOW_PRIVATE", "maybe")])
+        )
+        .is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

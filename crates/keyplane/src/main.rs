@@ -130,6 +130,13 @@ enum Command {
         #[command(subcommand)]
         command: LeaksCommand,
     },
+    /// Webhook endpoints, their signing secrets and delivery log, through a running server.
+    Webhooks {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::WebhooksCommand,
+    },
     /// Members of an organization, through a running server.
     Members {
         #[command(flatten)]
@@ -339,6 +346,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Clients { client, command } => done(client::clients(&client, command).await),
         Command::Leaks { client, command } => done(client::leaks(&client, command).await),
         Command::Members { client, command } => done(client::members(&client, command).await),
+        Command::Webhooks { client, command } => done(client::webhooks(&client, command).await),
         Command::Orgs { client, command } => done(client::orgs(&client, command).await),
         Command::Projects { client, command } => done(client::projects(&client, command).await),
         Command::Roles { client, command } => done(client::roles(&client, command).await),

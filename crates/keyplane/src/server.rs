@@ -84,6 +84,8 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         leaks: config.leaks.clone(),
         usage_minute_retention_hours: config.usage_minute_retention_hours as i64,
         usage_hour_retention_days: config.usage_hour_retention_days as i64,
+        webhooks: config.webhooks.clone(),
+        notices: config.notices.clone(),
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,
@@ -110,6 +112,10 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
     let app = Keyplane::new(store, Arc::new(SystemClock), pepper, settings);
     app.set_jwks_fetcher(Arc::new(
         crate::jwks::HttpJwksFetcher::new().context("cannot build the jwks_uri HTTP client")?,
+    ));
+    app.set_webhook_sender(Arc::new(
+        crate::webhooks::HttpWebhookSender::new(config.webhooks.egress)
+            .context("cannot build the webhook HTTP client")?,
     ));
     let metadata_ca = match &config.client_metadata_ca_cert {
         Some(path) => Some(std::fs::read(path).with_context(|| {
@@ -368,6 +374,13 @@ pub async fn start(
         })
     };
 
+    // Webhook deliveries: claimed from the outbox (with a lease, so nodes never send one
+    // delivery at once) and sent; a delivery cut off by a stop is claimed again after its lease.
+    let webhook_worker = tokio::spawn(crate::webhooks::run_worker(
+        Arc::clone(&app),
+        Duration::from_millis(config.webhook_poll_interval_ms),
+    ));
+
     let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app), certificates.clone()));
     let cert_watcher = tokio::spawn(certificates.watch(crate::tls::POLL_INTERVAL));
 
@@ -469,6 +482,7 @@ pub async fn start(
         if let Some(r) = &redis_sync {
             r.abort();
         }
+        webhook_worker.abort();
         preloader.stop();
         let _ = flusher_stop.send(());
         let _ = flusher.await;
@@ -620,7 +634,8 @@ pub fn admin_key_banner(key: &SecretString) -> String {
     )
 }
 
-/// Once a minute: rotate due signing keys, warn about expiring client secrets, forget
+/// Once a minute: rotate due signing keys, warn about expiring client secrets, record notices
+/// (`api_key.expiring`, `client_secret.rotation_due`, `api_key.unused`), forget
 /// revocations of tokens that have expired anyway and the `jti`s of expired client
 /// assertions, reload what other nodes changed (a safety net behind NOTIFY), and verify the
 /// activity events appended since the last checkpoint (a broken chain is logged; a new
@@ -647,6 +662,14 @@ async fn maintain(app: &Keyplane) {
         (
             "purge usage counts past their retention",
             app.purge_usage().await.map(|_| ()),
+        ),
+        (
+            "forget old webhook deliveries",
+            app.purge_webhook_deliveries().await.map(|_| ()),
+        ),
+        (
+            "record notices about expiring, unrotated and unused credentials",
+            app.record_notices().await.map(|_| ()),
         ),
         ("reload signing keys", app.reload_signing_keys().await),
         ("reload revocations", app.reload_revocations().await),

@@ -431,6 +431,67 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/leaks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Report a leaked credential. Any valid credential may report; a live key or client secret
+         *     is revoked (or only recorded, under `leaks.policy = "notify"`) whoever owns it, but the
+         *     answer names it only to a caller who may see it.
+         */
+        post: operations["leaks_report"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/leaks/github": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Receive a report from GitHub's secret-scanning partner program: a JSON array of
+         *     `{token, type, url, source}`, signed with ECDSA P-256 over the raw body
+         *     (`Github-Public-Key-Identifier`, `Github-Public-Key-Signature`). Needs no keyplane
+         *     credential; a bad signature changes nothing (401; throttled per address like any failed
+         *     authentication, then 429), and the same report again is refused (409).
+         */
+        post: operations["leaks_github"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/leaks/patterns": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The regular expressions a secret scanner needs, one per configured credential format. */
+        get: operations["leaks_patterns"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/me": {
         parameters: {
             query?: never;
@@ -863,6 +924,137 @@ export interface paths {
         patch: operations["services_update"];
         trace?: never;
     };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Requests over time, one bucket per minute or hour (empty buckets included), counted per
+         *     outcome. A credential out of the caller's reach answers 404 like an unknown id.
+         */
+        get: operations["usage_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/usage/top": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The credentials with the most requests (or refusals) in a window, counted by the hour. */
+        get: operations["usage_top"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List the organization's webhook endpoints. */
+        get: operations["webhooks_list"];
+        put?: never;
+        /** Register a webhook endpoint. Its signing secret is in this answer only. */
+        post: operations["webhooks_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get one webhook endpoint. */
+        get: operations["webhooks_get"];
+        put?: never;
+        post?: never;
+        /** Delete an endpoint and its delivery log; nothing more is sent to it. */
+        delete: operations["webhooks_delete"];
+        options?: never;
+        head?: never;
+        /** Change an endpoint's URL, events, description, or whether it is enabled. */
+        patch: operations["webhooks_update"];
+        trace?: never;
+    };
+    "/v1/webhooks/{id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The endpoint's delivery log, newest first: each delivery's state and attempts (time,
+         *     response status, duration, error).
+         */
+        get: operations["webhooks_deliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a delivery again now, with the same `webhook-id` (its retry schedule starts over). */
+        post: operations["webhooks_redeliver"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A new signing secret, shown once. The previous one keeps signing beside it (both
+         *     signatures in `webhook-signature`) until `previous_secret_until`.
+         */
+        post: operations["webhooks_rotate_secret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1beta/oauth/token": {
         parameters: {
             query?: never;
@@ -959,6 +1151,8 @@ export interface components {
             /** @description The secret's first characters, to recognise it. */
             prefix: string;
             project_id: string;
+            /** @description Named rate limits applied wherever the key is checked. */
+            rate_limits: components["schemas"]["RateLimitView"][];
             roles: string[];
             scopes: string[];
             /** @description `active`, `revoked` or `expired`. */
@@ -991,6 +1185,18 @@ export interface components {
             /** @description `active` or `blocked`. */
             status: string;
             token_endpoint_auth_method: string;
+        };
+        /** @description One attempt to deliver. */
+        AttemptView: {
+            at: string;
+            /** Format: int64 */
+            duration_ms: number;
+            error?: string | null;
+            /**
+             * Format: int64
+             * @description The answer's status, when one came.
+             */
+            status?: number | null;
         };
         /** @description A JWT-style `aud`: a string, or an array of strings. */
         AudienceValue: string | string[];
@@ -1090,6 +1296,8 @@ export interface components {
             org_id: string;
             owner_member_id?: string | null;
             project_id: string;
+            /** @description Named rate limits applied wherever the client's access tokens are checked. */
+            rate_limits: components["schemas"]["RateLimitView"][];
             scopes: string[];
             /** Format: int64 */
             secret_rotation_days?: number | null;
@@ -1173,6 +1381,8 @@ export interface components {
             /** @description Only org-wide managers may create a key for another member; a member's keys are their own. */
             owner_member_id?: string | null;
             project_id?: string | null;
+            /** @description Named rate limits, e.g. `[{"name": "burst", "limit": 100, "window": "1s"}]`. */
+            rate_limits?: components["schemas"]["RateLimitView"][];
             roles?: string[];
             scopes?: string[];
         };
@@ -1211,6 +1421,8 @@ export interface components {
             org_id?: string | null;
             owner_member_id?: string | null;
             project_id?: string | null;
+            /** @description Named rate limits, e.g. `[{"name": "daily", "limit": 10000, "window": "1d"}]`. */
+            rate_limits?: components["schemas"]["RateLimitView"][];
             scopes?: string[];
             /**
              * Format: int64
@@ -1258,6 +1470,33 @@ export interface components {
             resources?: string[];
             /** @description e.g. `["ai-guard:read", "ai-guard:write"]` */
             scopes: string[];
+        };
+        CreateWebhook: {
+            description?: string | null;
+            /** @description Activity event types (`api_key.revoke`, …), `area.*`, or `*`. */
+            events: string[];
+            /** @description The organization (default: the caller's). */
+            org_id?: string | null;
+            /** @description Only events about this project's credentials. */
+            project_id?: string | null;
+            /** @description `https://…` (`http://` only to loopback, when the deployment allows it). */
+            url: string;
+        };
+        /** @description One event queued for the endpoint, with its attempts (newest first). */
+        DeliveryView: {
+            attempts: components["schemas"]["AttemptView"][];
+            created_at: string;
+            delivered_at?: string | null;
+            event_id: string;
+            event_type: string;
+            /** @description The `webhook-id`, the same on every attempt. */
+            id: string;
+            last_error?: string | null;
+            /** Format: int64 */
+            last_status?: number | null;
+            next_attempt_at?: string | null;
+            /** @description `pending`, `delivered` or `failed`. */
+            state: string;
         };
         EventView: {
             action: string;
@@ -1388,6 +1627,53 @@ export interface components {
         JwkSet: {
             keys: components["schemas"]["Jwk"][];
         };
+        /** @description GitHub's feedback on one reported token. */
+        LeakFeedback: {
+            /** @description `true_positive` (a credential keyplane issued) or `false_positive`. */
+            label: string;
+            /** @description The hex SHA-256 of the reported token (the token itself is never sent back). */
+            token_hash: string;
+            /** @description The `type` the report gave. */
+            token_type: string;
+        };
+        /** @description A scanner's regular expression for one kind of keyplane credential. */
+        LeakPatternView: {
+            /** @description How a scanner rules out a match that is no credential, with no call to keyplane. */
+            checksum: string;
+            /** @description `api_key`, `client_secret` or `admin_key`. */
+            kind: string;
+            prefix: string;
+            regex: string;
+        };
+        /** @description The patterns of this deployment's credentials. */
+        LeakPatternsView: {
+            patterns: components["schemas"]["LeakPatternView"][];
+        };
+        /** @description A token someone found. */
+        LeakReportRequest: {
+            /** @description What kind of place that is (e.g. `commit`, `paste`); `api` when absent. */
+            source?: string | null;
+            /** @description The credential as found (an API key or a client secret). */
+            token: string;
+            /** @description Where it was found. */
+            url?: string | null;
+        };
+        /** @description The answer to a report. */
+        LeakReportView: {
+            credential?: null | components["schemas"]["LeakedCredentialView"];
+            /** @description Always true: the report was taken (whether the token was a credential is not said). */
+            received: boolean;
+        };
+        /** @description The reported credential, when the reporter may see it. */
+        LeakedCredentialView: {
+            /** @description `revoked`, `notified` or `already_inactive`. */
+            action: string;
+            /** @description The key's id, or the client's id for a client secret. */
+            id: string;
+            /** @description `api_key`, `client_secret` or `admin_key`. */
+            kind: string;
+            secret_id?: string | null;
+        };
         List_ApiKeyView: {
             items: {
                 created_at: string;
@@ -1412,6 +1698,8 @@ export interface components {
                 /** @description The secret's first characters, to recognise it. */
                 prefix: string;
                 project_id: string;
+                /** @description Named rate limits applied wherever the key is checked. */
+                rate_limits: components["schemas"]["RateLimitView"][];
                 roles: string[];
                 scopes: string[];
                 /** @description `active`, `revoked` or `expired`. */
@@ -1478,6 +1766,8 @@ export interface components {
                 org_id: string;
                 owner_member_id?: string | null;
                 project_id: string;
+                /** @description Named rate limits applied wherever the client's access tokens are checked. */
+                rate_limits: components["schemas"]["RateLimitView"][];
                 scopes: string[];
                 /** Format: int64 */
                 secret_rotation_days?: number | null;
@@ -1491,6 +1781,25 @@ export interface components {
                 token_endpoint_auth_method: string;
                 /** @description `opaque` or `jwt` */
                 token_format: string;
+            }[];
+            /** @description Pass as `cursor` to get the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
+        List_DeliveryView: {
+            items: {
+                attempts: components["schemas"]["AttemptView"][];
+                created_at: string;
+                delivered_at?: string | null;
+                event_id: string;
+                event_type: string;
+                /** @description The `webhook-id`, the same on every attempt. */
+                id: string;
+                last_error?: string | null;
+                /** Format: int64 */
+                last_status?: number | null;
+                next_attempt_at?: string | null;
+                /** @description `pending`, `delivered` or `failed`. */
+                state: string;
             }[];
             /** @description Pass as `cursor` to get the next page; absent on the last page. */
             next_cursor?: string | null;
@@ -1620,6 +1929,28 @@ export interface components {
             /** @description Pass as `cursor` to get the next page; absent on the last page. */
             next_cursor?: string | null;
         };
+        List_WebhookView: {
+            items: {
+                created_at: string;
+                description: string;
+                /** @description Why keyplane disabled the endpoint (sustained failure), when it did. */
+                disabled_reason?: string | null;
+                enabled: boolean;
+                /** @description Event types, `area.*` or `*`. */
+                events: string[];
+                /** @description The first failed attempt since the last success. */
+                failing_since?: string | null;
+                id: string;
+                org_id: string;
+                /** @description Until when the secret before the last rotation also signs. */
+                previous_secret_until?: string | null;
+                project_id?: string | null;
+                updated_at: string;
+                url: string;
+            }[];
+            /** @description Pass as `cursor` to get the next page; absent on the last page. */
+            next_cursor?: string | null;
+        };
         MemberView: {
             created_at: string;
             email: string;
@@ -1703,6 +2034,31 @@ export interface components {
             resource_name: string;
             /** @description The scopes of the resource's service: what a token for this resource may carry. */
             scopes_supported: string[];
+        };
+        /** @description One named rate limit of an API key or OAuth client. */
+        RateLimitView: {
+            /**
+             * Format: int64
+             * @description Units one request costs when no route rule names another cost (default 1).
+             */
+            cost?: number | null;
+            /**
+             * Format: int64
+             * @description At most this many units (requests, unless a cost says otherwise) per window.
+             */
+            limit: number;
+            /** @description 1 to 32 letters, digits, `_` or `-`; unique per credential. */
+            name: string;
+            /**
+             * @description Who shares the count: `credential` (default), `owner` (every credential of the key's
+             *     or client's owner) or `project` (every credential of its project).
+             */
+            shared?: string | null;
+            /**
+             * @description `1s`, `30s`, `1m`, `1h`, `1d` (a whole number and a unit; 100 ms to 30 days).
+             * @example 1s
+             */
+            window: string;
         };
         /** @description What `/readyz` answers. */
         ReadinessView: {
@@ -1867,6 +2223,20 @@ export interface components {
             /** @description `Bearer`, or `DPoP` for a token bound to the key of the request's DPoP proof. */
             token_type: string;
         };
+        /** @description One credential of `GET /v1/usage/top`. */
+        TopCredentialView: {
+            credential_id: string;
+            /** @description `api_key` or `client`. */
+            kind: string;
+            /** @description Empty when the credential has since been deleted. */
+            name: string;
+            org_id: string;
+            project_id: string;
+            /** Format: int64 */
+            refusals: number;
+            /** Format: int64 */
+            requests: number;
+        };
         UpdateApiKey: {
             /** @description A service name, or `null` to remove the default mark. */
             default_for_service?: string | null;
@@ -1876,6 +2246,8 @@ export interface components {
             /** @description Replaces the clients that may act for the key's holder (`[]`: none). */
             may_act?: string[] | null;
             name?: string | null;
+            /** @description Replaces the key's rate limits (`[]`: none). */
+            rate_limits?: components["schemas"]["RateLimitView"][] | null;
             roles?: string[] | null;
             scopes?: string[] | null;
         };
@@ -1898,6 +2270,8 @@ export interface components {
             /** @description Replaces the clients that may act for it (`[]`: none). */
             may_act?: string[] | null;
             name?: string | null;
+            /** @description Replaces the client's rate limits (`[]`: none). */
+            rate_limits?: components["schemas"]["RateLimitView"][] | null;
             scopes?: string[] | null;
             /** Format: int64 */
             secret_rotation_days?: number | null;
@@ -1916,6 +2290,37 @@ export interface components {
             description?: string | null;
             /** @description Replaces its resource URIs (`[]`: none, so no audience is checked for its scopes). */
             resources?: string[] | null;
+        };
+        UpdateWebhook: {
+            description?: string | null;
+            /** @description `true` enables an endpoint again (also one keyplane disabled). */
+            enabled?: boolean | null;
+            events?: string[] | null;
+            url?: string | null;
+        };
+        /** @description Requests in one bucket of a usage series. */
+        UsageBucketView: {
+            /**
+             * @description Requests per outcome (`allowed`, `unknown`, `revoked`, `expired`, `insufficient_scope`,
+             *     `rate_limited`, `missing`, `malformed`, `wrong_audience`, `no_rule`, `dpop`); outcomes
+             *     with no request are absent.
+             */
+            counts: Record<string, never>;
+            /** @description The bucket's first instant (RFC 3339, UTC). */
+            start: string;
+            /** Format: int64 */
+            total: number;
+        };
+        /**
+         * @description Requests over time: one bucket per minute or hour from `since` to `until`, empty ones
+         *     included.
+         */
+        UsageView: {
+            buckets: components["schemas"]["UsageBucketView"][];
+            /** @description `minute` or `hour`. */
+            granularity: string;
+            since: string;
+            until: string;
         };
         VerifyView: {
             /**
@@ -1939,6 +2344,31 @@ export interface components {
              * @description The last event verified.
              */
             verified_to: number;
+        };
+        /** @description A webhook endpoint (never its secret). */
+        WebhookView: {
+            created_at: string;
+            description: string;
+            /** @description Why keyplane disabled the endpoint (sustained failure), when it did. */
+            disabled_reason?: string | null;
+            enabled: boolean;
+            /** @description Event types, `area.*` or `*`. */
+            events: string[];
+            /** @description The first failed attempt since the last success. */
+            failing_since?: string | null;
+            id: string;
+            org_id: string;
+            /** @description Until when the secret before the last rotation also signs. */
+            previous_secret_until?: string | null;
+            project_id?: string | null;
+            updated_at: string;
+            url: string;
+        };
+        /** @description A new endpoint, or a rotated secret: the `whsec_` secret is in this answer only. */
+        WebhookWithSecret: components["schemas"]["WebhookView"] & {
+            message: string;
+            /** @description `whsec_` + base64 of 32 random bytes (Standard Webhooks). */
+            secret: string;
         };
         WhoAmI: {
             actor: string;
@@ -3853,6 +4283,21 @@ export interface operations {
                     "application/json": components["schemas"]["OAuthErrorBody"];
                 };
             };
+            /** @description the credential is over one of its rate limits (`rate_limited`) */
+            429: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: its state, e.g. `"burst";r=0;t=1` */
+                    RateLimit?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: the limit, e.g. `"burst";q=100;w=1` */
+                    "RateLimit-Policy"?: string;
+                    /** @description seconds until the limit's window resets */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthErrorBody"];
+                };
+            };
         };
     };
     authz_check_original: {
@@ -3903,6 +4348,319 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["OAuthErrorBody"];
+                };
+            };
+            /** @description the credential is over one of its rate limits (`rate_limited`) */
+            429: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: its state, e.g. `"burst";r=0;t=1` */
+                    RateLimit?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: the limit, e.g. `"burst";q=100;w=1` */
+                    "RateLimit-Policy"?: string;
+                    /** @description seconds until the limit's window resets */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthErrorBody"];
+                };
+            };
+        };
+    };
+    leaks_report: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LeakReportRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LeakReportView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not sent as `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    leaks_github: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The signing key's identifier */
+                "Github-Public-Key-Identifier": string;
+                /** @description Base64 of the DER ECDSA P-256 SHA-256 signature of the raw body */
+                "Github-Public-Key-Signature": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        /** @description `[{"token", "type", "url", "source"}]` */
+        requestBody: {
+            content: {
+                "application/json": string;
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LeakFeedback"][];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing or bad signature */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the same report was received before */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not sent as `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many bad signatures from this address */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    leaks_patterns: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LeakPatternsView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -6950,6 +7708,891 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    usage_get: {
+        parameters: {
+            query?: {
+                /** @description One API key (`key_…`) or OAuth client (its `client_id`; its access tokens count for it). */
+                credential_id?: string;
+                /**
+                 * @description An organization (the admin key without it: the whole deployment, including requests
+                 *     no credential could be named for).
+                 */
+                org_id?: string;
+                project_id?: string;
+                /** @description A service name, as route rules and scopes name it. */
+                service?: string;
+                /**
+                 * @description Only this outcome: `allowed`, `unknown`, `revoked`, `expired`, `insufficient_scope`,
+                 *     `rate_limited`, `missing`, `malformed`, `wrong_audience`, `no_rule`, `dpop`.
+                 */
+                outcome?: string;
+                /** @description RFC 3339; default: an hour (minutes) or a day (hours) before `until`. */
+                since?: string;
+                /** @description RFC 3339, exclusive; default: now. */
+                until?: string;
+                /** @description `minute` (the default; kept a day) or `hour` (kept 90 days by default). */
+                granularity?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageView"];
+                };
+            };
+            /** @description a bad filter: `since` after `until`, too many buckets, an unknown outcome or granularity */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    usage_top: {
+        parameters: {
+            query?: {
+                org_id?: string;
+                project_id?: string;
+                /** @description RFC 3339; default: a day before `until`. */
+                since?: string;
+                /** @description RFC 3339; default: now. */
+                until?: string;
+                /** @description `requests` (the default) or `refusals`. */
+                by?: string;
+                /** @description 1 to 100; default 10. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TopCredentialView"][];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_list: {
+        parameters: {
+            query?: {
+                org_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["List_WebhookView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateWebhook"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    /** @description `no-store`: the answer carries a secret */
+                    "Cache-Control"?: string;
+                    /** @description `no-cache` */
+                    Pragma?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookWithSecret"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource, or one this credential may not see (the two answer alike) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not sent as `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateWebhook"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than 64 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not sent as `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_deliveries: {
+        parameters: {
+            query?: {
+                cursor?: string;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["List_DeliveryView"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_redeliver: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An internal error; the cause is in the server's log */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    webhooks_rotate_secret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    /** @description `no-store`: the answer carries a secret */
+                    "Cache-Control"?: string;
+                    /** @description `no-cache` */
+                    Pragma?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookWithSecret"];
+                };
+            };
+            /** @description Malformed: the JSON, the query string or a path parameter cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No credential, or one that is malformed, unknown, revoked or expired */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="keyplane", error="invalid_token", ...` */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credential lacks the permission, or the change is beyond its ceiling */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A name already taken, a limit reached, or a concurrent change */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A field or query parameter breaks a rule; `field` names it */
             422: {
                 headers: {
                     [name: string]: unknown;

@@ -34,10 +34,13 @@ pub enum Permission {
     /// Call the introspection endpoint.
     #[serde(rename = "tokens:introspect")]
     TokensIntrospect,
+    /// Manage the organization's webhook endpoints and see their deliveries.
+    #[serde(rename = "webhooks:manage")]
+    WebhooksManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::KeysManage,
         Permission::KeysOwn,
         Permission::ClientsManage,
@@ -46,6 +49,7 @@ impl Permission {
         Permission::RolesManage,
         Permission::ActivityRead,
         Permission::TokensIntrospect,
+        Permission::WebhooksManage,
     ];
 
     fn bit(self) -> u32 {
@@ -62,6 +66,7 @@ impl Permission {
             Permission::RolesManage => "roles:manage",
             Permission::ActivityRead => "activity:read",
             Permission::TokensIntrospect => "tokens:introspect",
+            Permission::WebhooksManage => "webhooks:manage",
         }
     }
 

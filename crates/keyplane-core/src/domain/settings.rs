@@ -32,6 +32,62 @@ pub struct Settings {
     pub usage_minute_retention_hours: i64,
     /// Days per-hour usage rows are kept (90 by default).
     pub usage_hour_retention_days: i64,
+    pub webhooks: WebhookSettings,
+    pub notices: NoticeSettings,
+}
+
+/// How webhooks are delivered (`domain::webhook`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Which addresses endpoints may be at besides public ones.
+    pub egress: crate::domain::egress::EgressPolicy,
+    /// Seconds to wait before each retry: the n-th entry after the n-th failed attempt. When
+    /// they are used up, the delivery fails.
+    pub retry_schedule_seconds: Vec<u64>,
+    /// An endpoint whose every attempt has failed for this long is disabled (`webhook.disable`).
+    pub disable_after_seconds: i64,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    pub secret_overlap_seconds: i64,
+    /// How long a node holds a claimed delivery before another may take it over (longer than
+    /// one attempt's timeout).
+    pub lease_seconds: i64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            egress: Default::default(),
+            // About a day in all, as Standard Webhooks suggests: 5 s, 5 min, 30 min, 2 h, 5 h,
+            // 10 h, 10 h.
+            retry_schedule_seconds: vec![5, 300, 1800, 7200, 18_000, 36_000, 36_000],
+            disable_after_seconds: 3 * 86_400,
+            secret_overlap_seconds: 86_400,
+            lease_seconds: 30,
+        }
+    }
+}
+
+/// When keyplane records notices about credentials (`domain::webhook::NoticeKind`).
+#[derive(Debug, Clone)]
+pub struct NoticeSettings {
+    /// `api_key.expiring` when a key expires within each of these many days (once per key and
+    /// threshold).
+    pub expiry_days: Vec<i64>,
+    /// `client_secret.rotation_due` when a client secret is this many days old (a client's own
+    /// `secret_rotation_days` comes first); `None`: only clients with a rotation policy.
+    pub secret_rotation_days: Option<i64>,
+    /// `api_key.unused` when an active key has not been used for this many days; `None`: off.
+    pub unused_days: Option<i64>,
+}
+
+impl Default for NoticeSettings {
+    fn default() -> Self {
+        Self {
+            expiry_days: vec![7, 1],
+            secret_rotation_days: None,
+            unused_days: None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -49,6 +105,8 @@ impl Default for Settings {
             leaks: Default::default(),
             usage_minute_retention_hours: 24,
             usage_hour_retention_days: 90,
+            webhooks: Default::default(),
+            notices: Default::default(),
         }
     }
 }

@@ -81,6 +81,11 @@ pub struct Runtime {
     pub(crate) usage: usage::UsageCounters,
     /// Rate-limit counters.
     pub(crate) limiter: ratelimit::Limiter,
+    /// Delivers webhooks (registered by the binary; none: deliveries wait in the outbox).
+    pub(crate) webhook_sender: RwLock<Option<Arc<dyn crate::domain::webhook::WebhookSender>>>,
+    /// Wakes this node's delivery worker when deliveries were queued (here or, through the
+    /// change feed, on another node).
+    pub(crate) webhook_wake: tokio::sync::Notify,
 }
 
 impl Runtime {
@@ -115,6 +120,8 @@ impl Runtime {
             verifying: tokio::sync::Mutex::new(()),
             usage: Default::default(),
             limiter: Default::default(),
+            webhook_sender: RwLock::new(None),
+            webhook_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -195,6 +202,7 @@ impl Runtime {
             Invalidation::SigningKeys => {}
             Invalidation::Services => self.services.clear(),
             Invalidation::Grants => self.grants.clear(),
+            Invalidation::Webhooks => self.webhook_wake.notify_one(),
             Invalidation::FeedLost => {
                 tracing::warn!(
                     bound_seconds = self.settings.stale_serve_seconds,

@@ -32,6 +32,25 @@ impl Runtime {
         Ok(access)
     }
 
+    /// A webhook endpoint `p` may manage.
+    pub async fn webhook_in_reach(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<(crate::domain::webhook::Endpoint, Access)> {
+        const WHAT: &str = "webhook";
+        if !is_id("whk", id) {
+            return Err(Error::NotFound(WHAT));
+        }
+        let ep = self
+            .store
+            .webhook_get(id)
+            .await?
+            .ok_or(Error::NotFound(WHAT))?;
+        let access = self.reach(p, &ep.org_id, None, Permission::WebhooksManage, WHAT)?;
+        Ok((ep, access))
+    }
+
     /// An API key `p` may manage.
     pub async fn key_in_reach(&self, p: &Principal, id: &str) -> Result<(ApiKey, Access)> {
         const WHAT: &str = "API key";

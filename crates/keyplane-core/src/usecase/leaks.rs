@@ -69,6 +69,8 @@ pub struct LeakHandled {
     /// The client secret's id, for a client secret.
     pub secret_id: Option<String>,
     pub org_id: Option<String>,
+    /// Its project (webhook endpoints of one project receive its events).
+    pub project_id: Option<String>,
     pub action: LeakAction,
 }
 
@@ -394,6 +396,7 @@ impl Keyplane {
                     credential_id: "admin-key".into(),
                     secret_id: None,
                     org_id: None,
+                    project_id: None,
                     action: LeakAction::Notified,
                 };
                 rt.store
@@ -441,6 +444,7 @@ impl Keyplane {
             credential_id: key.id.clone(),
             secret_id: None,
             org_id: Some(key.org_id.clone()),
+            project_id: Some(key.project_id.clone()),
             action,
         };
         let event = self.leak_event(&handled, cx);
@@ -495,6 +499,7 @@ impl Keyplane {
             credential_id: c.client_id.clone(),
             secret_id: Some(secret_id.to_string()),
             org_id: Some(c.org_id.clone()),
+            project_id: Some(c.project_id.clone()),
             action,
         };
         if action == LeakAction::Revoked {
@@ -530,6 +535,9 @@ impl Keyplane {
             "reporter": cx.actor,
             "action": h.action.as_str(),
         });
+        if let Some(project) = &h.project_id {
+            details["project_id"] = serde_json::Value::String(project.clone());
+        }
         if let Some(sid) = &h.secret_id {
             details["secret_id"] = serde_json::Value::String(sid.clone());
         }

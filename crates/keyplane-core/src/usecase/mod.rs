@@ -26,6 +26,7 @@ pub mod services;
 pub mod signing_keys;
 pub mod tokens;
 pub mod usage;
+pub mod webhooks;
 
 /// How many times a change is computed again when another change to the same row committed
 /// first (without `If-Match`). Each try re-reads the row, so no edit is lost.

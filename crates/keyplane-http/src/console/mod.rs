@@ -25,6 +25,7 @@ mod pages;
 mod present;
 mod usage;
 mod views;
+mod webhooks;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -110,6 +111,12 @@ pub fn router() -> Router<AppState> {
         .route("/console/search", get(pages::search))
         .route("/console/apps", get(pages::apps))
         .route("/console/apps/{id}/revoke", post(actions::grant_revoke))
+        .route(
+            "/console/webhooks",
+            get(webhooks::page).post(webhooks::create),
+        )
+        .route("/console/webhooks/{id}/enabled", post(webhooks::toggle))
+        .route("/console/webhooks/{id}/delete", post(webhooks::delete))
         .route(
             "/console/authorize",
             get(authorize::show).post(authorize::decide),

@@ -40,7 +40,7 @@ pub(crate) async fn scope(s: &AppState, signed: &SignedIn) -> Result<(String, St
     Ok((org, project))
 }
 
-async fn layout(
+pub(crate) async fn layout(
     s: &AppState,
     sess: &Session,
     title: &str,

@@ -10,3 +10,4 @@ pub mod mgmt;
 pub mod oauth;
 pub mod ops;
 pub mod usage;
+pub mod webhooks;

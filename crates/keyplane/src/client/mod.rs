@@ -14,6 +14,7 @@ mod leaks;
 mod org;
 mod render;
 mod usage;
+mod webhooks;
 
 pub use activity::query as activity;
 pub use clients::run as clients;
@@ -29,6 +30,7 @@ pub use keys::KeysCommand;
 pub use leaks::LeaksCommand;
 pub use org::{MembersCommand, OrgsCommand, ProjectsCommand, RolesCommand, ServicesCommand};
 pub use render::table;
+pub use webhooks::{run as webhooks, WebhooksCommand};
 
 use anyhow::{bail, Context, Result};
 use reqwest::{Method, StatusCode};

@@ -98,7 +98,7 @@ impl<'a> Cli<'a> {
     }
 
     /// Runs a command that must succeed; its stdout.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
         assert!(
             out.status.success(),

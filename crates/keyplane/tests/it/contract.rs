@@ -113,6 +113,17 @@ const SERVED: &[(&str, &str)] = &[
         "/v1/oauth-clients/{client_id}/secrets/{secret_id}",
     ),
     ("POST", "/v1/oauth-clients/{client_id}/tokens"),
+    ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{id}"),
+    ("PATCH", "/v1/webhooks/{id}"),
+    ("DELETE", "/v1/webhooks/{id}"),
+    ("POST", "/v1/webhooks/{id}/rotate-secret"),
+    ("GET", "/v1/webhooks/{id}/deliveries"),
+    (
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    ),
     // Forward auth takes any method; the document shows GET, the form proxies send.
     ("GET", "/v1/authz"),
     ("GET", "/v1/authz/{original}"),

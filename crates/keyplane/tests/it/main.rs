@@ -70,3 +70,4 @@ mod tls;
 mod usage;
 mod verify;
 mod visibility;
+mod webhooks;
