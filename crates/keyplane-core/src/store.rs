@@ -136,6 +136,16 @@ pub enum Invalidation {
     FeedRestored,
 }
 
+/// One use of a one-time identifier (a client assertion's or a DPoP proof's `jti`, a platform
+/// token's replay key) in the shared replay table: `scope` is whose it is (a client id, or a
+/// namespaced issuer or key thumbprint), kept until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JtiUse {
+    pub scope: String,
+    pub jti: String,
+    pub expires_at: OffsetDateTime,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
@@ -318,6 +328,9 @@ pub trait Store: Send + Sync + 'static {
         not_before: OffsetDateTime,
         event: &NewEvent,
     ) -> Result<bool>;
+    /// The client and the id of the secret whose digest this is (a leaked-credential report
+    /// names a secret, not its client), or `None`.
+    async fn client_secret_find(&self, digest: &Digest) -> Result<Option<(String, String)>>;
     /// Adds batched use counts and last-used times: `(secret id, last used, uses)`.
     async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()>;
     /// Secrets under a rotation policy that have not been warned about yet, with their client.
@@ -357,7 +370,22 @@ pub trait Store: Send + Sync + 'static {
         jti: &str,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let one = [JtiUse {
+            scope: client_id.to_string(),
+            jti: jti.to_string(),
+            expires_at,
+        }];
+        Ok(self.client_assertion_jtis_use(&one, now).await?[0])
+    }
+    /// [`Store::client_assertion_jti_use`] for many at once, in one statement and one commit:
+    /// the answer holds one flag per entry, in order. Within one call an entry repeated is
+    /// fresh at most once (its first occurrence).
+    async fn client_assertion_jtis_use(
+        &self,
+        uses: &[JtiUse],
+        now: OffsetDateTime,
+    ) -> Result<Vec<bool>>;
     /// Forgets assertion `jti`s past their expiry.
     async fn client_assertion_jtis_purge(&self, now: OffsetDateTime) -> Result<u64>;
     /// Revoked tokens that have not expired yet.

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::activity::router())
         .merge(routes::usage::router())
         .merge(routes::apps::router())
+        .merge(routes::leaks::management_router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::record_denials,
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::oauth::router())
         .merge(routes::ops::router())
         .merge(protected_resource::router())
+        .merge(routes::leaks::router())
         .merge(
             console::router().layer(axum::middleware::from_fn_with_state(
                 state.clone(),

@@ -9,7 +9,7 @@
 
 use crate::dto::*;
 use crate::error::Problem;
-use crate::routes::{activity, apps, authz, clients, keys, mgmt, oauth, ops, usage};
+use crate::routes::{activity, apps, authz, clients, keys, leaks, mgmt, oauth, ops, usage};
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
@@ -391,6 +391,7 @@ impl Modify for Aliases {
         oauth::token, oauth::introspect, oauth::revoke, oauth::metadata, oauth::jwks,
         crate::protected_resource::metadata_root, crate::protected_resource::metadata,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        leaks::github, leaks::patterns, leaks::report,
     ),
     components(schemas(apps::RegisteredApp, apps::GrantView, apps::AppView, apps::AppRef, List<apps::GrantView>, List<apps::AppView>, Problem, ApiKeyView, ApiKeyWithSecret, CreateApiKey, UpdateApiKey, CopyApiKey, RegenerateApiKey,
         SeedCreateApiKey, OrgView, CreateOrg, ProjectView, CreateProject, ServiceView, CreateService, UpdateService, MemberView,
@@ -399,7 +400,9 @@ impl Modify for Aliases {
         IssueClientToken, IssuedTokenView, oauth::TokenRequest, oauth::GrantType, oauth::IntrospectionRequest, oauth::RevocationRequest,
         oauth::TokenResponse, oauth::IntrospectionResponse, oauth::AudienceValue, oauth::OAuthErrorBody, oauth::AuthorizationServerMetadata,
         oauth::JwkSet, oauth::Jwk, ops::Health, ops::ReadinessView,
-        crate::protected_resource::ProtectedResourceMetadata, RateLimitView, UsageView, UsageBucketView, TopCredentialView))
+        crate::protected_resource::ProtectedResourceMetadata,
+        leaks::LeakFeedback, leaks::LeakPatternView, leaks::LeakPatternsView, leaks::LeakReportRequest, leaks::LeakedCredentialView, leaks::LeakReportView,
+        RateLimitView, UsageView, UsageBucketView, TopCredentialView))
 )]
 pub struct ApiDoc;
 

@@ -1429,6 +1429,16 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
+            async fn client_secret_find(&self, digest: &Digest) -> Result<Option<(String, String)>> {
+                let row = sqlx::query("SELECT client_id, id FROM oauth_client_secrets WHERE digest = $1")
+                    .bind(digest.0.to_vec())
+                    .fetch_optional(self.r())
+                    .await
+                    .map_err(db_err)?;
+                row.map(|r| Ok((r.try_get("client_id").map_err(db_err)?, r.try_get("id").map_err(db_err)?)))
+                    .transpose()
+            }
+
             async fn client_secrets_used(&self, used: &[(String, OffsetDateTime, i64)]) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 for (id, at, n) in used {
@@ -1537,22 +1547,49 @@ macro_rules! impl_store {
                 tx.commit().await.map_err(db_err)
             }
 
-            async fn client_assertion_jti_use(&self, client_id: &str, jti: &str, expires_at: OffsetDateTime, now: OffsetDateTime) -> Result<bool> {
-                // A row whose assertion has expired (not purged yet) does not block a new one
-                // that happens to reuse its jti: it is taken over instead.
-                let done = sqlx::query(
-                    "INSERT INTO client_assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at \
-                     WHERE client_assertion_jtis.expires_at <= $4",
-                )
-                .bind(client_id)
-                .bind(jti)
-                .bind(to_ms(expires_at))
-                .bind(to_ms(now))
-                .execute(self.w())
-                .await
-                .map_err(db_err)?;
-                Ok(done.rows_affected() == 1)
+            async fn client_assertion_jtis_use(&self, uses: &[JtiUse], now: OffsetDateTime) -> Result<Vec<bool>> {
+                // One multi-row upsert, one commit, for a whole batch. An entry repeated in the
+                // batch is written once (its first occurrence; the others are replays), since
+                // one statement may not touch a row twice. A row whose assertion has expired
+                // (not purged yet) does not block a new one that happens to reuse its jti: it
+                // is taken over instead; RETURNING names the rows written, the fresh ones.
+                let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(uses.len());
+                let mut fresh = vec![false; uses.len()];
+                let mut sql = String::from("INSERT INTO client_assertion_jtis (client_id, jti, expires_at) VALUES ");
+                let mut rows = Vec::with_capacity(uses.len());
+                for (i, u) in uses.iter().enumerate() {
+                    if first.contains_key(&(u.scope.as_str(), u.jti.as_str())) {
+                        continue;
+                    }
+                    first.insert((u.scope.as_str(), u.jti.as_str()), i);
+                    let n = rows.len() * 3;
+                    if !rows.is_empty() {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+                    rows.push(u);
+                }
+                if rows.is_empty() {
+                    return Ok(fresh);
+                }
+                sql.push_str(&format!(
+                    " ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE client_assertion_jtis.expires_at <= ${} RETURNING client_id, jti",
+                    rows.len() * 3 + 1
+                ));
+                let mut q = sqlx::query(&sql);
+                for u in &rows {
+                    q = q.bind(u.scope.as_str()).bind(u.jti.as_str()).bind(to_ms(u.expires_at));
+                }
+                let written = q.bind(to_ms(now)).fetch_all(self.w()).await.map_err(db_err)?;
+                for r in &written {
+                    let scope: String = r.try_get("client_id").map_err(db_err)?;
+                    let jti: String = r.try_get("jti").map_err(db_err)?;
+                    if let Some(&i) = first.get(&(scope.as_str(), jti.as_str())) {
+                        fresh[i] = true;
+                    }
+                }
+                Ok(fresh)
             }
 
             async fn client_assertion_jtis_purge(&self, now: OffsetDateTime) -> Result<u64> {

@@ -7,7 +7,7 @@ use keyplane_core::domain::ids::{new_id, DEFAULT_ORG_ID, DEFAULT_PROJECT_ID};
 use keyplane_core::domain::model::*;
 use keyplane_core::domain::perm::{Access, Actor, MemberRole, Permission, Principal};
 use keyplane_core::domain::secret::Digest;
-use keyplane_core::store::{EventFilter, KeyFilter, Store};
+use keyplane_core::store::{EventFilter, JtiUse, KeyFilter, Store};
 use keyplane_core::Error;
 use keyplane_testkit::{Backend, TestDb};
 use std::sync::Arc;
@@ -1031,11 +1031,21 @@ async fn changes_commit_with_their_event(s: Arc<dyn Store>) {
 
     // The remaining changing methods record theirs too.
     let (c_now, secrets) = s.client_get(&c.client_id).await.unwrap().unwrap();
+    // A leak report finds a secret's client by the secret's digest alone.
+    assert_eq!(
+        s.client_secret_find(&secrets[0].digest).await.unwrap(),
+        Some((c.client_id.clone(), secrets[0].id.clone()))
+    );
+    assert_eq!(s.client_secret_find(&Digest([7; 32])).await.unwrap(), None);
     let retired = ev("client.secret_delete", &c.client_id);
     assert!(s
         .client_secret_delete(&c.client_id, &secrets[0].id, c_now.version, now(), &retired)
         .await
         .unwrap());
+    assert_eq!(
+        s.client_secret_find(&secrets[0].digest).await.unwrap(),
+        None
+    );
     assert_recorded(&*s, &retired).await;
     let deleted = ev("client.delete", &c.client_id);
     s.client_delete(&c.client_id, c_now.version + 1, &deleted)
@@ -1988,6 +1998,46 @@ async fn assertion_ids_are_single_use_until_they_expire(s: Arc<dyn Store>) {
         }
     }
     assert_eq!(won, 1);
+    // Many at once (one statement): one flag per entry, in order; an entry repeated within the
+    // batch is fresh only the first time, one already recorded is a replay.
+    let u = |scope: &str, jti: &str| JtiUse {
+        scope: scope.into(),
+        jti: jti.into(),
+        expires_at: later,
+    };
+    assert_eq!(
+        s.client_assertion_jtis_use(
+            &[
+                u("c3", "a"),
+                u("c3", "b"),
+                u("c3", "a"),
+                u("c1", "j1"),
+                u("c4", "a")
+            ],
+            t0
+        )
+        .await
+        .unwrap(),
+        vec![true, true, false, false, true]
+    );
+    assert_eq!(
+        s.client_assertion_jtis_use(&[], t0).await.unwrap(),
+        Vec::<bool>::new()
+    );
+    // Concurrent batches sharing an entry: exactly one of them gets it.
+    let batches = (0..6).map(|i| {
+        let s = Arc::clone(&s);
+        let mine = u("c5", &format!("own{i}"));
+        let shared = u("c5", "shared");
+        tokio::spawn(async move { s.client_assertion_jtis_use(&[mine, shared], t0).await })
+    });
+    let mut shared_won = 0;
+    for b in batches {
+        let flags = b.await.unwrap().unwrap();
+        assert!(flags[0], "each batch's own entry is fresh");
+        shared_won += usize::from(flags[1]);
+    }
+    assert_eq!(shared_won, 1);
     // Past its expiry it may be taken again (before or after the purge).
     let after = later + time::Duration::seconds(1);
     let next = after + time::Duration::seconds(120);
@@ -2001,8 +2051,8 @@ async fn assertion_ids_are_single_use_until_they_expire(s: Arc<dyn Store>) {
         .unwrap());
     assert_eq!(
         s.client_assertion_jtis_purge(after).await.unwrap(),
-        2,
-        "c2/j1 and c1/race"
+        2 + 3 + 7,
+        "c2/j1, c1/race, c3/a, c3/b, c4/a and c5's seven"
     );
     assert_eq!(s.client_assertion_jtis_purge(after).await.unwrap(), 0);
     assert!(!s

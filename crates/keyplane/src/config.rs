@@ -93,6 +93,9 @@ pub struct FileConfig {
     /// Rate limits across nodes (`[rate_limits]`).
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
+    /// Leaked-credential reports (`[leaks]`, docs/leaks.md).
+    #[serde(default)]
+    pub leaks: LeaksFile,
 }
 
 /// `[usage]`: how long usage counts are kept.
@@ -115,6 +118,25 @@ pub struct RateLimitsFile {
     pub sync_interval_ms: Option<u64>,
     /// Without Redis: how many nodes serve; each enforces its share of every limit (default 1).
     pub nodes: Option<u64>,
+}
+
+/// `[leaks]`: what a report of a leaked credential does, and whose reports are trusted.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaksFile {
+    /// `revoke` (default: a reported live key or client secret is revoked at once) or `notify`
+    /// (only `credential.leaked` is recorded).
+    pub policy: Option<String>,
+    /// A file holding GitHub's secret-scanning public keys, in the JSON GitHub serves
+    /// (`{"public_keys": [{"key_identifier", "key", "is_current"}]}`); used before any fetched.
+    pub github_public_keys_file: Option<PathBuf>,
+    /// Where GitHub's public keys are fetched from (default GitHub's own URL; "" turns
+    /// fetching off, leaving only the file's keys).
+    pub github_keys_url: Option<String>,
+    /// The key list is fetched again for an unknown identifier at most this often (60 s).
+    pub github_keys_refetch_interval_seconds: Option<i64>,
+    /// Reports through the public form per client address per minute (10).
+    pub form_reports_per_minute: Option<u32>,
 }
 
 /// `[otel]`: traces over OTLP/HTTP, off unless `endpoint` is set.
@@ -518,6 +540,8 @@ pub struct Config {
     pub rate_limit_sync_interval_ms: u64,
     /// Nodes sharing each limit without Redis.
     pub rate_limit_nodes: u64,
+    /// Leaked-credential reports.
+    pub leaks: keyplane_core::domain::leaks::LeakSettings,
     /// Apply pending migrations when opening the database (default), or refuse a database
     /// that lacks one (`keyplane serve --no-migrate`).
     pub migrations: keyplane_store::Migrations,
@@ -641,6 +665,11 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_REDIS_URL",
     "KEYPLANE_RATE_LIMIT_SYNC_INTERVAL_MS",
     "KEYPLANE_RATE_LIMIT_NODES",
+    "KEYPLANE_LEAKS_POLICY",
+    "KEYPLANE_LEAKS_GITHUB_PUBLIC_KEYS_FILE",
+    "KEYPLANE_LEAKS_GITHUB_KEYS_URL",
+    "KEYPLANE_LEAKS_GITHUB_KEYS_REFETCH_INTERVAL_SECONDS",
+    "KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -1266,12 +1295,14 @@ impl Config {
         if !(1..=1000).contains(&rate_limit_nodes) {
             bail!("rate_limits.nodes (KEYPLANE_RATE_LIMIT_NODES) must be 1 to 1000");
         }
+        let leaks = leaks_settings(&file.leaks, env)?;
         Ok(Config {
             usage_minute_retention_hours,
             usage_hour_retention_days,
             redis_url,
             rate_limit_sync_interval_ms,
             rate_limit_nodes,
+            leaks,
             metrics_listen,
             otel,
             migrations: keyplane_store::Migrations::Apply,
@@ -1333,6 +1364,77 @@ impl Config {
     }
 }
 
+/// `[leaks]` and its `KEYPLANE_LEAKS_*` variables.
+fn leaks_settings(
+    file: &LeaksFile,
+    env: &HashMap<String, String>,
+) -> Result<keyplane_core::domain::leaks::LeakSettings> {
+    use keyplane_core::domain::leaks::{parse_github_keys, LeakPolicy, LeakSettings};
+    let mut s = LeakSettings::default();
+    let policy = env
+        .get("KEYPLANE_LEAKS_POLICY")
+        .cloned()
+        .or_else(|| file.policy.clone());
+    if let Some(p) = policy {
+        s.policy = LeakPolicy::parse(p.trim())
+            .with_context(|| format!("leaks.policy must be \"revoke\" or \"notify\", not {p:?}"))?;
+    }
+    let keys_file = env
+        .get("KEYPLANE_LEAKS_GITHUB_PUBLIC_KEYS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| file.github_public_keys_file.clone());
+    if let Some(path) = keys_file {
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read leaks.github_public_keys_file {}",
+                path.display()
+            )
+        })?;
+        s.github_keys = parse_github_keys(&bytes).map_err(|e| {
+            anyhow::anyhow!("leaks.github_public_keys_file {}: {e}", path.display())
+        })?;
+    }
+    let url = env
+        .get("KEYPLANE_LEAKS_GITHUB_KEYS_URL")
+        .cloned()
+        .or_else(|| file.github_keys_url.clone());
+    if let Some(u) = url {
+        let u = u.trim();
+        if u.is_empty() {
+            s.github_keys_url = None;
+        } else if u.starts_with("https://") || u.starts_with("http://") {
+            s.github_keys_url = Some(u.to_string());
+        } else {
+            bail!("leaks.github_keys_url must be an http(s):// URL");
+        }
+    }
+    let num = |var: &str, file: Option<i64>, default: i64| -> Result<i64> {
+        match env.get(var) {
+            Some(v) => v
+                .trim()
+                .parse()
+                .with_context(|| format!("{var} must be a number")),
+            None => Ok(file.unwrap_or(default)),
+        }
+    };
+    s.refetch_interval_seconds = num(
+        "KEYPLANE_LEAKS_GITHUB_KEYS_REFETCH_INTERVAL_SECONDS",
+        file.github_keys_refetch_interval_seconds,
+        s.refetch_interval_seconds,
+    )?
+    .max(0);
+    let per_minute = num(
+        "KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE",
+        file.form_reports_per_minute.map(i64::from),
+        i64::from(s.form_reports_per_minute),
+    )?;
+    if !(1..=10_000).contains(&per_minute) {
+        bail!("leaks.form_reports_per_minute must be between 1 and 10000");
+    }
+    s.form_reports_per_minute = per_minute as u32;
+    Ok(s)
+}
+
 /// The log format, read before logging starts: `KEYPLANE_LOG_FORMAT`, else `log_format` of the
 /// configuration file (`--config` or `KEYPLANE_CONFIG`), else `text`. A file that cannot be read
 /// here is left to [`Config::load`], which reports it.
@@ -1374,6 +1476,41 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn leaks_settings() {
+        use keyplane_core::domain::leaks::{LeakPolicy, GITHUB_KEYS_URL};
+        let c = Config::load(&ConfigFlags::default(), None, &env(&[])).unwrap();
+        assert_eq!(c.leaks.policy, LeakPolicy::Revoke);
+        assert_eq!(c.leaks.github_keys_url.as_deref(), Some(GITHUB_KEYS_URL));
+        assert!(c.leaks.github_keys.is_empty());
+        let c = Config::load(
+            &ConfigFlags::default(),
+            None,
+            &env(&[
+                ("KEYPLANE_LEAKS_POLICY", "notify"),
+                ("KEYPLANE_LEAKS_GITHUB_KEYS_URL", ""),
+                ("KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.leaks.policy, LeakPolicy::Notify);
+        assert_eq!(c.leaks.github_keys_url, None, "empty: never fetch");
+        assert_eq!(c.leaks.form_reports_per_minute, 3);
+        for (var, bad) in [
+            ("KEYPLANE_LEAKS_POLICY", "delete"),
+            ("KEYPLANE_LEAKS_GITHUB_KEYS_URL", "ftp://keys"),
+            ("KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE", "0"),
+            (
+                "KEYPLANE_LEAKS_GITHUB_PUBLIC_KEYS_FILE",
+                "/nonexistent/keys.json",
+            ),
+        ] {
+            let err =
+                Config::load(&ConfigFlags::default(), None, &env(&[(var, bad)])).expect_err(bad);
+            assert!(format!("{err:#}").contains("leaks"), "{var}={bad}: {err:#}");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use keyplane::client::{
-    self, ActivityCommand, ClientArgs, ClientsCommand, KeysCommand, MembersCommand, OrgsCommand,
-    ProjectsCommand, RolesCommand, RoutesCommand, ServicesCommand,
+    self, ActivityCommand, ClientArgs, ClientsCommand, KeysCommand, LeaksCommand, MembersCommand,
+    OrgsCommand, ProjectsCommand, RolesCommand, RoutesCommand, ServicesCommand,
 };
 use keyplane::config::{Config, ConfigFlags};
 use keyplane::database::{self, DatabaseArgs};
@@ -121,6 +121,14 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: ClientsCommand,
+    },
+    /// Leaked credentials: report one (it is revoked at once), or print the regular
+    /// expressions scanners need, through a running server.
+    Leaks {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: LeaksCommand,
     },
     /// Members of an organization, through a running server.
     Members {
@@ -329,6 +337,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => done(client::apply(&client, &config, dry_run).await),
         Command::Keys { client, command } => done(client::keys(&client, command).await),
         Command::Clients { client, command } => done(client::clients(&client, command).await),
+        Command::Leaks { client, command } => done(client::leaks(&client, command).await),
         Command::Members { client, command } => done(client::members(&client, command).await),
         Command::Orgs { client, command } => done(client::orgs(&client, command).await),
         Command::Projects { client, command } => done(client::projects(&client, command).await),

@@ -14,6 +14,7 @@ pub mod error;
 pub mod federation;
 pub mod ids;
 pub mod jose;
+pub mod leaks;
 pub mod managed;
 pub mod model;
 pub mod oauth;

@@ -30,6 +30,8 @@ pub struct Settings {
     pub usage_minute_retention_hours: i64,
     /// Days per-hour usage rows are kept (90 by default).
     pub usage_hour_retention_days: i64,
+    /// Leaked-credential reports (`[leaks]`).
+    pub leaks: crate::domain::leaks::LeakSettings,
 }
 
 impl Default for Settings {
@@ -46,6 +48,7 @@ impl Default for Settings {
             metrics_token: None,
             usage_minute_retention_hours: 24,
             usage_hour_retention_days: 90,
+            leaks: Default::default(),
         }
     }
 }

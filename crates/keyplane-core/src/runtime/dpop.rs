@@ -75,12 +75,10 @@ impl Runtime {
         // No clock accepts the proof once its `iat` is a window older than now.
         let keep_until_ms = (checked.iat.max(now_ms / 1000) + s.dpop_iat_window_seconds + 1) * 1000;
         let fresh = self
-            .store
-            .client_assertion_jti_use(
-                &format!("{JTI_NAMESPACE}{}", checked.jkt),
-                &checked.jti,
+            .jti_use_once(
+                format!("{JTI_NAMESPACE}{}", checked.jkt),
+                checked.jti.clone(),
                 from_ms(keep_until_ms),
-                self.now(),
             )
             .await
             .map_err(|e| {

@@ -11,11 +11,13 @@ pub mod dpop;
 pub mod feed;
 pub mod grants;
 pub mod issuer_keys;
+pub mod leak_keys;
 pub mod managed;
 pub mod oauth;
 pub mod ratelimit;
 pub mod reach;
 pub mod refusals;
+pub mod replay;
 pub mod services;
 pub mod throttle;
 pub mod usage;
@@ -51,6 +53,10 @@ pub struct Runtime {
     pub(crate) refusals: Refusals,
     /// Failed authentications on the management API, per client address.
     pub(crate) auth_failures: throttle::FailureThrottle,
+    /// GitHub's secret-scanning keys, as last fetched.
+    pub(crate) leak_keys: leak_keys::ReporterKeys,
+    /// Reports through the public leak form, per client address.
+    pub(crate) leak_form: throttle::FailureThrottle,
     pub(crate) checks: AtomicU64,
     pub(crate) rules: RwLock<Arc<RuleSet>>,
     pub(crate) rules_source: Mutex<Option<Arc<dyn RulesSource>>>,
@@ -63,6 +69,8 @@ pub struct Runtime {
     /// The states of API keys that exchanged tokens act for.
     pub(crate) subject_keys: delegation::SubjectKeys,
     pub(crate) grants: grants::LiveGrants,
+    /// The shared replay table's batching writer.
+    pub(crate) replay: replay::ReplayWriter,
     /// Held for a whole flush, so when a flush returns every earlier use is written even if
     /// the periodic flush was already under way.
     pub(crate) flushing: tokio::sync::Mutex<()>,
@@ -92,6 +100,8 @@ impl Runtime {
             settings,
             cache: KeyCache::default(),
             auth_failures: throttle::FailureThrottle::default(),
+            leak_keys: Default::default(),
+            leak_form: throttle::FailureThrottle::default(),
             checks: AtomicU64::new(0),
             rules: Default::default(),
             rules_source: Mutex::new(None),
@@ -100,6 +110,7 @@ impl Runtime {
             gateway_resource: RwLock::new(None),
             subject_keys: Default::default(),
             grants: Default::default(),
+            replay: Default::default(),
             flushing: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
             usage: Default::default(),

@@ -15,6 +15,7 @@ pub mod clients;
 pub mod console;
 pub mod declared;
 pub mod grants;
+pub mod leaks;
 pub mod members;
 pub mod operations;
 pub mod orgs;

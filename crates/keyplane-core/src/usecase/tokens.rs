@@ -166,12 +166,10 @@ impl Keyplane {
             }
         };
         let fresh = rt
-            .store
-            .client_assertion_jti_use(
-                &replay_scope(&who.iss),
-                &who.replay_key,
+            .jti_use_once(
+                replay_scope(&who.iss),
+                who.replay_key.clone(),
                 from_ms(who.keep_until_s.saturating_mul(1000)),
-                rt.now(),
             )
             .await?;
         if !fresh {
@@ -338,12 +336,10 @@ impl Keyplane {
             }
         };
         let fresh = rt
-            .store
-            .client_assertion_jti_use(
-                &client_id,
-                &checked.jti,
+            .jti_use_once(
+                client_id.to_string(),
+                checked.jti.clone(),
                 from_ms(checked.keep_until_s.saturating_mul(1000)),
-                rt.now(),
             )
             .await?;
         if !fresh {

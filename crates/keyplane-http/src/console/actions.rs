@@ -404,6 +404,15 @@ pub async fn key_revoke(State(s): State<AppState>, Path(id): Path<String>, p: Po
     Ok(done(p.js, "/console/keys"))
 }
 
+/// "Report as leaked": recorded as `credential.leaked` and, under the `revoke` policy, revoked.
+pub async fn key_leaked(State(s): State<AppState>, Path(id): Path<String>, p: Posted) -> Answer {
+    s.app
+        .leak_report_key(&p.signed.principal, &id, p.form.get("url"), &p.meta)
+        .await
+        .map_err(fail(p.js, "/console/keys"))?;
+    Ok(done(p.js, "/console/keys"))
+}
+
 // ----- service clients -----
 
 fn opt_i64(f: &FormData, name: &str) -> Option<i64> {
@@ -636,6 +645,26 @@ pub async fn client_secret_retire(
     let back = client_back(&id);
     s.app
         .client_secret_retire(&p.signed.principal, &id, &secret_id, None, &p.meta)
+        .await
+        .map_err(fail(p.js, &back))?;
+    Ok(done(p.js, &back))
+}
+
+/// "Report as leaked" on one secret: recorded and, under the `revoke` policy, retired.
+pub async fn client_secret_leaked(
+    State(s): State<AppState>,
+    Path((id, secret_id)): Path<(String, String)>,
+    p: Posted,
+) -> Answer {
+    let back = client_back(&id);
+    s.app
+        .leak_report_client_secret(
+            &p.signed.principal,
+            &id,
+            &secret_id,
+            p.form.get("url"),
+            &p.meta,
+        )
         .await
         .map_err(fail(p.js, &back))?;
     Ok(done(p.js, &back))

@@ -75,6 +75,7 @@ pub fn router() -> Router<AppState> {
             post(actions::key_regenerate),
         )
         .route("/console/keys/{id}/revoke", post(actions::key_revoke))
+        .route("/console/keys/{id}/leaked", post(actions::key_leaked))
         .route(
             "/console/clients",
             get(pages::clients).post(actions::client_create),
@@ -88,6 +89,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/clients/{id}/secrets/{secret_id}/retire",
             post(actions::client_secret_retire),
+        )
+        .route(
+            "/console/clients/{id}/secrets/{secret_id}/leaked",
+            post(actions::client_secret_leaked),
         )
         .route("/console/clients/{id}/token", post(actions::client_token))
         .route("/console/clients/{id}/delete", post(actions::client_delete))

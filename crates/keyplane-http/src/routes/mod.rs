@@ -5,6 +5,7 @@ pub mod apps;
 pub mod authz;
 pub mod clients;
 pub mod keys;
+pub mod leaks;
 pub mod mgmt;
 pub mod oauth;
 pub mod ops;

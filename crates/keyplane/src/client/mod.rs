@@ -10,6 +10,7 @@
 mod activity;
 mod clients;
 mod keys;
+mod leaks;
 mod org;
 mod render;
 mod usage;
@@ -17,6 +18,7 @@ mod usage;
 pub use activity::query as activity;
 pub use clients::run as clients;
 pub use keys::run as keys;
+pub use leaks::run as leaks;
 pub use org::{members, orgs, projects, roles, services};
 pub use usage::run as usage;
 pub use usage::UsageArgs;
@@ -24,6 +26,7 @@ pub use usage::UsageArgs;
 pub use activity::{verify_report, ActivityCommand, VerifyArgs};
 pub use clients::ClientsCommand;
 pub use keys::KeysCommand;
+pub use leaks::LeaksCommand;
 pub use org::{MembersCommand, OrgsCommand, ProjectsCommand, RolesCommand, ServicesCommand};
 pub use render::table;
 

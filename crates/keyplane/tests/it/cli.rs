@@ -927,6 +927,7 @@ async fn help_names_variables_without_values() {
         "backup",
         "apply",
         "healthcheck",
+        "leaks",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(cmd)),

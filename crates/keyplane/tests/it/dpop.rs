@@ -316,6 +316,55 @@ async fn token_endpoint(app: TestApp) {
 }
 on_both!(dpop_token_endpoint, token_endpoint);
 
+/// The replay table is written in batches of concurrent requests' `jti`s: a proof sent many
+/// times at once is still accepted exactly once (the copies may share one batch), and distinct
+/// proofs sent at once are all accepted.
+async fn concurrent_proofs(app: TestApp) {
+    app.service("ai-guard", &[READ]).await;
+    let (id, secret) = client(&app, "opaque").await;
+    let key = TestKey::es256("c");
+    let same = proof(&key, "POST", &token_url(&app), None);
+    let request = |p: &str| {
+        app.http
+            .post(token_url(&app))
+            .header(header::CONTENT_TYPE, FORM)
+            .header("DPoP", p)
+            .body(format!(
+                "grant_type=client_credentials&client_id={id}&client_secret={secret}"
+            ))
+    };
+    // All 48 requests in flight together, each on its own task.
+    let mut copies = tokio::task::JoinSet::new();
+    let mut fresh = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        copies.spawn(answer(request(&same)));
+    }
+    for _ in 0..32 {
+        fresh.spawn(answer(request(&proof(
+            &key,
+            "POST",
+            &token_url(&app),
+            None,
+        ))));
+    }
+    let copies = copies.join_all().await;
+    let fresh = fresh.join_all().await;
+    let accepted = copies.iter().filter(|a| a.status == StatusCode::OK).count();
+    assert_eq!(
+        accepted, 1,
+        "one proof, sent 16 times at once, is accepted once"
+    );
+    for a in copies.iter().filter(|a| a.status != StatusCode::OK) {
+        assert_eq!(a.json()["error"], "invalid_dpop_proof", "{}", a.text);
+        assert!(a.text.contains("used already"), "{}", a.text);
+    }
+    for a in &fresh {
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.json()["token_type"], "DPoP");
+    }
+}
+on_both!(dpop_concurrent_proofs, concurrent_proofs);
+
 // ----- resources: /v1/authz (every form) and the gateway -----
 
 async fn with_rules(app: &TestApp, dir: &std::path::Path) {

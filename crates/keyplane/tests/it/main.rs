@@ -48,6 +48,7 @@ mod files;
 mod gateway;
 mod interop;
 mod keys;
+mod leaks;
 mod lifecycle;
 mod limits;
 mod mcp;
