@@ -86,9 +86,9 @@ async function navigated(page, action) {
   await Promise.all([page.waitForNavigation({ waitUntil: "load" }), action()]);
 }
 
-async function shot(page, name) {
+async function shot(page, name, fullPage = true) {
   fs.mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
+  await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage });
 }
 
 /** The page's whole HTML plus everything in its web storage, to look for a secret in. */
@@ -114,6 +114,44 @@ async function closeSecretDialog(page, secrets) {
   }
   const storage = await page.evaluate(() => localStorage.length + sessionStorage.length);
   assert.equal(storage, 0, "the console writes nothing to web storage");
+}
+
+/**
+ * What sticks out sideways: the document wider than the window, or an element whose right edge
+ * is past the window or past the box of the scroll container it sits in (so nothing needs
+ * scrolling sideways, not even inside a table's wrapper). Content clipped on purpose (an
+ * ellipsis in an `overflow: hidden` box) is judged by the clipping box.
+ */
+async function overflows(page) {
+  return page.evaluate(() => {
+    const out = [];
+    const root = document.documentElement;
+    if (root.scrollWidth > window.innerWidth) out.push(`document is ${root.scrollWidth}px wide in ${window.innerWidth}px`);
+    const name = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+      (el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\s+/).join(".") : "");
+    for (const el of document.body.querySelectorAll("*")) {
+      const r = el.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) continue;
+      let bound = root.clientWidth;
+      let clipped = false;
+      for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+        const ox = getComputedStyle(a).overflowX;
+        if (ox === "hidden" || ox === "clip") { clipped = true; break; }
+        if (ox === "auto" || ox === "scroll") {
+          const ar = a.getBoundingClientRect();
+          bound = Math.min(bound, ar.left + a.clientLeft + a.clientWidth);
+          break;
+        }
+      }
+      if (clipped) continue;
+      // Text spills out of its box without making one of its own: count the box's content.
+      const right = getComputedStyle(el).overflowX === "visible" && el.scrollWidth > el.clientWidth
+        ? Math.max(r.right, r.left + el.clientLeft + el.scrollWidth)
+        : r.right;
+      if (right > bound + 1) out.push(`${name(el)} ends at ${Math.round(right)}px, past ${Math.round(bound)}px: ${el.textContent.trim().slice(0, 40)}`);
+    }
+    return out.slice(0, 12);
+  });
 }
 
 const b64u = (b) => Buffer.from(b).toString("base64url");
@@ -166,13 +204,17 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
     page.on("pageerror", (e) => problems.push(`${who}: script error: ${e.message}`));
     page.on("console", (m) => {
       // A refused request shows up as a console error too: the wrong admin key (401), the
-      // CSRF step (403) and the client forms' bad input (422) make one on purpose.
-      if (m.type() === "error" && !/status of (40[13]|422)/.test(m.text())) {
+      // CSRF step (403), a member opening another's key (404) and the forms' bad input (422)
+      // make one on purpose.
+      if (m.type() === "error" && !/status of (40[134]|422)/.test(m.text())) {
         problems.push(`${who}: console error: ${m.text()}`);
       }
     });
   };
-  const admin = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const admin = await browser.newContext({
+    viewport: { width: 1280, height: 860 },
+    permissions: ["clipboard-read", "clipboard-write"],
+  });
   const page = await admin.newPage();
   page.setDefaultTimeout(15000);
   watch(page, "admin");
@@ -227,7 +269,7 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await page.selectOption("#token-default", "ai-guard");
       await shot(page, "03-create-token-dialog");
       await page.click("#create-token-dialog button[type=submit]");
-      state.token = await readSecretDialog(page, "Token");
+      state.token = await readSecretDialog(page, "API key");
       assert.match(state.token, /^kp_[0-9A-Za-z]+$/);
       assert.match(await page.textContent("#secret-warning"), /will not be shown again/);
       await shot(page, "04-token-shown-once");
@@ -332,9 +374,25 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await navigated(page, () => page.click('a:text("My Service Client")'));
       await page.locator("#client-details").waitFor();
       assert.match(await page.textContent("#secrets-table"), /just now/);
-      await page.fill("#d-ttl", "900");
+      // The client id is shortened, whole on hover and behind a copy button.
+      const idCell = page.locator("#client-details [data-testid=client-id]");
+      assert.equal(await idCell.locator("code.id").getAttribute("title"), clientId);
+      assert.equal(await idCell.locator("button.copy").getAttribute("data-copy"), clientId);
+      assert.ok((await idCell.locator("code.id").textContent()).length < 20);
+      // The token lifetime is shown and typed in words.
+      assert.equal(await page.inputValue("#d-ttl"), "1 hour");
+      await page.fill("#d-ttl", "a fortnight or so");
+      await page.click("text=Update configuration");
+      await page.locator("#client-details [data-field-error]").waitFor();
+      assert.match(await page.textContent("#client-details [data-field-error]"), /not a duration/);
+      await page.fill("#d-ttl", "15 minutes");
       await navigated(page, () => page.click("text=Update configuration"));
       assert.match(await page.textContent('tr[data-client-id] >> nth=0'), /15 minutes/);
+      assert.equal(await page.inputValue("#d-ttl"), "15 minutes");
+      const stored = await (await fetch(`${server.base}/v1/oauth-clients/${clientId}`, {
+        headers: { Authorization: "Bearer " + server.adminKey },
+      })).json();
+      assert.equal(stored.access_token_ttl_seconds, 900);
       await shot(page, "09-client-details");
     });
 
@@ -570,13 +628,37 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       await mp.fill("#token-name", "mia key");
       await mp.locator("#create-token-dialog").getByLabel("ai-guard:read").check();
       await mp.click("#create-token-dialog button[type=submit]");
-      const memberToken = await readSecretDialog(mp, "Token");
+      const memberToken = await readSecretDialog(mp, "API key");
       await closeSecretDialog(mp, [memberToken]);
       const names = await mp.locator("tr[data-key-name]").evaluateAll((rows) =>
         rows.map((r) => r.getAttribute("data-key-name")));
       assert.deepEqual(names, ["mia key"]);
       assert.equal((await authz(memberToken, "ai-guard:read")).status, 200);
       await shot(mp, "12-member-keys");
+      // Her own key's requests she may see; the whole project's she may not.
+      const miaKey = await mp.locator('tr[data-key-name="mia key"]').getAttribute("data-key-id");
+      let miaChart = 0;
+      for (let tries = 0; tries < 40 && miaChart < 1; tries++) {
+        await mp.goto(`${server.base}/console/keys?selected=${miaKey}`);
+        miaChart = Number(await mp.getAttribute("#key-details [data-testid=usage-chart]", "data-total"));
+        if (miaChart < 1) await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.equal(miaChart, 1, "her one request");
+      await mp.goto(server.base + "/console/overview");
+      assert.equal(await mp.locator("[data-testid=usage-chart]").count(), 0);
+      assert.match(await mp.textContent("main"), /does not include the project's usage/);
+      // Another key's page is answered like one that does not exist.
+      const other = await mp.goto(`${server.base}/console/keys?selected=${state.keyId}`);
+      assert.equal(other.status(), 404);
+      await mp.goto(server.base + "/console/keys");
+      // The member's search finds their own key, never the service token they may not see.
+      await mp.fill("#search-q", "guard");
+      await navigated(mp, () => mp.press("#search-q", "Enter"));
+      assert.equal(await mp.locator("tr[data-result]").count(), 0, "the admin's key is out of a member's reach");
+      await mp.fill("#search-q", "mia");
+      await navigated(mp, () => mp.press("#search-q", "Enter"));
+      const found = await mp.locator("tr[data-result]").evaluateAll((rs) => rs.map((r) => r.getAttribute("data-result")));
+      assert.deepEqual(found.sort(), ["key", "member"]);
       // Members see only themselves, and not the activity log.
       await mp.goto(server.base + "/console/members");
       const emails = await mp.locator("tr[data-email]").evaluateAll((rows) =>
@@ -607,6 +689,291 @@ test("the web console, end to end in headless Chromium", { timeout: 180000 }, as
       // Times are shown in local time, with the UTC value on hover.
       const title = await page.locator("#activity-table time").first().getAttribute("title");
       assert.match(title, /UTC$/);
+    });
+
+    await t.test("the activity log: a date range narrows it; ids copy; details expand; rows stay short", async () => {
+      await page.goto(server.base + "/console/activity");
+      const rows = page.locator("#activity-table tbody tr");
+      const before = await rows.count();
+      assert.ok(before >= 3, `events to filter (${before})`);
+      // Rows stay one or two lines high at 1280 px: details are a one-line summary.
+      const tallest = await rows.evaluateAll((rs) => Math.max(...rs.map((r) => r.getBoundingClientRect().height)));
+      assert.ok(tallest <= 90, `the tallest row is ${tallest}px`);
+      // Every column is on screen: the table fits its box.
+      const fit = await page.evaluate(() => {
+        const t = document.querySelector("#activity-table");
+        return t.getBoundingClientRect().width - t.parentElement.clientWidth;
+      });
+      assert.ok(fit <= 1, `the table is ${fit}px wider than its box`);
+      // A copy button next to each shortened id, with the whole id on hover.
+      const copies = page.locator("#activity-table button.copy");
+      assert.ok((await copies.count()) >= 1);
+      const first = copies.first();
+      const whole = await first.getAttribute("data-copy");
+      assert.equal(await page.locator("#activity-table code.id").first().getAttribute("title"), whole);
+      await first.click();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), whole);
+      // Details: a summary line that expands to the whole JSON.
+      const details = page.locator("#activity-table details.event-details").first();
+      assert.equal(await details.evaluate((d) => d.open), false);
+      await details.locator("summary").click();
+      assert.equal(await details.evaluate((d) => d.open), true);
+      assert.match(await details.locator("pre").textContent(), /[{"]/);
+      // The newest event's second: since it, only events from then on; until it, only before.
+      const times = await page.locator("#activity-table tbody tr td[data-label=When] time").evaluateAll((ts) =>
+        ts.map((t) => t.getAttribute("datetime")));
+      const newest = times[0].slice(0, 19);
+      // A datetime-local field writes a whole minute without its seconds.
+      const typed = newest.endsWith(":00") ? newest.slice(0, 16) : newest;
+      await page.fill("#activity-since", typed);
+      await navigated(page, () => page.click("#activity-filters button[type=submit]"));
+      const since = await page.locator("#activity-table tbody tr td[data-label=When] time").evaluateAll((ts) =>
+        ts.map((t) => t.getAttribute("datetime")));
+      assert.ok(since.length >= 1 && since.length < before, `${since.length} of ${before} since ${newest}`);
+      assert.ok(since.every((t) => t.slice(0, 19) >= newest), since.join(" "));
+      assert.equal(await page.inputValue("#activity-since"), typed);
+      await page.fill("#activity-since", "");
+      await page.fill("#activity-until", typed);
+      await navigated(page, () => page.click("#activity-filters button[type=submit]"));
+      const until = await page.locator("#activity-table tbody tr td[data-label=When] time").evaluateAll((ts) =>
+        ts.map((t) => t.getAttribute("datetime")));
+      assert.ok(until.length >= 1 && until.every((t) => t.slice(0, 19) < newest), until.join(" "));
+      // A range with nothing in it says so, and how to widen it.
+      await page.goto(server.base + "/console/activity?until=2000-01-01T00:00");
+      assert.match(await page.textContent("#activity-empty"), /Widen the dates/);
+      await shot(page, "19-activity-filtered");
+    });
+
+    await t.test("search finds our own key by prefix, id and name, never another organization's", async () => {
+      const other = await (await fetch(server.base + "/v1/orgs", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + server.adminKey, "Content-Type": "application/json" },
+        body: JSON.stringify({ name: "other-org" }),
+      })).json();
+      const made = await (await fetch(server.base + "/v1/api-keys", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + server.adminKey, "Content-Type": "application/json" },
+        body: JSON.stringify({ org_id: other.id, name: "guard client elsewhere" }),
+      })).json();
+      assert.ok(made.id && made.key, JSON.stringify(made));
+      const search = async (q) => {
+        await page.goto(server.base + "/console/overview");
+        // "/" puts the cursor in the search box.
+        await page.keyboard.press("/");
+        assert.equal(await page.evaluate(() => document.activeElement.id), "search-q");
+        await page.fill("#search-q", q);
+        await navigated(page, () => page.press("#search-q", "Enter"));
+        return page.locator("tr[data-result]").evaluateAll((rs) => rs.map((r) => r.getAttribute("data-id")));
+      };
+      const prefix = state.token.slice(0, 7);
+      assert.ok((await search(prefix)).includes(state.keyId), "our key by its prefix");
+      assert.deepEqual(await search(state.keyId), [state.keyId], "our key by its id");
+      const byName = await search("guard client");
+      assert.ok(byName.includes(state.keyId));
+      assert.ok(!byName.includes(made.id), "another organization's key never appears");
+      assert.deepEqual(await search(made.id), [], "not by its id");
+      assert.deepEqual(await search(made.key.slice(0, 7)), [], "not by its prefix");
+      assert.match(await page.textContent("#search-none"), /Nothing matches/);
+      // Clients and members too; a result opens its page.
+      assert.deepEqual(await search(state.clientId), [state.clientId]);
+      const mine = await search("My Service");
+      assert.deepEqual(mine, [state.clientId]);
+      await navigated(page, () => page.click('#search-clients a'));
+      await page.locator("#client-details").waitFor();
+      await search(prefix);
+      await shot(page, "20-search");
+      await navigated(page, () => page.click(`tr[data-id="${state.keyId}"] a`));
+      await page.locator("#key-details").waitFor();
+      assert.equal(await page.locator("#key-details code.id").getAttribute("title"), state.keyId);
+    });
+
+    await t.test("rate limits typed in words; the usage chart counts a known mix of requests", async () => {
+      const api = async (path) => (await fetch(server.base + path, {
+        headers: { Authorization: "Bearer " + server.adminKey },
+      })).json();
+      await page.goto(server.base + "/console/keys");
+      await page.click("#create-token");
+      await page.fill("#token-name", "chart key");
+      await page.locator("#create-token-dialog").getByLabel("ai-guard:read").check();
+      // Bad input is refused where it was typed, and nothing typed is lost.
+      await page.fill("#token-limits", "daily: lots per day");
+      await page.click("#create-token-dialog button[type=submit]");
+      await page.locator("#create-token-dialog [data-field-error]").waitFor();
+      assert.match(await page.textContent("#create-token-dialog [data-field-error]"), /not a rate limit/);
+      assert.equal(await page.inputValue("#token-name"), "chart key");
+      await page.fill("#token-limits", "daily: 4 per day");
+      await page.click("#create-token-dialog button[type=submit]");
+      const token = await readSecretDialog(page, "API key");
+      await closeSecretDialog(page, [token]);
+      const id = await page.locator('tr[data-key-name="chart key"]').getAttribute("data-key-id");
+      let view = await api(`/v1/api-keys/${id}`);
+      assert.deepEqual(view.rate_limits, [{ name: "daily", limit: 4, window: "1d" }]);
+      // Edited in its dialog: shown as typed, stored in the API's terms.
+      const row = page.locator(`tr[data-key-id="${id}"]`);
+      await row.locator("summary").click();
+      await row.getByRole("button", { name: "Edit" }).click();
+      assert.equal(await page.inputValue(`#edit-${id}-limits`), "daily: 4 per day");
+      await page.fill(`#edit-${id}-limits`, "daily: 4 per day\nburst: 100 per second shared by owner");
+      await navigated(page, () => page.click(`#edit-${id} button[type=submit]`));
+      view = await api(`/v1/api-keys/${id}`);
+      assert.deepEqual(view.rate_limits, [
+        { name: "daily", limit: 4, window: "1d" },
+        { name: "burst", limit: 100, window: "1s", shared: "owner" },
+      ]);
+
+      // A known mix: 2 with the wrong scope, 6 good ones over a limit of 4 a day, then revoked.
+      for (let i = 0; i < 2; i++) assert.equal((await authz(token, "ai-guard:write")).status, 403);
+      const statuses = [];
+      for (let i = 0; i < 6; i++) {
+        const r = await authz(token, "ai-guard:read");
+        statuses.push(r.status);
+        if (r.status === 429) assert.ok(r.headers.get("retry-after"), "429 says when to retry");
+      }
+      assert.deepEqual(statuses, [200, 200, 200, 200, 429, 429]);
+      await fetch(`${server.base}/v1/api-keys/${id}/revoke`, {
+        method: "POST", headers: { Authorization: "Bearer " + server.adminKey },
+      });
+      assert.equal((await authz(token, "ai-guard:read")).status, 401);
+
+      // The key's page: 60 minutes, stacked by outcome, once the counts are flushed.
+      const want = { allowed: 4, insufficient_scope: 2, rate_limited: 2, revoked: 1 };
+      const chartOf = () => page.evaluate(() => {
+        const fig = document.querySelector("#key-details [data-testid=usage-chart]");
+        const byOutcome = {};
+        for (const r of fig.querySelectorAll("rect.seg")) {
+          const o = r.getAttribute("data-outcome");
+          byOutcome[o] = (byOutcome[o] || 0) + Number(r.getAttribute("data-count"));
+        }
+        const buckets = Array.from(fig.querySelectorAll("g.bucket"));
+        return {
+          total: Number(fig.getAttribute("data-total")),
+          buckets: buckets.length,
+          busy: buckets.map((b, i) => [i, Number(b.getAttribute("data-total"))]).filter(([, n]) => n > 0).map(([i]) => i),
+          byOutcome,
+          segments: fig.querySelectorAll("rect.seg").length,
+          title: fig.querySelector("svg title")?.textContent,
+          role: fig.querySelector("svg").getAttribute("role"),
+          legend: Array.from(fig.querySelectorAll(".legend li[data-outcome]")).map((li) => li.getAttribute("data-outcome")),
+        };
+      });
+      let chart;
+      for (let tries = 0; tries < 40; tries++) {
+        await page.goto(`${server.base}/console/keys?selected=${id}`);
+        chart = await chartOf();
+        if (chart.total >= 9) break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.equal(chart.total, 9, JSON.stringify(chart));
+      assert.equal(chart.buckets, 60, "one point per minute of the last hour");
+      assert.deepEqual(chart.byOutcome, want);
+      assert.ok(chart.busy.length >= 1 && chart.busy.length <= 2 && chart.busy.every((i) => i >= 58), JSON.stringify(chart.busy));
+      assert.ok(chart.segments >= 4 && chart.segments <= 8, "a segment per outcome in each busy minute");
+      assert.equal(chart.role, "img");
+      assert.match(chart.title, /per minute, last hour/);
+      assert.deepEqual(chart.legend, ["allowed", "rate_limited", "insufficient_scope", "revoked"]);
+      assert.match(await page.textContent("#key-details [data-testid=rate-limits]"), /daily: 4 per day/);
+      await shot(page, "21-key-usage");
+      // The last day by hour, the last 30 days by day: the same requests.
+      await navigated(page, () => page.click("#key-details .ranges >> text=Last day"));
+      chart = await chartOf();
+      assert.deepEqual([chart.buckets, chart.total], [24, 9]);
+      await navigated(page, () => page.click("#key-details .ranges >> text=Last 30 days"));
+      chart = await chartOf();
+      assert.deepEqual([chart.buckets, chart.total], [30, 9]);
+      assert.deepEqual(chart.byOutcome, want);
+
+      // The overview: the project's requests, and the key first among the refused.
+      await page.goto(server.base + "/console/overview");
+      const total = Number(await page.getAttribute("[data-testid=usage-chart]", "data-total"));
+      assert.ok(total >= 9, `the project's requests (${total})`);
+      assert.equal(await page.locator("[data-testid=usage-chart] g.bucket").count(), 60);
+      assert.match(await page.textContent("#top-traffic"), /chart key/);
+      assert.match(await page.locator("#top-refusals li").first().textContent(), /chart key\s*5/);
+      await shot(page, "22-overview-usage");
+
+      // A client's limits in its panel, in the same words.
+      await page.goto(`${server.base}/console/clients?selected=${state.clientId}`);
+      await page.fill("#d-limits", "burst: 50 per second");
+      await navigated(page, () => page.click("text=Update configuration"));
+      assert.match(await page.textContent("#client-details [data-testid=rate-limits]"), /burst: 50 per second/);
+      const client = await api(`/v1/oauth-clients/${state.clientId}`);
+      assert.deepEqual(client.rate_limits, [{ name: "burst", limit: 50, window: "1s" }]);
+    });
+
+    await t.test("no page overflows sideways at 1280×800 or at 390×844", async () => {
+      const pages = [
+        "/console/overview", "/console/overview?range=day", "/console/overview?range=30d",
+        "/console/keys", `/console/keys?selected=${state.keyId}`,
+        "/console/clients", `/console/clients?selected=${state.clientId}`,
+        `/console/clients?selected=${state.signerId}`,
+        "/console/members", "/console/apps", "/console/activity",
+        "/console/search?q=guard", "/console/search?q=nothing-like-this", "/console/search",
+      ];
+      // The measure itself catches what sticks out (a wide element, and one inside a table).
+      await page.goto(server.base + "/console/keys");
+      await page.evaluate(() => {
+        const d = document.createElement("div");
+        d.id = "too-wide";
+        d.textContent = "x".repeat(400);
+        document.querySelector("main").append(d);
+      });
+      assert.ok((await overflows(page)).some((o) => o.includes("too-wide")));
+      await page.evaluate(() => {
+        document.getElementById("too-wide").remove();
+        document.querySelector("#keys-table td").append(Object.assign(document.createElement("pre"), { id: "wide-cell", textContent: "y".repeat(400) }));
+      });
+      assert.ok((await overflows(page)).some((o) => o.includes("wide-cell")));
+      for (const size of [{ width: 1280, height: 800 }, { width: 390, height: 844 }]) {
+        await page.setViewportSize(size);
+        for (const p of pages) {
+          await page.goto(server.base + p);
+          assert.deepEqual(await overflows(page), [], `${p} at ${size.width}×${size.height}`);
+          if (size.width < 500 && p === "/console/overview") await shot(page, "23-overview-phone", false);
+          if (size.width < 500 && p === "/console/activity") await shot(page, "24-activity-phone", false);
+        }
+        // And with a dialog open.
+        await page.goto(server.base + "/console/keys");
+        await page.click("#create-token");
+        assert.deepEqual(await overflows(page), [], `the create dialog at ${size.width}×${size.height}`);
+      }
+      const fresh = await browser.newContext({ viewport: { width: 390, height: 844 } });
+      const fp = await fresh.newPage();
+      await fp.goto(server.base + "/console/sign-in");
+      assert.deepEqual(await overflows(fp), [], "the sign-in page at phone width");
+      await fresh.close();
+      await page.setViewportSize({ width: 1280, height: 860 });
+    });
+
+    await t.test("every page of an empty organization says what to do next", async () => {
+      const org = await (await fetch(server.base + "/v1/orgs", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + server.adminKey, "Content-Type": "application/json" },
+        body: JSON.stringify({ name: "empty-org" }),
+      })).json();
+      await page.goto(server.base + "/console/overview");
+      await navigated(page, () => page.selectOption('select[name="org_id"]', org.id));
+      const pages = {
+        "/console/overview": ["#usage-empty", /Create an API key or a service client/],
+        "/console/keys": ["#keys-empty", /Create API key/],
+        "/console/clients": ["#clients-empty", /Create service client/],
+        "/console/members": ["#members-empty", /Add member/],
+        "/console/apps": ["#apps-empty", /consent page/],
+        "/console/search": ["#search-empty", /prefix/],
+        "/console/search?q=zzz": ["#search-none", /Try part of a name/],
+      };
+      for (const [p, [sel, words]] of Object.entries(pages)) {
+        await page.goto(server.base + p);
+        assert.match(await page.textContent(sel), words, p);
+        assert.deepEqual(await overflows(page), [], p);
+      }
+      await page.goto(server.base + "/console/activity?action=nothing.like.this");
+      assert.match(await page.textContent("#activity-empty"), /clear a filter/);
+      await shot(page, "25-keys-empty-org");
+      // Back to the organization the other steps use.
+      await page.goto(server.base + "/console/overview");
+      const first = await page.locator('select[name="org_id"] option').evaluateAll((os) =>
+        os.find((o) => o.textContent.trim() === "default").value);
+      await navigated(page, () => page.selectOption('select[name="org_id"]', first));
     });
 
     await t.test("phone width: the pages stay usable", async () => {

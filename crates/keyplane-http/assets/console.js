@@ -20,6 +20,36 @@
     });
   }
 
+  // The chart's time labels: the viewer's local time too (the server draws them in UTC).
+  function chartTimes(root) {
+    root.querySelectorAll(".chart [data-datetime]").forEach(function (t) {
+      const d = new Date(t.getAttribute("data-datetime"));
+      if (isNaN(d.getTime())) return;
+      t.textContent = t.getAttribute("data-unit") === "day"
+        ? d.toLocaleDateString(undefined, { month: "short", day: "numeric" })
+        : d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+    });
+  }
+
+  // ----- copy buttons next to shortened ids (the whole id is in data-copy and the title) -----
+  function copyText(button) {
+    const text = button.getAttribute("data-copy");
+    const done = function () {
+      button.classList.add("done");
+      button.textContent = "Copied";
+      setTimeout(function () { button.classList.remove("done"); button.textContent = "Copy"; }, 1500);
+    };
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(text).then(done, function () {
+        const code = button.previousElementSibling;
+        if (code) { code.textContent = text; selectText(code); }
+      });
+    } else {
+      const code = button.previousElementSibling;
+      if (code) { code.textContent = text; selectText(code); }
+    }
+  }
+
   // ----- dialogs -----
   function openDialog(id) {
     const d = document.getElementById(id);
@@ -294,6 +324,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
+    chartTimes(document);
     wireSecretDialog();
     welcomeToken();
 
@@ -303,6 +334,12 @@
     });
 
     document.addEventListener("click", function (ev) {
+      const copier = ev.target.closest("button[data-copy]");
+      if (copier) {
+        ev.preventDefault();
+        copyText(copier);
+        return;
+      }
       const opener = ev.target.closest("[data-open]");
       if (opener) {
         ev.preventDefault();
@@ -333,6 +370,17 @@
     });
 
     document.addEventListener("keydown", function (ev) {
+      // "/" focuses the search box, as on GitHub, unless one is typing somewhere already.
+      const typing = ev.target.closest && ev.target.closest("input, textarea, select, [contenteditable]");
+      if (ev.key === "/" && !typing && !ev.ctrlKey && !ev.metaKey && !ev.altKey) {
+        const q = document.getElementById("search-q");
+        if (q && !document.querySelector("dialog[open]")) {
+          ev.preventDefault();
+          q.focus();
+          q.select();
+          return;
+        }
+      }
       if (ev.key === "Escape") {
         const open = document.querySelector("details.menu[open]");
         if (open) {

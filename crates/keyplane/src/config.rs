@@ -87,15 +87,34 @@ pub struct FileConfig {
     /// OpenTelemetry traces (`[otel]`).
     #[serde(default)]
     pub otel: OtelFile,
+    /// Leaked-credential reports (`[leaks]`, docs/leaks.md).
+    #[serde(default)]
+    pub leaks: LeaksFile,
     /// Usage analytics (`[usage]`).
     #[serde(default)]
     pub usage: UsageFile,
     /// Rate limits across nodes (`[rate_limits]`).
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
-    /// Leaked-credential reports (`[leaks]`, docs/leaks.md).
-    #[serde(default)]
-    pub leaks: LeaksFile,
+}
+
+/// `[leaks]`: what a report of a leaked credential does, and whose reports are trusted.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaksFile {
+    /// `revoke` (default: a reported live key or client secret is revoked at once) or `notify`
+    /// (only `credential.leaked` is recorded).
+    pub policy: Option<String>,
+    /// A file holding GitHub's secret-scanning public keys, in the JSON GitHub serves
+    /// (`{"public_keys": [{"key_identifier", "key", "is_current"}]}`); used before any fetched.
+    pub github_public_keys_file: Option<PathBuf>,
+    /// Where GitHub's public keys are fetched from (default GitHub's own URL; "" turns
+    /// fetching off, leaving only the file's keys).
+    pub github_keys_url: Option<String>,
+    /// The key list is fetched again for an unknown identifier at most this often (60 s).
+    pub github_keys_refetch_interval_seconds: Option<i64>,
+    /// Reports through the public form per client address per minute (10).
+    pub form_reports_per_minute: Option<u32>,
 }
 
 /// `[usage]`: how long usage counts are kept.
@@ -118,25 +137,6 @@ pub struct RateLimitsFile {
     pub sync_interval_ms: Option<u64>,
     /// Without Redis: how many nodes serve; each enforces its share of every limit (default 1).
     pub nodes: Option<u64>,
-}
-
-/// `[leaks]`: what a report of a leaked credential does, and whose reports are trusted.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaksFile {
-    /// `revoke` (default: a reported live key or client secret is revoked at once) or `notify`
-    /// (only `credential.leaked` is recorded).
-    pub policy: Option<String>,
-    /// A file holding GitHub's secret-scanning public keys, in the JSON GitHub serves
-    /// (`{"public_keys": [{"key_identifier", "key", "is_current"}]}`); used before any fetched.
-    pub github_public_keys_file: Option<PathBuf>,
-    /// Where GitHub's public keys are fetched from (default GitHub's own URL; "" turns
-    /// fetching off, leaving only the file's keys).
-    pub github_keys_url: Option<String>,
-    /// The key list is fetched again for an unknown identifier at most this often (60 s).
-    pub github_keys_refetch_interval_seconds: Option<i64>,
-    /// Reports through the public form per client address per minute (10).
-    pub form_reports_per_minute: Option<u32>,
 }
 
 /// `[otel]`: traces over OTLP/HTTP, off unless `endpoint` is set.
@@ -533,6 +533,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// OpenTelemetry traces, when an endpoint is configured.
     pub otel: Option<OtelConfig>,
+    /// Leaked-credential reports.
+    pub leaks: keyplane_core::domain::leaks::LeakSettings,
     pub usage_minute_retention_hours: u64,
     pub usage_hour_retention_days: u64,
     /// Redis for rate limits shared across nodes (never printed: it may hold a password).
@@ -540,8 +542,6 @@ pub struct Config {
     pub rate_limit_sync_interval_ms: u64,
     /// Nodes sharing each limit without Redis.
     pub rate_limit_nodes: u64,
-    /// Leaked-credential reports.
-    pub leaks: keyplane_core::domain::leaks::LeakSettings,
     /// Apply pending migrations when opening the database (default), or refuse a database
     /// that lacks one (`keyplane serve --no-migrate`).
     pub migrations: keyplane_store::Migrations,
@@ -660,16 +660,16 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYPLANE_OTEL_SERVICE_NAME",
     "KEYPLANE_OTEL_SAMPLE_RATIO",
     "KEYPLANE_OTEL_HOT_SAMPLE_RATIO",
-    "KEYPLANE_USAGE_MINUTE_RETENTION_HOURS",
-    "KEYPLANE_USAGE_HOUR_RETENTION_DAYS",
-    "KEYPLANE_REDIS_URL",
-    "KEYPLANE_RATE_LIMIT_SYNC_INTERVAL_MS",
-    "KEYPLANE_RATE_LIMIT_NODES",
     "KEYPLANE_LEAKS_POLICY",
     "KEYPLANE_LEAKS_GITHUB_PUBLIC_KEYS_FILE",
     "KEYPLANE_LEAKS_GITHUB_KEYS_URL",
     "KEYPLANE_LEAKS_GITHUB_KEYS_REFETCH_INTERVAL_SECONDS",
     "KEYPLANE_LEAKS_FORM_REPORTS_PER_MINUTE",
+    "KEYPLANE_USAGE_MINUTE_RETENTION_HOURS",
+    "KEYPLANE_USAGE_HOUR_RETENTION_DAYS",
+    "KEYPLANE_REDIS_URL",
+    "KEYPLANE_RATE_LIMIT_SYNC_INTERVAL_MS",
+    "KEYPLANE_RATE_LIMIT_NODES",
     // The CLI client's.
     "KEYPLANE_URL",
     "KEYPLANE_TOKEN",
@@ -1256,6 +1256,7 @@ impl Config {
             file.tls_handshake_timeout_seconds,
             10,
         )?;
+        let leaks = leaks_settings(&file.leaks, env)?;
         let usage_minute_retention_hours = number(
             None,
             "KEYPLANE_USAGE_MINUTE_RETENTION_HOURS",
@@ -1295,14 +1296,13 @@ impl Config {
         if !(1..=1000).contains(&rate_limit_nodes) {
             bail!("rate_limits.nodes (KEYPLANE_RATE_LIMIT_NODES) must be 1 to 1000");
         }
-        let leaks = leaks_settings(&file.leaks, env)?;
         Ok(Config {
+            leaks,
             usage_minute_retention_hours,
             usage_hour_retention_days,
             redis_url,
             rate_limit_sync_interval_ms,
             rate_limit_nodes,
-            leaks,
             metrics_listen,
             otel,
             migrations: keyplane_store::Migrations::Apply,

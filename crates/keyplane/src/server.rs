@@ -81,9 +81,9 @@ pub async fn build(config: &Config) -> Result<Arc<Keyplane>> {
         auth_failures_per_minute: config.auth_failures_per_minute,
         refusal_events_per_flush: config.refusal_events_per_flush,
         metrics_token: config.metrics_token.clone().map(SecretString::new),
+        leaks: config.leaks.clone(),
         usage_minute_retention_hours: config.usage_minute_retention_hours as i64,
         usage_hour_retention_days: config.usage_hour_retention_days as i64,
-        leaks: config.leaks.clone(),
         oauth: OAuthSettings {
             issuer: config.issuer.clone(),
             client_id_format: format(&config.client_id_prefix)?,

@@ -26,12 +26,12 @@ pub struct Settings {
     pub refusal_events_per_flush: usize,
     /// When set, `/metrics` answers only requests bearing this token; otherwise it is open.
     pub metrics_token: Option<SecretString>,
+    /// Leaked-credential reports (`[leaks]`).
+    pub leaks: crate::domain::leaks::LeakSettings,
     /// Hours per-minute usage rows are kept (24 by default).
     pub usage_minute_retention_hours: i64,
     /// Days per-hour usage rows are kept (90 by default).
     pub usage_hour_retention_days: i64,
-    /// Leaked-credential reports (`[leaks]`).
-    pub leaks: crate::domain::leaks::LeakSettings,
 }
 
 impl Default for Settings {
@@ -46,9 +46,9 @@ impl Default for Settings {
             auth_failures_per_minute: 20,
             refusal_events_per_flush: 100,
             metrics_token: None,
+            leaks: Default::default(),
             usage_minute_retention_hours: 24,
             usage_hour_retention_days: 90,
-            leaks: Default::default(),
         }
     }
 }

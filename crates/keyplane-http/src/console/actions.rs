@@ -295,6 +295,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
     let back = "/console/keys";
     let (org, project) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
     let f = &p.form;
+    let rate_limits = limits_field(f, p.js, back)?.unwrap_or_default();
     let input = NewApiKey {
         org_id: Some(org),
         project_id: Some(project),
@@ -314,7 +315,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
         default_for_service: f.get("default_for_service").map(str::to_string),
         service_token: f.checked("service_token"),
         may_act: vec![],
-        rate_limits: vec![],
+        rate_limits,
     };
     if input.name.is_none() {
         return Err(Fail {
@@ -323,7 +324,7 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
                 p.js,
                 back,
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "Give the token a name.",
+                "Give the API key a name.",
             )
         });
     }
@@ -333,8 +334,8 @@ pub async fn key_create(State(s): State<AppState>, p: Posted) -> Answer {
         .await
         .map_err(fail(p.js, back))?;
     Ok(secret(
-        &format!("Token “{}” created", key.name),
-        vec![("Token", secret_value.expose().to_string())],
+        &format!("API key “{}” created", key.name),
+        vec![("API key", secret_value.expose().to_string())],
         None,
     ))
 }
@@ -354,7 +355,7 @@ pub async fn key_edit(State(s): State<AppState>, Path(id): Path<String>, p: Post
         expires_at,
         default_for_service: Some(f.get("default_for_service").map(str::to_string)),
         may_act: None,
-        rate_limits: None,
+        rate_limits: limits_field(f, p.js, back)?,
     };
     s.app
         .api_key_update(&p.signed.principal, &id, patch, None, &p.meta)
@@ -370,8 +371,8 @@ pub async fn key_copy(State(s): State<AppState>, Path(id): Path<String>, p: Post
         .await
         .map_err(fail(p.js, "/console/keys"))?;
     Ok(secret(
-        &format!("Token “{}” created", key.name),
-        vec![("Token", secret_value.expose().to_string())],
+        &format!("API key “{}” created", key.name),
+        vec![("API key", secret_value.expose().to_string())],
         None,
     ))
 }
@@ -388,10 +389,10 @@ pub async fn key_regenerate(
         .map_err(fail(p.js, "/console/keys"))?;
     Ok(secret(
         &format!(
-            "Token “{}” regenerated: the old secret no longer works",
+            "API key “{}” regenerated: the old secret no longer works",
             key.name
         ),
-        vec![("Token", secret_value.expose().to_string())],
+        vec![("API key", secret_value.expose().to_string())],
         None,
     ))
 }
@@ -417,6 +418,39 @@ pub async fn key_leaked(State(s): State<AppState>, Path(id): Path<String>, p: Po
 
 fn opt_i64(f: &FormData, name: &str) -> Option<i64> {
     f.get(name).and_then(|v| v.parse().ok())
+}
+
+/// The rate limits typed in words, one a line ([`super::present::parse_limits`]). `None` when
+/// the form has no such field (a scripted form), so nothing changes.
+fn limits_field(
+    f: &FormData,
+    js: bool,
+    back: &str,
+) -> Result<Option<Vec<keyplane_core::domain::usage::RateLimit>>, Fail> {
+    if !f.has("rate_limits") {
+        return Ok(None);
+    }
+    super::present::parse_limits(f.raw("rate_limits"))
+        .map(|ls| Some(ls.iter().map(|l| l.to_rate_limit()).collect()))
+        .map_err(|e| invalid_field(js, back, "rate_limits", format!("{e}.")))
+}
+
+/// The access-token lifetime typed in words ("15 minutes", "1 hour"; a bare number is
+/// seconds). Absent: the default. One that does not read is refused at the field.
+fn ttl_field(f: &FormData, js: bool, back: &str) -> Result<Option<i64>, Fail> {
+    match f.get("ttl") {
+        None => Ok(None),
+        Some(text) => super::present::parse_span(text).map(Some).ok_or_else(|| {
+            invalid_field(
+                js,
+                back,
+                "ttl",
+                format!(
+                    "“{text}” is not a duration: write it like “15 minutes”, “1 hour” or “1 day”."
+                ),
+            )
+        }),
+    }
 }
 
 /// What a client form says about how the client authenticates (RFC 7591 names). `None`: the
@@ -510,6 +544,8 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
     let (org, project) = scope(&s, &p.signed).await.map_err(fail(p.js, back))?;
     let f = &p.form;
     let auth = auth_fields(f, p.js, back)?;
+    let ttl = ttl_field(f, p.js, back)?;
+    let rate_limits = limits_field(f, p.js, back)?.unwrap_or_default();
     let input = NewClient {
         org_id: Some(org),
         project_id: Some(project),
@@ -517,7 +553,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         name: f.get("name").unwrap_or("").to_string(),
         description: f.get("description").map(str::to_string),
         scopes: f.all("scopes"),
-        access_token_ttl_seconds: opt_i64(f, "ttl"),
+        access_token_ttl_seconds: ttl,
         token_format: f.get("token_format").map(str::to_string),
         signing_alg: None,
         audience: None,
@@ -528,7 +564,7 @@ pub async fn client_create(State(s): State<AppState>, p: Posted) -> Answer {
         federated_credentials: auth.federated.flatten(),
         dpop_bound_access_tokens: Some(auth.dpop),
         may_act: vec![],
-        rate_limits: vec![],
+        rate_limits,
     };
     let (client, first) = s
         .app
@@ -569,7 +605,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         name: f.get("name").map(str::to_string),
         description: Some(f.get("description").unwrap_or("").to_string()),
         scopes: Some(f.all("scopes")),
-        access_token_ttl_seconds: opt_i64(f, "ttl"),
+        access_token_ttl_seconds: ttl_field(f, p.js, &back)?,
         token_format: f.get("token_format").map(str::to_string),
         signing_alg: None,
         audience: None,
@@ -579,7 +615,7 @@ pub async fn client_edit(State(s): State<AppState>, Path(id): Path<String>, p: P
         jwks_uri: None,
         federated_credentials: None,
         may_act: None,
-        rate_limits: None,
+        rate_limits: limits_field(f, p.js, &back)?,
         dpop_bound_access_tokens: None,
     };
     s.app

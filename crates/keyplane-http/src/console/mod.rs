@@ -20,7 +20,10 @@
 mod actions;
 mod assets;
 pub mod authorize;
+mod chart;
 mod pages;
+mod present;
+mod usage;
 mod views;
 
 use crate::error::ApiError;
@@ -104,6 +107,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/members/{id}/remove", post(actions::member_remove))
         .route("/console/members/{id}/link", post(actions::member_link))
         .route("/console/activity", get(pages::activity))
+        .route("/console/search", get(pages::search))
         .route("/console/apps", get(pages::apps))
         .route("/console/apps/{id}/revoke", post(actions::grant_revoke))
         .route(

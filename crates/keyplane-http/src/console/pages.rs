@@ -91,6 +91,7 @@ async fn layout(
                 .collect(),
             org_name,
             project_name,
+            query: String::new(),
         },
         org,
         project,
@@ -189,8 +190,19 @@ pub async fn welcome(State(s): State<AppState>, headers: HeaderMap) -> Response 
     resp
 }
 
-pub async fn overview(State(s): State<AppState>, sess: Session) -> Result<Response, Fail> {
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    #[serde(default)]
+    pub range: Option<String>,
+}
+
+pub async fn overview(
+    State(s): State<AppState>,
+    sess: Session,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, Fail> {
     let (layout, org, project) = layout(&s, &sess, "Overview", "overview").await?;
+    let range = super::chart::Range::parse(q.range.as_deref());
     let p = &sess.signed.principal;
     let fail = |e: Error| Fail::new(false, "/console/overview", e.into());
     let services = s.app.service_list(p).await.map_err(fail)?;
@@ -224,12 +236,45 @@ pub async fn overview(State(s): State<AppState>, sess: Session) -> Result<Respon
         ),
         Err(e) => return Err(fail(e)),
     };
+    let subject = super::usage::Subject::Project {
+        org: &org,
+        project: &project,
+    };
+    let (chart, usage_seen, top_traffic, top_refusals, usage_note) =
+        match super::usage::series(&s, p, subject, range).await {
+            Ok(series) => {
+                let (traffic, refusals) = super::usage::top(&s, p, &org, &project, range)
+                    .await
+                    .map_err(fail)?;
+                (
+                    super::chart::render(&series, "overview", "Requests"),
+                    series.total() > 0,
+                    traffic,
+                    refusals,
+                    None,
+                )
+            }
+            Err(Error::Forbidden(_)) => (
+                String::new(),
+                false,
+                vec![],
+                vec![],
+                Some("Your role does not include the project's usage; your own keys' charts are on their pages.".to_string()),
+            ),
+            Err(e) => return Err(fail(e)),
+        };
     Ok(html(&OverviewPage {
         layout,
         services,
         activity,
         activity_note,
         can_register: p.is_admin_key(),
+        range_links: super::chart::range_links("/console/overview?", range),
+        chart,
+        usage_seen,
+        usage_note,
+        top_traffic,
+        top_refusals,
     }))
 }
 
@@ -239,6 +284,8 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     #[serde(default)]
     pub selected: Option<String>,
+    #[serde(default)]
+    pub range: Option<String>,
 }
 
 pub async fn keys(
@@ -273,9 +320,36 @@ pub async fn keys(
         .into_iter()
         .map(|m| (m.id, m.email))
         .collect();
+    // The details panel: the key by id through the use case (so one found by the search in
+    // another project opens too), with its requests over the chosen period.
+    let selected = match q.selected.as_deref() {
+        None => None,
+        Some(id) => {
+            let key = s.app.api_key_get(p, id).await.map_err(fail)?;
+            let range = super::chart::Range::parse(q.range.as_deref());
+            let series =
+                super::usage::series(&s, p, super::usage::Subject::Credential(&key.id), range)
+                    .await
+                    .map_err(fail)?;
+            let mut view = KeyView::new(key, now);
+            if let Some(email) = emails.get(&view.owner_id) {
+                view.owner = email.clone();
+            }
+            Some(KeyDetails {
+                chart: super::chart::render(&series, "key", "Requests with this key"),
+                range_links: super::chart::range_links(
+                    &format!("/console/keys?selected={}&", view.id),
+                    range,
+                ),
+                seen: series.total() > 0,
+                key: view,
+            })
+        }
+    };
     // Offer only the roles this user could grant (the use case refuses the others anyway).
     let perms = p.permissions;
     Ok(html(&KeysPage {
+        selected,
         layout,
         keys: page
             .items
@@ -318,18 +392,51 @@ pub async fn clients(
         .map_err(fail)?;
     let now = s.app.now();
     let services = s.app.service_list(p).await.map_err(fail)?;
+    let mut clients: Vec<ClientView> = page
+        .items
+        .into_iter()
+        .map(|(c, secrets)| {
+            let selected = q.selected.as_deref() == Some(c.client_id.as_str());
+            ClientView::new(c, secrets, now, selected)
+        })
+        .collect();
+    // A client chosen by id that is not on this page (another project, found by the search):
+    // read through the use case, which answers only what the session may see.
+    if let Some(id) = q.selected.as_deref() {
+        if !clients.iter().any(|c| c.selected) {
+            let (c, secrets) = s.app.client_get(p, id).await.map_err(fail)?;
+            clients.push(ClientView::new(c, secrets, now, true));
+        }
+    }
+    let (mut chart, mut range_links, mut usage_seen) = (String::new(), String::new(), false);
+    if let Some(c) = clients.iter().find(|c| c.selected) {
+        let range = super::chart::Range::parse(q.range.as_deref());
+        let series = super::usage::series(
+            &s,
+            p,
+            super::usage::Subject::Credential(&c.client_id),
+            range,
+        )
+        .await
+        .map_err(fail)?;
+        chart = super::chart::render(&series, "client", "Requests with this client's tokens");
+        range_links = super::chart::range_links(
+            &format!(
+                "/console/clients?selected={}&",
+                form_urlencoded::byte_serialize(c.client_id.as_bytes()).collect::<String>()
+            ),
+            range,
+        );
+        usage_seen = series.total() > 0;
+    }
     Ok(html(&ClientsPage {
+        chart,
+        range_links,
+        usage_seen,
         layout,
         methods: AUTH_METHODS.to_vec(),
         no_federated: Vec::new(),
-        clients: page
-            .items
-            .into_iter()
-            .map(|(c, secrets)| {
-                let selected = q.selected.as_deref() == Some(c.client_id.as_str());
-                ClientView::new(c, secrets, now, selected)
-            })
-            .collect(),
+        clients,
         services: services.iter().map(ServiceScopes::from).collect(),
         next: page.next_cursor,
         rotations: vec![30, 90, 180, 365],
@@ -423,6 +530,10 @@ pub struct ActivityQuery {
     #[serde(default)]
     pub target: Option<String>,
     #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub until: Option<String>,
+    #[serde(default)]
     pub cursor: Option<String>,
 }
 
@@ -436,13 +547,29 @@ pub async fn activity(
     let clean = |v: Option<String>| v.map(|x| x.trim().to_string()).unwrap_or_default();
     let (action, actor, target) = (clean(q.action), clean(q.actor), clean(q.target));
     let some = |v: &String| (!v.is_empty()).then(|| v.clone());
+    // The date range: read as UTC; one that does not read is said so, not silently dropped.
+    let (since_text, until_text) = (clean(q.since), clean(q.until));
+    let mut filter_error = None;
+    let mut when = |text: &String, what: &str| -> Option<time::OffsetDateTime> {
+        if text.is_empty() {
+            return None;
+        }
+        let t = super::present::parse_when(text);
+        if t.is_none() {
+            filter_error = Some(format!(
+                "“{text}” is not a date and time; {what} is left out. Use the date picker or YYYY-MM-DDTHH:MM."
+            ));
+        }
+        t
+    };
+    let (since, until) = (when(&since_text, "since"), when(&until_text, "until"));
     let filter = EventFilter {
         org_id: None,
         action: some(&action),
         actor: some(&actor),
         target: some(&target),
-        since: None,
-        until: None,
+        since,
+        until,
     };
     let mut page = ActivityPage {
         layout,
@@ -451,6 +578,10 @@ pub async fn activity(
         action,
         actor,
         target,
+        since: since.map(super::present::when_input).unwrap_or(since_text),
+        until: until.map(super::present::when_input).unwrap_or(until_text),
+        filter_error,
+        now: s.app.now(),
         verify: None,
         note: None,
     };
@@ -481,6 +612,125 @@ pub async fn activity(
                 .map(|b| format!("event #{} ({}): {}", b.seq, b.id, b.reason))
                 .unwrap_or_default(),
         });
+    }
+    Ok(html(&page))
+}
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    #[serde(default)]
+    pub q: Option<String>,
+}
+
+/// How many of each kind the search reads at most (pages of the list use cases).
+const SEARCH_SCAN: usize = 1000;
+
+/// The header's search: keys, clients and members of the session's organization whose name,
+/// prefix, id or email holds the query. It reads through the same list use cases as the pages,
+/// with the session's principal, so it finds exactly what the signed-in person may see: a
+/// member's own keys and clients and themself, never another organization's.
+pub async fn search(
+    State(s): State<AppState>,
+    sess: Session,
+    Query(q): Query<SearchQuery>,
+) -> Result<Response, Fail> {
+    let (mut layout, org, _) = layout(&s, &sess, "Search", "search").await?;
+    let p = &sess.signed.principal;
+    let fail = |e: Error| Fail::new(false, "/console/overview", e.into());
+    let query: String = q.q.unwrap_or_default().trim().chars().take(128).collect();
+    layout.query = query.clone();
+    let needle = query.to_lowercase();
+    let hit = |fields: &[&str]| fields.iter().any(|f| f.to_lowercase().contains(&needle));
+    let mut page = SearchPage {
+        layout,
+        query: query.clone(),
+        keys: vec![],
+        clients: vec![],
+        members: vec![],
+    };
+    if needle.is_empty() {
+        return Ok(html(&page));
+    }
+    let projects: std::collections::HashMap<String, String> = s
+        .app
+        .project_list(p, Some(&org))
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .map(|pr| (pr.id, pr.name))
+        .collect();
+    let project_name = |id: &str| projects.get(id).cloned().unwrap_or_else(|| id.into());
+    let now = s.app.now();
+    // Keys: a role without key management sees none (answered like an empty list).
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    loop {
+        let chunk = match s
+            .app
+            .api_key_list(p, Some(&org), None, true, cursor.as_deref(), Some(200))
+            .await
+        {
+            Ok(c) => c,
+            Err(Error::Forbidden(_)) => break,
+            Err(e) => return Err(fail(e)),
+        };
+        seen += chunk.items.len();
+        for k in chunk.items {
+            if hit(&[&k.name, &k.id, &k.start, &k.description]) {
+                let project = project_name(&k.project_id);
+                let v = KeyView::new(k, now);
+                page.keys.push(SearchKey {
+                    project,
+                    href: format!("/console/keys?selected={}", v.id),
+                    key: v,
+                });
+            }
+        }
+        match chunk.next_cursor {
+            Some(c) if seen < SEARCH_SCAN => cursor = Some(c),
+            _ => break,
+        }
+    }
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    loop {
+        let chunk = match s
+            .app
+            .client_list(p, Some(&org), None, cursor.as_deref(), Some(200))
+            .await
+        {
+            Ok(c) => c,
+            Err(Error::Forbidden(_)) => break,
+            Err(e) => return Err(fail(e)),
+        };
+        seen += chunk.items.len();
+        for (c, _) in chunk.items {
+            if hit(&[&c.name, &c.client_id, &c.description]) {
+                page.clients.push(SearchClient {
+                    href: format!("/console/clients?selected={}", c.client_id),
+                    project: project_name(&c.project_id),
+                    ttl: span_words(c.access_token_ttl_seconds),
+                    name: c.name,
+                    client_id: c.client_id,
+                });
+            }
+        }
+        match chunk.next_cursor {
+            Some(c) if seen < SEARCH_SCAN => cursor = Some(c),
+            _ => break,
+        }
+    }
+    for m in s.app.member_list(p, Some(&org)).await.map_err(fail)? {
+        if hit(&[&m.name, &m.email, &m.id]) {
+            page.members.push(MemberView {
+                is_self: p.member_id() == Some(m.id.as_str()),
+                id: m.id,
+                name: m.name,
+                email: m.email,
+                role: m.role.as_str(),
+                created: When(Some(m.created_at)),
+            });
+        }
     }
     Ok(html(&page))
 }

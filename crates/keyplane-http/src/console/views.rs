@@ -94,6 +94,15 @@ pub struct Layout {
     pub projects: Vec<Opt>,
     pub org_name: String,
     pub project_name: String,
+    /// What the header's search box holds (the search page's query).
+    pub query: String,
+}
+
+impl Layout {
+    /// An id shortened, the whole on hover and behind a copy button (HTML).
+    pub fn ident(&self, id: &str) -> String {
+        super::present::Ident(id).to_string()
+    }
 }
 
 #[derive(Template)]
@@ -148,28 +157,36 @@ pub struct ServiceView {
 
 pub struct EventView {
     pub at: When,
-    pub actor: String,
+    /// The actor, escaped, its ids shortened with copy buttons.
+    pub actor_html: String,
     pub action: String,
     pub target: String,
+    pub target_html: String,
     pub outcome: String,
     pub addr: String,
+    /// The details in one line (empty for none), and as indented JSON.
+    pub summary: String,
     pub details: String,
 }
 
 impl From<Event> for EventView {
     fn from(e: Event) -> Self {
+        let target = e.target.unwrap_or_default();
+        let details = if e.details == "null" {
+            String::new()
+        } else {
+            e.details
+        };
         EventView {
             at: When(Some(e.at)),
-            actor: e.actor,
+            actor_html: super::present::with_ids(&e.actor),
             action: e.action,
-            target: e.target.unwrap_or_default(),
+            target_html: super::present::with_ids(&target),
+            target,
             outcome: e.outcome.as_str().to_string(),
             addr: e.client_addr.unwrap_or_default(),
-            details: if e.details == "null" {
-                String::new()
-            } else {
-                e.details
-            },
+            summary: super::present::details_summary(&details),
+            details: super::present::details_pretty(&details),
         }
     }
 }
@@ -182,6 +199,13 @@ pub struct OverviewPage {
     pub activity: Vec<EventView>,
     pub activity_note: Option<String>,
     pub can_register: bool,
+    /// The usage chart (SVG, made by `chart::render`), its period links, and the top lists.
+    pub range_links: String,
+    pub chart: String,
+    pub usage_seen: bool,
+    pub usage_note: Option<String>,
+    pub top_traffic: Vec<super::usage::TopRow>,
+    pub top_refusals: Vec<super::usage::TopRow>,
 }
 
 pub struct RoleView {
@@ -204,6 +228,9 @@ pub struct KeyView {
     pub status: &'static str,
     pub active: bool,
     pub default_for: String,
+    /// Its rate limits in words, one per entry, and as the edit form's text.
+    pub limits: Vec<String>,
+    pub limits_text: String,
 }
 
 impl KeyView {
@@ -233,6 +260,12 @@ impl KeyView {
             status,
             active: k.is_active,
             default_for: k.default_for_service.unwrap_or_default(),
+            limits: k
+                .rate_limits
+                .iter()
+                .map(|l| super::present::LimitText::from(l).to_string())
+                .collect(),
+            limits_text: super::present::limits_text(&k.rate_limits),
         }
     }
     pub fn has_scope(&self, s: &str) -> bool {
@@ -254,6 +287,22 @@ pub struct KeysPage {
     pub can_service_token: bool,
     /// The create dialog's expiry choices, the deployment's default selected.
     pub expiry_choices: Vec<ExpiryChoice>,
+    /// The details panel of the key chosen by name.
+    pub selected: Option<KeyDetails>,
+}
+
+impl KeysPage {
+    pub fn is_selected(&self, id: &str) -> bool {
+        self.selected.as_ref().is_some_and(|d| d.key.id == id)
+    }
+}
+
+/// One key's details panel: its facts and its requests over the chosen period.
+pub struct KeyDetails {
+    pub key: KeyView,
+    pub chart: String,
+    pub range_links: String,
+    pub seen: bool,
 }
 
 /// One `<option>` of the create dialog's expiry list.
@@ -295,7 +344,6 @@ pub fn expiry_choices(default_days: Option<i64>) -> Vec<ExpiryChoice> {
 pub struct SecretView {
     pub id: String,
     pub start: String,
-    pub created: When,
     pub age: String,
     pub expires: When,
     pub last_used: When,
@@ -351,7 +399,6 @@ pub struct ClientView {
     pub name: String,
     pub description: String,
     pub scopes: Vec<String>,
-    pub ttl_seconds: i64,
     pub ttl: String,
     pub rotation_days: Option<i64>,
     pub rotation: String,
@@ -359,6 +406,9 @@ pub struct ClientView {
     pub created: When,
     pub secrets: Vec<SecretView>,
     pub selected: bool,
+    /// Its rate limits in words, one per entry, and as the edit form's text.
+    pub limits: Vec<String>,
+    pub limits_text: String,
 }
 
 impl ClientView {
@@ -368,9 +418,14 @@ impl ClientView {
         now: OffsetDateTime,
         selected: bool,
     ) -> Self {
+        let limits = c
+            .rate_limits
+            .iter()
+            .map(|l| super::present::LimitText::from(l).to_string())
+            .collect();
+        let limits_text = super::present::limits_text(&c.rate_limits);
         ClientView {
             ttl: span_words(c.access_token_ttl_seconds),
-            ttl_seconds: c.access_token_ttl_seconds,
             rotation: match c.secret_rotation_days {
                 Some(d) => format!("every {}", span_words(d * 86_400)),
                 None => "never".into(),
@@ -439,7 +494,6 @@ impl ClientView {
                         age: age_words(s.created_at, now),
                         id: s.id,
                         start: s.start,
-                        created: When(Some(s.created_at)),
                         expires: When(expires),
                         last_used: When(s.last_used_at),
                         uses: s.use_count,
@@ -447,6 +501,8 @@ impl ClientView {
                 })
                 .collect(),
             selected,
+            limits,
+            limits_text,
         }
     }
     pub fn has_scope(&self, s: &str) -> bool {
@@ -473,6 +529,10 @@ pub struct ClientsPage {
     pub next: Option<String>,
     pub rotations: Vec<i64>,
     pub lifetimes: Vec<(i64, String)>,
+    /// The selected client's requests: the chart, its period links, and whether it has any.
+    pub chart: String,
+    pub range_links: String,
+    pub usage_seen: bool,
 }
 
 impl ClientsPage {
@@ -514,19 +574,35 @@ pub struct ActivityPage {
     pub action: String,
     pub actor: String,
     pub target: String,
+    /// The date range as the fields show it (`datetime-local`, UTC); empty for none.
+    pub since: String,
+    pub until: String,
+    pub filter_error: Option<String>,
+    /// Now, for the quick ranges.
+    pub now: OffsetDateTime,
     pub verify: Option<VerifyView>,
     pub note: Option<String>,
 }
 
 impl ActivityPage {
-    /// The query string for the next page, keeping the filters.
-    pub fn next_query(&self) -> String {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in [
+    fn pairs(&self) -> [(&'static str, &String); 5] {
+        [
             ("action", &self.action),
             ("actor", &self.actor),
             ("target", &self.target),
-        ] {
+            ("since", &self.since),
+            ("until", &self.until),
+        ]
+    }
+
+    pub fn filtered(&self) -> bool {
+        self.pairs().iter().any(|(_, v)| !v.is_empty())
+    }
+
+    /// The query string for the next page, keeping the filters.
+    pub fn next_query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in self.pairs() {
             if !v.is_empty() {
                 q.append_pair(k, v);
             }
@@ -535,6 +611,27 @@ impl ActivityPage {
             q.append_pair("cursor", c);
         }
         q.finish()
+    }
+
+    /// Links for the last hour, day and week, keeping the other filters.
+    pub fn quick_ranges(&self) -> Vec<(&'static str, String)> {
+        [
+            ("Last hour", time::Duration::hours(1)),
+            ("Last 24 hours", time::Duration::days(1)),
+            ("Last 7 days", time::Duration::days(7)),
+        ]
+        .into_iter()
+        .map(|(label, back)| {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in self.pairs().into_iter().take(3) {
+                if !v.is_empty() {
+                    q.append_pair(k, v);
+                }
+            }
+            q.append_pair("since", &super::present::when_input(self.now - back));
+            (label, q.finish())
+        })
+        .collect()
     }
 }
 
@@ -581,4 +678,36 @@ pub struct GrantRow {
     pub last_used: When,
     pub active: bool,
     pub reason: Option<String>,
+}
+
+/// A key the search found.
+pub struct SearchKey {
+    pub key: KeyView,
+    pub project: String,
+    pub href: String,
+}
+
+/// A client the search found.
+pub struct SearchClient {
+    pub name: String,
+    pub client_id: String,
+    pub project: String,
+    pub ttl: String,
+    pub href: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/search.html")]
+pub struct SearchPage {
+    pub layout: Layout,
+    pub query: String,
+    pub keys: Vec<SearchKey>,
+    pub clients: Vec<SearchClient>,
+    pub members: Vec<MemberView>,
+}
+
+impl SearchPage {
+    pub fn found(&self) -> usize {
+        self.keys.len() + self.clients.len() + self.members.len()
+    }
 }

@@ -3,6 +3,8 @@
 //! - `sessions_and_links` (both backends): the console's own storage over plain HTTP: sign-in
 //!   with the admin key, the CSRF check, a member's one-time password link (single use), a
 //!   member's session acting with the member's role, sign-out, and throttled sign-ins.
+//! - `search_is_scoped` (both backends, issue 15): the header's search finds our key, client
+//!   and member by name, prefix and id, and another organization's by none of them.
 //! - `in_chromium`: the whole console in real headless Chromium, `node --test console-tests/`
 //!   against this build's binary. It needs Debian's `chromium`, node, and
 //!   `console-tests/node_modules` (`bash scripts/ensure-chromium.sh` installs them); without them
@@ -417,6 +419,150 @@ async fn sessions_and_links(app: TestApp) {
 }
 
 on_both!(sessions_and_links, sessions_and_links);
+
+/// The ids a search page lists (`data-id` of its result rows).
+fn result_ids(page: &str) -> Vec<String> {
+    page.split("data-result=\"")
+        .skip(1)
+        .filter_map(|r| r.split("data-id=\"").nth(1))
+        .filter_map(|r| r.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn found(admin: &mut Console, path: String) -> Vec<String> {
+    let (status, page, _) = admin.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{path}");
+    result_ids(&page)
+}
+
+async fn search_is_scoped(app: TestApp) {
+    use keyplane_testkit::json;
+    let mut admin = Console::new(&app);
+    let (_, page, _) = admin.get("/console/sign-in").await;
+    let pre = csrf_of(&page);
+    let (status, _, _) = admin
+        .post(
+            "/console/sign-in",
+            &[
+                ("csrf", &pre),
+                ("method", "admin"),
+                ("admin_key", &app.admin_key),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let key = app
+        .post(
+            "/v1/api-keys",
+            &app.admin_key,
+            json!({ "name": "twin name" }),
+        )
+        .await
+        .json();
+    let client = app
+        .post(
+            "/v1/oauth-clients",
+            &app.admin_key,
+            json!({ "name": "twin name client" }),
+        )
+        .await
+        .json();
+    let member = app
+        .post(
+            "/v1/members",
+            &app.admin_key,
+            json!({ "email": "twin@example.com", "name": "twin name", "role": "member" }),
+        )
+        .await
+        .json();
+    // Another organization with the same names.
+    let other = app
+        .post("/v1/orgs", &app.admin_key, json!({ "name": "elsewhere" }))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let their_key = app
+        .post(
+            "/v1/api-keys",
+            &app.admin_key,
+            json!({ "org_id": other, "name": "twin name" }),
+        )
+        .await
+        .json();
+    let their_client = app
+        .post(
+            "/v1/oauth-clients",
+            &app.admin_key,
+            json!({ "org_id": other, "name": "twin name client" }),
+        )
+        .await
+        .json();
+    let their_member = app
+        .post(
+            "/v1/members",
+            &app.admin_key,
+            json!({ "org_id": other, "email": "twin@example.com", "name": "twin name", "role": "member" }),
+        )
+        .await
+        .json();
+    let id = |v: &serde_json::Value, f: &str| v[f].as_str().expect(f).to_string();
+    let (key_id, client_id, member_id) =
+        (id(&key, "id"), id(&client, "client_id"), id(&member, "id"));
+    let theirs = [
+        id(&their_key, "id"),
+        id(&their_client, "client_id"),
+        id(&their_member, "id"),
+    ];
+    let search = |q: String| {
+        let q = form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>();
+        format!("/console/search?q={q}")
+    };
+    let by_name = found(&mut admin, search("twin".into())).await;
+    for ours in [&key_id, &client_id, &member_id] {
+        assert!(by_name.contains(ours), "{ours} in {by_name:?}");
+    }
+    for t in &theirs {
+        assert!(
+            !by_name.contains(t),
+            "another organization's {t} never appears"
+        );
+    }
+    assert_eq!(
+        found(&mut admin, search(key_id.clone())).await,
+        vec![key_id.clone()]
+    );
+    let prefix = key["key"].as_str().unwrap()[..7].to_string();
+    assert!(found(&mut admin, search(prefix)).await.contains(&key_id));
+    assert_eq!(
+        found(&mut admin, search(client_id.clone())).await,
+        vec![client_id.clone()]
+    );
+    assert_eq!(
+        found(&mut admin, search("TWIN@example".into())).await,
+        vec![member_id.clone()]
+    );
+    // Theirs by id or prefix: nothing, as for what does not exist.
+    for q in theirs
+        .iter()
+        .cloned()
+        .chain([their_key["key"].as_str().unwrap()[..7].to_string()])
+    {
+        assert_eq!(
+            found(&mut admin, search(q.clone())).await,
+            Vec::<String>::new(),
+            "{q}"
+        );
+    }
+    // Markup in a query is shown as text.
+    let (_, page, _) = admin.get(&search("<script>x</script>".into())).await;
+    assert!(!page.contains("<script>x"));
+}
+
+on_both!(search_is_scoped, search_is_scoped);
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
