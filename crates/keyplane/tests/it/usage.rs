@@ -330,6 +330,29 @@ async fn scoping_and_bad_filters(app: TestApp) {
     let plain = usage(&app, &mine, &format!("credential_id={mine_id}")).await;
     assert_eq!(plain.status, StatusCode::NOT_FOUND, "{}", plain.text);
 
+    // A member sees their own credential's usage, nobody else's, and not the organization's.
+    let member = crate::support::admin_member(&app, "org_default", "m@example.com", "member").await;
+    let (own_id, own) = app
+        .key(
+            &admin,
+            json!({ "name": "own", "owner_member_id": member, "scopes": ["ai-guard:read"] }),
+        )
+        .await;
+    let mine_as_member = usage(&app, &own, &format!("credential_id={own_id}")).await;
+    assert_eq!(
+        mine_as_member.status,
+        StatusCode::OK,
+        "{}",
+        mine_as_member.text
+    );
+    let others = usage(&app, &own, &format!("credential_id={mine_id}")).await;
+    assert_eq!(others.status, StatusCode::NOT_FOUND, "{}", others.text);
+    assert_eq!(strip(&others), strip(&nobody));
+    let whole = usage(&app, &own, "").await;
+    assert_eq!(whole.status, StatusCode::FORBIDDEN, "{}", whole.text);
+    let top = app.get("/v1/usage/top", &own).await;
+    assert_eq!(top.status, StatusCode::FORBIDDEN, "{}", top.text);
+
     for (query, field) in [
         (
             "since=2030-01-02T00:00:00Z&until=2030-01-01T00:00:00Z",
