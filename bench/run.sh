@@ -16,6 +16,10 @@
 #                           (usage counting and one rate limit on the key, never reached) on
 #                           SQLite, and the two-node Redis overshoot (PostgreSQL and Redis);
 #                           prints the figures and leaves BENCHMARKS.md alone
+#   bench/run.sh --identity issue 12's scenarios only: the baseline, the peer's and keyplane's
+#                           `token_pkjwt` and `token_dpop`, keyplane's `authz` and `authz_dpop`,
+#                           on SQLite and PostgreSQL; prints the figures and leaves
+#                           BENCHMARKS.md alone
 #   bench/run.sh --short    a few seconds per scenario, SQLite only, no 1M-key run; exits 1
 #                           when any ratio is below half its target (CI)
 #
@@ -29,6 +33,10 @@ SHORT=0
 USAGE_ONLY=0
 [[ "${1:-}" == "--short" ]] && SHORT=1
 [[ "${1:-}" == "--usage" ]] && USAGE_ONLY=1
+# Only these scenarios (empty: all).
+ONLY=""
+[[ "${1:-}" == "--identity" ]] && ONLY="authz token_pkjwt token_dpop authz_dpop"
+wanted() { [[ -z "$ONLY" || " $ONLY " == *" $1 "* ]]; }
 if ((SHORT)); then DUR=3; else DUR=10; fi
 REDIS_URL="${KEYPLANE_BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 CONNS=32
@@ -90,6 +98,7 @@ wait_cached() { # COUNT: until keyplane's cache holds at least COUNT keys (3 min
 # wrk on core 1 against a server on core 0. run NAME SERVER SCRIPT URL [duration]
 run() {
   local name=$1 server=$2 script=$3 url=$4 d=${5:-$DUR}
+  wanted "$name" || return 0
   cat "$BENCH/lua/common.lua" "$BENCH/lua/$script" >"$WORK/s.lua"
   local line
   line=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${d}s" -s "$WORK/s.lua" "$url" 2>"$WORK/wrk.err" | grep '^RESULT' || true)
@@ -122,6 +131,7 @@ JWT="$WORK/jwt"
 # presigned.lua (the other BENCH_* variables as the caller set them).
 run_presigned() {
   local name=$1 server=$2 kind=$3 url=$4
+  wanted "$name" || return 0
   shift 4
   "$BIN/jwtgen" "$kind" "$JWT" "$PRESIGNED" "$WORK/presigned" "$@"
   BENCH_LINES="$WORK/presigned" BENCH_SLOT=$([[ $kind == assertions ]] && echo assertion || echo dpop) \
@@ -154,7 +164,7 @@ if ((HAVE_PEER)); then
   BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&scope=bench:read&client_id=jwt-post&client_secret=$(sec jwt-post)" run token_jwt_post peer static.lua "$P/token"
   TOKEN=$(curl -s -u "opaque:$(sec opaque)" "$P/token" -d grant_type=client_credentials -d scope=bench:read | json_field access_token)
   BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_BODY="token=$TOKEN" run introspect_token peer static.lua "$P/token/introspection"
-  BENCH_OUT="$WORK/peer-tokens" BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_PATH=/token BENCH_BODY="grant_type=client_credentials&scope=bench:read" \
+  wanted revoke_then_check && BENCH_OUT="$WORK/peer-tokens" BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_PATH=/token BENCH_BODY="grant_type=client_credentials&scope=bench:read" \
     taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$BENCH/lua/collect.lua" "$P" >/dev/null
   BENCH_KEYS="$WORK/peer-tokens" BENCH_AUTH=$(b64 "opaque:$(sec opaque)") BENCH_REVOKE=/token/revocation BENCH_INTROSPECT=/token/introspection \
     run revoke_then_check peer revoke.lua "$P"
@@ -232,6 +242,12 @@ bench_keyplane() {
   local orig="https://api.example/bench"
   BENCH_METHOD=GET BENCH_AUTH="" BENCH_BODY="" BENCH_DPOP_TOKEN="$dtoken" BENCH_ORIGINAL_URL="$orig" \
     run_presigned authz_dpop "keyplane$s" proofs "$K/v1/authz?scope=bench:read" GET "$orig" "$dtoken"
+  unset BENCH_METHOD BENCH_AUTH BENCH_BODY
+  if [[ -n "$ONLY" ]]; then
+    stop_keyplane
+    return 0
+  fi
+  export BENCH_METHOD=POST
   BENCH_OUT="$WORK/kp-tokens" BENCH_AUTH=$(b64 "$cid:$csec") BENCH_PATH=/v1/oauth/token BENCH_BODY="grant_type=client_credentials" \
     taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$BENCH/lua/collect.lua" "$K" >/dev/null
   BENCH_KEYS="$WORK/kp-tokens" BENCH_AUTH=$(b64 "$cid:$csec") BENCH_REVOKE=/v1/oauth/token/revoke BENCH_INTROSPECT=/v1/oauth/token/introspect \
@@ -352,6 +368,11 @@ if ((SHORT == 0)) && command -v psql >/dev/null && psql "$PG_ADMIN" -qc 'select 
   psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" >/dev/null
   bench_keyplane postgres "${PG_ADMIN%/*}/$PG_DB"
   psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+fi
+
+if [[ -n "$ONLY" ]]; then
+  python3 "$BENCH/report.py" usage "$RESULTS" "$WORK/scenarios.tsv" /dev/null "$DUR" "$CONNS"
+  exit 0
 fi
 
 # ---- issue 15: the Redis-shared rate limit's overshoot (full run, with PostgreSQL)

@@ -775,11 +775,15 @@ impl From<&keyplane_core::domain::usage::RateLimit> for RateLimitView {
 }
 
 /// Reads rate limits from a request body: every window and share checked, with the field named.
+///
+/// The limits are checked here too (names, bounds, count), so a bad list is refused before
+/// anything else about the request is looked at — an `If-Match` that no longer matches
+/// included: bad input answers 422 whatever the version.
 pub fn rate_limits_in(
     views: Vec<RateLimitView>,
 ) -> Result<Vec<keyplane_core::domain::usage::RateLimit>, keyplane_core::Error> {
-    use keyplane_core::domain::usage::{LimitShare, RateLimit, Window};
-    views
+    use keyplane_core::domain::usage::{check_rate_limits, LimitShare, RateLimit, Window};
+    let limits = views
         .into_iter()
         .map(|v| {
             let window = Window::parse(&v.window)
@@ -804,7 +808,9 @@ pub fn rate_limits_in(
                 shared,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    check_rate_limits(&limits)?;
+    Ok(limits)
 }
 
 /// Requests in one bucket of a usage series.

@@ -192,6 +192,22 @@ async fn exact_on_one_node(app: TestApp) {
             a.text
         );
     }
+    // Bad limits are refused before the version is looked at: a stale If-Match with a limit
+    // past the bound is a 422 (bad input), not a 412.
+    let made = app
+        .post("/v1/api-keys", &admin, json!({ "name": "versioned" }))
+        .await;
+    let id = made.json()["id"].as_str().unwrap().to_string();
+    let r = app
+        .http
+        .patch(format!("{}/v1/api-keys/{id}", app.base))
+        .bearer_auth(&admin)
+        .header("If-Match", "\"999\"")
+        .json(&json!({ "rate_limits": [{ "name": "w", "limit": 9_223_372_036_854_775_808u64, "window": "1s" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 on_both!(exact_on_one_node_on, exact_on_one_node);
