@@ -156,6 +156,12 @@ pub struct JtiUse {
 pub trait Store: Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
+    /// Whether writes run on this process's own threads (an embedded database) rather than in
+    /// a database server: the replay table's writer then gathers its batches before writing
+    /// (`runtime/replay.rs`).
+    fn writes_in_process(&self) -> bool {
+        false
+    }
     /// Whether storage answers (readiness).
     async fn ping(&self) -> Result<()>;
     /// Creates the default organization and project and the built-in roles when missing.

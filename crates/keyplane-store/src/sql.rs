@@ -609,6 +609,11 @@ macro_rules! impl_store {
                 $backend
             }
 
+            fn writes_in_process(&self) -> bool {
+                // SQLite runs in sqlx's worker thread, in this process.
+                $backend == "sqlite"
+            }
+
             async fn ping(&self) -> Result<()> {
                 sqlx::query("SELECT 1").execute(self.r()).await.map_err(db_err)?;
                 Ok(())
