@@ -36,6 +36,9 @@ impl HttpMetadataFetcher {
         }
         let http = builder
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment (HTTPS_PROXY, ALL_PROXY) would resolve the
+            // document's host itself, past the guarded resolver.
+            .no_proxy()
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(3))
             .dns_resolver(Arc::new(GuardedResolver {
