@@ -8,6 +8,10 @@
 //! members) carry a `version`; a change names the version it was computed from and fails with
 //! [`crate::domain::error::Error::VersionConflict`] when another change committed first.
 
+/// How often a server asks an embedded database to copy its write-ahead log into its file
+/// ([`Store::checkpoint`]).
+pub const CHECKPOINT_EVERY_MS: u64 = 100;
+
 use crate::domain::activity::Checkpoint;
 use crate::domain::apps::AppClient;
 use crate::domain::authcode::{AuthCode, CodeUse, Grant, RefreshToken, RefreshUse};
@@ -436,6 +440,13 @@ pub trait Store: Send + Sync + 'static {
     /// database file and closes, so that file alone holds everything; PostgreSQL does nothing.
     /// Storage is not used afterwards.
     async fn close(&self) -> Result<()>;
+
+    /// Copies an embedded database's write-ahead log into its file, off the writer's path
+    /// (SQLite; the server calls it every [`CHECKPOINT_EVERY_MS`]); a database server does
+    /// this by itself.
+    async fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
 
     // The web console (see `crate::domain::console`).
     /// Sets (or replaces) a member's argon2id password hash and ends their sessions.

@@ -1805,6 +1805,10 @@ macro_rules! impl_store {
                 self.close_at_stop().await
             }
 
+            async fn checkpoint(&self) -> Result<()> {
+                self.checkpoint_now().await
+            }
+
             async fn member_password_set(&self, member_id: &str, hash: &str, now: OffsetDateTime, event: &NewEvent) -> Result<()> {
                 let mut tx = self.w().begin().await.map_err(db_err)?;
                 sqlx::query(
@@ -2000,11 +2004,20 @@ macro_rules! impl_store {
 }
 
 /// SQLite: every write goes through one connection, so transactions never contend; reads use
-/// a pool of their own.
+/// a pool of their own. A third connection copies the write-ahead log into the database file
+/// ([`Store::checkpoint`], called in the background by the server), so that the writer does
+/// not wait for the disk (a checkpoint's `fsync`) in the middle of a commit; the writer still
+/// checkpoints by itself when the log passes [`WRITER_CHECKPOINT_PAGES`] (nobody calling
+/// `checkpoint`: the commands, the tests; or a checkpointer that cannot keep up).
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    checkpointer: SqlitePool,
 }
+
+/// Pages (4 KiB each) of write-ahead log past which the writer checkpoints by itself (SQLite's
+/// own default is 1,000).
+pub const WRITER_CHECKPOINT_PAGES: u32 = 8_000;
 
 impl SqliteStore {
     /// Opens (creating when missing) the database a `sqlite://PATH` URL names and applies the
@@ -2038,10 +2051,18 @@ impl SqliteStore {
         }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(opts.clone())
+            .connect_with(
+                opts.clone()
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()),
+            )
             .await
             .map_err(db_err)?;
         crate::migrations::ensure_sqlite(&write, migrations).await?;
+        // Connected at its first checkpoint; a command that never calls one never opens it.
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_lazy_with(opts.clone());
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts.read_only(true))
@@ -2052,7 +2073,22 @@ impl SqliteStore {
         if let Some(path) = &file {
             crate::files::restrict_sqlite_files(path);
         }
-        Ok(Self { read, write })
+        Ok(Self {
+            read,
+            write,
+            checkpointer,
+        })
+    }
+
+    /// Copies what it can of the write-ahead log into the database file without waiting for
+    /// readers or the writer (`wal_checkpoint(PASSIVE)`), on a connection of its own: its disk
+    /// flushes hold up no request. The writer starts the log over once all of it is copied.
+    async fn checkpoint_now(&self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.checkpointer)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     fn r(&self) -> &SqlitePool {
@@ -2083,6 +2119,12 @@ impl SqliteStore {
             .is_err()
         {
             tracing::warn!("a database reader was still busy when closing");
+        }
+        if tokio::time::timeout(bound, self.checkpointer.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database checkpointer was still busy when closing");
         }
         let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .fetch_one(&self.write)
@@ -2231,6 +2273,11 @@ impl PgStore {
     /// At a clean stop: nothing to do. PostgreSQL keeps its own files; the pool's connections
     /// end with the process (closing it here would only set the change listener retrying).
     async fn close_at_stop(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// PostgreSQL checkpoints by itself.
+    async fn checkpoint_now(&self) -> Result<()> {
         Ok(())
     }
 }

@@ -213,6 +213,7 @@ contract!(
     activity_checkpoints_round_trip,
     private_key_jwt_clients_keep_keys_and_no_secrets,
     assertion_ids_are_single_use_until_they_expire,
+    checkpoints_run_beside_writes_and_lose_nothing,
     dpop_requirement_round_trips,
     usage_rows_add_up_and_are_purged,
     rate_limit_windows_add_up,
@@ -1972,6 +1973,49 @@ async fn dpop_requirement_round_trips(s: Arc<dyn Store>) {
 
 /// The replay cache: a (client, jti) is accepted once until it expires, on any connection; an
 /// expired entry neither blocks a new assertion that reuses its jti nor outlives a purge.
+/// Background checkpoints (SQLite's log copied into its file on a connection of its own)
+/// while writes go on: every write is kept, and the store still answers afterwards.
+async fn checkpoints_run_beside_writes_and_lose_nothing(s: Arc<dyn Store>) {
+    let t0 = now();
+    let later = t0 + time::Duration::seconds(120);
+    let checkpoints = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                s.checkpoint().await.expect("checkpoint");
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for batch in 0..20 {
+        let uses: Vec<JtiUse> = (0..50)
+            .map(|i| JtiUse {
+                scope: "ckpt".into(),
+                jti: format!("j-{batch}-{i}"),
+                expires_at: later,
+            })
+            .collect();
+        let fresh = s.client_assertion_jtis_use(&uses, t0).await.unwrap();
+        assert!(fresh.iter().all(|f| *f), "batch {batch}: {fresh:?}");
+    }
+    checkpoints.await.unwrap();
+    s.checkpoint().await.expect("a last checkpoint");
+    for batch in 0..20 {
+        let uses: Vec<JtiUse> = (0..50)
+            .map(|i| JtiUse {
+                scope: "ckpt".into(),
+                jti: format!("j-{batch}-{i}"),
+                expires_at: later,
+            })
+            .collect();
+        let fresh = s.client_assertion_jtis_use(&uses, t0).await.unwrap();
+        assert!(
+            fresh.iter().all(|f| !*f),
+            "batch {batch} was lost: {fresh:?}"
+        );
+    }
+}
+
 async fn assertion_ids_are_single_use_until_they_expire(s: Arc<dyn Store>) {
     let t0 = now();
     let later = t0 + time::Duration::seconds(120);

@@ -362,6 +362,30 @@ pub async fn start(
         })
     };
 
+    // SQLite's write-ahead log is copied into the database file here rather than by the
+    // writer in the middle of a commit (whose requests would wait for the disk meanwhile).
+    let checkpointer = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let every = Duration::from_millis(keyplane_core::store::CHECKPOINT_EVERY_MS);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match app.checkpoint_storage().await {
+                    Ok(()) => failing = false,
+                    // Said once per run of failures, not ten times a second.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "could not copy the write-ahead log into the database file (the writer still does it by itself)");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+
     let maintenance = {
         let app = Arc::clone(&app);
         tokio::spawn(async move {
@@ -479,6 +503,8 @@ pub async fn start(
         reloader.abort();
         cert_watcher.abort();
         maintenance.abort();
+        checkpointer.abort();
+        let _ = checkpointer.await;
         if let Some(r) = &redis_sync {
             r.abort();
         }

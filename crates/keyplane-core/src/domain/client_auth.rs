@@ -158,19 +158,47 @@ pub struct CheckedAssertion {
     pub keep_until_s: i64,
 }
 
-#[derive(Deserialize)]
-struct Peek {
-    iss: Option<Value>,
-    sub: Option<Value>,
+/// Who a signed token says it is from, read once, before anything is verified: only to find
+/// whose keys to check it with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// `iss`, when it is a string.
+    pub iss: Option<String>,
+    /// `sub`, when it is a string.
+    pub sub: Option<String>,
+    /// `sub` is present but not a string (it then names no client, and `iss` does not either).
+    sub_malformed: bool,
 }
 
-/// The client an assertion claims to come from (`sub`, else `iss`), read before anything is
-/// verified: only to find whose keys to check it with.
-pub fn claimed_client(jws: &Jws) -> Option<String> {
-    let p: Peek = jws.claims().ok()?;
-    match (p.sub, p.iss) {
-        (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => Some(s),
-        _ => None,
+impl Claimed {
+    /// The `iss` and `sub` of `jws`'s payload (neither when it is not a JSON object).
+    pub fn of(jws: &Jws) -> Self {
+        #[derive(Deserialize)]
+        struct Peek {
+            iss: Option<Value>,
+            sub: Option<Value>,
+        }
+        let Ok(p) = jws.claims::<Peek>() else {
+            return Self::default();
+        };
+        let sub_malformed = matches!(&p.sub, Some(v) if !v.is_string());
+        let string = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Self {
+            iss: string(p.iss),
+            sub: string(p.sub),
+            sub_malformed,
+        }
+    }
+
+    /// The client an assertion claims to come from: `sub`, else (no `sub` at all) `iss`.
+    pub fn client(&self) -> Option<&str> {
+        if self.sub_malformed {
+            return None;
+        }
+        self.sub.as_deref().or(self.iss.as_deref())
     }
 }
 
@@ -271,13 +299,13 @@ impl From<TimeError> for AssertionError {
 }
 
 /// Checks the claims of an assertion whose signature `client_id`'s key verified: `iss` and
-/// `sub` are the client, `aud` names one of `audiences` (a string, or an array holding one),
+/// `sub` are the client, `aud` names an audience `ours` accepts (a string, or an array holding one),
 /// `exp` is present, not past and at most the policy's lifetime ahead, `nbf` and `iat` are not
 /// in the future, and there is a `jti`. Whether the `jti` is new is storage's to say.
 pub fn check_assertion(
     jws: &Jws,
     client_id: &str,
-    audiences: &[String],
+    ours: &dyn Fn(&str) -> bool,
     now_s: i64,
     policy: AssertionPolicy,
 ) -> Result<CheckedAssertion, AssertionError> {
@@ -287,7 +315,7 @@ pub fn check_assertion(
     if c.iss.as_deref() != Some(client_id) || c.sub.as_deref() != Some(client_id) {
         return Err(AssertionError::IssuerSubject);
     }
-    if !Audience::names(&c.aud, |a| audiences.iter().any(|x| x == a)) {
+    if !Audience::names(&c.aud, ours) {
         return Err(AssertionError::Audience);
     }
     let leeway = policy.leeway_seconds;
@@ -332,8 +360,8 @@ mod tests {
     }
 
     fn check(claims: Value) -> Result<CheckedAssertion, AssertionError> {
-        let auds = vec!["https://as".to_string(), "https://as/token".to_string()];
-        check_assertion(&jws(claims), ID, &auds, 1000, POLICY)
+        let auds = ["https://as", "https://as/token"];
+        check_assertion(&jws(claims), ID, &|a| auds.contains(&a), 1000, POLICY)
     }
 
     fn good() -> Value {
@@ -364,7 +392,25 @@ mod tests {
         assert!(check(with("iat", Value::Null)).is_ok());
         assert!(check(with("exp", json!(1060.7))).is_ok());
         assert!(check(with("nbf", json!(1050))).is_ok(), "within the leeway");
-        assert_eq!(claimed_client(&jws(good())).as_deref(), Some(ID));
+        assert_eq!(Claimed::of(&jws(good())).client(), Some(ID));
+    }
+
+    /// Who an unverified token claims to be from: `sub`, else `iss`; a `sub` that is no
+    /// string names nobody (not even through `iss`).
+    #[test]
+    fn the_claimed_client_is_sub_else_iss() {
+        let of = |c: Value| Claimed::of(&jws(c));
+        assert_eq!(of(json!({"iss": "a", "sub": "b"})).client(), Some("b"));
+        assert_eq!(of(json!({"iss": "a"})).client(), Some("a"));
+        assert_eq!(of(json!({"iss": "a"})).iss.as_deref(), Some("a"));
+        assert_eq!(of(json!({"iss": "a", "sub": 7})).client(), None);
+        assert_eq!(of(json!({"iss": 7, "sub": "b"})).iss, None);
+        assert_eq!(of(json!({"iss": 7, "sub": "b"})).client(), Some("b"));
+        assert_eq!(of(json!({})).client(), None);
+        // A claims set is a JSON object: an array (which serde would read field by field)
+        // names nobody.
+        assert_eq!(of(json!(["a", "b"])), Claimed::default());
+        assert_eq!(of(json!("a")), Claimed::default());
     }
 
     #[test]
@@ -389,6 +435,11 @@ mod tests {
             (with("jti", json!("")), MissingJti),
             (with("jti", json!("x".repeat(MAX_JTI_LEN + 1))), MissingJti),
             (with("exp", json!("1060")), Claims),
+            // Every claim in place, but as an array: not a claims set.
+            (
+                json!([ID, ID, "https://as", 1060, null, 1000, "j1"]),
+                Claims,
+            ),
         ];
         for (claims, want) in cases {
             assert_eq!(check(claims.clone()), Err(want), "{claims}");

@@ -225,18 +225,6 @@ impl From<TimeError> for FederationError {
     }
 }
 
-/// The issuer a token claims (`iss`), read before anything is verified.
-pub fn claimed_issuer(jws: &Jws) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Peek {
-        iss: Option<Value>,
-    }
-    match jws.claims::<Peek>().ok()?.iss {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    }
-}
-
 /// Checks the claims of a platform token whose signature the issuer's key verified, against
 /// the client's credentials `creds` for that issuer: some credential accepts its `sub` and
 /// finds its audience in `aud`; `exp` present, not past, at most the policy's lifetime ahead

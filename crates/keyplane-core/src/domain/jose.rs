@@ -622,8 +622,14 @@ impl Jws {
 
     /// The payload read as `T` (a JSON object), unverified like [`Jws::payload`].
     pub fn claims<T: DeserializeOwned>(&self) -> Result<T, JoseError> {
-        serde_json::from_slice(&self.payload)
-            .map_err(|_| JoseError::Malformed("the payload is not the expected JSON object"))
+        const NOT_OBJECT: JoseError =
+            JoseError::Malformed("the payload is not the expected JSON object");
+        // A claims set is a JSON object (RFC 7519 §7.2); serde would also read a struct from
+        // an array, field by field.
+        if self.payload.trim_ascii_start().first() != Some(&b'{') {
+            return Err(NOT_OBJECT);
+        }
+        serde_json::from_slice(&self.payload).map_err(|_| NOT_OBJECT)
     }
 
     /// Verifies the signature with `key`.

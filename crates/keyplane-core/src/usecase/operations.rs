@@ -25,6 +25,12 @@ pub enum Readiness {
 }
 
 impl Keyplane {
+    /// Copies an embedded database's write-ahead log into its file, in the background (every
+    /// [`crate::store::CHECKPOINT_EVERY_MS`] on a server), so that requests never wait for it.
+    pub async fn checkpoint_storage(&self) -> Result<()> {
+        self.rt.store.checkpoint().await
+    }
+
     /// Writes batched last-used times and aggregated refusals. Called periodically and at shutdown.
     pub async fn flush(&self) -> Result<()> {
         let _one_at_a_time = self.rt.flushing.lock().await;

@@ -4,13 +4,13 @@
 
 use crate::app::Keyplane;
 use crate::domain::client_auth::{
-    check_assertion, claimed_client, AssertionError, AssertionPolicy, AuthMethod, JwksFetcher,
+    check_assertion, AssertionError, AssertionPolicy, AuthMethod, Claimed, JwksFetcher,
 };
 use crate::domain::clock::from_ms;
 use crate::domain::dpop::{DpopError, DpopRequest};
 use crate::domain::error::Result;
 use crate::domain::federation::{
-    check_federated, claimed_issuer, replay_scope, FederatedIdentity, FederationError,
+    check_federated, replay_scope, FederatedIdentity, FederationError,
 };
 use crate::domain::jose::{EcdsaForm, JoseError, JwkSet, Jws};
 use crate::domain::model::OAuthClient;
@@ -73,19 +73,24 @@ impl Keyplane {
                 Ok((self.authenticate_with_secret(auth, meta).await?, None))
             }
             ClientCredentials::Assertion(a) => {
+                // Parsed once, read once: who the token claims to be from.
+                let jws = Jws::parse(&a.assertion).ok();
+                let claimed = jws.as_ref().map(Claimed::of).unwrap_or_default();
                 // A platform token: neither its `iss` nor its `sub` is the client id (an
                 // assertion with just one of them wrong is a broken `private_key_jwt` one).
                 let federated = a.client_id.as_deref().is_some_and(|id| {
-                    Jws::parse(&a.assertion).ok().is_some_and(|j| {
-                        claimed_issuer(&j).is_some_and(|iss| iss != id)
-                            && claimed_client(&j).as_deref() != Some(id)
-                    })
+                    claimed.iss.as_deref().is_some_and(|iss| iss != id)
+                        && claimed.client() != Some(id)
                 });
                 if federated {
-                    let (c, who) = self.authenticate_federated(a, meta).await?;
+                    let (c, who) = self.authenticate_federated(a, jws, claimed, meta).await?;
                     Ok((c, Some(who)))
                 } else {
-                    Ok((self.authenticate_with_assertion(a, meta).await?, None))
+                    Ok((
+                        self.authenticate_with_assertion(a, jws, &claimed, meta)
+                            .await?,
+                        None,
+                    ))
                 }
             }
         }
@@ -99,6 +104,8 @@ impl Keyplane {
     async fn authenticate_federated(
         &self,
         a: &ClientAssertion,
+        jws: Option<Jws>,
+        claimed: Claimed,
         meta: &RequestMeta,
     ) -> Result<(Arc<CachedClient>, FederatedIdentity), OAuthError> {
         let rt = &self.rt;
@@ -112,10 +119,10 @@ impl Keyplane {
             Err(e)
         };
         let bare = OAuthError::InvalidClient { basic: false };
-        let Some(jws) = Jws::parse(&a.assertion).ok() else {
+        let Some(jws) = jws else {
             return fail(self, None, bare);
         };
-        let Some(issuer) = claimed_issuer(&jws) else {
+        let Some(issuer) = claimed.iss else {
             return fail(self, None, bare);
         };
         let Some(client) = rt
@@ -263,16 +270,17 @@ impl Keyplane {
     async fn authenticate_with_assertion(
         &self,
         a: &ClientAssertion,
+        jws: Option<Jws>,
+        claimed: &Claimed,
         meta: &RequestMeta,
     ) -> Result<Arc<CachedClient>, OAuthError> {
         let rt = &self.rt;
         let now = rt.now_ms();
-        let jws = Jws::parse(&a.assertion).ok();
-        let claimed = jws.as_ref().and_then(claimed_client);
+        let claimed = claimed.client();
         let client_id = a
             .client_id
             .clone()
-            .or_else(|| claimed.clone())
+            .or_else(|| claimed.map(str::to_string))
             .unwrap_or_default();
         if let Some(retry) = self.client_throttled(&client_id, meta, now) {
             return Err(OAuthError::TooManyRequests(retry));
@@ -286,7 +294,7 @@ impl Keyplane {
             return fail(self, None, bare);
         };
         // A `client_id` in the form must name the client the assertion is from.
-        if claimed.as_deref() != Some(client_id.as_str()) {
+        if claimed != Some(client_id.as_str()) {
             return fail(self, None, bare);
         }
         let Some(client) = rt
@@ -316,16 +324,17 @@ impl Keyplane {
         }
         let s = &rt.settings.oauth;
         let issuer = s.issuer.as_str();
-        let audiences = [
-            issuer.to_string(),
-            format!("{issuer}{}", a.endpoint.path()),
-            format!("{issuer}{}", a.path),
-        ];
+        // The issuer, or the endpoint's URL under it (canonical, or the path the client used).
+        let endpoint = a.endpoint.path();
+        let ours = |aud: &str| {
+            aud.strip_prefix(issuer)
+                .is_some_and(|rest| rest.is_empty() || rest == endpoint || rest == a.path)
+        };
         let policy = AssertionPolicy {
             max_lifetime_seconds: s.client_assertion_max_lifetime_seconds,
             leeway_seconds: s.client_assertion_leeway_seconds,
         };
-        let checked = match check_assertion(&jws, &client_id, &audiences, now / 1000, policy) {
+        let checked = match check_assertion(&jws, &client_id, &ours, now / 1000, policy) {
             Ok(c) => c,
             Err(e) => {
                 return fail(
