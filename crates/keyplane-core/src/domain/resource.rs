@@ -7,9 +7,11 @@ use std::collections::BTreeSet;
 pub const MAX_RESOURCE_LEN: usize = 512;
 
 /// A resource URI as RFC 8707 §2 requires it: absolute (`https://` or `http://` with a host),
-/// without a fragment; without userinfo, whitespace or control characters either. The scheme
-/// and host are lowercased (they are case-insensitive), the rest is kept as written, and the
-/// URI is then compared exactly.
+/// without a fragment; without userinfo, whitespace or control characters either. Normalized
+/// as RFC 3986 §6.2.2–6.2.3 allow without knowing more of the URI: the scheme and host
+/// lowercased (they are case-insensitive), the scheme's default port (`:443`, `:80`) or an
+/// empty port dropped; the rest is kept as written, and the URI is then compared exactly. So
+/// `https://API.example:443/mcp` names the resource `https://api.example/mcp`.
 pub fn parse_resource(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > MAX_RESOURCE_LEN {
         return Err(format!(
@@ -37,10 +39,46 @@ pub fn parse_resource(text: &str) -> Result<String, String> {
     if authority.contains('@') {
         return Err("a resource URI has no user information".into());
     }
-    Ok(format!(
-        "{scheme}://{}{tail}",
-        authority.to_ascii_lowercase()
-    ))
+    let authority = authority.to_ascii_lowercase();
+    let authority = without_default_port(&scheme, &authority);
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err("a resource URI names a host".into());
+    }
+    Ok(format!("{scheme}://{authority}{tail}"))
+}
+
+/// The default port of `scheme` as an authority's suffix: `:443` for https, `:80` for http.
+fn default_port(scheme: &str) -> &'static str {
+    if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    }
+}
+
+/// `authority` (lowercased) without the scheme's default port or an empty port (RFC 3986
+/// §6.2.3): `api.example:443` is `api.example` for https, and `api.example:` is too.
+fn without_default_port<'a>(scheme: &str, authority: &'a str) -> &'a str {
+    let a = authority
+        .strip_suffix(default_port(scheme))
+        .unwrap_or(authority);
+    // An IPv6 literal's last colon is inside its brackets, not before a port.
+    match a.strip_suffix(':') {
+        Some(rest) if !rest.ends_with('[') => rest,
+        _ => a,
+    }
+}
+
+/// A stored resource URI as [`parse_resource`] writes it now (rows written before it dropped
+/// default ports keep matching), or as stored when it does not parse.
+pub fn normalized(resource: &str) -> String {
+    parse_resource(resource).unwrap_or_else(|_| resource.to_string())
+}
+
+/// Whether a request's `host` (its `Host`, lowercased) is a resource's `authority` for
+/// `scheme`: the same, or the same with the scheme's default port written out.
+fn same_host(scheme: &str, authority: &str, host: &str) -> bool {
+    host == authority || without_default_port(scheme, host) == authority
 }
 
 /// The well-known path of protected resource metadata (RFC 9728 §3).
@@ -103,8 +141,9 @@ pub fn resource_for_metadata<'a>(
     let host = host.to_ascii_lowercase();
     let mut found: Vec<&ProtectedResource> = resources
         .filter(|r| {
-            split_resource(&r.resource)
-                .is_some_and(|(_, a, tail)| a == host && well_known_suffix(tail) == suffix)
+            split_resource(&r.resource).is_some_and(|(s, a, tail)| {
+                same_host(s, a, &host) && well_known_suffix(tail) == suffix
+            })
         })
         .collect();
     pick_by_scheme(&mut found, scheme)
@@ -135,10 +174,10 @@ pub fn resource_for_request<'a>(
     let mut best: Vec<&ProtectedResource> = Vec::new();
     let mut best_len = 0usize;
     for r in resources {
-        let Some((_, a, tail)) = split_resource(&r.resource) else {
+        let Some((s, a, tail)) = split_resource(&r.resource) else {
             continue;
         };
-        if a != host {
+        if !same_host(s, a, &host) {
             continue;
         }
         let Some(len) = covers(tail) else { continue };
@@ -269,6 +308,67 @@ mod tests {
             assert!(parse_resource(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(parse_resource(&format!("https://x/{}", "a".repeat(600))).is_err());
+    }
+
+    /// RFC 3986 §6.2.3: a scheme's default port, or an empty port, is no part of the
+    /// resource's name; any other port is.
+    #[test]
+    fn default_ports_are_dropped() {
+        for (given, want) in [
+            ("https://API.example:443/mcp", "https://api.example/mcp"),
+            ("https://api.example:/mcp", "https://api.example/mcp"),
+            ("http://api.example:80", "http://api.example"),
+            ("https://[::1]:443/x", "https://[::1]/x"),
+            ("https://api.example:80/mcp", "https://api.example:80/mcp"),
+            ("http://api.example:443/mcp", "http://api.example:443/mcp"),
+            (
+                "https://api.example:8443/mcp",
+                "https://api.example:8443/mcp",
+            ),
+            (
+                "https://api.example:4430/mcp",
+                "https://api.example:4430/mcp",
+            ),
+        ] {
+            assert_eq!(parse_resource(given).as_deref(), Ok(want), "{given}");
+        }
+        for bad in ["https://:443/x", "https://:/x"] {
+            assert!(parse_resource(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(normalized("https://a.example:443"), "https://a.example");
+        assert_eq!(normalized("not a uri"), "not a uri");
+    }
+
+    /// A request's `Host` with the default port written out is the resource's host.
+    #[test]
+    fn a_host_with_its_default_port_finds_its_resource() {
+        let rs = [
+            pr("https://mcp.example.com/mcp"),
+            pr("http://plain.example/x"),
+        ];
+        let found = |scheme, host, path| {
+            resource_for_request(rs.iter(), scheme, host, path).map(|r| r.resource.as_str())
+        };
+        assert_eq!(
+            found(None, "MCP.example.com:443", "/mcp"),
+            Some("https://mcp.example.com/mcp")
+        );
+        assert_eq!(
+            found(Some("https"), "mcp.example.com:443", "/mcp/x"),
+            Some("https://mcp.example.com/mcp")
+        );
+        assert_eq!(found(None, "mcp.example.com:80", "/mcp"), None);
+        assert_eq!(found(None, "mcp.example.com:8443", "/mcp"), None);
+        assert_eq!(
+            found(None, "plain.example:80", "/x"),
+            Some("http://plain.example/x")
+        );
+        assert_eq!(found(None, "plain.example:443", "/x"), None);
+        assert_eq!(
+            resource_for_metadata(rs.iter(), None, "mcp.example.com:443", "/mcp")
+                .map(|r| r.resource.as_str()),
+            Some("https://mcp.example.com/mcp")
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::Runtime;
 use crate::domain::error::Result;
 use crate::domain::model::Service;
-use crate::domain::resource::ProtectedResource;
+use crate::domain::resource::{normalized, ProtectedResource};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -37,8 +37,11 @@ impl ServiceIndex {
         }
         for s in services.iter().filter(|s| !s.resources.is_empty()) {
             let scopes: Arc<[String]> = s.scopes.clone().into();
-            let resources: Arc<[String]> = s.resources.clone().into();
-            for r in &s.resources {
+            // As `parse_resource` writes them today (a row from before default ports were
+            // dropped still names the same resource).
+            let normal: Vec<String> = s.resources.iter().map(|r| normalized(r)).collect();
+            let resources: Arc<[String]> = normal.clone().into();
+            for r in &normal {
                 idx.by_resource.insert(r.clone(), Arc::clone(&scopes));
                 idx.protected.push(ProtectedResource {
                     resource: r.clone(),
@@ -201,5 +204,15 @@ mod tests {
         );
         assert!(idx.scopes_of_resource("https://b.example").is_none());
         assert!(ServiceIndex::new(&[svc(&["b:read"], &[])]).is_empty());
+    }
+
+    /// A resource stored before default ports were dropped (`https://a.example:443/mcp`) names
+    /// the same resource as the normalized form that requests and tokens now carry.
+    #[test]
+    fn stored_resources_are_read_normalized() {
+        let idx = ServiceIndex::new(&[svc(&["a:read"], &["HTTPS://A.example:443/mcp"])]);
+        assert!(idx.scopes_of_resource("https://a.example/mcp").is_some());
+        assert!(idx.protected_resource("https://a.example/mcp").is_some());
+        assert!(idx.audience_allows(&["https://a.example/mcp".to_string()], &["a:read"]));
     }
 }

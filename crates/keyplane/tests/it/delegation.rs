@@ -142,6 +142,11 @@ async fn resources(app: TestApp) {
         .post("/v1/services", &admin, json!({"name": "dup", "scopes": ["dup:x"], "resources": ["HTTPS://MCP.example.com/mcp"]}))
         .await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+    // Nor with the default port written out: it is the same resource.
+    let a = app
+        .post("/v1/services", &admin, json!({"name": "dup", "scopes": ["dup:x"], "resources": ["https://mcp.example.com:443/mcp"]}))
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
     let listed = app.get("/v1/services", &admin).await.json();
     let m = listed["items"]
         .as_array()
@@ -193,6 +198,31 @@ async fn resources(app: TestApp) {
         if format == "jwt" {
             assert_eq!(claims(&both)["aud"], json!([MCP, THIRD]));
         }
+        // The same resource with its scheme's default port written out (RFC 3986 §6.2.3),
+        // and the host in capitals: the same service, and the audience as declared.
+        let a = token_form(
+            &app,
+            &c,
+            &format!(
+                "grant_type=client_credentials&resource={}",
+                enc("HTTPS://MCP.example.com:443/mcp")
+            ),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        let with_port = a.json()["access_token"].as_str().unwrap().to_string();
+        assert_eq!(introspect(&app, &with_port).await["aud"], MCP);
+        // Any other port is another resource.
+        let a = token_form(
+            &app,
+            &c,
+            &format!(
+                "grant_type=client_credentials&resource={}",
+                enc("https://mcp.example.com:8443/mcp")
+            ),
+        )
+        .await;
+        assert_eq!(error_of(&a), "invalid_target", "{}", a.text);
         // Refusals: unknown or malformed resource, a scope of another service, nothing held.
         for (form, error) in [
             (
