@@ -32,7 +32,8 @@ pub struct ProtectedResource {
 
 impl ProtectedResource {
     /// `resource`: an absolute `https://` (or `http://`) URI without fragment or user
-    /// information; its scheme and host are lowercased, the rest kept as written.
+    /// information; its scheme and host are lowercased and the scheme's default port dropped,
+    /// the rest kept as written.
     pub(crate) fn new(
         resource: &str,
         authorization_server: &str,
@@ -55,7 +56,19 @@ impl ProtectedResource {
         if authority.is_empty() || authority.contains('@') {
             return Err(bad());
         }
-        let authority = authority.to_ascii_lowercase();
+        let mut authority = authority.to_ascii_lowercase();
+        // The scheme's default port (or an empty port) is no part of the name (RFC 3986
+        // §6.2.3), as keyplane writes resources in tokens' `aud`.
+        let default = if scheme == "https" { ":443" } else { ":80" };
+        if let Some(a) = authority.strip_suffix(default) {
+            authority = a.to_string();
+        }
+        if let Some(a) = authority.strip_suffix(':').filter(|a| !a.ends_with('[')) {
+            authority = a.to_string();
+        }
+        if authority.is_empty() || authority.starts_with(':') {
+            return Err(bad());
+        }
         // RFC 9728 §3.1: the well-known segment goes between host and path; a lone `/` after
         // the host is dropped first.
         let suffix = if tail == "/" { "" } else { tail };
@@ -209,6 +222,31 @@ mod tests {
             vec!["mcp:read".into(), "mcp:write".into()],
             Some("MCP".into()),
         )
+    }
+
+    /// The default port is dropped as keyplane drops it, so the audience a token for
+    /// `https://MCP.example.com:443/mcp` carries is the one this resource expects.
+    #[test]
+    fn default_ports_are_dropped_like_keyplane_does() {
+        for (given, want) in [
+            (
+                "https://MCP.example.com:443/mcp",
+                "https://mcp.example.com/mcp",
+            ),
+            ("http://api.example:80", "http://api.example"),
+            ("https://api.example:/x", "https://api.example/x"),
+            ("https://api.example:8443/x", "https://api.example:8443/x"),
+            ("http://api.example:443/x", "http://api.example:443/x"),
+        ] {
+            assert_eq!(pr(given).unwrap().resource(), want, "{given}");
+        }
+        assert_eq!(
+            pr("https://mcp.example.com:443/mcp")
+                .unwrap()
+                .metadata_url(),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+        );
+        assert!(pr("https://:443/mcp").is_err());
     }
 
     #[test]
