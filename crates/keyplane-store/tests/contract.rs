@@ -1987,28 +1987,23 @@ async fn checkpoints_run_beside_writes_and_lose_nothing(s: Arc<dyn Store>) {
             }
         })
     };
-    for batch in 0..20 {
-        let uses: Vec<JtiUse> = (0..50)
+    let uses = |batch: usize| -> Vec<JtiUse> {
+        (0..50)
             .map(|i| JtiUse {
                 scope: "ckpt".into(),
                 jti: format!("j-{batch}-{i}"),
                 expires_at: later,
             })
-            .collect();
-        let fresh = s.client_assertion_jtis_use(&uses, t0).await.unwrap();
+            .collect()
+    };
+    for batch in 0..20 {
+        let fresh = s.client_assertion_jtis_use(&uses(batch), t0).await.unwrap();
         assert!(fresh.iter().all(|f| *f), "batch {batch}: {fresh:?}");
     }
     checkpoints.await.unwrap();
     s.checkpoint().await.expect("a last checkpoint");
     for batch in 0..20 {
-        let uses: Vec<JtiUse> = (0..50)
-            .map(|i| JtiUse {
-                scope: "ckpt".into(),
-                jti: format!("j-{batch}-{i}"),
-                expires_at: later,
-            })
-            .collect();
-        let fresh = s.client_assertion_jtis_use(&uses, t0).await.unwrap();
+        let fresh = s.client_assertion_jtis_use(&uses(batch), t0).await.unwrap();
         assert!(
             fresh.iter().all(|f| !*f),
             "batch {batch} was lost: {fresh:?}"

@@ -222,9 +222,10 @@ pub fn check_proof(
 }
 
 /// An `htu` compared the way RFC 9449 §4.3 asks (RFC 3986 §6 normalization): scheme and host
-/// lowercased, a default port dropped, query and fragment ignored, and the path through the
-/// one path normalizer (so `htu` names the path the rules and the upstream see). `None` for
-/// anything that is not an absolute http(s) URL with an unambiguous path.
+/// lowercased, a default (or empty) port dropped as for resource URIs, query and fragment
+/// ignored, and the path through the one path normalizer (so `htu` names the path the rules
+/// and the upstream see). `None` for anything that is not an absolute http(s) URL with a host
+/// and an unambiguous path.
 pub fn htu_key(url: &str) -> Option<(String, String)> {
     let url = url.split(['?', '#']).next().unwrap_or("");
     let (scheme, rest) = url.split_once("://")?;
@@ -239,10 +240,10 @@ pub fn htu_key(url: &str) -> Option<(String, String)> {
     if authority.is_empty() || authority.contains('@') {
         return None;
     }
-    let mut authority = authority.to_ascii_lowercase();
-    let default = if scheme == "https" { ":443" } else { ":80" };
-    if let Some(a) = authority.strip_suffix(default) {
-        authority = a.to_string();
+    let authority = authority.to_ascii_lowercase();
+    let authority = crate::domain::resource::without_default_port(&scheme, &authority);
+    if authority.is_empty() || authority.starts_with(':') {
+        return None;
     }
     let path = NormalPath::parse(path).ok()?;
     Some((format!("{scheme}://{authority}"), path.as_str().to_string()))
@@ -274,6 +275,11 @@ mod tests {
         assert_eq!(htu_key("ftp://h/"), None);
         assert_eq!(htu_key("/relative"), None);
         assert_ne!(htu_key("http://h:8080/a"), htu_key("http://h/a"));
+        // The same rule as resource URIs: an empty port is the default one; no host, no URL.
+        assert_eq!(htu_key("https://h:/a"), htu_key("https://h/a"));
+        assert_eq!(htu_key("http://h:80/a"), htu_key("http://h/a"));
+        assert_ne!(htu_key("http://h:443/a"), htu_key("http://h/a"));
+        assert_eq!(htu_key("https://:443/a"), None);
     }
 }
 

@@ -58,7 +58,7 @@ fn default_port(scheme: &str) -> &'static str {
 
 /// `authority` (lowercased) without the scheme's default port or an empty port (RFC 3986
 /// §6.2.3): `api.example:443` is `api.example` for https, and `api.example:` is too.
-fn without_default_port<'a>(scheme: &str, authority: &'a str) -> &'a str {
+pub(crate) fn without_default_port<'a>(scheme: &str, authority: &'a str) -> &'a str {
     let a = authority
         .strip_suffix(default_port(scheme))
         .unwrap_or(authority);
