@@ -430,9 +430,26 @@ impl Runtime {
     pub async fn verify_access_token(
         &self,
         token: &str,
-    ) -> Option<(Option<Arc<CachedClient>>, Introspection)> {
+    ) -> Option<(Option<Arc<CachedClient>>, Arc<Introspection>)> {
         let now_ms = self.now_ms();
-        let t = if crate::domain::token::looks_like_jwt(token) {
+        let jwt = crate::domain::token::looks_like_jwt(token);
+        // An opaque token opened before is not opened again while its client is unchanged;
+        // what can end it since (expiry, revocation, the client) is checked all the same.
+        let digest = (!jwt).then(|| opened_digest(token));
+        if let Some(hit) = digest.as_ref().and_then(|d| self.oauth.opened(d)) {
+            if hit.exp_ms <= now_ms
+                || hit.nbf_ms > now_ms + 60_000
+                || self.oauth.is_revoked(&hit.info.jti)
+            {
+                return None;
+            }
+            let client_id = hit.info.client_id.as_deref()?;
+            let client = self.cached_client(client_id).await.ok().flatten()?;
+            if std::ptr::eq(Arc::as_ptr(&client), hit.client.as_ptr()) {
+                return Some((Some(client), Arc::clone(&hit.info)));
+            }
+        }
+        let t = if jwt {
             let c = self.oauth.keyring().verify_jwt(token)?;
             if c.iss != self.settings.oauth.issuer {
                 return None;
@@ -479,7 +496,10 @@ impl Runtime {
             return None;
         }
         if let Some(g) = &t.grant {
-            return self.verify_grant_token(&t, g).await.map(|i| (None, i));
+            return self
+                .verify_grant_token(&t, g)
+                .await
+                .map(|i| (None, Arc::new(i)));
         }
         let client = self.cached_client(&t.client_id).await.ok().flatten()?;
         if t.iat_ms < client.not_before_ms() {
@@ -506,6 +526,11 @@ impl Runtime {
         } else {
             t.aud
         };
+        // An exchanged token also depends on its subject credentials: it is opened each time.
+        let keep = digest.filter(|_| {
+            t.delegation.is_none() && client.cached.load(std::sync::atomic::Ordering::Acquire)
+        });
+        let (exp_ms, nbf_ms) = (t.exp_ms, t.nbf_ms);
         let (sub, act, subject_credentials) = match t.delegation {
             Some(d) => (d.sub, Some(d.act), d.subject_credentials),
             None => (t.client_id.clone(), None, vec![]),
@@ -528,6 +553,16 @@ impl Runtime {
             federated: t.federated,
             subject_credentials,
         };
+        let info = Arc::new(info);
+        if let Some(d) = keep {
+            let opened = super::oauth::OpenedToken {
+                client: Arc::downgrade(&client),
+                exp_ms,
+                nbf_ms,
+                info: Arc::clone(&info),
+            };
+            self.oauth.keep_opened(d, opened, now_ms);
+        }
         Some((Some(client), info))
     }
 
@@ -601,6 +636,7 @@ impl Runtime {
     /// The identity of a live access token, for `/v1/authz` and the management API.
     pub async fn token_identity(&self, token: &str) -> Option<TokenIdentity> {
         let (client, info) = self.verify_access_token(token).await?;
+        let info = Arc::unwrap_or_clone(info);
         let owner_member_id = match &client {
             Some(c) => c.client.owner_member_id.clone(),
             // A person's grant: the token is theirs.
@@ -726,4 +762,12 @@ fn cached_from_lookup(
         created_at_ms: to_ms(key.created_at),
         used: Default::default(),
     }
+}
+
+/// The key of an opened token: SHA-256 of the whole token.
+fn opened_digest(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }

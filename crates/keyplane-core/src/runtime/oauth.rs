@@ -116,6 +116,21 @@ impl RemoteJwks {
 /// Tokens issued per (client, minute): count, scopes, organization.
 type IssuedCounts = HashMap<(String, i64), (u64, BTreeSet<String>, String)>;
 
+/// An opaque access token opened before: what verifying it again would find, valid while its
+/// client is the same cached client it was checked against (any change to the client replaces
+/// that entry of the client cache). The token's expiry and revocation are still checked on
+/// every use.
+pub struct OpenedToken {
+    pub client: std::sync::Weak<CachedClient>,
+    pub exp_ms: i64,
+    pub nbf_ms: i64,
+    pub info: Arc<crate::domain::oauth::Introspection>,
+}
+
+/// Opened tokens kept at most (about 600 bytes each); past it, the expired ones are dropped,
+/// and all of them when none had expired.
+pub const OPENED_TOKENS_MAX: usize = 10_000;
+
 /// Per-node OAuth state: caches, revocations, the keyring, counters.
 pub struct OAuthState {
     pub clients: RwLock<HashMap<String, Arc<CachedClient>>>,
@@ -124,6 +139,9 @@ pub struct OAuthState {
     pub revoked: RwLock<HashMap<String, i64>>,
     pub keyring: RwLock<Arc<Keyring>>,
     pub sealer: Sealer,
+    /// Opaque tokens opened before, by the SHA-256 of the token (the token itself is not kept,
+    /// and a lookup compares digests, so its timing says nothing about a live token).
+    pub opened: RwLock<HashMap<[u8; 32], Arc<OpenedToken>>>,
     pub key_seal: [u8; 32],
     /// Failed client authentications, per (client, address) and per address.
     pub failures: FailureThrottle,
@@ -153,6 +171,7 @@ impl OAuthState {
                 pepper.derive("opaque-access-token-v1"),
                 &settings.access_token_prefix,
             ),
+            opened: RwLock::default(),
             key_seal: pepper.derive("signing-key-v1"),
             failures: FailureThrottle::default(),
             pending_uses: Mutex::default(),
@@ -222,6 +241,27 @@ impl OAuthState {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(jti, exp_ms);
+    }
+
+    /// The opened token with this digest, if one is kept.
+    pub fn opened(&self, digest: &[u8; 32]) -> Option<Arc<OpenedToken>> {
+        self.opened
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Keeps an opened token; at [`OPENED_TOKENS_MAX`], first drops the expired ones, or all.
+    pub fn keep_opened(&self, digest: [u8; 32], token: OpenedToken, now_ms: i64) {
+        let mut opened = self.opened.write().unwrap_or_else(|e| e.into_inner());
+        if opened.len() >= OPENED_TOKENS_MAX {
+            opened.retain(|_, t| t.exp_ms > now_ms);
+            if opened.len() >= OPENED_TOKENS_MAX {
+                opened.clear();
+            }
+        }
+        opened.insert(digest, Arc::new(token));
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {

@@ -656,6 +656,7 @@ impl Keyplane {
         let (Some(client), info) = rt.verify_access_token(token).await? else {
             return None;
         };
+        let info = Arc::unwrap_or_clone(info);
         let this = SubjectCredential::AccessToken {
             jti: info.jti.clone(),
             client_id: client.client.client_id.clone(),
@@ -719,14 +720,14 @@ impl Keyplane {
         &self,
         caller_org: Option<&str>,
         token: &str,
-    ) -> (Option<Introspection>, Option<LimitState>) {
+    ) -> (Option<Arc<Introspection>>, Option<LimitState>) {
         use crate::domain::usage::Outcome as Counted;
         let rt = &self.rt;
         let (info, limits, outcome) = if rt.settings.api_key_format.claims(token) {
             match rt.resolve_key_raw(token).await {
                 Ok(Some(key)) => match rt.evaluate(&key) {
                     Ok(()) => (
-                        rt.introspect_api_key(token).await,
+                        rt.introspect_api_key(token).await.map(Arc::new),
                         Some(Arc::clone(&key.limits)),
                         Counted::Allowed,
                     ),
@@ -769,12 +770,8 @@ impl Keyplane {
             self.count_introspection(Counted::Unknown, ("", "", ""), None);
             return (None, None);
         };
-        let cred = info.client_id.clone().unwrap_or_else(|| info.jti.clone());
-        let who = (
-            info.org_id.as_str(),
-            info.project_id.as_str(),
-            cred.as_str(),
-        );
+        let cred = info.client_id.as_deref().unwrap_or(&info.jti);
+        let who = (info.org_id.as_str(), info.project_id.as_str(), cred);
         if let Some(limits) = limits.filter(|l| !l.is_empty()) {
             if let Limited::Over(state) = rt.limiter.check(&limits, rt.now_ms(), None) {
                 self.count_introspection(Counted::RateLimited, who, caller_org);

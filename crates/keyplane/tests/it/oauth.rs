@@ -502,6 +502,153 @@ async fn deleted_client(app: TestApp) {
 }
 on_both!(deleted_clients_tokens_stop_working, deleted_client);
 
+/// An opaque token is opened once and then recognised by its digest (a node keeps what it
+/// opened): whatever changes afterwards must still show at once — the client's name and
+/// audience, a retired secret, a revocation, the client's deletion — and a token one character
+/// away from a known one is still nothing.
+async fn opened_tokens(app: TestApp) {
+    let admin = app.admin_key.clone();
+    let (id, secret) = setup(&app, json!({ "name": "svc", "scopes": [READ] })).await;
+    let t = access_token(&app, &id, &secret, None).await;
+    for _ in 0..2 {
+        let v = introspect(&app, &id, &secret, &t).await;
+        assert_eq!(
+            (v["active"].clone(), v["username"].clone()),
+            (json!(true), json!("svc"))
+        );
+        assert_eq!(app.authz(Some(&t), Some(READ)).await.status, StatusCode::OK);
+    }
+
+    // One character changed, anywhere in the sealed part: inactive; the real one still works.
+    let prefix = "kpat_".len();
+    for at in [prefix, t.len() / 2, t.len() - 8] {
+        let mut forged = t.clone().into_bytes();
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(
+            introspect(&app, &id, &secret, &forged).await,
+            json!({ "active": false }),
+            "changed at {at}"
+        );
+        assert_eq!(
+            app.authz(Some(&forged), None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(introspect(&app, &id, &secret, &t).await["active"], true);
+
+    // The client renamed and given an audience: the next answer says so.
+    let p = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/oauth-clients/{id}"),
+            Some(&admin),
+            Some(json!({ "name": "renamed", "audience": "https://api.example.com" })),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    let v = introspect(&app, &id, &secret, &t).await;
+    assert_eq!(v["username"], "renamed", "{v}");
+    assert_eq!(v["aud"], "https://api.example.com", "{v}");
+
+    // Retiring the secret the token came from cuts it off (tokens issued before it).
+    let second = app
+        .post(
+            &format!("/v1/oauth-clients/{id}/secrets"),
+            &admin,
+            json!({}),
+        )
+        .await
+        .json();
+    let second_secret = second["client_secret"].as_str().unwrap().to_string();
+    let first_id = app
+        .get(&format!("/v1/oauth-clients/{id}"), &admin)
+        .await
+        .json()["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] != second["secret_id"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/oauth-clients/{id}/secrets/{first_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(
+        introspect(&app, &id, &second_secret, &t).await,
+        json!({ "active": false })
+    );
+    assert_eq!(
+        app.authz(Some(&t), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A token revoked after it was opened: inactive on the next request.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let u = access_token(&app, &id, &second_secret, None).await;
+    assert_eq!(
+        introspect(&app, &id, &second_secret, &u).await["active"],
+        true
+    );
+    assert_eq!(app.authz(Some(&u), Some(READ)).await.status, StatusCode::OK);
+    let r = form(
+        &app,
+        "/v1/oauth/token/revoke",
+        Some(&basic(&id, &second_secret)),
+        FORM,
+        &format!("token={u}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        introspect(&app, &id, &second_secret, &u).await,
+        json!({ "active": false })
+    );
+    assert_eq!(
+        app.authz(Some(&u), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The client deleted: its opened tokens end with it (the admin key asks).
+    let w = access_token(&app, &id, &second_secret, None).await;
+    assert_eq!(
+        introspect(&app, &id, &second_secret, &w).await["active"],
+        true
+    );
+    let d = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/oauth-clients/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    let a = app
+        .http
+        .post(format!("{}/v1/oauth/token/introspect", app.base))
+        .bearer_auth(&admin)
+        .header(header::CONTENT_TYPE, FORM)
+        .body(format!("token={w}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.json::<Value>().await.unwrap(), json!({ "active": false }));
+    assert_eq!(
+        app.authz(Some(&w), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+on_both!(opened_tokens_follow_their_client, opened_tokens);
+
 fn verify_with_jwks(token: &str, jwks: &Value, issuer: &str) -> Result<Value, String> {
     let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
@@ -925,6 +1072,76 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
             .unwrap_err(),
         OAuthError::InvalidClient { basic: true }
     );
+}
+
+/// On a manual clock: a token that was opened (and is kept opened) still ends at its expiry.
+async fn opened_token_expires_on_a_manual_clock(backend: keyplane_testkit::Backend) {
+    use keyplane_core::domain::clock::ManualClock;
+    use keyplane_core::domain::oauth::{ClientAuth, ClientCredentials};
+    use keyplane_core::domain::perm::Principal;
+    use keyplane_core::domain::request::RequestMeta;
+    use keyplane_core::usecase::clients::NewClient;
+    use keyplane_core::Settings;
+    use std::sync::Arc;
+
+    let Some(db) = keyplane_testkit::TestDb::fresh(backend).await else {
+        return;
+    };
+    let store = keyplane_store::open(&db.url).await.unwrap();
+    let clock = ManualClock::default();
+    let pepper = keyplane_core::domain::secret::Pepper::new(1, &[9u8; 32]).unwrap();
+    let app =
+        keyplane_core::Keyplane::new(store, Arc::new(clock.clone()), pepper, Settings::default());
+    app.bootstrap(None).await.unwrap();
+    app.ensure_signing_keys().await.unwrap();
+    let admin = Principal::admin();
+    let meta = RequestMeta::default();
+    app.service_create(&admin, "ai-guard", None, vec![READ.into()], vec![], &meta)
+        .await
+        .unwrap();
+    let (client, first) = app
+        .client_create(
+            &admin,
+            NewClient {
+                name: "short".into(),
+                scopes: vec![READ.into()],
+                access_token_ttl_seconds: Some(60),
+                ..Default::default()
+            },
+            &meta,
+        )
+        .await
+        .unwrap();
+    let auth = ClientCredentials::Secret(ClientAuth {
+        client_id: client.client_id.clone(),
+        secret: first.expect("a secret client has a secret").1,
+        basic: true,
+    });
+    let t = app
+        .issue_token(&auth, None, &[], &meta, None)
+        .await
+        .unwrap()
+        .access_token;
+    for _ in 0..3 {
+        assert!(app.introspect(None, &t).await.0.is_some());
+    }
+    clock.advance(time::Duration::seconds(59));
+    assert!(
+        app.introspect(None, &t).await.0.is_some(),
+        "a second before its expiry"
+    );
+    clock.advance(time::Duration::seconds(1));
+    assert!(app.introspect(None, &t).await.0.is_none(), "at its expiry");
+}
+
+#[tokio::test]
+async fn opened_token_expires_sqlite() {
+    opened_token_expires_on_a_manual_clock(keyplane_testkit::Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn opened_token_expires_postgres() {
+    opened_token_expires_on_a_manual_clock(keyplane_testkit::Backend::Postgres).await;
 }
 
 #[tokio::test]
