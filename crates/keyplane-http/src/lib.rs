@@ -140,10 +140,10 @@ pub async fn serve(
         )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .service(router(state.clone()));
-    let service = HotRoutes {
+    let service = HotRoutes(Arc::new(Hot {
         rest: tower::util::BoxCloneSyncService::new(rest),
         state,
-    };
+    }));
     edge::serve(listener, service, edge, limit, tls, shutdown).await
 }
 
@@ -195,8 +195,12 @@ pub async fn serve_metrics(
 ///
 /// Every request, hot or not, is timed into its route group's histogram by outcome
 /// ([`observe`]), and traced when traces are on and it is sampled.
+///
+/// The edge clones the service for every request: one shared [`Hot`] makes that one count.
 #[derive(Clone)]
-struct HotRoutes {
+struct HotRoutes(Arc<Hot>);
+
+struct Hot {
     state: AppState,
     rest: tower::util::BoxCloneSyncService<
         axum::extract::Request,
@@ -223,7 +227,7 @@ impl tower::Service<axum::extract::Request> for HotRoutes {
         use axum::extract::State;
         let started = std::time::Instant::now();
         let route = observe::Route::of(req.uri().path());
-        let obs = Arc::clone(&self.state.obs);
+        let obs = Arc::clone(&self.0.state.obs);
         let span = obs.start_span(route, &req);
         if let Some(refused) = over_limits(&req) {
             return Box::pin(async move { Ok(observed(&obs, route, started, span, refused)) });
@@ -231,28 +235,28 @@ impl tower::Service<axum::extract::Request> for HotRoutes {
         let post = req.method() == axum::http::Method::POST;
         match (post, req.uri().path()) {
             (_, "/v1/authz") => {
-                let state = self.state.clone();
+                let state = self.0.state.clone();
                 Box::pin(async move {
                     let resp = routes::authz::authz(State(state), req).await;
                     Ok(observed(&obs, route, started, span, resp))
                 })
             }
             (true, "/v1/oauth/token") => {
-                let state = self.state.clone();
+                let state = self.0.state.clone();
                 Box::pin(async move {
                     let resp = routes::oauth::token(State(state), req).await;
                     Ok(observed(&obs, route, started, span, resp))
                 })
             }
             (true, "/v1/oauth/token/introspect") => {
-                let state = self.state.clone();
+                let state = self.0.state.clone();
                 Box::pin(async move {
                     let resp = routes::oauth::introspect(State(state), req).await;
                     Ok(observed(&obs, route, started, span, resp))
                 })
             }
             (_, path) => {
-                let rest = self.rest.clone();
+                let rest = self.0.rest.clone();
                 let path = path.to_string();
                 Box::pin(async move {
                     let resp = tower::ServiceExt::oneshot(rest, req).await?;

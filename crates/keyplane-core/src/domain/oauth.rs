@@ -4,6 +4,7 @@
 use crate::domain::error::Error;
 use crate::domain::secret::SecretString;
 use crate::domain::token::{Act, Delegation, FederatedRef, SubjectCredential};
+use std::sync::Arc;
 
 /// Errors of the OAuth endpoints (RFC 6749 §5.2, RFC 7009, RFC 7662).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +142,10 @@ pub struct Introspection {
     pub project_id: String,
     /// DPoP: the thumbprint of the key the token is bound to (`cnf.jkt`).
     pub jkt: Option<String>,
+    /// The answer as the HTTP layer writes it, kept when this introspection is shared (an
+    /// opened token's is, by every request for that token while it is kept): it depends on
+    /// nothing but the fields above and the issuer.
+    pub answer: std::sync::OnceLock<Arc<[u8]>>,
 }
 
 /// A verified access token, for `/v1/authz` and the management API.

@@ -552,6 +552,7 @@ impl Runtime {
             act,
             federated: t.federated,
             subject_credentials,
+            answer: Default::default(),
         };
         let info = Arc::new(info);
         if let Some(d) = keep {
@@ -593,6 +594,7 @@ impl Runtime {
             act: None,
             federated: None,
             subject_credentials: vec![],
+            answer: Default::default(),
         })
     }
 
@@ -694,6 +696,7 @@ impl Runtime {
             act: None,
             federated: None,
             subject_credentials: vec![],
+            answer: Default::default(),
         })
     }
 }

@@ -21,6 +21,7 @@ use keyplane_core::domain::request::RequestMeta;
 use keyplane_core::domain::secret::SecretString;
 use keyplane_core::usecase::grants::{AppCredentials, CodeRedemption};
 use serde::Serialize;
+use std::sync::Arc;
 use utoipa::ToSchema;
 
 /// The token endpoint's paths: keyplane's own, then the ones seeds 000 and 001 use.
@@ -101,7 +102,7 @@ fn json_no_store<T: Serialize>(body: &T) -> Response {
 }
 
 /// The same answer as [`json_no_store`], for a body already written.
-fn json_bytes_no_store(buf: Vec<u8>) -> Response {
+fn json_bytes_no_store(buf: Bytes) -> Response {
     let mut headers = HeaderMap::with_capacity(4);
     headers.insert(
         header::CONTENT_TYPE,
@@ -900,7 +901,18 @@ pub async fn introspect(State(s): State<AppState>, req: Request) -> Response {
         ));
     };
     match s.app.introspect(scope_org.as_deref(), token).await {
-        (Some(i), _) => json_bytes_no_store(introspection_json(&s.app.settings().oauth.issuer, &i)),
+        (Some(i), _) => {
+            let issuer = &s.app.settings().oauth.issuer;
+            // Shared: an opened token's answer, written once and sent as it is.
+            if Arc::strong_count(&i) > 1 {
+                let answer = i
+                    .answer
+                    .get_or_init(|| introspection_json(issuer, &i).into());
+                json_bytes_no_store(Bytes::from_owner(Arc::clone(answer)))
+            } else {
+                json_bytes_no_store(Bytes::from(introspection_json(issuer, &i)))
+            }
+        }
         // Over a rate limit: inactive (RFC 7662 §2.2 lets the server say so for any reason),
         // with the limit's `RateLimit` fields so a resource server can answer 429 itself.
         (None, Some(limit)) => {
@@ -1223,6 +1235,7 @@ mod tests {
             org_id: "org".into(),
             project_id: "prj".into(),
             jkt: None,
+            answer: Default::default(),
         };
         let variants = [
             base.clone(),
