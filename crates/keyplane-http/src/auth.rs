@@ -142,12 +142,9 @@ fn hex(b: u8) -> Option<u8> {
 /// nothing else is an escape: a `%` without two hexadecimal digits after it, or bytes that do
 /// not decode to UTF-8, are refused rather than guessed at.
 pub fn form_unescape(s: &str) -> Result<Cow<'_, str>, FormError> {
-    // A fold without an early exit, so the compiler checks many bytes at a time: most values
-    // (tokens, ids, assertions) have nothing to unescape and are long.
-    if !s
-        .bytes()
-        .fold(false, |seen, b| seen | (b == b'+') | (b == b'%'))
-    {
+    // Most values (tokens, ids, secrets, assertions) have nothing to unescape and are long:
+    // searched many bytes at a time.
+    if memchr::memchr2(b'+', b'%', s.as_bytes()).is_none() {
         return Ok(Cow::Borrowed(s));
     }
     let bytes = s.as_bytes();

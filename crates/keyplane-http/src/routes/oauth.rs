@@ -331,7 +331,10 @@ impl Params {
     fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
-            .find(|(k, _)| self.piece(k) == name)
+            .find(|(k, _)| match k {
+                Piece::At(a, b) => &self.text[*a..*b] == name.as_bytes(),
+                Piece::Owned(o) => o.as_ref() == name,
+            })
             .map(|(_, v)| self.piece(v))
     }
 
