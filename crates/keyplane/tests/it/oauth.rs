@@ -986,25 +986,35 @@ on_both!(
         .env("KEYPLANE_API_KEY_PREFIX", "ptg_")
 );
 
-/// The rotation policy, on a clock the test moves: a secret is refused once older than the
-/// policy allows, and the activity log and the metric warn a week ahead.
-async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
+/// keyplane in process on a clock the test moves, with the `ai-guard` service and one secret
+/// client made from `client`: the app, the clock, the client's credentials and id (and the
+/// database, kept alive). `None` when the backend is not available.
+async fn on_a_manual_clock(
+    backend: keyplane_testkit::Backend,
+    client: keyplane_core::usecase::clients::NewClient,
+) -> Option<(
+    keyplane_testkit::TestDb,
+    keyplane_core::Keyplane,
+    keyplane_core::domain::clock::ManualClock,
+    keyplane_core::domain::oauth::ClientCredentials,
+    String,
+)> {
     use keyplane_core::domain::clock::ManualClock;
-    use keyplane_core::domain::oauth::{ClientAuth, ClientCredentials, OAuthError};
+    use keyplane_core::domain::oauth::{ClientAuth, ClientCredentials};
     use keyplane_core::domain::perm::Principal;
     use keyplane_core::domain::request::RequestMeta;
-    use keyplane_core::usecase::clients::NewClient;
-    use keyplane_core::Settings;
     use std::sync::Arc;
 
-    let Some(db) = keyplane_testkit::TestDb::fresh(backend).await else {
-        return;
-    };
+    let db = keyplane_testkit::TestDb::fresh(backend).await?;
     let store = keyplane_store::open(&db.url).await.unwrap();
     let clock = ManualClock::default();
     let pepper = keyplane_core::domain::secret::Pepper::new(1, &[9u8; 32]).unwrap();
-    let app =
-        keyplane_core::Keyplane::new(store, Arc::new(clock.clone()), pepper, Settings::default());
+    let app = keyplane_core::Keyplane::new(
+        store,
+        Arc::new(clock.clone()),
+        pepper,
+        keyplane_core::Settings::default(),
+    );
     app.bootstrap(None).await.unwrap();
     app.ensure_signing_keys().await.unwrap();
     let admin = Principal::admin();
@@ -1012,25 +1022,34 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
     app.service_create(&admin, "ai-guard", None, vec![READ.into()], vec![], &meta)
         .await
         .unwrap();
-    let (client, first) = app
-        .client_create(
-            &admin,
-            NewClient {
-                name: "rotating".into(),
-                scopes: vec![READ.into()],
-                secret_rotation_days: Some(10),
-                ..Default::default()
-            },
-            &meta,
-        )
-        .await
-        .unwrap();
-    let secret = first.expect("a secret client has a secret").1;
+    let (made, first) = app.client_create(&admin, client, &meta).await.unwrap();
     let auth = ClientCredentials::Secret(ClientAuth {
-        client_id: client.client_id.clone(),
-        secret,
+        client_id: made.client_id.clone(),
+        secret: first.expect("a secret client has a secret").1,
         basic: true,
     });
+    Some((db, app, clock, auth, made.client_id))
+}
+
+/// The rotation policy, on a clock the test moves: a secret is refused once older than the
+/// policy allows, and the activity log and the metric warn a week ahead.
+async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
+    use keyplane_core::domain::oauth::OAuthError;
+    use keyplane_core::domain::perm::Principal;
+    use keyplane_core::domain::request::RequestMeta;
+    use keyplane_core::usecase::clients::NewClient;
+
+    let client = NewClient {
+        name: "rotating".into(),
+        scopes: vec![READ.into()],
+        secret_rotation_days: Some(10),
+        ..Default::default()
+    };
+    let Some((_db, app, clock, auth, client_id)) = on_a_manual_clock(backend, client).await else {
+        return;
+    };
+    let admin = Principal::admin();
+    let meta = RequestMeta::default();
     assert!(app.issue_token(&auth, None, &[], &meta, None).await.is_ok());
     assert_eq!(
         app.warn_expiring_secrets().await.unwrap(),
@@ -1058,7 +1077,7 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
         .await
         .unwrap();
     assert_eq!(events.items.len(), 1);
-    assert!(events.items[0].details.contains(&client.client_id));
+    assert!(events.items[0].details.contains(&client_id));
     assert!(
         app.issue_token(&auth, None, &[], &meta, None).await.is_ok(),
         "still good before its maximum age"
@@ -1076,47 +1095,19 @@ async fn rotation_policy_on_a_manual_clock(backend: keyplane_testkit::Backend) {
 
 /// On a manual clock: a token that was opened (and is kept opened) still ends at its expiry.
 async fn opened_token_expires_on_a_manual_clock(backend: keyplane_testkit::Backend) {
-    use keyplane_core::domain::clock::ManualClock;
-    use keyplane_core::domain::oauth::{ClientAuth, ClientCredentials};
-    use keyplane_core::domain::perm::Principal;
     use keyplane_core::domain::request::RequestMeta;
     use keyplane_core::usecase::clients::NewClient;
-    use keyplane_core::Settings;
-    use std::sync::Arc;
 
-    let Some(db) = keyplane_testkit::TestDb::fresh(backend).await else {
+    let client = NewClient {
+        name: "short".into(),
+        scopes: vec![READ.into()],
+        access_token_ttl_seconds: Some(60),
+        ..Default::default()
+    };
+    let Some((_db, app, clock, auth, _)) = on_a_manual_clock(backend, client).await else {
         return;
     };
-    let store = keyplane_store::open(&db.url).await.unwrap();
-    let clock = ManualClock::default();
-    let pepper = keyplane_core::domain::secret::Pepper::new(1, &[9u8; 32]).unwrap();
-    let app =
-        keyplane_core::Keyplane::new(store, Arc::new(clock.clone()), pepper, Settings::default());
-    app.bootstrap(None).await.unwrap();
-    app.ensure_signing_keys().await.unwrap();
-    let admin = Principal::admin();
     let meta = RequestMeta::default();
-    app.service_create(&admin, "ai-guard", None, vec![READ.into()], vec![], &meta)
-        .await
-        .unwrap();
-    let (client, first) = app
-        .client_create(
-            &admin,
-            NewClient {
-                name: "short".into(),
-                scopes: vec![READ.into()],
-                access_token_ttl_seconds: Some(60),
-                ..Default::default()
-            },
-            &meta,
-        )
-        .await
-        .unwrap();
-    let auth = ClientCredentials::Secret(ClientAuth {
-        client_id: client.client_id.clone(),
-        secret: first.expect("a secret client has a secret").1,
-        basic: true,
-    });
     let t = app
         .issue_token(&auth, None, &[], &meta, None)
         .await
