@@ -2,14 +2,13 @@
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use keyplane_core::domain::managed::{ConfigWrite, OVERRIDE_HEADER};
 use keyplane_core::domain::perm::Principal;
 use keyplane_core::domain::request::RequestMeta;
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// The bearer token of a request, if it has one (scheme matched case-insensitively).
@@ -23,25 +22,14 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Client address, user agent and request id, for the activity log and the throttles. The
-/// address is the one the connection edge decided ([`crate::edge::ClientAddr`]: the peer, or
-/// the client a trusted proxy names), else the TCP peer's; the id is the edge's too.
+/// address is the one the connection edge decided ([`crate::edge::Conn`]: the peer, or the
+/// client a trusted proxy names); the id is the edge's too.
 pub fn request_meta(parts: &Parts) -> RequestMeta {
+    let conn = crate::edge::Conn::of(&parts.extensions);
     RequestMeta {
-        client_addr: parts
-            .extensions
-            .get::<crate::edge::ClientAddr>()
-            .map(|c| c.0)
-            .or_else(|| {
-                parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip())
-            }),
+        client_addr: conn.map(|c| c.client),
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
-        request_id: parts
-            .extensions
-            .get::<keyplane_core::domain::request::RequestId>()
-            .copied(),
+        request_id: conn.map(|c| c.request_id),
         config: config_write(&parts.headers),
     }
 }
@@ -49,7 +37,9 @@ pub fn request_meta(parts: &Parts) -> RequestMeta {
 /// `Keyplane-Override-Config: true` lets a management request change an object the
 /// configuration file declares (`keyplane_core::domain::managed`); any other value does not.
 fn config_write(headers: &HeaderMap) -> ConfigWrite {
-    match headers.get(OVERRIDE_HEADER) {
+    // A name made once: looking a header up by a `&str` parses the name on every request.
+    const NAME: axum::http::HeaderName = axum::http::HeaderName::from_static(OVERRIDE_HEADER);
+    match headers.get(&NAME) {
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"true") => ConfigWrite::Override,
         _ => ConfigWrite::Refuse,
     }

@@ -19,19 +19,19 @@
 //!   timeout. A client that stops reading an answer (a write blocked that long) is cut off too.
 //! - **Client address**: the TCP peer, unless it is a trusted proxy; then the right-most address
 //!   of `X-Forwarded-For` (or RFC 7239 `Forwarded`, one of the two, configured) that is not
-//!   itself a trusted proxy. Requests carry it as [`ClientAddr`]; every throttle, event and log
+//!   itself a trusted proxy. Requests carry it in [`Conn`]; every throttle, event and log
 //!   line uses it.
 //! - **Request id**: the `X-Request-Id` a trusted proxy sent (when it is a plain one of at most
-//!   64 characters), else one made here ([`crate::observe::RequestIds`]). Requests carry it as a
-//!   [`RequestId`] extension; it is the current one while the request is answered (every log
+//!   64 characters), else one made here ([`crate::observe::RequestIds`]). Requests carry it in
+//!   [`Conn`]; it is the current one while the request is answered (every log
 //!   line written then names it), and every answer carries it in `X-Request-Id`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use keyplane_core::domain::request::RequestId;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -256,17 +256,38 @@ impl TrustedProxies {
     }
 }
 
-/// The address a request is attributed to (see the module documentation).
+/// What the edge decided about a request, in one extension (one allocation, not one per
+/// fact): every request the edge passes on carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
+pub struct Conn {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The address the request is attributed to (see the module documentation).
+    pub client: IpAddr,
+    /// Whether it came over a TLS connection to keyplane's own listener.
+    pub tls: bool,
+    /// Whether the TCP peer is a trusted proxy (its forwarding headers were read).
+    pub trusted_proxy: bool,
+    /// The request's id (see the module documentation).
+    pub request_id: RequestId,
+}
 
-/// Present on a request that came over a TLS connection to keyplane's own listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverTls;
+impl Conn {
+    /// What the edge decided about `extensions`' request, if the edge passed it on.
+    pub fn of(extensions: &axum::http::Extensions) -> Option<&Conn> {
+        extensions.get::<Conn>()
+    }
 
-/// Present on a request whose TCP peer is a trusted proxy (its forwarding headers were read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FromTrustedProxy;
+    /// Whether the request came over keyplane's own TLS.
+    pub fn tls(extensions: &axum::http::Extensions) -> bool {
+        Self::of(extensions).is_some_and(|c| c.tls)
+    }
+
+    /// Whether the request's TCP peer is a trusted proxy.
+    pub fn trusted_proxy(extensions: &axum::http::Extensions) -> bool {
+        Self::of(extensions).is_some_and(|c| c.trusted_proxy)
+    }
+}
 
 /// The client's address: `peer`, or — when `peer` is a trusted proxy — the right-most address
 /// in the configured header that is not itself a trusted proxy. An entry that is not an
@@ -758,18 +779,16 @@ where
             &self.config.trusted_proxies,
             self.config.forwarded_header,
         );
-        parts.extensions.insert(ConnectInfo(self.peer));
-        parts.extensions.insert(ClientAddr(client));
-        if self.tls {
-            parts.extensions.insert(OverTls);
-        }
         let trusted = !self.config.trusted_proxies.is_empty()
             && self.config.trusted_proxies.contains(self.peer.ip());
-        if trusted {
-            parts.extensions.insert(FromTrustedProxy);
-        }
         let id = self.config.request_ids.for_request(&parts.headers, trusted);
-        parts.extensions.insert(id);
+        parts.extensions.insert(Conn {
+            peer: self.peer,
+            client,
+            tls: self.tls,
+            trusted_proxy: trusted,
+            request_id: id,
+        });
         // A request without a body (most of them: every GET) pays for no deadline at all.
         let (body, timed_out) = if incoming.is_end_stream() {
             (Body::new(incoming), None)

@@ -26,7 +26,6 @@ use hyper_util::rt::TokioExecutor;
 use keyplane_core::domain::path::{upstream_target, NormalPath};
 use keyplane_core::usecase::check::Verdict;
 use keyplane_core::Keyplane;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,12 +187,9 @@ async fn forward(
     };
     // `htu` is this gateway's URL as the caller addressed it: `Host`, and the forwarded
     // scheme and host only when a trusted proxy sent them.
-    let trusted = parts
-        .extensions
-        .get::<crate::edge::FromTrustedProxy>()
-        .is_some();
+    let trusted = crate::edge::Conn::trusted_proxy(&parts.extensions);
     // A gateway listener with TLS is addressed as https://.
-    let tls = parts.extensions.get::<crate::edge::OverTls>().is_some();
+    let tls = crate::edge::Conn::tls(&parts.extensions);
     let dpop = is_dpop.then(|| {
         crate::dpop::dpop_request(&parts.headers, parts.method.as_str(), &path, trusted, tls)
     });
@@ -237,17 +233,11 @@ async fn forward(
     for (name, value) in identity_headers(&identity) {
         headers.insert(name, value);
     }
-    if let Some(addr) = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-    {
-        let ip = addr.0.ip().to_string();
+    if let Some(conn) = crate::edge::Conn::of(&parts.extensions) {
+        let ip = conn.peer.ip().to_string();
         // The chain so far is kept only when a trusted proxy sent it; anyone else's claims
         // about where a request came from are dropped, so the upstream can trust the list.
-        let trusted = parts
-            .extensions
-            .get::<crate::edge::FromTrustedProxy>()
-            .is_some();
+        let trusted = conn.trusted_proxy;
         if !trusted {
             headers.remove(header::FORWARDED);
         }
@@ -272,10 +262,7 @@ async fn forward(
     headers.remove(header::HOST);
     // The request's id as the edge decided it: a caller's own `X-Request-Id` is replaced
     // unless a trusted proxy sent it (then it is the same).
-    match parts
-        .extensions
-        .get::<keyplane_core::domain::request::RequestId>()
-    {
+    match crate::edge::Conn::of(&parts.extensions).map(|c| &c.request_id) {
         Some(id) => {
             headers.insert(
                 crate::observe::X_REQUEST_ID,

@@ -149,10 +149,8 @@ pub async fn serve(
 
 /// The span of a request the router answers: its method, URI and client address.
 fn request_span(req: &axum::extract::Request) -> tracing::Span {
-    let client = req
-        .extensions()
-        .get::<edge::ClientAddr>()
-        .map(|c| c.0.to_string())
+    let client = edge::Conn::of(req.extensions())
+        .map(|c| c.client.to_string())
         .unwrap_or_default();
     tracing::debug_span!(
         "request",

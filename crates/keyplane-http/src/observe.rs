@@ -74,11 +74,7 @@ impl RequestIds {
     /// A new id.
     pub fn generate(&self) -> RequestId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mixed = mix(n ^ self.key);
-        let mut text = [0u8; 32];
-        hex(self.node, &mut text[..16]);
-        hex(mixed, &mut text[16..]);
-        RequestId::parse(&text).expect("hex digits are a valid request id")
+        RequestId::from_hex_words(self.node, mix(n ^ self.key))
     }
 
     /// The id of a request: the `X-Request-Id` a trusted proxy sent (when it is a valid one),
@@ -101,13 +97,6 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-fn hex(v: u64, out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
-    }
 }
 
 /// The header value of a request id.
@@ -707,20 +696,15 @@ impl Observer {
         if !tracing.sampler.sample(route) {
             return None;
         }
-        Some(
-            tracing.tracer.start(SpanStart {
-                route,
-                method: req.method(),
-                path: req.uri().path(),
-                headers: req.headers(),
-                request_id: req.extensions().get::<RequestId>().copied(),
-                client_addr: req
-                    .extensions()
-                    .get::<crate::edge::ClientAddr>()
-                    .map(|c| c.0),
-                start: SystemTime::now(),
-            }),
-        )
+        Some(tracing.tracer.start(SpanStart {
+            route,
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            request_id: crate::edge::Conn::of(req.extensions()).map(|c| c.request_id),
+            client_addr: crate::edge::Conn::of(req.extensions()).map(|c| c.client),
+            start: SystemTime::now(),
+        }))
     }
 }
 

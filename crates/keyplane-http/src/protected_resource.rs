@@ -194,11 +194,8 @@ fn addressed_to(req: &Request) -> (Option<String>, Option<String>) {
             .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let trusted = req
-        .extensions()
-        .get::<crate::edge::FromTrustedProxy>()
-        .is_some();
-    let tls = req.extensions().get::<crate::edge::OverTls>().is_some();
+    let trusted = crate::edge::Conn::trusted_proxy(req.extensions());
+    let tls = crate::edge::Conn::tls(req.extensions());
     let scheme = trusted
         .then(|| first("x-forwarded-proto"))
         .flatten()

@@ -44,6 +44,18 @@ impl RequestId {
         })
     }
 
+    /// Two words as 32 lowercase hexadecimal digits (always a valid id, so none is checked).
+    pub fn from_hex_words(high: u64, low: u64) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; Self::MAX_LEN];
+        for (i, w) in [high, low].into_iter().enumerate() {
+            for (j, b) in buf[i * 16..i * 16 + 16].iter_mut().enumerate() {
+                *b = DIGITS[((w >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        Self { len: 32, buf }
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever stored (see `parse`).
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
@@ -254,6 +266,19 @@ pub fn paginate<T>(mut items: Vec<T>, limit: i64, seq: impl Fn(&T) -> i64) -> Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_words_make_the_id_parse_would() {
+        for (h, l) in [
+            (0, 0),
+            (u64::MAX, 1),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+        ] {
+            let id = RequestId::from_hex_words(h, l);
+            assert_eq!(id.as_str(), format!("{h:016x}{l:016x}"));
+            assert!(RequestId::parse(id.as_str().as_bytes()) == Some(id));
+        }
+    }
 
     #[test]
     fn request_ids_are_short_and_plain() {

@@ -435,8 +435,8 @@ impl Runtime {
         let jwt = crate::domain::token::looks_like_jwt(token);
         // An opaque token opened before is not opened again while its client is unchanged;
         // what can end it since (expiry, revocation, the client) is checked all the same.
-        let digest = (!jwt).then(|| opened_digest(token));
-        if let Some(hit) = digest.as_ref().and_then(|d| self.oauth.opened(d)) {
+        let index = (!jwt).then(|| self.oauth.opened_index(token));
+        if let Some(hit) = index.and_then(|i| self.oauth.opened(i, token)) {
             if hit.exp_ms <= now_ms
                 || hit.nbf_ms > now_ms + 60_000
                 || self.oauth.is_revoked(&hit.info.jti)
@@ -527,7 +527,7 @@ impl Runtime {
             t.aud
         };
         // An exchanged token also depends on its subject credentials: it is opened each time.
-        let keep = digest.filter(|_| {
+        let keep = index.filter(|_| {
             t.delegation.is_none() && client.cached.load(std::sync::atomic::Ordering::Acquire)
         });
         let (exp_ms, nbf_ms) = (t.exp_ms, t.nbf_ms);
@@ -555,14 +555,15 @@ impl Runtime {
             answer: Default::default(),
         };
         let info = Arc::new(info);
-        if let Some(d) = keep {
+        if let Some(i) = keep {
             let opened = super::oauth::OpenedToken {
+                token: token.as_bytes().into(),
                 client: Arc::downgrade(&client),
                 exp_ms,
                 nbf_ms,
                 info: Arc::clone(&info),
             };
-            self.oauth.keep_opened(d, opened, now_ms);
+            self.oauth.keep_opened(i, opened, now_ms);
         }
         Some((Some(client), info))
     }
@@ -765,12 +766,4 @@ fn cached_from_lookup(
         created_at_ms: to_ms(key.created_at),
         used: Default::default(),
     }
-}
-
-/// The key of an opened token: SHA-256 of the whole token.
-fn opened_digest(token: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }

@@ -9,7 +9,9 @@ use crate::domain::model::{ClientSecret, OAuthClient};
 use crate::domain::settings::OAuthSettings;
 use crate::domain::token::{Keyring, Sealer};
 use crate::runtime::throttle::FailureThrottle;
+use crate::runtime::usage::Prehashed;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use time::OffsetDateTime;
@@ -121,13 +123,15 @@ type IssuedCounts = HashMap<(String, i64), (u64, BTreeSet<String>, String)>;
 /// that entry of the client cache). The token's expiry and revocation are still checked on
 /// every use.
 pub struct OpenedToken {
+    /// The token, compared whole (in constant time) with the one presented.
+    pub token: Box<[u8]>,
     pub client: std::sync::Weak<CachedClient>,
     pub exp_ms: i64,
     pub nbf_ms: i64,
     pub info: Arc<crate::domain::oauth::Introspection>,
 }
 
-/// Opened tokens kept at most (about 600 bytes each); past it, the expired ones are dropped,
+/// Opened tokens kept at most (about 900 bytes each); past it, the expired ones are dropped,
 /// and all of them when none had expired.
 pub const OPENED_TOKENS_MAX: usize = 10_000;
 
@@ -139,9 +143,11 @@ pub struct OAuthState {
     pub revoked: RwLock<HashMap<String, i64>>,
     pub keyring: RwLock<Arc<Keyring>>,
     pub sealer: Sealer,
-    /// Opaque tokens opened before, by the SHA-256 of the token (the token itself is not kept,
-    /// and a lookup compares digests, so its timing says nothing about a live token).
-    pub opened: RwLock<HashMap<[u8; 32], Arc<OpenedToken>>>,
+    /// Opaque tokens opened before, by [`OAuthState::opened_index`] of the token; a hit is
+    /// one whose whole token equals the one presented (see [`OAuthState::opened`]).
+    opened: RwLock<HashMap<u64, Arc<OpenedToken>, BuildHasherDefault<Prehashed>>>,
+    /// The key of [`OAuthState::opened_index`], random on each node.
+    opened_keys: std::hash::RandomState,
     pub key_seal: [u8; 32],
     /// Failed client authentications, per (client, address) and per address.
     pub failures: FailureThrottle,
@@ -172,6 +178,7 @@ impl OAuthState {
                 &settings.access_token_prefix,
             ),
             opened: RwLock::default(),
+            opened_keys: std::hash::RandomState::new(),
             key_seal: pepper.derive("signing-key-v1"),
             failures: FailureThrottle::default(),
             pending_uses: Mutex::default(),
@@ -243,17 +250,25 @@ impl OAuthState {
             .insert(jti, exp_ms);
     }
 
-    /// The opened token with this digest, if one is kept.
-    pub fn opened(&self, digest: &[u8; 32]) -> Option<Arc<OpenedToken>> {
-        self.opened
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(digest)
-            .cloned()
+    /// Where an opaque token is kept: a keyed hash (SipHash under this node's random key) of
+    /// its last 32 bytes, which are its seal's tag and checksum, so tokens that verified spread
+    /// evenly. Another token may share its index (one made to, even): only the whole token,
+    /// compared in constant time, makes a hit.
+    pub fn opened_index(&self, token: &str) -> u64 {
+        let b = token.as_bytes();
+        self.opened_keys.hash_one(&b[b.len().saturating_sub(32)..])
     }
 
-    /// Keeps an opened token; at [`OPENED_TOKENS_MAX`], first drops the expired ones, or all.
-    pub fn keep_opened(&self, digest: [u8; 32], token: OpenedToken, now_ms: i64) {
+    /// The opened token that is exactly `token`, if one is kept.
+    pub fn opened(&self, index: u64, token: &str) -> Option<Arc<OpenedToken>> {
+        let opened = self.opened.read().unwrap_or_else(|e| e.into_inner());
+        let hit = opened.get(&index)?;
+        crate::domain::secret::ct_eq(&hit.token, token.as_bytes()).then(|| Arc::clone(hit))
+    }
+
+    /// Keeps an opened token (replacing any other at its index); at [`OPENED_TOKENS_MAX`],
+    /// first drops the expired ones, or all.
+    pub fn keep_opened(&self, index: u64, token: OpenedToken, now_ms: i64) {
         let mut opened = self.opened.write().unwrap_or_else(|e| e.into_inner());
         if opened.len() >= OPENED_TOKENS_MAX {
             opened.retain(|_, t| t.exp_ms > now_ms);
@@ -261,7 +276,7 @@ impl OAuthState {
                 opened.clear();
             }
         }
-        opened.insert(digest, Arc::new(token));
+        opened.insert(index, Arc::new(token));
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {

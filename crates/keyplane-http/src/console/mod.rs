@@ -129,7 +129,7 @@ pub fn router() -> Router<AppState> {
 /// may show what only this session may see).
 async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
     let is_asset = req.uri().path().starts_with("/console/assets/");
-    let tls = req.extensions().get::<crate::edge::OverTls>().is_some();
+    let tls = crate::edge::Conn::tls(req.extensions());
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     // Over keyplane's own TLS, every cookie is `Secure` (behind a proxy, `X-Forwarded-Proto`

@@ -255,7 +255,7 @@ fn cookie_of(headers: &HeaderMap) -> Option<String> {
 }
 
 fn over_tls(parts: &axum::http::request::Parts) -> bool {
-    parts.extensions.get::<crate::edge::OverTls>().is_some()
+    crate::edge::Conn::tls(&parts.extensions)
         || parts
             .headers
             .get("x-forwarded-proto")

@@ -262,8 +262,8 @@ struct OAuthForm {
     targets: Vec<String>,
     headers: HeaderMap,
     meta: RequestMeta,
-    /// The path it was posted to (an endpoint's canonical path or one of its aliases).
-    path: String,
+    /// Where it was posted: its path is an endpoint's canonical path or one of its aliases.
+    uri: axum::http::Uri,
 }
 
 /// The largest form the OAuth endpoints read.
@@ -272,7 +272,6 @@ const FORM_LIMIT: usize = 16 * 1024;
 async fn read_form(req: Request) -> Result<OAuthForm, Response> {
     let (parts, body) = req.into_parts();
     let meta = request_meta(&parts);
-    let path = parts.uri.path().to_string();
     let ctype = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -300,7 +299,7 @@ async fn read_form(req: Request) -> Result<OAuthForm, Response> {
         targets,
         headers: parts.headers,
         meta,
-        path,
+        uri: parts.uri,
     })
 }
 
@@ -446,7 +445,7 @@ fn client_auth(
                 client_id: p.get("client_id").map(str::to_string),
                 assertion: assertion.to_string(),
                 endpoint,
-                path: form.path.clone(),
+                path: form.uri.path().to_string(),
             })));
         }
         _ => {

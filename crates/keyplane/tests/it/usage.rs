@@ -114,6 +114,16 @@ async fn known_mix(backend: Backend) {
         return;
     };
     let admin = app.admin_key.clone();
+    // The limit below is a fixed window of an hour: a run that crossed the top of an hour
+    // would start a fresh window half-way and see the 7th request allowed. Start past it.
+    let into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 3600;
+    if into_hour > 3600 - 20 {
+        tokio::time::sleep(std::time::Duration::from_secs(3600 - into_hour + 1)).await;
+    }
     // A key allowed 6 requests an hour: 4 through /v1/authz and 2 through the gateway pass,
     // the 7th and 8th are rate limited.
     let (good_id, good) = app
