@@ -535,6 +535,20 @@ async fn opened_tokens(app: TestApp) {
             StatusCode::UNAUTHORIZED
         );
     }
+    // Kept tokens are found by their last 32 bytes: a token that ends the same way but is not
+    // the same token (its tail alone, or one byte more before it) is not a hit.
+    let tail = &t[t.len() - 32..];
+    for forged in [format!("kpat_{tail}"), format!("{}A{tail}", &t[..t.len() - 32])] {
+        assert_eq!(
+            introspect(&app, &id, &secret, &forged).await,
+            json!({ "active": false }),
+            "{forged}"
+        );
+        assert_eq!(
+            app.authz(Some(&forged), None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
     assert_eq!(introspect(&app, &id, &secret, &t).await["active"], true);
 
     // The client renamed and given an audience: the next answer says so.
