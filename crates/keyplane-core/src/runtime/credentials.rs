@@ -433,24 +433,31 @@ impl Runtime {
     ) -> Option<(Option<Arc<CachedClient>>, Arc<Introspection>)> {
         let now_ms = self.now_ms();
         let jwt = crate::domain::token::looks_like_jwt(token);
-        // An opaque token opened before is not opened again while its client is unchanged;
-        // what can end it since (expiry, revocation, the client) is checked all the same.
-        let index = (!jwt).then(|| self.oauth.opened_index(token));
-        if let Some(hit) = index.and_then(|i| self.oauth.opened(i, token)) {
+        // A token opened (or, for a JWT, verified) before is not opened again while its client
+        // is unchanged and, for a JWT, the keyring is the one that verified it; what can end it
+        // since (expiry, revocation, the client) is checked all the same.
+        let index = self.oauth.opened_index(token);
+        let keyring = jwt.then(|| self.oauth.keyring());
+        if let Some(hit) = self.oauth.opened(index, token) {
             if hit.exp_ms <= now_ms
                 || hit.nbf_ms > now_ms + 60_000
                 || self.oauth.is_revoked(&hit.info.jti)
             {
                 return None;
             }
+            let same_keyring = match (&keyring, &hit.keyring) {
+                (None, None) => true,
+                (Some(now), Some(then)) => std::ptr::eq(Arc::as_ptr(now), then.as_ptr()),
+                _ => false,
+            };
             let client_id = hit.info.client_id.as_deref()?;
             let client = self.cached_client(client_id).await.ok().flatten()?;
-            if std::ptr::eq(Arc::as_ptr(&client), hit.client.as_ptr()) {
+            if same_keyring && std::ptr::eq(Arc::as_ptr(&client), hit.client.as_ptr()) {
                 return Some((Some(client), Arc::clone(&hit.info)));
             }
         }
-        let t = if jwt {
-            let c = self.oauth.keyring().verify_jwt(token)?;
+        let t = if let Some(keyring) = &keyring {
+            let c = keyring.verify_jwt(token)?;
             if c.iss != self.settings.oauth.issuer {
                 return None;
             }
@@ -527,9 +534,8 @@ impl Runtime {
             t.aud
         };
         // An exchanged token also depends on its subject credentials: it is opened each time.
-        let keep = index.filter(|_| {
-            t.delegation.is_none() && client.cached.load(std::sync::atomic::Ordering::Acquire)
-        });
+        let keep =
+            t.delegation.is_none() && client.cached.load(std::sync::atomic::Ordering::Acquire);
         let (exp_ms, nbf_ms) = (t.exp_ms, t.nbf_ms);
         let (sub, act, subject_credentials) = match t.delegation {
             Some(d) => (d.sub, Some(d.act), d.subject_credentials),
@@ -555,15 +561,16 @@ impl Runtime {
             answer: Default::default(),
         };
         let info = Arc::new(info);
-        if let Some(i) = keep {
+        if keep {
             let opened = super::oauth::OpenedToken {
                 token: token.as_bytes().into(),
+                keyring: keyring.as_ref().map(Arc::downgrade),
                 client: Arc::downgrade(&client),
                 exp_ms,
                 nbf_ms,
                 info: Arc::clone(&info),
             };
-            self.oauth.keep_opened(i, opened, now_ms);
+            self.oauth.keep_opened(index, opened, now_ms);
         }
         Some((Some(client), info))
     }

@@ -118,20 +118,23 @@ impl RemoteJwks {
 /// Tokens issued per (client, minute): count, scopes, organization.
 type IssuedCounts = HashMap<(String, i64), (u64, BTreeSet<String>, String)>;
 
-/// An opaque access token opened before: what verifying it again would find, valid while its
-/// client is the same cached client it was checked against (any change to the client replaces
-/// that entry of the client cache). The token's expiry and revocation are still checked on
-/// every use.
+/// An access token opened (opaque) or verified (JWT) before: what verifying it again would
+/// find, valid while its client is the same cached client it was checked against (any change
+/// to the client replaces that entry of the client cache) and, for a JWT, while the keyring
+/// that verified it is the one in use (any change to the signing keys replaces it). The token's
+/// expiry and revocation are still checked on every use.
 pub struct OpenedToken {
     /// The token, compared whole (in constant time) with the one presented.
     pub token: Box<[u8]>,
+    /// For a JWT, the keyring its signature was checked with.
+    pub keyring: Option<std::sync::Weak<Keyring>>,
     pub client: std::sync::Weak<CachedClient>,
     pub exp_ms: i64,
     pub nbf_ms: i64,
     pub info: Arc<crate::domain::oauth::Introspection>,
 }
 
-/// Opened tokens kept at most (about 900 bytes each); past it, the expired ones are dropped,
+/// Opened tokens kept at most (about 1 KB each, a JWT's a little more); past it, the expired ones are dropped,
 /// and all of them when none had expired.
 pub const OPENED_TOKENS_MAX: usize = 10_000;
 
@@ -250,9 +253,9 @@ impl OAuthState {
             .insert(jti, exp_ms);
     }
 
-    /// Where an opaque token is kept: a keyed hash (SipHash under this node's random key) of
-    /// its last 32 bytes, which are its seal's tag and checksum, so tokens that verified spread
-    /// evenly. Another token may share its index (one made to, even): only the whole token,
+    /// Where a token is kept: a keyed hash (SipHash under this node's random key) of its last
+    /// 32 bytes (an opaque token's seal tag and checksum, a JWT's signature), so tokens that
+    /// verified spread evenly. Another token may share its index (one made to, even): only the whole token,
     /// compared in constant time, makes a hit.
     pub fn opened_index(&self, token: &str) -> u64 {
         let b = token.as_bytes();

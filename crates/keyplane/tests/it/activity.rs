@@ -117,7 +117,7 @@ async fn recorded_and_filtered(app: TestApp) {
 on_both!(activity_is_recorded, recorded_and_filtered);
 
 /// Runs one statement on the test database directly; returns the rows it changed.
-async fn sql(app: &TestApp, statement: &str) -> u64 {
+pub(crate) async fn sql(app: &TestApp, statement: &str) -> u64 {
     use sqlx::Connection;
     match app.backend() {
         keyplane_testkit::Backend::Sqlite => {

@@ -538,7 +538,10 @@ async fn opened_tokens(app: TestApp) {
     // Kept tokens are found by their last 32 bytes: a token that ends the same way but is not
     // the same token (its tail alone, or one byte more before it) is not a hit.
     let tail = &t[t.len() - 32..];
-    for forged in [format!("kpat_{tail}"), format!("{}A{tail}", &t[..t.len() - 32])] {
+    for forged in [
+        format!("kpat_{tail}"),
+        format!("{}A{tail}", &t[..t.len() - 32]),
+    ] {
         assert_eq!(
             introspect(&app, &id, &secret, &forged).await,
             json!({ "active": false }),
@@ -662,6 +665,86 @@ async fn opened_tokens(app: TestApp) {
     );
 }
 on_both!(opened_tokens_follow_their_client, opened_tokens);
+
+/// JWT access tokens are kept verified too, tied to the keyring that verified them: a forged
+/// one that ends like a kept one is not a hit, a revoked one ends at once, and one whose
+/// signing key is gone from the keyring stops with the next reload of the keys.
+async fn kept_jwts(app: TestApp) {
+    let (id, secret) = setup(
+        &app,
+        json!({ "name": "jwt", "scopes": [READ], "token_format": "jwt" }),
+    )
+    .await;
+    let t = access_token(&app, &id, &secret, None).await;
+    assert_eq!(t.matches('.').count(), 2, "a JWT: {t}");
+    for _ in 0..2 {
+        assert_eq!(introspect(&app, &id, &secret, &t).await["active"], true);
+        assert_eq!(app.authz(Some(&t), Some(READ)).await.status, StatusCode::OK);
+    }
+    // The claims changed (the signature, the last 32 bytes, kept): not a hit, refused.
+    let (head, rest) = t.split_once('.').unwrap();
+    let (claims, sig) = rest.split_once('.').unwrap();
+    let mut changed = claims.as_bytes().to_vec();
+    changed[claims.len() / 2] = if changed[claims.len() / 2] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let forged = format!("{head}.{}.{sig}", String::from_utf8(changed).unwrap());
+    assert_eq!(
+        introspect(&app, &id, &secret, &forged).await,
+        json!({ "active": false })
+    );
+    assert_eq!(
+        app.authz(Some(&forged), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Revoked after it was kept: refused on the next request.
+    let u = access_token(&app, &id, &secret, None).await;
+    assert_eq!(app.authz(Some(&u), Some(READ)).await.status, StatusCode::OK);
+    let r = form(
+        &app,
+        "/v1/oauth/token/revoke",
+        Some(&basic(&id, &secret)),
+        FORM,
+        &format!("token={u}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        app.authz(Some(&u), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A reload that keeps the key: still active. One without the key (deleted from storage, as
+    // an operator would a compromised key): refused, though the token was kept.
+    app.app().reload_signing_keys().await.unwrap();
+    assert_eq!(introspect(&app, &id, &secret, &t).await["active"], true);
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .unwrap(),
+    )
+    .unwrap();
+    let kid = header["kid"].as_str().unwrap();
+    let gone = crate::activity::sql(
+        &app,
+        &format!("DELETE FROM signing_keys WHERE kid = '{kid}'"),
+    )
+    .await;
+    assert_eq!(gone, 1);
+    app.app().reload_signing_keys().await.unwrap();
+    assert_eq!(
+        introspect(&app, &id, &secret, &t).await,
+        json!({ "active": false })
+    );
+    assert_eq!(
+        app.authz(Some(&t), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+on_both!(kept_jwts_follow_their_keyring, kept_jwts);
 
 fn verify_with_jwks(token: &str, jwks: &Value, issuer: &str) -> Result<Value, String> {
     let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
