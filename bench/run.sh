@@ -227,6 +227,11 @@ bench_keyplane() {
     stop_keyplane
     return 0
   fi
+  # A JWT access token at /v1/authz: its signature is checked once, then the token is kept
+  # verified (tied to the keyring and its client) like an opaque one.
+  local jtoken
+  jtoken=$(curl -sf -u "$jid:$jsec" "$K/v1/oauth/token" -d grant_type=client_credentials | json_field access_token)
+  BENCH_METHOD=GET BENCH_BEARER="$jtoken" run authz_jwt "keyplane$s" static.lua "$K/v1/authz?scope=bench:read"
   export BENCH_METHOD=POST
   BENCH_AUTH=$(b64 "$cid:$csec") BENCH_BODY="grant_type=client_credentials" run token_opaque_basic "keyplane$s" static.lua "$K/v1/oauth/token"
   BENCH_AUTH="" BENCH_BODY="grant_type=client_credentials&client_id=$cid&client_secret=$csec" run token_opaque_post "keyplane$s" static.lua "$K/v1/oauth/token"
