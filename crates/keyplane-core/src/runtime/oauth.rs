@@ -134,8 +134,8 @@ pub struct OpenedToken {
     pub info: Arc<crate::domain::oauth::Introspection>,
 }
 
-/// Opened tokens kept at most (about 1 KB each, a JWT's a little more); past it, the expired ones are dropped,
-/// and all of them when none had expired.
+/// Opened tokens kept at most (about 1 KB each, a JWT's a little more); past it, the expired
+/// ones are dropped, and all of them when none had expired.
 pub const OPENED_TOKENS_MAX: usize = 10_000;
 
 /// Per-node OAuth state: caches, revocations, the keyring, counters.
@@ -146,8 +146,8 @@ pub struct OAuthState {
     pub revoked: RwLock<HashMap<String, i64>>,
     pub keyring: RwLock<Arc<Keyring>>,
     pub sealer: Sealer,
-    /// Opaque tokens opened before, by [`OAuthState::opened_index`] of the token; a hit is
-    /// one whose whole token equals the one presented (see [`OAuthState::opened`]).
+    /// Access tokens opened or verified before, by [`OAuthState::opened_index`] of the token;
+    /// a hit is one whose whole token equals the one presented (see [`OAuthState::opened`]).
     opened: RwLock<HashMap<u64, Arc<OpenedToken>, BuildHasherDefault<Prehashed>>>,
     /// The key of [`OAuthState::opened_index`], random on each node.
     opened_keys: std::hash::RandomState,
