@@ -666,6 +666,11 @@ async fn malformed_tokens_are_not_looked_up() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Once it listens, the node clears its caches (`FeedRestored`, then `All`: anything may
+    // have changed while it did not listen); the key must be cached after that, or it is read
+    // again later from a database that refuses connections (a CI run failed so). The clear
+    // follows the LISTEN within milliseconds; a second is ample.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(app.get("/v1/me", &reporter).await.status, StatusCode::OK);
     let well_formed = SecretFormat::new("kp_").unwrap().generate();
     let well_formed = well_formed.expose().to_string();
