@@ -185,9 +185,12 @@ impl UsageWindow {
             return Err(Error::invalid("since", "`since` is after `until`"));
         }
         let first = since.unix_timestamp().div_euclid(g);
-        // `until` is exclusive; a bucket it falls inside is included.
-        let end = (until.unix_timestamp() + g - 1)
-            .div_euclid(g)
+        // `until` is exclusive; a bucket it falls inside is included, by any fraction of a
+        // second: the default `until` (now) at 12:05:00.4 includes the minute from 12:05, whose
+        // requests are counted already (whole seconds would end the window at 12:05:00).
+        let g_ns = i128::from(g) * 1_000_000_000;
+        let end = i64::try_from((until.unix_timestamp_nanos() + g_ns - 1).div_euclid(g_ns))
+            .unwrap_or(i64::MAX)
             .max(first + 1);
         if end - first > MAX_BUCKETS {
             return Err(Error::invalid(
@@ -518,6 +521,39 @@ mod tests {
             now
         )
         .is_ok());
+    }
+
+    /// A query in the first second of a minute (or hour) includes that minute: requests of
+    /// 12:05:00.2 are in the answer of 12:05:00.4. An explicit `until` on a boundary still
+    /// ends the window there (exclusive).
+    #[test]
+    fn the_current_bucket_is_included_from_its_first_instant() {
+        let boundary = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let minute = 1_800_000_000 / 60;
+        for g in [Granularity::Minute, Granularity::Hour] {
+            let now = boundary + time::Duration::milliseconds(400);
+            let w = UsageWindow::resolve(g, None, None, now).unwrap();
+            let current = now.unix_timestamp().div_euclid(g.seconds());
+            assert_eq!(w.end, current + 1, "{g:?}");
+            let w = UsageWindow::resolve(
+                g,
+                Some(boundary - time::Duration::hours(2)),
+                Some(boundary),
+                now,
+            )
+            .unwrap();
+            assert_eq!(w.end, 1_800_000_000 / g.seconds(), "{g:?}");
+        }
+        let w = UsageWindow::resolve(Granularity::Minute, None, None, boundary).unwrap();
+        assert_eq!(w.end, minute, "exactly on the boundary, exclusive");
+        let w = UsageWindow::resolve(
+            Granularity::Minute,
+            None,
+            None,
+            boundary + time::Duration::nanoseconds(1),
+        )
+        .unwrap();
+        assert_eq!(w.end, minute + 1);
     }
 
     #[test]
