@@ -190,6 +190,9 @@ pub struct Limiter {
     nodes: AtomicU64,
     /// Counts read from storage at start: `counter key → (window start ms, units)`.
     restored: Mutex<HashMap<String, (i64, u64)>>,
+    /// The limits of every credential that has none, shared: an empty `Arc<[_]>` of its own
+    /// is an allocation (its counts) per cached key, 32 bytes of each key's memory.
+    none: Arc<[Prepared]>,
 }
 
 impl Default for Limiter {
@@ -198,6 +201,7 @@ impl Default for Limiter {
             counters: RwLock::new(HashMap::new()),
             nodes: AtomicU64::new(1),
             restored: Mutex::new(HashMap::new()),
+            none: Arc::from(Vec::new()),
         }
     }
 }
@@ -260,6 +264,9 @@ impl Limiter {
         owner: Option<&str>,
         project: &str,
     ) -> Arc<[Prepared]> {
+        if limits.is_empty() {
+            return Arc::clone(&self.none);
+        }
         let nodes = self.nodes();
         limits
             .iter()
@@ -340,6 +347,19 @@ impl Limiter {
 mod tests {
     use super::*;
     use crate::domain::usage::Window;
+
+    /// A credential without limits costs its cache entry no allocation: every one shares the
+    /// limiter's empty list (a million cached keys, 32 MB).
+    #[test]
+    fn credentials_without_limits_share_one_empty_list() {
+        let l = Limiter::default();
+        let a = l.prepare(&[], "key_a", None, "prj");
+        let b = l.prepare(&[], "key_b", Some("mem_b"), "prj");
+        assert!(a.is_empty() && Arc::ptr_eq(&a, &b));
+        let c = l.prepare(&[limit("burst", 10, "1s")], "key_c", None, "prj");
+        assert_eq!(c.len(), 1);
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
 
     fn limit(name: &str, limit: u64, window: &str) -> RateLimit {
         RateLimit {
